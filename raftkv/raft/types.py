@@ -1,0 +1,150 @@
+"""Values that cross the core's boundary: entries, messages, hard state, Ready.
+
+Everything here is plain data. The core consumes `Message`s and produces a `Ready`;
+storage persists `Entry` and `HardState`; the transport encodes `Message`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+NONE = 0
+"""Node id meaning "nobody" (no vote, no known leader). Real node ids are >= 1."""
+
+
+class Role(IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+class EntryType(IntEnum):
+    NORMAL = 0
+    NOOP = 1  # appended by a new leader at once (Raft paper §5.4.2, thesis §6.4)
+    CONF_CHANGE = 2
+
+
+class MsgType(IntEnum):
+    APP = 1  # AppendEntries request (paper §5.3)
+    APP_RESP = 2
+    VOTE = 3  # RequestVote (paper §5.2)
+    VOTE_RESP = 4
+    PRE_VOTE = 5  # thesis §9.6
+    PRE_VOTE_RESP = 6
+    HEARTBEAT = 7  # an AppendEntries without entries, carrying a read-index round
+    HEARTBEAT_RESP = 8
+    TIMEOUT_NOW = 9  # leadership transfer, thesis §3.10
+    SNAP = 10  # InstallSnapshot, paper §7
+
+
+# Messages whose meaning depends on this node's state being durable: a vote grant
+# (and a candidate's own vote for itself) and an acknowledgement of appended entries.
+# They leave the node only after the Ready that produced them is persisted (thesis §3.8).
+AFTER_PERSIST_TYPES = frozenset({MsgType.VOTE, MsgType.VOTE_RESP, MsgType.APP_RESP})
+
+
+@dataclass(slots=True)
+class Entry:
+    term: int
+    index: int
+    type: EntryType = EntryType.NORMAL
+    data: bytes = b""
+
+
+@dataclass(slots=True, frozen=True)
+class HardState:
+    """What must survive a crash (paper Figure 2, "persistent state on all servers")."""
+
+    term: int = 0
+    vote: int = NONE
+    commit: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class SnapshotMeta:
+    """What a snapshot covers: the log up to `index` (whose term is `term`) and the
+    cluster configuration in force at that index (paper §7)."""
+
+    index: int = 0
+    term: int = 0
+    voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class Message:
+    type: MsgType
+    to: int
+    frm: int
+    term: int
+    # APP: index/log_term of the entry preceding `entries`.
+    # APP_RESP: index is the last index now matching (or, on reject, the rejected index).
+    # VOTE/PRE_VOTE: index/log_term describe the candidate's last entry.
+    log_term: int = 0
+    index: int = 0
+    entries: list[Entry] = field(default_factory=list)
+    commit: int = 0
+    reject: bool = False
+    # On a rejected APP: the follower's hint where to retry (fast back-off, paper §5.3);
+    # log_term then carries the term of the follower's entry at reject_hint.
+    reject_hint: int = 0
+    # HEARTBEAT/HEARTBEAT_RESP: read-index round (thesis §6.4). VOTE: 1 when the vote
+    # comes from a leadership transfer and may bypass the leader lease (thesis §4.2.3).
+    context: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class ReadState:
+    """A read became safe: serve `ctx` once the state machine has applied `index`."""
+
+    index: int
+    ctx: object
+
+
+@dataclass(slots=True)
+class SoftState:
+    lead: int
+    role: Role
+
+
+@dataclass(slots=True)
+class Ready:
+    """One batch of work for the application, in this order (etcd-io/raft `Ready`):
+
+    1. send `messages` — they may leave before or while the rest is persisted;
+    2. persist `entries` (an entry at index i replaces every stored entry >= i) and
+       `hard_state` (when not None), with one fsync for the batch;
+    3. send `persisted_messages` — only now, they acknowledge what step 2 made durable;
+    4. apply `committed_entries`, then serve `read_states` whose index is applied;
+    5. call `advance(ready)`.
+    """
+
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    persisted_messages: list[Message] = field(default_factory=list)
+    committed_entries: list[Entry] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    soft_state: SoftState | None = None
+
+
+class RaftError(Exception):
+    """Base class of the core's errors."""
+
+
+class NotLeader(RaftError):
+    """A proposal, read or transfer reached a node that is not the leader."""
+
+    def __init__(self, leader: int) -> None:
+        super().__init__(f"not the leader (leader hint: {leader or 'unknown'})")
+        self.leader = leader
+
+
+class ProposalDropped(RaftError):
+    """The leader refuses proposals for now (a leadership transfer is under way)."""
+
+
+class InvariantViolation(RaftError):
+    """A broken invariant of the protocol: the node must stop, never limp on."""
