@@ -1,0 +1,496 @@
+"""The replicated state machine: a bytes -> bytes map with client sessions.
+
+Every replica applies the same committed log entries in the same order, so everything
+`KVStore.apply` does is a deterministic function of (state, index, data): no clock, no
+randomness, no dependence on configuration that replicas could disagree on other than
+the limits given to the constructor (which must be the same on every replica).
+
+Writes go through the log; reads are served by the node outside it (ReadIndex, thesis
+§6.4) with `KVStore.get` and `KVStore.scan`.
+
+Wire form of a command (`Entry.data`), a msgpack array whose first element is the op::
+
+    [Op.PUT,          client_id, seq, key, value]          -> Reply(OK, None)
+    [Op.DELETE,       client_id, seq, key]                 -> Reply(OK, existed: bool)
+    [Op.CAS,          client_id, seq, key, expected, new]  -> Reply(OK, swapped: bool)
+    [Op.OPEN_SESSION]                                      -> Reply(OK, client_id: int)
+
+`key`, `value`, `new` are msgpack bin (Python bytes); `expected` is bin or nil, nil
+meaning "the key is absent". An empty `data` is a no-op (an empty normal entry is a
+common leader no-op) and answers Reply(OK, None).
+
+Wire form of a reply: `Reply` is a NamedTuple, so msgpack packs it as the array
+`[code, value]`; `Reply.from_wire` turns the unpacked array back into a `Reply`. On an
+error code, `value` is a human-readable message (str).
+
+Client sessions (thesis §6.3). A client first proposes OPEN_SESSION; its client id is the
+log index of that entry, so ids are unique and every replica agrees on them. Each write
+carries (client_id, seq) with seq increasing per client; the store keeps each client's
+last applied seq and its reply:
+
+- seq == last applied: a retry; answered with the saved reply, not applied again;
+- seq <  last applied: STALE_REQUEST, nothing applied;
+- seq >  last applied: applied, and its reply saved;
+- unknown client id: SESSION_EXPIRED, nothing applied. The client may not know whether
+  its request was applied; it opens a new session and must treat that request as
+  indeterminate.
+
+Sessions are ordered by the log index of their last use; opening a session beyond
+`max_sessions` evicts the least recently used one. Letting a client name its own id
+would make an evicted client indistinguishable from a new one, so its retry would apply
+twice; ids handed out by the log close that hole.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+import msgpack
+
+MAX_KEY_SIZE = 1024
+MAX_VALUE_SIZE = 1024 * 1024
+MAX_SESSIONS = 10_000
+SNAPSHOT_VERSION = 1
+_MAX_ID = 2**64 - 1  # client ids and sequence numbers are msgpack uint64
+
+
+class Op(IntEnum):
+    PUT = 1
+    DELETE = 2
+    CAS = 3
+    OPEN_SESSION = 4
+    # Reads never enter the log; they have codes so `validate_request` can check them.
+    GET = 5
+    SCAN = 6
+
+
+WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
+
+
+class Code(IntEnum):
+    """First element of a reply."""
+
+    OK = 0
+    BAD_REQUEST = 1  # malformed or over a limit; nothing applied
+    STALE_REQUEST = 2  # seq below the client's last applied seq; nothing applied
+    SESSION_EXPIRED = 3  # unknown (evicted or never opened) client id; nothing applied
+
+
+class Reply(NamedTuple):
+    """What `KVStore.apply` answers; msgpack packs it as `[code, value]`."""
+
+    code: int
+    value: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == Code.OK
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Reply:
+        """Rebuild a reply from its unpacked form `[code, value]`; BadRequest if it is
+        not one."""
+        if not isinstance(obj, list | tuple) or len(obj) != 2 or obj[0] not in _CODES:
+            raise BadRequest(f"not a reply: {obj!r:.100}")
+        return cls(Code(obj[0]), obj[1])
+
+
+_CODES = frozenset(int(c) for c in Code)
+_OPS = frozenset(int(op) for op in Op)
+_OK_NONE = Reply(Code.OK, None)
+_OK_TRUE = Reply(Code.OK, True)
+_OK_FALSE = Reply(Code.OK, False)
+
+
+class KVError(Exception):
+    """Base class of the state machine's errors."""
+
+
+class BadRequest(KVError, ValueError):
+    """A request the store would refuse; the message says what is wrong."""
+
+
+class OutOfOrderApply(KVError, RuntimeError):
+    """An entry was applied twice or out of log order: a bug in the caller."""
+
+
+class SnapshotError(KVError, ValueError):
+    """The bytes given to `restore` are not a snapshot this store can load."""
+
+
+@dataclass(slots=True)
+class Session:
+    """One client's last applied request (thesis §6.3). Mutated in place by `apply`."""
+
+    seq: int
+    index: int  # log index of the last use; the order of eviction
+    reply: Reply
+
+
+@dataclass(slots=True)
+class KVStats:
+    """Local counters for status output. Not replicated state: not in snapshots."""
+
+    malformed: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    expired: int = 0
+    evicted: int = 0
+
+
+def _problem(
+    op: object,
+    key: object,
+    value: object,
+    expected: object,
+    limit: object,
+    max_key: int,
+    max_value: int,
+) -> str | None:
+    """What is wrong with a request, or None. Deterministic: replies built from it are
+    the same on every replica."""
+    if type(key) is not bytes:
+        return f"key must be bytes, not {type(key).__name__}"
+    if len(key) > max_key:
+        return f"key of {len(key)} bytes exceeds the limit of {max_key}"
+    if op == Op.PUT or op == Op.CAS:
+        if type(value) is not bytes:
+            return f"value must be bytes, not {type(value).__name__}"
+        if len(value) > max_value:
+            return f"value of {len(value)} bytes exceeds the limit of {max_value}"
+        if op == Op.CAS and expected is not None:
+            if type(expected) is not bytes:
+                return f"expected value must be bytes or None, not {type(expected).__name__}"
+            if len(expected) > max_value:
+                return f"expected value of {len(expected)} bytes exceeds the limit of {max_value}"
+    elif op == Op.SCAN:
+        if type(limit) is not int or limit < 0:
+            return f"scan limit must be an int >= 0, not {limit!r:.40}"
+    elif op != Op.DELETE and op != Op.GET:
+        return f"unknown op {op!r:.40}"
+    return None
+
+
+def _id_problem(name: str, x: object) -> str | None:
+    if type(x) is not int or not 1 <= x <= _MAX_ID:
+        return f"{name} must be an int in [1, 2**64), not {x!r:.40}"
+    return None
+
+
+def validate_request(
+    op: Op,
+    key: bytes,
+    value: bytes | None = None,
+    expected: bytes | None = None,
+    limit: int | None = None,
+    *,
+    max_key_size: int = MAX_KEY_SIZE,
+    max_value_size: int = MAX_VALUE_SIZE,
+) -> None:
+    """Raise BadRequest if the store would refuse this request (GET, SCAN, PUT, DELETE
+    or CAS; for SCAN `key` is the prefix, for CAS `value` is the new value).
+
+    The node calls it before proposing, so a bad request is answered at once instead of
+    going through the log. Use `KVStore.validate_request` for a store's own limits.
+    """
+    problem = _problem(op, key, value, expected, limit, max_key_size, max_value_size)
+    if problem is not None:
+        raise BadRequest(problem)
+
+
+_packer = msgpack.Packer(use_bin_type=True)  # C packer; a call holds the GIL throughout
+
+
+def encode_command(
+    op: Op,
+    key: bytes,
+    value: bytes | None = None,
+    expected: bytes | None = None,
+    *,
+    client_id: int,
+    seq: int,
+) -> bytes:
+    """Encode a write (PUT, DELETE or CAS; for CAS `value` is the new value) as entry data.
+
+    Raises BadRequest on a read op, a wrong type or an id/seq out of range. Sizes are
+    checked against the default limits only by `validate_request`; the state machine
+    rechecks them with its own limits when applying.
+    """
+    problem = _id_problem("client_id", client_id) or _id_problem("seq", seq)
+    if problem is None and op not in WRITE_OPS:
+        problem = f"{op!r:.40} is not a write: only PUT, DELETE and CAS go through the log"
+    if problem is None:
+        problem = _problem(op, key, value, expected, None, _MAX_ID, _MAX_ID)
+    if problem is not None:
+        raise BadRequest(problem)
+    if op == Op.PUT:
+        return _packer.pack((int(op), client_id, seq, key, value))
+    if op == Op.DELETE:
+        return _packer.pack((int(op), client_id, seq, key))
+    return _packer.pack((int(op), client_id, seq, key, expected, value))
+
+
+def encode_open_session() -> bytes:
+    """Entry data that opens a client session; the reply's value is the new client id."""
+    return _packer.pack((int(Op.OPEN_SESSION),))
+
+
+class KVStore:
+    """The state machine of one replica (hashicorp/raft's FSM: apply/snapshot/restore).
+
+    Not thread-safe: the node's loop is its only caller.
+    """
+
+    __slots__ = (
+        "max_key_size",
+        "max_value_size",
+        "max_sessions",
+        "stats",
+        "_data",
+        "_sessions",
+        "_applied_index",
+    )
+
+    def __init__(
+        self,
+        max_key_size: int = MAX_KEY_SIZE,
+        max_value_size: int = MAX_VALUE_SIZE,
+        max_sessions: int = MAX_SESSIONS,
+    ) -> None:
+        if max_key_size < 1 or max_value_size < 0 or max_sessions < 1:
+            raise ValueError(
+                f"bad limits: max_key_size={max_key_size} (>= 1), "
+                f"max_value_size={max_value_size} (>= 0), max_sessions={max_sessions} (>= 1)"
+            )
+        self.max_key_size = max_key_size
+        self.max_value_size = max_value_size
+        self.max_sessions = max_sessions
+        self.stats = KVStats()
+        self._data: dict[bytes, bytes] = {}
+        # Least recently used (by log index) first. Invariant: the sessions' `index`
+        # values strictly increase in iteration order, and all are <= applied_index.
+        self._sessions: OrderedDict[int, Session] = OrderedDict()
+        self._applied_index = 0
+
+    # ---- reads (served outside the log) ------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        """The last log index applied (0 before any)."""
+        return self._applied_index
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (key, value) pairs whose key starts with `prefix`, sorted by key."""
+        if limit <= 0:
+            return []
+        data = self._data
+        keys = [k for k in data if k.startswith(prefix)] if prefix else list(data)
+        keys = sorted(keys) if len(keys) <= limit else heapq.nsmallest(limit, keys)
+        return [(k, data[k]) for k in keys]
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def session(self, client_id: int) -> Session | None:
+        """A copy of a client's session, or None (for status and tests)."""
+        s = self._sessions.get(client_id)
+        return None if s is None else Session(s.seq, s.index, s.reply)
+
+    def validate_request(
+        self,
+        op: Op,
+        key: bytes,
+        value: bytes | None = None,
+        expected: bytes | None = None,
+        limit: int | None = None,
+    ) -> None:
+        """`validate_request` with this store's limits."""
+        problem = _problem(op, key, value, expected, limit, self.max_key_size, self.max_value_size)
+        if problem is not None:
+            raise BadRequest(problem)
+
+    # ---- writes (through the log) ------------------------------------------------------
+
+    def apply(self, index: int, data: bytes) -> Reply:
+        """Apply the committed entry at `index`; never raises on bad `data`.
+
+        Raises OutOfOrderApply if `index` <= applied_index. Gaps are allowed, so the
+        node may skip entries that are not commands (configuration changes).
+        """
+        if index <= self._applied_index:
+            raise OutOfOrderApply(
+                f"entry {index} applied but the store has already applied up to "
+                f"{self._applied_index}: entries must be applied once, in log order"
+            )
+        self._applied_index = index
+        if not data:
+            return _OK_NONE
+        try:
+            cmd = msgpack.unpackb(data)
+        except Exception:
+            return self._malformed("command is not a msgpack value")
+        if type(cmd) is not list or not cmd:
+            return self._malformed("command is not a non-empty array")
+        n = len(cmd)
+        op = cmd[0]
+        if op == Op.PUT and n == 5 or op == Op.DELETE and n == 4 or op == Op.CAS and n == 6:
+            if type(op) is not int:  # True == 1: a bool is not an op
+                return self._malformed(f"unknown op {op!r:.40}")
+            client_id = cmd[1]
+            seq = cmd[2]
+            key = cmd[3]
+            if op == Op.PUT:
+                value = cmd[4]
+                expected = None
+            elif op == Op.CAS:
+                expected = cmd[4]
+                value = cmd[5]
+            else:
+                value = expected = None
+            problem = (
+                _id_problem("client_id", client_id)
+                or _id_problem("seq", seq)
+                or _problem(op, key, value, expected, None, self.max_key_size, self.max_value_size)
+            )
+            if problem is not None:
+                return self._malformed(problem)
+        elif op == Op.OPEN_SESSION and n == 1 and type(op) is int:
+            return self._open_session(index)
+        elif type(op) is int and op in _OPS:
+            if op not in WRITE_OPS and op != Op.OPEN_SESSION:
+                return self._malformed(f"op {Op(op).name} is a read: reads are not applied")
+            want = {Op.PUT: 4, Op.DELETE: 3, Op.CAS: 5, Op.OPEN_SESSION: 0}[Op(op)]
+            return self._malformed(f"op {Op(op).name} with {n - 1} arguments, not {want}")
+        else:
+            return self._malformed(f"unknown op {op!r:.40}")
+
+        # Exactly-once (thesis §6.3): decided before touching the data.
+        sessions = self._sessions
+        session = sessions.get(client_id)
+        if session is None:
+            self.stats.expired += 1
+            return Reply(
+                Code.SESSION_EXPIRED,
+                f"client {client_id} has no session (expired or never opened): "
+                "open a new session; the outcome of this request is unknown",
+            )
+        if seq <= session.seq:
+            if seq == session.seq:
+                self.stats.duplicates += 1
+                session.index = index
+                sessions.move_to_end(client_id)
+                return session.reply
+            self.stats.stale += 1
+            return Reply(
+                Code.STALE_REQUEST,
+                f"request {seq} of client {client_id} is stale: "
+                f"its request {session.seq} is already applied",
+            )
+
+        store = self._data
+        if op == Op.PUT:
+            store[key] = value
+            reply = _OK_NONE
+        elif op == Op.DELETE:
+            reply = _OK_FALSE if store.pop(key, None) is None else _OK_TRUE
+        else:
+            current = store.get(key)
+            if current == expected:  # None == None: "expected absent" and it is
+                store[key] = value
+                reply = _OK_TRUE
+            else:
+                reply = _OK_FALSE
+        session.seq = seq
+        session.index = index
+        session.reply = reply
+        sessions.move_to_end(client_id)
+        return reply
+
+    def _open_session(self, index: int) -> Reply:
+        sessions = self._sessions
+        while len(sessions) >= self.max_sessions:
+            sessions.popitem(last=False)  # least recently used by log index
+            self.stats.evicted += 1
+        sessions[index] = Session(0, index, _OK_NONE)
+        return Reply(Code.OK, index)
+
+    def _malformed(self, message: str) -> Reply:
+        self.stats.malformed += 1
+        return Reply(Code.BAD_REQUEST, message)
+
+    # ---- snapshots ---------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole replicated state: data, sessions (in eviction order), applied index.
+
+        Wire form: msgpack [SNAPSHOT_VERSION, applied_index, {key: value, ...},
+        [[client_id, seq, index, reply_code, reply_value], ...]].
+        """
+        sessions = [
+            (cid, s.seq, s.index, int(s.reply.code), s.reply.value)
+            for cid, s in self._sessions.items()
+        ]
+        return msgpack.packb(
+            (SNAPSHOT_VERSION, self._applied_index, self._data, sessions), use_bin_type=True
+        )
+
+    def restore(self, snapshot: bytes) -> None:
+        """Replace the whole state with a snapshot's. On SnapshotError nothing changes."""
+        try:
+            obj = msgpack.unpackb(snapshot, strict_map_key=False)
+        except Exception as e:
+            raise SnapshotError(f"snapshot is not valid msgpack: {e}") from e
+        if type(obj) is not list or len(obj) != 4:
+            raise SnapshotError("snapshot is not a 4-element array")
+        version, applied, data, raw_sessions = obj
+        if version != SNAPSHOT_VERSION or type(version) is not int:
+            raise SnapshotError(
+                f"snapshot version {version!r:.40} is not supported (want {SNAPSHOT_VERSION})"
+            )
+        if type(applied) is not int or applied < 0:
+            raise SnapshotError(f"snapshot applied index {applied!r:.40} is not an int >= 0")
+        if type(data) is not dict or not all(
+            type(k) is bytes and type(v) is bytes for k, v in data.items()
+        ):
+            raise SnapshotError("snapshot data is not a map of bytes to bytes")
+        if type(raw_sessions) is not list:
+            raise SnapshotError("snapshot sessions are not an array")
+        sessions: OrderedDict[int, Session] = OrderedDict()
+        last_index = 0
+        for item in raw_sessions:
+            if (
+                type(item) is not list
+                or len(item) != 5
+                or not all(type(x) is int for x in item[:4])
+                or item[1] < 0
+                or not last_index < item[2] <= applied
+                or item[0] < 1
+                or item[3] not in _CODES
+                or item[0] in sessions
+            ):
+                raise SnapshotError(f"snapshot session {item!r:.100} is malformed or out of order")
+            cid, seq, index, code, value = item
+            last_index = index
+            if code == Code.OK and value is None:  # share the constants, as `apply` does
+                reply = _OK_NONE
+            elif code == Code.OK and value is True:
+                reply = _OK_TRUE
+            elif code == Code.OK and value is False:
+                reply = _OK_FALSE
+            else:
+                reply = Reply(Code(code), value)
+            sessions[cid] = Session(seq, index, reply)
+        self._data = data
+        self._sessions = sessions
+        self._applied_index = applied
