@@ -1,0 +1,688 @@
+"""The replicated state machine (raftkv/kv.py): commands, sessions, bad data, snapshots.
+
+Randomized tests are seeded; a failure names its seed. Replay one with
+RAFTKV_KV_SEED=<seed> .venv/bin/python -m pytest tests/unit/test_kv.py -k random
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import msgpack
+import pytest
+
+from raftkv.kv import (
+    MAX_KEY_SIZE,
+    MAX_VALUE_SIZE,
+    BadRequest,
+    Code,
+    KVStore,
+    Op,
+    OutOfOrderApply,
+    Reply,
+    SnapshotError,
+    encode_command,
+    encode_open_session,
+    validate_request,
+)
+
+SEEDS = [int(os.environ["RAFTKV_KV_SEED"])] if os.environ.get("RAFTKV_KV_SEED") else range(30)
+
+
+class Log:
+    """Feeds a store consecutive entries and keeps them, so a replica can replay them."""
+
+    def __init__(self, store: KVStore) -> None:
+        self.store = store
+        self.entries: list[tuple[int, bytes]] = []
+
+    def append(self, data: bytes, *, gap: int = 0) -> Reply:
+        index = self.store.applied_index + 1 + gap
+        self.entries.append((index, data))
+        return self.store.apply(index, data)
+
+    def open(self) -> int:
+        reply = self.append(encode_open_session())
+        assert reply.code == Code.OK
+        return reply.value
+
+    def put(self, cid: int, seq: int, key: bytes, value: bytes) -> Reply:
+        return self.append(encode_command(Op.PUT, key, value, client_id=cid, seq=seq))
+
+    def delete(self, cid: int, seq: int, key: bytes) -> Reply:
+        return self.append(encode_command(Op.DELETE, key, client_id=cid, seq=seq))
+
+    def cas(self, cid: int, seq: int, key: bytes, expected: bytes | None, new: bytes) -> Reply:
+        return self.append(encode_command(Op.CAS, key, new, expected, client_id=cid, seq=seq))
+
+
+def state(store: KVStore) -> tuple:
+    """Everything replicated, in a form that compares (and prints) well."""
+    version, applied, data, sessions = msgpack.unpackb(store.snapshot(), strict_map_key=False)
+    return applied, sorted(data.items()), sessions
+
+
+@pytest.fixture
+def log() -> Log:
+    return Log(KVStore())
+
+
+# ---- commands and their replies ----------------------------------------------------------
+
+
+def test_put_answers_ok_none_and_get_returns_the_value(log: Log) -> None:
+    cid = log.open()
+    assert log.put(cid, 1, b"k", b"v") == Reply(Code.OK, None)
+    assert log.store.get(b"k") == b"v"
+    assert log.store.get(b"other") is None
+
+
+def test_put_overwrites_an_existing_value(log: Log) -> None:
+    cid = log.open()
+    log.put(cid, 1, b"k", b"v1")
+    log.put(cid, 2, b"k", b"v2")
+    assert log.store.get(b"k") == b"v2"
+    assert len(log.store) == 1
+
+
+def test_empty_key_and_empty_value_are_allowed(log: Log) -> None:
+    cid = log.open()
+    assert log.put(cid, 1, b"", b"").ok
+    assert log.store.get(b"") == b""
+
+
+def test_delete_of_present_key_answers_true_and_removes_it(log: Log) -> None:
+    cid = log.open()
+    log.put(cid, 1, b"k", b"v")
+    assert log.delete(cid, 2, b"k") == Reply(Code.OK, True)
+    assert log.store.get(b"k") is None
+
+
+def test_delete_of_absent_key_answers_false(log: Log) -> None:
+    cid = log.open()
+    assert log.delete(cid, 1, b"k") == Reply(Code.OK, False)
+    assert len(log.store) == 0
+
+
+def test_cas_swaps_when_current_value_matches(log: Log) -> None:
+    cid = log.open()
+    log.put(cid, 1, b"k", b"old")
+    assert log.cas(cid, 2, b"k", b"old", b"new") == Reply(Code.OK, True)
+    assert log.store.get(b"k") == b"new"
+
+
+def test_cas_refuses_when_current_value_differs(log: Log) -> None:
+    cid = log.open()
+    log.put(cid, 1, b"k", b"other")
+    assert log.cas(cid, 2, b"k", b"old", b"new") == Reply(Code.OK, False)
+    assert log.store.get(b"k") == b"other"
+
+
+def test_cas_with_expected_none_creates_an_absent_key(log: Log) -> None:
+    cid = log.open()
+    assert log.cas(cid, 1, b"k", None, b"new") == Reply(Code.OK, True)
+    assert log.store.get(b"k") == b"new"
+
+
+def test_cas_with_expected_none_refuses_when_key_exists(log: Log) -> None:
+    cid = log.open()
+    log.put(cid, 1, b"k", b"v")
+    assert log.cas(cid, 2, b"k", None, b"new") == Reply(Code.OK, False)
+    assert log.store.get(b"k") == b"v"
+
+
+def test_cas_with_a_value_refuses_when_key_is_absent(log: Log) -> None:
+    cid = log.open()
+    assert log.cas(cid, 1, b"k", b"v", b"new") == Reply(Code.OK, False)
+    assert log.store.get(b"k") is None
+
+
+def test_cas_expecting_empty_value_does_not_match_an_absent_key(log: Log) -> None:
+    cid = log.open()
+    assert log.cas(cid, 1, b"k", b"", b"new") == Reply(Code.OK, False)
+    log.put(cid, 2, b"k", b"")
+    assert log.cas(cid, 3, b"k", b"", b"new") == Reply(Code.OK, True)
+
+
+def test_scan_returns_prefix_matches_sorted_by_key_up_to_limit(log: Log) -> None:
+    cid = log.open()
+    for seq, key in enumerate([b"b2", b"a1", b"b10", b"b1", b"c", b"b"], start=1):
+        log.put(cid, seq, key, key.upper())
+    assert log.store.scan(b"b", 10) == [
+        (b"b", b"B"),
+        (b"b1", b"B1"),
+        (b"b10", b"B10"),
+        (b"b2", b"B2"),
+    ]
+    assert log.store.scan(b"b", 2) == [(b"b", b"B"), (b"b1", b"B1")]
+    assert [k for k, _ in log.store.scan(b"", 100)] == [b"a1", b"b", b"b1", b"b10", b"b2", b"c"]
+    assert log.store.scan(b"", 0) == []
+    assert log.store.scan(b"zz", 5) == []
+
+
+def test_open_session_answers_the_log_index_as_client_id(log: Log) -> None:
+    log.append(b"", gap=4)
+    assert log.append(encode_open_session()) == Reply(Code.OK, 6)
+    assert log.store.session(6) is not None
+    assert log.store.session_count == 1
+
+
+def test_empty_entry_is_a_noop_that_advances_applied_index(log: Log) -> None:
+    before = state(log.store)
+    assert log.append(b"") == Reply(Code.OK, None)
+    assert log.store.applied_index == 1
+    assert state(log.store)[1:] == before[1:]
+    assert log.store.stats.malformed == 0
+
+
+def test_applied_index_follows_the_last_applied_entry_and_allows_gaps(log: Log) -> None:
+    assert log.store.applied_index == 0
+    cid = log.open()
+    log.put(cid, 1, b"k", b"v")
+    assert log.store.applied_index == 2
+    log.append(encode_command(Op.PUT, b"k", b"w", client_id=cid, seq=2), gap=3)
+    assert log.store.applied_index == 6
+    assert log.store.get(b"k") == b"w"
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_applying_an_already_applied_index_raises(log: Log, index: int) -> None:
+    log.open()
+    log.append(b"")
+    with pytest.raises(OutOfOrderApply, match=rf"entry {index} applied .* up to 2"):
+        log.store.apply(index, b"")
+    assert log.store.applied_index == 2
+
+
+# ---- client sessions ---------------------------------------------------------------------
+
+
+def test_retried_put_is_applied_once_and_answered_with_original_reply(log: Log) -> None:
+    a, b = log.open(), log.open()
+    assert log.put(a, 1, b"k", b"from a").ok
+    log.put(b, 1, b"k", b"from b")
+    assert log.put(a, 1, b"k", b"from a") == Reply(Code.OK, None)
+    assert log.store.get(b"k") == b"from b"
+    assert log.store.stats.duplicates == 1
+
+
+def test_retried_cas_answers_original_reply_even_though_it_would_now_fail(log: Log) -> None:
+    cid = log.open()
+    assert log.cas(cid, 1, b"k", None, b"v") == Reply(Code.OK, True)
+    assert log.cas(cid, 1, b"k", None, b"v") == Reply(Code.OK, True)
+    assert log.store.get(b"k") == b"v"
+
+
+def test_retried_delete_answers_true_though_the_key_is_already_gone(log: Log) -> None:
+    cid = log.open()
+    log.put(cid, 1, b"k", b"v")
+    assert log.delete(cid, 2, b"k") == Reply(Code.OK, True)
+    assert log.delete(cid, 2, b"k") == Reply(Code.OK, True)
+
+
+def test_retry_after_restart_from_snapshot_answers_original_reply(log: Log) -> None:
+    cid = log.open()
+    assert log.cas(cid, 1, b"k", None, b"v") == Reply(Code.OK, True)
+    restarted = KVStore()
+    restarted.restore(log.store.snapshot())
+    retry = encode_command(Op.CAS, b"k", b"v", None, client_id=cid, seq=1)
+    assert restarted.apply(log.store.applied_index + 1, retry) == Reply(Code.OK, True)
+    assert restarted.get(b"k") == b"v"
+
+
+def test_retry_on_a_replica_that_replayed_the_log_answers_original_reply(log: Log) -> None:
+    cid = log.open()
+    log.delete(cid, 1, b"absent")
+    new_leader = KVStore()
+    for index, data in log.entries:
+        new_leader.apply(index, data)
+    retry = encode_command(Op.DELETE, b"absent", client_id=cid, seq=1)
+    assert new_leader.apply(log.store.applied_index + 1, retry) == Reply(Code.OK, False)
+
+
+def test_stale_sequence_number_is_refused_and_not_applied(log: Log) -> None:
+    cid = log.open()
+    log.put(cid, 1, b"k", b"one")
+    log.put(cid, 2, b"k", b"two")
+    reply = log.put(cid, 1, b"k", b"one")
+    assert reply.code == Code.STALE_REQUEST
+    assert reply.value == f"request 1 of client {cid} is stale: its request 2 is already applied"
+    assert log.store.get(b"k") == b"two"
+    assert log.store.stats.stale == 1
+
+
+def test_sequence_numbers_may_skip(log: Log) -> None:
+    cid = log.open()
+    assert log.put(cid, 5, b"k", b"v").ok
+    assert log.put(cid, 9, b"k", b"w").ok
+    assert log.put(cid, 7, b"k", b"x").code == Code.STALE_REQUEST
+    assert log.store.get(b"k") == b"w"
+
+
+def test_write_from_a_client_without_session_is_refused_as_expired(log: Log) -> None:
+    reply = log.put(12345, 1, b"k", b"v")
+    assert reply.code == Code.SESSION_EXPIRED
+    assert "client 12345 has no session" in reply.value
+    assert log.store.get(b"k") is None
+    assert log.store.stats.expired == 1
+
+
+def test_opening_sessions_beyond_the_limit_evicts_the_least_recently_used() -> None:
+    log = Log(KVStore(max_sessions=3))
+    a, b, c = log.open(), log.open(), log.open()
+    log.put(a, 1, b"k", b"a")  # a is now the most recently used; b the least
+    d = log.open()
+    assert log.store.session_count == 3
+    assert log.store.session(b) is None
+    assert [log.store.session(x) is not None for x in (a, c, d)] == [True, True, True]
+    log.open()
+    assert log.store.session(c) is None
+    assert log.store.stats.evicted == 2
+
+
+def test_a_retry_counts_as_use_for_eviction() -> None:
+    log = Log(KVStore(max_sessions=2))
+    a, b = log.open(), log.open()
+    log.put(a, 1, b"k", b"a")
+    log.put(b, 1, b"k", b"b")
+    log.put(a, 1, b"k", b"a")  # retry: a is used again at a later index than b
+    log.open()
+    assert log.store.session(a) is not None
+    assert log.store.session(b) is None
+
+
+def test_evicted_client_retry_is_refused_not_applied_twice() -> None:
+    log = Log(KVStore(max_sessions=1))
+    a = log.open()
+    assert log.cas(a, 1, b"counter", None, b"1").ok
+    b = log.open()  # evicts a
+    assert log.delete(b, 1, b"counter") == Reply(Code.OK, True)
+    reply = log.cas(a, 1, b"counter", None, b"1")
+    assert reply.code == Code.SESSION_EXPIRED
+    assert log.store.get(b"counter") is None
+
+
+def test_eviction_is_identical_on_every_replica() -> None:
+    rng = random.Random(7)
+    leader = Log(KVStore(max_sessions=4))
+    clients: list[int] = []
+    for _ in range(200):
+        if rng.random() < 0.2 or not clients:
+            clients.append(leader.open())
+        else:
+            cid = rng.choice(clients)
+            leader.put(cid, leader.store.applied_index, b"k%d" % rng.randrange(5), b"v")
+    follower = KVStore(max_sessions=4)
+    for index, data in leader.entries:
+        follower.apply(index, data)
+    assert leader.store.stats.evicted > 0
+    assert state(follower) == state(leader.store)
+    alive = [cid for cid in clients if leader.store.session(cid) is not None]
+    assert alive == [cid for cid in clients if follower.session(cid) is not None]
+    assert len(alive) == 4
+
+
+# ---- malformed commands ------------------------------------------------------------------
+
+BIG_KEY = b"k" * (MAX_KEY_SIZE + 1)
+BIG_VALUE = b"v" * (MAX_VALUE_SIZE + 1)
+
+
+def pack(*fields: object) -> bytes:
+    return msgpack.packb(list(fields), use_bin_type=True)
+
+
+MALFORMED = {
+    "not_msgpack": b"\xc1",
+    "truncated": b"\x95\x01\x01",
+    "trailing_bytes": pack(Op.DELETE, 1, 1, b"k") + b"\x00",
+    "string": msgpack.packb("put k v"),
+    "map": msgpack.packb({"op": 1, "key": b"k"}),
+    "integer": msgpack.packb(1),
+    "empty_array": pack(),
+    "unknown_op": pack(99, 1, 1, b"k"),
+    "negative_op": pack(-1, 1, 1, b"k"),
+    "bool_op": pack(True, 1, 1, b"k", b"v"),
+    "str_op": pack("put", 1, 1, b"k", b"v"),
+    "float_op": pack(1.0, 1, 1, b"k", b"v"),
+    "read_op_get": pack(Op.GET, 1, 1, b"k"),
+    "read_op_scan": pack(Op.SCAN, 1, 1, b"k", 10),
+    "put_missing_value": pack(Op.PUT, 1, 1, b"k"),
+    "put_extra_field": pack(Op.PUT, 1, 1, b"k", b"v", b"x"),
+    "delete_extra_field": pack(Op.DELETE, 1, 1, b"k", b"v"),
+    "cas_missing_new": pack(Op.CAS, 1, 1, b"k", None),
+    "open_session_with_args": pack(Op.OPEN_SESSION, 1),
+    "str_key": pack(Op.PUT, 1, 1, "k", b"v"),
+    "none_key": pack(Op.DELETE, 1, 1, None),
+    "int_value": pack(Op.PUT, 1, 1, b"k", 5),
+    "none_value": pack(Op.PUT, 1, 1, b"k", None),
+    "str_expected": pack(Op.CAS, 1, 1, b"k", "old", b"new"),
+    "none_new": pack(Op.CAS, 1, 1, b"k", b"old", None),
+    "zero_client_id": pack(Op.PUT, 0, 1, b"k", b"v"),
+    "negative_seq": pack(Op.PUT, 1, -3, b"k", b"v"),
+    "zero_seq": pack(Op.PUT, 1, 0, b"k", b"v"),
+    "float_seq": pack(Op.PUT, 1, 2.0, b"k", b"v"),
+    "bool_client_id": pack(Op.PUT, True, 2, b"k", b"v"),
+    "bytes_client_id": pack(Op.PUT, b"\x01", 2, b"k", b"v"),
+    "oversize_key": pack(Op.PUT, 1, 2, BIG_KEY, b"v"),
+    "oversize_value": pack(Op.PUT, 1, 2, b"k", BIG_VALUE),
+    "oversize_cas_new": pack(Op.CAS, 1, 2, b"k", None, BIG_VALUE),
+    "oversize_cas_expected": pack(Op.CAS, 1, 2, b"k", BIG_VALUE, b"v"),
+    "oversize_delete_key": pack(Op.DELETE, 1, 2, BIG_KEY),
+    "nested_junk": pack([[[[]]]], {b"a": [1]}, 1),
+    "ext_type": msgpack.packb([msgpack.ExtType(1, b"x"), 1, 1, b"k"]),
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_command_answers_bad_request_counted_and_changes_nothing(data: bytes) -> None:
+    log = Log(KVStore())
+    cid = log.open()
+    assert cid == 1  # the malformed commands above that name client 1 would be valid for it
+    log.put(cid, 1, b"k", b"v")
+    before = state(log.store)
+    reply = log.append(data)
+    assert reply.code == Code.BAD_REQUEST
+    assert isinstance(reply.value, str) and reply.value
+    assert log.store.stats.malformed == 1
+    after = state(log.store)
+    assert after[0] == before[0] + 1  # the entry is applied, as a no-op
+    assert after[1:] == before[1:]
+    # the session is untouched: the client's next request still applies, its last retries
+    assert log.put(cid, 1, b"k", b"v") == Reply(Code.OK, None)
+    assert log.put(cid, 2, b"k", b"w").ok
+
+
+def test_malformed_reply_says_what_is_wrong(log: Log) -> None:
+    cid = log.open()
+    reply = log.append(pack(Op.PUT, cid, 1, b"k", b"v" * 2_000_000))
+    assert reply == Reply(Code.BAD_REQUEST, "value of 2000000 bytes exceeds the limit of 1048576")
+    assert log.append(pack(Op.PUT, cid, 1, "k", b"v")).value == "key must be bytes, not str"
+    assert log.append(pack(77, cid, 1)).value == "unknown op 77"
+    assert log.append(pack(Op.DELETE, cid, 1)).value == "op DELETE with 2 arguments, not 3"
+
+
+def test_limits_are_constructor_parameters() -> None:
+    log = Log(KVStore(max_key_size=4, max_value_size=8))
+    cid = log.open()
+    assert log.put(cid, 1, b"kkkk", b"v" * 8).ok
+    assert log.put(cid, 2, b"kkkkk", b"v").value == "key of 5 bytes exceeds the limit of 4"
+    assert log.put(cid, 3, b"k", b"v" * 9).value == "value of 9 bytes exceeds the limit of 8"
+    assert log.store.get(b"k") is None
+    with pytest.raises(ValueError, match="max_sessions=0"):
+        KVStore(max_sessions=0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_bytes_never_raise_and_leave_state_unchanged(seed: int) -> None:
+    rng = random.Random(seed)
+    log = Log(KVStore())
+    cid = log.open()
+    log.put(cid, 1, b"k", b"v")
+    before = state(log.store)
+    garbage = 0
+    for _ in range(200):
+        data = rng.randbytes(rng.randrange(1, 40))
+        try:
+            decoded = msgpack.unpackb(data)
+        except Exception:
+            decoded = None
+        if isinstance(decoded, list) and decoded and decoded[0] in (1, 2, 3, 4):
+            continue  # could be a valid command by chance; not garbage
+        garbage += 1
+        reply = log.append(data)
+        assert reply.code == Code.BAD_REQUEST, f"seed={seed} data={data!r} reply={reply}"
+    assert log.store.stats.malformed == garbage, f"seed={seed}"
+    assert state(log.store)[1:] == before[1:], f"seed={seed}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_mutations_of_commands_never_raise_and_replicas_agree(seed: int) -> None:
+    rng = random.Random(seed)
+    a, b = KVStore(max_key_size=8, max_value_size=8), KVStore(max_key_size=8, max_value_size=8)
+    valid = [
+        encode_open_session(),
+        encode_command(Op.PUT, b"k", b"v", client_id=1, seq=1),
+        encode_command(Op.CAS, b"k", b"vvvvvvv", None, client_id=1, seq=2),
+        encode_command(Op.DELETE, b"kkkkkkk", client_id=2, seq=3),
+    ]
+    for index in range(1, 400):
+        data = bytearray(rng.choice(valid))
+        for _ in range(rng.randrange(4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        reply = a.apply(index, bytes(data))
+        assert reply == b.apply(index, bytes(data)), f"seed={seed} data={bytes(data)!r}"
+        assert isinstance(reply, Reply) and reply.code in tuple(Code), f"seed={seed}"
+    assert state(a) == state(b), f"seed={seed}"
+
+
+# ---- validation before proposing ---------------------------------------------------------
+
+
+def test_validate_request_accepts_good_requests() -> None:
+    validate_request(Op.GET, b"k")
+    validate_request(Op.SCAN, b"prefix", limit=0)
+    validate_request(Op.PUT, b"k" * MAX_KEY_SIZE, b"v" * MAX_VALUE_SIZE)
+    validate_request(Op.DELETE, b"k")
+    validate_request(Op.CAS, b"k", b"new", None)
+    validate_request(Op.CAS, b"k", b"new", b"old")
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (
+            (Op.PUT, b"k", b"v" * 2_000_000),
+            {},
+            "value of 2000000 bytes exceeds the limit of 1048576",
+        ),
+        ((Op.GET, BIG_KEY), {}, f"key of {MAX_KEY_SIZE + 1} bytes exceeds the limit of 1024"),
+        ((Op.GET, "k"), {}, "key must be bytes, not str"),
+        ((Op.PUT, b"k"), {}, "value must be bytes, not NoneType"),
+        ((Op.CAS, b"k", b"new", "old"), {}, "expected value must be bytes or None, not str"),
+        ((Op.SCAN, b"p"), {"limit": -1}, "scan limit must be an int >= 0, not -1"),
+        ((Op.SCAN, b"p"), {}, "scan limit must be an int >= 0, not None"),
+        (
+            (Op.PUT, b"k", b"12345"),
+            {"max_value_size": 4},
+            "value of 5 bytes exceeds the limit of 4",
+        ),
+        ((42, b"k"), {}, "unknown op 42"),
+    ],
+)
+def test_validate_request_refuses_with_a_message_that_says_what_is_wrong(
+    args: tuple, kwargs: dict, message: str
+) -> None:
+    with pytest.raises(BadRequest) as excinfo:
+        validate_request(*args, **kwargs)
+    assert str(excinfo.value) == message
+    assert isinstance(excinfo.value, ValueError)
+
+
+def test_store_validate_request_uses_the_store_limits() -> None:
+    store = KVStore(max_key_size=2)
+    store.validate_request(Op.GET, b"kk")
+    with pytest.raises(BadRequest, match="key of 3 bytes exceeds the limit of 2"):
+        store.validate_request(Op.GET, b"kkk")
+
+
+# ---- wire forms --------------------------------------------------------------------------
+
+
+def test_commands_encode_as_compact_arrays() -> None:
+    def unpack(data: bytes) -> list:
+        return msgpack.unpackb(data)
+
+    assert unpack(encode_command(Op.PUT, b"k", b"v", client_id=7, seq=3)) == [1, 7, 3, b"k", b"v"]
+    assert unpack(encode_command(Op.DELETE, b"k", client_id=7, seq=4)) == [2, 7, 4, b"k"]
+    assert unpack(encode_command(Op.CAS, b"k", b"n", None, client_id=7, seq=5)) == [
+        3, 7, 5, b"k", None, b"n",
+    ]  # fmt: skip
+    assert unpack(encode_open_session()) == [4]
+    assert len(encode_command(Op.PUT, b"k", b"v", client_id=7, seq=3)) == 10  # 6 of framing
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((Op.GET, b"k"), {"client_id": 1, "seq": 1}, "not a write"),
+        ((Op.OPEN_SESSION, b"k"), {"client_id": 1, "seq": 1}, "not a write"),
+        ((Op.PUT, b"k", b"v"), {"client_id": 0, "seq": 1}, "client_id must be an int"),
+        ((Op.PUT, b"k", b"v"), {"client_id": 1, "seq": 2**64}, "seq must be an int"),
+        ((Op.PUT, "k", b"v"), {"client_id": 1, "seq": 1}, "key must be bytes"),
+    ],
+)
+def test_encode_command_refuses_what_apply_would_refuse(
+    args: tuple, kwargs: dict, message: str
+) -> None:
+    with pytest.raises(BadRequest, match=message):
+        encode_command(*args, **kwargs)
+
+
+def test_reply_packs_as_code_value_array_and_comes_back() -> None:
+    for reply in [Reply(Code.OK, None), Reply(Code.OK, True), Reply(Code.STALE_REQUEST, "m")]:
+        wire = msgpack.unpackb(msgpack.packb(reply))
+        assert wire == [int(reply.code), reply.value]
+        assert Reply.from_wire(wire) == reply
+        assert Reply.from_wire(wire).code is reply.code
+    with pytest.raises(BadRequest):
+        Reply.from_wire([99, None])
+    with pytest.raises(BadRequest):
+        Reply.from_wire(b"junk")
+
+
+# ---- snapshots and replicas --------------------------------------------------------------
+
+
+def test_restore_reproduces_data_sessions_and_applied_index(log: Log) -> None:
+    a, b = log.open(), log.open()
+    log.put(a, 1, b"x", b"1")
+    log.cas(b, 1, b"y", None, b"2")
+    log.delete(a, 2, b"x")
+    restored = KVStore()
+    restored.restore(log.store.snapshot())
+    assert restored.applied_index == log.store.applied_index
+    assert restored.scan(b"", 10) == [(b"y", b"2")]
+    assert restored.session(a) == log.store.session(a)
+    assert restored.session(b) == log.store.session(b)
+    assert state(restored) == state(log.store)
+    assert restored.snapshot() == log.store.snapshot()
+
+
+def test_restore_replaces_the_previous_state(log: Log) -> None:
+    cid = log.open()
+    log.put(cid, 1, b"old", b"v")
+    snap = KVStore().snapshot()
+    log.store.restore(snap)
+    assert len(log.store) == 0
+    assert log.store.session_count == 0
+    assert log.store.applied_index == 0
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"",
+        b"\xc1",
+        msgpack.packb([2, 0, {}, []]),
+        msgpack.packb([1, 0, {}]),
+        msgpack.packb([1, -1, {}, []]),
+        msgpack.packb([1, 5, {b"k": "str"}, []]),
+        msgpack.packb([1, 5, {}, [[1, 1, 9, 0, None]]]),  # session used after applied index
+        msgpack.packb([1, 5, {}, [[1, 1, 3, 0, None], [2, 1, 2, 0, None]]]),  # out of order
+        msgpack.packb([1, 5, {}, [[1, 1, 2, 0, None], [1, 1, 3, 0, None]]]),  # twice
+        msgpack.packb([1, 5, {}, [[1, 1, 2, 9, None]]]),  # unknown reply code
+    ],
+)
+def test_restore_of_a_bad_snapshot_raises_and_changes_nothing(log: Log, blob: bytes) -> None:
+    cid = log.open()
+    log.put(cid, 1, b"k", b"v")
+    before = state(log.store)
+    with pytest.raises(SnapshotError):
+        log.store.restore(blob)
+    assert state(log.store) == before
+
+
+class Workload:
+    """Random clients doing random things, against a small key space and few sessions so
+    every path is taken: new writes, retries, stale and expired requests, bad data."""
+
+    KEYS = [b"", b"a", b"ab", b"abc", b"b", b"ba", b"c"]
+    VALUES = [b"", b"1", b"2", b"xyz"]
+
+    def __init__(self, rng: random.Random, log: Log) -> None:
+        self.rng = rng
+        self.log = log
+        self.clients: dict[int, tuple[int, bytes]] = {}  # client -> (last seq, last command)
+        self.replies: list[Reply] = []
+
+    def step(self) -> None:
+        rng, log = self.rng, self.log
+        gap = 1 if rng.random() < 0.05 else 0
+        roll = rng.random()
+        if roll < 0.1 or not self.clients:
+            reply = log.append(encode_open_session(), gap=gap)
+            self.clients[reply.value] = (0, b"")
+        elif roll < 0.75:
+            cid = rng.choice(list(self.clients))
+            seq = self.clients[cid][0] + rng.choice((1, 1, 1, 2))
+            op = rng.choice((Op.PUT, Op.DELETE, Op.CAS))
+            key = rng.choice(self.KEYS)
+            value = rng.choice(self.VALUES)
+            expected = rng.choice([None, *self.VALUES])
+            data = encode_command(op, key, value, expected, client_id=cid, seq=seq)
+            self.clients[cid] = (seq, data)
+            reply = log.append(data, gap=gap)
+        elif roll < 0.85:  # a retry of the client's last request
+            cid = rng.choice(list(self.clients))
+            data = self.clients[cid][1] or encode_command(Op.DELETE, b"a", client_id=cid, seq=1)
+            reply = log.append(data, gap=gap)
+        elif roll < 0.9:  # a stale request
+            cid = rng.choice(list(self.clients))
+            reply = log.put(cid, 1 + rng.randrange(max(1, self.clients[cid][0])), b"a", b"stale")
+        elif roll < 0.95:
+            reply = log.append(rng.randbytes(rng.randrange(12)), gap=gap)
+        else:
+            reply = log.append(pack(Op.PUT, rng.choice(list(self.clients)), 10**6, b"a", 3))
+        self.replies.append(reply)
+
+
+def run_workload(seed: int, steps: int, store: KVStore) -> Workload:
+    workload = Workload(random.Random(seed), Log(store))
+    for _ in range(steps):
+        workload.step()
+    return workload
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_workload_restored_snapshot_is_indistinguishable(seed: int) -> None:
+    workload = run_workload(seed, 300, KVStore(max_sessions=5))
+    original = workload.log.store
+    stats = original.stats
+    assert stats.duplicates and stats.evicted and stats.malformed, f"seed={seed}: weak workload"
+    restored = KVStore(max_sessions=5)
+    restored.restore(original.snapshot())
+    assert state(restored) == state(original), f"seed={seed}"
+    assert restored.snapshot() == original.snapshot(), f"seed={seed}"
+    for cid in workload.clients:
+        assert restored.session(cid) == original.session(cid), f"seed={seed} client={cid}"
+    # both now apply the same future: same replies, same end state
+    mark = len(workload.log.entries)
+    for _ in range(300):
+        workload.step()
+    future = workload.log.entries[mark:]
+    replies = [restored.apply(index, data) for index, data in future]
+    assert replies == workload.replies[-len(future) :], f"seed={seed}"
+    assert state(restored) == state(original), f"seed={seed}"
+    assert restored.scan(b"", 100) == original.scan(b"", 100), f"seed={seed}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_workload_replicas_fed_the_same_entries_end_identical(seed: int) -> None:
+    workload = run_workload(seed, 500, KVStore(max_sessions=5))
+    replica = KVStore(max_sessions=5)
+    replies = [replica.apply(index, data) for index, data in workload.log.entries]
+    assert replies == workload.replies, f"seed={seed}"
+    assert replica.snapshot() == workload.log.store.snapshot(), f"seed={seed}"
+    assert replica.stats == workload.log.store.stats, f"seed={seed}"
