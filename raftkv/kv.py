@@ -39,6 +39,10 @@ Sessions are ordered by the log index of their last use; opening a session beyon
 `max_sessions` evicts the least recently used one. Letting a client name its own id
 would make an evicted client indistinguishable from a new one, so its retry would apply
 twice; ids handed out by the log close that hole.
+
+Bad data never raises from `apply`: it answers BAD_REQUEST, changes nothing but
+`applied_index`, and is counted in `KVStore.stats` (local counters, not replicated).
+Applying an index <= `applied_index` is a caller bug and raises `OutOfOrderApply`.
 """
 
 from __future__ import annotations
@@ -94,11 +98,18 @@ class Reply(NamedTuple):
     def from_wire(cls, obj: object) -> Reply:
         """Rebuild a reply from its unpacked form `[code, value]`; BadRequest if it is
         not one."""
-        if not isinstance(obj, list | tuple) or len(obj) != 2 or obj[0] not in _CODES:
+        if (
+            not isinstance(obj, list | tuple)
+            or len(obj) != 2
+            or type(obj[0]) is not int
+            or obj[0] not in _CODES
+        ):
             raise BadRequest(f"not a reply: {obj!r:.100}")
         return cls(Code(obj[0]), obj[1])
 
 
+# Plain ints for the hot path: comparing with an enum member costs an attribute lookup.
+_PUT, _DELETE, _CAS, _OPEN_SESSION = int(Op.PUT), int(Op.DELETE), int(Op.CAS), int(Op.OPEN_SESSION)
 _CODES = frozenset(int(c) for c in Code)
 _OPS = frozenset(int(op) for op in Op)
 _OK_NONE = Reply(Code.OK, None)
@@ -216,9 +227,9 @@ def encode_command(
 ) -> bytes:
     """Encode a write (PUT, DELETE or CAS; for CAS `value` is the new value) as entry data.
 
-    Raises BadRequest on a read op, a wrong type or an id/seq out of range. Sizes are
-    checked against the default limits only by `validate_request`; the state machine
-    rechecks them with its own limits when applying.
+    Raises BadRequest on a read op, a wrong type or an id/seq out of range. Sizes are not
+    checked here: call `KVStore.validate_request` first; `apply` rechecks them with the
+    store's limits, deterministically, and answers BAD_REQUEST if they are exceeded.
     """
     problem = _id_problem("client_id", client_id) or _id_problem("seq", seq)
     if problem is None and op not in WRITE_OPS:
@@ -342,38 +353,63 @@ class KVStore:
             return self._malformed("command is not a msgpack value")
         if type(cmd) is not list or not cmd:
             return self._malformed("command is not a non-empty array")
-        n = len(cmd)
         op = cmd[0]
-        if op == Op.PUT and n == 5 or op == Op.DELETE and n == 4 or op == Op.CAS and n == 6:
-            if type(op) is not int:  # True == 1: a bool is not an op
-                return self._malformed(f"unknown op {op!r:.40}")
-            client_id = cmd[1]
-            seq = cmd[2]
+        n = len(cmd)
+        # The checks below are `_problem`'s, inlined for speed; `_problem` words the reply.
+        max_key = self.max_key_size
+        max_value = self.max_value_size
+        if type(op) is not int:  # True == 1 and 1.0 == 1, but neither is an op
+            return self._malformed(f"unknown op {op!r:.40}")
+        if op == _PUT and n == 5:
             key = cmd[3]
-            if op == Op.PUT:
-                value = cmd[4]
-                expected = None
-            elif op == Op.CAS:
-                expected = cmd[4]
-                value = cmd[5]
-            else:
-                value = expected = None
-            problem = (
-                _id_problem("client_id", client_id)
-                or _id_problem("seq", seq)
-                or _problem(op, key, value, expected, None, self.max_key_size, self.max_value_size)
+            value = cmd[4]
+            expected = None
+            valid = (
+                type(key) is bytes
+                and len(key) <= max_key
+                and type(value) is bytes
+                and len(value) <= max_value
             )
-            if problem is not None:
-                return self._malformed(problem)
-        elif op == Op.OPEN_SESSION and n == 1 and type(op) is int:
+        elif op == _DELETE and n == 4:
+            key = cmd[3]
+            value = expected = None
+            valid = type(key) is bytes and len(key) <= max_key
+        elif op == _CAS and n == 6:
+            key = cmd[3]
+            expected = cmd[4]
+            value = cmd[5]
+            valid = (
+                type(key) is bytes
+                and len(key) <= max_key
+                and type(value) is bytes
+                and len(value) <= max_value
+                and (expected is None or type(expected) is bytes and len(expected) <= max_value)
+            )
+        elif op == _OPEN_SESSION and n == 1:
             return self._open_session(index)
-        elif type(op) is int and op in _OPS:
-            if op not in WRITE_OPS and op != Op.OPEN_SESSION:
+        elif op in _OPS:
+            if op == Op.GET or op == Op.SCAN:
                 return self._malformed(f"op {Op(op).name} is a read: reads are not applied")
             want = {Op.PUT: 4, Op.DELETE: 3, Op.CAS: 5, Op.OPEN_SESSION: 0}[Op(op)]
             return self._malformed(f"op {Op(op).name} with {n - 1} arguments, not {want}")
         else:
             return self._malformed(f"unknown op {op!r:.40}")
+        client_id = cmd[1]
+        seq = cmd[2]
+        # msgpack has no integer above 2**64 - 1, so `> 0` is the whole range check.
+        if (
+            not valid
+            or type(client_id) is not int
+            or type(seq) is not int
+            or client_id <= 0
+            or seq <= 0
+        ):
+            return self._malformed(
+                _id_problem("client_id", client_id)
+                or _id_problem("seq", seq)
+                or _problem(op, key, value, expected, None, max_key, max_value)
+                or "invalid command"
+            )
 
         # Exactly-once (thesis §6.3): decided before touching the data.
         sessions = self._sessions
@@ -399,10 +435,10 @@ class KVStore:
             )
 
         store = self._data
-        if op == Op.PUT:
+        if op == _PUT:
             store[key] = value
             reply = _OK_NONE
-        elif op == Op.DELETE:
+        elif op == _DELETE:
             reply = _OK_FALSE if store.pop(key, None) is None else _OK_TRUE
         else:
             current = store.get(key)

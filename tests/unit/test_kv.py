@@ -401,6 +401,11 @@ def test_malformed_reply_says_what_is_wrong(log: Log) -> None:
     assert log.append(pack(Op.PUT, cid, 1, "k", b"v")).value == "key must be bytes, not str"
     assert log.append(pack(77, cid, 1)).value == "unknown op 77"
     assert log.append(pack(Op.DELETE, cid, 1)).value == "op DELETE with 2 arguments, not 3"
+    assert log.append(pack(Op.OPEN_SESSION, 1)).value == "op OPEN_SESSION with 1 arguments, not 0"
+    assert log.append(pack(Op.GET, cid, 1, b"k")).value == "op GET is a read: reads are not applied"
+    assert log.append(pack(Op.PUT, cid, 0, b"k", b"v")).value == (
+        "seq must be an int in [1, 2**64), not 0"
+    )
 
 
 def test_limits_are_constructor_parameters() -> None:
@@ -546,10 +551,9 @@ def test_reply_packs_as_code_value_array_and_comes_back() -> None:
         assert wire == [int(reply.code), reply.value]
         assert Reply.from_wire(wire) == reply
         assert Reply.from_wire(wire).code is reply.code
-    with pytest.raises(BadRequest):
-        Reply.from_wire([99, None])
-    with pytest.raises(BadRequest):
-        Reply.from_wire(b"junk")
+    for junk in (b"junk", [99, None], [True, None], [[0], None], [0], None):
+        with pytest.raises(BadRequest):
+            Reply.from_wire(junk)
 
 
 # ---- snapshots and replicas --------------------------------------------------------------
