@@ -1,5 +1,6 @@
 """The pure Raft core: messages in, a Ready batch out. No sockets, clock, disk or threads."""
 
+from raftkv.raft.core import CampaignKind, Config, Raft
 from raftkv.raft.types import (
     NONE,
     Entry,
@@ -11,13 +12,16 @@ from raftkv.raft.types import (
     NotLeader,
     ProposalDropped,
     RaftError,
-    Ready,
     ReadState,
+    Ready,
     Role,
     SnapshotMeta,
 )
 
 __all__ = [
+    "CampaignKind",
+    "Config",
+    "Raft",
     "NONE",
     "Entry",
     "EntryType",

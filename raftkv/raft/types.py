@@ -127,6 +127,9 @@ class Ready:
     persisted_messages: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    # Read contexts this node accepted as leader but can no longer confirm (it lost
+    # leadership): the application answers them "retry elsewhere".
+    aborted_reads: list[object] = field(default_factory=list)
     soft_state: SoftState | None = None
 
 

@@ -1,0 +1,632 @@
+"""The Raft state machine: messages in, a Ready batch out (after etcd-io/raft `raft.go`).
+
+This module never touches a socket, a disk or a clock. Time is `tick()`; everything
+else arrives through `step(msg)` or the leader's entry points (`propose`, `read_index`,
+`transfer_leader`). What the application must do next is collected into one `Ready`.
+
+Roles are swapped functions: `become_follower`, `become_pre_candidate`,
+`become_candidate` and `become_leader` set `self._step` and `self._tick`, so role checks
+are not scattered through the handlers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from raftkv.raft.log import RaftLog
+from raftkv.raft.progress import Progress, ProgressState
+from raftkv.raft.quorum import VoteResult, committed_index, vote_result
+from raftkv.raft.types import (
+    AFTER_PERSIST_TYPES,
+    NONE,
+    Entry,
+    EntryType,
+    HardState,
+    InvariantViolation,
+    Message,
+    MsgType,
+    NotLeader,
+    ProposalDropped,
+    RaftError,
+    ReadState,
+    Ready,
+    Role,
+    SnapshotMeta,
+    SoftState,
+)
+
+CAMPAIGN_TRANSFER = 1
+"""VOTE.context for an election forced by TimeoutNow: it may bypass the leader lease."""
+
+
+class CampaignKind(IntEnum):
+    PRE_ELECTION = 0  # ask first whether we could win, without touching the term (§9.6)
+    ELECTION = 1
+    TRANSFER = 2  # ordered by the leader through TimeoutNow (thesis §3.10)
+
+
+@dataclass(slots=True)
+class Config:
+    id: int
+    voters: tuple[int, ...]
+    election_tick: int = 10  # ticks without a leader before an election; randomized to [e, 2e)
+    heartbeat_tick: int = 1
+    pre_vote: bool = True  # thesis §9.6
+    check_quorum: bool = True  # thesis §6.2 / §4.2.3
+    max_inflight: int = 256  # pipelined appends in flight per follower
+    max_entries_per_msg: int = 4096
+    seed: int = 0  # election timeouts are drawn from random.Random(seed)
+
+    def __post_init__(self) -> None:
+        if self.id <= NONE:
+            raise ValueError(f"node id must be >= 1, got {self.id}")
+        if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
+            raise ValueError("need 0 < heartbeat_tick < election_tick")
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    round: int
+    index: int
+    ctx: object
+
+
+@dataclass(slots=True)
+class _Outbox:
+    messages: list[Message] = field(default_factory=list)
+    after_persist: list[Message] = field(default_factory=list)
+
+
+class Raft:
+    """One Raft peer. Not thread-safe; drive it from a single loop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        hard_state: HardState | None = None,
+        entries: list[Entry] | None = None,
+        snapshot: SnapshotMeta | None = None,
+        applied: int = 0,
+    ) -> None:
+        hs = hard_state or HardState()
+        self.id = config.id
+        self.cfg = config
+        self.rng = random.Random(config.seed)
+        voters = snapshot.voters if snapshot and snapshot.voters else config.voters
+        self.voters: frozenset[int] = frozenset(voters)
+        if not self.voters:
+            raise ValueError("a cluster needs at least one voter")
+        self.log = RaftLog(
+            entries,
+            offset=snapshot.index if snapshot else 0,
+            offset_term=snapshot.term if snapshot else 0,
+            committed=hs.commit,
+            applied=applied,
+        )
+        self.term = hs.term
+        self.vote = hs.vote
+        self.lead = NONE
+        self.role = Role.FOLLOWER
+        self.prs: dict[int, Progress] = {}
+        self.votes: dict[int, bool] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = config.election_tick
+        self.lead_transferee = NONE
+        self.read_round = 0
+        self.pending_reads: list[_PendingRead] = []
+        self.reads_before_commit: list[object] = []  # held until an entry of our term commits
+        self.read_states: list[ReadState] = []
+        self.aborted_reads: list[object] = []
+        self.out = _Outbox()
+        self._bcast_pending = False
+        self._prev_hard_state = hs
+        self._prev_soft_state = SoftState(NONE, Role.FOLLOWER)
+        self._step: Callable[[Message], None] = self._step_follower
+        self._tick: Callable[[], None] = self._tick_election
+        self.become_follower(self.term, NONE)
+
+    # -- public entry points ---------------------------------------------------------
+
+    def tick(self) -> None:
+        self._tick()
+
+    def step(self, m: Message) -> None:
+        """Feed one message from a peer (paper Figure 2, "Rules for all servers")."""
+        if m.term > self.term:
+            if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
+                forced = m.type == MsgType.VOTE and m.context == CAMPAIGN_TRANSFER
+                in_lease = (self.cfg.check_quorum and self.lead != NONE
+                            and self.election_elapsed < self.cfg.election_tick)
+                if in_lease and not forced:
+                    # We heard from a live leader within the minimum election timeout:
+                    # a disruptive candidate must not depose it (thesis §4.2.3).
+                    return
+            if m.type == MsgType.PRE_VOTE:
+                pass  # a pre-vote never changes our term (thesis §9.6)
+            elif m.type == MsgType.PRE_VOTE_RESP and not m.reject:
+                pass  # a granted pre-vote carries the term the candidate will use
+            elif m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+                self.become_follower(m.term, m.frm)
+            else:
+                self.become_follower(m.term, NONE)
+        elif m.term < self.term:
+            if m.type in (MsgType.APP, MsgType.HEARTBEAT) and (
+                self.cfg.check_quorum or self.cfg.pre_vote
+            ):
+                # A stale leader may be cut off from the rest; answering with our term
+                # makes it step down, where staying silent would leave it believing.
+                self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term))
+            elif m.type == MsgType.PRE_VOTE:
+                self.send(Message(MsgType.PRE_VOTE_RESP, m.frm, self.id, self.term,
+                                  reject=True))
+            return
+        if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
+            self.handle_vote_request(m)
+        else:
+            self._step(m)
+
+    def propose(self, data: bytes, type: EntryType = EntryType.NORMAL) -> int:
+        """Append a new entry on the leader; returns its index. It is sent to the
+        followers when the application next asks for `ready()`, so every proposal of
+        one loop turn travels in one append per follower (batching)."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.lead)
+        if self.lead_transferee != NONE:
+            raise ProposalDropped(f"leadership is moving to node {self.lead_transferee}")
+        index = self.log.last_index() + 1
+        self.log.append([Entry(self.term, index, type, data)])
+        self._bcast_pending = True
+        return index
+
+    def read_index(self, ctx: object) -> None:
+        """Ask for a linearizable read point (thesis §6.4). A `ReadState(index, ctx)`
+        appears in a later Ready once a quorum confirmed our leadership; the read may be
+        served when the state machine has applied `index`."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.lead)
+        if not self.committed_entry_in_current_term():
+            # Our commit index may lag the true one until our no-op commits (§6.4 step 1).
+            self.reads_before_commit.append(ctx)
+            return
+        self.start_read_round(ctx)
+
+    def transfer_leader(self, target: int) -> None:
+        """Hand leadership to `target` (thesis §3.10): bring it up to date, then send it
+        TimeoutNow. Proposals are refused meanwhile; the attempt is abandoned after an
+        election timeout."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.lead)
+        if target not in self.voters:
+            raise RaftError(f"node {target} is not a voter")
+        if target == self.id or target == self.lead_transferee:
+            return
+        self.lead_transferee = target
+        self.election_elapsed = 0
+        if self.prs[target].match == self.log.last_index():
+            self.send_timeout_now(target)
+        else:
+            self.maybe_send_append(target, send_if_empty=True)
+
+    # -- Ready / advance -------------------------------------------------------------
+
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def soft_state(self) -> SoftState:
+        return SoftState(self.lead, self.role)
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._bcast_pending
+            or self.out.messages
+            or self.out.after_persist
+            or self.log.stabled < self.log.last_index()
+            or self.log.has_next_committed_entries()
+            or self.read_states
+            or self.aborted_reads
+            or self.hard_state() != self._prev_hard_state
+            or self.soft_state() != self._prev_soft_state
+        )
+
+    def ready(self) -> Ready:
+        """Collect the work accumulated since the last Ready. Messages and read states
+        move into the Ready; entries and hard state stay pending until `advance`."""
+        self.flush_appends()
+        hs = self.hard_state()
+        ss = self.soft_state()
+        rd = Ready(
+            hard_state=hs if hs != self._prev_hard_state else None,
+            entries=self.log.unstable_entries(),
+            messages=self.out.messages,
+            persisted_messages=self.out.after_persist,
+            committed_entries=self.log.next_committed_entries(),
+            read_states=self.read_states,
+            aborted_reads=self.aborted_reads,
+            soft_state=ss if ss != self._prev_soft_state else None,
+        )
+        self.out = _Outbox()
+        self.read_states = []
+        self.aborted_reads = []
+        if rd.soft_state is not None:
+            self._prev_soft_state = rd.soft_state
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The application persisted `rd.entries` and `rd.hard_state` and applied
+        `rd.committed_entries`."""
+        if rd.hard_state is not None:
+            self._prev_hard_state = rd.hard_state
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+            if self.role == Role.LEADER and self.prs[self.id].maybe_update(self.log.stabled):
+                # Our own copy counts toward the commit quorum only once durable (§10.2.1).
+                self.maybe_commit()
+        if rd.committed_entries:
+            self.log.applied_to(rd.committed_entries[-1].index)
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(self, m: Message) -> None:
+        if m.type in AFTER_PERSIST_TYPES:
+            self.out.after_persist.append(m)
+        else:
+            self.out.messages.append(m)
+
+    def flush_appends(self) -> None:
+        """Send what proposals and commit advances left pending: one append per
+        follower per Ready, carrying every new entry (batching) and the commit index."""
+        if not self._bcast_pending:
+            return
+        self._bcast_pending = False
+        if self.role != Role.LEADER:
+            return
+        for pid, pr in self.prs.items():
+            if pid != self.id:
+                self.maybe_send_append(pid, send_if_empty=pr.sent_commit < self.log.committed)
+
+    def maybe_send_append(self, to: int, send_if_empty: bool) -> bool:
+        """Send `to` the entries it lacks, unless its window is full. Returns whether a
+        message went out."""
+        pr = self.prs[to]
+        if pr.is_paused():
+            return False
+        prev = pr.next - 1
+        prev_term = self.log.term(prev)
+        if prev_term is None:
+            raise InvariantViolation(
+                f"node {to} needs index {prev}, compacted below {self.log.offset}; "
+                "snapshot transfer is not implemented"
+            )
+        entries = self.log.slice(pr.next, self.log.last_index() + 1,
+                                 self.cfg.max_entries_per_msg)
+        if not entries and not send_if_empty:
+            return False
+        self.send(Message(MsgType.APP, to, self.id, self.term, log_term=prev_term,
+                          index=prev, entries=entries, commit=self.log.committed))
+        if entries:
+            pr.sent_entries(entries[-1].index)
+        elif pr.state == ProgressState.PROBE:
+            pr.probe_sent = True
+        pr.sent_commit = self.log.committed
+        return True
+
+    def bcast_heartbeat(self) -> None:
+        for pid, pr in self.prs.items():
+            if pid == self.id:
+                continue
+            # Never tell a follower to commit past what it is known to hold (§5.3).
+            commit = min(pr.match, self.log.committed)
+            self.send(Message(MsgType.HEARTBEAT, pid, self.id, self.term, commit=commit,
+                              context=self.read_round))
+
+    def send_timeout_now(self, to: int) -> None:
+        self.send(Message(MsgType.TIMEOUT_NOW, to, self.id, self.term))
+
+    # -- role transitions ------------------------------------------------------------
+
+    def reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = NONE
+        self.lead = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = (
+            self.cfg.election_tick + self.rng.randrange(self.cfg.election_tick)
+        )
+        self.votes = {}
+        self.lead_transferee = NONE
+        self.abort_reads()
+        self.prs = {}
+
+    def become_follower(self, term: int, lead: int) -> None:
+        self.reset(term)
+        self.lead = lead
+        self.role = Role.FOLLOWER
+        self._step = self._step_follower
+        self._tick = self._tick_election
+
+    def become_pre_candidate(self) -> None:
+        if self.role == Role.LEADER:
+            raise InvariantViolation("a leader cannot become a pre-candidate")
+        # Term and vote stay as they are: a pre-vote changes nothing durable (§9.6).
+        self.votes = {}
+        self.lead = NONE
+        self.role = Role.PRE_CANDIDATE
+        self._step = self._step_candidate
+        self._tick = self._tick_election
+
+    def become_candidate(self) -> None:
+        if self.role == Role.LEADER:
+            raise InvariantViolation("a leader cannot become a candidate")
+        self.reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+        self._step = self._step_candidate
+        self._tick = self._tick_election
+
+    def become_leader(self) -> None:
+        if self.role == Role.FOLLOWER:
+            raise InvariantViolation("a follower cannot become leader without an election")
+        self.reset(self.term)
+        self.lead = self.id
+        self.role = Role.LEADER
+        self._step = self._step_leader
+        self._tick = self._tick_heartbeat
+        last = self.log.last_index()
+        for v in self.voters:
+            pr = Progress(last + 1, self.cfg.max_inflight)
+            pr.recent_active = True
+            self.prs[v] = pr
+        me = self.prs[self.id]
+        me.match = self.log.stabled
+        me.become_replicate()
+        me.next = last + 1
+        # A new leader commits an entry of its own term at once: that is what lets it
+        # commit earlier entries (§5.4.2, Figure 8) and serve reads (thesis §6.4).
+        self.log.append([Entry(self.term, last + 1, EntryType.NOOP)])
+        self._bcast_pending = True
+
+    def campaign(self, kind: CampaignKind) -> None:
+        if self.id not in self.voters:
+            return
+        if kind == CampaignKind.PRE_ELECTION:
+            self.become_pre_candidate()
+            vote_type, term = MsgType.PRE_VOTE, self.term + 1
+        else:
+            self.become_candidate()
+            vote_type, term = MsgType.VOTE, self.term
+        self.votes[self.id] = True
+        if self.poll_votes() is not VoteResult.PENDING:
+            return
+        for v in sorted(self.voters):
+            if v == self.id:
+                continue
+            self.send(Message(vote_type, v, self.id, term, log_term=self.log.last_term(),
+                              index=self.log.last_index(),
+                              context=CAMPAIGN_TRANSFER if kind == CampaignKind.TRANSFER else 0))
+
+    def poll_votes(self) -> VoteResult:
+        result = vote_result(self.voters, self.votes)
+        if result is VoteResult.WON:
+            if self.role == Role.PRE_CANDIDATE:
+                self.campaign(CampaignKind.ELECTION)  # the pre-vote won: the real one
+            else:
+                self.become_leader()
+        elif result is VoteResult.LOST:
+            self.become_follower(self.term, NONE)
+        return result
+
+    # -- ticks -----------------------------------------------------------------------
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if (self.id in self.voters
+                and self.election_elapsed >= self.randomized_election_timeout):
+            self.election_elapsed = 0
+            self.campaign(CampaignKind.PRE_ELECTION if self.cfg.pre_vote
+                          else CampaignKind.ELECTION)
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_tick:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum and not self.quorum_active():
+                # Cut off from a majority: stop acting as leader (thesis §6.2).
+                self.become_follower(self.term, NONE)
+                return
+            self.lead_transferee = NONE  # a transfer that took this long has failed
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
+            self.heartbeat_elapsed = 0
+            self.bcast_heartbeat()
+
+    def quorum_active(self) -> bool:
+        active = {pid: int(pr.recent_active or pid == self.id) for pid, pr in self.prs.items()}
+        for pid, pr in self.prs.items():
+            pr.recent_active = pid == self.id
+        return committed_index(self.voters, active) == 1
+
+    # -- votes -----------------------------------------------------------------------
+
+    def handle_vote_request(self, m: Message) -> None:
+        can_vote = (
+            self.vote == m.frm
+            or (self.vote == NONE and self.lead == NONE)
+            or (m.type == MsgType.PRE_VOTE and m.term > self.term)
+        )
+        resp_type = MsgType.VOTE_RESP if m.type == MsgType.VOTE else MsgType.PRE_VOTE_RESP
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            # A granted pre-vote answers in the term the candidate asked for, so the
+            # candidate does not drop it as stale.
+            self.send(Message(resp_type, m.frm, self.id, m.term))
+            if m.type == MsgType.VOTE:
+                self.election_elapsed = 0
+                self.vote = m.frm  # durable before the grant leaves (§3.8: AFTER_PERSIST)
+        else:
+            self.send(Message(resp_type, m.frm, self.id, self.term, reject=True))
+
+    # -- role step functions ---------------------------------------------------------
+
+    def _step_follower(self, m: Message) -> None:
+        t = m.type
+        if t == MsgType.APP:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self.handle_append(m)
+        elif t == MsgType.HEARTBEAT:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self.handle_heartbeat(m)
+        elif t == MsgType.TIMEOUT_NOW:
+            self.campaign(CampaignKind.TRANSFER)
+
+    def _step_candidate(self, m: Message) -> None:
+        t = m.type
+        if t in (MsgType.APP, MsgType.HEARTBEAT):
+            self.become_follower(m.term, m.frm)  # a leader of our term exists (§5.2)
+            self._step_follower(m)
+        elif (t == MsgType.PRE_VOTE_RESP and self.role == Role.PRE_CANDIDATE) or (
+            t == MsgType.VOTE_RESP and self.role == Role.CANDIDATE
+        ):
+            self.votes.setdefault(m.frm, not m.reject)
+            self.poll_votes()
+
+    def _step_leader(self, m: Message) -> None:
+        pr = self.prs.get(m.frm)
+        if pr is None:
+            return
+        t = m.type
+        if t == MsgType.APP_RESP:
+            pr.recent_active = True
+            if m.reject:
+                self.handle_append_rejection(m, pr)
+            else:
+                self.handle_append_ack(m, pr)
+        elif t == MsgType.HEARTBEAT_RESP:
+            pr.recent_active = True
+            pr.probe_sent = False
+            if pr.state == ProgressState.REPLICATE and pr.is_paused():
+                pr.inflight.popleft()  # let one append through after a possible loss
+            if pr.match < self.log.last_index():
+                # Even with nothing new to send, an empty append re-checks the follower's
+                # log: appends we pipelined to it may have been lost (§5.3).
+                self.maybe_send_append(m.frm, send_if_empty=True)
+            if m.context > pr.read_ack:
+                pr.read_ack = m.context
+                self.release_reads()
+
+    def handle_append_rejection(self, m: Message, pr: Progress) -> None:
+        # The follower told us the last index at or below the rejected one whose term
+        # is <= the term we sent; skip every entry of ours with a larger term (§5.3).
+        hint = m.reject_hint
+        if m.log_term > 0:
+            hint, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
+        if pr.maybe_decr_to(m.index, hint):
+            if pr.state == ProgressState.REPLICATE:
+                pr.become_probe()
+            self.maybe_send_append(m.frm, send_if_empty=True)
+
+    def handle_append_ack(self, m: Message, pr: Progress) -> None:
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state == ProgressState.PROBE:
+            pr.become_replicate()
+        if self.maybe_commit():
+            self._bcast_pending = True
+        while self.maybe_send_append(m.frm, send_if_empty=False):
+            pass
+        if m.frm == self.lead_transferee and pr.match == self.log.last_index():
+            self.send_timeout_now(m.frm)
+
+    def maybe_commit(self) -> bool:
+        """Advance commit to what a majority holds, but only by counting replicas of an
+        entry of the current term (§5.4.2, Figure 8)."""
+        index = committed_index(self.voters, {pid: pr.match for pid, pr in self.prs.items()})
+        if index <= self.log.committed or self.log.term(index) != self.term:
+            return False
+        self.log.commit_to(index)
+        self._bcast_pending = True
+        if self.reads_before_commit:
+            held, self.reads_before_commit = self.reads_before_commit, []
+            for ctx in held:
+                self.start_read_round(ctx)
+        return True
+
+    # -- follower handlers -----------------------------------------------------------
+
+    def handle_append(self, m: Message) -> None:
+        if m.index < self.log.committed:
+            # Everything up to our commit already matches the leader (§5.4 Log Matching).
+            self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term,
+                              index=self.log.committed))
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=last_new))
+            return
+        hint_index, hint_term = self.log.find_conflict_by_term(
+            min(m.index, self.log.last_index()), m.log_term)
+        self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=m.index,
+                          reject=True, reject_hint=hint_index, log_term=hint_term))
+
+    def handle_heartbeat(self, m: Message) -> None:
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self.send(Message(MsgType.HEARTBEAT_RESP, m.frm, self.id, self.term,
+                          context=m.context))
+
+    # -- reads (thesis §6.4) ---------------------------------------------------------
+
+    def committed_entry_in_current_term(self) -> bool:
+        return self.log.term(self.log.committed) == self.term
+
+    def start_read_round(self, ctx: object) -> None:
+        self.read_round += 1
+        self.pending_reads.append(_PendingRead(self.read_round, self.log.committed, ctx))
+        self.prs[self.id].read_ack = self.read_round
+        if len(self.voters) == 1:
+            self.release_reads()
+        else:
+            self.bcast_heartbeat()
+
+    def release_reads(self) -> None:
+        acked = committed_index(self.voters,
+                                {pid: pr.read_ack for pid, pr in self.prs.items()})
+        n = 0
+        for r in self.pending_reads:
+            if r.round > acked:
+                break
+            self.read_states.append(ReadState(r.index, r.ctx))
+            n += 1
+        if n:
+            del self.pending_reads[:n]
+
+    def abort_reads(self) -> None:
+        """Leadership is lost: reads not yet released can never be confirmed by us."""
+        self.aborted_reads.extend(r.ctx for r in self.pending_reads)
+        self.aborted_reads.extend(self.reads_before_commit)
+        self.pending_reads = []
+        self.reads_before_commit = []
+
+    # -- introspection ---------------------------------------------------------------
+
+    def status(self) -> dict:
+        return {
+            "id": self.id,
+            "term": self.term,
+            "vote": self.vote,
+            "lead": self.lead,
+            "role": self.role.name.lower(),
+            "last_index": self.log.last_index(),
+            "commit_index": self.log.committed,
+            "applied_index": self.log.applied,
+            "stabled_index": self.log.stabled,
+            "progress": {pid: {"match": pr.match, "next": pr.next, "state": pr.state.name}
+                         for pid, pr in self.prs.items()},
+        }
