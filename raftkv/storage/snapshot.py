@@ -1,0 +1,102 @@
+"""Snapshot files: the state machine's bytes plus SnapshotMeta, written atomically.
+
+File layout (`snap-<index, 20 digits>.snap`)::
+
+    8 bytes  magic b"RKVSNAP1"
+    u32      meta length        little endian
+    u64      data length
+    u32      crc                zlib.crc32 over meta followed by data
+    meta     msgpack [index, term, voters, learners]
+    data     the state machine's bytes
+
+A file under its final name was fsynced before the rename, so any check failure in it is
+corruption, not a torn write.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import msgpack
+
+from raftkv.raft.types import SnapshotMeta
+from raftkv.storage.disk import Disk
+from raftkv.storage.errors import StorageCorruptError
+
+log = logging.getLogger("raftkv.storage")
+
+MAGIC = b"RKVSNAP1"
+_HEADER = struct.Struct("<8sIQI")
+_SNAP_NAME = re.compile(r"snap-(\d{20})\.snap")
+KEEP = 2  # snapshots kept on disk; only the newest is ever loaded
+
+
+def snapshot_path(data_dir: Path, index: int) -> Path:
+    return data_dir / f"snap-{index:020d}.snap"
+
+
+def list_snapshots(data_dir: Path) -> list[tuple[int, Path]]:
+    """(index, path) of every snapshot file, oldest first."""
+    found = [
+        (int(m.group(1)), p) for p in data_dir.iterdir() if (m := _SNAP_NAME.fullmatch(p.name))
+    ]
+    return sorted(found)
+
+
+def write_snapshot(data_dir: Path, meta: SnapshotMeta, data: bytes, disk: Disk) -> Path:
+    body = msgpack.packb([meta.index, meta.term, list(meta.voters), list(meta.learners)])
+    crc = zlib.crc32(data, zlib.crc32(body))
+    header = _HEADER.pack(MAGIC, len(body), len(data), crc)
+    path = snapshot_path(data_dir, meta.index)
+    disk.write_atomic(path, [header, body, data])
+    return path
+
+
+def read_snapshot(path: Path, data_dir: Path) -> tuple[SnapshotMeta, bytes]:
+    """The snapshot in `path`, checked; StorageCorruptError if any check fails."""
+
+    def corrupt(offset: int, problem: str) -> StorageCorruptError:
+        return StorageCorruptError(path, offset, problem, data_dir)
+
+    buf = path.read_bytes()
+    if len(buf) < _HEADER.size:
+        raise corrupt(0, f"snapshot file shorter than its {_HEADER.size}-byte header")
+    magic, meta_len, data_len, crc = _HEADER.unpack_from(buf)
+    if magic != MAGIC:
+        raise corrupt(0, f"bad snapshot magic {magic!r}")
+    start = _HEADER.size
+    if start + meta_len + data_len != len(buf):
+        want = start + meta_len + data_len
+        raise corrupt(start, f"snapshot file has {len(buf)} bytes, its header says {want}")
+    body = buf[start : start + meta_len]
+    data = buf[start + meta_len :]
+    if zlib.crc32(data, zlib.crc32(body)) != crc:
+        raise corrupt(start, f"snapshot CRC mismatch over bytes {start}..{len(buf)}")
+    try:
+        index, term, voters, learners = msgpack.unpackb(body)
+    except Exception as exc:  # CRC matched: a bug wrote it, still not usable
+        raise corrupt(start, f"undecodable snapshot meta ({exc})") from exc
+    meta = SnapshotMeta(index, term, tuple(voters), tuple(learners))
+    if path != snapshot_path(path.parent, index):
+        raise corrupt(start, f"snapshot file name does not match its index {index}")
+    return meta, data
+
+
+def prune_snapshots(data_dir: Path, disk: Disk) -> None:
+    """Delete all but the newest KEEP snapshot files."""
+    old = list_snapshots(data_dir)[:-KEEP]
+    for _, path in old:
+        path.unlink()
+    if old:
+        disk.sync_dir(data_dir)
+
+
+def remove_temp_files(data_dir: Path) -> None:
+    """Temp files are leftovers of writes a crash interrupted; nothing refers to them."""
+    for path in data_dir.glob("*.tmp"):
+        log.warning("removing leftover temp file %s", path)
+        path.unlink()
