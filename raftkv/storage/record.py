@@ -128,7 +128,7 @@ def _unpack(payload: bytes, n: int) -> list:
 
 def decode_entries(payload: bytes) -> list[Entry]:
     first, flat = _unpack(payload, 2)
-    if not isinstance(first, int) or not isinstance(flat, list) or len(flat) % 3:
+    if not isinstance(first, int) or not isinstance(flat, list) or not flat or len(flat) % 3:
         raise FrameError("malformed entries payload")
     try:
         return [

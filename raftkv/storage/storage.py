@@ -73,6 +73,7 @@ class Storage:
             raise ValueError("segment_bytes must be positive")
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
+        _refuse_foreign_dir(path)  # before the lock, which would leave a LOCK file behind
         lock_fd = _lock(path)
         wal: WAL | None = None
         try:
@@ -330,15 +331,7 @@ def _check_format(path: Path, disk: Disk) -> None:
     try:
         found = fmt.read_text().strip()
     except FileNotFoundError:
-        others = [
-            p.name
-            for p in path.iterdir()
-            if p.name not in _HOUSEKEEPING and not p.name.endswith(".tmp")
-        ]
-        if others:
-            raise StorageError(
-                f"{path} is not a raftkv data dir (no FORMAT file, but holds {sorted(others)[:5]})"
-            ) from None
+        _refuse_foreign_dir(path)
         disk.write_atomic(fmt, [(FORMAT + "\n").encode()])
         return
     if found != FORMAT:
@@ -346,3 +339,17 @@ def _check_format(path: Path, disk: Disk) -> None:
             f"{fmt} says {found!r}; this build reads only {FORMAT!r}. Open it with the raftkv "
             "version that wrote it."
         )
+
+
+def _refuse_foreign_dir(path: Path) -> None:
+    """StorageError if `path` has no FORMAT file yet holds something other than what an
+    interrupted initialisation leaves."""
+    if (path / "FORMAT").exists():
+        return
+    others = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.name not in _HOUSEKEEPING and not p.name.endswith(".tmp")
+    )
+    if others:
+        raise StorageError(f"{path} is not a raftkv data dir (no FORMAT file; holds {others[:5]})")

@@ -29,7 +29,7 @@ def test_non_empty_dir_without_format_is_refused(tmp_path):
     (tmp_path / "precious.txt").write_text("not ours")
     with pytest.raises(StorageError, match="not a raftkv data dir"):
         Storage.open(tmp_path)
-    assert not (tmp_path / "FORMAT").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
 
 
 def test_a_dir_is_opened_by_one_storage_at_a_time(tmp_path):

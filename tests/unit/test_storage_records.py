@@ -64,3 +64,9 @@ def test_find_frame_skips_garbage_to_the_next_valid_record():
     buf = b"\x00\x03\x01garbage" + good
     assert record.find_frame(buf, 0) == len(buf) - len(good)
     assert record.find_frame(buf, len(buf) - len(good) + 1) is None
+
+
+def test_an_entries_record_without_entries_does_not_decode():
+    _, payload, _ = record.read_frame(record.frame(RecordType.ENTRIES, b"\x92\x05\x90"), 0)
+    with pytest.raises(FrameError):
+        record.decode_entries(payload)
