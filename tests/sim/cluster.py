@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from raftkv.raft import (
+    CampaignKind,
     Config,
     Entry,
     EntryType,
     HardState,
     Message,
+    MsgType,
     NotLeader,
     ProposalDropped,
     Raft,
@@ -169,6 +171,7 @@ class Cluster:
         self.dup_rate = 0.0
         self.delay = (1, 1)
         self.checker = Checker()
+        self.delivered: Counter[tuple[MsgType, bool]] = Counter()  # (type, reject) -> count
         self.trace: deque[str] = deque(maxlen=trace_len)
         self.nodes: dict[int, SimNode] = {}
         for i in self.ids:
@@ -267,6 +270,41 @@ class Cluster:
             n += 1
         return n
 
+    def deliver_until(self, cond: Callable[[], bool], max_messages: int = 10_000) -> None:
+        """Deliver messages one at a time, in due order, until `cond()` holds."""
+        for _ in range(max_messages):
+            if cond():
+                return
+            if not self.inflight:
+                raise AssertionError("network drained before the condition held")
+            item = heapq.heappop(self.inflight)
+            self.now = max(self.now, item.at)
+            if (item.msg.frm, item.msg.to) not in self.blocked:
+                self.step(item.msg)
+        raise AssertionError("condition not met")
+
+    def expire_leases(self) -> None:
+        """Followers act as if they had not heard from a leader for an election timeout."""
+        for n in self.nodes.values():
+            if n.alive and n.core.role != Role.LEADER:
+                n.core.election_elapsed = max(n.core.election_elapsed, n.core.cfg.election_tick)
+
+    def elect(self, i: int) -> None:
+        """Make node i campaign now (as if its election timer fired) and deliver the
+        whole election. Fails the test if it does not become leader. The other nodes are
+        treated as not having heard from a leader for an election timeout, so their
+        leader lease (thesis §4.2.3) does not make them ignore the candidate."""
+        node = self.nodes[i]
+        for _ in range(3):  # a first attempt may only teach the candidate a newer term
+            self.expire_leases()
+            node.core.campaign(CampaignKind.PRE_ELECTION if self.cfg_args["pre_vote"]
+                               else CampaignKind.ELECTION)
+            self.drive(i)
+            self.deliver_until(lambda: node.core.role in (Role.LEADER, Role.FOLLOWER))
+            if node.core.role == Role.LEADER:
+                return
+        raise AssertionError(f"node {i} did not win an election")
+
     def deliver_all(self, max_rounds: int = 1000) -> None:
         """Deliver messages, including the ones delivery creates, until none is left."""
         for _ in range(max_rounds):
@@ -280,6 +318,7 @@ class Cluster:
         node = self.nodes[m.to]
         if not node.alive:
             return
+        self.delivered[(m.type, m.reject)] += 1
         self.trace.append(
             f"t={self.now} {m.frm}->{m.to} {m.type.name} term={m.term} idx={m.index} "
             f"lt={m.log_term} n={len(m.entries)} commit={m.commit}"
@@ -387,6 +426,9 @@ class Cluster:
             ):
                 best = node.id
         return best
+
+    def believed_leaders(self) -> list[int]:
+        return [i for i, n in self.nodes.items() if n.alive and n.core.role == Role.LEADER]
 
     def propose(self, i: int, key: str, value: str) -> int | None:
         node = self.nodes[i]
