@@ -28,7 +28,7 @@ FAULT_MIXES: dict[str, tuple[float, float, tuple[int, int], tuple[str, ...]]] = 
                                     "crash_leader")),
 }
 SIZES = (3, 5, 7)
-CHAOS_TICKS = 120
+CHAOS_TICKS = 200
 SETTLE_TICKS = 150  # liveness bound: after healing, a leader and a commit within this
 
 
