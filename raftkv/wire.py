@@ -1,0 +1,484 @@
+"""The wire codec: every byte string that crosses a socket between processes.
+
+Each frame is one msgpack array whose first two elements are the protocol version and
+the frame kind. Positions 0-2 of a client request, `[version, KIND_REQ, request_id]`, are
+fixed in every version, so a node can still answer a client that speaks another version.
+
+Peer frames (node to node, hot path: one per Raft `Message`)::
+
+    [VERSION, Kind.RAFT, type, to, frm, term, log_term, index, commit, reject,
+     reject_hint, context, entries]
+
+    entries = [term, index, entry_type, data,  term, index, entry_type, data,  ...]
+
+`reject` is a msgpack bool, `data` is bin, every other field a uint64. Only APP carries
+entries; their indexes run consecutively from `index + 1`, their terms never decrease,
+are >= `log_term` and <= `term`. The decoder checks this shape because the Raft core
+treats a violation as a broken invariant and stops the node, and a frame from the network
+must never be able to do that.
+
+Client requests (a client or the controller to a node), `request_id` a uint64 chosen by
+the sender and echoed in the reply::
+
+    [VERSION, Kind.REQ, request_id, ReqOp.GET,          key]
+    [VERSION, Kind.REQ, request_id, ReqOp.SCAN,         prefix, limit]
+    [VERSION, Kind.REQ, request_id, ReqOp.PUT,          client_id, seq, key, value]
+    [VERSION, Kind.REQ, request_id, ReqOp.DELETE,       client_id, seq, key]
+    [VERSION, Kind.REQ, request_id, ReqOp.CAS,          client_id, seq, key, expected, new]
+    [VERSION, Kind.REQ, request_id, ReqOp.OPEN_SESSION]
+    [VERSION, Kind.REQ, request_id, ReqOp.STATUS]
+    [VERSION, Kind.REQ, request_id, ReqOp.FAULT,        [peer_id, ...]]
+
+Keys and values are bin; `expected` is bin or nil (nil: "the key is absent"); client ids
+come from OPEN_SESSION (see raftkv/kv.py: sessions). The data ops share kv.Op's numbers.
+FAULT replaces the set of peers whose traffic the node drops, both ways (the harness's
+partitions); an empty list heals.
+
+Replies (a node to the requester)::
+
+    [VERSION, Kind.REP, request_id, code, value, leader_hint]
+
+`leader_hint` is the node id this node believes leads (0: unknown). `code` is a ReplyCode:
+
+    OK               0  value: GET -> bin or nil (absent); SCAN -> [[key, value], ...];
+                        PUT -> nil; DELETE -> existed (bool); CAS -> swapped (bool);
+                        OPEN_SESSION -> client_id; STATUS -> map; FAULT -> [peer_id, ...]
+    BAD_REQUEST      1  the request is invalid (unknown op, wrong types, over a limit);
+                        nothing was done. value: message naming the problem
+    STALE_REQUEST    2  seq below the client's last applied seq (kv.Code)
+    SESSION_EXPIRED  3  unknown client id; the outcome is unknown (kv.Code)
+    NOT_LEADER      16  this node does not lead; retry at `leader_hint` (0: unknown)
+    UNAVAILABLE     17  cannot serve now (no leader, transfer under way, leadership lost
+                        while the request was pending); retry, with the same seq for writes
+
+Codes 0-3 are kv.Code's. On any code other than OK, `value` is a human-readable str.
+
+Errors: anything that is not a frame of this protocol raises `MalformedFrame`; the
+transport counts and drops it. A well-formed request that cannot be served as asked
+(known version layout, unknown op, wrong argument types, over a size limit, or another
+protocol version) raises `InvalidRequest`, which carries the request id so the node can
+answer BAD_REQUEST with its message. Both derive from `FrameError`; nothing else is raised
+by the decoders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from raftkv import kv
+from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from raftkv.raft.types import Entry, EntryType, Message, MsgType
+
+VERSION = 1
+MAX_UINT64 = 2**64 - 1
+MAX_FAULT_PEERS = 1024  # far beyond any cluster; bounds the work of one FAULT request
+
+# A replicated command (kv.encode_command) holds a key and up to two values plus a few
+# ints of framing; an entry larger than this did not come from a valid request.
+_COMMAND_OVERHEAD = 64
+
+
+def max_entry_size(max_key: int = MAX_KEY_SIZE, max_value: int = MAX_VALUE_SIZE) -> int:
+    """The largest `Entry.data` a peer frame may carry under these request limits."""
+    return max_key + 2 * max_value + _COMMAND_OVERHEAD
+
+
+class Kind(IntEnum):
+    RAFT = 1
+    REQ = 2
+    REP = 3
+
+
+class ReqOp(IntEnum):
+    """Operation of a client request. The data ops have kv.Op's numbers."""
+
+    PUT = 1
+    DELETE = 2
+    CAS = 3
+    OPEN_SESSION = 4
+    GET = 5
+    SCAN = 6
+    STATUS = 32  # control: the node's status map
+    FAULT = 33  # control: set the peers whose traffic is dropped both ways
+
+
+WRITE_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS})
+
+
+class ReplyCode(IntEnum):
+    """Second field of a reply; 0-3 are kv.Code's, 16 and up are the node's own."""
+
+    OK = 0
+    BAD_REQUEST = 1
+    STALE_REQUEST = 2
+    SESSION_EXPIRED = 3
+    NOT_LEADER = 16
+    UNAVAILABLE = 17
+
+
+class FrameError(Exception):
+    """Base class of the codec's errors."""
+
+
+class MalformedFrame(FrameError, ValueError):
+    """Bytes that are not a frame of this protocol. Count and drop; never answer."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidRequest(FrameError, ValueError):
+    """A client request that can be answered but not served: reply BAD_REQUEST with
+    `message` to `request_id`."""
+
+    def __init__(self, request_id: int, message: str) -> None:
+        super().__init__(f"request {request_id}: {message}")
+        self.request_id = request_id
+        self.message = message
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    """A decoded client request. Fields an op does not use keep their defaults."""
+
+    request_id: int
+    op: ReqOp
+    key: bytes = b""  # GET, PUT, DELETE, CAS: the key; SCAN: the prefix
+    value: bytes | None = None  # PUT: the value; CAS: the new value
+    expected: bytes | None = None  # CAS: the value required now (None: absent)
+    client_id: int = 0  # writes: session id from OPEN_SESSION
+    seq: int = 0  # writes: per-client sequence number
+    limit: int = 0  # SCAN: at most this many pairs
+    peers: frozenset[int] = frozenset()  # FAULT: peers to cut off
+    identity: bytes = b""  # the sender's routing id, filled in by the transport
+
+    def command(self) -> bytes:
+        """The entry data to propose for a write or OPEN_SESSION (kv's command form).
+
+        Raises kv.BadRequest for a read or control op."""
+        if self.op == ReqOp.OPEN_SESSION:
+            return kv.encode_open_session()
+        if self.op not in WRITE_OPS:
+            raise kv.BadRequest(f"{self.op.name} does not go through the log")
+        return kv.encode_command(
+            kv.Op(int(self.op)),
+            self.key,
+            self.value,
+            self.expected,
+            client_id=self.client_id,
+            seq=self.seq,
+        )
+
+
+@dataclass(slots=True)
+class ClientReply:
+    request_id: int
+    code: ReplyCode
+    value: Any = None
+    leader_hint: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.code == ReplyCode.OK
+
+
+# ---- encoding ----------------------------------------------------------------------
+
+# One C packer for the module: `pack` is a single C call holding the GIL, so sharing it
+# is safe, and it saves building a Packer per frame.
+_packer = msgpack.Packer(use_bin_type=True)
+_pack = _packer.pack
+_RAFT = int(Kind.RAFT)
+_REQ = int(Kind.REQ)
+_REP = int(Kind.REP)
+
+
+def encode_message(m: Message) -> bytes:
+    """A Raft message as a peer frame."""
+    entries = m.entries
+    if entries:
+        flat = [x for e in entries for x in (e.term, e.index, e.type, e.data)]
+    else:
+        flat = []
+    return _pack(
+        (
+            VERSION,
+            _RAFT,
+            m.type,
+            m.to,
+            m.frm,
+            m.term,
+            m.log_term,
+            m.index,
+            m.commit,
+            bool(m.reject),
+            m.reject_hint,
+            m.context,
+            flat,
+        )
+    )
+
+
+def encode_request(req: ClientRequest) -> bytes:
+    """A client request frame. Raises ValueError if `req` does not fit its op's layout
+    (the decoder's limits are not applied: the node is the judge of those)."""
+    op = req.op
+    head = (VERSION, _REQ, req.request_id, int(op))
+    if op == ReqOp.GET:
+        body: tuple[Any, ...] = (req.key,)
+    elif op == ReqOp.SCAN:
+        body = (req.key, req.limit)
+    elif op == ReqOp.PUT:
+        body = (req.client_id, req.seq, req.key, req.value)
+    elif op == ReqOp.DELETE:
+        body = (req.client_id, req.seq, req.key)
+    elif op == ReqOp.CAS:
+        body = (req.client_id, req.seq, req.key, req.expected, req.value)
+    elif op == ReqOp.OPEN_SESSION or op == ReqOp.STATUS:
+        body = ()
+    elif op == ReqOp.FAULT:
+        body = (sorted(req.peers),)
+    else:
+        raise ValueError(f"unknown op {op!r:.40}")
+    try:
+        return _pack(head + body)
+    except (TypeError, OverflowError) as e:
+        raise ValueError(f"cannot encode {req!r:.200}: {e}") from e
+
+
+def encode_reply(request_id: int, code: int, value: Any = None, leader_hint: int = 0) -> bytes:
+    """A reply frame. Raises ValueError if `value` is not msgpack-serializable."""
+    try:
+        return _pack((VERSION, _REP, request_id, int(code), value, leader_hint))
+    except (TypeError, OverflowError, ValueError) as e:
+        raise ValueError(f"cannot encode reply to request {request_id}: {e}") from e
+
+
+# ---- decoding ----------------------------------------------------------------------
+
+_unpackb = msgpack.unpackb
+_MSG_TYPES: dict[int, MsgType] = {int(t): t for t in MsgType}
+_ENTRY_TYPES: dict[int, EntryType] = {int(t): t for t in EntryType}
+_REQ_OPS: dict[int, ReqOp] = {int(o): o for o in ReqOp}
+_REPLY_CODES: dict[int, ReplyCode] = {int(c): c for c in ReplyCode}
+_APP = int(MsgType.APP)
+_INT_ONLY = {int}
+_BYTES_ONLY = {bytes}
+_ARGC = {
+    ReqOp.GET: 1,
+    ReqOp.SCAN: 2,
+    ReqOp.PUT: 4,
+    ReqOp.DELETE: 3,
+    ReqOp.CAS: 5,
+    ReqOp.OPEN_SESSION: 0,
+    ReqOp.STATUS: 0,
+    ReqOp.FAULT: 1,
+}
+
+
+def _unpack(data: bytes, strict_map_key: bool = True) -> Any:
+    if type(data) is not bytes:
+        raise MalformedFrame(f"frame is {type(data).__name__}, not bytes")
+    try:
+        return _unpackb(data, use_list=True, raw=False, strict_map_key=strict_map_key)
+    except Exception as e:  # msgpack raises ValueError, TypeError, StackError, ...
+        raise MalformedFrame(f"not a msgpack value: {type(e).__name__}") from None
+
+
+def _head(obj: Any) -> int:
+    """Check the version and return the kind of an unpacked frame (not the version of a
+    request: that one is answered, see `_decode_request`)."""
+    if type(obj) is not list or len(obj) < 2:
+        raise MalformedFrame("frame is not an array of at least 2 elements")
+    kind = obj[1]
+    if type(obj[0]) is not int or type(kind) is not int:
+        raise MalformedFrame("frame version or kind is not an int")
+    if obj[0] != VERSION and kind != _REQ:
+        raise MalformedFrame(f"protocol version {obj[0]} is not {VERSION}")
+    return kind
+
+
+def decode_message(data: bytes, *, max_entry: int | None = None) -> Message:
+    """A peer frame back into a Message. Raises MalformedFrame.
+
+    `max_entry` bounds each entry's data (default: `max_entry_size()`)."""
+    obj = _unpack(data)
+    if _head(obj) != _RAFT:
+        raise MalformedFrame("not a peer frame")
+    return _decode_message(obj, max_entry_size() if max_entry is None else max_entry)
+
+
+def _decode_message(obj: list[Any], max_entry: int) -> Message:
+    if len(obj) != 13:
+        raise MalformedFrame(f"peer frame has {len(obj)} fields, not 13")
+    _, _, t, to, frm, term, log_term, index, commit, reject, hint, ctx, flat = obj
+    if not (
+        type(t) is int
+        and type(to) is int
+        and type(frm) is int
+        and type(term) is int
+        and type(log_term) is int
+        and type(index) is int
+        and type(commit) is int
+        and type(hint) is int
+        and type(ctx) is int
+        and type(reject) is bool
+        and type(flat) is list
+    ):
+        raise MalformedFrame("peer frame field of the wrong type")
+    # msgpack has no int above 2**64 - 1, so >= 0 is the whole range check.
+    if min(to, frm, term, log_term, index, commit, hint, ctx) < 0:
+        raise MalformedFrame("peer frame field is negative")
+    mtype = _MSG_TYPES.get(t)
+    if mtype is None:
+        raise MalformedFrame(f"unknown message type {t}")
+    if not flat:
+        return Message(mtype, to, frm, term, log_term, index, [], commit, reject, hint, ctx)
+    if t != _APP:
+        raise MalformedFrame(f"{mtype.name} carries entries")
+    n, rem = divmod(len(flat), 4)
+    if rem:
+        raise MalformedFrame("entries array length is not a multiple of 4")
+    terms = flat[0::4]
+    idxs = flat[1::4]
+    etypes = flat[2::4]
+    datas = flat[3::4]
+    # Column checks run in C; the order matters: types first, since True == 1 == 1.0.
+    if (
+        set(map(type, terms)) != _INT_ONLY
+        or set(map(type, idxs)) != _INT_ONLY
+        or set(map(type, etypes)) != _INT_ONLY
+        or set(map(type, datas)) != _BYTES_ONLY
+    ):
+        raise MalformedFrame("entry field of the wrong type")
+    if idxs != list(range(index + 1, index + 1 + n)):
+        raise MalformedFrame(f"entry indexes do not run consecutively from {index + 1}")
+    if terms[0] < log_term or terms[-1] > term or terms != sorted(terms):
+        raise MalformedFrame("entry terms decrease or fall outside [log_term, term]")
+    if not set(etypes) <= _ENTRY_TYPES.keys():
+        raise MalformedFrame("unknown entry type")
+    if max(map(len, datas)) > max_entry:
+        raise MalformedFrame(f"entry data over {max_entry} bytes")
+    entries = list(map(Entry, terms, idxs, map(_ENTRY_TYPES.__getitem__, etypes), datas))
+    return Message(mtype, to, frm, term, log_term, index, entries, commit, reject, hint, ctx)
+
+
+def decode_request(
+    data: bytes,
+    *,
+    identity: bytes = b"",
+    max_key: int = MAX_KEY_SIZE,
+    max_value: int = MAX_VALUE_SIZE,
+) -> ClientRequest:
+    """A client request frame. Raises MalformedFrame or InvalidRequest."""
+    obj = _unpack(data)
+    if _head(obj) != _REQ:
+        raise MalformedFrame("not a client request frame")
+    return _decode_request(obj, identity, max_key, max_value)
+
+
+def _decode_request(obj: list[Any], identity: bytes, max_key: int, max_value: int) -> ClientRequest:
+    if len(obj) < 3:
+        raise MalformedFrame("client request has no request id")
+    rid = obj[2]
+    if type(rid) is not int or rid < 0:
+        raise MalformedFrame("request id is not a uint64")
+    # From here on the sender can be told what is wrong.
+    if obj[0] != VERSION:
+        raise InvalidRequest(rid, f"protocol version {obj[0]} is not supported (want {VERSION})")
+    if len(obj) < 4:
+        raise InvalidRequest(rid, "request has no op")
+    raw_op = obj[3]
+    op = _REQ_OPS.get(raw_op) if type(raw_op) is int else None
+    if op is None:
+        raise InvalidRequest(rid, f"unknown op {raw_op!r:.40}")
+    args = obj[4:]
+    if len(args) != _ARGC[op]:
+        raise InvalidRequest(rid, f"{op.name} takes {_ARGC[op]} arguments, not {len(args)}")
+    req = ClientRequest(rid, op, identity=identity)
+    if op in WRITE_OPS:
+        req.client_id, req.seq = args[0], args[1]
+        for name, x in (("client_id", req.client_id), ("seq", req.seq)):
+            if type(x) is not int or x < 1:
+                raise InvalidRequest(rid, f"{name} must be an int in [1, 2**64), not {x!r:.40}")
+        req.key = args[2]
+        if op == ReqOp.PUT:
+            req.value = args[3]
+        elif op == ReqOp.CAS:
+            req.expected, req.value = args[3], args[4]
+    elif op == ReqOp.GET:
+        req.key = args[0]
+    elif op == ReqOp.SCAN:
+        req.key, req.limit = args
+    elif op == ReqOp.FAULT:
+        peers = args[0]
+        if (
+            type(peers) is not list
+            or len(peers) > MAX_FAULT_PEERS
+            or not all(type(p) is int and p >= 1 for p in peers)
+        ):
+            raise InvalidRequest(
+                rid, f"FAULT takes a list of at most {MAX_FAULT_PEERS} node ids >= 1"
+            )
+        req.peers = frozenset(peers)
+        return req
+    else:  # OPEN_SESSION, STATUS: no arguments
+        return req
+    try:
+        kv.validate_request(
+            kv.Op(int(op)),
+            req.key,
+            req.value,
+            req.expected,
+            req.limit if op == ReqOp.SCAN else None,
+            max_key_size=max_key,
+            max_value_size=max_value,
+        )
+    except kv.BadRequest as e:
+        raise InvalidRequest(rid, str(e)) from None
+    return req
+
+
+def decode_reply(data: bytes) -> ClientReply:
+    """A reply frame. Raises MalformedFrame. The value is not checked against the op:
+    the requester knows what it asked."""
+    obj = _unpack(data, strict_map_key=False)  # a status map may be keyed by node id
+    if _head(obj) != _REP:
+        raise MalformedFrame("not a reply frame")
+    if obj[0] != VERSION:
+        raise MalformedFrame(f"protocol version {obj[0]} is not {VERSION}")
+    if len(obj) != 6:
+        raise MalformedFrame(f"reply has {len(obj)} fields, not 6")
+    _, _, rid, code, value, hint = obj
+    if type(rid) is not int or rid < 0 or type(hint) is not int or hint < 0:
+        raise MalformedFrame("reply request id or leader hint is not a uint64")
+    rcode = _REPLY_CODES.get(code) if type(code) is int else None
+    if rcode is None:
+        raise MalformedFrame(f"unknown reply code {code!r:.40}")
+    return ClientReply(rid, rcode, value, hint)
+
+
+def decode_frame(
+    data: bytes,
+    *,
+    identity: bytes = b"",
+    max_key: int = MAX_KEY_SIZE,
+    max_value: int = MAX_VALUE_SIZE,
+    max_entry: int | None = None,
+) -> Message | ClientRequest:
+    """What a node's socket receives: a peer frame or a client request, told apart by
+    kind with a single unpack. Raises MalformedFrame or InvalidRequest."""
+    obj = _unpack(data)
+    kind = _head(obj)
+    if kind == _RAFT:
+        if max_entry is None:
+            max_entry = max_entry_size(max_key, max_value)
+        return _decode_message(obj, max_entry)
+    if kind == _REQ:
+        return _decode_request(obj, identity, max_key, max_value)
+    raise MalformedFrame(f"frame kind {kind} is not received by a node")

@@ -1,0 +1,425 @@
+"""The wire codec (raftkv/wire.py): round trips, and garbage that must never escape as
+anything but MalformedFrame or InvalidRequest.
+
+Fuzz tests are seeded; a failure names its seed. Replay one with
+RAFTKV_WIRE_SEED=<seed> .venv/bin/python -m pytest tests/unit/test_wire.py -k fuzz
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+
+import msgpack
+import pytest
+
+from raftkv import kv
+from raftkv.raft.types import Entry, EntryType, Message, MsgType
+from raftkv.wire import (
+    VERSION,
+    ClientReply,
+    ClientRequest,
+    FrameError,
+    InvalidRequest,
+    Kind,
+    MalformedFrame,
+    ReplyCode,
+    ReqOp,
+    decode_frame,
+    decode_message,
+    decode_reply,
+    decode_request,
+    encode_message,
+    encode_reply,
+    encode_request,
+    max_entry_size,
+)
+
+SEEDS = [int(os.environ["RAFTKV_WIRE_SEED"])] if os.environ.get("RAFTKV_WIRE_SEED") else range(8)
+
+
+def pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def entries(first: int, n: int, term: int = 3, size: int = 10) -> list[Entry]:
+    types = list(EntryType)
+    return [
+        Entry(term, first + i, types[i % len(types)], bytes([i % 256]) * size) for i in range(n)
+    ]
+
+
+def full_message(t: MsgType, with_entries: bool) -> Message:
+    return Message(
+        t,
+        to=2,
+        frm=3,
+        term=7,
+        log_term=3 if with_entries else 6,
+        index=41,
+        entries=entries(42, 5) if with_entries else [],
+        commit=40,
+        reject=t == MsgType.APP_RESP,
+        reject_hint=12,
+        context=2**64 - 1,
+    )
+
+
+# ---- peer frames ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", list(MsgType))
+def test_every_message_type_round_trips(t: MsgType) -> None:
+    m = full_message(t, with_entries=False)
+    back = decode_message(encode_message(m))
+    assert back == m
+    assert type(back.type) is MsgType
+
+
+def test_append_with_entries_round_trips_with_enum_entry_types() -> None:
+    m = full_message(MsgType.APP, with_entries=True)
+    back = decode_frame(encode_message(m))
+    assert back == m
+    assert [type(e.type) for e in back.entries] == [EntryType] * 5
+
+
+def test_defaults_round_trip() -> None:
+    m = Message(MsgType.VOTE, 1, 2, 1)
+    assert decode_message(encode_message(m)) == m
+
+
+@pytest.mark.parametrize("t", [t for t in MsgType if t != MsgType.APP])
+def test_entries_on_anything_but_append_are_malformed(t: MsgType) -> None:
+    m = full_message(MsgType.APP, with_entries=True)
+    m.type = t
+    with pytest.raises(MalformedFrame, match="carries entries"):
+        decode_message(encode_message(m))
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda es: es.pop(2), "consecutively"),  # a gap
+        (lambda es: setattr(es[0], "index", 41), "consecutively"),  # repeats prev index
+        (lambda es: setattr(es[3], "term", 2), "terms"),  # decreasing term
+        (lambda es: setattr(es[0], "term", 2), "terms"),  # below log_term
+        (lambda es: setattr(es[4], "term", 8), "terms"),  # above the message's term
+        (lambda es: setattr(es[1], "type", 9), "entry type"),
+        (lambda es: setattr(es[1], "data", "text"), "wrong type"),
+        (lambda es: setattr(es[1], "index", 43.0), "wrong type"),
+    ],
+)
+def test_append_entries_that_would_break_the_core_are_malformed(mutate, reason) -> None:
+    m = full_message(MsgType.APP, with_entries=True)
+    mutate(m.entries)
+    with pytest.raises(MalformedFrame, match=reason):
+        decode_message(encode_message(m))
+
+
+def test_entry_data_is_bounded() -> None:
+    limit = max_entry_size(16, 100)
+    m = full_message(MsgType.APP, with_entries=True)
+    m.entries[2].data = b"x" * limit
+    assert decode_frame(encode_message(m), max_key=16, max_value=100) == m
+    m.entries[2].data += b"x"
+    with pytest.raises(MalformedFrame, match="over"):
+        decode_frame(encode_message(m), max_key=16, max_value=100)
+
+
+@pytest.mark.parametrize(
+    "index, value",
+    [
+        (2, 99),  # unknown message type
+        (2, True),  # bool where an int belongs (True == 1 == APP)
+        (3, -1),  # negative
+        (5, 1.0),  # float term
+        (9, 0),  # reject must be a bool
+        (12, {}),  # entries must be an array
+        (12, [1, 2, 3]),  # not a multiple of 4
+    ],
+)
+def test_peer_field_of_wrong_type_or_range_is_malformed(index: int, value: object) -> None:
+    obj = msgpack.unpackb(encode_message(full_message(MsgType.HEARTBEAT, False)))
+    obj[index] = value
+    with pytest.raises(MalformedFrame):
+        decode_message(pack(obj))
+
+
+def test_peer_frame_with_another_version_or_field_count_is_malformed() -> None:
+    obj = msgpack.unpackb(encode_message(full_message(MsgType.HEARTBEAT, False)))
+    with pytest.raises(MalformedFrame, match="version"):
+        decode_message(pack([VERSION + 1, *obj[1:]]))
+    with pytest.raises(MalformedFrame, match="fields"):
+        decode_message(pack([*obj, 0]))
+    with pytest.raises(MalformedFrame, match="fields"):
+        decode_message(pack(obj[:-1]))
+
+
+# ---- client frames ----------------------------------------------------------------
+
+REQUESTS = [
+    ClientRequest(1, ReqOp.GET, key=b"k"),
+    ClientRequest(2, ReqOp.SCAN, key=b"pre", limit=10),
+    ClientRequest(3, ReqOp.PUT, key=b"k", value=b"v", client_id=5, seq=1),
+    ClientRequest(4, ReqOp.DELETE, key=b"k", client_id=5, seq=2),
+    ClientRequest(5, ReqOp.CAS, key=b"k", expected=b"v", value=b"w", client_id=5, seq=3),
+    ClientRequest(6, ReqOp.CAS, key=b"k", expected=None, value=b"w", client_id=5, seq=4),
+    ClientRequest(7, ReqOp.OPEN_SESSION),
+    ClientRequest(8, ReqOp.STATUS),
+    ClientRequest(9, ReqOp.FAULT, peers=frozenset({2, 3})),
+    ClientRequest(10, ReqOp.FAULT),
+    ClientRequest(2**64 - 1, ReqOp.GET, key=b""),
+]
+
+
+@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: f"{r.op.name}-{r.request_id}")
+def test_every_request_round_trips(req: ClientRequest) -> None:
+    back = decode_request(encode_request(req), identity=b"\0abc")
+    assert back == ClientRequest(**{**_fields(req), "identity": b"\0abc"})
+    assert decode_frame(encode_request(req), identity=b"\0abc") == back
+
+
+def _fields(req: ClientRequest) -> dict:
+    return {f: getattr(req, f) for f in req.__slots__}
+
+
+def test_every_op_has_a_round_trip_case() -> None:
+    assert {r.op for r in REQUESTS} == set(ReqOp)
+
+
+def test_data_ops_share_kv_numbers_and_codes_share_kv_codes() -> None:
+    for op in kv.Op:
+        assert ReqOp[op.name] == op
+    for code in kv.Code:
+        assert ReplyCode[code.name] == code
+
+
+def test_write_request_becomes_the_kv_command() -> None:
+    store = kv.KVStore()
+    assert store.apply(1, ClientRequest(1, ReqOp.OPEN_SESSION).command()) == (kv.Code.OK, 1)
+    put = ClientRequest(2, ReqOp.PUT, key=b"k", value=b"v", client_id=1, seq=1)
+    assert decode_request(encode_request(put)).command() == put.command()
+    assert store.apply(2, put.command()).ok
+    assert store.get(b"k") == b"v"
+    with pytest.raises(kv.BadRequest):
+        ClientRequest(3, ReqOp.GET, key=b"k").command()
+
+
+REPLIES = [
+    (ReplyCode.OK, None),
+    (ReplyCode.OK, b"value"),
+    (ReplyCode.OK, True),
+    (ReplyCode.OK, 12345),
+    (ReplyCode.OK, [[b"a", b"1"], [b"b", b"2"]]),
+    (ReplyCode.OK, {"leader": 2, "terms": {1: 3, 2: 3}}),  # int map keys allowed
+    (ReplyCode.BAD_REQUEST, "value of 5 bytes exceeds the limit of 4"),
+    (ReplyCode.STALE_REQUEST, "stale"),
+    (ReplyCode.SESSION_EXPIRED, "expired"),
+    (ReplyCode.NOT_LEADER, "ask node 3"),
+    (ReplyCode.UNAVAILABLE, "no leader"),
+]
+
+
+@pytest.mark.parametrize("code, value", REPLIES)
+def test_every_reply_round_trips(code: ReplyCode, value: object) -> None:
+    back = decode_reply(encode_reply(99, code, value, 3))
+    assert back == ClientReply(99, code, value, 3)
+    assert type(back.code) is ReplyCode
+    assert back.ok == (code == ReplyCode.OK)
+
+
+def test_every_reply_code_has_a_round_trip_case() -> None:
+    assert {code for code, _ in REPLIES} == set(ReplyCode)
+
+
+def test_reply_with_unpackable_value_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="request 5"):
+        encode_reply(5, ReplyCode.OK, object())
+
+
+def invalid(obj: list) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        decode_request(pack(obj), max_key=8, max_value=16)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([99], "unknown op 99"),
+        (["get", b"k"], "unknown op 'get'"),
+        ([ReqOp.GET], "takes 1 arguments, not 0"),
+        ([ReqOp.GET, b"k", b"extra"], "takes 1 arguments, not 2"),
+        ([ReqOp.GET, "k"], "key must be bytes, not str"),
+        ([ReqOp.GET, b"k" * 9], "key of 9 bytes exceeds the limit of 8"),
+        ([ReqOp.PUT, 1, 1, b"k", b"v" * 17], "value of 17 bytes exceeds the limit of 16"),
+        ([ReqOp.PUT, 1, 1, b"k", None], "value must be bytes"),
+        ([ReqOp.PUT, 0, 1, b"k", b"v"], "client_id must be an int"),
+        ([ReqOp.PUT, 1, -1, b"k", b"v"], "seq must be an int"),
+        ([ReqOp.PUT, 1, True, b"k", b"v"], "seq must be an int"),
+        ([ReqOp.CAS, 1, 1, b"k", b"e" * 17, b"v"], "expected value of 17 bytes"),
+        ([ReqOp.CAS, 1, 1, b"k", 3, b"v"], "expected value must be bytes or None"),
+        ([ReqOp.SCAN, b"p", -1], "scan limit"),
+        ([ReqOp.SCAN, b"p", "all"], "scan limit"),
+        ([ReqOp.FAULT, [0]], "node ids >= 1"),
+        ([ReqOp.FAULT, 2], "node ids >= 1"),
+        ([ReqOp.FAULT, list(range(1, 2000))], "at most 1024"),
+        ([ReqOp.STATUS, 1], "takes 0 arguments"),
+        ([], "no op"),
+    ],
+)
+def test_invalid_request_names_the_problem_and_keeps_the_request_id(args, message) -> None:
+    e = invalid([VERSION, Kind.REQ, 77, *args])
+    assert e.request_id == 77
+    assert message in e.message
+
+
+def test_request_of_another_version_is_answered_not_dropped() -> None:
+    e = invalid([VERSION + 1, Kind.REQ, 5, "whatever", "the", "layout"])
+    assert e.request_id == 5
+    assert "protocol version 2 is not supported" in e.message
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [VERSION, Kind.REQ],  # no request id
+        [VERSION, Kind.REQ, -1, ReqOp.GET, b"k"],
+        [VERSION, Kind.REQ, "7", ReqOp.GET, b"k"],
+        [VERSION, Kind.REP, 7, 0, None, 0],  # a reply sent to a node
+        [VERSION, 9, 7],
+        ["1", Kind.REQ, 7, ReqOp.GET, b"k"],
+        {"version": 1},
+        7,
+    ],
+)
+def test_garbage_that_is_not_a_request_is_malformed(obj: object) -> None:
+    with pytest.raises(MalformedFrame):
+        decode_frame(pack(obj))
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [VERSION, Kind.REP, 7, 99, None, 0],  # unknown code
+        [VERSION, Kind.REP, 7, 0, None],  # too short
+        [VERSION, Kind.REP, 7, 0, None, -1],
+        [VERSION + 1, Kind.REP, 7, 0, None, 0],
+        [VERSION, Kind.REQ, 7, ReqOp.GET, b"k"],
+    ],
+)
+def test_bad_reply_is_malformed(obj: object) -> None:
+    with pytest.raises(MalformedFrame):
+        decode_reply(pack(obj))
+
+
+def test_non_bytes_input_is_malformed() -> None:
+    with pytest.raises(MalformedFrame, match="not bytes"):
+        decode_frame("text")  # type: ignore[arg-type]
+
+
+# ---- fuzz -------------------------------------------------------------------------
+
+
+def valid_frames() -> list[bytes]:
+    frames = [encode_message(full_message(t, False)) for t in MsgType]
+    frames.append(encode_message(full_message(MsgType.APP, True)))
+    frames += [encode_request(r) for r in REQUESTS]
+    return frames
+
+
+def random_value(rng: random.Random, depth: int = 0) -> object:
+    choices = [
+        lambda: rng.randrange(-(2**63), 2**64),
+        lambda: rng.choice([0, 1, 2, 3, VERSION, -1, 2**64 - 1]),
+        lambda: rng.random(),
+        lambda: rng.choice([True, False, None]),
+        lambda: rng.randbytes(rng.randrange(0, 40)),
+        lambda: "s" * rng.randrange(0, 5),
+    ]
+    if depth < 3:
+        choices.append(lambda: [random_value(rng, depth + 1) for _ in range(rng.randrange(0, 6))])
+        choices.append(lambda: {b"k": random_value(rng, depth + 1)})
+    return rng.choice(choices)()
+
+
+def mutations(rng: random.Random, frame: bytes) -> list[bytes]:
+    obj = msgpack.unpackb(frame)
+    out = [
+        rng.randbytes(rng.randrange(0, 64)),  # random bytes
+        frame[: rng.randrange(0, len(frame))],  # truncated
+        frame + rng.randbytes(rng.randrange(1, 8)),  # trailing garbage
+        bytes(b ^ (1 << rng.randrange(8)) if rng.random() < 0.05 else b for b in frame),
+        b"\xdb\xff\xff\xff\xff" + b"x" * 10,  # str32 claiming 4 GiB
+        b"\xdd\xff\xff\xff\xff",  # array32 claiming 4 G elements
+        b"\xc6\x7f\xff\xff\xff" + b"x",  # bin32 claiming 2 GiB
+        b"\x91" * 5000 + b"\xc0",  # nesting deeper than the unpacker's stack
+        b"\xd4\x01\x00",  # ext type
+        b"\xd6\xff\x00\x00\x00\x01",  # timestamp ext
+    ]
+    for _ in range(6):  # one field replaced by something random
+        o = list(obj)
+        o[rng.randrange(len(o))] = random_value(rng)
+        out.append(pack(o))
+    o = list(obj)
+    o[0] = VERSION + rng.randrange(1, 5)  # wrong version
+    out.append(pack(o))
+    out.append(pack(obj[: rng.randrange(0, len(obj))]))  # missing fields
+    out.append(pack(obj + [random_value(rng)]))  # extra field
+    return out
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fuzz_decoders_raise_only_frame_errors(seed: int) -> None:
+    rng = random.Random(seed)
+    try:
+        for frame in valid_frames():
+            for bad in mutations(rng, frame):
+                for decode in (decode_frame, decode_message, decode_request, decode_reply):
+                    with contextlib.suppress(FrameError):
+                        decode(bad)
+    except Exception as e:  # anything else is a bug; name the seed to replay it
+        raise AssertionError(
+            f"seed {seed}: {type(e).__name__}: {e} (RAFTKV_WIRE_SEED={seed})"
+        ) from e
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fuzz_random_structures_raise_only_frame_errors(seed: int) -> None:
+    rng = random.Random(seed)
+    kinds = [Kind.RAFT, Kind.REQ, Kind.REP]
+    try:
+        for _ in range(2000):
+            obj = [VERSION, rng.choice(kinds)]
+            obj += [random_value(rng) for _ in range(rng.randrange(0, 15))]
+            with contextlib.suppress(FrameError):
+                decode_frame(pack(obj))
+    except Exception as e:
+        raise AssertionError(
+            f"seed {seed}: {type(e).__name__}: {e} (RAFTKV_WIRE_SEED={seed})"
+        ) from e
+
+
+# ---- throughput (printed, not asserted) -------------------------------------------
+
+
+def test_append_codec_throughput_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    m = Message(MsgType.APP, 2, 1, 5, log_term=5, index=99, entries=entries(100, 64, 5, 100))
+    frame = encode_message(m)
+    n = 2000
+    start = time.perf_counter()
+    for _ in range(n):
+        decode_frame(encode_message(m))
+    rate = n / (time.perf_counter() - start)
+    hb = Message(MsgType.HEARTBEAT, 2, 1, 5, commit=3, context=9)
+    start = time.perf_counter()
+    for _ in range(n * 10):
+        decode_frame(encode_message(hb))
+    hb_rate = n * 10 / (time.perf_counter() - start)
+    with capsys.disabled():
+        print(
+            f"\nwire: APP with 64 x 100 B entries ({len(frame)} B): {rate:,.0f} encode+decode/s; "
+            f"HEARTBEAT: {hb_rate:,.0f}/s"
+        )
