@@ -19,9 +19,11 @@ class LogError(ValueError):
 class MemLog:
     """Invariant: entries[k].index == offset + 1 + k, and no entry <= floor.
 
-    `offset is None` only during replay, before a record told where the log starts (the
-    segments holding the beginning may have been compacted away). `floor` is the index of
-    the newest snapshot marker applied, None if none was.
+    `offset is None` only during replay, while no record has told where the log resumes:
+    replay may start in a segment whose predecessors a snapshot made redundant, and even
+    a snapshot marker there does not say it (the entries after it may have been in a
+    deleted segment too). `floor` is the index of the newest snapshot marker applied,
+    None if none was.
     """
 
     __slots__ = ("entries", "offset", "floor")
@@ -79,7 +81,10 @@ class MemLog:
         if self.floor is not None and index <= self.floor:
             raise LogError(f"snapshot at {index} is not newer than the one at {self.floor}")
         self.floor = index
-        if self.offset is None or not keep_suffix or index >= self.offset + len(self.entries):
+        if self.offset is None:
+            if not keep_suffix:  # nothing survives, so the log resumes right after index
+                self.offset = index
+        elif not keep_suffix or index >= self.offset + len(self.entries):
             self.entries.clear()
             self.offset = index
         elif index > self.offset:

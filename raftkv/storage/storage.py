@@ -141,8 +141,8 @@ class Storage:
             self._log = mem
             self._record_snapshot(self._snapshot, keep)
         else:
-            if mem.offset is None:  # nothing after the snapshot, or an empty log
-                mem.compact(snap_index, False)
+            if mem.offset is None:  # no entry record survives: none follows the snapshot
+                mem.offset = snap_index
             self._log = mem
         if mem.offset != snap_index:
             seg = self._wal.segments[0]

@@ -9,6 +9,7 @@ import pytest
 from raftkv.raft.types import Entry, HardState, SnapshotMeta
 from raftkv.storage import Storage, StorageCorruptError
 from raftkv.storage.disk import Disk
+from raftkv.storage.record import encode_entries
 from raftkv.storage.snapshot import write_snapshot
 
 
@@ -187,3 +188,20 @@ def test_missing_first_needed_segment_after_compaction_is_corruption(tmp_path):
     with pytest.raises(StorageCorruptError, match="segment missing") as err:
         Storage.open(tmp_path)
     assert err.value.path == segs[0]
+
+
+def test_replay_starting_at_an_old_marker_does_not_assume_the_log_resumes_after_it(tmp_path):
+    # Segment 2 opens with the marker of snapshot 5; entries 6..10 sat in segment 1,
+    # which snapshot 15 then deleted. Replay from segment 2 must not see a gap at 11.
+    batch = ents(1, 10)
+    seg_bytes = len(encode_entries(batch)) + 20  # too full for the marker: it rotates
+    with Storage.open(tmp_path, segment_bytes=seg_bytes) as st:
+        st.append(batch)
+        st.save_snapshot(SnapshotMeta(5, 1, (1,)), b"s5")
+        for i in range(11, 21):
+            st.append(ents(i, 1))
+        st.sync()
+        st.save_snapshot(SnapshotMeta(15, 1, (1,)), b"s15")
+    assert segments(tmp_path)[0].name == "wal-0000000002.log"
+    with Storage.open(tmp_path) as st:
+        assert index_terms(st) == [(i, 1) for i in range(16, 21)]
