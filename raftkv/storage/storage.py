@@ -25,7 +25,7 @@ from raftkv.storage.disk import Disk
 from raftkv.storage.errors import StorageCorruptError, StorageError, StorageVersionError
 from raftkv.storage.memlog import LogError, MemLog
 from raftkv.storage.record import RecordType, SnapshotMarker
-from raftkv.storage.wal import WAL
+from raftkv.storage.wal import WAL, segment_name
 
 log = logging.getLogger("raftkv.storage")
 
@@ -97,7 +97,33 @@ class Storage:
             if not self._wal.segments:
                 raise StorageCorruptError(self._dir, 0, "snapshot present but no WAL", self._dir)
         snap_index = self._snapshot.index if self._snapshot else 0
+        mem, marker = self._replay(snap_index)
 
+        first = self._wal.segments[0]
+        need_first = marker.first_seq if marker else 1
+        if first.seq > need_first:
+            missing = self._dir / segment_name(need_first)
+            raise StorageCorruptError(missing, 0, "WAL segment missing", self._dir)
+
+        # Crashed after the snapshot file became durable, before its marker did? Then no
+        # segment was deleted on its account, so the entry at its index (if any) is here.
+        unmarked = self._snapshot is not None and (marker is None or marker.index < snap_index)
+        keep = unmarked and mem.term(snap_index) == self._snapshot.term
+        if unmarked:
+            mem.compact(snap_index, keep)
+        elif mem.offset is None:  # no entry record survives: none follows the snapshot
+            mem.offset = snap_index
+        if mem.offset != snap_index:
+            problem = f"log resumes at {mem.offset + 1}, after snapshot {snap_index}"
+            raise StorageCorruptError(first.path, 0, problem, self._dir)
+        mem.floor = snap_index
+        self._log = mem
+        if unmarked:
+            log.warning("completing interrupted save of snapshot at %d", snap_index)
+            self._record_snapshot(self._snapshot, keep)
+
+    def _replay(self, snap_index: int) -> tuple[MemLog, SnapshotMarker | None]:
+        """Apply every WAL record; returns the log and the newest snapshot marker."""
         mem = MemLog([], None, None)
         marker: SnapshotMarker | None = None
         for seg, off, rtype, payload in self._wal.replay():
@@ -114,45 +140,16 @@ class Storage:
                     mem.truncate(idx)
                 else:
                     marker = record.decode_snapshot_marker(payload)
-                    if marker.index > snap_index:
-                        raise LogError(f"snapshot at {marker.index} recorded but its file is gone")
-                    if marker.index == snap_index and marker.term != self._snapshot.term:
-                        raise LogError(
-                            f"snapshot term {marker.term} != its file's {self._snapshot.term}"
-                        )
-                    mem.compact(marker.index, marker.keep_suffix)
                     idx = marker.index
+                    if idx > snap_index:
+                        raise LogError(f"snapshot at {idx} recorded but its file is gone")
+                    if idx == snap_index and marker.term != self._snapshot.term:
+                        raise LogError(f"snapshot term {marker.term} != its file's")
+                    mem.compact(idx, marker.keep_suffix)
             except (record.FrameError, LogError) as exc:
                 raise self._wal.corrupt(seg.path, off, str(exc)) from exc
             seg.max_index = max(seg.max_index, idx)
-
-        first = self._wal.segments[0]
-        need_first = marker.first_seq if marker else 1
-        if first.seq > need_first:
-            missing = self._dir / f"wal-{need_first:010d}.log"
-            raise StorageCorruptError(missing, 0, "WAL segment missing", self._dir)
-
-        if self._snapshot is not None and (marker is None or marker.index < snap_index):
-            # Crashed after the snapshot file became durable, before its marker did. No
-            # segment was deleted on its account, so the entry at its index (if any) is here.
-            keep = mem.term(snap_index) == self._snapshot.term
-            log.warning("completing interrupted save of snapshot at %d", snap_index)
-            mem.compact(snap_index, keep)
-            self._log = mem
-            self._record_snapshot(self._snapshot, keep)
-        else:
-            if mem.offset is None:  # no entry record survives: none follows the snapshot
-                mem.offset = snap_index
-            self._log = mem
-        if mem.offset != snap_index:
-            seg = self._wal.segments[0]
-            raise StorageCorruptError(
-                seg.path,
-                0,
-                f"log resumes at {mem.offset + 1}, after snapshot {snap_index}",
-                self._dir,
-            )
-        mem.floor = snap_index
+        return mem, marker
 
     # ---- reading ------------------------------------------------------------------------
 
