@@ -1,0 +1,293 @@
+"""A node's sockets: one ZeroMQ ROUTER it binds, one DEALER per peer it connects.
+
+Topology. Node i binds a ROUTER at its own address. To reach peer j it connects a
+DEALER to j's ROUTER, with the DEALER's routing id set to `peer_identity(i)` (b"n<i>"),
+so j's ROUTER names the sender of every peer frame. Clients and the controller connect
+their own DEALERs (any routing id not of the form b"n<int>" for a peer) to the same
+ROUTER; replies go back through the ROUTER to that routing id. DEALERs only send; the
+ROUTER receives everything and sends only replies.
+
+Every ZeroMQ message on the ROUTER is `[routing_id, frame]`, `frame` being one of
+raftkv.wire's. Anything else (more or fewer parts, an undecodable frame, a peer frame
+from an unknown routing id, or whose `frm`/`to` do not match the routing id and this
+node) is dropped and counted in `stats`; `recv_all` never raises on input. A client
+request that decodes but is invalid is answered BAD_REQUEST here, without reaching the
+node. FAULT requests are served here too: the fault filter is the transport's.
+
+Nothing blocks: sends use NOBLOCK and a message that cannot be queued (peer not
+connected, high-water mark reached) is dropped and counted. Raft retransmits, so a
+dropped peer message costs a round; a dropped reply costs the client a retry.
+
+Fault filter (the harness's partitions): `set_fault(peers)` drops frames to those peers
+in `send` and from them in `recv_all`, until a new set replaces it.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+
+from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from raftkv.raft.types import Message
+from raftkv.wire import (
+    ClientRequest,
+    InvalidRequest,
+    MalformedFrame,
+    ReplyCode,
+    ReqOp,
+    decode_frame,
+    encode_message,
+    encode_reply,
+    max_entry_size,
+)
+
+DEFAULT_HWM = 10_000
+RECONNECT_IVL_MS = 100  # a restarted peer is reachable again within this
+# ZMTP heartbeats detect a peer that vanished without closing its connection (a host
+# that died or a cable pulled); IMMEDIATE then stops queueing to it.
+HEARTBEAT_IVL_MS = 1_000
+HEARTBEAT_TIMEOUT_MS = 3_000
+
+STAT_KEYS = (
+    "frames_in",  # ZeroMQ messages taken off the ROUTER
+    "frames_out",  # peer frames and replies handed to ZeroMQ
+    "dropped_malformed",  # undecodable, wrong number of parts, or wrong kind
+    "dropped_unknown_peer",  # peer frame from a routing id that is not that peer's
+    "dropped_send",  # peer frame not queued: peer down, HWM reached, or unknown id
+    "dropped_reply",  # reply not queued: client gone or HWM reached
+    "dropped_filtered",  # cut by the fault filter, either direction
+    "bad_requests",  # answered BAD_REQUEST by the transport
+    "faults_set",  # FAULT requests served
+)
+
+
+def peer_identity(node_id: int) -> bytes:
+    """The routing id a node's DEALERs present to its peers."""
+    return b"n%d" % node_id
+
+
+class Transport:
+    """The sockets of node `node_id`. Not thread-safe; the node's loop is its only user.
+
+    `peers` maps node ids to `tcp://host:port` addresses; this node's own id, if present,
+    is skipped. `listen` is the ROUTER's bind address (port 0 or `*` picks a free port;
+    `endpoint` says which).
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        listen: str,
+        peers: dict[int, str],
+        *,
+        max_key: int = MAX_KEY_SIZE,
+        max_value: int = MAX_VALUE_SIZE,
+        hwm: int = DEFAULT_HWM,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if node_id < 1:
+            raise ValueError(f"node id must be >= 1, got {node_id}")
+        self.node_id = node_id
+        self.max_key = max_key
+        self.max_value = max_value
+        self.max_entry = max_entry_size(max_key, max_value)
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        # The leader this node believes in, sent as the hint in replies the transport
+        # makes itself (bad requests, FAULT). The node keeps it current.
+        self.leader_hint = 0
+        self.fault: frozenset[int] = frozenset()
+        self.peers = {pid: addr for pid, addr in peers.items() if pid != node_id}
+        # Invariant: _peer_by_identity and _dealers have exactly the ids of `peers`;
+        # _dropped_identities is the routing ids of `fault` that are peers.
+        self._peer_by_identity = {peer_identity(pid): pid for pid in self.peers}
+        self._dropped_identities: frozenset[bytes] = frozenset()
+        self._own_context = context is None
+        self._ctx = zmq.Context() if context is None else context
+        self._dealers: dict[int, zmq.Socket] = {}
+        self.socket: zmq.Socket = self._ctx.socket(zmq.ROUTER)
+        try:
+            self._setup(listen, hwm)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, listen: str, hwm: int) -> None:
+        router = self.socket
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.RCVHWM, hwm)
+        router.setsockopt(zmq.SNDHWM, hwm)
+        # Replies to a vanished client or over the HWM fail with an error instead of
+        # vanishing silently, so they are counted.
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A restarted peer reconnects with the same routing id while its old connection
+        # may linger (half-open); the new connection must win, not be refused.
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        router.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        if listen.startswith("tcp://") and listen.endswith(":0"):
+            listen = listen[:-1] + "*"  # ZeroMQ's spelling of "any free port"
+        router.bind(listen)
+        self.endpoint: str = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        me = peer_identity(self.node_id)
+        for pid, addr in self.peers.items():
+            d = self._ctx.socket(zmq.DEALER)
+            self._dealers[pid] = d
+            d.setsockopt(zmq.ROUTING_ID, me)
+            d.setsockopt(zmq.LINGER, 0)
+            d.setsockopt(zmq.SNDHWM, hwm)
+            # Queue only to a completed connection: while the peer is down, send fails
+            # at once (counted) rather than piling up frames Raft will resend anyway.
+            d.setsockopt(zmq.IMMEDIATE, 1)
+            d.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            d.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            d.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            d.connect(addr)
+
+    # ---- receiving -----------------------------------------------------------------
+
+    def poll(self, timeout_ms: int) -> bool:
+        """Wait up to `timeout_ms` for something to receive; True if there is.
+        A node with other sockets registers `socket` in its own zmq.Poller instead."""
+        return bool(self.socket.poll(timeout_ms, zmq.POLLIN))
+
+    def recv_all(self, max_frames: int = 1_000) -> tuple[list[Message], list[ClientRequest]]:
+        """Drain up to `max_frames` ZeroMQ messages without blocking: the Raft messages
+        for this node and the client requests it must serve. Never raises on input."""
+        sock = self.socket
+        stats = self.stats
+        messages: list[Message] = []
+        requests: list[ClientRequest] = []
+        dropped_ids = self._dropped_identities
+        peer_by_identity = self._peer_by_identity
+        me = self.node_id
+        n = 0
+        while n < max_frames:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+            if len(parts) != 2:
+                stats["dropped_malformed"] += 1
+                continue
+            identity, frame = parts
+            if identity in dropped_ids:
+                stats["dropped_filtered"] += 1
+                continue
+            try:
+                obj = decode_frame(
+                    frame,
+                    identity=identity,
+                    max_key=self.max_key,
+                    max_value=self.max_value,
+                    max_entry=self.max_entry,
+                )
+            except MalformedFrame:
+                stats["dropped_malformed"] += 1
+                continue
+            except InvalidRequest as e:
+                stats["bad_requests"] += 1
+                self.reply(identity, e.request_id, ReplyCode.BAD_REQUEST, e.message)
+                continue
+            if type(obj) is Message:
+                # The routing id is set by the sender's DEALER and names the sender; a
+                # frame claiming another sender, or meant for another node, is not ours.
+                if peer_by_identity.get(identity) != obj.frm or obj.to != me:
+                    stats["dropped_unknown_peer"] += 1
+                    continue
+                messages.append(obj)
+            elif obj.op == ReqOp.FAULT:
+                self.set_fault(obj.peers)
+                stats["faults_set"] += 1
+                self.reply(identity, obj.request_id, ReplyCode.OK, sorted(self.fault))
+            else:
+                requests.append(obj)
+        stats["frames_in"] += n
+        return messages, requests
+
+    # ---- sending -------------------------------------------------------------------
+
+    def send(self, msg: Message) -> bool:
+        """Queue a Raft message to its peer without blocking; False if it was dropped
+        (peer down, HWM reached, filtered, or not a peer). Dropped messages are counted."""
+        to = msg.to
+        if to in self.fault:
+            self.stats["dropped_filtered"] += 1
+            return False
+        dealer = self._dealers.get(to)
+        if dealer is None:
+            self.stats["dropped_send"] += 1
+            return False
+        try:
+            dealer.send(encode_message(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats["dropped_send"] += 1
+            return False
+        self.stats["frames_out"] += 1
+        return True
+
+    def send_many(self, messages: Iterable[Message]) -> int:
+        """`send` each message; returns how many were queued.
+
+        Not coalesced into one frame: the core sends at most one append per follower
+        per Ready, so a batch rarely holds two messages for the same peer."""
+        sent = 0
+        send = self.send
+        for m in messages:
+            sent += send(m)
+        return sent
+
+    def reply(
+        self,
+        identity: bytes,
+        request_id: int,
+        code: int,
+        value: Any = None,
+        leader_hint: int | None = None,
+    ) -> bool:
+        """Answer a client request without blocking; False if the reply was dropped
+        (client gone or HWM reached; counted). `leader_hint` defaults to `leader_hint`.
+
+        Raises ValueError if `value` cannot be encoded: a bug in the caller."""
+        frame = encode_reply(
+            request_id, code, value, self.leader_hint if leader_hint is None else leader_hint
+        )
+        try:
+            self.socket.send_multipart((identity, frame), zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats["dropped_reply"] += 1
+            return False
+        except zmq.ZMQError as e:
+            if e.errno != errno.EHOSTUNREACH:
+                raise
+            self.stats["dropped_reply"] += 1
+            return False
+        self.stats["frames_out"] += 1
+        return True
+
+    # ---- faults and lifecycle ------------------------------------------------------
+
+    def set_fault(self, drop_peers: Iterable[int]) -> None:
+        """Drop all traffic to and from `drop_peers` from now on (replacing the previous
+        set); an empty set heals. Ids that are not peers are kept and have no effect."""
+        self.fault = frozenset(drop_peers)
+        self._dropped_identities = frozenset(peer_identity(p) for p in self.fault)
+
+    def close(self) -> None:
+        """Close every socket (LINGER 0: unsent frames are discarded) and the context if
+        this transport made it. Idempotent."""
+        for d in self._dealers.values():
+            d.close(linger=0)
+        self._dealers.clear()
+        self.socket.close(linger=0)
+        if self._own_context and not self._ctx.closed:
+            self._ctx.term()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
