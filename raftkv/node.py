@@ -1,0 +1,273 @@
+"""One worker process: a blocking loop around the Raft core, its storage and sockets.
+
+Each turn of the loop (DESIGN.md, node.py):
+
+    poll until the next tick -> drain every ready frame -> feed the core -> send what may
+    leave early -> append + ONE fsync for the whole batch (group commit) -> send the
+    acknowledgements -> apply committed entries -> answer clients and released reads
+
+Nothing else runs in the process. A write is answered only after its entry is committed
+(durable on a majority, thesis §3.8) and applied here; a read only once a ReadIndex round
+confirmed leadership and the state machine has caught up to the read index (thesis §6.4).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore
+from raftkv.raft import Config, EntryType, NotLeader, ProposalDropped, Raft, Ready, Role
+from raftkv.storage import Storage
+from raftkv.transport import Transport
+from raftkv.wire import ClientRequest, ReplyCode, ReqOp
+
+log = logging.getLogger("raftkv.node")
+
+MAX_SCAN = 10_000  # bounds the size of one SCAN reply
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    id: int
+    listen: str
+    peers: dict[int, str]  # every other voter: id -> tcp://host:port
+    data_dir: Path
+    heartbeat_ms: int = 50
+    election_ms: int = 300  # randomized per election to [election_ms, 2 * election_ms)
+    fsync: bool = True
+    max_key: int = MAX_KEY_SIZE
+    max_value: int = MAX_VALUE_SIZE
+
+    def raft_config(self) -> Config:
+        return Config(
+            self.id,
+            tuple(sorted({self.id, *self.peers})),
+            election_tick=max(2, self.election_ms // self.heartbeat_ms),
+            heartbeat_tick=1,
+            seed=random.SystemRandom().randrange(2**62),
+        )
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    identity: bytes
+    request_id: int
+    term: int
+
+
+@dataclass(slots=True)
+class _ReadBatch:
+    """All reads of one loop turn share one ReadIndex round."""
+
+    requests: list[ClientRequest] = field(default_factory=list)
+    index: int = 0  # set when released
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.storage = Storage.open(cfg.data_dir, fsync=cfg.fsync)
+        self.kv = KVStore(max_key_size=cfg.max_key, max_value_size=cfg.max_value)
+        # Without snapshots (yet) the state machine is rebuilt by re-applying the log.
+        self.core = Raft(
+            cfg.raft_config(),
+            hard_state=self.storage.hard_state,
+            entries=self.storage.entries_after_snapshot(),
+            snapshot=self.storage.snapshot,
+        )
+        self.transport = Transport(cfg.id, cfg.listen, cfg.peers, max_key=cfg.max_key,
+                                   max_value=cfg.max_value)
+        self.pending_writes: dict[int, _PendingWrite] = {}  # log index -> who waits
+        self.read_batches: dict[int, _ReadBatch] = {}  # ReadIndex ctx -> its reads
+        self.released: list[_ReadBatch] = []  # confirmed, waiting for apply to catch up
+        self.next_read_ctx = 1
+        self.stopping = False
+        self.started = time.monotonic()
+        self.counters = {"proposals": 0, "reads": 0, "fsyncs": 0, "elections_won": 0,
+                         "not_leader": 0}
+        log.info("node %d up: term %d, %d entries, listening on %s", cfg.id,
+                 self.core.term, self.core.log.last_index(), self.transport.endpoint)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        tick_s = self.cfg.heartbeat_ms / 1000
+        next_tick = time.monotonic() + tick_s
+        try:
+            while not self.stopping:
+                timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
+                if self.transport.poll(timeout_ms):
+                    messages, requests = self.transport.recv_all()
+                    for m in messages:
+                        self.core.step(m)
+                    self.handle_requests(requests)
+                now = time.monotonic()
+                if now >= next_tick:
+                    self.core.tick()
+                    # After a long stall (a slow fsync, SIGSTOP) tick once, not in a burst:
+                    # a burst would fire election timeouts that no real silence caused.
+                    next_tick = max(next_tick + tick_s, now)
+                self.process_ready()
+        finally:
+            self.close()
+
+    def stop(self, *_: Any) -> None:
+        """Finish the current turn (and its fsync), then leave the loop."""
+        self.stopping = True
+
+    def close(self) -> None:
+        self.transport.close()
+        self.storage.close()
+        log.info("node %d stopped", self.cfg.id)
+
+    # -- Ready -------------------------------------------------------------------------
+
+    def process_ready(self) -> None:
+        core = self.core
+        while core.has_ready():
+            rd = core.ready()
+            self.transport.send_many(rd.messages)
+            if rd.entries or rd.hard_state is not None:
+                self.storage.append(rd.entries, rd.hard_state)
+                self.storage.sync()
+                self.counters["fsyncs"] += 1
+            self.transport.send_many(rd.persisted_messages)
+            self.apply(rd)
+            if rd.soft_state is not None:
+                self.on_role_change(rd)
+            for rs in rd.read_states:
+                batch = self.read_batches.pop(rs.ctx, None)
+                if batch is not None:
+                    batch.index = rs.index
+                    self.released.append(batch)
+            for ctx in rd.aborted_reads:
+                batch = self.read_batches.pop(ctx, None)
+                if batch is not None:
+                    self.fail_reads(batch.requests, "leadership lost before the read was "
+                                    "confirmed")
+            core.advance(rd)
+            self.serve_released_reads()
+
+    def apply(self, rd: Ready) -> None:
+        for e in rd.committed_entries:
+            if e.type != EntryType.NORMAL:
+                continue
+            reply = self.kv.apply(e.index, e.data)
+            waiter = self.pending_writes.pop(e.index, None)
+            if waiter is None:
+                continue
+            if waiter.term == e.term:
+                self.transport.reply(waiter.identity, waiter.request_id, reply.code,
+                                     reply.value)
+            else:
+                # Another leader's entry took this index: ours was never committed.
+                self.transport.reply(waiter.identity, waiter.request_id,
+                                     ReplyCode.UNAVAILABLE,
+                                     "leadership changed; retry with the same sequence number")
+
+    def on_role_change(self, rd: Ready) -> None:
+        ss = rd.soft_state
+        self.transport.leader_hint = ss.lead
+        log.info("node %d: term %d role %s leader %s", self.cfg.id, self.core.term,
+                 ss.role.name.lower(), ss.lead or "unknown")
+        if ss.role == Role.LEADER:
+            self.counters["elections_won"] += 1
+        elif self.pending_writes:
+            # Our proposals may still commit under the next leader, or be overwritten:
+            # the outcome is unknown, and a retry with the same seq is answered once.
+            for w in self.pending_writes.values():
+                self.transport.reply(w.identity, w.request_id, ReplyCode.UNAVAILABLE,
+                                     "leadership lost while the write was pending; retry "
+                                     "with the same sequence number", ss.lead)
+            self.pending_writes.clear()
+
+    # -- client requests ---------------------------------------------------------------
+
+    def handle_requests(self, requests: list[ClientRequest]) -> None:
+        batch: _ReadBatch | None = None
+        for req in requests:
+            op = req.op
+            if op in (ReqOp.GET, ReqOp.SCAN):
+                if batch is None:
+                    batch = _ReadBatch()
+                batch.requests.append(req)
+            elif op == ReqOp.STATUS:
+                self.transport.reply(req.identity, req.request_id, ReplyCode.OK, self.status())
+            else:
+                self.propose(req)
+        if batch is not None:
+            self.start_read(batch)
+
+    def propose(self, req: ClientRequest) -> None:
+        try:
+            index = self.core.propose(req.command())
+        except NotLeader as e:
+            self.counters["not_leader"] += 1
+            self.transport.reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
+                                 f"node {self.cfg.id} is not the leader", e.leader)
+            return
+        except ProposalDropped as e:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.UNAVAILABLE, str(e))
+            return
+        self.counters["proposals"] += 1
+        self.pending_writes[index] = _PendingWrite(req.identity, req.request_id, self.core.term)
+
+    def start_read(self, batch: _ReadBatch) -> None:
+        ctx = self.next_read_ctx
+        self.next_read_ctx += 1
+        try:
+            self.core.read_index(ctx)
+        except NotLeader as e:
+            self.counters["not_leader"] += len(batch.requests)
+            for req in batch.requests:
+                self.transport.reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
+                                     f"node {self.cfg.id} is not the leader", e.leader)
+            return
+        self.read_batches[ctx] = batch
+
+    def serve_released_reads(self) -> None:
+        applied = self.core.log.applied
+        while self.released and self.released[0].index <= applied:
+            batch = self.released.pop(0)
+            for req in batch.requests:
+                self.counters["reads"] += 1
+                if req.op == ReqOp.GET:
+                    value: Any = self.kv.get(req.key)
+                else:
+                    limit = min(req.limit or MAX_SCAN, MAX_SCAN)
+                    value = [list(kv) for kv in self.kv.scan(req.key, limit)]
+                self.transport.reply(req.identity, req.request_id, ReplyCode.OK, value)
+
+    def fail_reads(self, requests: list[ClientRequest], why: str) -> None:
+        for req in requests:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.UNAVAILABLE, why)
+
+    # -- introspection -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        s = self.core.status()
+        s.pop("progress", None)
+        s.update(
+            address=self.cfg.listen,
+            uptime_s=round(time.monotonic() - self.started, 3),
+            transport=dict(self.transport.stats),
+            storage=self.storage.stats(),
+            kv={"keys": len(self.kv), "sessions": self.kv.session_count,
+                "malformed": self.kv.stats.malformed},
+            counters=dict(self.counters),
+        )
+        return s
+
+
+def run_node(cfg: NodeConfig) -> None:
+    """Run one node in the foreground until SIGTERM/SIGINT."""
+    node = Node(cfg)
+    signal.signal(signal.SIGTERM, node.stop)
+    signal.signal(signal.SIGINT, node.stop)
+    node.run()
