@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgpack
 
+from harness.launcher import wait_for
 from raftkv.wire import ReplyCode, ReqOp
-from tests.integration.procs import wait_for
 
 
 def open_session(cluster, leader: int) -> int:
@@ -31,7 +31,8 @@ def test_duplicate_request_is_applied_once(cluster):
 
 def test_malformed_frames_are_counted_and_the_node_stays_up(cluster):
     leader = cluster.wait_leader()
-    garbage = [b"", b"\x00\xff\x13", msgpack.packb([1, 2]), msgpack.packb({"op": "put"}), b"\xc1" * 100]
+    garbage = [b"", b"\x00\xff\x13", msgpack.packb([1, 2]), msgpack.packb({"op": "put"}),
+               b"\xc1" * 100]
     for frame in garbage:
         assert cluster.call_raw(leader, frame, timeout=0.2) is None  # dropped, never answered
     st = wait_for(lambda: (lambda s: s if s["transport"]["dropped_malformed"] >= 5 else None)(

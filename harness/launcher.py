@@ -1,5 +1,8 @@
-"""Real node processes for integration tests: free loopback ports, a temp dir, and
-cleanup by pid (never by name)."""
+"""Start and stop a cluster of node processes on this host.
+
+`LocalCluster` runs `raftkv node` children on free loopback ports under one directory and
+cleans up by pid (never by name). The tests and the benchmark use it.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import zmq
 from raftkv import wire
 from raftkv.wire import ClientReply, ClientRequest, ReqOp
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_ports(n: int) -> list[int]:
@@ -60,7 +63,7 @@ class NodeProc:
         return self.proc is not None and self.proc.poll() is None
 
 
-class ProcCluster:
+class LocalCluster:
     def __init__(self, n: int, root: Path, *, fsync: bool = True,
                  extra_args: tuple[str, ...] = ()) -> None:
         ports = free_ports(n)
