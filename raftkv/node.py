@@ -197,6 +197,11 @@ class Node:
                 if batch is None:
                     batch = _ReadBatch()
                 batch.requests.append(req)
+            elif op == ReqOp.GET_STALE:
+                # Any role answers from what it has applied: fast, possibly stale.
+                self.counters["reads"] += 1
+                self.transport.reply(req.identity, req.request_id, ReplyCode.OK,
+                                     self.kv.get(req.key))
             elif op == ReqOp.STATUS:
                 self.transport.reply(req.identity, req.request_id, ReplyCode.OK, self.status())
             else:

@@ -21,6 +21,7 @@ Client requests (a client or the controller to a node), `request_id` a uint64 ch
 the sender and echoed in the reply::
 
     [VERSION, Kind.REQ, request_id, ReqOp.GET,          key]
+    [VERSION, Kind.REQ, request_id, ReqOp.GET_STALE,    key]
     [VERSION, Kind.REQ, request_id, ReqOp.SCAN,         prefix, limit]
     [VERSION, Kind.REQ, request_id, ReqOp.PUT,          client_id, seq, key, value]
     [VERSION, Kind.REQ, request_id, ReqOp.DELETE,       client_id, seq, key]
@@ -40,7 +41,7 @@ Replies (a node to the requester)::
 
 `leader_hint` is the node id this node believes leads (0: unknown). `code` is a ReplyCode:
 
-    OK               0  value: GET -> bin or nil (absent); SCAN -> [[key, value], ...];
+    OK               0  value: GET, GET_STALE -> bin or nil (absent); SCAN -> [[key, value], ...];
                         PUT -> nil; DELETE -> existed (bool); CAS -> swapped (bool);
                         OPEN_SESSION -> client_id; STATUS -> map; FAULT -> [peer_id, ...]
     BAD_REQUEST      1  the request is invalid (unknown op, wrong types, over a limit);
@@ -102,6 +103,7 @@ class ReqOp(IntEnum):
     OPEN_SESSION = 4
     GET = 5
     SCAN = 6
+    GET_STALE = 7  # any node answers from its applied state: no ReadIndex, may be stale
     STATUS = 32  # control: the node's status map
     FAULT = 33  # control: set the peers whose traffic is dropped both ways
 
@@ -229,7 +231,7 @@ def encode_request(req: ClientRequest) -> bytes:
     (the decoder's limits are not applied: the node is the judge of those)."""
     op = req.op
     head = (VERSION, _REQ, req.request_id, int(op))
-    if op == ReqOp.GET:
+    if op == ReqOp.GET or op == ReqOp.GET_STALE:
         body: tuple[Any, ...] = (req.key,)
     elif op == ReqOp.SCAN:
         body = (req.key, req.limit)
@@ -271,6 +273,7 @@ _INT_ONLY = {int}
 _BYTES_ONLY = {bytes}
 _ARGC = {
     ReqOp.GET: 1,
+    ReqOp.GET_STALE: 1,
     ReqOp.SCAN: 2,
     ReqOp.PUT: 4,
     ReqOp.DELETE: 3,
@@ -411,7 +414,7 @@ def _decode_request(obj: list[Any], identity: bytes, max_key: int, max_value: in
             req.value = args[3]
         elif op == ReqOp.CAS:
             req.expected, req.value = args[3], args[4]
-    elif op == ReqOp.GET:
+    elif op == ReqOp.GET or op == ReqOp.GET_STALE:
         req.key = args[0]
     elif op == ReqOp.SCAN:
         req.key, req.limit = args
@@ -431,7 +434,7 @@ def _decode_request(obj: list[Any], identity: bytes, max_key: int, max_value: in
         return req
     try:
         kv.validate_request(
-            kv.Op(int(op)),
+            kv.Op.GET if op == ReqOp.GET_STALE else kv.Op(int(op)),
             req.key,
             req.value,
             req.expected,

@@ -68,3 +68,13 @@ def test_sigterm_stops_a_node_cleanly(cluster):
     assert cluster.stop(follower) == 0
     cluster.start(follower)
     wait_for(lambda: cluster.status(follower), 10, "the restarted node to answer")
+
+
+def test_stale_get_is_served_by_a_follower_from_applied_state(cluster):
+    leader = cluster.wait_leader()
+    cid = open_session(cluster, leader)
+    cluster.request(leader, ReqOp.PUT, client_id=cid, seq=1, key=b"k", value=b"v")
+    follower = next(i for i in cluster.nodes if i != leader)
+    got = wait_for(lambda: (lambda r: r if r.value == b"v" else None)(
+        cluster.request(follower, ReqOp.GET_STALE, key=b"k")), 5, "the follower to apply")
+    assert got.code == ReplyCode.OK

@@ -161,6 +161,7 @@ def test_peer_frame_with_another_version_or_field_count_is_malformed() -> None:
 
 REQUESTS = [
     ClientRequest(1, ReqOp.GET, key=b"k"),
+    ClientRequest(1, ReqOp.GET_STALE, key=b"k"),
     ClientRequest(2, ReqOp.SCAN, key=b"pre", limit=10),
     ClientRequest(3, ReqOp.PUT, key=b"k", value=b"v", client_id=5, seq=1),
     ClientRequest(4, ReqOp.DELETE, key=b"k", client_id=5, seq=2),
