@@ -1,0 +1,627 @@
+"""The Python client: `Client(...).put/get/delete/cas/scan` over ZeroMQ.
+
+    from raftkv import Client
+    with Client("tcp://127.0.0.1:7700") as kv:      # the controller, or the node addresses
+        kv.put("user:1", "alice")
+        kv.get("user:1")                          # b"alice" (str with decode=True), None if absent
+        kv.cas("user:1", "alice", "bob")          # True: swapped
+        kv.delete("user:1")                       # True: the key existed
+        kv.scan("user:", limit=100)               # [(key, value), ...] sorted by key
+
+Addresses. One address (a str: typically the controller, which routes to the leader), a
+list of node addresses (node ids are taken to be 1..N in list order, the ids the nodes
+were started with), or a mapping {node_id: address}. A node that does not lead answers
+NOT_LEADER with the leader's node id; the client maps that id to an address, so with a
+list the order must match the cluster's ids. An id it cannot map, or no hint at all,
+sends the request to the next address.
+
+Retries. Every request is retried, with the same (client_id, seq) for a write, until it
+gets an answer or its deadline (`timeout`, 5 s by default) passes: after NOT_LEADER
+(to the hinted node), UNAVAILABLE, a node that is not connected, or no reply within the
+attempt timeout (0.5 s, growing by half after each miss up to 2 s). After every round of
+as many fruitless attempts as there are addresses, the client pauses (10 ms, doubling up
+to 200 ms) so an election is not hammered. A reply that arrives late from an earlier
+attempt still completes the request: it answers the same (client_id, seq).
+
+Errors (all derive from `RaftKVError`):
+
+- `Unavailable`: the deadline passed and the request certainly did not take effect:
+  every write attempt was refused before it reached the log (NOT_LEADER, not connected),
+  or the request was a read (reads have no effect; retrying is always safe).
+- `Timeout`: the deadline passed after a write was sent and not answered (or answered
+  UNAVAILABLE, which a node also says when it lost leadership with the write pending):
+  the write MAY OR MAY NOT have been applied, and may still be applied later. Read the
+  key to find out. Only writes raise it.
+- `SessionExpired(Timeout)`: the server forgot this client's session while a write was
+  being retried, so the write's outcome is unknown. (A session found expired on a
+  write's first delivery is replaced and the write retried transparently: nothing was
+  applied.)
+- `BadRequest(ValueError)`: the server refused the request as invalid (over a size
+  limit, ...); nothing was done. The message is the server's.
+
+Sessions (kv.py, thesis §6.3). The store keeps only the last applied seq per client and
+refuses a lower one, so one session can carry one write at a time. The client keeps a
+pool of sessions, opened lazily (an OPEN_SESSION request, itself retried until the
+deadline): a write takes a free session, or opens one if none is free, and uses seq + 1.
+So a client holds as many sessions as it ever had writes in flight at once. Reads
+carry no session.
+
+Threading. A `Client` is safe to share between threads, with many requests in flight at
+once. One background I/O thread owns every ZeroMQ socket (one DEALER per address; ZeroMQ
+sockets are not thread-safe). A caller encodes its frame, puts it on a queue, wakes the
+I/O thread through a socket pair only if it is asleep in its poll, and waits on its own
+queue; the I/O thread sends, receives and routes each reply by request id. Under load
+the I/O thread rarely sleeps, so most requests cost no wakeup, and it drains and sends
+many frames per turn over one connection per node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from raftkv.wire import (
+    ClientReply,
+    ClientRequest,
+    MalformedFrame,
+    ReplyCode,
+    ReqOp,
+    decode_reply,
+    encode_request,
+)
+
+DEFAULT_TIMEOUT = 5.0  # seconds: a request's whole budget, retries included
+DEFAULT_ATTEMPT_TIMEOUT = 0.5  # seconds without a reply before trying another address
+MAX_ATTEMPT_TIMEOUT = 2.0
+FIRST_PAUSE = 0.01  # seconds; after each fruitless round of attempts, doubling
+MAX_PAUSE = 0.2
+CONSISTENCIES = ("linearizable", "stale")
+
+# Same socket options as the nodes' own DEALERs (transport.py).
+_RECONNECT_IVL_MS = 100
+_HEARTBEAT_IVL_MS = 1_000
+_HEARTBEAT_TIMEOUT_MS = 3_000
+_HWM = 100_000
+
+_OK = ReplyCode.OK
+_TERMINAL = frozenset(
+    {ReplyCode.OK, ReplyCode.BAD_REQUEST, ReplyCode.STALE_REQUEST, ReplyCode.SESSION_EXPIRED}
+)
+# What the I/O thread hands a waiting caller: (request_id, address index, reply), where
+# reply None means the frame could not be queued (no connection to that address).
+_Message = tuple[int, int, ClientReply | None]
+_CLOSED: _Message = (-1, -1, None)
+# What a caller hands the I/O thread: (address index, request_id, frame, reply queue).
+_Outgoing = tuple[int, int, bytes, "queue.SimpleQueue[_Message]"]
+
+
+class RaftKVError(Exception):
+    """Base class of the client's errors."""
+
+
+class Unavailable(RaftKVError):
+    """No node served the request before its deadline, and it certainly had no effect
+    (a read, or a write no node ever accepted). Safe to retry."""
+
+
+class Timeout(RaftKVError):
+    """The deadline passed after a write was sent and not answered: the write may or
+    may not have been applied, and may still be applied later. Only writes raise it."""
+
+
+class SessionExpired(Timeout):
+    """The server forgot the client's session while a write was being retried: the
+    write's outcome is unknown, as for `Timeout`. The next write opens a new session."""
+
+
+class BadRequest(RaftKVError, ValueError):
+    """The server refused the request as invalid; nothing was done. The message is the
+    server's."""
+
+
+Key = str | bytes
+Value = str | bytes
+
+
+@dataclass(slots=True)
+class _Session:
+    client_id: int
+    seq: int = 0  # the last seq used; a write takes seq + 1
+
+
+class _IOThread(threading.Thread):
+    """Owns the DEALER sockets. Callers talk to it only through `submit`, `pending` and
+    `close`; every other attribute is the thread's own."""
+
+    def __init__(self, addresses: Sequence[str], context: zmq.Context) -> None:
+        super().__init__(name="raftkv-client-io", daemon=True)
+        self.addresses = list(addresses)
+        self.context = context
+        # request id -> the caller's queue. Callers add and remove their own ids; the
+        # thread only reads (single dict operations are atomic under the GIL).
+        self.pending: dict[int, queue.SimpleQueue[_Message]] = {}
+        self.outbox: queue.SimpleQueue[_Outgoing] = queue.SimpleQueue()
+        self.stats = {"malformed": 0, "unmatched": 0}
+        self.closing = False
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+        # Set just before the thread may block in poll and cleared when it wakes. A
+        # caller puts its frame on `outbox` first and reads `asleep` second; the thread
+        # sets `asleep` first and checks `outbox` second, so one of them sees the other.
+        self.asleep = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    def submit(
+        self, index: int, request_id: int, frame: bytes, q: queue.SimpleQueue[_Message]
+    ) -> None:
+        self.outbox.put((index, request_id, frame, q))
+        if self.asleep:
+            self.wake()
+
+    def wake(self) -> None:
+        # OSError: the buffer is full (a wakeup is already pending) or the pair closed.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.closing = True
+        self.wake()
+        if self.is_alive():
+            self.join(timeout)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def run(self) -> None:
+        socks: list[zmq.Socket] = []
+        try:
+            for addr in self.addresses:
+                s = self.context.socket(zmq.DEALER)
+                socks.append(s)
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.SNDHWM, _HWM)
+                s.setsockopt(zmq.RCVHWM, _HWM)
+                # Queue only to a completed connection, so a send to a node that is down
+                # fails at once and the caller moves on instead of waiting for a reply.
+                s.setsockopt(zmq.IMMEDIATE, 1)
+                s.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_IVL_MS)
+                s.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
+                s.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
+                s.connect(addr)
+        except BaseException as e:
+            self.error = e
+            for s in socks:
+                s.close(linger=0)
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            self._loop(socks)
+        finally:
+            for s in socks:
+                s.close(linger=0)
+            for q in list(self.pending.values()):
+                q.put(_CLOSED)
+
+    def _loop(self, socks: list[zmq.Socket]) -> None:
+        poller = zmq.Poller()
+        index_of: dict[Any, int] = {}
+        for i, s in enumerate(socks):
+            poller.register(s, zmq.POLLIN)
+            index_of[s] = i
+        wake_fd = self._wake_r.fileno()
+        poller.register(wake_fd, zmq.POLLIN)
+        outbox = self.outbox
+        pending = self.pending
+        stats = self.stats
+        while not self.closing:
+            self.asleep = True
+            events = poller.poll(0 if not outbox.empty() or self.closing else None)
+            self.asleep = False
+            for s, _ in events:
+                i = index_of.get(s)
+                if i is None:  # the wakeup socket
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                while True:
+                    try:
+                        parts = s.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        if len(parts) != 1:
+                            raise MalformedFrame(f"{len(parts)} parts")
+                        reply = decode_reply(parts[0])
+                    except MalformedFrame:
+                        stats["malformed"] += 1
+                        continue
+                    q = pending.get(reply.request_id)
+                    if q is None:  # its caller has finished or given up
+                        stats["unmatched"] += 1
+                        continue
+                    q.put((reply.request_id, i, reply))
+            while True:
+                try:
+                    i, rid, frame, q = outbox.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    socks[i].send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    q.put((rid, i, None))
+
+
+def _parse_addresses(
+    addresses: str | Sequence[str] | Mapping[int, str],
+) -> tuple[list[str], dict[int, int]]:
+    """The addresses in order and the map node id -> index in that list."""
+    if isinstance(addresses, str):
+        return [addresses], {}
+    if isinstance(addresses, Mapping):
+        items = sorted(addresses.items())
+        for nid, addr in items:
+            if type(nid) is not int or nid < 1:
+                raise ValueError(f"node ids must be ints >= 1, got {nid!r}")
+            if not isinstance(addr, str):
+                raise TypeError(f"address of node {nid} must be a str, not {addr!r}")
+        return [a for _, a in items], {nid: i for i, (nid, _) in enumerate(items)}
+    addrs = list(addresses)
+    for addr in addrs:
+        if not isinstance(addr, str):
+            raise TypeError(f"addresses must be str, not {type(addr).__name__}")
+    return addrs, {i + 1: i for i in range(len(addrs))}
+
+
+def _to_bytes(x: Key, what: str) -> bytes:
+    if type(x) is bytes:
+        return x
+    if isinstance(x, str):
+        return x.encode()
+    if isinstance(x, bytes | bytearray | memoryview):
+        return bytes(x)
+    raise TypeError(f"{what} must be str or bytes, not {type(x).__name__}")
+
+
+class Client:
+    """A connection to a raftkv cluster; see the module docstring for addressing,
+    retries, errors and threading.
+
+    `addresses`: one address (str), a list of node addresses (node ids 1..N in list
+    order), or a mapping {node_id: address}. `timeout`: the default deadline of each
+    call, in seconds, retries included (each call may override it). `attempt_timeout`:
+    how long to wait for one node's reply before trying the next. `decode=True` returns
+    str (UTF-8) instead of bytes for values and scanned keys. `context`: a ZeroMQ
+    context to use (not terminated by `close`); by default the client makes its own.
+    """
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str] | Mapping[int, str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        decode: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None:
+        addrs, index_of = _parse_addresses(addresses)
+        if not addrs:
+            raise ValueError("no address given")
+        if not timeout > 0 or not attempt_timeout > 0:
+            raise ValueError(
+                f"timeout ({timeout}) and attempt_timeout ({attempt_timeout}) must be > 0"
+            )
+        self.addresses: tuple[str, ...] = tuple(addrs)
+        self.timeout = float(timeout)
+        self.attempt_timeout = float(attempt_timeout)
+        self.decode = decode
+        self._index_of_node = index_of
+        self._leader = 0  # index of the address that answered last; shared guess
+        self._request_ids = itertools.count(1)
+        self._sessions: list[_Session] = []  # free sessions, most recently used last
+        self._sessions_lock = threading.Lock()
+        self._closed = False
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._io = _IOThread(addrs, self._context)
+        self._io.start()
+        self._io.ready.wait()
+        if self._io.error is not None:
+            error = self._io.error
+            self.close()
+            raise ValueError(f"cannot connect to {addrs}: {error}") from error
+
+    # ---- public API ----------------------------------------------------------------
+
+    def put(self, key: Key, value: Value, *, timeout: float | None = None) -> None:
+        """Set `key` to `value`. Raises Timeout if the outcome is unknown (see Timeout)."""
+        req = ClientRequest(0, ReqOp.PUT, key=_to_bytes(key, "key"))
+        req.value = _to_bytes(value, "value")
+        self._write(req, timeout)
+
+    def get(
+        self, key: Key, *, consistency: str = "linearizable", timeout: float | None = None
+    ) -> bytes | str | None:
+        """The value of `key`, or None if it is absent. Linearizable (served by the
+        leader after a ReadIndex round). `consistency="stale"` is not supported yet."""
+        self._check_consistency(consistency)
+        reply = self._read(ClientRequest(0, ReqOp.GET, key=_to_bytes(key, "key")), timeout)
+        value = reply.value
+        if value is None:
+            return None
+        if type(value) is not bytes:
+            raise RaftKVError(f"GET reply value is {type(value).__name__}, not bytes")
+        return value.decode() if self.decode else value
+
+    def cas(
+        self,
+        key: Key,
+        expected: Value | None,
+        new: Value,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Set `key` to `new` if its value is `expected` (None: if it is absent); True if
+        it was swapped. Raises Timeout if the outcome is unknown (see Timeout)."""
+        req = ClientRequest(
+            0,
+            ReqOp.CAS,
+            key=_to_bytes(key, "key"),
+            value=_to_bytes(new, "new value"),
+            expected=None if expected is None else _to_bytes(expected, "expected value"),
+        )
+        return bool(self._write(req, timeout))
+
+    def delete(self, key: Key, *, timeout: float | None = None) -> bool:
+        """Remove `key`; True if it existed. Raises Timeout if the outcome is unknown
+        (see Timeout); a retried delete that was applied still answers its first reply."""
+        req = ClientRequest(0, ReqOp.DELETE, key=_to_bytes(key, "key"))
+        return bool(self._write(req, timeout))
+
+    def scan(
+        self,
+        prefix: Key = b"",
+        limit: int = 100,
+        *,
+        consistency: str = "linearizable",
+        timeout: float | None = None,
+    ) -> list[tuple[bytes, bytes]] | list[tuple[str, str]]:
+        """Up to `limit` (key, value) pairs whose key starts with `prefix`, sorted by
+        key; linearizable. A node caps one reply (10,000 pairs); limit 0 asks for the cap."""
+        self._check_consistency(consistency)
+        if type(limit) is not int or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, not {limit!r}")
+        req = ClientRequest(0, ReqOp.SCAN, key=_to_bytes(prefix, "prefix"), limit=limit)
+        pairs = self._read(req, timeout).value
+        if type(pairs) is not list:
+            raise RaftKVError(f"SCAN reply value is {type(pairs).__name__}, not a list")
+        if self.decode:
+            return [(k.decode(), v.decode()) for k, v in pairs]
+        return [(k, v) for k, v in pairs]
+
+    def close(self) -> None:
+        """Stop the I/O thread and close the sockets (unsent frames are dropped).
+        Calls in flight fail; later calls raise RaftKVError. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._io.close()
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<raftkv.Client {list(self.addresses)} {state}>"
+
+    # ---- requests ------------------------------------------------------------------
+
+    @staticmethod
+    def _check_consistency(consistency: str) -> None:
+        if consistency == "linearizable":
+            return
+        if consistency == "stale":
+            raise NotImplementedError(
+                "stale reads are not supported: wire protocol version 1 has no way to ask "
+                "a follower for its applied state, so every read is linearizable"
+            )
+        raise ValueError(f"consistency must be one of {CONSISTENCIES}, not {consistency!r}")
+
+    def _budget(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self.timeout
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0, not {timeout!r}")
+        return float(timeout)
+
+    def _read(self, req: ClientRequest, timeout: float | None) -> ClientReply:
+        budget = self._budget(timeout)
+        reply, _ = self._send(req, time.monotonic() + budget, budget, write=False)
+        if reply.code != _OK:
+            raise self._refused(req, reply)
+        return reply
+
+    def _write(self, req: ClientRequest, timeout: float | None) -> Any:
+        budget = self._budget(timeout)
+        deadline = time.monotonic() + budget
+        session: _Session | None = self._take_session(deadline, budget)
+        try:
+            while True:
+                session.seq += 1
+                req.client_id = session.client_id
+                req.seq = session.seq
+                reply, ambiguous = self._send(req, deadline, budget, write=True)
+                if reply.code == _OK:
+                    return reply.value
+                if reply.code != ReplyCode.SESSION_EXPIRED:
+                    raise self._refused(req, reply)
+                expired, session = session.client_id, None
+                if ambiguous:
+                    raise SessionExpired(
+                        f"{req.op.name} of client {expired} seq {req.seq}: the session "
+                        "expired while the write was being retried after an unanswered "
+                        "attempt; the write may or may not have been applied"
+                    )
+                # The only delivery was refused, so nothing was applied: start over.
+                session = self._take_session(deadline, budget)
+        finally:
+            if session is not None:
+                with self._sessions_lock:
+                    self._sessions.append(session)
+
+    def _take_session(self, deadline: float, budget: float) -> _Session:
+        with self._sessions_lock:
+            if self._sessions:
+                return self._sessions.pop()
+        # An unanswered OPEN_SESSION may still open a session nobody uses; the server
+        # evicts it in time, so it is retried like a read.
+        req = ClientRequest(0, ReqOp.OPEN_SESSION)
+        reply, _ = self._send(req, deadline, budget, write=False)
+        if reply.code != _OK:
+            raise self._refused(req, reply)
+        client_id = reply.value
+        if type(client_id) is not int or client_id < 1:
+            raise RaftKVError(f"OPEN_SESSION answered client id {client_id!r:.40}")
+        return _Session(client_id)
+
+    def _refused(self, req: ClientRequest, reply: ClientReply) -> RaftKVError:
+        if reply.code == ReplyCode.BAD_REQUEST:
+            return BadRequest(str(reply.value))
+        return RaftKVError(f"{req.op.name} answered {reply.code.name}: {reply.value}")
+
+    def _send(
+        self, req: ClientRequest, deadline: float, budget: float, *, write: bool
+    ) -> tuple[ClientReply, bool]:
+        """Deliver `req` until a node answers it for good (OK, BAD_REQUEST,
+        STALE_REQUEST, SESSION_EXPIRED) or `deadline` passes. Returns that reply and
+        whether an earlier attempt of this write went unanswered (its fate unknown).
+        Raises Unavailable, or Timeout for a write that may have been applied."""
+        if self._closed:
+            raise RaftKVError("the client is closed")
+        io = self._io
+        pending = io.pending
+        n = len(self.addresses)
+        q: queue.SimpleQueue[_Message] = queue.SimpleQueue()
+        request_ids: list[int] = []
+        tried: dict[str, str] = {}  # address -> what its last attempt got
+        ambiguous = False
+        target = self._leader
+        attempt_timeout = self.attempt_timeout
+        max_attempt_timeout = max(MAX_ATTEMPT_TIMEOUT, attempt_timeout)
+        pause = 0.0
+        misses = 0
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= deadline or io.closing:
+                    raise self._gave_up(req, budget, tried, write and ambiguous, io.closing)
+                rid = next(self._request_ids)
+                req.request_id = rid
+                frame = encode_request(req)
+                pending[rid] = q
+                request_ids.append(rid)
+                io.submit(target, rid, frame, q)
+                addr = self.addresses[target]
+                msg = _wait(q, rid, min(now + attempt_timeout, deadline))
+                if msg is None:
+                    ambiguous = True
+                    tried[addr] = f"no reply in {attempt_timeout:.3g}s"
+                    attempt_timeout = min(attempt_timeout * 1.5, max_attempt_timeout)
+                    target = (target + 1) % n
+                elif msg is _CLOSED:
+                    continue  # the loop's top raises
+                else:
+                    _, index, reply = msg
+                    if reply is None:
+                        tried[addr] = "not connected"
+                        target = (target + 1) % n
+                    elif reply.code in _TERMINAL:
+                        if reply.code == _OK:
+                            self._leader = index
+                        return reply, ambiguous
+                    else:
+                        hint = reply.leader_hint
+                        hinted = self._index_of_node.get(hint)
+                        if reply.code == ReplyCode.UNAVAILABLE:
+                            ambiguous = True
+                            tried[addr] = f"UNAVAILABLE: {reply.value}"
+                        elif hint and hinted is None:
+                            tried[addr] = (
+                                f"NOT_LEADER: leader is node {hint}, whose address this "
+                                "client was not given (pass every node's address)"
+                            )
+                        else:
+                            tried[addr] = f"NOT_LEADER (leader: {hint or 'unknown'})"
+                        if hinted is not None and hinted != target:
+                            target = self._leader = hinted
+                        else:
+                            target = (target + 1) % n
+                misses += 1
+                if misses % n == 0:
+                    # A whole round without an answer: give an election time to finish.
+                    # A late answer to an earlier attempt still ends the wait.
+                    pause = min(max(pause * 2, FIRST_PAUSE), MAX_PAUSE)
+                    msg = _wait(q, -1, min(time.monotonic() + pause, deadline))
+                    if msg is not None and msg is not _CLOSED and msg[2] is not None:
+                        if msg[2].code == _OK:
+                            self._leader = msg[1]
+                        return msg[2], ambiguous
+        finally:
+            for rid in request_ids:
+                pending.pop(rid, None)
+
+    def _gave_up(
+        self,
+        req: ClientRequest,
+        budget: float,
+        tried: dict[str, str],
+        ambiguous: bool,
+        closed: bool,
+    ) -> RaftKVError:
+        where = "; ".join(f"{a}: {what}" for a, what in tried.items()) or "none reached"
+        what = f"{req.op.name}" + (f" (client {req.client_id} seq {req.seq})" if req.seq else "")
+        if ambiguous:
+            why = "the client was closed" if closed else f"no answer within {budget:.3g}s"
+            return Timeout(
+                f"{what}: {why} after the write was sent; it may or may not have been "
+                f"applied. Tried {where}"
+            )
+        if closed:
+            return RaftKVError(f"{what}: the client was closed. Tried {where}")
+        return Unavailable(
+            f"{what}: no node served it within {budget:.3g}s; it had no effect. Tried {where}"
+        )
+
+
+def _wait(q: queue.SimpleQueue[_Message], rid: int, until: float) -> _Message | None:
+    """The next message that decides attempt `rid`: its own reply (or send failure), a
+    final answer to any earlier attempt, or _CLOSED. None if `until` passes first."""
+    while True:
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            msg = q.get(timeout=remaining)
+        except queue.Empty:
+            return None
+        reply = msg[2]
+        if msg[0] == rid or msg is _CLOSED or (reply is not None and reply.code in _TERMINAL):
+            return msg
