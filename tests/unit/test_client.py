@@ -1,0 +1,482 @@
+"""The client (raftkv/client.py) against fake nodes: ROUTER sockets on loopback that
+decode requests with raftkv.wire and answer scripted replies, the leader among them
+backed by a real kv.KVStore so sessions behave as in the cluster. Every wait is bounded."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import zmq
+
+import raftkv
+from raftkv.client import (
+    BadRequest,
+    Client,
+    RaftKVError,
+    SessionExpired,
+    Timeout,
+    Unavailable,
+)
+from raftkv.kv import KVStore
+from raftkv.wire import (
+    ClientRequest,
+    InvalidRequest,
+    MalformedFrame,
+    ReplyCode,
+    ReqOp,
+    decode_request,
+    encode_reply,
+)
+
+DEADLINE = 10.0  # seconds; reached only when a test fails
+
+Answer = tuple[int, object, int] | None  # (code, value, leader_hint); None drops it
+Handler = Callable[[ClientRequest], Answer]
+
+
+class FakeNode:
+    """A ROUTER on a free loopback port served by a background thread: each request is
+    recorded in `requests` and answered with `handler(request)`."""
+
+    def __init__(self, ctx: zmq.Context, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[ClientRequest] = []
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind("tcp://127.0.0.1:*")
+        self.address: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fake-node", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(10):
+                continue
+            identity, frame = self.sock.recv_multipart()
+            try:
+                req = decode_request(frame, identity=identity)
+            except InvalidRequest as e:
+                answer: Answer = (ReplyCode.BAD_REQUEST, e.message, 0)
+                self.sock.send_multipart([identity, encode_reply(e.request_id, *answer)])
+                continue
+            except MalformedFrame:
+                continue
+            self.requests.append(req)
+            answer = self.handler(req)
+            if answer is not None:
+                self.sock.send_multipart([identity, encode_reply(req.request_id, *answer)])
+
+    def ops(self, op: ReqOp) -> list[ClientRequest]:
+        return [r for r in list(self.requests) if r.op == op]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(DEADLINE)
+        self.sock.close(linger=0)
+
+
+class FakeKV:
+    """A leader's answers from a real state machine: writes and OPEN_SESSION are
+    applied at consecutive log indexes, reads served from the store."""
+
+    def __init__(self, max_sessions: int = 10_000) -> None:
+        self.store = KVStore(max_sessions=max_sessions)
+        self.index = 0
+
+    def apply(self, data: bytes) -> tuple[int, object, int]:
+        self.index += 1
+        reply = self.store.apply(self.index, data)
+        return reply.code, reply.value, 0
+
+    def __call__(self, req: ClientRequest) -> Answer:
+        if req.op == ReqOp.GET:
+            return ReplyCode.OK, self.store.get(req.key), 0
+        if req.op == ReqOp.SCAN:
+            return ReplyCode.OK, [list(p) for p in self.store.scan(req.key, req.limit)], 0
+        return self.apply(req.command())
+
+
+def not_leader(hint: int) -> Handler:
+    return lambda req: (ReplyCode.NOT_LEADER, "not the leader", hint)
+
+
+def drop(req: ClientRequest) -> Answer:
+    return None
+
+
+def dead_address() -> str:
+    """A loopback port nothing listens on (free when asked)."""
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    finally:
+        s.close()
+
+
+def io_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "raftkv-client-io" and t.is_alive()]
+
+
+def wait_until(cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {DEADLINE}s waiting for {what}")
+        time.sleep(0.002)
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+@pytest.fixture
+def node(ctx: zmq.Context) -> Iterator[Callable[[Handler], FakeNode]]:
+    made: list[FakeNode] = []
+
+    def make(handler: Handler) -> FakeNode:
+        n = FakeNode(ctx, handler)
+        made.append(n)
+        return n
+
+    yield make
+    for n in made:
+        n.stop()
+
+
+@pytest.fixture
+def client() -> Iterator[Callable[..., Client]]:
+    made: list[Client] = []
+
+    def make(addresses: object, **kw: object) -> Client:
+        c = Client(addresses, **kw)  # type: ignore[arg-type]
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+# ---- the API -----------------------------------------------------------------------
+
+
+def test_round_trip_of_every_operation(node, client) -> None:
+    kv = client(node(FakeKV()).address)
+    assert kv.get("user:1") is None
+    assert kv.put("user:1", "alice") is None
+    assert kv.get("user:1") == b"alice"
+    assert kv.get(b"user:1") == b"alice"
+    assert kv.cas("user:1", "bob", "carol") is False
+    assert kv.cas("user:1", b"alice", b"bob") is True
+    assert kv.cas("user:2", None, "dave") is True  # None: expected absent
+    assert kv.put(b"other", b"\x00\xff") is None
+    assert kv.scan("user:", limit=100) == [(b"user:1", b"bob"), (b"user:2", b"dave")]
+    assert kv.scan("user:", limit=1) == [(b"user:1", b"bob")]
+    assert kv.delete("user:1") is True
+    assert kv.delete("user:1") is False
+    assert kv.get("user:1") is None
+    assert kv.get(b"other") == b"\x00\xff"
+
+
+def test_decode_returns_str(node, client) -> None:
+    kv = client(node(FakeKV()).address, decode=True)
+    kv.put("k", "välue")
+    assert kv.get("k") == "välue"
+    assert kv.get("absent") is None
+    assert kv.scan("k") == [("k", "välue")]
+
+
+def test_package_exports_the_client_api() -> None:
+    assert raftkv.Client is Client
+    assert raftkv.Timeout is Timeout and raftkv.SessionExpired is SessionExpired
+    assert issubclass(SessionExpired, Timeout)
+    for cls in (Unavailable, Timeout, BadRequest, SessionExpired):
+        assert issubclass(cls, raftkv.RaftKVError)
+    with pytest.raises(AttributeError):
+        raftkv.NoSuchThing  # noqa: B018
+
+
+def test_stale_reads_are_refused_not_faked(node, client) -> None:
+    fake = node(FakeKV())
+    kv = client(fake.address)
+    with pytest.raises(NotImplementedError, match="stale reads"):
+        kv.get("k", consistency="stale")
+    with pytest.raises(ValueError, match="consistency"):
+        kv.get("k", consistency="eventual")
+    assert fake.requests == []
+
+
+def test_bad_arguments_fail_before_sending(client) -> None:
+    with pytest.raises(ValueError, match="no address"):
+        Client([])
+    with pytest.raises(ValueError, match="cannot connect"):
+        Client("not an endpoint")
+    kv = client(dead_address())
+    with pytest.raises(TypeError, match="key must be str or bytes"):
+        kv.put(1, "x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        kv.get("k", timeout=0)
+
+
+def test_bad_request_raises_with_the_servers_message(node, client) -> None:
+    kv = client(node(FakeKV()).address)
+    with pytest.raises(BadRequest, match="key of 2000 bytes exceeds the limit of 1024"):
+        kv.get("x" * 2000)
+    with pytest.raises(BadRequest, match="key of 2000 bytes exceeds the limit of 1024"):
+        kv.put("x" * 2000, "v")
+    kv.put("k", "v")  # the session survived the refused write
+    assert kv.get("k") == b"v"
+
+
+# ---- finding the leader ------------------------------------------------------------
+
+
+def test_not_leader_with_hint_goes_to_the_hinted_node(node, client) -> None:
+    n1, n2, leader = node(not_leader(3)), node(not_leader(3)), node(FakeKV())
+    kv = client([n1.address, n2.address, leader.address])  # node ids 1, 2, 3
+    kv.put("k", "v")
+    assert kv.get("k") == b"v"
+    assert len(n1.requests) == 1  # the first request; then the client knows the leader
+    assert n2.requests == []
+
+
+def test_mapping_of_node_ids_resolves_hints(node, client) -> None:
+    follower, leader = node(not_leader(9)), node(FakeKV())
+    kv = client({5: follower.address, 9: leader.address})
+    kv.put("k", "v")
+    assert kv.get("k") == b"v"
+    assert len(follower.requests) == 1
+
+
+def test_not_leader_without_hint_tries_the_next_address(node, client) -> None:
+    n1, leader = node(not_leader(0)), node(FakeKV())
+    kv = client([n1.address, leader.address])
+    kv.put("k", "v")
+    assert kv.get("k") == b"v"
+    assert len(n1.requests) == 1
+
+
+def test_hint_to_an_unknown_node_is_explained(node, client) -> None:
+    kv = client(node(not_leader(2)).address, attempt_timeout=0.05)
+    with pytest.raises(Unavailable, match="leader is node 2, whose address"):
+        kv.get("k", timeout=0.3)
+
+
+def test_dead_address_is_skipped_without_waiting(node, client) -> None:
+    leader = node(FakeKV())
+    kv = client([dead_address(), leader.address], attempt_timeout=5.0)
+    start = time.monotonic()
+    kv.put("k", "v")
+    assert kv.get("k") == b"v"
+    assert time.monotonic() - start < 2.0  # no attempt timeout was spent on it
+
+
+def test_unavailable_node_is_retried_until_it_serves(node, client) -> None:
+    kv_handler = FakeKV()
+    refusals = [2]
+
+    def flaky(req: ClientRequest) -> Answer:
+        if refusals[0]:
+            refusals[0] -= 1
+            return ReplyCode.UNAVAILABLE, "election under way", 0
+        return kv_handler(req)
+
+    fake = node(flaky)
+    kv = client(fake.address)
+    assert kv.get("k") is None
+    assert len(fake.requests) == 3
+
+
+# ---- retries, deadlines, sessions ---------------------------------------------------
+
+
+def test_retried_write_reuses_its_client_id_and_seq(node, client) -> None:
+    kv_handler = FakeKV()
+    dropped: list[ClientRequest] = []
+
+    def drop_first_put_reply(req: ClientRequest) -> Answer:
+        answer = kv_handler(req)
+        if req.op == ReqOp.PUT and not dropped:
+            dropped.append(req)
+            return None  # applied, but the reply is lost
+        return answer
+
+    fake = node(drop_first_put_reply)
+    kv = client(fake.address, attempt_timeout=0.1)
+    kv.put("k", "v1")
+    kv.put("k", "v2")
+    puts = fake.ops(ReqOp.PUT)
+    assert len(puts) == 3
+    first, retry, second = puts
+    assert (retry.client_id, retry.seq) == (first.client_id, first.seq) == (first.client_id, 1)
+    assert retry.request_id != first.request_id
+    assert (second.client_id, second.seq) == (first.client_id, 2)
+    assert kv_handler.store.stats.duplicates == 1  # answered from the session, not reapplied
+    assert len(fake.ops(ReqOp.OPEN_SESSION)) == 1
+    assert kv.get("k") == b"v2"
+
+
+def test_reads_carry_no_session(node, client) -> None:
+    fake = node(FakeKV())
+    kv = client(fake.address)
+    kv.get("k")
+    kv.scan("")
+    assert [r.op for r in fake.requests] == [ReqOp.GET, ReqOp.SCAN]
+    assert all(r.client_id == 0 and r.seq == 0 for r in fake.requests)
+
+
+def test_deadline_without_any_answer_is_unavailable(node, client) -> None:
+    silent = node(drop)
+    kv = client([silent.address, dead_address()], attempt_timeout=0.05)
+    start = time.monotonic()
+    with pytest.raises(Unavailable) as e:
+        kv.get("k", timeout=0.4)
+    assert 0.4 <= time.monotonic() - start < 2.0
+    assert silent.address in str(e.value) and "no reply" in str(e.value)
+    assert "not connected" in str(e.value)
+    # A write that cannot even open its session was never sent: also Unavailable.
+    with pytest.raises(Unavailable):
+        kv.put("k", "v", timeout=0.3)
+
+
+def test_write_refused_everywhere_is_unavailable(node, client) -> None:
+    kv_handler = FakeKV()
+
+    def sessions_only(req: ClientRequest) -> Answer:
+        if req.op == ReqOp.OPEN_SESSION:
+            return kv_handler(req)
+        return ReplyCode.NOT_LEADER, "not the leader", 0
+
+    kv = client(node(sessions_only).address, attempt_timeout=0.05)
+    with pytest.raises(Unavailable, match="it had no effect"):
+        kv.put("k", "v", timeout=0.3)
+
+
+def test_write_sent_but_never_answered_is_timeout(node, client) -> None:
+    kv_handler = FakeKV()
+
+    def swallow_puts(req: ClientRequest) -> Answer:
+        return None if req.op == ReqOp.PUT else kv_handler(req)
+
+    fake = node(swallow_puts)
+    kv = client(fake.address, attempt_timeout=0.05)
+    with pytest.raises(Timeout) as e:
+        kv.put("k", "v", timeout=0.4)
+    assert type(e.value) is Timeout
+    assert "may or may not have been applied" in str(e.value)
+    assert fake.address in str(e.value)
+    puts = fake.ops(ReqOp.PUT)
+    assert len(puts) >= 2 and len({(r.client_id, r.seq) for r in puts}) == 1
+
+
+def test_expired_session_on_first_delivery_is_replaced(node, client) -> None:
+    kv_handler = FakeKV(max_sessions=1)
+    fake = node(kv_handler)
+    a, b = client(fake.address), client(fake.address)
+    a.put("k", "a1")
+    b.put("k", "b1")  # opens a second session, evicting a's
+    a.put("k", "a2")  # SESSION_EXPIRED, nothing applied: a new session, then applied
+    assert a.get("k") == b"a2"
+    assert len(fake.ops(ReqOp.OPEN_SESSION)) == 3
+    assert kv_handler.store.stats.expired == 1
+
+
+def test_session_expired_during_retry_is_ambiguous(node, client) -> None:
+    kv_handler = FakeKV(max_sessions=1)
+    evicted: list[bool] = []
+
+    def evict_after_first_put(req: ClientRequest) -> Answer:
+        answer = kv_handler(req)
+        if req.op == ReqOp.PUT and not evicted:
+            evicted.append(True)
+            kv_handler.apply(ClientRequest(0, ReqOp.OPEN_SESSION).command())
+            return None  # applied, reply lost, and the session is gone
+        return answer
+
+    fake = node(evict_after_first_put)
+    kv = client(fake.address, attempt_timeout=0.1)
+    with pytest.raises(SessionExpired, match="may or may not have been applied"):
+        kv.put("k", "v")
+    kv.put("k", "w")  # the next write opens a fresh session
+    assert kv.get("k") == b"w"
+
+
+# ---- threads and lifecycle ---------------------------------------------------------
+
+
+def test_concurrent_threads_share_one_client(node, client) -> None:
+    kv_handler = FakeKV()
+    fake = node(kv_handler)
+    kv = client(fake.address)
+    errors: list[BaseException] = []
+    n_threads, rounds = 32, 10  # 5 operations per round: 50 per thread
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(rounds):
+                key, value = f"t{t}:{i}", f"v{t}.{i}"
+                kv.put(key, value)
+                assert kv.get(key) == value.encode()
+                assert kv.cas(key, value, value + "!") is True
+                assert kv.get(key) == (value + "!").encode()
+                assert kv.delete(key) is True
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert len(fake.requests) >= n_threads * rounds * 5
+    # One session per write in flight at once, at most one per thread; none stale.
+    assert 1 <= kv_handler.store.session_count <= n_threads
+    assert kv_handler.store.stats.stale == 0
+    assert kv.scan("t") == []
+
+
+def test_close_stops_the_io_thread(node, client) -> None:
+    before = len(io_threads())
+    kv = Client(node(FakeKV()).address)
+    kv.put("k", "v")
+    assert len(io_threads()) == before + 1
+    kv.close()
+    kv.close()  # idempotent
+    assert len(io_threads()) == before
+    with pytest.raises(RaftKVError, match="closed"):
+        kv.get("k")
+    with Client(node(FakeKV()).address) as kv2:
+        kv2.put("k", "v")
+    assert len(io_threads()) == before
+
+
+def test_close_fails_requests_in_flight(node, client) -> None:
+    silent = node(drop)
+    kv = client(silent.address, timeout=DEADLINE)
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            kv.get("k")
+        except BaseException as e:
+            failures.append(e)
+
+    t = threading.Thread(target=read)
+    t.start()
+    wait_until(lambda: silent.requests, "the request to arrive")
+    kv.close()
+    t.join(DEADLINE)
+    assert not t.is_alive()
+    assert len(failures) == 1 and type(failures[0]) is RaftKVError
+    assert "closed" in str(failures[0])
