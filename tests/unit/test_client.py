@@ -94,7 +94,7 @@ class FakeKV:
         return reply.code, reply.value, 0
 
     def __call__(self, req: ClientRequest) -> Answer:
-        if req.op == ReqOp.GET:
+        if req.op == ReqOp.GET or req.op == ReqOp.GET_STALE:
             return ReplyCode.OK, self.store.get(req.key), 0
         if req.op == ReqOp.SCAN:
             return ReplyCode.OK, [list(p) for p in self.store.scan(req.key, req.limit)], 0
@@ -205,14 +205,26 @@ def test_package_exports_the_client_api() -> None:
         raftkv.NoSuchThing  # noqa: B018
 
 
-def test_stale_reads_are_refused_not_faked(node, client) -> None:
-    fake = node(FakeKV())
-    kv = client(fake.address)
-    with pytest.raises(NotImplementedError, match="stale reads"):
-        kv.get("k", consistency="stale")
+def test_stale_reads_are_spread_over_any_node(node, client) -> None:
+    def follower(value: bytes) -> Handler:
+        def answer(req: ClientRequest) -> Answer:
+            if req.op == ReqOp.GET_STALE:
+                return ReplyCode.OK, value, 3
+            return ReplyCode.NOT_LEADER, "not the leader", 3
+
+        return answer
+
+    n1, n2, leader = node(follower(b"old")), node(follower(b"older")), node(FakeKV())
+    kv = client([n1.address, n2.address, leader.address])
+    kv.put("k", "new")
+    seen = {kv.get("k", consistency="stale") for _ in range(6)}
+    assert seen == {b"old", b"older", b"new"}
+    assert {r.op for r in n1.requests[1:] + n2.requests} == {ReqOp.GET_STALE}
+    before = len(n1.requests) + len(n2.requests)
+    assert kv.get("k") == b"new"
+    assert len(n1.requests) + len(n2.requests) == before  # the leader guess did not move
     with pytest.raises(ValueError, match="consistency"):
         kv.get("k", consistency="eventual")
-    assert fake.requests == []
 
 
 def test_bad_arguments_fail_before_sending(client) -> None:
