@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore
-from raftkv.raft import Config, EntryType, NotLeader, ProposalDropped, Raft, Ready, Role
+from raftkv.raft import (
+    Config,
+    EntryType,
+    NotLeader,
+    ProposalDropped,
+    Raft,
+    RaftError,
+    Ready,
+    Role,
+)
 from raftkv.storage import Storage
 from raftkv.transport import Transport
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
@@ -202,6 +211,11 @@ class Node:
                 self.counters["reads"] += 1
                 self.transport.reply(req.identity, req.request_id, ReplyCode.OK,
                                      self.kv.get(req.key))
+            elif op == ReqOp.TRANSFER:
+                self.transfer(req)
+            elif op == ReqOp.CONTROL:
+                self.transport.reply(req.identity, req.request_id, ReplyCode.BAD_REQUEST,
+                                     "CONTROL commands go to the controller, not to a node")
             elif op == ReqOp.STATUS:
                 self.transport.reply(req.identity, req.request_id, ReplyCode.OK, self.status())
             else:
@@ -222,6 +236,18 @@ class Node:
             return
         self.counters["proposals"] += 1
         self.pending_writes[index] = _PendingWrite(req.identity, req.request_id, self.core.term)
+
+    def transfer(self, req: ClientRequest) -> None:
+        try:
+            self.core.transfer_leader(req.target)
+        except NotLeader as e:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
+                                 f"node {self.cfg.id} is not the leader", e.leader)
+        except RaftError as e:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.BAD_REQUEST, str(e))
+        else:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.OK,
+                                 f"transferring leadership to node {req.target}")
 
     def start_read(self, batch: _ReadBatch) -> None:
         ctx = self.next_read_ctx

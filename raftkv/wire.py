@@ -29,11 +29,15 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.OPEN_SESSION]
     [VERSION, Kind.REQ, request_id, ReqOp.STATUS]
     [VERSION, Kind.REQ, request_id, ReqOp.FAULT,        [peer_id, ...]]
+    [VERSION, Kind.REQ, request_id, ReqOp.TRANSFER,     target_id]
+    [VERSION, Kind.REQ, request_id, ReqOp.CONTROL,      name, [arg, ...]]
 
 Keys and values are bin; `expected` is bin or nil (nil: "the key is absent"); client ids
 come from OPEN_SESSION (see raftkv/kv.py: sessions). The data ops share kv.Op's numbers.
 FAULT replaces the set of peers whose traffic the node drops, both ways (the harness's
-partitions); an empty list heals.
+partitions); an empty list heals. TRANSFER asks the leader to hand leadership to
+`target_id` (thesis §3.10); OK means the transfer started. CONTROL is for the harness's
+controller (`name` a str such as "kill-leader", args ints or strs); nodes refuse it.
 
 Replies (a node to the requester)::
 
@@ -77,6 +81,8 @@ from raftkv.raft.types import Entry, EntryType, Message, MsgType
 VERSION = 1
 MAX_UINT64 = 2**64 - 1
 MAX_FAULT_PEERS = 1024  # far beyond any cluster; bounds the work of one FAULT request
+MAX_CONTROL_NAME = 64
+MAX_CONTROL_ARGS = 64
 
 # A replicated command (kv.encode_command) holds a key and up to two values plus a few
 # ints of framing; an entry larger than this did not come from a valid request.
@@ -106,6 +112,8 @@ class ReqOp(IntEnum):
     GET_STALE = 7  # any node answers from its applied state: no ReadIndex, may be stale
     STATUS = 32  # control: the node's status map
     FAULT = 33  # control: set the peers whose traffic is dropped both ways
+    TRANSFER = 34  # control: leader, hand leadership to a node
+    CONTROL = 40  # a command for the controller process (harness), not for nodes
 
 
 WRITE_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS})
@@ -157,6 +165,9 @@ class ClientRequest:
     seq: int = 0  # writes: per-client sequence number
     limit: int = 0  # SCAN: at most this many pairs
     peers: frozenset[int] = frozenset()  # FAULT: peers to cut off
+    target: int = 0  # TRANSFER: the node to hand leadership to
+    name: str = ""  # CONTROL: the command
+    args: tuple = ()  # CONTROL: its arguments (ints and strs)
     identity: bytes = b""  # the sender's routing id, filled in by the transport
 
     def command(self) -> bytes:
@@ -245,6 +256,10 @@ def encode_request(req: ClientRequest) -> bytes:
         body = ()
     elif op == ReqOp.FAULT:
         body = (sorted(req.peers),)
+    elif op == ReqOp.TRANSFER:
+        body = (req.target,)
+    elif op == ReqOp.CONTROL:
+        body = (req.name, list(req.args))
     else:
         raise ValueError(f"unknown op {op!r:.40}")
     try:
@@ -281,6 +296,8 @@ _ARGC = {
     ReqOp.OPEN_SESSION: 0,
     ReqOp.STATUS: 0,
     ReqOp.FAULT: 1,
+    ReqOp.TRANSFER: 1,
+    ReqOp.CONTROL: 2,
 }
 
 
@@ -429,6 +446,21 @@ def _decode_request(obj: list[Any], identity: bytes, max_key: int, max_value: in
                 rid, f"FAULT takes a list of at most {MAX_FAULT_PEERS} node ids >= 1"
             )
         req.peers = frozenset(peers)
+        return req
+    elif op == ReqOp.TRANSFER:
+        target = args[0]
+        if type(target) is not int or not 1 <= target <= MAX_UINT64:
+            raise InvalidRequest(rid, f"TRANSFER takes a node id >= 1, not {target!r:.40}")
+        req.target = target
+        return req
+    elif op == ReqOp.CONTROL:
+        name, cargs = args
+        if (type(name) is not str or not 0 < len(name) <= MAX_CONTROL_NAME
+                or type(cargs) is not list or len(cargs) > MAX_CONTROL_ARGS
+                or not all(type(a) in (int, str) for a in cargs)):
+            raise InvalidRequest(rid, "CONTROL takes a command name (str) and a list of at "
+                                 f"most {MAX_CONTROL_ARGS} ints or strs")
+        req.name, req.args = name, tuple(cargs)
         return req
     else:  # OPEN_SESSION, STATUS: no arguments
         return req

@@ -78,3 +78,19 @@ def test_stale_get_is_served_by_a_follower_from_applied_state(cluster):
     got = wait_for(lambda: (lambda r: r if r.value == b"v" else None)(
         cluster.request(follower, ReqOp.GET_STALE, key=b"k")), 5, "the follower to apply")
     assert got.code == ReplyCode.OK
+
+
+def test_transfer_hands_leadership_to_the_named_node(cluster):
+    leader = cluster.wait_leader()
+    target = next(i for i in cluster.nodes if i != leader)
+    r = cluster.request(leader, ReqOp.TRANSFER, target=target)
+    assert r.code == ReplyCode.OK
+    wait_for(lambda: cluster.leader() == target, 5, f"node {target} to lead")
+    r = cluster.request(leader, ReqOp.TRANSFER, target=99)
+    assert r.code == ReplyCode.NOT_LEADER
+
+
+def test_nodes_refuse_controller_commands(cluster):
+    leader = cluster.wait_leader()
+    r = cluster.request(leader, ReqOp.CONTROL, name="kill-leader", args=())
+    assert r.code == ReplyCode.BAD_REQUEST and "controller" in r.value

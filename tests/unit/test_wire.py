@@ -162,6 +162,9 @@ def test_peer_frame_with_another_version_or_field_count_is_malformed() -> None:
 REQUESTS = [
     ClientRequest(1, ReqOp.GET, key=b"k"),
     ClientRequest(1, ReqOp.GET_STALE, key=b"k"),
+    ClientRequest(1, ReqOp.TRANSFER, target=3),
+    ClientRequest(1, ReqOp.CONTROL, name="kill", args=(2,)),
+    ClientRequest(1, ReqOp.CONTROL, name="partition", args=("1,2", "3")),
     ClientRequest(2, ReqOp.SCAN, key=b"pre", limit=10),
     ClientRequest(3, ReqOp.PUT, key=b"k", value=b"v", client_id=5, seq=1),
     ClientRequest(4, ReqOp.DELETE, key=b"k", client_id=5, seq=2),
@@ -268,6 +271,11 @@ def invalid(obj: list) -> InvalidRequest:
         ([ReqOp.FAULT, 2], "node ids >= 1"),
         ([ReqOp.FAULT, list(range(1, 2000))], "at most 1024"),
         ([ReqOp.STATUS, 1], "takes 0 arguments"),
+        ([ReqOp.TRANSFER, 0], "node id >= 1"),
+        ([ReqOp.TRANSFER, "2"], "node id >= 1"),
+        ([ReqOp.CONTROL, "", []], "command name"),
+        ([ReqOp.CONTROL, "kill", [1.5]], "ints or strs"),
+        ([ReqOp.CONTROL, "kill", 2], "ints or strs"),
         ([], "no op"),
     ],
 )
