@@ -64,6 +64,11 @@ STAT_KEYS = (
 )
 
 
+Route = bytes | tuple[bytes, bytes]
+"""Where a reply goes: the sender's routing id, or (proxy's id, client's id) when a proxy
+relays the request."""
+
+
 def peer_identity(node_id: int) -> bytes:
     """The routing id a node's DEALERs present to its peers."""
     return b"n%d" % node_id
@@ -170,17 +175,24 @@ class Transport:
             except zmq.Again:
                 break
             n += 1
-            if len(parts) != 2:
+            if len(parts) == 2:
+                identity, frame = parts
+                route: Route = identity
+            elif len(parts) == 3:
+                # A proxy (the harness's controller) relays for a client: the middle frame
+                # is the client's routing id, echoed back in the reply (ZeroMQ envelope).
+                identity, envelope, frame = parts
+                route = (identity, envelope)
+            else:
                 stats["dropped_malformed"] += 1
                 continue
-            identity, frame = parts
             if identity in dropped_ids:
                 stats["dropped_filtered"] += 1
                 continue
             try:
                 obj = decode_frame(
                     frame,
-                    identity=identity,
+                    identity=route,
                     max_key=self.max_key,
                     max_value=self.max_value,
                     max_entry=self.max_entry,
@@ -190,19 +202,20 @@ class Transport:
                 continue
             except InvalidRequest as e:
                 stats["bad_requests"] += 1
-                self.reply(identity, e.request_id, ReplyCode.BAD_REQUEST, e.message)
+                self.reply(route, e.request_id, ReplyCode.BAD_REQUEST, e.message)
                 continue
             if type(obj) is Message:
                 # The routing id is set by the sender's DEALER and names the sender; a
                 # frame claiming another sender, or meant for another node, is not ours.
-                if peer_by_identity.get(identity) != obj.frm or obj.to != me:
+                if (route is not identity or peer_by_identity.get(identity) != obj.frm
+                        or obj.to != me):
                     stats["dropped_unknown_peer"] += 1
                     continue
                 messages.append(obj)
             elif obj.op == ReqOp.FAULT:
                 self.set_fault(obj.peers)
                 stats["faults_set"] += 1
-                self.reply(identity, obj.request_id, ReplyCode.OK, sorted(self.fault))
+                self.reply(route, obj.request_id, ReplyCode.OK, sorted(self.fault))
             else:
                 requests.append(obj)
         stats["frames_in"] += n
@@ -242,7 +255,7 @@ class Transport:
 
     def reply(
         self,
-        identity: bytes,
+        identity: Route,
         request_id: int,
         code: int,
         value: Any = None,
@@ -256,7 +269,8 @@ class Transport:
             request_id, code, value, self.leader_hint if leader_hint is None else leader_hint
         )
         try:
-            self.socket.send_multipart((identity, frame), zmq.NOBLOCK)
+            parts = (*identity, frame) if type(identity) is tuple else (identity, frame)
+            self.socket.send_multipart(parts, zmq.NOBLOCK)
         except zmq.Again:
             self.stats["dropped_reply"] += 1
             return False

@@ -168,7 +168,9 @@ class ClientRequest:
     target: int = 0  # TRANSFER: the node to hand leadership to
     name: str = ""  # CONTROL: the command
     args: tuple = ()  # CONTROL: its arguments (ints and strs)
-    identity: bytes = b""  # the sender's routing id, filled in by the transport
+    # Where the reply goes, filled in by the transport: the sender's routing id, or
+    # (proxy id, client id) for a request relayed by the controller.
+    identity: bytes | tuple[bytes, bytes] = b""
 
     def command(self) -> bytes:
         """The entry data to propose for a write or OPEN_SESSION (kv's command form).
@@ -391,7 +393,7 @@ def _decode_message(obj: list[Any], max_entry: int) -> Message:
 def decode_request(
     data: bytes,
     *,
-    identity: bytes = b"",
+    identity: bytes | tuple[bytes, bytes] = b"",
     max_key: int = MAX_KEY_SIZE,
     max_value: int = MAX_VALUE_SIZE,
 ) -> ClientRequest:
@@ -402,7 +404,9 @@ def decode_request(
     return _decode_request(obj, identity, max_key, max_value)
 
 
-def _decode_request(obj: list[Any], identity: bytes, max_key: int, max_value: int) -> ClientRequest:
+def _decode_request(
+    obj: list[Any], identity: bytes | tuple[bytes, bytes], max_key: int, max_value: int
+) -> ClientRequest:
     if len(obj) < 3:
         raise MalformedFrame("client request has no request id")
     rid = obj[2]
@@ -501,7 +505,7 @@ def decode_reply(data: bytes) -> ClientReply:
 def decode_frame(
     data: bytes,
     *,
-    identity: bytes = b"",
+    identity: bytes | tuple[bytes, bytes] = b"",
     max_key: int = MAX_KEY_SIZE,
     max_value: int = MAX_VALUE_SIZE,
     max_entry: int | None = None,

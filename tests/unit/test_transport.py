@@ -11,6 +11,7 @@ import msgpack
 import pytest
 import zmq
 
+from raftkv import wire
 from raftkv.raft.types import Entry, Message, MsgType
 from raftkv.transport import STAT_KEYS, Transport
 from raftkv.wire import (
@@ -258,7 +259,7 @@ def test_malformed_frames_are_counted_and_dropped_and_the_node_keeps_working(
     c.send(b"\xc1garbage")  # not msgpack
     c.send(b"")  # empty frame
     c.send_multipart([encode_request(ClientRequest(1, ReqOp.STATUS)), b"extra"])
-    c.send_multipart([b"", encode_request(ClientRequest(1, ReqOp.STATUS))])  # REQ envelope
+    c.send_multipart([b"a", b"b", encode_request(ClientRequest(1, ReqOp.STATUS))])  # 4 parts
     c.send(b"\x93\x01\x03\x00")  # a reply-kind frame, not for a node
     wait_until(lambda: inbox.pump() or t.stats["dropped_malformed"] == 5, "5 malformed")
     assert inbox.messages == [] and inbox.requests == []
@@ -391,3 +392,31 @@ def test_stats_start_at_zero_with_every_key() -> None:
 def test_port_zero_binds_a_free_port() -> None:
     with Transport(1, "tcp://127.0.0.1:0", {}) as t:
         assert not t.endpoint.endswith(":0") and t.endpoint.startswith("tcp://127.0.0.1:")
+
+
+def test_request_relayed_through_a_proxy_envelope_is_answered_through_it():
+    """The controller relays [client id, frame] on its DEALER; the reply carries the
+    client id back so the proxy can route it without decoding the payload."""
+    ctx = zmq.Context()
+    node = Transport(1, "tcp://127.0.0.1:0", {}, context=ctx)
+    proxy = ctx.socket(zmq.DEALER)
+    proxy.setsockopt(zmq.LINGER, 0)
+    try:
+        proxy.connect(node.endpoint)
+        frame = wire.encode_request(ClientRequest(9, ReqOp.GET, key=b"k"))
+        proxy.send_multipart([b"client-7", frame])
+        deadline = time.monotonic() + 5
+        requests = []
+        while not requests and time.monotonic() < deadline:
+            node.poll(100)
+            requests += node.recv_all()[1]
+        [req] = requests
+        assert req.identity[1] == b"client-7"
+        node.reply(req.identity, req.request_id, wire.ReplyCode.OK, b"v")
+        assert proxy.poll(5000)
+        envelope, reply = proxy.recv_multipart()
+        assert envelope == b"client-7" and wire.decode_reply(reply).value == b"v"
+    finally:
+        proxy.close()
+        node.close()
+        ctx.destroy(linger=0)
