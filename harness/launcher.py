@@ -1,16 +1,17 @@
-"""Start and stop a cluster of node processes on this host.
+"""Start and stop clusters of node processes on this host.
 
-`LocalCluster` runs `raftkv node` children on free loopback ports under one directory and
-cleans up by pid (never by name). The tests and the benchmark use it.
+- `up` / `down`: the detached cluster of `raftkv up`, recorded in `DIR/cluster.json`
+  (see cluster_state.py); it outlives the command, and `up` on a dir with data brings the
+  same nodes back with their data.
+- `LocalCluster`: node processes that are children of the caller, for tests and the
+  benchmark; cleaned up by pid (never by name).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +20,26 @@ from typing import Any
 
 import zmq
 
-from raftkv import wire
-from raftkv.wire import ClientReply, ClientRequest, ReqOp
+from harness import rpc
+from harness.cluster_state import (
+    ClusterState,
+    NodeEntry,
+    ProcEntry,
+    create_time,
+    live_process,
+    node_argv,
+    python_argv,
+    spawn,
+    stop_process,
+)
+from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
-REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BASE_PORT = 7700
+LEADER_TIMEOUT = 10.0
+
+
+class LaunchError(Exception):
+    """`up` could not bring the cluster up; the message says why and what to do."""
 
 
 def free_ports(n: int) -> list[int]:
@@ -38,6 +55,16 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def port_in_use(address: str) -> bool:
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    with socket.socket() as s:
+        try:
+            s.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
     """Poll `cond` until it returns something truthy; fail naming `what` at the deadline."""
     deadline = time.monotonic() + timeout
@@ -49,6 +76,110 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
 
+
+def find_leader(ctx: zmq.Context, addresses: dict[int, str],
+                timeout: float = 0.5) -> tuple[int, int] | None:
+    """(leader id, term) from the nodes' own STATUS answers: the highest-term claimant."""
+    best = None
+    for node_id, address in addresses.items():
+        r = rpc.call(ctx, address, ClientRequest(rpc.next_request_id(), ReqOp.STATUS), timeout)
+        if r is None or r.code != ReplyCode.OK or r.value.get("role") != "leader":
+            continue
+        if best is None or r.value["term"] > best[1]:
+            best = (node_id, r.value["term"])
+    return best
+
+
+# -- up / down -------------------------------------------------------------------------------
+
+def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
+                host: str = "127.0.0.1") -> ClusterState:
+    addresses = {i: f"tcp://{host}:{base_port + i}" for i in range(1, nodes + 1)}
+    state = ClusterState(
+        cluster_dir, fsync,
+        ProcEntry(f"tcp://{host}:{base_port}", "logs/controller.log",
+                  python_argv("controller", "--dir", str(cluster_dir))),
+    )
+    for i, address in addresses.items():
+        data_dir = cluster_dir / "data" / f"node{i}"
+        state.nodes.append(NodeEntry(address, f"logs/node{i}.log",
+                                     node_argv(i, address, addresses, data_dir, fsync=fsync),
+                                     id=i, data_dir=f"data/node{i}"))
+    return state
+
+
+def start_process(state: ClusterState, entry: ProcEntry) -> bool:
+    """Start `entry` unless its process still runs. Returns whether it was started."""
+    if live_process(entry.pid, entry.create_time) is not None:
+        return False
+    if port_in_use(entry.address):
+        raise LaunchError(f"port {entry.address.rpartition(':')[2]} ({entry.address}) is in "
+                          "use by another program; stop it, or pick other ports with "
+                          "--base-port on a new --dir")
+    proc = spawn(entry.argv, state.dir / entry.log, detach=True)
+    entry.pid, entry.create_time = proc.pid, create_time(proc.pid)
+    state.save()
+    return True
+
+
+def check_started(state: ClusterState, entries: list[ProcEntry]) -> None:
+    """Fail with the log tail of any process that died right after starting."""
+    for e in entries:
+        if live_process(e.pid, e.create_time) is None:
+            tail = (state.dir / e.log).read_text(errors="replace").splitlines()[-5:]
+            raise LaunchError(f"the process for {e.address} exited at start; the end of "
+                              f"{state.dir / e.log}:\n  " + "\n  ".join(tail))
+
+
+def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
+       fsync: bool = True, timeout: float = LEADER_TIMEOUT,
+       progress: Callable[[str], None] = lambda _: None) -> tuple[ClusterState, bool]:
+    """Bring the cluster in `cluster_dir` up. Returns (state, whether anything started).
+
+    A dir without a cluster gets a new one; a dir with one restarts whatever is not
+    running, with its data. Raises LaunchError on a busy port or no leader in `timeout`."""
+    cluster_dir = Path(cluster_dir).resolve()
+    cluster_dir.mkdir(parents=True, exist_ok=True)
+    state = ClusterState.load(cluster_dir)
+    if state is None:
+        state = new_cluster(cluster_dir, nodes, base_port, fsync)
+        state.save()
+    started = [n for n in state.nodes if start_process(state, n)]
+    if start_process(state, state.controller):
+        started.append(state.controller)
+    if not started:
+        return state, False
+    progress(f"started {len(started)} process(es); waiting for a leader ...")
+    time.sleep(0.2)
+    check_started(state, started)
+    with zmq.Context() as ctx:
+        deadline = time.monotonic() + timeout
+        while find_leader(ctx, state.addresses) is None:
+            if time.monotonic() > deadline:
+                check_started(state, started)
+                raise LaunchError(f"no leader elected within {timeout:g}s; see the logs in "
+                                  f"{cluster_dir / 'logs'}")
+            time.sleep(0.05)
+    return state, True
+
+
+def down(cluster_dir: Path, grace: float = 5.0) -> list[str]:
+    """Stop the controller and every node (SIGTERM, SIGKILL after `grace` s). Data stays.
+    Returns what was stopped; an empty list when nothing ran (idempotent)."""
+    state = ClusterState.load(Path(cluster_dir).resolve())
+    if state is None:
+        return []
+    stopped = []
+    for name, entry in [("controller", state.controller),
+                        *[(f"node {n.id}", n) for n in state.nodes]]:
+        if stop_process(entry.pid, entry.create_time, grace):
+            stopped.append(name)
+        entry.pid, entry.create_time = 0, 0.0
+    state.save()
+    return stopped
+
+
+# -- LocalCluster: child processes for tests and benchmarks ---------------------------------
 
 @dataclass
 class NodeProc:
@@ -76,7 +207,6 @@ class LocalCluster:
             for i in range(1, n + 1)
         }
         self.ctx = zmq.Context()
-        self.next_request = 1
 
     @property
     def addresses(self) -> dict[int, str]:
@@ -84,17 +214,9 @@ class LocalCluster:
 
     def start(self, i: int) -> None:
         node = self.nodes[i]
-        args = [sys.executable, "-m", "harness.cli", "node", "--id", str(i),
-                "--listen", node.address, "--data-dir", str(node.data_dir), *self.extra_args]
-        for j, other in self.nodes.items():
-            if j != i:
-                args += ["--peer", f"{j}={other.address}"]
-        if not self.fsync:
-            args.append("--no-fsync")
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        with open(node.log_path, "ab") as log:
-            node.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         cwd=REPO)
+        argv = node_argv(i, node.address, self.addresses, node.data_dir, fsync=self.fsync,
+                         extra=self.extra_args)
+        node.proc = spawn(argv, node.log_path, detach=False)
 
     def start_all(self) -> None:
         for i in self.nodes:
@@ -123,26 +245,12 @@ class LocalCluster:
             self.kill(i)
         self.ctx.destroy(linger=0)
 
-    # -- raw requests ------------------------------------------------------------------
-
-    def call(self, i: int, req: ClientRequest, timeout: float = 2.0) -> ClientReply | None:
-        return self.call_raw(i, wire.encode_request(req), timeout)
-
     def call_raw(self, i: int, frame: bytes, timeout: float = 2.0) -> ClientReply | None:
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        try:
-            s.connect(self.nodes[i].address)
-            s.send(frame)
-            if not s.poll(int(timeout * 1000)):
-                return None
-            return wire.decode_reply(s.recv())
-        finally:
-            s.close()
+        return rpc.call_raw(self.ctx, self.nodes[i].address, frame, timeout)
 
     def request(self, i: int, op: ReqOp, **fields: Any) -> ClientReply | None:
-        self.next_request += 1
-        return self.call(i, ClientRequest(self.next_request, op, **fields))
+        req = ClientRequest(rpc.next_request_id(), op, **fields)
+        return rpc.call(self.ctx, self.nodes[i].address, req)
 
     def status(self, i: int) -> dict | None:
         if not self.nodes[i].alive:
@@ -151,13 +259,9 @@ class LocalCluster:
         return r.value if r is not None else None
 
     def leader(self) -> int | None:
-        """The live node that says it leads, in the highest term."""
-        best = None
-        for i in self.nodes:
-            st = self.status(i)
-            if st and st["role"] == "leader" and (best is None or st["term"] > best[1]):
-                best = (i, st["term"])
-        return best[0] if best else None
+        live = {i: n.address for i, n in self.nodes.items() if n.alive}
+        found = find_leader(self.ctx, live, timeout=2.0)
+        return found[0] if found else None
 
     def wait_leader(self, timeout: float = 10.0, exclude: int | None = None) -> int:
         return wait_for(lambda: (lambda ld: ld if ld and ld != exclude else None)(self.leader()),

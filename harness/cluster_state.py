@@ -1,0 +1,182 @@
+"""`DIR/cluster.json` and the processes it names.
+
+The file is the one record of a cluster started by `raftkv up`: ids, addresses, the
+command line of every process, and the pid and create time of the process now running it.
+A pid is only ever signalled when psutil reports the same create time, so a pid reused by
+an unrelated process after ours died is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+FILE_NAME = "cluster.json"
+FORMAT_VERSION = 1
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ProcEntry:
+    """One process of the cluster: what to run, and what runs it now (pid 0: nothing)."""
+
+    address: str
+    log: str  # relative to the cluster dir
+    argv: list[str]
+    pid: int = 0
+    create_time: float = 0.0
+
+
+@dataclass
+class NodeEntry(ProcEntry):
+    id: int = 0
+    data_dir: str = ""  # relative to the cluster dir
+
+
+@dataclass
+class ClusterState:
+    dir: Path
+    fsync: bool
+    controller: ProcEntry
+    nodes: list[NodeEntry] = field(default_factory=list)
+
+    def node(self, node_id: int) -> NodeEntry:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(f"no node {node_id} in {self.dir / FILE_NAME} "
+                       f"(nodes: {', '.join(str(n.id) for n in self.nodes)})")
+
+    @property
+    def addresses(self) -> dict[int, str]:
+        return {n.id: n.address for n in self.nodes}
+
+    def save(self) -> None:
+        """Write atomically: a reader sees the old file or the new one, never half."""
+        data = {"version": FORMAT_VERSION, "fsync": self.fsync,
+                "controller": asdict(self.controller),
+                "nodes": [asdict(n) for n in self.nodes]}
+        tmp = self.dir / (FILE_NAME + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.dir / FILE_NAME)
+
+    @classmethod
+    def load(cls, cluster_dir: Path) -> ClusterState | None:
+        """The cluster recorded in `cluster_dir`, or None when there is none."""
+        path = Path(cluster_dir) / FILE_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is unreadable: {e}") from e
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path} has format version {data.get('version')!r}; this raftkv "
+                             f"reads version {FORMAT_VERSION}")
+        return cls(Path(cluster_dir).resolve(), bool(data["fsync"]),
+                   ProcEntry(**data["controller"]),
+                   [NodeEntry(**n) for n in data["nodes"]])
+
+
+def python_argv(*args: str) -> list[str]:
+    """A command line that runs the raftkv CLI with this interpreter."""
+    return [sys.executable, "-m", "harness.cli", *args]
+
+
+def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
+              *, fsync: bool = True, extra: tuple[str, ...] = ()) -> list[str]:
+    """The command line of one node: exactly what `raftkv node` takes."""
+    argv = python_argv("node", "--id", str(node_id), "--listen", address,
+                       "--data-dir", str(data_dir))
+    for pid, addr in sorted(peers.items()):
+        if pid != node_id:
+            argv += ["--peer", f"{pid}={addr}"]
+    if not fsync:
+        argv.append("--no-fsync")
+    return argv + list(extra)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
+                                     if env.get("PYTHONPATH") else "")
+    return env
+
+
+def spawn(argv: list[str], log_path: Path, *, detach: bool) -> subprocess.Popen:
+    """Start `argv` with its output appended to `log_path`. A detached process gets its own
+    session, so it outlives the terminal and the command that started it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, env=child_env(), cwd=REPO,
+                                start_new_session=detach, close_fds=True)
+
+
+def create_time(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def live_process(pid: int, created: float) -> psutil.Process | None:
+    """The process `pid` if it is still the one created at `created` and not a zombie."""
+    if pid <= 0:
+        return None
+    try:
+        p = psutil.Process(pid)
+        if abs(p.create_time() - created) > 0.05 or p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return p
+    except psutil.Error:
+        return None
+
+
+def signal_process(pid: int, created: float, sig: int) -> bool:
+    """Send `sig` to `pid` only if it is still our process. Returns whether it was sent."""
+    p = live_process(pid, created)
+    if p is None:
+        return False
+    try:
+        p.send_signal(sig)
+        return True
+    except psutil.Error:
+        return False
+
+
+def stop_process(pid: int, created: float, grace: float = 5.0) -> bool:
+    """SIGTERM, then SIGKILL after `grace` seconds. Returns whether it had been running."""
+    p = live_process(pid, created)
+    if p is None:
+        return False
+    try:
+        p.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
+        p.terminate()
+        p.wait(timeout=grace)
+    except psutil.TimeoutExpired:
+        try:
+            p.kill()
+            p.wait(timeout=grace)
+        except psutil.Error:
+            pass
+    except psutil.Error:
+        pass
+    return True
+
+
+def wait_gone(pid: int, created: float, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while live_process(pid, created) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
