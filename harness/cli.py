@@ -1,33 +1,400 @@
-"""`raftkv` — the command line. One click function per verb.
-
-Exit codes: 0 success; 1 the operation's answer is negative (e.g. key not found);
-2 usage error; 3 cluster unavailable; 4 the node's data directory is unusable.
-"""
+"""`raftkv` — the command line. One click function per verb."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
+EXIT_OK = 0
+EXIT_NEGATIVE = 1  # the answer is "no": key not found, not swapped
+EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_STORAGE = 4
 
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  a negative answer: key not found (get, del), not swapped (cas)
+  2  usage error or a request the cluster refused as invalid
+  3  cluster unavailable: no cluster in --dir, controller down, no leader in --timeout
+  4  a node's data directory is unusable (node)
+"""
 
-def parse_peer(value: str) -> tuple[int, str]:
-    node_id, sep, address = value.partition("=")
-    if not sep or not node_id.isdigit() or not address.startswith("tcp://"):
-        raise click.BadParameter(f"{value!r}: expected ID=tcp://HOST:PORT, e.g. 2=tcp://127.0.0.1:7702")
-    return int(node_id), address
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"raftkv: {message}", err=True)
+    sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+dir_option = click.option(
+    "--dir", "cluster_dir", envvar="RAFTKV_DIR", default=".raftkv", show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The cluster's directory (env RAFTKV_DIR).")
+timeout_option = click.option(
+    "--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+    help="Seconds to wait for the cluster before giving up (exit 3).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="raftkv")
 def main() -> None:
-    """raftkv: a Raft-replicated, durable, linearizable key/value store."""
+    """raftkv: a Raft-replicated, durable, linearizable key/value store.
 
+    \b
+    raftkv up                 start a 3-node cluster in ./.raftkv (data kept across runs)
+    raftkv put KEY VALUE      replicated to a majority and fsynced before OK
+    raftkv get KEY            linearizable read through the leader
+    raftkv kill-leader        SIGKILL the leader; a new one takes over
+    raftkv status             who leads, terms, indexes, cpu and memory
+    raftkv down               stop everything; `up` brings it back with its data
+    """
+
+
+# -- talking to the cluster -----------------------------------------------------------------
+
+def load_state(cluster_dir: Path) -> Any:
+    from harness.cluster_state import ClusterState
+
+    try:
+        state = ClusterState.load(cluster_dir)
+    except ValueError as e:
+        fail(str(e), EXIT_UNAVAILABLE)
+    if state is None:
+        fail(f"no cluster in {cluster_dir}; start one with: raftkv up --dir {cluster_dir}",
+             EXIT_UNAVAILABLE)
+    return state
+
+
+def control(state: Any, name: str, *args: Any, timeout: float = 5.0) -> Any:
+    """Run a controller command; exits with the documented code when it fails."""
+    import zmq
+
+    from harness import rpc
+    from raftkv.wire import ClientRequest, ReplyCode, ReqOp
+
+    req = ClientRequest(rpc.next_request_id(), ReqOp.CONTROL, name=name, args=args)
+    with zmq.Context() as ctx:
+        reply = rpc.call(ctx, state.controller.address, req, timeout)
+    if reply is None:
+        fail(f"the controller at {state.controller.address} did not answer within "
+             f"{timeout:g}s; `raftkv up` restarts it", EXIT_UNAVAILABLE)
+    if reply.code == ReplyCode.BAD_REQUEST:
+        fail(str(reply.value), EXIT_USAGE)
+    if reply.code != ReplyCode.OK:
+        fail(str(reply.value), EXIT_UNAVAILABLE)
+    return reply.value
+
+
+def with_client(cluster_dir: Path, timeout: float, fn: Callable[[Any], Any]) -> Any:
+    """Run `fn(client)` against the cluster's controller, mapping errors to exit codes."""
+    import raftkv
+
+    state = load_state(cluster_dir)
+    try:
+        with raftkv.Client(state.controller.address, timeout=timeout) as kv:
+            return fn(kv)
+    except raftkv.BadRequest as e:
+        fail(str(e), EXIT_USAGE)
+    except (raftkv.Unavailable, raftkv.Timeout) as e:
+        fail(str(e), EXIT_UNAVAILABLE)
+
+
+def print_answer(word: str, as_json: bool, negative: bool = False) -> None:
+    click.echo(json.dumps({"result": word}) if as_json else word)
+    if negative:
+        sys.exit(EXIT_NEGATIVE)
+
+
+# -- cluster lifecycle ----------------------------------------------------------------------
+
+@main.command()
+@dir_option
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 15),
+              help="Cluster size (for a new cluster; an existing one keeps its size).")
+@click.option("--base-port", default=7700, show_default=True, type=click.IntRange(1, 65000),
+              help="Controller port; node i listens on base-port + i.")
+@click.option("--no-fsync", is_flag=True,
+              help="FOR BENCHMARKS ONLY: nodes skip fsync, so a machine crash can lose "
+                   "acknowledged writes.")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for a leader (exit 3 after).")
+def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: float) -> None:
+    """Start the cluster in --dir (a new one, or the same nodes with their data) and wait
+    for a leader. Idempotent: a cluster already up is left as it is."""
+    from harness.launcher import LaunchError
+    from harness.launcher import up as launch
+
+    try:
+        state, started = launch(cluster_dir, nodes=nodes, base_port=base_port,
+                                fsync=not no_fsync, timeout=timeout,
+                                progress=lambda m: click.echo(m, err=True))
+    except LaunchError as e:
+        fail(str(e), EXIT_UNAVAILABLE)
+    if not started:
+        click.echo(f"cluster in {state.dir} is already up")
+    wait_for_controller_leader(state, timeout)
+    print_status_table(control(state, "status"))
+
+
+def wait_for_controller_leader(state: Any, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = control(state, "status", timeout=timeout)
+        if st.get("leader") is not None or time.monotonic() > deadline:
+            return st
+        time.sleep(0.05)
+
+
+@main.command()
+@dir_option
+@click.option("--grace", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between SIGTERM and SIGKILL.")
+def down(cluster_dir: Path, grace: float) -> None:
+    """Stop the controller and every node. Data stays on disk; `up` brings it back."""
+    from harness.launcher import down as stop_all
+
+    stopped = stop_all(cluster_dir, grace)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@main.command()
+@dir_option
+@json_option
+@click.option("--watch", is_flag=True, help="Refresh the table every second until Ctrl-C.")
+@timeout_option
+def status(cluster_dir: Path, as_json: bool, watch: bool, timeout: float) -> None:
+    """Who leads, each node's role, term, log/commit/applied index, cpu and memory."""
+    state = load_state(cluster_dir)
+    if as_json:
+        click.echo(json.dumps(control(state, "status", timeout=timeout)))
+        return
+    if not watch:
+        print_status_table(control(state, "status", timeout=timeout))
+        return
+    try:
+        while True:
+            st = control(state, "status", timeout=timeout)
+            click.clear()
+            click.echo(time.strftime("%H:%M:%S") + "  (Ctrl-C to stop)")
+            print_status_table(st)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+
+
+def print_status_table(st: dict) -> None:
+    leader = st.get("leader")
+    click.echo(f"leader: {leader if leader is not None else 'none'}   term: {st.get('term')}")
+    cols = ("ID", "ADDRESS", "PID", "ALIVE", "ROLE", "TERM", "LAST", "COMMIT", "APPLIED",
+            "CPU%", "RSS MB")
+    rows = []
+    for n in st.get("nodes", []):
+        rss = n.get("rss_bytes")
+        rows.append((n["id"], n.get("address", ""), n.get("pid") or "-",
+                     ("paused" if n.get("paused") else "yes") if n.get("alive") else "no",
+                     n.get("role") or "-", _dash(n.get("term")), _dash(n.get("last_index")),
+                     _dash(n.get("commit_index")), _dash(n.get("applied_index")),
+                     _dash(n.get("cpu_percent")), f"{rss / 2**20:.1f}" if rss else "-"))
+    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
+    for row in (cols, *rows):
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _dash(v: Any) -> Any:
+    return "-" if v is None else v
+
+
+# -- data -----------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("key")
+@click.argument("value")
+@dir_option
+@timeout_option
+@json_option
+def put(key: str, value: str, cluster_dir: Path, timeout: float, as_json: bool) -> None:
+    """Set KEY to VALUE. OK means it is durable on a majority."""
+    with_client(cluster_dir, timeout, lambda kv: kv.put(key, value))
+    print_answer("OK", as_json)
+
+
+@main.command()
+@click.argument("key")
+@dir_option
+@timeout_option
+@json_option
+@click.option("--stale", is_flag=True, help="Read from any node's applied state (faster, may "
+              "be out of date) instead of a linearizable read.")
+def get(key: str, cluster_dir: Path, timeout: float, as_json: bool, stale: bool) -> None:
+    """Print KEY's value. A missing key prints nothing, says so on stderr, exits 1."""
+    value = with_client(cluster_dir, timeout, lambda kv: kv.get(
+        key, consistency="stale" if stale else "linearizable"))
+    if as_json:
+        click.echo(json.dumps({"key": key, "found": value is not None,
+                               "value": None if value is None else
+                               value.decode("utf-8", "backslashreplace")}))
+    elif value is not None:
+        sys.stdout.buffer.write(value + b"\n")
+        sys.stdout.flush()
+    if value is None:
+        if not as_json:
+            click.echo(f"raftkv: key not found: {key}", err=True)
+        sys.exit(EXIT_NEGATIVE)
+
+
+@main.command(name="del")
+@click.argument("key")
+@dir_option
+@timeout_option
+@json_option
+def delete(key: str, cluster_dir: Path, timeout: float, as_json: bool) -> None:
+    """Delete KEY: prints OK, or NOT FOUND (exit 1) when it did not exist."""
+    existed = with_client(cluster_dir, timeout, lambda kv: kv.delete(key))
+    print_answer("OK" if existed else "NOT FOUND", as_json, negative=not existed)
+
+
+@main.command()
+@click.argument("key")
+@click.argument("expected")
+@click.argument("new")
+@dir_option
+@timeout_option
+@json_option
+@click.option("--absent", is_flag=True,
+              help="Swap only if KEY does not exist (EXPECTED is then ignored; pass '').")
+def cas(key: str, expected: str, new: str, cluster_dir: Path, timeout: float, as_json: bool,
+        absent: bool) -> None:
+    """Set KEY to NEW only if it now holds EXPECTED: SWAPPED, or NOT SWAPPED (exit 1)."""
+    want = None if absent else expected
+    swapped = with_client(cluster_dir, timeout,
+                          lambda kv: kv.cas(key, want, new))
+    print_answer("SWAPPED" if swapped else "NOT SWAPPED", as_json, negative=not swapped)
+
+
+@main.command()
+@click.argument("prefix", default="")
+@dir_option
+@timeout_option
+@json_option
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+def scan(prefix: str, cluster_dir: Path, timeout: float, as_json: bool, limit: int) -> None:
+    """List keys starting with PREFIX, in key order, with their values."""
+    pairs = with_client(cluster_dir, timeout, lambda kv: kv.scan(prefix, limit))
+    if as_json:
+        click.echo(json.dumps([[k.decode("utf-8", "backslashreplace"),
+                                v.decode("utf-8", "backslashreplace")] for k, v in pairs]))
+        return
+    for k, v in pairs:
+        sys.stdout.buffer.write(k + b"\t" + v + b"\n")
+    sys.stdout.flush()
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+@main.command(name="kill-leader")
+@dir_option
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for the new leader (exit 3 after).")
+def kill_leader(cluster_dir: Path, timeout: float) -> None:
+    """SIGKILL the leader's process, then wait for and print the new leader."""
+    state = load_state(cluster_dir)
+    killed = control(state, "kill-leader", timeout=timeout)
+    click.echo(f"killed node {killed['killed']}, the leader of term {killed['term']}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = control(state, "status", timeout=timeout)
+        if st.get("leader") not in (None, killed["killed"]):
+            click.echo(f"node {st['leader']} is the new leader (term {st['term']})")
+            return
+        time.sleep(0.05)
+    fail(f"no new leader within {timeout:g}s", EXIT_UNAVAILABLE)
+
+
+def node_command(name: str, doc: str) -> None:
+    @main.command(name=name, help=doc)
+    @click.argument("node_id", metavar="NODE", type=click.IntRange(min=1))
+    @dir_option
+    @timeout_option
+    def command(node_id: int, cluster_dir: Path, timeout: float) -> None:
+        result = control(load_state(cluster_dir), name, node_id, timeout=timeout)
+        click.echo(json.dumps(result) if not isinstance(result, str) else result)
+
+
+node_command("kill", "SIGKILL node NODE's process.")
+node_command("restart", "Start node NODE again (if it is not running); it rejoins with its "
+                        "data.")
+node_command("pause", "SIGSTOP node NODE (it keeps its sockets but does nothing).")
+node_command("resume", "SIGCONT a paused node NODE.")
+node_command("transfer-leader", "Ask the leader to hand leadership to node NODE.")
+
+
+@main.command()
+@click.argument("groups", nargs=-1, required=True)
+@dir_option
+@timeout_option
+def partition(groups: tuple[str, ...], cluster_dir: Path, timeout: float) -> None:
+    """Split the cluster: GROUPS like `1,2 3` cannot talk to each other (nodes not named
+    form one more group). Lasts until `heal`."""
+    for g in groups:
+        if not all(part.strip().isdigit() for part in g.split(",")):
+            raise click.BadParameter(f"{g!r}: a group is node ids separated by commas, e.g. 1,2")
+    result = control(load_state(cluster_dir), "partition", *groups, timeout=timeout)
+    click.echo(json.dumps(result))
+
+
+@main.command()
+@dir_option
+@timeout_option
+def heal(cluster_dir: Path, timeout: float) -> None:
+    """Remove every partition."""
+    click.echo(json.dumps(control(load_state(cluster_dir), "heal", timeout=timeout)))
+
+
+# -- logs -----------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("which", metavar="[NODE]", required=False)
+@dir_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@click.option("-n", "--lines", default=50, show_default=True, help="Lines of history per log.")
+def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None:
+    """Show the logs: one node's (NODE is an id, or `controller`), or all of them."""
+    state = load_state(cluster_dir)
+    entries = {str(n.id): n.log for n in state.nodes} | {"controller": state.controller.log}
+    if which is not None and which not in entries:
+        raise click.BadParameter(f"{which!r}: expected a node id ({', '.join(entries)})")
+    paths = [state.dir / entries[which]] if which else [state.dir / p for p in entries.values()]
+    offsets = {}
+    for p in paths:
+        text = p.read_text(errors="replace") if p.exists() else ""
+        for line in text.splitlines()[-lines:]:
+            click.echo(line if which else f"{p.stem}: {line}")
+        offsets[p] = len(text.encode())
+    try:
+        while follow:
+            for p in paths:
+                if p.exists() and p.stat().st_size > offsets[p]:
+                    with open(p, "rb") as f:
+                        f.seek(offsets[p])
+                        chunk = f.read()
+                    offsets[p] += len(chunk)
+                    for line in chunk.decode(errors="replace").splitlines():
+                        click.echo(line if which else f"{p.stem}: {line}")
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+
+
+# -- processes ------------------------------------------------------------------------------
 
 @main.command()
 @click.option("--id", "node_id", type=click.IntRange(min=1), required=True,
@@ -68,8 +435,38 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], data_dir: Path, hear
     try:
         run_node(cfg)
     except StorageError as e:
-        click.echo(f"raftkv node {node_id}: {e}", err=True)
-        sys.exit(EXIT_STORAGE)
+        fail(f"node {node_id}: {e}", EXIT_STORAGE)
+
+
+def parse_peer(value: str) -> tuple[int, str]:
+    node_id, sep, address = value.partition("=")
+    if not sep or not node_id.isdigit() or not address.startswith("tcp://"):
+        raise click.BadParameter(
+            f"{value!r}: expected ID=tcp://HOST:PORT, e.g. 2=tcp://127.0.0.1:7702")
+    return int(node_id), address
+
+
+@main.command()
+@dir_option
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def controller(cluster_dir: Path, log_level: str) -> None:
+    """Run the controller in the foreground (what `up` starts): routes client requests
+    to the leader and carries out kill/restart/pause/partition commands."""
+    from harness.controller import run_controller
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s controller %(levelname)s %(message)s")
+    run_controller(cluster_dir.resolve())
+
+
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Benchmark a fresh cluster in a temp dir (options: `raftkv bench --help`)."""
+    from raftkv.bench import main as bench_main
+
+    sys.exit(bench_main(list(args)))
 
 
 if __name__ == "__main__":
