@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint sim demo clean
+.PHONY: install test lint sim demo up down status bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,35 @@ lint: $(STAMP)
 sim: $(STAMP)
 	RAFTKV_SIM_SEEDS=$${RAFTKV_SIM_SEEDS:-10000} $(PY) -m pytest -q tests/sim/test_random_seeds.py
 
-# Until the harness lands (a real cluster: up, put/get, kill-leader), the demo runs
-# simulated clusters through faults and prints what they survived.
+# A fresh machine to a running cluster: venv, install, up, a few writes and reads,
+# kill the leader, show the data survived under the new leader. Leaves the cluster up
+# (make down stops it).
 demo: $(STAMP)
-	@echo "raftkv demo: the real-process cluster arrives with the harness; simulating for now."
-	RAFTKV_SIM_SEEDS=$${RAFTKV_SIM_SEEDS:-300} $(PY) -m pytest -q tests/sim
+	bin/raftkv up
+	bin/raftkv put greeting hello
+	bin/raftkv put user:1 alice
+	bin/raftkv cas user:1 alice bob
+	bin/raftkv get greeting
+	bin/raftkv scan user:
+	bin/raftkv status
+	bin/raftkv kill-leader
+	bin/raftkv get greeting
+	bin/raftkv get user:1
+	bin/raftkv restart $$(bin/raftkv status --json | $(PY) -c 'import json,sys; print(next(n["id"] for n in json.load(sys.stdin)["nodes"] if not n["alive"]))')
+	bin/raftkv status
+	@echo "the cluster is still up: try bin/raftkv --help; stop it with: make down"
+
+up: $(STAMP)
+	bin/raftkv up
+
+down: $(STAMP)
+	bin/raftkv down
+
+status: $(STAMP)
+	bin/raftkv status
+
+bench: $(STAMP)
+	bin/raftkv bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

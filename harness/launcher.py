@@ -108,14 +108,18 @@ def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
     return state
 
 
+def check_port_free(address: str) -> None:
+    if port_in_use(address):
+        raise LaunchError(f"port {address.rpartition(':')[2]} ({address}) is in use by "
+                          "another program; stop it, or pick other ports with --base-port "
+                          "on a new --dir")
+
+
 def start_process(state: ClusterState, entry: ProcEntry) -> bool:
     """Start `entry` unless its process still runs. Returns whether it was started."""
     if live_process(entry.pid, entry.create_time) is not None:
         return False
-    if port_in_use(entry.address):
-        raise LaunchError(f"port {entry.address.rpartition(':')[2]} ({entry.address}) is in "
-                          "use by another program; stop it, or pick other ports with "
-                          "--base-port on a new --dir")
+    check_port_free(entry.address)
     proc = spawn(entry.argv, state.dir / entry.log, detach=True)
     entry.pid, entry.create_time = proc.pid, create_time(proc.pid)
     state.save()
@@ -144,6 +148,10 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
     if state is None:
         state = new_cluster(cluster_dir, nodes, base_port, fsync)
         state.save()
+    # Check every port first, so a busy one leaves nothing half started.
+    for entry in [*state.nodes, state.controller]:
+        if live_process(entry.pid, entry.create_time) is None:
+            check_port_free(entry.address)
     started = [n for n in state.nodes if start_process(state, n)]
     if start_process(state, state.controller):
         started.append(state.controller)

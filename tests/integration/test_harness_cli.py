@@ -1,0 +1,150 @@
+"""End to end through `raftkv` itself: up, data verbs, faults, down, and every exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from harness.cluster_state import REPO, ClusterState, live_process, signal_process
+from harness.launcher import port_in_use, wait_for
+
+
+def free_base_port(n: int) -> int:
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 60_000)
+        if not any(port_in_use(f"tcp://127.0.0.1:{base + i}") for i in range(n + 1)):
+            return base
+    raise RuntimeError("no run of free ports found")
+
+
+class CLI:
+    def __init__(self, cluster_dir, base_port: int) -> None:
+        self.dir = cluster_dir
+        self.base_port = base_port
+        self.env = dict(os.environ, RAFTKV_DIR=str(cluster_dir), PYTHONPATH=str(REPO))
+
+    def __call__(self, *args: str, check: int | None = 0, timeout: float = 60):
+        p = subprocess.run([sys.executable, "-m", "harness.cli", *args], env=self.env,
+                           cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        if check is not None:
+            assert p.returncode == check, (
+                f"raftkv {' '.join(args)} exited {p.returncode}, want {check}\n"
+                f"stdout: {p.stdout}\nstderr: {p.stderr}")
+        return p
+
+    def status(self) -> dict:
+        return json.loads(self("status", "--json").stdout)
+
+    def pids(self) -> list[tuple[int, float]]:
+        state = ClusterState.load(self.dir)
+        if state is None:
+            return []
+        return [(e.pid, e.create_time) for e in [state.controller, *state.nodes] if e.pid]
+
+
+@pytest.fixture
+def cli(tmp_path):
+    c = CLI(tmp_path / "cluster", free_base_port(3))
+    started: set[tuple[int, float]] = set()
+    try:
+        yield c
+    finally:
+        started.update(c.pids())
+        c("down", "--grace", "2", check=None)
+        for pid, created in started:  # whatever down missed, by pid and create time only
+            signal_process(pid, created, signal.SIGKILL)
+
+
+def up(cli: CLI, *extra: str):
+    p = cli("up", "--base-port", str(cli.base_port), *extra)
+    return p
+
+
+def test_up_kill_leader_restart_down_up_keeps_the_data(cli):
+    p = up(cli)
+    assert "leader:" in p.stdout
+    assert "already up" in up(cli).stdout  # idempotent
+    for n in range(20):
+        cli("put", f"k{n}", f"v{n}")
+    assert cli("get", "k7").stdout == "v7\n"
+    first = cli.status()
+    p = cli("kill-leader", "--timeout", "5")
+    assert "is the new leader" in p.stdout
+    st = cli.status()
+    assert st["leader"] not in (None, first["leader"])
+    assert cli("get", "k19").stdout == "v19\n"
+    cli("restart", str(first["leader"]))
+    wait_for(lambda: (lambda n: n["alive"] and n["role"] == "follower"
+                      and n["applied_index"] >= st["nodes"][0]["commit_index"] - 5)(
+        next(n for n in cli.status()["nodes"] if n["id"] == first["leader"])),
+        15, "the old leader to rejoin as a follower and catch up")
+    pids = cli.pids()
+    assert "stopped" in cli("down").stdout
+    assert all(live_process(pid, created) is None for pid, created in pids)
+    assert not any(port_in_use(f"tcp://127.0.0.1:{cli.base_port + i}") for i in range(4))
+    assert cli("down").stdout.strip() == "nothing was running"  # idempotent
+    up(cli)
+    assert cli("get", "k0").stdout == "v0\n"
+    assert cli("get", "k19").stdout == "v19\n"
+
+
+def test_partitioned_leader_steps_down_and_the_majority_serves(cli):
+    up(cli)
+    cli("put", "before", "1")
+    leader = cli.status()["leader"]
+    others = [i for i in (1, 2, 3) if i != leader]
+    cli("partition", str(leader), ",".join(map(str, others)))
+    cli("put", "during", "2", "--timeout", "10")
+    wait_for(lambda: next(n for n in cli.status()["nodes"] if n["id"] == leader)["role"]
+             != "leader", 10, "the isolated leader to step down")
+    assert cli.status()["leader"] in others
+    cli("heal")
+    assert cli("get", "during").stdout == "2\n"
+
+
+def test_paused_follower_does_not_stop_writes(cli):
+    up(cli)
+    leader = cli.status()["leader"]
+    follower = next(i for i in (1, 2, 3) if i != leader)
+    cli("pause", str(follower))
+    for n in range(10):
+        cli("put", f"p{n}", "x", "--timeout", "5")
+    cli("resume", str(follower))
+    assert cli("get", "p9").stdout == "x\n"
+
+
+def test_exit_codes(cli):
+    assert cli("get", "k", check=3).stderr.startswith("raftkv: no cluster in")
+    up(cli)
+    assert "key not found" in cli("get", "missing", check=1).stderr
+    assert cli("del", "missing", check=1).stdout.strip() == "NOT FOUND"
+    cli("put", "k", "a")
+    assert cli("cas", "k", "zzz", "b", check=1).stdout.strip() == "NOT SWAPPED"
+    assert cli("cas", "k", "a", "b").stdout.strip() == "SWAPPED"
+    assert json.loads(cli("del", "k", "--json").stdout) == {"result": "OK"}
+    assert "Usage" in cli("put", "only-a-key", check=2).stderr
+    assert "no node 99" in cli("kill", "99", check=2).stderr
+    # The controller gone: data verbs say the cluster is unavailable.
+    state = ClusterState.load(cli.dir)
+    signal_process(state.controller.pid, state.controller.create_time, signal.SIGKILL)
+    wait_for(lambda: live_process(state.controller.pid, state.controller.create_time) is None,
+             5, "the controller to die")
+    assert cli("get", "k", "--timeout", "1", check=3).returncode == 3
+    up(cli)  # restarts the missing controller, which finds the leader again
+    cli("put", "k", "back")
+
+
+def test_up_names_a_port_in_use(cli):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", cli.base_port + 2))
+        s.listen()
+        p = cli("up", "--base-port", str(cli.base_port), check=3)
+    assert f"port {cli.base_port + 2}" in p.stderr
