@@ -100,8 +100,6 @@ class Node:
         self.started = time.monotonic()
         self.counters = {"proposals": 0, "reads": 0, "fsyncs": 0, "elections_won": 0,
                          "not_leader": 0}
-        log.info("node %d up: term %d, %d entries, listening on %s", cfg.id,
-                 self.core.term, self.core.log.last_index(), self.transport.endpoint)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -133,7 +131,7 @@ class Node:
     def close(self) -> None:
         self.transport.close()
         self.storage.close()
-        log.info("node %d stopped", self.cfg.id)
+        log.info("stopped")
 
     # -- Ready -------------------------------------------------------------------------
 
@@ -183,8 +181,7 @@ class Node:
     def on_role_change(self, rd: Ready) -> None:
         ss = rd.soft_state
         self.transport.leader_hint = ss.lead
-        log.info("node %d: term %d role %s leader %s", self.cfg.id, self.core.term,
-                 ss.role.name.lower(), ss.lead or "unknown")
+        log.info("now %s; leader %s", ss.role.name.lower(), ss.lead or "unknown")
         if ss.role == Role.LEADER:
             self.counters["elections_won"] += 1
         elif self.pending_writes:
@@ -296,9 +293,30 @@ class Node:
         return s
 
 
+class _RaftLogContext(logging.Filter):
+    """Stamps every log record with the node's current term and role."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.term = self.node.core.term
+        record.role = self.node.core.role.name.lower()
+        return True
+
+
 def run_node(cfg: NodeConfig) -> None:
-    """Run one node in the foreground until SIGTERM/SIGINT."""
+    """Run one node in the foreground until SIGTERM/SIGINT. Log lines carry the time,
+    node id, term and role."""
     node = Node(cfg)
+    fmt = logging.Formatter(
+        f"%(asctime)s node={cfg.id} term=%(term)s role=%(role)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RaftLogContext(node))
+        handler.setFormatter(fmt)
+    log.info("up: %d entries on disk, commit %d, listening on %s", node.core.log.last_index(),
+             node.core.log.committed, node.transport.endpoint)
     signal.signal(signal.SIGTERM, node.stop)
     signal.signal(signal.SIGINT, node.stop)
     node.run()
