@@ -1,0 +1,866 @@
+"""The controller: one process in front of a cluster's nodes (DESIGN.md, harness/).
+
+Clients talk to a single address, the controller's ROUTER (`cluster.json`'s controller
+address, the default of `raftkv.Client`). The controller routes each request to the node
+it believes leads, hides redirects and elections from the client, watches every worker
+with psutil, and kills, restarts, pauses and partitions nodes on command. Everything runs
+in one blocking loop around a `zmq.Poller`; the process has no other thread.
+
+Routing. A client request arrives as `[client_id, frame]` and is peeked at with
+`wire.decode_request`: a malformed frame is counted and dropped, an invalid one answered
+BAD_REQUEST, STATUS and CONTROL are served here. Any other request is forwarded
+*unchanged* as `[client_id, frame]` on the DEALER connected to the leader; the node
+answers into that envelope (transport.py), so the reply comes back as
+`[client_id, reply]` and goes to the client byte for byte. Clients never see:
+
+- NOT_LEADER: the request is re-sent to the hinted leader at once, or, with no hint,
+  held and retried every SWEEP_S (probing the next live node while no leader is known);
+- UNAVAILABLE (election or transfer under way, leadership lost with the write pending):
+  held and retried every SWEEP_S;
+- a leader that died or froze: a request unanswered for RESEND_AFTER_S is re-sent to the
+  leader known now, unless it sits at a node that still answers our polls and leads.
+
+Re-sending a write is safe: it carries (client_id, seq) and the state machine applies a
+seq once and answers a repeat with the saved reply (kv.py). A request still pending at
+DEADLINE_S is answered UNAVAILABLE by the controller.
+
+Leader tracking. Every POLL_S the controller sends STATUS to each node under its own
+envelope OWN_ENVELOPE (a client's routing id is never 4 bytes starting with a zero byte:
+ZeroMQ reserves those and makes its own 5 bytes long), so its requests and relayed ones
+never mix. The leader is the believable node that says role == "leader" in the highest
+term; a NOT_LEADER hint names it in between polls. A node is believable while its process
+lives and no STATUS poll to it has gone unanswered for STALE_AFTER_S.
+
+Commands: a CONTROL request `[name, args]`, answered OK with a small map, or
+BAD_REQUEST / UNAVAILABLE with a message:
+
+    status                   -> the status map (also the answer to a plain STATUS)
+    kill-leader              -> {"killed": id, "term": term}   UNAVAILABLE if no leader
+    kill N                   -> {"killed": N} | {"not_running": N}
+    restart N                -> {"restarted": N, "pid": pid} | {"already_running": N}
+    pause N / resume N       -> {"paused": N} / {"resumed": N}  BAD_REQUEST if not running
+    partition G1 G2 ...      -> {"groups": [[ids], ...]}  (unlisted nodes: one more group)
+    heal                     -> {"healed": [ids]}
+    transfer-leader N        -> {"transferring_to": N, "from": leader}, or the leader's
+                                own refusal relayed as it came
+
+A group is "1,2" (str) or 3 (int). Partitions are FAULT requests to each node naming
+every node outside its group; they are re-sent every poll while a partition stands, so a
+restarted node (which starts with no faults) is cut off again until `heal`.
+
+Status map (the CONTROL "status" and STATUS value)::
+
+    {"leader": id | None, "term": n,
+     "nodes": [{"id", "address", "pid", "alive", "paused", "role", "term", "last_index",
+                "commit_index", "applied_index", "cpu_percent", "rss_bytes", "open_files",
+                "uptime_s", "dropped_malformed", "partitioned_from": [ids]}, ...],
+     "controller": {counters, "pending": n, "uptime_s": s}}
+
+A node's Raft fields are None when its last STATUS is stale; its psutil fields are None
+when its process is not running. Processes are only ever signalled through
+`cluster_state` helpers that check the create time recorded in cluster.json.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from harness import cluster_state
+from harness.cluster_state import FILE_NAME, ClusterState, NodeEntry
+from raftkv import wire
+from raftkv.wire import ClientRequest, ReplyCode, ReqOp
+
+log = logging.getLogger("raftkv.controller")
+
+POLL_S = 0.2  # STATUS to every node, and FAULT re-sends, this often
+SWEEP_S = 0.05  # held requests are retried this often
+RESEND_AFTER_S = 1.0  # a request unanswered this long goes to the leader known now
+STALE_AFTER_S = 1.0  # a node that leaves a STATUS poll unanswered this long is not believed
+DEADLINE_S = 10.0  # a request still pending this long is answered UNAVAILABLE
+HEALTH_S = 1.0  # psutil cpu sampling, cluster.json reload check, child reaping
+OWN_REQUEST_TTL_S = 5.0  # our own STATUS/FAULT requests are forgotten after this
+OWN_ENVELOPE = b"\x00ctl"
+DEALER_ID = b"ctl"
+HWM = 10_000
+RECONNECT_IVL_MS = 100
+HEARTBEAT_IVL_MS = 1_000
+HEARTBEAT_TIMEOUT_MS = 3_000
+MAX_HOPS = 3  # NOT_LEADER redirects followed at once before waiting for a sweep
+MAX_DRAIN = 1_000  # messages taken off one socket per loop turn
+
+COUNTER_KEYS = (
+    "requests",  # client requests received (any op)
+    "relayed",  # node replies forwarded to clients
+    "redirects",  # NOT_LEADER answers re-routed inside the controller
+    "retries",  # UNAVAILABLE answers retried inside the controller
+    "resends",  # requests re-sent after RESEND_AFTER_S without an answer
+    "timeouts",  # requests answered UNAVAILABLE at their deadline
+    "malformed",  # frames dropped: undecodable, wrong number of parts
+    "bad_requests",  # requests answered BAD_REQUEST by the controller
+    "commands",  # CONTROL and STATUS requests served
+    "dropped_replies",  # replies not delivered: client gone or HWM reached
+    "late_replies",  # node replies to requests already answered
+)
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out: answered with `code` and the message."""
+
+    def __init__(self, code: ReplyCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class Pending:
+    """A client request relayed to a node and not answered yet."""
+
+    client: bytes
+    request_id: int
+    op: ReqOp
+    frame: bytes  # exactly as the client sent it
+    deadline: float
+    node: int = 0  # where the latest attempt went; 0: held, to be retried at the next sweep
+    sent_at: float = 0.0
+    avoid: int = 0  # a node that just refused it: not probed next while no leader is known
+    hops: int = 0  # redirects followed at once since the last sweep (bounds a hint loop)
+    transfer_to: int = 0  # a transfer-leader command: its OK is answered as a map
+
+
+@dataclass(slots=True)
+class NodeView:
+    """What the controller knows of one node."""
+
+    id: int
+    dealer: zmq.Socket
+    status: dict[str, Any] | None = None  # its last STATUS map
+    status_at: float = 0.0  # when that map arrived (monotonic)
+    unanswered_since: float = 0.0  # send time of the oldest unanswered STATUS poll; 0: none
+    process: psutil.Process | None = None  # kept between samples, for cpu_percent
+    process_key: tuple[int, float] = (0, 0.0)  # (pid, create_time) `process` was made for
+    cpu_percent: float | None = None
+    # Invariant: `fault` is what this node must drop under the current partition;
+    # `fault_acked` is what it last confirmed (None: unknown, e.g. after a restart).
+    fault: frozenset[int] = frozenset()
+    fault_acked: frozenset[int] | None = None
+
+
+@dataclass(slots=True)
+class OwnRequest:
+    kind: ReqOp  # STATUS or FAULT
+    node: int
+    sent_at: float
+    fault: frozenset[int] = frozenset()
+
+
+class Controller:
+    """The controller's state and loop. Not thread-safe: `run` is its only driver."""
+
+    def __init__(self, state: ClusterState, context: zmq.Context) -> None:
+        self.state = state
+        self.context = context
+        self.stopping = False
+        self.started = time.monotonic()
+        self.counters = dict.fromkeys(COUNTER_KEYS, 0)
+        self.pending: dict[tuple[bytes, int], Pending] = {}
+        self.own: dict[int, OwnRequest] = {}
+        self.own_ids = itertools.count(1)
+        self.leader = 0  # the node requests go to; 0: none known
+        self.leader_since = 0.0  # when `leader` was last set (monotonic)
+        self.children: list[Any] = []  # Popen of nodes we restarted, reaped in the loop
+        self.state_mtime = self.read_state_mtime()
+        self.front = self.context.socket(zmq.ROUTER)
+        self.views: dict[int, NodeView] = {}
+        self.setup_front()
+        for n in self.state.nodes:
+            self.views[n.id] = NodeView(n.id, self.connect_dealer(n.address))
+
+    # ---- sockets -------------------------------------------------------------------
+
+    def setup_front(self) -> None:
+        s = self.front
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVHWM, HWM)
+        s.setsockopt(zmq.SNDHWM, HWM)
+        # A reply to a vanished client fails (counted) instead of vanishing silently.
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        s.bind(self.state.controller.address)
+
+    def connect_dealer(self, address: str) -> zmq.Socket:
+        d = self.context.socket(zmq.DEALER)
+        d.setsockopt(zmq.ROUTING_ID, DEALER_ID)
+        d.setsockopt(zmq.LINGER, 0)
+        d.setsockopt(zmq.SNDHWM, HWM)
+        d.setsockopt(zmq.RCVHWM, HWM)
+        # Queue only to a live connection: a send to a dead node fails at once and the
+        # request is held for a retry instead of waiting in a queue nobody drains.
+        d.setsockopt(zmq.IMMEDIATE, 1)
+        d.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        d.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        d.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        d.connect(address)
+        return d
+
+    def close(self) -> None:
+        for entry in list(self.pending.values()):
+            self.answer(entry.client, entry.request_id, ReplyCode.UNAVAILABLE,
+                        "the controller is shutting down; retry")
+        self.pending.clear()
+        for v in self.views.values():
+            v.dealer.close(linger=0)
+        self.front.close(linger=0)
+
+    # ---- the loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        by_socket = {}
+        for v in self.views.values():
+            poller.register(v.dealer, zmq.POLLIN)
+            by_socket[v.dealer] = v
+        now = time.monotonic()
+        next_poll = next_sweep = next_health = now
+        log.info("controller up on %s for nodes %s", self.state.controller.address,
+                 ", ".join(str(i) for i in self.views))
+        while not self.stopping:
+            timeout = max(0.0, min(next_poll, next_sweep, next_health) - time.monotonic())
+            for sock, _ in poller.poll(int(timeout * 1000) + 1):
+                if sock is self.front:
+                    self.drain_front()
+                else:
+                    self.drain_node(by_socket[sock])
+            now = time.monotonic()
+            if now >= next_poll:
+                next_poll = now + POLL_S
+                self.poll_nodes(now)
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_S
+                self.sweep_pending(now)
+            if now >= next_health:
+                next_health = now + HEALTH_S
+                self.sample_health(now)
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    # ---- client side ---------------------------------------------------------------
+
+    def drain_front(self) -> None:
+        for _ in range(MAX_DRAIN):
+            try:
+                parts = self.front.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(parts) != 2:
+                self.counters["malformed"] += 1
+                continue
+            self.counters["requests"] += 1
+            self.handle_request(parts[0], parts[1])
+
+    def handle_request(self, client: bytes, frame: bytes) -> None:
+        try:
+            req = wire.decode_request(frame)
+        except wire.MalformedFrame:
+            self.counters["malformed"] += 1
+            return
+        except wire.InvalidRequest as e:
+            self.counters["bad_requests"] += 1
+            self.answer(client, e.request_id, ReplyCode.BAD_REQUEST, e.message)
+            return
+        if req.op == ReqOp.STATUS:
+            self.counters["commands"] += 1
+            self.answer(client, req.request_id, ReplyCode.OK, self.status_map())
+        elif req.op == ReqOp.CONTROL:
+            self.counters["commands"] += 1
+            self.run_command(client, req)
+        else:
+            now = time.monotonic()
+            self.admit(Pending(client, req.request_id, req.op, frame, now + DEADLINE_S), now)
+
+    def answer(self, client: bytes, request_id: int, code: ReplyCode, value: Any = None) -> None:
+        """Reply from the controller itself; the hint is the leader it routes to."""
+        self.send_to_client(client, wire.encode_reply(request_id, code, value, self.leader))
+
+    def send_to_client(self, client: bytes, frame: bytes) -> None:
+        try:
+            self.front.send_multipart((client, frame), zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["dropped_replies"] += 1
+        except zmq.ZMQError as e:
+            if e.errno != errno.EHOSTUNREACH:
+                raise
+            self.counters["dropped_replies"] += 1
+
+    # ---- relaying ------------------------------------------------------------------
+
+    def admit(self, entry: Pending, now: float) -> None:
+        # Invariant: every entry in `pending` has been answered to nobody yet, and is
+        # either at a node (node != 0) or held for the next sweep (node == 0).
+        self.pending[(entry.client, entry.request_id)] = entry
+        self.dispatch(entry, now)
+
+    def dispatch(self, entry: Pending, now: float) -> None:
+        """Send `entry` to the node most likely to serve it, or hold it for the next sweep."""
+        target = self.pick_target(entry, now)
+        entry.node = 0
+        if not target:
+            return
+        try:
+            self.views[target].dealer.send_multipart((entry.client, entry.frame), zmq.NOBLOCK)
+        except zmq.Again:  # no connection to that node (down) or its queue is full
+            entry.avoid = target
+            if target == self.leader:
+                self.set_leader(0, now)
+            return
+        entry.node = target
+        entry.sent_at = now
+
+    def pick_target(self, entry: Pending, now: float) -> int:
+        if self.leader and self.believable(self.views[self.leader], now):
+            return self.leader
+        # No leader known: probe the next live node after the one that refused last. A
+        # follower that knows the leader answers NOT_LEADER with its id; during an
+        # election, it answers without a hint and the entry waits a sweep.
+        ids = sorted(self.views)
+        start = ids.index(entry.avoid) + 1 if entry.avoid in self.views else 0
+        for k in range(len(ids)):
+            v = self.views[ids[(start + k) % len(ids)]]
+            if self.believable(v, now):
+                return v.id
+        return 0
+
+    def drain_node(self, view: NodeView) -> None:
+        for _ in range(MAX_DRAIN):
+            try:
+                parts = view.dealer.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(parts) != 2:
+                self.counters["malformed"] += 1
+                continue
+            envelope, frame = parts
+            try:
+                reply = wire.decode_reply(frame)
+            except wire.MalformedFrame:
+                self.counters["malformed"] += 1
+                continue
+            if envelope == OWN_ENVELOPE:
+                self.handle_own_reply(view, reply)
+            else:
+                self.handle_relayed_reply(view, envelope, frame, reply)
+
+    def handle_relayed_reply(
+        self, view: NodeView, client: bytes, frame: bytes, reply: wire.ClientReply
+    ) -> None:
+        entry = self.pending.get((client, reply.request_id))
+        if entry is None:
+            self.counters["late_replies"] += 1
+            return
+        code = reply.code
+        if code in (ReplyCode.NOT_LEADER, ReplyCode.UNAVAILABLE):
+            if entry.node != view.id:
+                return  # an earlier attempt's refusal; the latest one is still out
+            now = time.monotonic()
+            if code == ReplyCode.NOT_LEADER:
+                self.counters["redirects"] += 1
+                self.learn_leader_hint(view.id, reply.leader_hint, now)
+            else:
+                self.counters["retries"] += 1
+            entry.avoid = view.id
+            entry.node = 0
+            # Follow a fresh hint at once, a few times; otherwise (an election, a transfer,
+            # two nodes naming each other) the entry waits for the next sweep.
+            if (code == ReplyCode.NOT_LEADER and self.leader and self.leader != view.id
+                    and entry.hops < MAX_HOPS):
+                entry.hops += 1
+                self.dispatch(entry, now)
+            return
+        # A final answer, from any attempt: it answers the same request (writes are
+        # deduplicated by (client_id, seq)), so it goes to the client as it came.
+        del self.pending[(client, reply.request_id)]
+        self.counters["relayed"] += 1
+        if entry.transfer_to and code == ReplyCode.OK:
+            self.answer(client, reply.request_id, ReplyCode.OK,
+                        {"transferring_to": entry.transfer_to, "from": view.id})
+            return
+        self.send_to_client(client, frame)
+
+    def learn_leader_hint(self, refuser: int, hint: int, now: float) -> None:
+        """A node refused as not the leader and named `hint` (0: it knows none). A hint
+        at a node we do not believe (killed, frozen) is ignored: a follower may not have
+        noticed yet that its leader is gone, and following it would ping-pong."""
+        if hint and hint != refuser and hint in self.views:
+            if self.believable(self.views[hint], now):
+                self.set_leader(hint, now)
+        elif self.leader == refuser:
+            self.set_leader(0, now)
+
+    def set_leader(self, node_id: int, now: float) -> None:
+        if node_id != self.leader:
+            log.info("leader: %s", f"node {node_id}" if node_id else "unknown")
+        self.leader = node_id
+        self.leader_since = now
+
+    def sweep_pending(self, now: float) -> None:
+        """Retry held requests, re-send stuck ones, and answer the expired."""
+        for key, entry in list(self.pending.items()):
+            if now >= entry.deadline:
+                del self.pending[key]
+                self.counters["timeouts"] += 1
+                self.answer(entry.client, entry.request_id, ReplyCode.UNAVAILABLE,
+                            f"no leader within {DEADLINE_S:g} s")
+            elif entry.node == 0:
+                entry.hops = 0
+                self.dispatch(entry, now)
+            elif now - entry.sent_at >= RESEND_AFTER_S and self.should_resend(entry, now):
+                self.counters["resends"] += 1
+                entry.avoid = entry.node
+                self.dispatch(entry, now)
+
+    def should_resend(self, entry: Pending, now: float) -> bool:
+        """A slow leader that still answers polls keeps its requests; anything else
+        (dead, frozen, deposed) sends them on to the leader known now."""
+        if entry.node == self.leader and self.believable(self.views[entry.node], now):
+            entry.sent_at = now  # look again in RESEND_AFTER_S
+            return False
+        return True
+
+    # ---- leader tracking -----------------------------------------------------------
+
+    def poll_nodes(self, now: float) -> None:
+        """STATUS to every node; FAULT to those whose partition may not be in force."""
+        for v in self.views.values():
+            self.refresh_process(v)
+            if not v.unanswered_since:
+                v.unanswered_since = now
+            self.send_own(v, OwnRequest(ReqOp.STATUS, v.id, now))
+            # A partition is re-sent every poll while it stands: a restarted node comes
+            # back with no faults, and FAULT is idempotent.
+            if v.fault or v.fault_acked != v.fault:
+                self.send_own(v, OwnRequest(ReqOp.FAULT, v.id, now, v.fault))
+        for rid, own in list(self.own.items()):
+            if now - own.sent_at > OWN_REQUEST_TTL_S:
+                del self.own[rid]
+        self.update_leader(now)
+
+    def send_own(self, view: NodeView, own: OwnRequest) -> None:
+        rid = next(self.own_ids)
+        req = ClientRequest(rid, own.kind, peers=own.fault)
+        try:
+            view.dealer.send_multipart((OWN_ENVELOPE, wire.encode_request(req)), zmq.NOBLOCK)
+        except zmq.Again:
+            return  # not connected: the node counts as unanswered until it is
+        self.own[rid] = own
+
+    def handle_own_reply(self, view: NodeView, reply: wire.ClientReply) -> None:
+        own = self.own.pop(reply.request_id, None)
+        if own is None or own.node != view.id or reply.code != ReplyCode.OK:
+            return
+        if own.kind == ReqOp.FAULT:
+            view.fault_acked = own.fault
+            return
+        if not isinstance(reply.value, dict) or reply.value.get("id") != view.id:
+            self.counters["malformed"] += 1
+            return
+        now = time.monotonic()
+        view.status = reply.value
+        view.status_at = now
+        view.unanswered_since = 0.0
+        self.update_leader(now)
+
+    def believable(self, view: NodeView, now: float) -> bool:
+        """Its process runs and it answers polls: what it says about itself holds."""
+        if view.process is None:
+            return False
+        return not (view.unanswered_since and now - view.unanswered_since > STALE_AFTER_S)
+
+    def fresh_status(self, view: NodeView, now: float) -> dict[str, Any] | None:
+        if view.status is None or not self.believable(view, now):
+            return None
+        return view.status if now - view.status_at <= STALE_AFTER_S else None
+
+    def update_leader(self, now: float) -> None:
+        """The believable node that claims leadership in the highest term leads (a
+        deposed leader that has not heard of the new term claims a lower one)."""
+        best: tuple[int, int] | None = None
+        for v in self.views.values():
+            st = self.fresh_status(v, now)
+            if st and st.get("role") == "leader":
+                term = st.get("term", 0)
+                if best is None or term > best[1]:
+                    best = (v.id, term)
+        if best is not None:
+            self.set_leader(best[0], now)
+            return
+        if not self.leader:
+            return
+        view = self.views[self.leader]
+        st = self.fresh_status(view, now)
+        # A leader learned from a hint stands until a poll answered after the hint
+        # says otherwise.
+        if not self.believable(view, now) or (
+            st and st.get("role") != "leader" and view.status_at > self.leader_since
+        ):
+            self.set_leader(0, now)
+
+    def leader_term(self, now: float) -> int:
+        """The leader's term, or the highest term any node reports."""
+        if self.leader:
+            st = self.fresh_status(self.views[self.leader], now)
+            if st and st.get("role") == "leader":
+                return st["term"]
+        return max((v.status.get("term", 0) for v in self.views.values() if v.status),
+                   default=0)
+
+    # ---- processes -----------------------------------------------------------------
+
+    def refresh_process(self, view: NodeView) -> psutil.Process | None:
+        """The node's process if it runs, keeping the same psutil object while the pid and
+        create time in cluster.json do not change (cpu_percent measures between calls)."""
+        entry = self.state.node(view.id)
+        key = (entry.pid, entry.create_time)
+        p = view.process
+        if p is not None and key == view.process_key:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    return p
+            except psutil.Error:
+                pass
+            view.process = None
+            return None
+        view.process_key = key
+        view.process = cluster_state.live_process(*key)
+        view.cpu_percent = None
+        if view.process is not None:
+            try:
+                view.process.cpu_percent(None)  # the baseline; the next call measures
+            except psutil.Error:
+                view.process = None
+        return view.process
+
+    def sample_health(self, now: float) -> None:
+        self.reap_children()
+        self.maybe_reload_state()
+        for v in self.views.values():
+            p = self.refresh_process(v)
+            if p is None:
+                continue
+            try:
+                v.cpu_percent = p.cpu_percent(None)
+            except psutil.Error:
+                v.cpu_percent = None
+
+    def reap_children(self) -> None:
+        self.children = [c for c in self.children if c.poll() is None]
+
+    def read_state_mtime(self) -> float:
+        try:
+            return (self.state.dir / FILE_NAME).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def maybe_reload_state(self) -> None:
+        """Take in pids recorded by others (`raftkv up` restarting a node)."""
+        mtime = self.read_state_mtime()
+        if mtime == self.state_mtime:
+            return
+        self.state_mtime = mtime
+        try:
+            fresh = ClusterState.load(self.state.dir)
+        except ValueError as e:
+            log.warning("ignoring unreadable cluster state: %s", e)
+            return
+        if fresh is None:
+            return
+        for n in fresh.nodes:
+            if n.id in self.views:
+                self.update_entry(n)
+
+    def update_entry(self, fresh: NodeEntry) -> None:
+        entry = self.state.node(fresh.id)
+        entry.pid, entry.create_time = fresh.pid, fresh.create_time
+        entry.argv, entry.log = fresh.argv, fresh.log
+
+    def save_node_pid(self, node_id: int, pid: int, created: float) -> None:
+        """Record a restarted node in cluster.json, keeping whatever else changed there."""
+        entry = self.state.node(node_id)
+        entry.pid, entry.create_time = pid, created
+        try:
+            fresh = ClusterState.load(self.state.dir)
+        except ValueError:
+            fresh = None
+        target = fresh if fresh is not None else self.state
+        target.node(node_id).pid, target.node(node_id).create_time = pid, created
+        target.save()
+        self.state_mtime = self.read_state_mtime()
+
+    # ---- commands ------------------------------------------------------------------
+
+    def run_command(self, client: bytes, req: ClientRequest) -> None:
+        handler = COMMANDS.get(req.name)
+        try:
+            if handler is None:
+                raise CommandError(ReplyCode.BAD_REQUEST,
+                                   f"unknown command {req.name!r}; commands: "
+                                   f"{', '.join(sorted(COMMANDS))}")
+            value = handler(self, client, req)
+        except CommandError as e:
+            if e.code == ReplyCode.BAD_REQUEST:
+                self.counters["bad_requests"] += 1
+            self.answer(client, req.request_id, e.code, e.message)
+            return
+        except (psutil.Error, OSError) as e:
+            log.warning("command %s %s failed: %s", req.name, list(req.args), e)
+            self.answer(client, req.request_id, ReplyCode.UNAVAILABLE,
+                        f"{req.name} failed: {e}")
+            return
+        if value is not None:  # None: answered later (relayed through a node)
+            if req.name != "status":
+                log.info("command %s %s -> %s", req.name, list(req.args), value)
+            self.answer(client, req.request_id, ReplyCode.OK, value)
+
+    def node_arg(self, name: str, args: tuple) -> int:
+        """The single node id argument of `name`, checked."""
+        if len(args) != 1:
+            raise CommandError(ReplyCode.BAD_REQUEST,
+                               f"{name} takes one node id, got {len(args)} arguments")
+        return self.parse_id(name, args[0])
+
+    def parse_id(self, name: str, arg: int | str) -> int:
+        if type(arg) is str and arg.strip().isdigit():
+            arg = int(arg)
+        if type(arg) is not int:
+            raise CommandError(ReplyCode.BAD_REQUEST,
+                               f"{name}: {arg!r:.40} is not a node id")
+        if arg not in self.views:
+            raise CommandError(ReplyCode.BAD_REQUEST,
+                               f"{name}: unknown node {arg}; nodes: "
+                               f"{', '.join(str(i) for i in sorted(self.views))}")
+        return arg
+
+    @staticmethod
+    def no_args(name: str, args: tuple) -> None:
+        if args:
+            raise CommandError(ReplyCode.BAD_REQUEST, f"{name} takes no arguments")
+
+    def running_process(self, name: str, node_id: int) -> psutil.Process:
+        p = self.refresh_process(self.views[node_id])
+        if p is None:
+            raise CommandError(ReplyCode.BAD_REQUEST, f"{name}: node {node_id} is not running")
+        return p
+
+    def command_status(self, client: bytes, req: ClientRequest) -> dict[str, Any]:
+        self.no_args(req.name, req.args)
+        return self.status_map()
+
+    def command_kill_leader(self, client: bytes, req: ClientRequest) -> dict[str, Any]:
+        self.no_args(req.name, req.args)
+        now = time.monotonic()
+        self.update_leader(now)
+        if not self.leader:
+            raise CommandError(ReplyCode.UNAVAILABLE, "no leader to kill")
+        leader, term = self.leader, self.leader_term(now)
+        if not self.kill_node(leader):
+            raise CommandError(ReplyCode.UNAVAILABLE,
+                               f"no leader to kill: node {leader} is not running")
+        return {"killed": leader, "term": term}
+
+    def command_kill(self, client: bytes, req: ClientRequest) -> dict[str, Any]:
+        node_id = self.node_arg(req.name, req.args)
+        if self.kill_node(node_id):
+            return {"killed": node_id}
+        return {"not_running": node_id}
+
+    def kill_node(self, node_id: int) -> bool:
+        entry = self.state.node(node_id)
+        if not cluster_state.signal_process(entry.pid, entry.create_time, signal.SIGKILL):
+            return False
+        log.info("killed node %d (pid %d)", node_id, entry.pid)
+        view = self.views[node_id]
+        # What it said is void now; requests at it move on at the next sweep.
+        view.process = None
+        view.status = None
+        view.fault_acked = None
+        if self.leader == node_id:
+            self.set_leader(0, time.monotonic())
+        for pending in self.pending.values():
+            if pending.node == node_id:
+                pending.node, pending.avoid = 0, node_id
+        self.reap_children()
+        return True
+
+    def command_restart(self, client: bytes, req: ClientRequest) -> dict[str, Any]:
+        node_id = self.node_arg(req.name, req.args)
+        view = self.views[node_id]
+        if self.refresh_process(view) is not None:
+            return {"already_running": node_id}
+        entry = self.state.node(node_id)
+        child = cluster_state.spawn(entry.argv, self.state.dir / entry.log, detach=True)
+        self.children.append(child)
+        self.save_node_pid(node_id, child.pid, cluster_state.create_time(child.pid))
+        view.status, view.unanswered_since, view.fault_acked = None, 0.0, None
+        self.refresh_process(view)
+        log.info("restarted node %d as pid %d", node_id, child.pid)
+        return {"restarted": node_id, "pid": child.pid}
+
+    def command_pause(self, client: bytes, req: ClientRequest) -> dict[str, Any]:
+        node_id = self.node_arg(req.name, req.args)
+        self.running_process(req.name, node_id).suspend()
+        return {"paused": node_id}
+
+    def command_resume(self, client: bytes, req: ClientRequest) -> dict[str, Any]:
+        node_id = self.node_arg(req.name, req.args)
+        self.running_process(req.name, node_id).resume()
+        return {"resumed": node_id}
+
+    def command_partition(self, client: bytes, req: ClientRequest) -> dict[str, Any]:
+        groups = self.parse_groups(req.name, req.args)
+        everyone = frozenset(self.views)
+        for group in groups:
+            for node_id in group:
+                self.views[node_id].fault = everyone - group
+        self.send_faults(time.monotonic())
+        return {"groups": [sorted(g) for g in groups]}
+
+    def parse_groups(self, name: str, args: tuple) -> list[frozenset[int]]:
+        """The groups named by `args`, plus one of the nodes no group names."""
+        if not args:
+            raise CommandError(ReplyCode.BAD_REQUEST,
+                               f"{name} takes groups of node ids, e.g. '1,2' '3'")
+        groups: list[frozenset[int]] = []
+        seen: set[int] = set()
+        for arg in args:
+            parts = arg.split(",") if type(arg) is str else [arg]
+            group = frozenset(self.parse_id(name, p) for p in parts)
+            if group & seen:
+                raise CommandError(ReplyCode.BAD_REQUEST,
+                                   f"{name}: node {min(group & seen)} is in two groups")
+            seen |= group
+            groups.append(group)
+        rest = frozenset(self.views) - seen
+        if rest:
+            groups.append(rest)
+        return groups
+
+    def command_heal(self, client: bytes, req: ClientRequest) -> dict[str, Any]:
+        self.no_args(req.name, req.args)
+        for v in self.views.values():
+            v.fault = frozenset()
+        self.send_faults(time.monotonic())
+        return {"healed": sorted(self.views)}
+
+    def send_faults(self, now: float) -> None:
+        for v in self.views.values():
+            v.fault_acked = None
+            self.send_own(v, OwnRequest(ReqOp.FAULT, v.id, now, v.fault))
+
+    def command_transfer_leader(self, client: bytes, req: ClientRequest) -> None:
+        target = self.node_arg(req.name, req.args)
+        # Relayed like a client request, so redirects and elections are handled alike.
+        frame = wire.encode_request(ClientRequest(req.request_id, ReqOp.TRANSFER,
+                                                  target=target))
+        now = time.monotonic()
+        self.admit(Pending(client, req.request_id, ReqOp.TRANSFER, frame, now + DEADLINE_S,
+                           transfer_to=target), now)
+        return None
+
+    # ---- status --------------------------------------------------------------------
+
+    def status_map(self) -> dict[str, Any]:
+        now = time.monotonic()
+        self.update_leader(now)
+        return {
+            "leader": self.leader or None,
+            "term": self.leader_term(now),
+            "nodes": [self.node_status(v, now) for _, v in sorted(self.views.items())],
+            "controller": {**self.counters, "pending": len(self.pending),
+                           "uptime_s": round(now - self.started, 3)},
+        }
+
+    def node_status(self, view: NodeView, now: float) -> dict[str, Any]:
+        entry = self.state.node(view.id)
+        st = self.fresh_status(view, now) or {}
+        p = self.refresh_process(view)
+        health = process_health(p)
+        return {
+            "id": view.id,
+            "address": entry.address,
+            "pid": entry.pid,
+            "alive": p is not None,
+            "paused": health.pop("paused"),
+            "role": st.get("role"),
+            "term": st.get("term"),
+            "last_index": st.get("last_index"),
+            "commit_index": st.get("commit_index"),
+            "applied_index": st.get("applied_index"),
+            "cpu_percent": view.cpu_percent if p is not None else None,
+            **health,
+            "dropped_malformed": (st.get("transport") or {}).get("dropped_malformed"),
+            "partitioned_from": sorted(view.fault),
+        }
+
+
+def process_health(p: psutil.Process | None) -> dict[str, Any]:
+    """psutil's view of a worker: all None when it does not run."""
+    health: dict[str, Any] = {"paused": False, "rss_bytes": None, "open_files": None,
+                              "uptime_s": None}
+    if p is None:
+        return health
+    try:
+        with p.oneshot():
+            health["paused"] = p.status() == psutil.STATUS_STOPPED
+            health["rss_bytes"] = p.memory_info().rss
+            health["open_files"] = len(p.open_files())
+            health["uptime_s"] = round(time.time() - p.create_time(), 3)
+    except psutil.Error:
+        pass
+    return health
+
+
+CommandHandler = Callable[[Controller, bytes, ClientRequest], "dict[str, Any] | None"]
+COMMANDS: dict[str, CommandHandler] = {
+    "status": Controller.command_status,
+    "kill-leader": Controller.command_kill_leader,
+    "kill": Controller.command_kill,
+    "restart": Controller.command_restart,
+    "pause": Controller.command_pause,
+    "resume": Controller.command_resume,
+    "partition": Controller.command_partition,
+    "heal": Controller.command_heal,
+    "transfer-leader": Controller.command_transfer_leader,
+}
+
+
+def run_controller(cluster_dir: Path) -> None:
+    """Run the controller of the cluster recorded in `cluster_dir` in the foreground
+    until SIGTERM/SIGINT. Raises FileNotFoundError if there is no cluster.json there."""
+    state = ClusterState.load(Path(cluster_dir))
+    if state is None:
+        raise FileNotFoundError(f"no {FILE_NAME} in {cluster_dir}: start a cluster with "
+                                "`raftkv up` first")
+    context = zmq.Context()
+    try:
+        controller = Controller(state, context)
+        signal.signal(signal.SIGTERM, controller.stop)
+        signal.signal(signal.SIGINT, controller.stop)
+        try:
+            controller.run()
+        finally:
+            controller.close()
+            log.info("controller stopped")
+    finally:
+        context.destroy(linger=0)
