@@ -445,13 +445,14 @@ class Controller:
         """STATUS to every node; FAULT to those whose partition may not be in force."""
         for v in self.views.values():
             self.refresh_process(v)
+            # A partition is re-sent every poll while it stands: a restarted node comes
+            # back with no faults, and FAULT is idempotent. It goes before the STATUS on
+            # the same connection, so a node that answers a poll has its faults in force.
+            if v.fault or v.fault_acked != v.fault:
+                self.send_own(v, OwnRequest(ReqOp.FAULT, v.id, now, v.fault))
             if not v.unanswered_since:
                 v.unanswered_since = now
             self.send_own(v, OwnRequest(ReqOp.STATUS, v.id, now))
-            # A partition is re-sent every poll while it stands: a restarted node comes
-            # back with no faults, and FAULT is idempotent.
-            if v.fault or v.fault_acked != v.fault:
-                self.send_own(v, OwnRequest(ReqOp.FAULT, v.id, now, v.fault))
         for rid, own in list(self.own.items()):
             if now - own.sent_at > OWN_REQUEST_TTL_S:
                 del self.own[rid]

@@ -1,0 +1,243 @@
+"""The controller against real processes: three nodes and one controller on loopback."""
+
+from __future__ import annotations
+
+import signal
+
+import msgpack
+import pytest
+
+from harness import cluster_state
+from harness.cluster_state import ClusterState
+from harness.launcher import wait_for
+from raftkv import Client
+from raftkv.client import Unavailable
+from raftkv.wire import ClientRequest, ReplyCode, ReqOp, encode_request
+from tests.integration.controller_fixture import ControllerCluster
+
+NODE_FIELDS = {
+    "id", "address", "pid", "alive", "paused", "role", "term", "last_index", "commit_index",
+    "applied_index", "cpu_percent", "rss_bytes", "open_files", "uptime_s",
+    "dropped_malformed", "partitioned_from",
+}
+
+
+@pytest.fixture
+def cc(tmp_path):
+    """Three nodes and a controller, killed by pid afterwards (restarted nodes too)."""
+    c = ControllerCluster(tmp_path)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+def followers(cc: ControllerCluster, leader: int) -> list[int]:
+    return [n.id for n in cc.state.nodes if n.id != leader]
+
+
+def leader_commit(cc: ControllerCluster) -> int:
+    """The leader's commit index now, asked of the leader itself (the controller's view
+    may be a poll old)."""
+    leader = cc.wait_leader()
+    reply = cc.call(encode_request(ClientRequest(1, ReqOp.STATUS)), 2.0,
+                    cc.node_addresses[leader])
+    assert reply is not None and reply.value["role"] == "leader", reply
+    return reply.value["commit_index"]
+
+
+def wait_caught_up(cc: ControllerCluster, node_id: int, timeout: float = 10.0) -> None:
+    """`node_id` has applied everything the leader had committed when this was called."""
+    target = leader_commit(cc)
+    cc.wait_node(node_id, f"applied index reaches {target}",
+                 lambda n: (n["applied_index"] or 0) >= target, timeout)
+
+
+def test_put_and_get_through_the_controller(cc):
+    cc.wait_leader()
+    with Client(cc.address, timeout=10) as kv:
+        kv.put("user:1", "alice")
+        assert kv.get("user:1") == b"alice"
+        assert kv.cas("user:1", "alice", "bob") is True
+        assert kv.scan("user:") == [(b"user:1", b"bob")]
+        assert kv.delete("user:1") is True
+        assert kv.get("user:1") is None
+        assert kv.get("absent", consistency="stale") is None
+    assert cc.status()["controller"]["relayed"] >= 6
+
+
+def test_status_map_reports_every_node(cc):
+    leader = cc.wait_leader()
+    state = ClusterState.load(cc.root)
+    wait_for(lambda: all(n["role"] for n in cc.status()["nodes"]), 5, "every node's role")
+    st = cc.status()
+    assert set(st) == {"leader", "term", "nodes", "controller"}
+    assert st["leader"] == leader and st["term"] >= 1
+    assert [n["id"] for n in st["nodes"]] == [1, 2, 3]
+    for n in st["nodes"]:
+        assert set(n) == NODE_FIELDS
+        entry = state.node(n["id"])
+        assert (n["address"], n["pid"]) == (entry.address, entry.pid)
+        assert n["alive"] is True and n["paused"] is False
+        assert n["role"] == ("leader" if n["id"] == leader else "follower")
+        assert n["term"] == st["term"]
+        assert n["cpu_percent"] is None or n["cpu_percent"] >= 0
+        assert n["rss_bytes"] > 1_000_000 and n["open_files"] >= 1 and n["uptime_s"] > 0
+        assert n["dropped_malformed"] == 0 and n["partitioned_from"] == []
+    assert {"relayed", "redirects", "timeouts", "malformed"} <= set(st["controller"])
+    plain = cc.request(ReqOp.STATUS)  # a plain STATUS gets the same map
+    assert plain.code == ReplyCode.OK and plain.value["leader"] == leader
+
+
+def test_write_during_kill_leader_reaches_the_new_leader_without_redirects(cc):
+    leader = cc.wait_leader()
+    session = cc.request(ReqOp.OPEN_SESSION)
+    assert session.code == ReplyCode.OK
+    killed = cc.command("kill-leader")
+    assert killed.code == ReplyCode.OK
+    assert killed.value["killed"] == leader and killed.value["term"] >= 1
+    # Sent before any new leader exists: the controller holds it and routes it; the
+    # only answer the client gets is the final one.
+    put = cc.request(ReqOp.PUT, client_id=session.value, seq=1, key=b"k", value=b"after")
+    assert put.code == ReplyCode.OK, put
+    got = cc.request(ReqOp.GET, key=b"k")
+    assert (got.code, got.value) == (ReplyCode.OK, b"after")
+    assert cc.wait_leader(exclude=leader) != leader
+    assert cc.node(leader)["alive"] is False
+
+
+def test_restart_brings_a_killed_follower_back_caught_up(cc):
+    leader = cc.wait_leader()
+    follower = followers(cc, leader)[0]
+    assert cc.command("kill", follower).value == {"killed": follower}
+    assert cc.command("kill", follower).value == {"not_running": follower}
+    with Client(cc.address, timeout=10) as kv:
+        for n in range(100):
+            kv.put(f"k{n}", "v")
+    restarted = cc.command("restart", follower)
+    assert restarted.code == ReplyCode.OK
+    pid = restarted.value["pid"]
+    assert restarted.value == {"restarted": follower, "pid": pid}
+    entry = ClusterState.load(cc.root).node(follower)
+    assert entry.pid == pid and cluster_state.live_process(pid, entry.create_time)
+    cc.wait_node(follower, "rejoins as a follower", lambda n: n["role"] == "follower")
+    wait_caught_up(cc, follower)
+    assert cc.command("restart", follower).value == {"already_running": follower}
+
+
+def test_writes_continue_while_a_follower_is_paused(cc):
+    leader = cc.wait_leader()
+    follower = followers(cc, leader)[0]
+    assert cc.command("pause", follower).value == {"paused": follower}
+    cc.wait_node(follower, "paused", lambda n: n["paused"])
+    with Client(cc.address, timeout=10) as kv:
+        for n in range(50):
+            kv.put(f"k{n}", "v")
+        assert kv.get("k49") == b"v"
+    assert cc.command("resume", follower).value == {"resumed": follower}
+    cc.wait_node(follower, "resumed", lambda n: not n["paused"])
+    wait_caught_up(cc, follower)
+
+
+def test_partitioned_leader_steps_down_and_the_majority_serves(cc):
+    leader = cc.wait_leader()
+    others = followers(cc, leader)
+    reply = cc.command("partition", str(leader))
+    assert reply.value == {"groups": [[leader], others]}
+    with Client(cc.address, timeout=15) as kv:
+        kv.put("during", "partition")
+        assert kv.get("during") == b"partition"
+    new_leader = cc.wait_leader(exclude=leader)
+    assert new_leader in others
+    # Cut off from a majority, the old leader stops leading (check quorum, §6.2).
+    cc.wait_node(leader, "steps down", lambda n: n["role"] != "leader")
+    assert cc.node(leader)["partitioned_from"] == others
+    assert cc.node(others[0])["partitioned_from"] == [leader]
+    assert cc.command("heal").value == {"healed": [1, 2, 3]}
+    assert all(n["partitioned_from"] == [] for n in cc.status()["nodes"])
+    wait_caught_up(cc, leader)
+
+
+def test_partition_survives_a_restart_until_heal(cc):
+    leader = cc.wait_leader()
+    isolated = followers(cc, leader)[0]
+    assert cc.command("partition", str(isolated)).code == ReplyCode.OK
+    cc.command("kill", isolated)
+    cc.command("restart", isolated)
+    # The controller sends a node its FAULT before each STATUS poll, on one connection:
+    # once the restarted node has answered a poll, its partition is back in force.
+    cc.wait_node(isolated, "answers polls again", lambda n: n["role"] is not None)
+    with Client(cc.address, timeout=10) as kv:
+        kv.put("while", "isolated")
+    assert cc.node(isolated)["applied_index"] < leader_commit(cc)
+    assert cc.node(isolated)["partitioned_from"] == followers(cc, isolated)
+    cc.command("heal")
+    wait_caught_up(cc, isolated)
+
+
+def test_transfer_leader_moves_leadership(cc):
+    leader = cc.wait_leader()
+    target = followers(cc, leader)[-1]
+    reply = cc.command("transfer-leader", target)
+    assert reply.code == ReplyCode.OK
+    assert reply.value == {"transferring_to": target, "from": leader}
+    wait_for(lambda: cc.status()["leader"] == target, 10, f"node {target} to lead")
+    with Client(cc.address, timeout=10) as kv:
+        kv.put("after", "transfer")
+
+
+def test_bad_commands_get_a_clear_bad_request(cc):
+    cases = {
+        ("reboot",): "unknown command 'reboot'",
+        ("kill", 9): "unknown node 9",
+        ("pause", "x"): "'x' is not a node id",
+        ("restart",): "takes one node id",
+        ("heal", 1): "takes no arguments",
+        ("partition", "1,2", "2"): "node 2 is in two groups",
+        ("partition",): "takes groups of node ids",
+        ("transfer-leader", 0): "unknown node 0",
+    }
+    for (name, *args), message in cases.items():
+        reply = cc.command(name, *args)
+        assert reply.code == ReplyCode.BAD_REQUEST, (name, args, reply)
+        assert message in reply.value, (name, args, reply.value)
+    # Malformed frames are dropped and counted; an unknown op is answered BAD_REQUEST.
+    assert cc.call(b"\xc1garbage", timeout=0.3) is None
+    unknown_op = cc.call(msgpack.packb([1, 2, 77, 99]))
+    assert unknown_op.code == ReplyCode.BAD_REQUEST and "unknown op" in unknown_op.value
+    st = cc.status()
+    assert st["controller"]["malformed"] >= 1
+    assert st["controller"]["bad_requests"] >= len(cases) + 1
+
+
+def test_no_leader_to_kill_without_a_quorum(cc):
+    leader = cc.wait_leader()
+    for f in followers(cc, leader):
+        cc.command("kill", f)
+    wait_for(lambda: cc.status()["leader"] is None, 10, "the lone node to step down")
+    reply = cc.command("kill-leader")
+    assert (reply.code, reply.value) == (ReplyCode.UNAVAILABLE, "no leader to kill")
+    with Client(cc.address, timeout=1) as kv, pytest.raises(Unavailable):
+        kv.get("k")
+
+
+def test_workers_outlive_the_controller_and_a_new_one_finds_the_leader(cc):
+    cc.wait_leader()
+    with Client(cc.address, timeout=10) as kv:
+        kv.put("before", "1")
+    cc.kill_controller()
+    with Client(cc.node_addresses, timeout=10) as kv:
+        assert kv.get("before") == b"1"
+        kv.put("without", "controller")
+    cc.start_controller()
+    leader = cc.wait_leader()
+    with Client(cc.address, timeout=10) as kv:
+        assert kv.get("without") == b"controller"
+    assert cc.node(leader)["role"] == "leader"
+
+
+def test_sigterm_stops_the_controller(cc):
+    cc.wait_leader()
+    cc.controller.send_signal(signal.SIGTERM)
+    assert cc.controller.wait(timeout=5) == 0
