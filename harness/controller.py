@@ -90,6 +90,7 @@ STALE_AFTER_S = 1.0  # a node that leaves a STATUS poll unanswered this long is 
 DEADLINE_S = 10.0  # a request still pending this long is answered UNAVAILABLE
 HEALTH_S = 1.0  # psutil cpu sampling, cluster.json reload check, child reaping
 OWN_REQUEST_TTL_S = 5.0  # our own STATUS/FAULT requests are forgotten after this
+KILL_WAIT_S = 2.0  # how long a kill command waits for the process to disappear
 OWN_ENVELOPE = b"\x00ctl"
 DEALER_ID = b"ctl"
 HWM = 10_000
@@ -690,6 +691,9 @@ class Controller:
         entry = self.state.node(node_id)
         if not cluster_state.signal_process(entry.pid, entry.create_time, signal.SIGKILL):
             return False
+        # SIGKILL is asynchronous: wait until the process is gone (or a zombie), so a
+        # `restart` right after this answer finds it dead.
+        cluster_state.wait_gone(entry.pid, entry.create_time, KILL_WAIT_S)
         log.info("killed node %d (pid %d)", node_id, entry.pid)
         view = self.views[node_id]
         # What it said is void now; requests at it move on at the next sweep.

@@ -140,6 +140,21 @@ def test_writes_continue_while_a_follower_is_paused(cc):
     wait_caught_up(cc, follower)
 
 
+def test_write_at_a_paused_leader_is_resent_to_the_next_one(cc):
+    leader = cc.wait_leader()
+    session = cc.request(ReqOp.OPEN_SESSION)
+    assert cc.command("pause", leader).value == {"paused": leader}
+    # The controller still believes in the frozen leader for up to a second, so this
+    # write may sit there unanswered; it is re-sent once another node leads.
+    put = cc.request(ReqOp.PUT, client_id=session.value, seq=1, key=b"k", value=b"v")
+    assert put.code == ReplyCode.OK, put
+    assert cc.wait_leader(exclude=leader) != leader
+    assert cc.command("resume", leader).value == {"resumed": leader}
+    cc.wait_node(leader, "rejoins as a follower", lambda n: n["role"] == "follower")
+    got = cc.request(ReqOp.GET, key=b"k")
+    assert (got.code, got.value) == (ReplyCode.OK, b"v")
+
+
 def test_partitioned_leader_steps_down_and_the_majority_serves(cc):
     leader = cc.wait_leader()
     others = followers(cc, leader)
