@@ -253,7 +253,7 @@ class Controller:
                 self.sweep_pending(now)
             if now >= next_health:
                 next_health = now + HEALTH_S
-                self.sample_health(now)
+                self.sample_health()
 
     def stop(self, *_: Any) -> None:
         self.stopping = True
@@ -554,7 +554,7 @@ class Controller:
                 view.process = None
         return view.process
 
-    def sample_health(self, now: float) -> None:
+    def sample_health(self) -> None:
         self.reap_children()
         self.maybe_reload_state()
         for v in self.views.values():
