@@ -56,8 +56,11 @@ def free_ports(n: int) -> list[int]:
 
 
 def port_in_use(address: str) -> bool:
+    """Whether a process listens on `address`. SO_REUSEADDR, as ZeroMQ's own bind uses,
+    so connections of a stopped process lingering in TIME_WAIT do not count."""
     host, _, port = address.removeprefix("tcp://").rpartition(":")
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, int(port)))
         except OSError:

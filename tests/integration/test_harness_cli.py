@@ -131,7 +131,7 @@ def test_exit_codes(cli):
     assert cli("cas", "k", "a", "b").stdout.strip() == "SWAPPED"
     assert json.loads(cli("del", "k", "--json").stdout) == {"result": "OK"}
     assert "Usage" in cli("put", "only-a-key", check=2).stderr
-    assert "no node 99" in cli("kill", "99", check=2).stderr
+    assert "unknown node 99" in cli("kill", "99", check=2).stderr
     # The controller gone: data verbs say the cluster is unavailable.
     state = ClusterState.load(cli.dir)
     signal_process(state.controller.pid, state.controller.create_time, signal.SIGKILL)
