@@ -325,8 +325,24 @@ def node_command(name: str, doc: str) -> None:
     @dir_option
     @timeout_option
     def command(node_id: int, cluster_dir: Path, timeout: float) -> None:
-        result = control(load_state(cluster_dir), name, node_id, timeout=timeout)
+        state = load_state(cluster_dir)
+        result = control(state, name, node_id, timeout=timeout)
         click.echo(json.dumps(result) if not isinstance(result, str) else result)
+        if name == "restart":
+            wait_until_rejoined(state, node_id, timeout)
+
+
+def wait_until_rejoined(state: Any, node_id: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = control(state, "status", timeout=timeout)
+        node = next(n for n in st["nodes"] if n["id"] == node_id)
+        if node.get("role") is not None:
+            click.echo(f"node {node_id} is back: {node['role']} in term {node['term']}")
+            return
+        time.sleep(0.05)
+    fail(f"node {node_id} did not answer within {timeout:g}s; see `raftkv logs {node_id}`",
+         EXIT_UNAVAILABLE)
 
 
 node_command("kill", "SIGKILL node NODE's process.")
