@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raftkv import failpoints
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore
 from raftkv.raft import (
     Config,
@@ -65,9 +66,10 @@ class NodeConfig:
 
 @dataclass(slots=True)
 class _PendingWrite:
-    identity: bytes
+    identity: bytes | tuple[bytes, bytes]
     request_id: int
     term: int
+    op: ReqOp
 
 
 @dataclass(slots=True)
@@ -98,6 +100,9 @@ class Node:
         self.next_read_ctx = 1
         self.stopping = False
         self.started = time.monotonic()
+        self.failpoints = failpoints.enabled()
+        for name in sorted(self.failpoints):
+            log.warning("FAILPOINT %s is ON: %s", name, failpoints.KNOWN[name])
         self.counters = {"proposals": 0, "reads": 0, "fsyncs": 0, "elections_won": 0,
                          "not_leader": 0}
 
@@ -144,6 +149,8 @@ class Node:
                 self.storage.append(rd.entries, rd.hard_state)
                 self.storage.sync()
                 self.counters["fsyncs"] += 1
+                if "ack-before-commit" in self.failpoints:
+                    self.ack_before_commit(rd)
             self.transport.send_many(rd.persisted_messages)
             self.apply(rd)
             if rd.soft_state is not None:
@@ -178,6 +185,14 @@ class Node:
                                      ReplyCode.UNAVAILABLE,
                                      "leadership changed; retry with the same sequence number")
 
+    def ack_before_commit(self, rd: Ready) -> None:
+        """FAILPOINT: answer puts once only our own disk has them (a deliberate bug)."""
+        for e in rd.entries:
+            w = self.pending_writes.get(e.index)
+            if w is not None and w.op == ReqOp.PUT and w.term == e.term:
+                del self.pending_writes[e.index]
+                self.transport.reply(w.identity, w.request_id, ReplyCode.OK, None)
+
     def on_role_change(self, rd: Ready) -> None:
         ss = rd.soft_state
         self.transport.leader_hint = ss.lead
@@ -199,6 +214,8 @@ class Node:
         batch: _ReadBatch | None = None
         for req in requests:
             op = req.op
+            if op == ReqOp.GET and "read-local" in self.failpoints:
+                op = ReqOp.GET_STALE  # the deliberate bug: no ReadIndex
             if op in (ReqOp.GET, ReqOp.SCAN):
                 if batch is None:
                     batch = _ReadBatch()
@@ -232,7 +249,8 @@ class Node:
             self.transport.reply(req.identity, req.request_id, ReplyCode.UNAVAILABLE, str(e))
             return
         self.counters["proposals"] += 1
-        self.pending_writes[index] = _PendingWrite(req.identity, req.request_id, self.core.term)
+        self.pending_writes[index] = _PendingWrite(req.identity, req.request_id, self.core.term,
+                                                   req.op)
 
     def transfer(self, req: ClientRequest) -> None:
         try:
@@ -289,6 +307,7 @@ class Node:
             kv={"keys": len(self.kv), "sessions": self.kv.session_count,
                 "malformed": self.kv.stats.malformed},
             counters=dict(self.counters),
+            failpoints=sorted(self.failpoints),
         )
         return s
 
