@@ -78,20 +78,15 @@ def control(state: Any, name: str, *args: Any, timeout: float = 5.0) -> Any:
     """Run a controller command; exits with the documented code when it fails."""
     import zmq
 
-    from harness import rpc
-    from raftkv.wire import ClientRequest, ReplyCode, ReqOp
+    from harness.rpc import ControlError
+    from harness.rpc import control as run_control
+    from raftkv.wire import ReplyCode
 
-    req = ClientRequest(rpc.next_request_id(), ReqOp.CONTROL, name=name, args=args)
     with zmq.Context() as ctx:
-        reply = rpc.call(ctx, state.controller.address, req, timeout)
-    if reply is None:
-        fail(f"the controller at {state.controller.address} did not answer within "
-             f"{timeout:g}s; `raftkv up` restarts it", EXIT_UNAVAILABLE)
-    if reply.code == ReplyCode.BAD_REQUEST:
-        fail(str(reply.value), EXIT_USAGE)
-    if reply.code != ReplyCode.OK:
-        fail(str(reply.value), EXIT_UNAVAILABLE)
-    return reply.value
+        try:
+            return run_control(ctx, state.controller.address, name, *args, timeout=timeout)
+        except ControlError as e:
+            fail(str(e), EXIT_USAGE if e.code == ReplyCode.BAD_REQUEST else EXIT_UNAVAILABLE)
 
 
 def with_client(cluster_dir: Path, timeout: float, fn: Callable[[Any], Any]) -> Any:

@@ -7,7 +7,7 @@ import itertools
 import zmq
 
 from raftkv import wire
-from raftkv.wire import ClientReply, ClientRequest
+from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
 _request_ids = itertools.count(1)
 
@@ -34,3 +34,25 @@ def call_raw(ctx: zmq.Context, address: str, frame: bytes,
 def call(ctx: zmq.Context, address: str, req: ClientRequest,
          timeout: float = 2.0) -> ClientReply | None:
     return call_raw(ctx, address, wire.encode_request(req), timeout)
+
+
+class ControlError(Exception):
+    """A controller command failed. `code` is the reply code (None: no answer at all)."""
+
+    def __init__(self, code: ReplyCode | None, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def control(ctx: zmq.Context, address: str, name: str, *args: object,
+            timeout: float = 5.0) -> object:
+    """Run controller command `name` (what the CLI verb of that name does) and return its
+    answer; raises ControlError when the controller refuses or does not answer."""
+    req = ClientRequest(next_request_id(), ReqOp.CONTROL, name=name, args=args)
+    reply = call(ctx, address, req, timeout)
+    if reply is None:
+        raise ControlError(None, f"the controller at {address} did not answer within "
+                                 f"{timeout:g}s; `raftkv up` restarts it")
+    if reply.code != ReplyCode.OK:
+        raise ControlError(reply.code, str(reply.value))
+    return reply.value
