@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint sim demo up down status bench clean
+.PHONY: install test lint sim demo up down status bench chaos clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ status: $(STAMP)
 
 bench: $(STAMP)
 	bin/raftkv bench
+
+# Long chaos runs: every nemesis at once, 10 minutes (RAFTKV_CHAOS_TIME=seconds to change)
+chaos: $(STAMP)
+	bin/raftkv chaos --nodes 5 --clients 8 --time $${RAFTKV_CHAOS_TIME:-600}
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -471,6 +471,46 @@ def controller(cluster_dir: Path, log_level: str) -> None:
     run_controller(cluster_dir.resolve())
 
 
+@main.command()
+@click.option("--nodes", default=5, show_default=True, type=click.IntRange(3, 9))
+@click.option("--time", "run_time", default=60.0, show_default=True,
+              type=click.FloatRange(min=5), help="Seconds of load and faults.")
+@click.option("--clients", default=8, show_default=True, type=click.IntRange(1, 64),
+              help="Client processes doing random operations.")
+@click.option("--keys", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--nemesis", default="kill,pause,partition,leader-partition,restart-all",
+              show_default=True, help="Fault kinds, comma-separated.")
+@click.option("--seed", default=None, type=int, help="Seed of the fault schedule and the "
+              "clients' choices (default: random, printed).")
+@click.option("--dir", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Run directory (default: a new temp dir, kept).")
+@click.option("--check-timeout", default=120.0, show_default=True,
+              type=click.FloatRange(min=1), help="Budget of the linearizability check; past "
+              "it the verdict is 'unknown', never 'ok'.")
+def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
+          seed: int | None, run_dir: Path | None, check_timeout: float) -> None:
+    """Run a cluster under random faults and check what clients saw was linearizable.
+
+    \b
+    Exit codes: 0 all checks passed; 1 a violation (linearizability, a lost
+    acknowledged write, or nodes that diverged); 3 the cluster never recovered.
+    """
+    import random
+
+    from harness.chaos import ChaosConfig, run_chaos
+    from harness.nemesis import KINDS
+
+    kinds = tuple(k.strip() for k in nemesis.split(",") if k.strip())
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise click.BadParameter(f"unknown fault kind(s) {sorted(unknown)}; known: "
+                                 f"{', '.join(KINDS)}", param_hint="--nemesis")
+    seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
+    report = run_chaos(ChaosConfig(nodes, run_time, clients, keys, kinds, seed, run_dir,
+                                   check_timeout), log=lambda m: click.echo(m))
+    sys.exit(report.exit_code)
+
+
 @main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: tuple[str, ...]) -> None:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -66,6 +67,17 @@ def port_in_use(address: str) -> bool:
         except OSError:
             return True
     return False
+
+
+def free_base_port(n: int) -> int:
+    """A base port p with p .. p + n all free (controller and n nodes), for runs that must
+    not collide with a cluster on the default ports."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(20_000, 60_000)
+        if not any(port_in_use(f"tcp://127.0.0.1:{base + i}") for i in range(n + 1)):
+            return base
+    raise LaunchError(f"found no run of {n + 1} free ports")
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -13,16 +12,7 @@ import sys
 import pytest
 
 from harness.cluster_state import REPO, ClusterState, live_process, signal_process
-from harness.launcher import port_in_use, wait_for
-
-
-def free_base_port(n: int) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 60_000)
-        if not any(port_in_use(f"tcp://127.0.0.1:{base + i}") for i in range(n + 1)):
-            return base
-    raise RuntimeError("no run of free ports found")
+from harness.launcher import free_base_port, port_in_use, wait_for
 
 
 class CLI:

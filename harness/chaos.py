@@ -1,0 +1,320 @@
+"""`raftkv chaos`: concurrent clients, a nemesis, and the checks that follow.
+
+A run brings up its own cluster in a temp dir (or uses --dir), starts client processes
+that do random get/put/delete/cas on a few keys with values never written twice,
+injects faults from a seeded schedule (nemesis.py), heals, waits for recovery, then:
+
+1. checks the recorded history for linearizability (checker.py);
+2. checks that every acknowledged write is present or was legally overwritten;
+3. checks that every node converged to the same applied state;
+4. prints a summary and writes history.jsonl and the node logs under the run dir.
+
+Exit codes: 0 every check passed; 1 a violation; 3 the cluster never recovered.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+EXIT_OK, EXIT_VIOLATION, EXIT_UNRECOVERED = 0, 1, 3
+OP_TIMEOUT = 2.0  # a client's deadline for one operation
+RECOVERY_TIMEOUT = 30.0
+
+
+# -- client processes ---------------------------------------------------------------------
+
+def client_worker(worker: int, addresses: dict[int, str], keys: int, stop_at_ns: int,
+                  out_path: str, seed: int) -> None:
+    """One client process: random operations until `stop_at_ns` (time.monotonic_ns, which
+    is comparable across processes on one host), each recorded as one JSON line. Every
+    fourth client only reads: it keeps talking to the node it found leading, as a
+    read-heavy application would, and so is the one to meet a deposed leader."""
+    from raftkv import Client, RaftKVError, Timeout, Unavailable
+
+    rng = random.Random(f"client-{seed}-{worker}")
+    seen: dict[str, str | None] = {}
+    reader = worker % 4 == 0
+    n = 0
+    with Client(addresses, timeout=OP_TIMEOUT, decode=True) as kv, open(out_path, "w") as out:
+        while time.monotonic_ns() < stop_at_ns:
+            n += 1
+            key = f"k{rng.randrange(keys)}"
+            kind = "get" if reader else rng.choices(("get", "put", "delete", "cas"),
+                                                     (4, 3, 1, 2))[0]
+            value = f"{worker}-{n}"
+            op = {"client": worker, "op": kind, "key": key, "input": None, "output": None}
+            if kind == "put":
+                op["input"] = value
+            elif kind == "cas":
+                op["input"] = [seen.get(key), value]
+            op["invoke"] = time.monotonic_ns()
+            try:
+                if kind == "get":
+                    op["output"] = seen[key] = kv.get(key)
+                elif kind == "put":
+                    kv.put(key, value)
+                elif kind == "delete":
+                    op["output"] = kv.delete(key)
+                else:
+                    op["output"] = kv.cas(key, op["input"][0], value)
+                op["status"] = "ok"
+                op["complete"] = time.monotonic_ns()
+            except Timeout:
+                op["status"], op["complete"] = "info", None  # may or may not have happened
+            except (Unavailable, RaftKVError):
+                op["status"], op["complete"] = "fail", time.monotonic_ns()  # did not happen
+            out.write(json.dumps(op) + "\n")
+            out.flush()
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+@dataclass
+class ChaosConfig:
+    nodes: int = 5
+    run_time: float = 60.0
+    clients: int = 8
+    keys: int = 10
+    nemesis: tuple[str, ...] = ("kill", "pause", "partition", "leader-partition", "restart-all")
+    seed: int = 0
+    run_dir: Path | None = None
+    check_timeout: float = 60.0
+
+
+@dataclass
+class ChaosReport:
+    verdict: str = "ok"  # ok | violation | unrecovered
+    problems: list[str] = field(default_factory=list)
+    ops: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)
+    elections: int = 0
+    longest_unavailable_s: float = 0.0
+    run_dir: str = ""
+    linearizability: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return {"ok": EXIT_OK, "violation": EXIT_VIOLATION}.get(self.verdict, EXIT_UNRECOVERED)
+
+
+def run_chaos(cfg: ChaosConfig, log: Callable[[str], None] = print) -> ChaosReport:
+    from harness.launcher import down, free_base_port, up
+
+    owned_dir = cfg.run_dir is None
+    run_dir = Path(tempfile.mkdtemp(prefix="raftkv-chaos-")) if owned_dir else cfg.run_dir
+    run_dir = run_dir.resolve()
+    report = ChaosReport(run_dir=str(run_dir))
+    log(f"chaos: seed {cfg.seed}, {cfg.nodes} nodes, {cfg.clients} clients, {cfg.keys} keys, "
+        f"{cfg.run_time:g}s, nemesis {','.join(cfg.nemesis)}; run dir {run_dir}")
+    cluster_dir = run_dir / "cluster"
+    try:
+        state, _ = up(cluster_dir, nodes=cfg.nodes, base_port=free_base_port(cfg.nodes),
+                      progress=log)
+        history = drive(cfg, state, run_dir, report, log)
+        check_history(cfg, state, history, run_dir, report, log)
+    except RecoveryFailed as e:
+        report.verdict = "unrecovered"
+        report.problems.append(str(e))
+    finally:
+        down(cluster_dir, grace=3.0)
+    print_summary(report, log)
+    return report
+
+
+class RecoveryFailed(Exception):
+    pass
+
+
+def drive(cfg: ChaosConfig, state, run_dir: Path, report: ChaosReport,
+          log: Callable[[str], None]) -> list[dict]:
+    from harness.nemesis import Nemesis, make_schedule
+
+    stop_at = time.monotonic_ns() + int(cfg.run_time * 1e9)
+    mp = multiprocessing.get_context("spawn")
+    workers = [mp.Process(target=client_worker,
+                          args=(w, state.addresses, cfg.keys, stop_at,
+                                str(run_dir / f"client{w}.jsonl"), cfg.seed))
+               for w in range(1, cfg.clients + 1)]
+    nemesis = Nemesis(state.controller.address, [n.id for n in state.nodes], log=log)
+    first_term = (nemesis.command("status") or {}).get("term") or 0
+    for w in workers:
+        w.start()
+    thread = threading.Thread(target=nemesis.run,
+                              args=(make_schedule(cfg.seed, cfg.nemesis, cfg.run_time),),
+                              daemon=True)
+    thread.start()
+    try:
+        for w in workers:
+            w.join(timeout=cfg.run_time + 4 * OP_TIMEOUT + 30)
+    finally:
+        nemesis.stop()
+        thread.join(timeout=30)
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+                w.join()
+        nemesis.heal_all()
+    report.faults = dict(nemesis.injected)
+    try:
+        final_reads = recover(cfg, state, nemesis, log)
+        report.elections = max(0, ((nemesis.command("status") or {}).get("term") or 0)
+                               - first_term)
+    finally:
+        nemesis.close()
+    history = []
+    for w in range(1, cfg.clients + 1):
+        path = run_dir / f"client{w}.jsonl"
+        if path.exists():
+            history += [json.loads(line) for line in path.read_text().splitlines() if line]
+    history += final_reads
+    history.sort(key=lambda op: op["invoke"])
+    with open(run_dir / "history.jsonl", "w") as f:
+        for op in history:
+            f.write(json.dumps(op) + "\n")
+    return history
+
+
+def recover(cfg: ChaosConfig, state, nemesis, log: Callable[[str], None]) -> list[dict]:
+    """Wait until the healed cluster takes a write, then read every key once (recorded as
+    the history's last operations). Raises RecoveryFailed after RECOVERY_TIMEOUT."""
+    from raftkv import Client, RaftKVError
+
+    deadline = time.monotonic() + RECOVERY_TIMEOUT
+    with Client(state.addresses, timeout=RECOVERY_TIMEOUT) as kv:
+        while True:
+            try:
+                kv.put("chaos:recovered", "yes")
+                break
+            except RaftKVError as e:
+                if time.monotonic() > deadline:
+                    raise RecoveryFailed(f"no write succeeded within {RECOVERY_TIMEOUT:g}s "
+                                         f"after healing: {e}") from e
+                nemesis.heal_all()
+        log(f"recovered: a write succeeded {RECOVERY_TIMEOUT - (deadline - time.monotonic()):.1f}"
+            "s after healing")
+        reads = []
+        for k in range(cfg.keys):
+            invoke = time.monotonic_ns()
+            value = kv.get(f"k{k}")
+            reads.append({"client": 0, "op": "get", "key": f"k{k}", "input": None,
+                          "output": value.decode() if value is not None else None,
+                          "status": "ok", "invoke": invoke, "complete": time.monotonic_ns()})
+    return reads
+
+
+def check_history(cfg: ChaosConfig, state, history: list[dict], run_dir: Path,
+                  report: ChaosReport, log: Callable[[str], None]) -> None:
+    from harness import checker
+
+    for status in ("ok", "fail", "info"):
+        report.ops[status] = sum(1 for op in history if op["status"] == status)
+    report.longest_unavailable_s = longest_gap(history)
+    log(f"checking {len(history)} operations for linearizability ...")
+    result = checker.check(checker.load_history(run_dir / "history.jsonl"),
+                           timeout_s=cfg.check_timeout)
+    report.linearizability = result.verdict
+    if result.verdict == "violation":
+        report.verdict = "violation"
+        report.problems.append("not linearizable:\n" + result.explain())
+    elif result.verdict == "unknown":
+        report.problems.append(f"linearizability unknown: the check ran past "
+                               f"{cfg.check_timeout:g}s")
+    report.problems += lost_writes(history)
+    report.problems += divergent_nodes(state, cfg.keys)
+    if report.verdict == "ok" and report.problems:
+        report.verdict = "violation"
+
+
+def lost_writes(history: list[dict]) -> list[str]:
+    """An acknowledged write must be what the final read sees, or be followed (or
+    overlapped) by another write that may have replaced it."""
+    problems = []
+    final = {op["key"]: op for op in history if op["client"] == 0}
+    for key, read in final.items():
+        writes = [op for op in history if op["key"] == key and op["status"] != "fail"
+                  and op["client"] != 0 and op["op"] in ("put", "delete", "cas")]
+        acked = [op for op in writes if op["status"] == "ok" and op["op"] == "put"]
+        if not acked:
+            continue
+        last = max(acked, key=lambda op: op["complete"])
+        if read["output"] == last["input"]:
+            continue
+        # Some write invoked before the final read and not finished before `last` began
+        # may legally have replaced it.
+        replacers = [op for op in writes if op is not last and op["invoke"] < read["invoke"]
+                     and (op["complete"] is None or op["complete"] > last["invoke"])]
+        if not replacers:
+            problems.append(f"lost write: {key}={last['input']!r} (client {last['client']}) "
+                            f"was acknowledged, but the final read saw {read['output']!r} "
+                            "and no later write explains it")
+    return problems
+
+
+def divergent_nodes(state, keys: int) -> list[str]:
+    """Every node's applied state is the same once all caught up with the leader."""
+    from harness import rpc
+    from harness.launcher import find_leader
+    from raftkv.wire import ClientRequest, ReqOp
+
+    with zmq.Context() as ctx:
+        def statuses() -> dict[int, dict]:
+            out = {}
+            for node_id, address in state.addresses.items():
+                r = rpc.call(ctx, address, ClientRequest(rpc.next_request_id(), ReqOp.STATUS))
+                if r is not None:
+                    out[node_id] = r.value
+            return out
+
+        deadline = time.monotonic() + 20
+        while True:
+            st = statuses()
+            applied = {s["applied_index"] for s in st.values()}
+            if len(st) == len(state.addresses) and len(applied) == 1:
+                break
+            if time.monotonic() > deadline:
+                return [f"nodes did not converge within 20 s: applied indexes "
+                        f"{ {i: s['applied_index'] for i, s in st.items()} }"]
+            time.sleep(0.1)
+        leader = find_leader(ctx, state.addresses)
+        problems = []
+        for k in range(keys):
+            values = {}
+            for node_id, address in state.addresses.items():
+                r = rpc.call(ctx, address, ClientRequest(rpc.next_request_id(),
+                                                         ReqOp.GET_STALE, key=f"k{k}".encode()))
+                values[node_id] = r.value if r is not None else "<no answer>"
+            if len(set(values.values())) > 1:
+                problems.append(f"nodes disagree on k{k} at applied index {applied}: {values} "
+                                f"(leader {leader})")
+        return problems
+
+
+def longest_gap(history: list[dict]) -> float:
+    """The longest time without any operation completing successfully, in seconds."""
+    done = sorted(op["complete"] for op in history if op["status"] == "ok" and op["client"])
+    if len(done) < 2:
+        return 0.0
+    return round(max(b - a for a, b in zip(done, done[1:], strict=False)) / 1e9, 3)
+
+
+def print_summary(r: ChaosReport, log: Callable[[str], None]) -> None:
+    log("")
+    log(f"ops: {r.ops.get('ok', 0)} ok, {r.ops.get('fail', 0)} failed, "
+        f"{r.ops.get('info', 0)} unknown")
+    log(f"faults injected: {', '.join(f'{k} x{v}' for k, v in sorted(r.faults.items())) or '-'}")
+    log(f"elections (term increase): {r.elections}; longest unavailability: "
+        f"{r.longest_unavailable_s:.2f}s")
+    log(f"linearizability: {r.linearizability or '-'}")
+    for p in r.problems:
+        log(f"PROBLEM: {p}")
+    log(f"verdict: {r.verdict.upper()}   (history and logs in {r.run_dir})")
