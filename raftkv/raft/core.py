@@ -58,6 +58,9 @@ class Config:
     check_quorum: bool = True  # thesis §6.2 / §4.2.3
     max_inflight: int = 256  # pipelined appends in flight per follower
     max_entries_per_msg: int = 4096
+    # A follower that has not acknowledged a snapshot after this many heartbeats is
+    # probed again (the transfer was lost, or it restarted in the middle).
+    snapshot_timeout_heartbeats: int = 50
     seed: int = 0  # election timeouts are drawn from random.Random(seed)
 
     def __post_init__(self) -> None:
@@ -107,6 +110,10 @@ class Raft:
             committed=hs.commit,
             applied=applied,
         )
+        # The snapshot the log starts after (ours, or one installed from a leader);
+        # what a follower that needs compacted entries is sent.
+        self.snapshot = snapshot if snapshot and snapshot.index else None
+        self.pending_snapshot: SnapshotMeta | None = None  # received, not yet persisted
         self.term = hs.term
         self.vote = hs.vote
         self.lead = NONE
@@ -225,6 +232,7 @@ class Raft:
             self._bcast_pending
             or self.out.messages
             or self.out.after_persist
+            or self.pending_snapshot is not None
             or self.log.stabled < self.log.last_index()
             or self.log.has_next_committed_entries()
             or self.read_states
@@ -241,6 +249,7 @@ class Raft:
         ss = self.soft_state()
         rd = Ready(
             hard_state=hs if hs != self._prev_hard_state else None,
+            snapshot=self.pending_snapshot,
             entries=self.log.unstable_entries(),
             messages=self.out.messages,
             persisted_messages=self.out.after_persist,
@@ -261,6 +270,8 @@ class Raft:
         `rd.committed_entries`."""
         if rd.hard_state is not None:
             self._prev_hard_state = rd.hard_state
+        if rd.snapshot is not None and rd.snapshot == self.pending_snapshot:
+            self.pending_snapshot = None
         if rd.entries:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
@@ -299,10 +310,7 @@ class Raft:
         prev = pr.next - 1
         prev_term = self.log.term(prev)
         if prev_term is None:
-            raise InvariantViolation(
-                f"node {to} needs index {prev}, compacted below {self.log.offset}; "
-                "snapshot transfer is not implemented"
-            )
+            return self.send_snapshot(to, pr)
         entries = self.log.slice(pr.next, self.log.last_index() + 1,
                                  self.cfg.max_entries_per_msg)
         if not entries and not send_if_empty:
@@ -316,10 +324,24 @@ class Raft:
         pr.sent_commit = self.log.committed
         return True
 
+    def send_snapshot(self, to: int, pr: Progress) -> bool:
+        """`to` needs entries we compacted: send our snapshot instead (paper §7)."""
+        if self.snapshot is None:
+            raise InvariantViolation(
+                f"node {to} needs index {pr.next - 1}, below our log start "
+                f"{self.log.offset}, and we have no snapshot")
+        self.send(Message(MsgType.SNAP, to, self.id, self.term, snapshot=self.snapshot))
+        pr.become_snapshot(self.snapshot.index)
+        return True
+
     def bcast_heartbeat(self) -> None:
         for pid, pr in self.prs.items():
             if pid == self.id:
                 continue
+            if pr.state == ProgressState.SNAPSHOT:
+                pr.snapshot_wait += 1
+                if pr.snapshot_wait > self.cfg.snapshot_timeout_heartbeats:
+                    pr.become_probe()  # the snapshot was lost: probe, and send it again
             # Never tell a follower to commit past what it is known to hold (§5.3).
             commit = min(pr.match, self.log.committed)
             self.send(Message(MsgType.HEARTBEAT, pid, self.id, self.term, commit=commit,
@@ -484,12 +506,16 @@ class Raft:
             self.election_elapsed = 0
             self.lead = m.frm
             self.handle_heartbeat(m)
+        elif t == MsgType.SNAP:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self.handle_snapshot(m)
         elif t == MsgType.TIMEOUT_NOW:
             self.campaign(CampaignKind.TRANSFER)
 
     def _step_candidate(self, m: Message) -> None:
         t = m.type
-        if t in (MsgType.APP, MsgType.HEARTBEAT):
+        if t in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
             self.become_follower(m.term, m.frm)  # a leader of our term exists (§5.2)
             self._step_follower(m)
         elif (t == MsgType.PRE_VOTE_RESP and self.role == Role.PRE_CANDIDATE) or (
@@ -538,6 +564,9 @@ class Raft:
             return
         if pr.state == ProgressState.PROBE:
             pr.become_replicate()
+        elif pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+            pr.become_probe()  # it installed the snapshot: replicate from there
+            pr.become_replicate()
         if self.maybe_commit():
             self._bcast_pending = True
         while self.maybe_send_append(m.frm, send_if_empty=False):
@@ -575,6 +604,33 @@ class Raft:
             min(m.index, self.log.last_index()), m.log_term)
         self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=m.index,
                           reject=True, reject_hint=hint_index, log_term=hint_term))
+
+    def handle_snapshot(self, m: Message) -> None:
+        """InstallSnapshot (paper §7), once the node has assembled the whole snapshot."""
+        meta = m.snapshot
+        if meta is None or meta.index <= self.log.committed:
+            # Stale or duplicate: we already have everything it covers.
+            self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term,
+                              index=self.log.committed))
+            return
+        if self.log.match_term(meta.index, meta.term):
+            # Our log already holds the snapshot's last entry: keep the log (§7).
+            self.log.commit_to(meta.index)
+        else:
+            self.log.restore(meta.index, meta.term)
+            if meta.voters:
+                self.voters = frozenset(meta.voters)
+            self.snapshot = meta
+            self.pending_snapshot = meta
+        self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=meta.index))
+
+    def compact(self, index: int) -> None:
+        """The application saved a snapshot of its state machine up to `index` (<= the
+        applied index): drop the log entries it covers."""
+        if index <= self.log.offset:
+            return
+        term = self.log.compact(index)
+        self.snapshot = SnapshotMeta(index, term, tuple(sorted(self.voters)))
 
     def handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(min(m.commit, self.log.last_index()))

@@ -150,6 +150,24 @@ class RaftLog:
         if self.match_term(index, term) and index > self.stabled:
             self.stabled = index
 
+    def compact(self, index: int) -> int:
+        """Drop the entries up to `index`, which a snapshot now covers (paper §7). Only
+        applied entries may go. Returns the term of the entry at `index`."""
+        term = self.term(index)
+        if index > self.applied or term is None:
+            raise InvariantViolation(
+                f"cannot compact to {index}: applied {self.applied}, offset {self.offset}, "
+                f"last {self.last_index()}")
+        del self.entries[: index - self.offset]
+        self.offset, self.offset_term = index, term
+        return term
+
+    def restore(self, index: int, term: int) -> None:
+        """Replace the whole log by a snapshot up to (index, term) from the leader."""
+        self.entries = []
+        self.offset, self.offset_term = index, term
+        self.committed = self.applied = self.stabled = index
+
     def applied_to(self, index: int) -> None:
         if index < self.applied or index > min(self.committed, self.stabled):
             raise InvariantViolation(

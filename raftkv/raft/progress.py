@@ -25,7 +25,7 @@ class ProgressState(IntEnum):
 class Progress:
     __slots__ = (
         "match", "next", "state", "probe_sent", "inflight", "max_inflight",
-        "recent_active", "read_ack", "pending_snapshot", "sent_commit",
+        "recent_active", "read_ack", "pending_snapshot", "sent_commit", "snapshot_wait",
     )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
@@ -40,6 +40,7 @@ class Progress:
         self.read_ack = 0  # highest read-index round it acknowledged (thesis §6.4)
         self.pending_snapshot = 0
         self.sent_commit = 0  # the last commit index we told it about
+        self.snapshot_wait = 0  # SNAPSHOT: heartbeats sent since the snapshot left
 
     def __repr__(self) -> str:
         return (f"Progress(match={self.match}, next={self.next}, state={self.state.name}, "
@@ -65,6 +66,7 @@ class Progress:
     def become_snapshot(self, snapshot_index: int) -> None:
         self.state = ProgressState.SNAPSHOT
         self.pending_snapshot = snapshot_index
+        self.snapshot_wait = 0
         self.probe_sent = False
         self.inflight.clear()
 
@@ -101,6 +103,8 @@ class Progress:
 
         A rejection older than what we already know (a stale, reordered reply) is ignored.
         """
+        if self.state == ProgressState.SNAPSHOT:
+            return False  # a snapshot is on its way; its acknowledgement moves us on
         if self.state == ProgressState.REPLICATE:
             if rejected <= self.match:
                 return False

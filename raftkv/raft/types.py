@@ -93,6 +93,9 @@ class Message:
     # HEARTBEAT/HEARTBEAT_RESP: read-index round (thesis §6.4). VOTE: 1 when the vote
     # comes from a leadership transfer and may bypass the leader lease (thesis §4.2.3).
     context: int = 0
+    # SNAP: what the snapshot covers. The core never holds snapshot bytes: the sending
+    # node attaches them (in chunks) and the receiving node steps SNAP once it has all.
+    snapshot: SnapshotMeta | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -114,7 +117,8 @@ class Ready:
     """One batch of work for the application, in this order (etcd-io/raft `Ready`):
 
     1. send `messages` — they may leave before or while the rest is persisted;
-    2. persist `entries` (an entry at index i replaces every stored entry >= i) and
+    2. install `snapshot` if any (persist it, restore the state machine), then persist
+       `entries` (an entry at index i replaces every stored entry >= i) and
        `hard_state` (when not None), with one fsync for the batch;
     3. send `persisted_messages` — only now, they acknowledge what step 2 made durable;
     4. apply `committed_entries`, then serve `read_states` whose index is applied;
@@ -122,6 +126,10 @@ class Ready:
     """
 
     hard_state: HardState | None = None
+    # A snapshot received from the leader: before anything else in this Ready, make it
+    # durable and restore the state machine from it (paper §7). Entries that follow
+    # continue the log after snapshot.index.
+    snapshot: SnapshotMeta | None = None
     entries: list[Entry] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     persisted_messages: list[Message] = field(default_factory=list)

@@ -26,6 +26,7 @@ from raftkv.raft import (
     ProposalDropped,
     Raft,
     Role,
+    SnapshotMeta,
 )
 
 
@@ -44,18 +45,32 @@ def decode_put(data: bytes) -> tuple[str, str]:
 
 @dataclass
 class Disk:
-    """What survives a crash: the hard state and the entries a Ready made durable."""
+    """What survives a crash: the hard state, the latest snapshot, and the entries after
+    it that a Ready made durable."""
 
     hard_state: HardState = field(default_factory=HardState)
+    snapshot: SnapshotMeta | None = None
     entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def offset(self) -> int:
+        return self.snapshot.index if self.snapshot else 0
 
     def persist(self, hs: HardState | None, entries: list[Entry]) -> None:
         if entries:
             first = entries[0].index
-            del self.entries[first - 1 :]
+            del self.entries[first - self.offset - 1 :]
             self.entries.extend(entries)
         if hs is not None:
             self.hard_state = hs
+
+    def save_snapshot(self, meta: SnapshotMeta) -> None:
+        """A snapshot replaces the entries it covers; later entries stay only if the
+        log still matches at its last index (a local compaction)."""
+        keep = [e for e in self.entries if e.index > meta.index]
+        matches = any(e.index == meta.index and e.term == meta.term for e in self.entries)
+        self.entries = keep if matches else []
+        self.snapshot = meta
 
 
 @dataclass
@@ -118,7 +133,7 @@ class Checker:
                     f"predecessor/payload {ident}, another log has {seen}")
 
     def on_commit(self, node: Raft, upto: int) -> None:
-        for index in range(self.max_committed + 1, upto + 1):
+        for index in range(max(self.max_committed, node.log.offset) + 1, upto + 1):
             e = node.log.entries[index - node.log.offset - 1]
             self.committed[index] = (e.term, e.data)
         self.max_committed = max(self.max_committed, upto)
@@ -155,7 +170,12 @@ class Cluster:
         max_inflight: int = 8,
         max_entries_per_msg: int = 64,
         trace_len: int = 60,
+        compact_every: int | None = None,
     ) -> None:
+        self.compact_every = compact_every
+        # index -> (kv, applied entries): every snapshot ever taken, shared by all nodes
+        # (state machine safety makes the state at an index the same everywhere).
+        self.snapshots: dict[int, tuple[dict, list[Entry]]] = {}
         self.ids = list(range(1, n + 1))
         self.seed = seed
         self.rng = random.Random(seed)
@@ -168,6 +188,7 @@ class Cluster:
         self.inflight: list[_InFlight] = []
         self.blocked: set[tuple[int, int]] = set()  # (from, to) pairs that drop everything
         self.drop_rate = 0.0
+        self.lose_next: set[MsgType] = set()  # lose the next message of each of these types
         self.dup_rate = 0.0
         self.delay = (1, 1)
         self.checker = Checker()
@@ -193,9 +214,10 @@ class Cluster:
         self.boot_count += 1
         cfg = Config(i, tuple(self.ids), seed=self.seed * 1000 + self.boot_count,
                      **self.cfg_args)
-        node.core = Raft(cfg, hard_state=node.disk.hard_state, entries=list(node.disk.entries))
-        node.kv = {}
-        node.applied = []
+        snap = node.disk.snapshot
+        node.core = Raft(cfg, hard_state=node.disk.hard_state, entries=list(node.disk.entries),
+                         snapshot=snap, applied=snap.index if snap else 0)
+        self.restore_state(node, snap)
         node.crash_on_next_ready = False
         self.trace.append(f"t={self.now} boot {i} term={node.disk.hard_state.term} "
                           f"last={len(node.disk.entries)}")
@@ -227,6 +249,10 @@ class Cluster:
 
     def send(self, m: Message) -> None:
         if (m.frm, m.to) in self.blocked:
+            return
+        if m.type in self.lose_next:
+            self.lose_next.discard(m.type)
+            self.trace.append(f"t={self.now} lost {m.frm}->{m.to} {m.type.name}")
             return
         if self.drop_rate and self.rng.random() < self.drop_rate:
             return
@@ -367,6 +393,10 @@ class Cluster:
                 self.checker.on_leader(core)
             for m in rd.messages:
                 self.send(m)
+            if rd.snapshot is not None:
+                self.trace.append(f"t={self.now} {i} installs snapshot {rd.snapshot.index}")
+                node.disk.save_snapshot(rd.snapshot)
+                self.restore_state(node, rd.snapshot)
             self.checker.on_entries(core, rd.entries)
             node.disk.persist(rd.hard_state, rd.entries)
             for m in rd.persisted_messages:
@@ -381,6 +411,32 @@ class Cluster:
                 self.pending_reads.pop(ctx, None)
             core.advance(rd)
             self.serve_reads(node)
+            self.maybe_compact(node)
+
+    def maybe_compact(self, node: SimNode) -> None:
+        """Snapshot the state machine and drop the log it covers, as a node would once
+        its log grows past a threshold."""
+        core = node.core
+        if self.compact_every is None or core is None:
+            return
+        index = core.log.applied
+        if index - core.log.offset < self.compact_every:
+            return
+        data = (dict(node.kv), list(node.applied))
+        known = self.snapshots.setdefault(index, data)
+        if [(e.index, e.term, e.data) for e in known[1]] != [
+                (e.index, e.term, e.data) for e in data[1]]:
+            raise SafetyViolation(f"node {node.id}'s state at {index} differs from another's")
+        core.compact(index)
+        node.disk.save_snapshot(core.snapshot)
+        self.trace.append(f"t={self.now} {node.id} compacts to {index}")
+
+    def restore_state(self, node: SimNode, snap: SnapshotMeta | None) -> None:
+        if snap is None:
+            node.kv, node.applied = {}, []
+            return
+        kv, applied = self.snapshots[snap.index]
+        node.kv, node.applied = dict(kv), list(applied)
 
     def apply(self, node: SimNode, e: Entry) -> None:
         self.checker.on_apply(node.id, e)

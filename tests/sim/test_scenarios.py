@@ -162,3 +162,40 @@ def test_new_leader_appends_a_noop_of_its_term():
     c.elect(2)
     last = c.nodes[2].core.log.entries[-1]
     assert last.type == EntryType.NOOP and last.term == c.nodes[2].core.term
+
+
+def test_s7_follower_behind_a_compacted_log_catches_up_by_snapshot():
+    """Paper §7: the leader compacted the entries a returning follower needs, so it sends
+    its snapshot; the follower restores it and then replicates from there."""
+    c = Cluster(3, seed=21, compact_every=10)
+    c.elect(1)
+    c.deliver_all()
+    c.crash(3)
+    for n in range(60):
+        c.propose(1, f"k{n % 5}", str(n))
+        c.deliver_all()
+    assert c.nodes[1].core.log.offset >= 50  # the entries S3 lacks are gone
+    c.restart(3)
+    c.run_until(lambda: c.nodes[3].core.log.applied == c.nodes[1].core.log.applied, 30)
+    assert c.delivered[(MsgType.SNAP, False)] >= 1
+    assert c.nodes[3].kv == c.nodes[1].kv
+    c.propose(1, "after", "snapshot")
+    c.deliver_all()
+    assert c.nodes[3].kv["after"][0] == "snapshot"
+
+
+def test_s7_lost_snapshot_is_sent_again():
+    """A snapshot that never arrives (lost, or the follower restarted mid-transfer) is
+    retried once the leader's wait times out."""
+    c = Cluster(3, seed=22, compact_every=10)
+    c.elect(1)
+    c.deliver_all()
+    c.crash(3)
+    for n in range(40):
+        c.propose(1, "k", str(n))
+        c.deliver_all()
+    c.lose_next.add(MsgType.SNAP)
+    c.restart(3)
+    c.run_until(lambda: c.nodes[3].core.log.applied == c.nodes[1].core.log.applied, 120)
+    assert not c.lose_next, "no snapshot was ever sent"
+    assert c.delivered[(MsgType.SNAP, False)] >= 1
