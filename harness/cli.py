@@ -421,10 +421,17 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
 @click.option("--no-fsync", is_flag=True,
               help="FOR BENCHMARKS ONLY: skip fsync. A crash of the machine can then lose "
                    "acknowledged writes.")
+@click.option("--snapshot-entries", type=click.IntRange(min=1), default=10_000,
+              show_default=True, help="Snapshot and compact the log after this many entries.")
+@click.option("--snapshot-bytes", type=click.IntRange(min=1), default=64 << 20,
+              show_default=True, help="... or after this many bytes of entry data.")
+@click.option("--wal-segment-bytes", type=click.IntRange(min=4096), default=64 << 20,
+              show_default=True, help="Size at which the write-ahead log starts a new file.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def node(node_id: int, listen: str, peers: tuple[str, ...], data_dir: Path, heartbeat_ms: int,
-         election_ms: int, no_fsync: bool, log_level: str) -> None:
+         election_ms: int, no_fsync: bool, snapshot_entries: int, snapshot_bytes: int,
+         wal_segment_bytes: int, log_level: str) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
 
     \b
@@ -442,7 +449,9 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], data_dir: Path, hear
     if election_ms <= heartbeat_ms:
         raise click.BadParameter("--election-ms must be larger than --heartbeat-ms")
     cfg = NodeConfig(node_id, listen, peer_map, data_dir, heartbeat_ms=heartbeat_ms,
-                     election_ms=election_ms, fsync=not no_fsync)
+                     election_ms=election_ms, fsync=not no_fsync,
+                     snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
+                     segment_bytes=wal_segment_bytes)
     try:
         run_node(cfg)
     except StorageError as e:
@@ -511,13 +520,81 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
     sys.exit(report.exit_code)
 
 
-@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench(args: tuple[str, ...]) -> None:
-    """Benchmark a fresh cluster in a temp dir (options: `raftkv bench --help`)."""
-    from raftkv.bench import main as bench_main
+@main.command()
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 15),
+              help="Cluster size of the temp cluster.")
+@click.option("--clients", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Requests kept in flight (closed loop), over all load processes.")
+@click.option("--duration", default=20.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds counted, after the warm-up.")
+@click.option("--warmup", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds of load before counting starts.")
+@click.option("--value-size", default=100, show_default=True,
+              type=click.IntRange(1, 1 << 20), help="Bytes per value.")
+@click.option("--key-space", default=10_000, show_default=True,
+              type=click.IntRange(1, 10_000_000), help="Keys drawn uniformly from this many.")
+@click.option("--mix", default="put", show_default=True,
+              help="put, get, or mixed:R/W (R% gets, W% puts, e.g. mixed:90/10). A mix "
+                   "with gets first writes every key once.")
+@click.option("--consistency", default="linearizable", show_default=True,
+              type=click.Choice(["linearizable", "stale"]),
+              help="Gets: ReadIndex on the leader, or any node's applied state.")
+@click.option("--via", default="direct", show_default=True,
+              type=click.Choice(["direct", "controller"]),
+              help="Send to the leader's own socket, or through the controller.")
+@click.option("--processes", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Load processes (0: one per 32 requests in flight).")
+@click.option("--no-fsync", is_flag=True,
+              help="FOR BENCHMARKS ONLY: the temp cluster's nodes skip fsync.")
+@click.option("--failover", is_flag=True,
+              help="Instead of load: kill the leader (controller kill-leader) while a "
+                   "writer writes, time until writes resume, restart the node; repeat.")
+@click.option("--failover-rounds", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--dir", "cluster_dir", default=None,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Use the running cluster of `raftkv up --dir DIR` (it keeps its size and "
+                   "fsync; bench-key-* keys are written) instead of a temp one.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw throughput over time and the latency histogram to this PNG "
+                   "(needs matplotlib: the `plot` extra).")
+@json_option
+def bench(nodes: int, clients: int, duration: float, warmup: float, value_size: int,
+          key_space: int, mix: str, consistency: str, via: str, processes: int,
+          no_fsync: bool, failover: bool, failover_rounds: int, cluster_dir: Path | None,
+          out: Path | None, as_json: bool) -> None:
+    """Benchmark a cluster: closed-loop load from client processes, then ops/s, latency
+    percentiles, errors, and each node's CPU and memory. Starts its own cluster in a temp
+    dir unless --dir names a running one. A progress line goes to stderr.
 
-    sys.exit(bench_main(list(args)))
+    \b
+    raftkv bench                                  64 puts in flight for 20 s
+    raftkv bench --clients 1                      one put at a time
+    raftkv bench --mix get                        linearizable gets
+    raftkv bench --mix mixed:90/10 --via controller
+    raftkv bench --failover                       10 x kill-leader: when do writes resume?
+
+    Exit 0 with figures (errors are counted, not fatal); 2 bad options; 3 no cluster or
+    no leader.
+    """
+    from harness.bench import BenchConfig, BenchError, draw_plot, format_report, run_bench, to_json
+    from raftkv.bench import parse_mix
+
+    try:
+        parse_mix(mix)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--mix") from e
+    cfg = BenchConfig(nodes=nodes, clients=clients, duration=duration, warmup=warmup,
+                      value_size=value_size, key_space=key_space, mix=mix,
+                      consistency=consistency, via=via, fsync=not no_fsync,
+                      processes=processes, cluster_dir=cluster_dir, failover=failover,
+                      failover_rounds=failover_rounds)
+    try:
+        report = run_bench(cfg)
+        if out is not None and not failover:
+            draw_plot(report, out)
+    except BenchError as e:
+        fail(str(e), EXIT_UNAVAILABLE)
+    click.echo(to_json(report) if as_json else format_report(report))
 
 
 if __name__ == "__main__":

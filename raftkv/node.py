@@ -26,16 +26,21 @@ from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore
 from raftkv.raft import (
     Config,
     EntryType,
+    InvariantViolation,
+    Message,
+    MsgType,
     NotLeader,
     ProposalDropped,
     Raft,
     RaftError,
     Ready,
     Role,
+    SnapshotMeta,
 )
+from raftkv.snapshots import SnapshotReceiver, SnapshotSender
 from raftkv.storage import Storage
 from raftkv.transport import Transport
-from raftkv.wire import ClientRequest, ReplyCode, ReqOp
+from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 
 log = logging.getLogger("raftkv.node")
 
@@ -53,6 +58,11 @@ class NodeConfig:
     fsync: bool = True
     max_key: int = MAX_KEY_SIZE
     max_value: int = MAX_VALUE_SIZE
+    # Snapshot and drop the log once this many entries, or this many bytes of entry
+    # data, were applied since the last snapshot.
+    snapshot_entries: int = 10_000
+    snapshot_bytes: int = 64 << 20
+    segment_bytes: int = 64 << 20  # the write-ahead log rotates to a new file at this size
 
     def raft_config(self) -> Config:
         return Config(
@@ -83,15 +93,23 @@ class _ReadBatch:
 class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
-        self.storage = Storage.open(cfg.data_dir, fsync=cfg.fsync)
+        self.storage = Storage.open(cfg.data_dir, fsync=cfg.fsync,
+                                    segment_bytes=cfg.segment_bytes)
         self.kv = KVStore(max_key_size=cfg.max_key, max_value_size=cfg.max_value)
-        # Without snapshots (yet) the state machine is rebuilt by re-applying the log.
+        # The state machine starts from the newest snapshot, then re-applies the log.
+        snapshot = self.storage.snapshot
+        if snapshot is not None:
+            self.kv.restore(self.storage.load_snapshot_data())
         self.core = Raft(
             cfg.raft_config(),
             hard_state=self.storage.hard_state,
             entries=self.storage.entries_after_snapshot(),
-            snapshot=self.storage.snapshot,
+            snapshot=snapshot,
+            applied=snapshot.index if snapshot else 0,
         )
+        self.snapshot_sender = SnapshotSender(self.load_snapshot)
+        self.snapshot_receiver = SnapshotReceiver()
+        self.bytes_since_snapshot = 0
         self.transport = Transport(cfg.id, cfg.listen, cfg.peers, max_key=cfg.max_key,
                                    max_value=cfg.max_value)
         self.pending_writes: dict[int, _PendingWrite] = {}  # log index -> who waits
@@ -104,7 +122,8 @@ class Node:
         for name in sorted(self.failpoints):
             log.warning("FAILPOINT %s is ON: %s", name, failpoints.KNOWN[name])
         self.counters = {"proposals": 0, "reads": 0, "fsyncs": 0, "elections_won": 0,
-                         "not_leader": 0}
+                         "not_leader": 0, "snapshots_taken": 0, "snapshots_installed": 0,
+                         "snapshots_sent": 0, "last_snapshot_ms": 0}
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -117,6 +136,10 @@ class Node:
                 if self.transport.poll(timeout_ms):
                     messages, requests = self.transport.recv_all()
                     for m in messages:
+                        if type(m) is SnapshotChunk:
+                            m = self.snapshot_receiver.receive(m)
+                            if m is None:
+                                continue
                         self.core.step(m)
                     self.handle_requests(requests)
                 now = time.monotonic()
@@ -144,14 +167,16 @@ class Node:
         core = self.core
         while core.has_ready():
             rd = core.ready()
-            self.transport.send_many(rd.messages)
+            self.send(rd.messages)
+            if rd.snapshot is not None:
+                self.install_snapshot(rd.snapshot)
             if rd.entries or rd.hard_state is not None:
                 self.storage.append(rd.entries, rd.hard_state)
                 self.storage.sync()
                 self.counters["fsyncs"] += 1
                 if "ack-before-commit" in self.failpoints:
                     self.ack_before_commit(rd)
-            self.transport.send_many(rd.persisted_messages)
+            self.send(rd.persisted_messages)
             self.apply(rd)
             if rd.soft_state is not None:
                 self.on_role_change(rd)
@@ -167,11 +192,58 @@ class Node:
                                     "confirmed")
             core.advance(rd)
             self.serve_released_reads()
+            self.maybe_snapshot()
+
+    def send(self, messages: list[Message]) -> None:
+        for m in messages:
+            if m.type == MsgType.SNAP:
+                self.counters["snapshots_sent"] += 1
+                self.transport.send_many(self.snapshot_sender.chunks(m))
+            else:
+                self.transport.send(m)
+
+    # -- snapshots (paper §7) ----------------------------------------------------------
+
+    def load_snapshot(self, meta: SnapshotMeta) -> bytes:
+        stored = self.storage.snapshot
+        if stored != meta:
+            raise InvariantViolation(f"asked to send snapshot {meta}, storage has {stored}")
+        return self.storage.load_snapshot_data()
+
+    def install_snapshot(self, meta: SnapshotMeta) -> None:
+        """A snapshot from the leader replaces our state: durable first, then restored."""
+        data = self.snapshot_receiver.take(meta)
+        self.storage.save_snapshot(meta, data)
+        self.kv.restore(data)
+        self.bytes_since_snapshot = 0
+        self.counters["snapshots_installed"] += 1
+        log.info("installed snapshot at index %d (term %d, %d bytes)", meta.index, meta.term,
+                 len(data))
+
+    def maybe_snapshot(self) -> None:
+        """Compact once the log since the last snapshot is over a threshold. The pause is
+        measured: serializing the state stops the loop for that long."""
+        core = self.core
+        applied = core.log.applied
+        if (applied - core.log.offset < self.cfg.snapshot_entries
+                and self.bytes_since_snapshot < self.cfg.snapshot_bytes):
+            return
+        t0 = time.perf_counter()
+        data = self.kv.snapshot()
+        meta = SnapshotMeta(applied, core.log.term(applied), tuple(sorted(core.voters)))
+        self.storage.save_snapshot(meta, data)
+        core.compact(applied)
+        self.bytes_since_snapshot = 0
+        ms = (time.perf_counter() - t0) * 1000
+        self.counters["snapshots_taken"] += 1
+        self.counters["last_snapshot_ms"] = round(ms, 3)
+        log.info("snapshot at index %d: %d bytes in %.1f ms", applied, len(data), ms)
 
     def apply(self, rd: Ready) -> None:
         for e in rd.committed_entries:
             if e.type != EntryType.NORMAL:
                 continue
+            self.bytes_since_snapshot += len(e.data)
             reply = self.kv.apply(e.index, e.data)
             waiter = self.pending_writes.pop(e.index, None)
             if waiter is None:

@@ -38,8 +38,9 @@ from raftkv.wire import (
     MalformedFrame,
     ReplyCode,
     ReqOp,
+    SnapshotChunk,
     decode_frame,
-    encode_message,
+    encode_peer,
     encode_reply,
     max_entry_size,
 )
@@ -158,12 +159,14 @@ class Transport:
         A node with other sockets registers `socket` in its own zmq.Poller instead."""
         return bool(self.socket.poll(timeout_ms, zmq.POLLIN))
 
-    def recv_all(self, max_frames: int = 1_000) -> tuple[list[Message], list[ClientRequest]]:
+    def recv_all(
+        self, max_frames: int = 1_000
+    ) -> tuple[list[Message | SnapshotChunk], list[ClientRequest]]:
         """Drain up to `max_frames` ZeroMQ messages without blocking: the Raft messages
         for this node and the client requests it must serve. Never raises on input."""
         sock = self.socket
         stats = self.stats
-        messages: list[Message] = []
+        messages: list[Message | SnapshotChunk] = []
         requests: list[ClientRequest] = []
         dropped_ids = self._dropped_identities
         peer_by_identity = self._peer_by_identity
@@ -204,7 +207,7 @@ class Transport:
                 stats["bad_requests"] += 1
                 self.reply(route, e.request_id, ReplyCode.BAD_REQUEST, e.message)
                 continue
-            if type(obj) is Message:
+            if type(obj) is Message or type(obj) is SnapshotChunk:
                 # The routing id is set by the sender's DEALER and names the sender; a
                 # frame claiming another sender, or meant for another node, is not ours.
                 if (route is not identity or peer_by_identity.get(identity) != obj.frm
@@ -223,7 +226,7 @@ class Transport:
 
     # ---- sending -------------------------------------------------------------------
 
-    def send(self, msg: Message) -> bool:
+    def send(self, msg: Message | SnapshotChunk) -> bool:
         """Queue a Raft message to its peer without blocking; False if it was dropped
         (peer down, HWM reached, filtered, or not a peer). Dropped messages are counted."""
         to = msg.to
@@ -235,7 +238,7 @@ class Transport:
             self.stats["dropped_send"] += 1
             return False
         try:
-            dealer.send(encode_message(msg), zmq.NOBLOCK)
+            dealer.send(encode_peer(msg), zmq.NOBLOCK)
         except zmq.Again:
             self.stats["dropped_send"] += 1
             return False

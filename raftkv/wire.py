@@ -76,7 +76,7 @@ import msgpack
 
 from raftkv import kv
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
-from raftkv.raft.types import Entry, EntryType, Message, MsgType
+from raftkv.raft.types import Entry, EntryType, Message, MsgType, SnapshotMeta
 
 VERSION = 1
 MAX_UINT64 = 2**64 - 1
@@ -98,6 +98,25 @@ class Kind(IntEnum):
     RAFT = 1
     REQ = 2
     REP = 3
+    SNAP_CHUNK = 4  # a piece of a snapshot, node to node (InstallSnapshot, paper §7)
+
+
+MAX_SNAPSHOT_CHUNK = 1 << 20  # bytes of snapshot data in one frame
+MAX_SNAPSHOT_SIZE = 1 << 40
+
+
+@dataclass(slots=True)
+class SnapshotChunk:
+    """Bytes [offset, offset + len(data)) of the snapshot `meta` describes, `total` bytes
+    in all. The receiver steps a SNAP message into its core once it holds every byte."""
+
+    to: int
+    frm: int
+    term: int
+    meta: SnapshotMeta
+    offset: int
+    total: int
+    data: bytes
 
 
 class ReqOp(IntEnum):
@@ -211,6 +230,7 @@ _pack = _packer.pack
 _RAFT = int(Kind.RAFT)
 _REQ = int(Kind.REQ)
 _REP = int(Kind.REP)
+_SNAP_CHUNK = int(Kind.SNAP_CHUNK)
 
 
 def encode_message(m: Message) -> bytes:
@@ -237,6 +257,36 @@ def encode_message(m: Message) -> bytes:
             flat,
         )
     )
+
+
+def encode_snapshot_chunk(c: SnapshotChunk) -> bytes:
+    """Peer frame: [VERSION, SNAP_CHUNK, to, frm, term, index, snap_term, voters, learners,
+    offset, total, data]."""
+    m = c.meta
+    return _pack((VERSION, _SNAP_CHUNK, c.to, c.frm, c.term, m.index, m.term, list(m.voters),
+                  list(m.learners), c.offset, c.total, c.data))
+
+
+def encode_peer(m: Message | SnapshotChunk) -> bytes:
+    return encode_snapshot_chunk(m) if type(m) is SnapshotChunk else encode_message(m)
+
+
+def _decode_snapshot_chunk(obj: list[Any]) -> SnapshotChunk:
+    if len(obj) != 12:
+        raise MalformedFrame(f"snapshot chunk has {len(obj)} fields, not 12")
+    _, _, to, frm, term, index, snap_term, voters, learners, offset, total, data = obj
+    ints = (to, frm, term, index, snap_term, offset, total)
+    if not all(type(x) is int and x >= 0 for x in ints) or type(data) is not bytes:
+        raise MalformedFrame("snapshot chunk field of the wrong type")
+    for ids in (voters, learners):
+        if (type(ids) is not list or len(ids) > MAX_FAULT_PEERS
+                or not all(type(i) is int and i >= 1 for i in ids)):
+            raise MalformedFrame("snapshot chunk: voters/learners are not node ids")
+    if (len(data) > MAX_SNAPSHOT_CHUNK or total > MAX_SNAPSHOT_SIZE
+            or offset + len(data) > total or index < 1 or not voters):
+        raise MalformedFrame("snapshot chunk sizes or index out of range")
+    meta = SnapshotMeta(index, snap_term, tuple(voters), tuple(learners))
+    return SnapshotChunk(to, frm, term, meta, offset, total, data)
 
 
 def encode_request(req: ClientRequest) -> bytes:
@@ -509,7 +559,7 @@ def decode_frame(
     max_key: int = MAX_KEY_SIZE,
     max_value: int = MAX_VALUE_SIZE,
     max_entry: int | None = None,
-) -> Message | ClientRequest:
+) -> Message | SnapshotChunk | ClientRequest:
     """What a node's socket receives: a peer frame or a client request, told apart by
     kind with a single unpack. Raises MalformedFrame or InvalidRequest."""
     obj = _unpack(data)
@@ -518,6 +568,8 @@ def decode_frame(
         if max_entry is None:
             max_entry = max_entry_size(max_key, max_value)
         return _decode_message(obj, max_entry)
+    if kind == _SNAP_CHUNK:
+        return _decode_snapshot_chunk(obj)
     if kind == _REQ:
         return _decode_request(obj, identity, max_key, max_value)
     raise MalformedFrame(f"frame kind {kind} is not received by a node")

@@ -432,3 +432,21 @@ def test_append_codec_throughput_is_reported(capsys: pytest.CaptureFixture[str])
             f"\nwire: APP with 64 x 100 B entries ({len(frame)} B): {rate:,.0f} encode+decode/s; "
             f"HEARTBEAT: {hb_rate:,.0f}/s"
         )
+
+
+def test_snapshot_chunk_round_trip_and_validation() -> None:
+    from raftkv.raft.types import SnapshotMeta
+    from raftkv.wire import SnapshotChunk, decode_frame, encode_snapshot_chunk
+
+    c = SnapshotChunk(2, 1, 7, SnapshotMeta(100, 6, (1, 2, 3), ()), 4096, 10_000, b"x" * 100)
+    assert decode_frame(encode_snapshot_chunk(c)) == c
+    bad = [
+        [VERSION, 4, 2, 1, 7, 100, 6, [1, 2, 3], [], 9_950, 10_000, b"x" * 100],  # past total
+        [VERSION, 4, 2, 1, 7, 0, 6, [1, 2, 3], [], 0, 10, b"x"],  # index 0
+        [VERSION, 4, 2, 1, 7, 100, 6, [0], [], 0, 10, b"x"],  # not a node id
+        [VERSION, 4, 2, 1, 7, 100, 6, [1], [], 0, 10, "x"],  # data not bytes
+        [VERSION, 4, 2, 1, 7, 100, 6, [1], [], 0, 10],  # short
+    ]
+    for obj in bad:
+        with pytest.raises(MalformedFrame):
+            decode_frame(pack(obj))
