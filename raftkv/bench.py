@@ -1,160 +1,284 @@
-"""`python -m raftkv.bench`: drive a real 3-node cluster and print throughput and latency.
+"""The benchmark's load generator: closed-loop requests in the wire protocol, and the
+arithmetic of its figures.
 
-It starts its own cluster (fsync on unless --no-fsync) in a temp dir, then runs
-closed-loop phases straight at the leader: each of C logical clients sends its next
-request as soon as its previous one is answered. The load generator speaks the wire
-protocol on one DEALER socket with C requests in flight, so that the Python client's
-own overhead does not hide the server's speed. A benchmark prints figures; it never
-fails on a time budget.
+`raftkv bench` (harness/bench.py) starts the cluster, spawns `load_process` in as many
+processes as keep the requested number of requests in flight, and summarises what they
+measured with `summarize`. Each process pipelines its share of requests on one DEALER
+socket: it sends its next request as soon as one is answered, so the Python client's
+retry machinery does not hide the server's speed. Writes carry one session per process
+(OPEN_SESSION) with increasing sequence numbers; one connection keeps them in order, and
+a request that fails is counted, never retried, so a phase measures exactly what the
+cluster did.
+
+`python -m raftkv.bench [OPTIONS]` is `raftkv bench [OPTIONS]`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import math
 import os
-import tempfile
+import random
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from array import array
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
 from raftkv import wire
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
-
-@dataclass
-class PhaseResult:
-    name: str
-    clients: int
-    ops: int
-    errors: int
-    seconds: float
-    ops_per_s: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
+STALL_S = 5.0  # no reply at all for this long: the outstanding requests count as errors
+DRAIN_S = 5.0  # after the window, how long to wait for the answers still outstanding
+MIXES = ("put", "get", "mixed:R/W")
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
+# -- figures ---------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class LatencySummary:
+    """Latencies in milliseconds; percentiles by nearest rank."""
+
+    count: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    p999: float
+    max: float
+
+
+def percentile(sorted_values: list[float] | array, q: float) -> float:
+    """The nearest-rank `q`-quantile (0 < q <= 1) of ascending `sorted_values`; 0.0 if
+    there are none."""
+    n = len(sorted_values)
+    if n == 0:
         return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+    return sorted_values[min(n - 1, max(0, math.ceil(q * n) - 1))]
 
 
-def run_phase(ctx: zmq.Context, address: str, name: str, op: ReqOp, clients: int,
-              duration: float, value_size: int, key_space: int, client_id: int,
-              first_seq: int) -> tuple[PhaseResult, int]:
-    """Returns the phase's figures and the next unused sequence number."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    value = os.urandom(value_size // 2 + 1).hex()[:value_size].encode()
-    keys = [f"bench-key-{i:06d}".encode() for i in range(key_space)]  # 16 bytes
-    encode, decode = wire.encode_request, wire.decode_reply
-    seq = first_seq
-    sent_at: dict[int, float] = {}
-    latencies: list[float] = []
-    errors = 0
-    next_id = 1
+def summarize(latencies_ms: list[float] | array) -> LatencySummary:
+    """The summary of unsorted latencies, rounded to microseconds."""
+    ordered = sorted(latencies_ms)
+    if not ordered:
+        return LatencySummary(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    return LatencySummary(
+        len(ordered), round(sum(ordered) / len(ordered), 3),
+        *(round(percentile(ordered, q), 3) for q in (0.5, 0.9, 0.99, 0.999)),
+        round(ordered[-1], 3))
 
-    def send_one() -> None:
-        nonlocal seq, next_id
-        rid = next_id
-        next_id += 1
-        key = keys[rid % key_space]
+
+def parse_mix(mix: str) -> int:
+    """The percentage of gets in `mix`: "put" (0), "get" (100) or "mixed:R/W", R% gets and
+    W% puts with R + W = 100. Raises ValueError naming the accepted forms."""
+    if mix == "put":
+        return 0
+    if mix == "get":
+        return 100
+    kind, _, ratio = mix.partition(":")
+    reads, _, writes = ratio.partition("/")
+    if kind == "mixed" and reads.isdigit() and writes.isdigit() \
+            and int(reads) + int(writes) == 100:
+        return int(reads)
+    raise ValueError(f"mix {mix!r}: expected put, get or mixed:R/W with R + W = 100 "
+                     "(R% gets, W% puts), e.g. mixed:90/10")
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` as `parts` integers that differ by at most one, larger first."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+# -- the load ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What one load process does: `in_flight` requests outstanding at `address`."""
+
+    address: str
+    in_flight: int
+    get_percent: int = 0  # 0: puts only, 100: gets only
+    stale: bool = False  # GET_STALE instead of linearizable GET
+    value_size: int = 100
+    key_space: int = 10_000
+
+
+def bench_keys(key_space: int) -> list[bytes]:
+    return [f"bench-key-{i:07d}".encode() for i in range(key_space)]
+
+
+def bench_value(value_size: int) -> bytes:
+    return os.urandom(value_size // 2 + 1).hex()[:value_size].encode()
+
+
+class Pipeline:
+    """Requests in flight on one DEALER, each remembered with its send time (ns)."""
+
+    def __init__(self, ctx: zmq.Context, address: str) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+        self.sent_at: dict[int, int] = {}
+        self.next_id = 1
+        self.client_id = 0
+        self.seq = 0
+
+    def send(self, op: ReqOp, key: bytes = b"", value: bytes | None = None) -> None:
+        rid = self.next_id
+        self.next_id += 1
         if op == ReqOp.PUT:
-            req = ClientRequest(rid, op, key=key, value=value, client_id=client_id, seq=seq)
-            seq += 1
+            self.seq += 1
+            req = ClientRequest(rid, op, key=key, value=value, client_id=self.client_id,
+                                seq=self.seq)
         else:
             req = ClientRequest(rid, op, key=key)
-        sent_at[rid] = time.perf_counter()
-        sock.send(encode(req))
+        self.sent_at[rid] = time.monotonic_ns()
+        self.sock.send(wire.encode_request(req))
 
-    for _ in range(clients):
-        send_one()
-    start = time.perf_counter()
-    deadline = start + duration
-    while sent_at:
-        if not sock.poll(5000):
-            errors += len(sent_at)
-            break
-        now = time.perf_counter()
-        reply = decode(sock.recv())
-        t0 = sent_at.pop(reply.request_id, None)
-        if t0 is None:
-            continue
-        latencies.append(now - t0)
-        if reply.code != ReplyCode.OK:
-            errors += 1
-        if now < deadline:
-            send_one()
-    elapsed = time.perf_counter() - start
-    sock.close()
-    latencies.sort()
-    ms = [x * 1000 for x in latencies]
-    result = PhaseResult(name, clients, len(latencies), errors, round(elapsed, 3),
-                         round(len(latencies) / elapsed, 1), round(percentile(ms, 0.5), 3),
-                         round(percentile(ms, 0.9), 3), round(percentile(ms, 0.99), 3),
-                         round(ms[-1] if ms else 0.0, 3))
-    return result, seq
+    def receive(self, timeout_s: float) -> list[tuple[int, int, wire.ClientReply]]:
+        """Every answer ready within `timeout_s`, as (sent ns, received ns, reply); an
+        answer to no outstanding request is dropped."""
+        got: list[tuple[int, int, wire.ClientReply]] = []
+        if not self.sock.poll(int(timeout_s * 1000)):
+            return got
+        while True:
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return got
+            now = time.monotonic_ns()
+            reply = wire.decode_reply(frame)
+            sent = self.sent_at.pop(reply.request_id, None)
+            if sent is not None:
+                got.append((sent, now, reply))
+
+    def open_session(self, timeout_s: float = STALL_S) -> None:
+        """OPEN_SESSION, so this pipeline's puts carry (client_id, seq). Raises
+        RuntimeError if it is refused or unanswered."""
+        self.send(ReqOp.OPEN_SESSION)
+        answers = self.receive(timeout_s)
+        if not answers or answers[0][2].code != ReplyCode.OK:
+            what = answers[0][2] if answers else f"no answer in {timeout_s:g}s"
+            raise RuntimeError(f"OPEN_SESSION failed: {what}")
+        self.client_id = answers[0][2].value
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass(slots=True)
+class LoadResult:
+    """What one load process measured in the window: latencies (ms) of the requests
+    answered OK, and the failures by kind (reply code name, or "no reply")."""
+
+    latencies_ms: array
+    errors: Counter
+
+
+def drive(pipe: Pipeline, w: Workload, start_ns: int, end_ns: int,
+          progress: Any = None) -> LoadResult:
+    """Keep `w.in_flight` requests outstanding until `end_ns`; count the answers that
+    arrive from `start_ns` on (earlier ones are the warm-up). `progress.value`, if given,
+    follows the number of answers so far, warm-up included."""
+    rng = random.Random()
+    keys, value = bench_keys(w.key_space), bench_value(w.value_size)
+    get_op = ReqOp.GET_STALE if w.stale else ReqOp.GET
+    latencies, errors = array("d"), Counter()
+    answered = 0
+
+    def send_next() -> None:
+        key = keys[rng.randrange(w.key_space)]
+        if w.get_percent and rng.random() * 100 < w.get_percent:
+            pipe.send(get_op, key)
+        else:
+            pipe.send(ReqOp.PUT, key, value)
+
+    for _ in range(w.in_flight):
+        send_next()
+    while time.monotonic_ns() < end_ns:
+        answers = pipe.receive(STALL_S)
+        if not answers:
+            break  # stalled: what is outstanding counts as errors below
+        for sent, received, reply in answers:
+            if received >= start_ns:
+                if reply.code == ReplyCode.OK:
+                    latencies.append((received - sent) / 1e6)
+                else:
+                    errors[reply.code.name] += 1
+            if received < end_ns:
+                send_next()
+        answered += len(answers)
+        if progress is not None:
+            progress.value = answered
+    drain(pipe)
+    if pipe.sent_at:
+        errors["no reply"] += len(pipe.sent_at)
+    return LoadResult(latencies, errors)
+
+
+def drain(pipe: Pipeline, timeout_s: float = DRAIN_S) -> None:
+    """Wait up to `timeout_s` for the answers still outstanding (not counted)."""
+    deadline = time.monotonic() + timeout_s
+    while pipe.sent_at and time.monotonic() < deadline:
+        pipe.receive(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def load_process(w: Workload, conn: Any, progress: Any) -> None:
+    """A load process (multiprocessing target). Over `conn`: it sends ("ready", None) once
+    connected (and, for puts, holding a session) or ("failed", message); it receives the
+    window (start_ns, end_ns), warms up until start_ns, and sends back its LoadResult's
+    (latencies as bytes, errors as a dict)."""
+    ctx = zmq.Context()
+    pipe = Pipeline(ctx, w.address)
+    try:
+        try:
+            if w.get_percent < 100:
+                pipe.open_session()
+        except RuntimeError as e:
+            conn.send(("failed", f"{w.address}: {e}"))
+            return
+        conn.send(("ready", None))
+        start_ns, end_ns = conn.recv()
+        result = drive(pipe, w, start_ns, end_ns, progress)
+        conn.send((result.latencies_ms.tobytes(), dict(result.errors)))
+    finally:
+        pipe.close()
+        ctx.destroy(linger=0)
+
+
+def fill_keys(ctx: zmq.Context, address: str, key_space: int, value_size: int,
+              in_flight: int = 64) -> None:
+    """Put every key of the key space once, so that gets find values. Raises
+    RuntimeError on the first refusal or silence."""
+    pipe = Pipeline(ctx, address)
+    try:
+        pipe.open_session()
+        value = bench_value(value_size)
+        pending = iter(bench_keys(key_space))
+        for key in pending:
+            pipe.send(ReqOp.PUT, key, value)
+            if len(pipe.sent_at) < in_flight:
+                continue
+            for _, _, reply in pipe.receive(STALL_S) or fail_silence():
+                if reply.code != ReplyCode.OK:
+                    raise RuntimeError(f"filling the key space: PUT answered {reply}")
+        drain(pipe)
+        if pipe.sent_at:
+            fail_silence()
+    finally:
+        pipe.close()
+
+
+def fail_silence() -> list:
+    raise RuntimeError(f"filling the key space: no answer within {STALL_S:g}s")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.launcher import LocalCluster
+    """`python -m raftkv.bench`: the `raftkv bench` command."""
+    from harness.cli import bench
 
-    ap = argparse.ArgumentParser(prog="python -m raftkv.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--clients", type=int, default=64, help="requests in flight (default 64)")
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
-    ap.add_argument("--value-size", type=int, default=100)
-    ap.add_argument("--key-space", type=int, default=10_000)
-    ap.add_argument("--no-fsync", action="store_true", help="benchmark without fsync")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args(argv)
-
-    with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as tmp:
-        cluster = LocalCluster(args.nodes, Path(tmp), fsync=not args.no_fsync)
-        try:
-            cluster.start_all()
-            leader = cluster.wait_leader(timeout=15)
-            address = cluster.nodes[leader].address
-            session = cluster.request(leader, ReqOp.OPEN_SESSION)
-            client_id = session.value
-            seq = 1
-            results = []
-            phases = [("put, 1 client", ReqOp.PUT, 1),
-                      (f"put, {args.clients} in flight", ReqOp.PUT, args.clients),
-                      (f"get (linearizable), {args.clients} in flight", ReqOp.GET,
-                       args.clients)]
-            for name, op, clients in phases:
-                if not args.json:
-                    print(f"running: {name} for {args.duration:g}s ...", flush=True)
-                result, seq = run_phase(cluster.ctx, address, name, op, clients,
-                                        args.duration, args.value_size, args.key_space,
-                                        client_id, seq)
-                results.append(result)
-            status = cluster.status(leader) or {}
-        finally:
-            cluster.close()
-
-    if args.json:
-        print(json.dumps({"nodes": args.nodes, "fsync": not args.no_fsync,
-                          "value_size": args.value_size,
-                          "phases": [asdict(r) for r in results],
-                          "leader_fsyncs": status.get("storage", {}).get("fsyncs")}))
-        return 0
-    print(f"\nraftkv bench: {args.nodes} nodes, fsync {'off' if args.no_fsync else 'on'}, "
-          f"{args.value_size}-byte values, {os.cpu_count()} cores")
-    print(f"{'phase':<36}{'ops/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-          f"{'errors':>8}")
-    for r in results:
-        print(f"{r.name:<36}{r.ops_per_s:>10.0f}{r.p50_ms:>9.2f}{r.p90_ms:>9.2f}"
-              f"{r.p99_ms:>9.2f}{r.max_ms:>9.2f}{r.errors:>8}")
-    return 0
+    return bench.main(args=argv, prog_name="python -m raftkv.bench")
 
 
 if __name__ == "__main__":
