@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint sim demo up down status bench chaos clean
+.PHONY: install test lint sim demo up down status bench bench-compare chaos clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,8 +52,19 @@ down: $(STAMP)
 status: $(STAMP)
 	bin/raftkv status
 
+# The figures the README quotes: puts at 1 and 64 in flight, linearizable gets at 64,
+# and 10 leader kills (each run starts its own cluster in a temp dir).
 bench: $(STAMP)
-	bin/raftkv bench
+	bin/raftkv bench --clients 1
+	bin/raftkv bench --clients 64
+	bin/raftkv bench --clients 64 --mix get
+	bin/raftkv bench --failover
+
+# raftkv beside PySyncObj (installed here as the optional `compare` extra), alternating,
+# medians of 3 rounds each.
+bench-compare: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[compare]'
+	$(PY) -m harness.bench_compare
 
 # Long chaos runs: every nemesis at once, 10 minutes (RAFTKV_CHAOS_TIME=seconds to change)
 chaos: $(STAMP)

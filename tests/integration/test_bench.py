@@ -62,3 +62,12 @@ def test_bench_refuses_a_mix_it_cannot_read(tmp_path, mix):
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--mix", mix],
                           cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "mixed:R/W" in proc.stderr
+
+
+def test_pysyncobj_side_of_the_comparison_measures_writes():
+    pytest.importorskip("pysyncobj")
+    from harness.bench_compare import run_pysyncobj, settings
+
+    fastest_single = settings(4)[2]
+    m = run_pysyncobj(fastest_single, duration=0.5, warmup=0.2, value_size=100, key_space=10)
+    assert m.errors == 0 and m.writes_per_s > 0

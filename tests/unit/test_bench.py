@@ -88,3 +88,17 @@ def test_failover_report_prints_each_kill_and_the_median():
                                         {"killed": 2, "term": 3, "seconds": None}],
                              "median_s": 0.4, "max_s": 0.4})
     assert "400 ms" in lines[1] and "never" in lines[2] and lines[-1].startswith("median 400")
+
+
+def test_compare_table_takes_medians_and_the_ratio_to_the_best_peer():
+    from harness.bench_compare import Measured, format_table, medians, settings
+
+    ours_1, ours_64, peer_1, peer_64, peer_1000 = settings(64)
+    rows = [(ours_1, medians([Measured(900, 1.0, 2.0, 0)] * 3)),
+            (ours_64, medians([Measured(v, 3.0, 5.0, 0) for v in (20_000, 10_000, 30_000)])),
+            (peer_1, medians([Measured(1_000, 0.5, 1.0, 0)])),
+            (peer_64, medians([Measured(600, 100.0, 101.0, 0)])),
+            (peer_1000, medians([Measured(v, 120.0, 400.0, 0) for v in (8_000, 9_000, 1)]))]
+    table = format_table(rows, 3)
+    assert "20,000" in table and "8,000" in table and "no fsync" in table
+    assert table.splitlines()[-1].endswith("2.50x")
