@@ -538,7 +538,7 @@ def draw_plot(report: dict[str, Any], path: Path) -> None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7))
     timeline = report["timeline_ops_per_s"]
     top.plot([SAMPLE_S * (i + 1) for i in range(len(timeline))], timeline)
-    top.set(xlabel="seconds", ylabel="ops/s", title="throughput")
+    top.set(xlabel="seconds", ylabel="ops/s", title="throughput", ylim=(0, None))
     bottom.hist(report["latencies"], bins=100, log=True)
     bottom.set(xlabel="latency (ms)", ylabel="requests", title="latency")
     fig.tight_layout()
