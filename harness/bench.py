@@ -495,7 +495,7 @@ def format_report(report: dict[str, Any]) -> str:
         return "\n".join(lines + format_failover(report["failover"]))
     lat = report["latency_ms"]
     lines += [
-        f"{c['mix']} ({c['consistency']}), {c['clients']} in flight from "
+        f"{describe_mix(c['mix'], c['consistency'])}, {c['clients']} in flight from "
         f"{c['processes']} process(es), {c['value_size']}-byte values, "
         f"{c['key_space']} keys, {c['duration']:g}s after {c['warmup']:g}s warm-up",
         f"throughput   {report['ops_per_s']:,.0f} ops/s  ({report['ops']:,} ops)",
@@ -513,6 +513,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"load         {lp['count']} process(es), cpu {lp['cpu_percent']:.1f}% "
                  "in all")
     return "\n".join(lines)
+
+
+def describe_mix(mix: str, consistency: str) -> str:
+    return mix if load.parse_mix(mix) == 0 else f"{mix} ({consistency} gets)"
 
 
 def format_failover(f: dict[str, Any]) -> list[str]:
