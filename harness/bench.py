@@ -20,6 +20,7 @@ import itertools
 import json
 import math
 import multiprocessing
+import os
 import shutil
 import statistics
 import sys
@@ -158,6 +159,21 @@ def cluster_pids(state: ClusterState) -> dict[str, int]:
     if fresh.controller.pid:
         pids["controller"] = fresh.controller.pid
     return pids
+
+
+def probe_fsync(directory: Path, count: int = 50) -> dict[str, float]:
+    """What one small append + fdatasync costs on this disk now (ms): the floor under a
+    durable write's latency, which moves with the machine's other I/O."""
+    times = []
+    with tempfile.NamedTemporaryFile(dir=directory, prefix="fsync-probe-") as f:
+        for _ in range(count):
+            f.write(b"x" * 128)
+            f.flush()
+            t0 = time.perf_counter()
+            os.fdatasync(f.fileno())
+            times.append((time.perf_counter() - t0) * 1000)
+    summary = load.summarize(times)
+    return {"p50": summary.p50, "p99": summary.p99}
 
 
 # -- progress ------------------------------------------------------------------------------------
@@ -462,6 +478,7 @@ def run_bench(cfg: BenchConfig, err: TextIO = sys.stderr) -> dict[str, Any]:
         report: dict[str, Any] = {"config": config_dict(cfg, state),
                                   "cores": psutil.cpu_count()}
         leader = wait_leader(ctx, state)
+        report["disk_fdatasync_ms"] = probe_fsync(state.dir)
         if cfg.failover:
             report["failover"] = measure_failover(cfg, state, ctx, log)
             return report
@@ -489,8 +506,10 @@ def to_json(report: dict[str, Any]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     c = report["config"]
+    disk = report["disk_fdatasync_ms"]
     lines = [f"raftkv bench: {c['nodes']} nodes, fsync {'on' if c['fsync'] else 'off'}, "
-             f"{report['cores']} cores, via {c['via']}"]
+             f"{report['cores']} cores, via {c['via']}; this disk's fdatasync now: "
+             f"p50 {disk['p50']:.2f} ms, p99 {disk['p99']:.2f} ms"]
     if "failover" in report:
         return "\n".join(lines + format_failover(report["failover"]))
     lat = report["latency_ms"]

@@ -15,7 +15,8 @@ from harness.launcher import down
 
 REPO = Path(__file__).resolve().parents[2]
 LOAD_FIELDS = {"config", "cores", "ops", "seconds", "ops_per_s", "errors", "error_kinds",
-               "latency_ms", "nodes", "controller", "load_processes", "timeline_ops_per_s"}
+               "latency_ms", "nodes", "controller", "load_processes", "timeline_ops_per_s",
+               "disk_fdatasync_ms"}
 
 
 def run_bench(tmp_path: Path, *args: str) -> dict:

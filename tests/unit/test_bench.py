@@ -67,7 +67,7 @@ def report(**extra):
     return {"config": {"nodes": 3, "fsync": True, "via": "direct", "mix": "put",
                        "consistency": "linearizable", "clients": 4, "processes": 1,
                        "value_size": 100, "key_space": 10, "duration": 1.0, "warmup": 0.5},
-            "cores": 2, **extra}
+            "cores": 2, "disk_fdatasync_ms": {"p50": 0.1, "p99": 0.2}, **extra}
 
 
 def test_load_report_names_every_figure():
@@ -93,9 +93,10 @@ def test_failover_report_prints_each_kill_and_the_median():
 def test_compare_table_takes_medians_and_the_ratio_to_the_best_peer():
     from harness.bench_compare import Measured, format_table, medians, settings
 
-    ours_1, ours_64, peer_1, peer_64, peer_1000 = settings(64)
+    ours_1, ours_64, ours_unsynced, peer_1, peer_64, peer_1000 = settings(64)
     rows = [(ours_1, medians([Measured(900, 1.0, 2.0, 0)] * 3)),
             (ours_64, medians([Measured(v, 3.0, 5.0, 0) for v in (20_000, 10_000, 30_000)])),
+            (ours_unsynced, medians([Measured(90_000, 3.0, 5.0, 0)])),
             (peer_1, medians([Measured(1_000, 0.5, 1.0, 0)])),
             (peer_64, medians([Measured(600, 100.0, 101.0, 0)])),
             (peer_1000, medians([Measured(v, 120.0, 400.0, 0) for v in (8_000, 9_000, 1)]))]
