@@ -327,7 +327,10 @@ class Writer(threading.Thread):
     def __init__(self, targets: list[str], resend_s: float = 0.01) -> None:
         super().__init__(name="bench-writer", daemon=True)
         self.targets, self.resend_s = targets, resend_s
-        self.successes: list[float] = []  # time.monotonic() of each OK
+        # Per acknowledged write (in seq order): when its first attempt was sent, and
+        # when the OK came (time.monotonic()).
+        self.issued: list[float] = []
+        self.acked: list[float] = []
         self.stopping = threading.Event()
         self.error: str | None = None
 
@@ -343,6 +346,7 @@ class Writer(threading.Thread):
             value = load.bench_value(100)
             for seq in itertools.count(1):
                 attempts: set[int] = set()  # request ids that carry this seq
+                issued = time.monotonic()
                 while not self.stopping.is_set():
                     attempts.add(rid := next(rids))
                     frame = wire.encode_request(ClientRequest(
@@ -352,6 +356,8 @@ class Writer(threading.Thread):
                         with contextlib.suppress(zmq.Again):
                             s.send(frame, zmq.NOBLOCK)
                     if self.await_ok(poller, attempts):
+                        self.acked.append(time.monotonic())
+                        self.issued.append(issued)
                         break
                 if self.stopping.is_set():
                     return
@@ -386,17 +392,18 @@ class Writer(threading.Thread):
             for s, _ in poller.poll(left * 1000):
                 reply = wire.decode_reply(s.recv())
                 if reply.code == ReplyCode.OK and reply.request_id in attempts:
-                    self.successes.append(time.monotonic())
                     return True
         return False
 
     def first_success_after(self, t: float, timeout: float) -> float | None:
-        """The time of the first OK after `t`, waiting up to `timeout` for one."""
+        """When the first write issued after `t` was acknowledged, waiting up to `timeout`
+        for one. A write issued before `t` does not count: its OK may have been given
+        (and held up in the controller) before then."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            i = bisect.bisect_right(self.successes, t)
-            if i < len(self.successes):
-                return self.successes[i]
+            i = bisect.bisect_right(self.issued, t)
+            if i < len(self.acked):
+                return self.acked[i]
             time.sleep(0.001)
         return None
 
@@ -433,8 +440,8 @@ def measure_failover(cfg: BenchConfig, state: ClusterState, ctx: zmq.Context,
 
 
 def kill_and_time(ctx: zmq.Context, state: ClusterState, writer: Writer) -> dict[str, Any]:
-    """One kill-leader; `seconds` runs from sending the command to the first write that
-    succeeded after the controller reported the process gone."""
+    """One kill-leader; `seconds` runs from sending the command to the acknowledgement of
+    the first write issued after the controller reported the process gone."""
     controller_status(ctx, state, lambda st: st.get("leader") is not None)
     t0 = time.monotonic()
     killed = rpc.control(ctx, state.controller.address, "kill-leader")
