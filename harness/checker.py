@@ -76,8 +76,21 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_STATES = 5_000_000  # memoised configurations across all keys (~1 GB worst case)
 
 _GET, _PUT, _DELETE, _CAS = range(4)
+
+
+class _Unread:
+    """The one token for every value no operation ever looked for (see _check_key)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<a value nobody read>"
+
+
+UNREAD = _Unread()
 _CODE = {"get": _GET, "put": _PUT, "delete": _DELETE, "cas": _CAS}
 _CHECK_CLOCK_EVERY = 512  # search steps between two looks at the clock
+_FORCED = -1  # stack mark: an op placed without alternatives (see _check_key)
 _CONTEXT_OPS = 3  # linearized ops shown before the stuck point in an explanation
 
 
@@ -325,11 +338,22 @@ class _KeyVerdict:
 def _check_key(ops: list[Op], budget: _Budget) -> _KeyVerdict:
     """Wing & Gong search with Lowe's memoisation over one key's ok and info ops.
 
-    Events live in a doubly linked list (arrays `nxt`/`prv`, sentinel 0 at the head and
-    `tail` at the end) sorted by time: a call event per op, a return event per ok op. At
-    equal times calls sort first, so touching intervals count as concurrent (the
-    permissive reading). Linearizing an op unlinks its events ("lift"); backtracking
-    links them back in reverse order, so the list is always exactly the unlinearized ops.
+    The ok ops' events live in a doubly linked list (arrays `nxt`/`prv`, sentinel 0 at
+    the head and `tail` at the end) sorted by time: a call and a return per op. At equal
+    times calls sort first, so touching intervals count as concurrent (the permissive
+    reading). Linearizing an op unlinks its events ("lift"); backtracking links them back
+    in reverse order, so the list always holds exactly the unlinearized ok ops. Info ops
+    have no return; they sit in a second list (`inxt`/`iprv`) sorted by invoke.
+
+    From a configuration the candidates are, in this order: the ok ops whose call comes
+    before the first return in the list, then the info ops invoked by that return's time.
+    Trying info ops last and never being forced to place one is where info ops differ;
+    the memo is where they are cheap. Because an info op may also never happen, a
+    configuration with a set I of info ops placed can do nothing that the same
+    configuration with a subset of I cannot (it can always skip the rest), so the memo
+    maps (ok ops placed, state) to the info sets explored and prunes any superset. That
+    refinement of Lowe's memo keeps each pending-forever info op from doubling the
+    search; with no info ops it is exactly his (set, state) cache.
     """
     n = len(ops)
     code = [_CODE[o.op] for o in ops]
@@ -345,18 +369,47 @@ def _check_key(ops: list[Op], budget: _Budget) -> _KeyVerdict:
             arg_a.append(_value(o.input, "put input") if c == _PUT else None)
             arg_b.append(None)
         out.append(_value(o.output, "output") if c == _GET else o.output)
+    # A value no get returned and no cas expected can never be told apart from any other
+    # such value: all the model can learn of it is "present, and none of the values
+    # anyone looked for". Writing them all as one token merges states that differ only
+    # in which unread value the key holds.
+    looked_for = {out[i] for i in range(n) if code[i] == _GET and not info[i]}
+    looked_for.update(arg_a[i] for i in range(n) if code[i] == _CAS)
+    for i in range(n):
+        if code[i] == _PUT and arg_a[i] not in looked_for:
+            arg_a[i] = UNREAD
+        elif code[i] == _CAS and arg_b[i] not in looked_for:
+            arg_b[i] = UNREAD
+    ok_ops = [i for i in range(n) if not info[i]]
+    ops_invoke = [o.invoke for o in ops]
+    info_ops = sorted((i for i in range(n) if info[i]), key=lambda i: (ops[i].invoke, i))
+    # Info ops with the same effect (op, argument(s)) are interchangeable, except that an
+    # earlier-invoked one can be placed at more points. So of those that are candidates
+    # at once only the latest-invoked is tried, keeping the more flexible ones for later.
+    twins: dict[tuple[int, Any, Any], list[int]] = {}
+    for i in info_ops:
+        twins.setdefault((code[i], arg_a[i], arg_b[i]), []).append(i)
+    later_twins: list[list[int]] = [[] for _ in range(n)]
+    for group in twins.values():
+        for rank, i in enumerate(group):
+            later_twins[i] = group[rank + 1 :] if len(group) <= 64 else group[rank + 1 : rank + 65]
+    bit = [0] * n  # ok ops and info ops each numbered from bit 0 in their own set
+    for rank, i in enumerate(ok_ops):
+        bit[i] = 1 << rank
+    for rank, i in enumerate(info_ops):
+        bit[i] = 1 << rank
 
-    # Events: (time, 0=call/1=return, op). Ids 1..E in sorted order; 0 head, E+1 tail.
-    raw = [(o.invoke, 0, i) for i, o in enumerate(ops)]
-    raw += [(o.complete, 1, i) for i, o in enumerate(ops) if not info[i]]
+    # The ok events: (time, 0=call/1=return, op); ids 1..E in order, 0 head, E+1 tail.
+    raw = [(ops[i].invoke, 0, i) for i in ok_ops] + [(ops[i].complete, 1, i) for i in ok_ops]
     raw.sort()
     tail = len(raw) + 1
     ev_op = [-1] * (tail + 1)
+    ev_time = [0] * (tail + 1)
     ev_call = [False] * (tail + 1)
     call_ev = [0] * n
-    ret_ev = [0] * n  # 0: none (info op)
-    for e, (_, kind, i) in enumerate(raw, 1):
-        ev_op[e] = i
+    ret_ev = [0] * n
+    for e, (t, kind, i) in enumerate(raw, 1):
+        ev_op[e], ev_time[e] = i, t
         if kind == 0:
             ev_call[e] = True
             call_ev[i] = e
@@ -364,24 +417,50 @@ def _check_key(ops: list[Op], budget: _Budget) -> _KeyVerdict:
             ret_ev[i] = e
     nxt = list(range(1, tail + 2))
     prv = list(range(-1, tail))
-    bit = [1 << i for i in range(n)]
+    # The info ops: nodes 1..m in invoke order, 0 head, m+1 tail.
+    itail = len(info_ops) + 1
+    inode_op = [-1, *info_ops, -1]
+    inode_time = [0, *(ops[i].invoke for i in info_ops), 0]
+    inode = [0] * n
+    for p, i in enumerate(info_ops, 1):
+        inode[i] = p
+    inxt = list(range(1, itail + 2))
+    iprv = list(range(-1, itail))
 
-    seen: set[tuple[int, Any]] = set()
-    stack: list[tuple[int, Any]] = []  # (op, state before it)
-    linearized = 0
+    seen: dict[tuple[int, Any], list[int]] = {}  # (ok set, state) -> info sets explored
+    stack: list[tuple[int, Any, int]] = []  # (op, state before it, stuck return if info)
+    lin_ok = lin_info = 0
     state: Any = None
-    pending_ok = n - sum(info)
-    best = _KeyVerdict("violation", stuck=-1)
+    pending_ok = len(ok_ops)
+    best = _KeyVerdict("violation")
     best_depth = -1
     steps = 0
-    entry = nxt[0]
+    entry = nxt[0]  # cursor in the ok events, while placing ok ops
+    ientry = 0  # cursor in the info list, once the ok candidates are exhausted
+    stuck = 0  # the first return event: the deadline for every candidate
+    placing_ok = True
     while pending_ok:
         steps += 1
         if steps % _CHECK_CLOCK_EVERY == 0 and time.monotonic() > budget.deadline:
             budget.reason = "timeout"
             return _KeyVerdict("unknown")
-        if ev_call[entry]:
+        dead = False
+        if placing_ok:
+            if not ev_call[entry]:
+                if entry == tail:  # unreachable while an ok op is pending
+                    raise AssertionError("checker reached the end of the events")
+                # The first return: its op must be placed before any op invoked later.
+                placing_ok = False
+                stuck = entry
+                ientry = inxt[0]
+                continue
             i = ev_op[entry]
+        elif ientry == itail or inode_time[ientry] > ev_time[stuck]:
+            dead = True  # no candidate extends this prefix
+        else:
+            i = inode_op[ientry]
+        if not dead:
+            # Try op i from the current state.
             c = code[i]
             if c == _PUT:
                 legal, new = True, arg_a[i]
@@ -393,54 +472,128 @@ def _check_key(ops: list[Op], budget: _Budget) -> _KeyVerdict:
                 swapped = state == arg_a[i]
                 legal = info[i] or out[i] == swapped
                 new = arg_b[i] if swapped else state
+            if info[i]:
+                if new == state or (c != _CAS and stack and info[stack[-1][0]]):
+                    # Pointless, so skipped: an info op that leaves the state as it is, or
+                    # a blind write (put/delete) right after another info op, which it
+                    # would overwrite. Either configuration is dominated by one without
+                    # the op(s), which the search explores from the parent anyway.
+                    legal = False
+                else:
+                    deadline = ev_time[stuck]
+                    for k in later_twins[i]:
+                        if ops_invoke[k] > deadline:
+                            break
+                        if not lin_info & bit[k]:
+                            legal = False  # a later twin is a candidate: it is tried instead
+                            break
             if legal:
-                config = (linearized | bit[i], new)
-                if config not in seen:
+                # An ok op that leaves the state alone wherever it is legal (a get, a
+                # cas that did not swap or swapped v for v, a delete that found nothing;
+                # not a put, whose effect depends on where it lands) and is legal now
+                # can move to this point of any linearization that exists from here: it
+                # is a candidate, so nothing pending must precede it. So it is the only
+                # child worth trying: if it fails, so does this configuration.
+                forced = not info[i] and c != _PUT and new == state
+                if info[i]:
+                    key, infos = (lin_ok, new), lin_info | bit[i]
+                else:
+                    key, infos = (lin_ok | bit[i], new), lin_info
+                explored = seen.get(key)
+                if explored is None or all(old & ~infos for old in explored):
                     if budget.states_left == 0:
                         budget.reason = "state budget"
                         return _KeyVerdict("unknown")
                     budget.states_left -= 1
-                    seen.add(config)
-                    stack.append((i, state))
-                    linearized, state = config
-                    # lift: unlink the call, then the return
-                    nxt[prv[entry]] = nxt[entry]
-                    prv[nxt[entry]] = prv[entry]
-                    r = ret_ev[i]
-                    if r:
+                    if explored is None:
+                        seen[key] = [infos]
+                    else:
+                        explored.append(infos)
+                    if info[i]:
+                        stack.append((i, state, stuck))
+                        p = ientry
+                        inxt[iprv[p]] = inxt[p]
+                        iprv[inxt[p]] = iprv[p]
+                        lin_info = infos
+                    else:
+                        stack.append((i, state, _FORCED if forced else 0))
+                        e, r = entry, ret_ev[i]  # lift: unlink the call, then the return
+                        nxt[prv[e]] = nxt[e]
+                        prv[nxt[e]] = prv[e]
                         nxt[prv[r]] = nxt[r]
                         prv[nxt[r]] = prv[r]
+                        lin_ok = key[0]
                         pending_ok -= 1
+                    state = new
                     entry = nxt[0]
+                    placing_ok = True
                     continue
-            entry = nxt[entry]
-            continue
-        if entry == tail:  # unreachable while an ok op is pending: its return is ahead
-            raise AssertionError("checker reached the end of the events with ops pending")
-        # A return event: its op had to be linearized by now and is not. Backtrack.
+                # Already explored, so failed (an ancestor has fewer ok ops placed).
+                dead = forced
+            if not dead:
+                if placing_ok:
+                    entry = nxt[entry]
+                else:
+                    ientry = inxt[ientry]
+                continue
+        # A dead end. Keep the deepest as the evidence, then backtrack.
         if len(stack) > best_depth:
             best_depth = len(stack)
-            cands = []
+            best = _KeyVerdict("violation", [j for j, _, _ in stack], state=state)
+            if placing_ok:  # a forced op found failed: show what it was stuck behind
+                e = entry
+                while ev_call[e]:
+                    e = nxt[e]
+                stuck = e
+            best.stuck = ev_op[stuck]
             e = nxt[0]
-            while e != entry:
+            while e != stuck:
                 if ev_call[e]:
-                    cands.append(ev_op[e])
+                    best.candidates.append(ev_op[e])
                 e = nxt[e]
-            best = _KeyVerdict("violation", [j for j, _ in stack], ev_op[entry], cands, state)
-        if not stack:
-            return best
-        i, state = stack.pop()
-        linearized ^= bit[i]
-        e = call_ev[i]
-        r = ret_ev[i]
-        if r:  # unlift: relink in the reverse order of lift
+            p = inxt[0]
+            while p != itail and inode_time[p] <= ev_time[stuck]:
+                best.candidates.append(inode_op[p])
+                p = inxt[p]
+        while True:
+            if not stack:
+                return best
+            i, state, saved = stack.pop()
+            if info[i]:
+                p = inode[i]
+                inxt[iprv[p]] = p
+                iprv[inxt[p]] = p
+                lin_info ^= bit[i]
+                ientry = inxt[p]
+                stuck = saved
+                placing_ok = False
+                break
+            e, r = call_ev[i], ret_ev[i]  # unlift: relink in the reverse order of lift
             nxt[prv[r]] = r
             prv[nxt[r]] = r
+            nxt[prv[e]] = e
+            prv[nxt[e]] = e
+            lin_ok ^= bit[i]
             pending_ok += 1
-        nxt[prv[e]] = e
-        prv[nxt[e]] = e
-        entry = nxt[e]
+            if saved != _FORCED:
+                entry = nxt[e]
+                placing_ok = True
+                break
     return _KeyVerdict("ok")
+
+
+def _replay(prefix: list[Op]) -> Any:
+    """The key's value after `prefix` run in order (the search keeps unread values as one
+    token; this names the actual one)."""
+    state: Any = None
+    for o in prefix:
+        if o.op == "put":
+            state = _value(o.input, "put input")
+        elif o.op == "delete":
+            state = None
+        elif o.op == "cas" and state == _value(o.input[0], "cas expected"):
+            state = _value(o.input[1], "cas new")
+    return state
 
 
 def check(
@@ -517,7 +670,7 @@ def check(
                 prefix=prefix,
                 stuck=key_ops[kv.stuck],
                 concurrent=concurrent,
-                state=kv.state,
+                state=_replay(prefix),
                 window=window,
             )
         checked += 1
