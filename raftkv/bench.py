@@ -255,23 +255,22 @@ def fill_keys(ctx: zmq.Context, address: str, key_space: int, value_size: int,
     try:
         pipe.open_session()
         value = bench_value(value_size)
-        pending = iter(bench_keys(key_space))
-        for key in pending:
+        for key in bench_keys(key_space):
             pipe.send(ReqOp.PUT, key, value)
-            if len(pipe.sent_at) < in_flight:
-                continue
-            for _, _, reply in pipe.receive(STALL_S) or fail_silence():
-                if reply.code != ReplyCode.OK:
-                    raise RuntimeError(f"filling the key space: PUT answered {reply}")
-        drain(pipe)
-        if pipe.sent_at:
-            fail_silence()
+            while len(pipe.sent_at) >= in_flight:
+                check_filled(pipe.receive(STALL_S))
+        while pipe.sent_at:
+            check_filled(pipe.receive(STALL_S))
     finally:
         pipe.close()
 
 
-def fail_silence() -> list:
-    raise RuntimeError(f"filling the key space: no answer within {STALL_S:g}s")
+def check_filled(answers: list[tuple[int, int, wire.ClientReply]]) -> None:
+    if not answers:
+        raise RuntimeError(f"filling the key space: no answer within {STALL_S:g}s")
+    for _, _, reply in answers:
+        if reply.code != ReplyCode.OK:
+            raise RuntimeError(f"filling the key space: PUT answered {reply}")
 
 
 def main(argv: list[str] | None = None) -> int:
