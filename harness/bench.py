@@ -492,7 +492,10 @@ def run_bench(cfg: BenchConfig, err: TextIO = sys.stderr) -> dict[str, Any]:
         targets = load_targets(cfg, state, leader)
         if load.parse_mix(cfg.mix) > 0:
             log(f"filling {cfg.key_space} keys ...")
-            load.fill_keys(ctx, targets[0], cfg.key_space, cfg.value_size)
+            try:
+                load.fill_keys(ctx, targets[0], cfg.key_space, cfg.value_size)
+            except RuntimeError as e:
+                raise BenchError(str(e)) from e
         result, latencies = run_load(cfg, targets, cluster_pids(state), err)
     report.update(asdict(result))
     report["latencies"] = latencies
