@@ -26,6 +26,16 @@ or absent (None):
     delete()          -> existed  value := absent
     cas(expected,new) -> swapped  if value == expected (None = absent): value := new
 
+Beyond Lowe's cache the search prunes only by dominance, so it stays exact: an ok op that
+cannot change the state (a get, a cas that did not swap, ...) and is legal now is placed
+without trying alternatives; info ops are tried after the ok ops, and a configuration
+whose placed info ops are a superset of an explored one's (same ok ops, same state) is
+skipped; values nobody ever read or compared are one token; of interchangeable info ops
+only the latest-invoked candidate is tried. A brute-force cross-check in the tests holds
+it to the definition. Cost: a few hundredths of a second for 5,000 ops over 10 keys; what
+stays expensive is proving a violation on one key with many info ops (each may have
+happened at any point since its invoke), and there the budget answers "unknown".
+
 Status of an operation: ``ok`` completed with that output; ``fail`` certainly did not
 take effect (dropped before checking); ``info`` unknown -- it may have taken effect at any
 moment after its invoke, or never. An info op is treated as completing at +infinity with
@@ -290,10 +300,15 @@ class Result:
         lines.append("  cannot be extended past the completion of:")
         if self.stuck is not None:
             lines.append(" >> " + format_op(self.stuck, self.origin))
-        others = [op for op in self.concurrent if op is not self.stuck]
+        others = [op for op in self.concurrent if op is not self.stuck and id(op) in in_window]
         if others:
             lines.append("  other ops still unplaced at that point (each order was tried):")
             lines += ["    " + format_op(op, self.origin) for op in others]
+        older = len(self.concurrent) - len(others) - (self.stuck is not None)
+        if older:
+            lines.append(
+                f"  and {older} info ops invoked earlier, also unplaced (see Result.concurrent)"
+            )
         return "\n".join(lines)
 
 
@@ -651,8 +666,9 @@ def check(
         if kv.verdict == "violation":
             prefix = [key_ops[i] for i in kv.prefix]
             concurrent = sorted((key_ops[i] for i in kv.candidates), key=lambda o: o.invoke)
-            # The prefix from its first ok op still running when the unplaced ops began.
-            start = min(o.invoke for o in concurrent)
+            # The prefix from its first ok op still running when the unplaced ok ops
+            # began; info ops invoked before that (unplaced since) are left out too.
+            start = min(o.invoke for o in concurrent if o.status == "ok")
             cut = next(
                 (
                     j
@@ -662,7 +678,8 @@ def check(
                 len(prefix),
             )
             tail_ops = prefix[min(cut, max(0, len(prefix) - _CONTEXT_OPS)) :]
-            window = sorted(tail_ops + concurrent, key=lambda o: o.invoke)
+            recent = [o for o in concurrent if o.status == "ok" or o.invoke >= start]
+            window = sorted(tail_ops + recent, key=lambda o: o.invoke)
             return result(
                 "violation",
                 checked,
