@@ -72,10 +72,13 @@ def test_up_kill_leader_restart_down_up_keeps_the_data(cli):
     assert st["leader"] not in (None, first["leader"])
     assert cli("get", "k19").stdout == "v19\n"
     cli("restart", str(first["leader"]))
-    wait_for(lambda: (lambda n: n["alive"] and n["role"] == "follower"
-                      and n["applied_index"] >= st["nodes"][0]["commit_index"] - 5)(
-        next(n for n in cli.status()["nodes"] if n["id"] == first["leader"])),
-        15, "the old leader to rejoin as a follower and catch up")
+    target = next(n for n in st["nodes"] if n["id"] == st["leader"])["commit_index"]
+
+    def old_leader_caught_up() -> bool:
+        n = next(n for n in cli.status()["nodes"] if n["id"] == first["leader"])
+        return n["alive"] and n["role"] == "follower" and (n["applied_index"] or 0) >= target
+
+    wait_for(old_leader_caught_up, 15, "the old leader to rejoin as a follower and catch up")
     pids = cli.pids()
     assert "stopped" in cli("down").stdout
     assert all(live_process(pid, created) is None for pid, created in pids)
