@@ -79,6 +79,7 @@ import zmq
 from harness import cluster_state
 from harness.cluster_state import FILE_NAME, ClusterState, NodeEntry
 from raftkv import wire
+from raftkv.transport import connect_dealer
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
 log = logging.getLogger("raftkv.controller")
@@ -94,9 +95,6 @@ KILL_WAIT_S = 2.0  # how long a kill command waits for the process to disappear
 OWN_ENVELOPE = b"\x00ctl"
 DEALER_ID = b"ctl"
 HWM = 10_000
-RECONNECT_IVL_MS = 100
-HEARTBEAT_IVL_MS = 1_000
-HEARTBEAT_TIMEOUT_MS = 3_000
 MAX_HOPS = 3  # NOT_LEADER redirects followed at once before waiting for a sweep
 MAX_DRAIN = 1_000  # messages taken off one socket per loop turn
 
@@ -201,19 +199,7 @@ class Controller:
         s.bind(self.state.controller.address)
 
     def connect_dealer(self, address: str) -> zmq.Socket:
-        d = self.context.socket(zmq.DEALER)
-        d.setsockopt(zmq.ROUTING_ID, DEALER_ID)
-        d.setsockopt(zmq.LINGER, 0)
-        d.setsockopt(zmq.SNDHWM, HWM)
-        d.setsockopt(zmq.RCVHWM, HWM)
-        # Queue only to a live connection: a send to a dead node fails at once and the
-        # request is held for a retry instead of waiting in a queue nobody drains.
-        d.setsockopt(zmq.IMMEDIATE, 1)
-        d.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-        d.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        d.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        d.connect(address)
-        return d
+        return connect_dealer(self.context, address, routing_id=DEALER_ID, hwm=HWM)
 
     def close(self) -> None:
         for entry in list(self.pending.values()):

@@ -76,6 +76,7 @@ from typing import Any
 
 import zmq
 
+from raftkv.transport import connect_dealer
 from raftkv.wire import (
     ClientReply,
     ClientRequest,
@@ -94,10 +95,6 @@ MAX_PAUSE = 0.2
 CONNECT_GRACE = 0.2  # seconds a new client waits for a connection before skipping a node
 CONSISTENCIES = ("linearizable", "stale")
 
-# Same socket options as the nodes' own DEALERs (transport.py).
-_RECONNECT_IVL_MS = 100
-_HEARTBEAT_IVL_MS = 1_000
-_HEARTBEAT_TIMEOUT_MS = 3_000
 _HWM = 100_000
 
 _OK = ReplyCode.OK
@@ -197,18 +194,7 @@ class _IOThread(threading.Thread):
         socks: list[zmq.Socket] = []
         try:
             for addr in self.addresses:
-                s = self.context.socket(zmq.DEALER)
-                socks.append(s)
-                s.setsockopt(zmq.LINGER, 0)
-                s.setsockopt(zmq.SNDHWM, _HWM)
-                s.setsockopt(zmq.RCVHWM, _HWM)
-                # Queue only to a completed connection, so a send to a node that is down
-                # fails at once and the caller moves on instead of waiting for a reply.
-                s.setsockopt(zmq.IMMEDIATE, 1)
-                s.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_IVL_MS)
-                s.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
-                s.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
-                s.connect(addr)
+                socks.append(connect_dealer(self.context, addr, hwm=_HWM))
         except BaseException as e:
             self.error = e
             for s in socks:

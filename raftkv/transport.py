@@ -70,6 +70,30 @@ Route = bytes | tuple[bytes, bytes]
 relays the request."""
 
 
+def connect_dealer(ctx: zmq.Context, address: str, *, routing_id: bytes | None = None,
+                   hwm: int = DEFAULT_HWM) -> zmq.Socket:
+    """A DEALER connected to `address`, as every process here talks to a node: it queues
+    only to a completed connection (IMMEDIATE), so while the node is down a send fails at
+    once instead of piling up frames; it reconnects within RECONNECT_IVL_MS of the node's
+    return, and ZMTP heartbeats notice a node that vanished without closing."""
+    d = ctx.socket(zmq.DEALER)
+    try:
+        if routing_id is not None:
+            d.setsockopt(zmq.ROUTING_ID, routing_id)
+        d.setsockopt(zmq.LINGER, 0)
+        d.setsockopt(zmq.SNDHWM, hwm)
+        d.setsockopt(zmq.RCVHWM, hwm)
+        d.setsockopt(zmq.IMMEDIATE, 1)
+        d.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        d.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        d.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        d.connect(address)
+    except BaseException:
+        d.close(linger=0)
+        raise
+    return d
+
+
 def peer_identity(node_id: int) -> bytes:
     """The routing id a node's DEALERs present to its peers."""
     return b"n%d" % node_id
@@ -139,18 +163,7 @@ class Transport:
         self.endpoint: str = router.getsockopt_string(zmq.LAST_ENDPOINT)
         me = peer_identity(self.node_id)
         for pid, addr in self.peers.items():
-            d = self._ctx.socket(zmq.DEALER)
-            self._dealers[pid] = d
-            d.setsockopt(zmq.ROUTING_ID, me)
-            d.setsockopt(zmq.LINGER, 0)
-            d.setsockopt(zmq.SNDHWM, hwm)
-            # Queue only to a completed connection: while the peer is down, send fails
-            # at once (counted) rather than piling up frames Raft will resend anyway.
-            d.setsockopt(zmq.IMMEDIATE, 1)
-            d.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-            d.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-            d.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-            d.connect(addr)
+            self._dealers[pid] = connect_dealer(self._ctx, addr, routing_id=me, hwm=hwm)
 
     # ---- receiving -----------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import zmq
 
-from harness import cluster_state
+from harness import cluster_state, rpc
 from harness.cluster_state import ClusterState, NodeEntry, ProcEntry, python_argv
 from harness.launcher import free_ports, wait_for
 from raftkv import wire
@@ -103,16 +103,7 @@ class ControllerCluster:
 
     def call(self, frame: bytes, timeout: float = 12.0, address: str | None = None
              ) -> ClientReply | None:
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        try:
-            s.connect(address or self.address)
-            s.send(frame)
-            if not s.poll(int(timeout * 1000)):
-                return None
-            return wire.decode_reply(s.recv())
-        finally:
-            s.close()
+        return rpc.call_raw(self.ctx, address or self.address, frame, timeout)
 
     def request(self, op: ReqOp, timeout: float = 12.0, **fields: Any) -> ClientReply | None:
         req = ClientRequest(next(self.request_ids), op, **fields)
