@@ -1,5 +1,6 @@
 """The pure Raft core: messages in, a Ready batch out. No sockets, clock, disk or threads."""
 
+from raftkv.raft.confchange import ConfChange, ConfChangeError, ConfOp, Membership
 from raftkv.raft.core import CampaignKind, Config, Raft
 from raftkv.raft.types import (
     NONE,
@@ -19,6 +20,10 @@ from raftkv.raft.types import (
 )
 
 __all__ = [
+    "ConfChange",
+    "ConfChangeError",
+    "ConfOp",
+    "Membership",
     "CampaignKind",
     "Config",
     "Raft",

@@ -16,6 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from raftkv.raft.confchange import (
+    ConfChange,
+    ConfChangeError,
+    ConfHistory,
+    Membership,
+    encode_change,
+)
 from raftkv.raft.log import RaftLog
 from raftkv.raft.progress import Progress, ProgressState
 from raftkv.raft.quorum import VoteResult, committed_index, vote_result
@@ -99,10 +106,6 @@ class Raft:
         self.id = config.id
         self.cfg = config
         self.rng = random.Random(config.seed)
-        voters = snapshot.voters if snapshot and snapshot.voters else config.voters
-        self.voters: frozenset[int] = frozenset(voters)
-        if not self.voters:
-            raise ValueError("a cluster needs at least one voter")
         self.log = RaftLog(
             entries,
             offset=snapshot.index if snapshot else 0,
@@ -114,6 +117,18 @@ class Raft:
         # what a follower that needs compacted entries is sent.
         self.snapshot = snapshot if snapshot and snapshot.index else None
         self.pending_snapshot: SnapshotMeta | None = None  # received, not yet persisted
+        # Membership: the snapshot's (or the initial) configuration, then every change in
+        # the log. A node joining an existing cluster starts with no voters at all and
+        # learns the configuration from the leader.
+        if self.snapshot is not None:
+            base = Membership(frozenset(self.snapshot.voters),
+                              frozenset(self.snapshot.learners))
+        else:
+            base = Membership(frozenset(config.voters))
+        self.conf = ConfHistory(base, self.log.offset)
+        self.conf.sync(self.log.term, self.log.entries)
+        self.voters: frozenset[int] = self.conf.current.voters
+        self.learners: frozenset[int] = self.conf.current.learners
         self.term = hs.term
         self.vote = hs.vote
         self.lead = NONE
@@ -186,9 +201,42 @@ class Raft:
         if self.lead_transferee != NONE:
             raise ProposalDropped(f"leadership is moving to node {self.lead_transferee}")
         index = self.log.last_index() + 1
-        self.log.append([Entry(self.term, index, type, data)])
+        entry = Entry(self.term, index, type, data)
+        self.log.append([entry])
+        if type == EntryType.CONF_CHANGE:
+            self.sync_membership([entry])
         self._bcast_pending = True
         return index
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        """Propose one membership change (thesis §4.1); returns its log index. Refused
+        while another change is uncommitted, or before this leader has committed an
+        entry of its term, or when it makes no sense for the current membership."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.lead)
+        if self.conf.last_index > self.log.committed:
+            raise ConfChangeError("another configuration change is not committed yet")
+        if not self.committed_entry_in_current_term():
+            raise ConfChangeError("the leader has not yet committed an entry of its term")
+        after = self.conf.current.apply(cc)  # raises for a change that makes no sense
+        return self.propose(encode_change(cc, after), EntryType.CONF_CHANGE)
+
+    def sync_membership(self, entries: list[Entry]) -> None:
+        """Use the latest configuration in the log (§4.1) after entries were appended or
+        a suffix replaced; a leader starts or stops tracking the members that changed."""
+        if not self.conf.sync(self.log.term, entries):
+            return
+        m = self.conf.current
+        self.voters, self.learners = m.voters, m.learners
+        if self.role == Role.LEADER:
+            members = m.voters | m.learners | {self.id}
+            for pid in list(self.prs):
+                if pid not in members:
+                    del self.prs[pid]
+            for pid in members - self.prs.keys():
+                pr = Progress(self.log.last_index() + 1, self.cfg.max_inflight)
+                pr.recent_active = True
+                self.prs[pid] = pr
 
     def read_index(self, ctx: object) -> None:
         """Ask for a linearizable read point (thesis §6.4). A `ReadState(index, ctx)`
@@ -402,7 +450,7 @@ class Raft:
         self._step = self._step_leader
         self._tick = self._tick_heartbeat
         last = self.log.last_index()
-        for v in self.voters:
+        for v in self.voters | self.learners | {self.id}:
             pr = Progress(last + 1, self.cfg.max_inflight)
             pr.recent_active = True
             self.prs[v] = pr
@@ -569,6 +617,8 @@ class Raft:
             pr.become_replicate()
         if self.maybe_commit():
             self._bcast_pending = True
+            if self.role != Role.LEADER:
+                return  # our own removal committed
         while self.maybe_send_append(m.frm, send_if_empty=False):
             pass
         if m.frm == self.lead_transferee and pr.match == self.log.last_index():
@@ -582,6 +632,10 @@ class Raft:
             return False
         self.log.commit_to(index)
         self._bcast_pending = True
+        if self.id not in self.voters and self.log.committed >= self.conf.last_index:
+            # Our removal is committed: stop leading (thesis §4.2.2).
+            self.become_follower(self.term, NONE)
+            return True
         if self.reads_before_commit:
             held, self.reads_before_commit = self.reads_before_commit, []
             for ctx in held:
@@ -598,6 +652,8 @@ class Raft:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            if m.entries:
+                self.sync_membership(m.entries)
             self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=last_new))
             return
         hint_index, hint_term = self.log.find_conflict_by_term(
@@ -618,8 +674,9 @@ class Raft:
             self.log.commit_to(meta.index)
         else:
             self.log.restore(meta.index, meta.term)
-            if meta.voters:
-                self.voters = frozenset(meta.voters)
+            self.conf = ConfHistory(Membership(frozenset(meta.voters),
+                                               frozenset(meta.learners)), meta.index)
+            self.voters, self.learners = self.conf.current.voters, self.conf.current.learners
             self.snapshot = meta
             self.pending_snapshot = meta
         self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=meta.index))
@@ -630,7 +687,10 @@ class Raft:
         if index <= self.log.offset:
             return
         term = self.log.compact(index)
-        self.snapshot = SnapshotMeta(index, term, tuple(sorted(self.voters)))
+        self.conf.compact(index)
+        m = self.conf.base
+        self.snapshot = SnapshotMeta(index, term, tuple(sorted(m.voters)),
+                                     tuple(sorted(m.learners)))
 
     def handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(min(m.commit, self.log.last_index()))
@@ -683,6 +743,8 @@ class Raft:
             "commit_index": self.log.committed,
             "applied_index": self.log.applied,
             "stabled_index": self.log.stabled,
+            "voters": sorted(self.voters),
+            "learners": sorted(self.learners),
             "progress": {pid: {"match": pr.match, "next": pr.next, "state": pr.state.name}
                          for pid, pr in self.prs.items()},
         }

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 
 from raftkv.raft import (
     CampaignKind,
+    ConfChange,
+    ConfChangeError,
     Config,
+    ConfOp,
     Entry,
     EntryType,
     HardState,
@@ -171,12 +174,14 @@ class Cluster:
         max_entries_per_msg: int = 64,
         trace_len: int = 60,
         compact_every: int | None = None,
+        spare: int = 0,
     ) -> None:
         self.compact_every = compact_every
         # index -> (kv, applied entries): every snapshot ever taken, shared by all nodes
         # (state machine safety makes the state at an index the same everywhere).
         self.snapshots: dict[int, tuple[dict, list[Entry]]] = {}
-        self.ids = list(range(1, n + 1))
+        self.ids = list(range(1, n + 1 + spare))
+        self.initial_voters = tuple(range(1, n + 1))  # spare nodes join later, if at all
         self.seed = seed
         self.rng = random.Random(seed)
         self.cfg_args = dict(election_tick=election_tick, pre_vote=pre_vote,
@@ -212,8 +217,8 @@ class Cluster:
     def boot(self, i: int) -> None:
         node = self.nodes[i]
         self.boot_count += 1
-        cfg = Config(i, tuple(self.ids), seed=self.seed * 1000 + self.boot_count,
-                     **self.cfg_args)
+        voters = self.initial_voters if i in self.initial_voters else ()
+        cfg = Config(i, voters, seed=self.seed * 1000 + self.boot_count, **self.cfg_args)
         snap = node.disk.snapshot
         node.core = Raft(cfg, hard_state=node.disk.hard_state, entries=list(node.disk.entries),
                          snapshot=snap, applied=snap.index if snap else 0)
@@ -514,10 +519,41 @@ class Cluster:
 
     # -- convergence -----------------------------------------------------------------
 
+    def members(self) -> set[int]:
+        """The members in the configuration of the current leader (all nodes without one)."""
+        lead = self.leader()
+        if lead is None:
+            return set(self.ids)
+        core = self.nodes[lead].core
+        return set(core.voters | core.learners)
+
+    def change_membership(self, op: ConfOp, pick: float) -> None:
+        """Ask the leader for one membership change on a node chosen by `pick`."""
+        lead = self.leader()
+        if lead is None:
+            return
+        core = self.nodes[lead].core
+        candidates = {
+            ConfOp.ADD_LEARNER: [i for i in self.ids if i not in core.voters | core.learners],
+            ConfOp.PROMOTE: sorted(core.learners),
+            ConfOp.REMOVE: sorted(core.learners | core.voters) if len(core.voters) > 3
+            else sorted(core.learners),
+        }[op]
+        if not candidates:
+            return
+        target = candidates[int(pick * len(candidates))]
+        try:
+            index = core.propose_conf_change(ConfChange(op, target))
+        except (NotLeader, ConfChangeError):
+            return
+        self.trace.append(f"t={self.now} {lead} proposes {op.name} {target} at {index}")
+        self.drive(lead)
+
     def check_converged(self) -> None:
-        """Every live node applied the same entries (after the cluster settled)."""
+        """Every live member applied the same entries (after the cluster settled)."""
+        members = self.members()
         logs = {i: [(e.index, e.term, e.data) for e in n.applied]
-                for i, n in self.nodes.items() if n.alive}
+                for i, n in self.nodes.items() if n.alive and i in members}
         first = next(iter(logs.values()))
         for i, log in logs.items():
             if log != first:

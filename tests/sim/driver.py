@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from raftkv.raft import ConfOp
 from tests.sim.cluster import Cluster, SafetyViolation, encode_put
 
 # name -> (drop rate, duplicate rate, (min delay, max delay) in time units, faults)
@@ -25,8 +26,11 @@ FAULT_MIXES: dict[str, tuple[float, float, tuple[int, int], tuple[str, ...]]] = 
     "partitions": (0.02, 0.0, (1, 8), ("partition", "oneway", "isolate_leader")),
     "crashes": (0.02, 0.02, (1, 8), ("crash", "crash_leader")),
     "chaos": (0.1, 0.05, (1, 20), ("partition", "oneway", "isolate_leader", "crash",
-                                    "crash_leader")),
+                                    "crash_leader", "membership")),
+    "membership": (0.02, 0.0, (1, 8), ("membership", "membership", "crash_leader",
+                                       "partition")),
 }
+SPARE_NODES = 2  # nodes outside the initial configuration, for membership changes
 SIZES = (3, 5, 7)
 CHAOS_TICKS = 200
 SETTLE_TICKS = 150  # liveness bound: after healing, a leader and a commit within this
@@ -83,6 +87,9 @@ def make_schedule(seed: int, size: int, mix: str) -> list[Event]:
             elif kind == "oneway":
                 a, b = rng.sample(ids, 2)
                 events.append(Event(tick, kind, (a, b)))
+            elif kind == "membership":
+                op = rng.choice(("add_learner", "promote", "remove"))
+                events.append(Event(tick, "conf", (op, rng.random())))
             elif kind == "isolate_leader":
                 events.append(Event(tick, kind))
                 events.append(Event(tick + duration, "heal"))
@@ -91,6 +98,10 @@ def make_schedule(seed: int, size: int, mix: str) -> list[Event]:
                 target = 0 if kind == "crash_leader" else rng.choice(ids)
                 unpersisted = rng.random() < 0.5
                 events.append(Event(tick, "crash", (target, unpersisted, duration)))
+        if mix == "membership" and rng.random() < 0.25:
+            # Changes in quick succession, so that some meet a leader change half-way.
+            op = rng.choice(("add_learner", "promote", "remove"))
+            events.append(Event(tick, "conf", (op, rng.random())))
         if faults and rng.random() < 0.02:
             events.append(Event(tick, "heal"))
     events.sort(key=lambda e: e.tick)
@@ -106,7 +117,8 @@ def run(seed: int, schedule: list[Event] | None = None) -> Outcome:
     # Most runs compact their logs (some very often), so snapshots are installed on
     # followers that fell behind; a quarter keep the whole log.
     compact_every = random.Random(f"compact-{seed}").choice((None, 4, 10, 30))
-    c = Cluster(size, seed, compact_every=compact_every)
+    spare = SPARE_NODES if "membership" in FAULT_MIXES[mix][3] else 0
+    c = Cluster(size, seed, compact_every=compact_every, spare=spare)
     c.drop_rate, c.dup_rate, c.delay = drop, dup, delay
     value = 0
     try:
@@ -143,6 +155,8 @@ def run(seed: int, schedule: list[Event] | None = None) -> Outcome:
                         else:
                             c.crash(target)
                         restarts.setdefault(tick + downtime, []).append(target)
+                elif e.kind == "conf":
+                    c.change_membership(ConfOp[e.args[0].upper()], e.args[1])
                 elif e.kind == "heal":
                     c.heal()
             c.run(1)
@@ -183,8 +197,9 @@ def settle(c: Cluster) -> None:
             proposed = (lead, index, core.term) if index is not None else None
             return False
         index = proposed[1]
+        members = c.members()
         return all(len(n.applied) >= index and n.applied[index - 1].data == final
-                   for n in c.nodes.values())
+                   for i, n in c.nodes.items() if i in members)
 
     c.run_until(settled, SETTLE_TICKS)
     c.check_converged()
