@@ -79,7 +79,7 @@ import zmq
 from harness import cluster_state
 from harness.cluster_state import FILE_NAME, ClusterState, NodeEntry
 from raftkv import wire
-from raftkv.transport import connect_dealer
+from raftkv.transport import bind_router, connect_dealer
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
 log = logging.getLogger("raftkv.controller")
@@ -189,14 +189,7 @@ class Controller:
     # ---- sockets -------------------------------------------------------------------
 
     def setup_front(self) -> None:
-        s = self.front
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVHWM, HWM)
-        s.setsockopt(zmq.SNDHWM, HWM)
-        # A reply to a vanished client fails (counted) instead of vanishing silently.
-        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        s.bind(self.state.controller.address)
+        bind_router(self.front, self.state.controller.address, HWM)
 
     def connect_dealer(self, address: str) -> zmq.Socket:
         return connect_dealer(self.context, address, routing_id=DEALER_ID, hwm=HWM)

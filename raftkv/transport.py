@@ -70,6 +70,26 @@ Route = bytes | tuple[bytes, bytes]
 relays the request."""
 
 
+def bind_router(router: zmq.Socket, address: str, hwm: int = DEFAULT_HWM) -> str:
+    """Set up and bind a ROUTER that clients and peers reach; returns the bound endpoint
+    (a port of 0 picks a free one)."""
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVHWM, hwm)
+    router.setsockopt(zmq.SNDHWM, hwm)
+    # Replies to a vanished client or over the HWM fail with an error instead of
+    # vanishing silently, so they are counted.
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    # A restarted peer reconnects with the same routing id while its old connection
+    # may linger (half-open); the new connection must win, not be refused.
+    router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    router.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    router.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    if address.startswith("tcp://") and address.endswith(":0"):
+        address = address[:-1] + "*"  # ZeroMQ's spelling of "any free port"
+    router.bind(address)
+    return router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
 def connect_dealer(ctx: zmq.Context, address: str, *, routing_id: bytes | None = None,
                    hwm: int = DEFAULT_HWM) -> zmq.Socket:
     """A DEALER connected to `address`, as every process here talks to a node: it queues
@@ -145,22 +165,7 @@ class Transport:
             raise
 
     def _setup(self, listen: str, hwm: int) -> None:
-        router = self.socket
-        router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.RCVHWM, hwm)
-        router.setsockopt(zmq.SNDHWM, hwm)
-        # Replies to a vanished client or over the HWM fail with an error instead of
-        # vanishing silently, so they are counted.
-        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A restarted peer reconnects with the same routing id while its old connection
-        # may linger (half-open); the new connection must win, not be refused.
-        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        router.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        if listen.startswith("tcp://") and listen.endswith(":0"):
-            listen = listen[:-1] + "*"  # ZeroMQ's spelling of "any free port"
-        router.bind(listen)
-        self.endpoint: str = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint: str = bind_router(self.socket, listen, hwm)
         me = peer_identity(self.node_id)
         for pid, addr in self.peers.items():
             self._dealers[pid] = connect_dealer(self._ctx, addr, routing_id=me, hwm=hwm)
