@@ -230,9 +230,10 @@ class Node:
             return
         t0 = time.perf_counter()
         data = self.kv.snapshot()
-        meta = SnapshotMeta(applied, core.log.term(applied), tuple(sorted(core.voters)))
-        self.storage.save_snapshot(meta, data)
+        # The core describes the snapshot (term, and the membership in force at `applied`,
+        # not the latest one); storage keeps exactly that, and that is what is sent.
         core.compact(applied)
+        self.storage.save_snapshot(core.snapshot, data)
         self.bytes_since_snapshot = 0
         ms = (time.perf_counter() - t0) * 1000
         self.counters["snapshots_taken"] += 1

@@ -93,3 +93,17 @@ def test_grow_to_five_then_lose_two_originals_and_keep_serving():
     c.deliver_all()
     assert c.nodes[1].core.log.committed >= index  # 1, 4, 5: a majority of five
     assert c.delivered[(MsgType.APP_RESP, False)] > 0
+
+
+def test_snapshot_records_the_membership_at_its_index_not_a_later_one():
+    c = elect_with_spare()
+    leader = c.nodes[1].core
+    leader.propose_conf_change(ConfChange(ConfOp.ADD_LEARNER, 4))
+    c.drive(1)
+    c.deliver_all()
+    applied = leader.log.applied
+    c.isolate(1)
+    leader.propose_conf_change(ConfChange(ConfOp.PROMOTE, 4))  # appended, not committed
+    assert leader.voters == {1, 2, 3, 4}
+    leader.compact(applied)
+    assert leader.snapshot.voters == (1, 2, 3) and leader.snapshot.learners == (4,)
