@@ -173,13 +173,11 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
     if not started:
         return state, False
     progress(f"started {len(started)} process(es); waiting for a leader ...")
-    time.sleep(0.2)
-    check_started(state, started)
     with zmq.Context() as ctx:
         deadline = time.monotonic() + timeout
         while find_leader(ctx, state.addresses) is None:
+            check_started(state, started)  # one that exited at start is reported at once
             if time.monotonic() > deadline:
-                check_started(state, started)
                 raise LaunchError(f"no leader elected within {timeout:g}s; see the logs in "
                                   f"{cluster_dir / 'logs'}")
             time.sleep(0.05)

@@ -141,3 +141,11 @@ def test_up_names_a_port_in_use(cli):
         s.listen()
         p = cli("up", "--base-port", str(cli.base_port), check=3)
     assert f"port {cli.base_port + 2}" in p.stderr
+
+
+def test_up_reports_a_node_that_exits_at_start_with_its_log(cli):
+    up(cli)
+    cli("down")
+    (cli.dir / "data" / "node1" / "FORMAT").write_text("raftkv-storage 99\n")
+    p = cli("up", "--base-port", str(cli.base_port), check=3)
+    assert "exited at start" in p.stderr and "node1.log" in p.stderr
