@@ -189,14 +189,14 @@ def status(cluster_dir: Path, as_json: bool, watch: bool, timeout: float) -> Non
 def print_status_table(st: dict) -> None:
     leader = st.get("leader")
     click.echo(f"leader: {leader if leader is not None else 'none'}   term: {st.get('term')}")
-    cols = ("ID", "ADDRESS", "PID", "ALIVE", "ROLE", "TERM", "LAST", "COMMIT", "APPLIED",
-            "CPU%", "RSS MB")
+    cols = ("ID", "ADDRESS", "PID", "ALIVE", "MEMBER", "ROLE", "TERM", "LAST", "COMMIT",
+            "APPLIED", "CPU%", "RSS MB")
     rows = []
     for n in st.get("nodes", []):
         rss = n.get("rss_bytes")
         rows.append((n["id"], n.get("address", ""), n.get("pid") or "-",
                      ("paused" if n.get("paused") else "yes") if n.get("alive") else "no",
-                     n.get("role") or "-", _dash(n.get("term")), _dash(n.get("last_index")),
+                     n.get("member") or "-", n.get("role") or "-", _dash(n.get("term")), _dash(n.get("last_index")),
                      _dash(n.get("commit_index")), _dash(n.get("applied_index")),
                      _dash(n.get("cpu_percent")), f"{rss / 2**20:.1f}" if rss else "-"))
     widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
@@ -348,6 +348,64 @@ node_command("resume", "SIGCONT a paused node NODE.")
 node_command("transfer-leader", "Ask the leader to hand leadership to node NODE.")
 
 
+# -- membership ----------------------------------------------------------------------------
+
+def run_membership(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a harness.membership step, mapping its failures to exit codes."""
+    import zmq
+
+    from harness.membership import MembershipError
+    from harness.rpc import ControlError
+    from raftkv.wire import ReplyCode
+
+    with zmq.Context() as ctx:
+        try:
+            return fn(ctx, *args, progress=click.echo, **kwargs)
+        except ControlError as e:
+            fail(str(e), EXIT_USAGE if e.code == ReplyCode.BAD_REQUEST else EXIT_UNAVAILABLE)
+        except MembershipError as e:
+            fail(str(e), EXIT_UNAVAILABLE)
+
+
+@main.command(name="add-node")
+@dir_option
+@click.option("--id", "node_id", type=click.IntRange(min=1), default=None,
+              help="The new node's id (default: one past every id used so far).")
+@click.option("--learner", is_flag=True,
+              help="Leave it a non-voting learner (no promotion).")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds to wait for the new node to catch up before promoting it.")
+@json_option
+def add_node(cluster_dir: Path, node_id: int | None, learner: bool, timeout: float,
+             as_json: bool) -> None:
+    """Start a new node and add it to the cluster: it joins as a learner, catches up
+    (a snapshot, then the log), and is promoted to voter (Raft thesis §4.1-4.2)."""
+    from harness.membership import add_node as run_add
+
+    state = load_state(cluster_dir)
+    result = run_membership(run_add, state.controller.address, node_id=node_id,
+                            promote=not learner, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(result))
+
+
+@main.command(name="remove-node")
+@click.argument("node_id", metavar="NODE", type=click.IntRange(min=1))
+@dir_option
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds to wait for leadership to move away from NODE.")
+@json_option
+def remove_node(node_id: int, cluster_dir: Path, timeout: float, as_json: bool) -> None:
+    """Remove node NODE from the cluster and stop it. If it leads, leadership moves to
+    the most caught-up other voter first. Its data directory is kept."""
+    from harness.membership import remove_node as run_remove
+
+    state = load_state(cluster_dir)
+    result = run_membership(run_remove, state.controller.address, node_id, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(result))
+
+
 @main.command()
 @click.argument("groups", nargs=-1, required=True)
 @dir_option
@@ -411,7 +469,15 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
 @click.option("--id", "node_id", type=click.IntRange(min=1), required=True,
               help="This node's id (>= 1), unique in the cluster.")
 @click.option("--listen", required=True, help="Address to bind, tcp://HOST:PORT.")
-@click.option("--peer", "peers", multiple=True, help="Another voter, ID=tcp://HOST:PORT; repeat.")
+@click.option("--peer", "peers", multiple=True,
+              help="Another member, ID=tcp://HOST:PORT; repeat. Members added later through "
+                   "the log are learned from it.")
+@click.option("--voters", default=None, metavar="ID,ID,...",
+              help="The cluster's initial voters, the same on every start (default: this "
+                   "node and its --peer ids).")
+@click.option("--join", is_flag=True,
+              help="Join a running cluster: start with no configuration and wait for the "
+                   "leader to add this node (`raftkv add-node` does both).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Where the write-ahead log and snapshots live (created if missing).")
 @click.option("--heartbeat-ms", type=click.IntRange(min=1), default=50, show_default=True,
@@ -429,9 +495,10 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
               show_default=True, help="Size at which the write-ahead log starts a new file.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def node(node_id: int, listen: str, peers: tuple[str, ...], data_dir: Path, heartbeat_ms: int,
-         election_ms: int, no_fsync: bool, snapshot_entries: int, snapshot_bytes: int,
-         wal_segment_bytes: int, log_level: str) -> None:
+def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, join: bool,
+         data_dir: Path, heartbeat_ms: int, election_ms: int, no_fsync: bool,
+         snapshot_entries: int, snapshot_bytes: int, wal_segment_bytes: int,
+         log_level: str) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
 
     \b
@@ -448,7 +515,9 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], data_dir: Path, hear
         raise click.BadParameter(f"--peer names this node's own id {node_id}")
     if election_ms <= heartbeat_ms:
         raise click.BadParameter("--election-ms must be larger than --heartbeat-ms")
-    cfg = NodeConfig(node_id, listen, peer_map, data_dir, heartbeat_ms=heartbeat_ms,
+    initial = parse_voters(voters, join)
+    cfg = NodeConfig(node_id, listen, peer_map, data_dir, initial_voters=initial,
+                     heartbeat_ms=heartbeat_ms,
                      election_ms=election_ms, fsync=not no_fsync,
                      snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
                      segment_bytes=wal_segment_bytes)
@@ -456,6 +525,22 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], data_dir: Path, hear
         run_node(cfg)
     except StorageError as e:
         fail(f"node {node_id}: {e}", EXIT_STORAGE)
+
+
+def parse_voters(voters: str | None, join: bool) -> tuple[int, ...] | None:
+    if join:
+        if voters is not None:
+            raise click.BadParameter("--join and --voters exclude each other")
+        return ()
+    if voters is None:
+        return None
+    try:
+        ids = tuple(sorted({int(v) for v in voters.split(",")}))
+    except ValueError:
+        ids = ()
+    if not ids or ids[0] < 1:
+        raise click.BadParameter(f"--voters {voters!r}: expected node ids, e.g. 1,2,3")
+    return ids
 
 
 def parse_peer(value: str) -> tuple[int, str]:

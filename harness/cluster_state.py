@@ -92,16 +92,61 @@ def python_argv(*args: str) -> list[str]:
 
 
 def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
-              *, fsync: bool = True, extra: tuple[str, ...] = ()) -> list[str]:
-    """The command line of one node: exactly what `raftkv node` takes."""
+              *, fsync: bool = True, extra: tuple[str, ...] = (),
+              voters: tuple[int, ...] | None = None) -> list[str]:
+    """The command line of one node: exactly what `raftkv node` takes. `voters`: the
+    cluster's initial voters; () joins a running cluster; None leaves it to the node
+    (itself and its peers)."""
     argv = python_argv("node", "--id", str(node_id), "--listen", address,
-                       "--data-dir", str(data_dir))
-    for pid, addr in sorted(peers.items()):
-        if pid != node_id:
-            argv += ["--peer", f"{pid}={addr}"]
+                       "--data-dir", str(data_dir), *peer_options(node_id, peers))
+    if voters == ():
+        argv.append("--join")
+    elif voters is not None:
+        argv += ["--voters", ",".join(map(str, sorted(voters)))]
     if not fsync:
         argv.append("--no-fsync")
     return argv + list(extra)
+
+
+# Options of `raftkv node` that name the node, its peers or its start; each takes a value.
+_IDENTITY_OPTIONS = ("--id", "--listen", "--data-dir", "--peer", "--voters")
+
+
+def _strip_options(argv: list[str], names: tuple[str, ...], flags: tuple[str, ...] = ()
+                   ) -> list[str]:
+    """`argv` without the options `names` (and their values) and the flags `flags`."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in names:
+            i += 2
+        else:
+            if argv[i] not in flags:
+                out.append(argv[i])
+            i += 1
+    return out
+
+
+def peer_options(node_id: int, peers: dict[int, str]) -> list[str]:
+    return [x for pid, addr in sorted(peers.items()) if pid != node_id
+            for x in ("--peer", f"{pid}={addr}")]
+
+
+def with_peers(argv: list[str], node_id: int, peers: dict[int, str]) -> list[str]:
+    """A node's command line with its --peer options replaced by `peers`: how the other
+    members' command lines follow a membership change, so that a restarted node knows
+    every member's address."""
+    return _strip_options(argv, ("--peer",)) + peer_options(node_id, peers)
+
+
+def joiner_argv(template: list[str], node_id: int, address: str, peers: dict[int, str],
+                data_dir: Path) -> list[str]:
+    """The command line of a node joining the cluster, from a member's (`template`): its
+    options (fsync, snapshot thresholds, ...), its own identity, every member as a peer,
+    and --join in place of the initial voters."""
+    options = _strip_options(template[template.index("node") + 1:], _IDENTITY_OPTIONS,
+                             ("--join",))
+    return node_argv(node_id, address, peers, data_dir, voters=()) + options
 
 
 def child_env() -> dict[str, str]:

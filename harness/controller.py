@@ -43,6 +43,17 @@ BAD_REQUEST / UNAVAILABLE with a message:
     heal                     -> {"healed": [ids]}
     transfer-leader N        -> {"transferring_to": N, "from": leader}, or the leader's
                                 own refusal relayed as it came
+    add-node [N]             -> {"added": N, "address", "pid", "index", "voters",
+                                "learners"} once the leader committed N as a learner
+                                (N: the next unused id); the node is started first
+    promote N                -> {"promoted": N, "index", "voters", "learners"}
+    remove-node N            -> {"removed": N, "stopped": bool, "index", "voters",
+                                "learners"}: committed, then the process is stopped and
+                                the node dropped from cluster.json (its data dir stays)
+
+Membership commands go to the leader as CONF_CHANGE requests, relayed like client
+requests; a retry of a change already in force is answered OK by the node. After a
+change every node's command line in cluster.json names every member as a peer.
 
 A group is "1,2" (str) or 3 (int). Partitions are FAULT requests to each node naming
 every node outside its group; they are re-sent every poll while a partition stands, so a
@@ -51,7 +62,9 @@ restarted node (which starts with no faults) is cut off again until `heal`.
 Status map (the CONTROL "status" and STATUS value)::
 
     {"leader": id | None, "term": n,
-     "nodes": [{"id", "address", "pid", "alive", "paused", "role", "term", "last_index",
+     "voters": [ids], "learners": [ids],   (the leader's view; [] while none is known)
+     "nodes": [{"id", "address", "pid", "alive", "paused", "member", "role", "term",
+                "last_index",
                 "commit_index", "applied_index", "cpu_percent", "rss_bytes", "open_files",
                 "uptime_s", "dropped_malformed", "partitioned_from": [ids]}, ...],
      "controller": {counters, "pending": n, "uptime_s": s}}
@@ -78,7 +91,9 @@ import zmq
 
 from harness import cluster_state
 from harness.cluster_state import FILE_NAME, ClusterState, NodeEntry
+from harness.launcher import free_ports, port_in_use
 from raftkv import wire
+from raftkv.raft import ConfOp
 from raftkv.transport import bind_router, connect_dealer
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
@@ -135,7 +150,9 @@ class Pending:
     sent_at: float = 0.0
     avoid: int = 0  # a node that just refused it: not probed next while no leader is known
     hops: int = 0  # redirects followed at once since the last sweep (bounds a hint loop)
-    transfer_to: int = 0  # a transfer-leader command: its OK is answered as a map
+    # A command relayed through the leader: turns the node's OK value (and the id of the
+    # node that gave it) into the command's answer, doing what follows the change.
+    on_ok: Callable[[int, Any], Any] | None = None
 
 
 @dataclass(slots=True)
@@ -177,14 +194,18 @@ class Controller:
         self.own: dict[int, OwnRequest] = {}
         self.own_ids = itertools.count(1)
         self.leader = 0  # the node requests go to; 0: none known
+        self.members: tuple[set[int], set[int]] = (set(), set())  # voters, learners
         self.leader_since = 0.0  # when `leader` was last set (monotonic)
         self.children: list[Any] = []  # Popen of nodes we restarted, reaped in the loop
         self.state_mtime = self.read_state_mtime()
         self.front = self.context.socket(zmq.ROUTER)
         self.views: dict[int, NodeView] = {}
+        self.poller = zmq.Poller()
+        self.view_by_socket: dict[zmq.Socket, NodeView] = {}
         self.setup_front()
+        self.poller.register(self.front, zmq.POLLIN)
         for n in self.state.nodes:
-            self.views[n.id] = NodeView(n.id, self.connect_dealer(n.address))
+            self.add_view(n)
 
     # ---- sockets -------------------------------------------------------------------
 
@@ -193,6 +214,28 @@ class Controller:
 
     def connect_dealer(self, address: str) -> zmq.Socket:
         return connect_dealer(self.context, address, routing_id=DEALER_ID, hwm=HWM)
+
+    def add_view(self, entry: NodeEntry) -> NodeView:
+        view = NodeView(entry.id, self.connect_dealer(entry.address))
+        self.views[entry.id] = view
+        self.view_by_socket[view.dealer] = view
+        self.poller.register(view.dealer, zmq.POLLIN)
+        return view
+
+    def remove_view(self, node_id: int) -> None:
+        view = self.views.pop(node_id)
+        self.poller.unregister(view.dealer)
+        del self.view_by_socket[view.dealer]
+        view.dealer.close(linger=0)
+        if self.leader == node_id:
+            self.set_leader(0, time.monotonic())
+        for pending in self.pending.values():
+            if pending.node == node_id:
+                pending.node = 0
+            if pending.avoid == node_id:
+                pending.avoid = 0
+        for v in self.views.values():
+            v.fault -= {node_id}
 
     def close(self) -> None:
         for entry in list(self.pending.values()):
@@ -206,23 +249,17 @@ class Controller:
     # ---- the loop ------------------------------------------------------------------
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.front, zmq.POLLIN)
-        by_socket = {}
-        for v in self.views.values():
-            poller.register(v.dealer, zmq.POLLIN)
-            by_socket[v.dealer] = v
         now = time.monotonic()
         next_poll = next_sweep = next_health = now
         log.info("controller up on %s for nodes %s", self.state.controller.address,
                  ", ".join(str(i) for i in self.views))
         while not self.stopping:
             timeout = max(0.0, min(next_poll, next_sweep, next_health) - time.monotonic())
-            for sock, _ in poller.poll(int(timeout * 1000) + 1):
+            for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
                 if sock is self.front:
                     self.drain_front()
-                else:
-                    self.drain_node(by_socket[sock])
+                elif sock in self.view_by_socket:  # not a node removed this turn
+                    self.drain_node(self.view_by_socket[sock])
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + POLL_S
@@ -373,9 +410,16 @@ class Controller:
         # deduplicated by (client_id, seq)), so it goes to the client as it came.
         del self.pending[(client, reply.request_id)]
         self.counters["relayed"] += 1
-        if entry.transfer_to and code == ReplyCode.OK:
-            self.answer(client, reply.request_id, ReplyCode.OK,
-                        {"transferring_to": entry.transfer_to, "from": view.id})
+        if entry.on_ok is not None and code == ReplyCode.OK:
+            try:
+                value = entry.on_ok(view.id, reply.value)
+            except (CommandError, psutil.Error, OSError) as e:
+                log.warning("after %s: %s", entry.op.name, e)
+                self.answer(client, reply.request_id, ReplyCode.UNAVAILABLE,
+                            f"the change was made, but what follows failed: {e}")
+                return
+            log.info("%s -> %s", entry.op.name.lower(), value)
+            self.answer(client, reply.request_id, ReplyCode.OK, value)
             return
         self.send_to_client(client, frame)
 
@@ -757,19 +801,132 @@ class Controller:
         # Relayed like a client request, so redirects and elections are handled alike.
         frame = wire.encode_request(ClientRequest(req.request_id, ReqOp.TRANSFER,
                                                   target=target))
-        now = time.monotonic()
-        self.admit(Pending(client, req.request_id, ReqOp.TRANSFER, frame, now + DEADLINE_S,
-                           transfer_to=target), now)
+        self.relay(client, req.request_id, frame,
+                   lambda leader, _: {"transferring_to": target, "from": leader})
         return None
+
+    def relay(self, client: bytes, request_id: int, frame: bytes,
+              on_ok: Callable[[int, Any], Any]) -> None:
+        """Send a command's request to the leader like a client request (redirects,
+        elections and deadlines handled alike); its OK is answered with on_ok's value."""
+        now = time.monotonic()
+        op = wire.decode_request(frame).op
+        self.admit(Pending(client, request_id, op, frame, now + DEADLINE_S, on_ok=on_ok), now)
+
+    # ---- membership (raftkv add-node / remove-node) --------------------------------
+
+    def command_add_node(self, client: bytes, req: ClientRequest) -> None:
+        """Start a new node that joins the cluster, and ask the leader to add it as a
+        learner. Answered once the change is committed; `promote` makes it a voter."""
+        if len(req.args) > 1:
+            raise CommandError(ReplyCode.BAD_REQUEST, "add-node takes at most a node id")
+        node_id = self.new_node_id(req.args[0] if req.args else None)
+        address = self.new_node_address(node_id)
+        data_dir = f"data/node{node_id}"
+        if (self.state.dir / data_dir).exists():
+            raise CommandError(ReplyCode.BAD_REQUEST,
+                               f"add-node: {self.state.dir / data_dir} exists (a removed node's "
+                               "data?); move it away or pick another id")
+        argv = cluster_state.joiner_argv(self.state.nodes[0].argv, node_id, address,
+                                         self.state.addresses, self.state.dir / data_dir)
+        entry = NodeEntry(address, f"logs/node{node_id}.log", argv, id=node_id,
+                          data_dir=data_dir)
+        child = cluster_state.spawn(argv, self.state.dir / entry.log, detach=True)
+        self.children.append(child)
+        entry.pid, entry.create_time = child.pid, cluster_state.create_time(child.pid)
+        self.state.nodes.append(entry)
+        self.save_members()
+        self.add_view(entry)
+        log.info("started node %d as pid %d at %s; adding it as a learner", node_id,
+                 child.pid, address)
+        frame = wire.encode_request(ClientRequest(
+            req.request_id, ReqOp.CONF_CHANGE, conf_op=int(ConfOp.ADD_LEARNER),
+            target=node_id, address=address))
+        self.relay(client, req.request_id, frame,
+                   lambda _, value: {"added": node_id, "address": address, "pid": child.pid,
+                                     **value})
+        return None
+
+    def command_promote(self, client: bytes, req: ClientRequest) -> None:
+        node_id = self.node_arg(req.name, req.args)
+        frame = wire.encode_request(ClientRequest(
+            req.request_id, ReqOp.CONF_CHANGE, conf_op=int(ConfOp.PROMOTE), target=node_id))
+        self.relay(client, req.request_id, frame,
+                   lambda _, value: {"promoted": node_id, **value})
+        return None
+
+    def command_remove_node(self, client: bytes, req: ClientRequest) -> None:
+        """Ask the leader to remove a member; once that is committed, stop its process
+        and forget it. (`raftkv remove-node` moves leadership away from it first.)"""
+        node_id = self.node_arg(req.name, req.args)
+        if len(self.views) == 1:
+            raise CommandError(ReplyCode.BAD_REQUEST, "remove-node: cannot remove the last node")
+        frame = wire.encode_request(ClientRequest(
+            req.request_id, ReqOp.CONF_CHANGE, conf_op=int(ConfOp.REMOVE), target=node_id))
+        self.relay(client, req.request_id, frame,
+                   lambda _, value: {"removed": node_id, "stopped": self.forget_node(node_id),
+                                     **value})
+        return None
+
+    def forget_node(self, node_id: int) -> bool:
+        """Stop a removed member's process and drop it from cluster.json (its data dir
+        stays). Returns whether it was running."""
+        if node_id not in self.views:
+            return False  # a retry of a removal already done
+        entry = self.state.node(node_id)
+        stopped = cluster_state.stop_process(entry.pid, entry.create_time, grace=KILL_WAIT_S)
+        self.remove_view(node_id)
+        self.state.nodes.remove(entry)
+        self.save_members()
+        return stopped
+
+    def new_node_id(self, arg: int | str | None) -> int:
+        if arg is None:
+            # Past every id in use or with a data dir: a new node never reuses old data.
+            used = [n.id for n in self.state.nodes]
+            used += [int(p.name[4:]) for p in (self.state.dir / "data").glob("node*")
+                     if p.name[4:].isdigit()]
+            return max(used, default=0) + 1
+        if type(arg) is str and arg.strip().isdigit():
+            arg = int(arg)
+        if type(arg) is not int or arg < 1:
+            raise CommandError(ReplyCode.BAD_REQUEST, f"add-node: {arg!r:.40} is not a node id")
+        if arg in self.views:
+            raise CommandError(ReplyCode.BAD_REQUEST, f"add-node: node {arg} already exists")
+        return arg
+
+    def new_node_address(self, node_id: int) -> str:
+        """The controller's port + id, as `up` numbers them, if free; else any free port."""
+        host, _, port = self.state.controller.address.removeprefix("tcp://").rpartition(":")
+        taken = set(self.state.addresses.values())
+        candidate = f"tcp://{host}:{int(port) + node_id}"
+        if int(port) + node_id < 65536 and candidate not in taken and not port_in_use(candidate):
+            return candidate
+        return f"tcp://{host}:{free_ports(1)[0]}"
+
+    def save_members(self) -> None:
+        """Write cluster.json after a membership change: every node's command line names
+        every member as a peer, so a restarted node knows them all."""
+        self.maybe_reload_state()  # keep pids that `raftkv up` recorded meanwhile
+        addresses = self.state.addresses
+        for n in self.state.nodes:
+            n.argv = cluster_state.with_peers(n.argv, n.id, addresses)
+        self.state.save()
+        self.state_mtime = self.read_state_mtime()
 
     # ---- status --------------------------------------------------------------------
 
     def status_map(self) -> dict[str, Any]:
         now = time.monotonic()
         self.update_leader(now)
+        leader = self.views.get(self.leader)
+        lst = (self.fresh_status(leader, now) if leader else None) or {}
+        self.members = (set(lst.get("voters", ())), set(lst.get("learners", ())))
         return {
             "leader": self.leader or None,
             "term": self.leader_term(now),
+            "voters": sorted(self.members[0]),
+            "learners": sorted(self.members[1]),
             "nodes": [self.node_status(v, now) for _, v in sorted(self.views.items())],
             "controller": {**self.counters, "pending": len(self.pending),
                            "uptime_s": round(now - self.started, 3)},
@@ -786,6 +943,8 @@ class Controller:
             "pid": entry.pid,
             "alive": p is not None,
             "paused": health.pop("paused"),
+            "member": ("voter" if view.id in self.members[0] else
+                       "learner" if view.id in self.members[1] else None),
             "role": st.get("role"),
             "term": st.get("term"),
             "last_index": st.get("last_index"),
@@ -826,6 +985,9 @@ COMMANDS: dict[str, CommandHandler] = {
     "partition": Controller.command_partition,
     "heal": Controller.command_heal,
     "transfer-leader": Controller.command_transfer_leader,
+    "add-node": Controller.command_add_node,
+    "promote": Controller.command_promote,
+    "remove-node": Controller.command_remove_node,
 }
 
 

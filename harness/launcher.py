@@ -118,7 +118,8 @@ def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
     for i, address in addresses.items():
         data_dir = cluster_dir / "data" / f"node{i}"
         state.nodes.append(NodeEntry(address, f"logs/node{i}.log",
-                                     node_argv(i, address, addresses, data_dir, fsync=fsync),
+                                     node_argv(i, address, addresses, data_dir, fsync=fsync,
+                                               voters=tuple(addresses)),
                                      id=i, data_dir=f"data/node{i}"))
     return state
 

@@ -58,7 +58,7 @@ import msgpack
 MAX_KEY_SIZE = 1024
 MAX_VALUE_SIZE = 1024 * 1024
 MAX_SESSIONS = 10_000
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2 added the member addresses; 1 is still read
 _MAX_ID = 2**64 - 1  # client ids and sequence numbers are msgpack uint64
 
 
@@ -263,6 +263,7 @@ class KVStore:
         "stats",
         "_data",
         "_sessions",
+        "_members",
         "_applied_index",
     )
 
@@ -285,6 +286,10 @@ class KVStore:
         # Least recently used (by log index) first. Invariant: the sessions' `index`
         # values strictly increase in iteration order, and all are <= applied_index.
         self._sessions: OrderedDict[int, Session] = OrderedDict()
+        # Addresses of the members added through the log (ADD_LEARNER), so that they
+        # survive compaction: a node that restarts, or installs a snapshot, still knows
+        # where every added member listens. The initial members' come from configuration.
+        self._members: dict[int, str] = {}
         self._applied_index = 0
 
     # ---- reads (served outside the log) ------------------------------------------------
@@ -331,7 +336,26 @@ class KVStore:
         if problem is not None:
             raise BadRequest(problem)
 
+    @property
+    def members(self) -> dict[int, str]:
+        """Node id -> address of every member added through the log and not removed."""
+        return dict(self._members)
+
     # ---- writes (through the log) ------------------------------------------------------
+
+    def apply_membership(self, index: int, node_id: int, address: str | None) -> None:
+        """Apply the committed configuration change at `index`: `address` is where an
+        added node listens, None removes the node. Same ordering rule as `apply`."""
+        if index <= self._applied_index:
+            raise OutOfOrderApply(
+                f"entry {index} applied but the store has already applied up to "
+                f"{self._applied_index}: entries must be applied once, in log order"
+            )
+        self._applied_index = index
+        if address is None:
+            self._members.pop(node_id, None)
+        elif address:
+            self._members[node_id] = address
 
     def apply(self, index: int, data: bytes) -> Reply:
         """Apply the committed entry at `index`; never raises on bad `data`.
@@ -468,17 +492,20 @@ class KVStore:
     # ---- snapshots ---------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole replicated state: data, sessions (in eviction order), applied index.
+        """The whole replicated state: data, sessions (in eviction order), applied index,
+        and the addresses of members added through the log.
 
         Wire form: msgpack [SNAPSHOT_VERSION, applied_index, {key: value, ...},
-        [[client_id, seq, index, reply_code, reply_value], ...]].
+        [[client_id, seq, index, reply_code, reply_value], ...], {node_id: address, ...}].
+        Version 1 had no address map.
         """
         sessions = [
             (cid, s.seq, s.index, int(s.reply.code), s.reply.value)
             for cid, s in self._sessions.items()
         ]
         return msgpack.packb(
-            (SNAPSHOT_VERSION, self._applied_index, self._data, sessions), use_bin_type=True
+            (SNAPSHOT_VERSION, self._applied_index, self._data, sessions, self._members),
+            use_bin_type=True,
         )
 
     def restore(self, snapshot: bytes) -> None:
@@ -487,10 +514,12 @@ class KVStore:
             obj = msgpack.unpackb(snapshot, strict_map_key=False)
         except Exception as e:
             raise SnapshotError(f"snapshot is not valid msgpack: {e}") from e
-        if type(obj) is not list or len(obj) != 4:
-            raise SnapshotError("snapshot is not a 4-element array")
-        version, applied, data, raw_sessions = obj
-        if version != SNAPSHOT_VERSION or type(version) is not int:
+        if type(obj) is not list or len(obj) not in (4, 5):
+            raise SnapshotError("snapshot is not a 4- or 5-element array")
+        version, applied, data, raw_sessions = obj[:4]
+        members = obj[4] if len(obj) == 5 else {}
+        if type(version) is not int or version not in (1, SNAPSHOT_VERSION) or (
+                len(obj) != (4 if version == 1 else 5)):
             raise SnapshotError(
                 f"snapshot version {version!r:.40} is not supported (want {SNAPSHOT_VERSION})"
             )
@@ -502,6 +531,10 @@ class KVStore:
             raise SnapshotError("snapshot data is not a map of bytes to bytes")
         if type(raw_sessions) is not list:
             raise SnapshotError("snapshot sessions are not an array")
+        if type(members) is not dict or not all(
+            type(k) is int and k >= 1 and type(v) is str for k, v in members.items()
+        ):
+            raise SnapshotError("snapshot member addresses are not a map of node id to str")
         sessions: OrderedDict[int, Session] = OrderedDict()
         last_index = 0
         for item in raw_sessions:
@@ -529,4 +562,5 @@ class KVStore:
             sessions[cid] = Session(seq, index, reply)
         self._data = data
         self._sessions = sessions
+        self._members = members
         self._applied_index = applied

@@ -24,7 +24,12 @@ from typing import Any
 from raftkv import failpoints
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore
 from raftkv.raft import (
+    ConfChange,
+    ConfChangeBusy,
+    ConfChangeError,
     Config,
+    ConfOp,
+    Entry,
     EntryType,
     InvariantViolation,
     Message,
@@ -36,6 +41,7 @@ from raftkv.raft import (
     Ready,
     Role,
     SnapshotMeta,
+    decode_change,
 )
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
 from raftkv.storage import Storage
@@ -51,8 +57,12 @@ MAX_SCAN = 10_000  # bounds the size of one SCAN reply
 class NodeConfig:
     id: int
     listen: str
-    peers: dict[int, str]  # every other voter: id -> tcp://host:port
+    peers: dict[int, str]  # other members we know of: id -> tcp://host:port
     data_dir: Path
+    # The cluster's initial voters (etcd's "initial cluster"): the configuration before
+    # any change in the log, the same on every start. None: this node and its peers;
+    # () for a node that joins a running cluster and learns the configuration from it.
+    initial_voters: tuple[int, ...] | None = None
     heartbeat_ms: int = 50
     election_ms: int = 300  # randomized per election to [election_ms, 2 * election_ms)
     fsync: bool = True
@@ -65,9 +75,12 @@ class NodeConfig:
     segment_bytes: int = 64 << 20  # the write-ahead log rotates to a new file at this size
 
     def raft_config(self) -> Config:
+        voters = self.initial_voters
+        if voters is None:
+            voters = tuple(sorted({self.id, *self.peers}))
         return Config(
             self.id,
-            tuple(sorted({self.id, *self.peers})),
+            voters,
             election_tick=max(2, self.election_ms // self.heartbeat_ms),
             heartbeat_tick=1,
             seed=random.SystemRandom().randrange(2**62),
@@ -110,7 +123,11 @@ class Node:
         self.snapshot_sender = SnapshotSender(self.load_snapshot)
         self.snapshot_receiver = SnapshotReceiver()
         self.bytes_since_snapshot = 0
-        self.transport = Transport(cfg.id, cfg.listen, cfg.peers, max_key=cfg.max_key,
+        # Where every member listens: configuration, then members added through the log
+        # (kept in the state machine, so they survive compaction), then the log's tail.
+        addresses = {**cfg.peers, **self.kv.members}
+        addresses.update(added_addresses(self.storage.entries_after_snapshot()))
+        self.transport = Transport(cfg.id, cfg.listen, addresses, max_key=cfg.max_key,
                                    max_value=cfg.max_value)
         self.pending_writes: dict[int, _PendingWrite] = {}  # log index -> who waits
         self.read_batches: dict[int, _ReadBatch] = {}  # ReadIndex ctx -> its reads
@@ -167,6 +184,9 @@ class Node:
         core = self.core
         while core.has_ready():
             rd = core.ready()
+            if rd.entries:
+                # A member added in this batch gets its first append in these messages.
+                self.connect_added_members(rd.entries)
             self.send(rd.messages)
             if rd.snapshot is not None:
                 self.install_snapshot(rd.snapshot)
@@ -215,6 +235,8 @@ class Node:
         data = self.snapshot_receiver.take(meta)
         self.storage.save_snapshot(meta, data)
         self.kv.restore(data)
+        for node_id, address in self.kv.members.items():
+            self.transport.set_peer(node_id, address)
         self.bytes_since_snapshot = 0
         self.counters["snapshots_installed"] += 1
         log.info("installed snapshot at index %d (term %d, %d bytes)", meta.index, meta.term,
@@ -242,21 +264,86 @@ class Node:
 
     def apply(self, rd: Ready) -> None:
         for e in rd.committed_entries:
-            if e.type != EntryType.NORMAL:
+            if e.type == EntryType.NORMAL:
+                self.bytes_since_snapshot += len(e.data)
+                reply = self.kv.apply(e.index, e.data)
+                code, value = reply.code, reply.value
+            elif e.type == EntryType.CONF_CHANGE:
+                code, value = ReplyCode.OK, self.apply_membership(e)
+            else:
                 continue
-            self.bytes_since_snapshot += len(e.data)
-            reply = self.kv.apply(e.index, e.data)
             waiter = self.pending_writes.pop(e.index, None)
             if waiter is None:
                 continue
             if waiter.term == e.term:
-                self.transport.reply(waiter.identity, waiter.request_id, reply.code,
-                                     reply.value)
+                self.transport.reply(waiter.identity, waiter.request_id, code, value)
             else:
                 # Another leader's entry took this index: ours was never committed.
                 self.transport.reply(waiter.identity, waiter.request_id,
                                      ReplyCode.UNAVAILABLE,
                                      "leadership changed; retry with the same sequence number")
+
+    # -- membership (thesis §4.1) ------------------------------------------------------
+
+    def connect_added_members(self, entries: list[Entry]) -> None:
+        """A configuration takes effect when its entry is appended (§4.1), so the
+        transport learns an added member's address then, before it is committed."""
+        for node_id, address in added_addresses(entries).items():
+            if self.transport.set_peer(node_id, address):
+                log.info("member %d is at %s", node_id, address)
+
+    def apply_membership(self, e: Entry) -> dict[str, Any]:
+        """A committed configuration change: the state machine records the address of
+        an added member and forgets a removed one; a removed peer is disconnected."""
+        try:
+            cc, after = decode_change(e.data)
+        except ValueError:
+            log.error("entry %d is not a configuration change: ignored", e.index)
+            self.kv.apply_membership(e.index, 0, "")
+            return {"index": e.index}
+        removed = cc.op == ConfOp.REMOVE
+        self.kv.apply_membership(e.index, cc.node_id, None if removed else cc.address)
+        if removed:
+            if cc.node_id == self.cfg.id:
+                log.warning("this node was removed from the cluster at index %d; it takes "
+                            "no further part and can be stopped", e.index)
+            else:
+                self.transport.remove_peer(cc.node_id)
+        log.info("membership at index %d: %s node %d -> voters %s, learners %s", e.index,
+                 cc.op.name.lower(), cc.node_id, sorted(after.voters), sorted(after.learners))
+        return {"index": e.index, "voters": sorted(after.voters),
+                "learners": sorted(after.learners)}
+
+    def change_membership(self, req: ClientRequest) -> None:
+        """CONF_CHANGE: answered OK once the change is committed, or at once when the
+        membership already is what was asked (a retry of a change that went through)."""
+        cc = ConfChange(ConfOp(req.conf_op), req.target, req.address)
+        try:
+            index = self.core.propose_conf_change(cc)
+        except NotLeader as e:
+            self.counters["not_leader"] += 1
+            self.transport.reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
+                                 f"node {self.cfg.id} is not the leader", e.leader)
+        except (ConfChangeBusy, ProposalDropped) as e:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.UNAVAILABLE, str(e))
+        except ConfChangeError as e:
+            m = self.core.conf.current
+            members = m.voters | m.learners
+            if ((cc.op == ConfOp.ADD_LEARNER and cc.node_id in members)
+                    or (cc.op == ConfOp.PROMOTE and cc.node_id in m.voters)
+                    or (cc.op == ConfOp.REMOVE and cc.node_id not in members)):
+                self.transport.reply(req.identity, req.request_id, ReplyCode.OK,
+                                     {"index": self.core.conf.last_index,
+                                      "voters": sorted(m.voters),
+                                      "learners": sorted(m.learners)})
+            else:
+                self.transport.reply(req.identity, req.request_id, ReplyCode.BAD_REQUEST,
+                                     str(e))
+        else:
+            log.info("proposed %s of node %d at index %d", cc.op.name.lower(), cc.node_id,
+                     index)
+            self.pending_writes[index] = _PendingWrite(req.identity, req.request_id,
+                                                       self.core.term, req.op)
 
     def ack_before_commit(self, rd: Ready) -> None:
         """FAILPOINT: answer puts once only our own disk has them (a deliberate bug)."""
@@ -300,6 +387,8 @@ class Node:
                                      self.kv.get(req.key))
             elif op == ReqOp.TRANSFER:
                 self.transfer(req)
+            elif op == ReqOp.CONF_CHANGE:
+                self.change_membership(req)
             elif op == ReqOp.CONTROL:
                 self.transport.reply(req.identity, req.request_id, ReplyCode.BAD_REQUEST,
                                      "CONTROL commands go to the controller, not to a node")
@@ -374,6 +463,7 @@ class Node:
         s.pop("progress", None)
         s.update(
             address=self.cfg.listen,
+            peers={str(k): v for k, v in sorted(self.transport.peers.items())},
             uptime_s=round(time.monotonic() - self.started, 3),
             transport=dict(self.transport.stats),
             storage=self.storage.stats(),
@@ -383,6 +473,21 @@ class Node:
             failpoints=sorted(self.failpoints),
         )
         return s
+
+
+def added_addresses(entries: list[Entry]) -> dict[int, str]:
+    """Node id -> address of every member that the CONF_CHANGE entries among `entries`
+    add, in log order."""
+    found: dict[int, str] = {}
+    for e in entries:
+        if e.type == EntryType.CONF_CHANGE:
+            try:
+                cc, _ = decode_change(e.data)
+            except ValueError:
+                continue
+            if cc.op == ConfOp.ADD_LEARNER and cc.address:
+                found[cc.node_id] = cc.address
+    return found
 
 
 class _RaftLogContext(logging.Filter):

@@ -165,6 +165,7 @@ class Transport:
             raise
 
     def _setup(self, listen: str, hwm: int) -> None:
+        self._hwm = hwm
         self.endpoint: str = bind_router(self.socket, listen, hwm)
         me = peer_identity(self.node_id)
         for pid, addr in self.peers.items():
@@ -301,6 +302,30 @@ class Transport:
             self.stats["dropped_reply"] += 1
             return False
         self.stats["frames_out"] += 1
+        return True
+
+    # ---- membership ----------------------------------------------------------------
+
+    def set_peer(self, node_id: int, address: str) -> bool:
+        """Reach `node_id` at `address` from now on (a member added, or one that moved);
+        returns whether anything changed. Our own id is ignored."""
+        if node_id == self.node_id or self.peers.get(node_id) == address:
+            return False
+        self.remove_peer(node_id)
+        self._dealers[node_id] = connect_dealer(self._ctx, address,
+                                                routing_id=peer_identity(self.node_id),
+                                                hwm=self._hwm)
+        self.peers[node_id] = address
+        self._peer_by_identity[peer_identity(node_id)] = node_id
+        return True
+
+    def remove_peer(self, node_id: int) -> bool:
+        """Stop talking to `node_id` (a member removed); frames from it are dropped as
+        from an unknown peer. Returns whether it was a peer."""
+        if self.peers.pop(node_id, None) is None:
+            return False
+        self._peer_by_identity.pop(peer_identity(node_id), None)
+        self._dealers.pop(node_id).close(linger=0)
         return True
 
     # ---- faults and lifecycle ------------------------------------------------------

@@ -30,14 +30,19 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.STATUS]
     [VERSION, Kind.REQ, request_id, ReqOp.FAULT,        [peer_id, ...]]
     [VERSION, Kind.REQ, request_id, ReqOp.TRANSFER,     target_id]
+    [VERSION, Kind.REQ, request_id, ReqOp.CONF_CHANGE,  conf_op, node_id, address]
     [VERSION, Kind.REQ, request_id, ReqOp.CONTROL,      name, [arg, ...]]
 
 Keys and values are bin; `expected` is bin or nil (nil: "the key is absent"); client ids
 come from OPEN_SESSION (see raftkv/kv.py: sessions). The data ops share kv.Op's numbers.
 FAULT replaces the set of peers whose traffic the node drops, both ways (the harness's
 partitions); an empty list heals. TRANSFER asks the leader to hand leadership to
-`target_id` (thesis §3.10); OK means the transfer started. CONTROL is for the harness's
-controller (`name` a str such as "kill-leader", args ints or strs); nodes refuse it.
+`target_id` (thesis §3.10); OK means the transfer started. CONF_CHANGE asks the leader
+for one membership change (raft.ConfOp: 1 add `node_id` as a learner listening at
+`address` (str), 2 promote it to voter, 3 remove it; thesis §4.1); OK, once the change is
+committed (or was already in force), with {"index", "voters", "learners"}. CONTROL is
+for the harness's controller (`name` a str such as "kill-leader", args ints or strs);
+nodes refuse it.
 
 Replies (a node to the requester)::
 
@@ -76,6 +81,7 @@ import msgpack
 
 from raftkv import kv
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from raftkv.raft.confchange import ConfOp
 from raftkv.raft.types import Entry, EntryType, Message, MsgType, SnapshotMeta
 
 VERSION = 1
@@ -83,6 +89,9 @@ MAX_UINT64 = 2**64 - 1
 MAX_FAULT_PEERS = 1024  # far beyond any cluster; bounds the work of one FAULT request
 MAX_CONTROL_NAME = 64
 MAX_CONTROL_ARGS = 64
+MAX_ADDRESS = 256  # CONF_CHANGE: a tcp://host:port address
+_CONF_OPS = frozenset(int(o) for o in ConfOp)
+_ADD_LEARNER = int(ConfOp.ADD_LEARNER)
 
 # A replicated command (kv.encode_command) holds a key and up to two values plus a few
 # ints of framing; an entry larger than this did not come from a valid request.
@@ -132,6 +141,7 @@ class ReqOp(IntEnum):
     STATUS = 32  # control: the node's status map
     FAULT = 33  # control: set the peers whose traffic is dropped both ways
     TRANSFER = 34  # control: leader, hand leadership to a node
+    CONF_CHANGE = 35  # control: leader, add/promote/remove a member
     CONTROL = 40  # a command for the controller process (harness), not for nodes
 
 
@@ -184,7 +194,9 @@ class ClientRequest:
     seq: int = 0  # writes: per-client sequence number
     limit: int = 0  # SCAN: at most this many pairs
     peers: frozenset[int] = frozenset()  # FAULT: peers to cut off
-    target: int = 0  # TRANSFER: the node to hand leadership to
+    target: int = 0  # TRANSFER: the node to hand leadership to; CONF_CHANGE: the node
+    conf_op: int = 0  # CONF_CHANGE: a raft.ConfOp
+    address: str = ""  # CONF_CHANGE: where an added node listens
     name: str = ""  # CONTROL: the command
     args: tuple = ()  # CONTROL: its arguments (ints and strs)
     # Where the reply goes, filled in by the transport: the sender's routing id, or
@@ -310,6 +322,8 @@ def encode_request(req: ClientRequest) -> bytes:
         body = (sorted(req.peers),)
     elif op == ReqOp.TRANSFER:
         body = (req.target,)
+    elif op == ReqOp.CONF_CHANGE:
+        body = (req.conf_op, req.target, req.address)
     elif op == ReqOp.CONTROL:
         body = (req.name, list(req.args))
     else:
@@ -349,6 +363,7 @@ _ARGC = {
     ReqOp.STATUS: 0,
     ReqOp.FAULT: 1,
     ReqOp.TRANSFER: 1,
+    ReqOp.CONF_CHANGE: 3,
     ReqOp.CONTROL: 2,
 }
 
@@ -506,6 +521,19 @@ def _decode_request(
         if type(target) is not int or not 1 <= target <= MAX_UINT64:
             raise InvalidRequest(rid, f"TRANSFER takes a node id >= 1, not {target!r:.40}")
         req.target = target
+        return req
+    elif op == ReqOp.CONF_CHANGE:
+        conf_op, target, address = args
+        if (type(conf_op) is not int or conf_op not in _CONF_OPS
+                or type(target) is not int or not 1 <= target <= MAX_UINT64
+                or type(address) is not str or len(address) > MAX_ADDRESS):
+            raise InvalidRequest(rid, "CONF_CHANGE takes an op (1 add learner, 2 promote, "
+                                 "3 remove), a node id >= 1 and an address (str of at most "
+                                 f"{MAX_ADDRESS} chars)")
+        if conf_op == _ADD_LEARNER and not address.startswith("tcp://"):
+            raise InvalidRequest(rid, f"adding node {target} needs its tcp:// address, "
+                                 f"not {address!r:.40}")
+        req.conf_op, req.target, req.address = conf_op, target, address
         return req
     elif op == ReqOp.CONTROL:
         name, cargs = args

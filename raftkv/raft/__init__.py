@@ -1,6 +1,13 @@
 """The pure Raft core: messages in, a Ready batch out. No sockets, clock, disk or threads."""
 
-from raftkv.raft.confchange import ConfChange, ConfChangeError, ConfOp, Membership
+from raftkv.raft.confchange import (
+    ConfChange,
+    ConfChangeBusy,
+    ConfChangeError,
+    ConfOp,
+    Membership,
+    decode_change,
+)
 from raftkv.raft.core import CampaignKind, Config, Raft
 from raftkv.raft.types import (
     NONE,
@@ -21,9 +28,11 @@ from raftkv.raft.types import (
 
 __all__ = [
     "ConfChange",
+    "ConfChangeBusy",
     "ConfChangeError",
     "ConfOp",
     "Membership",
+    "decode_change",
     "CampaignKind",
     "Config",
     "Raft",

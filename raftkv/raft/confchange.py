@@ -51,7 +51,12 @@ def decode_change(data: bytes) -> tuple[ConfChange, Membership]:
 
 
 class ConfChangeError(RaftError):
-    """A membership change that cannot be made now, or at all."""
+    """A membership change that makes no sense for the current membership."""
+
+
+class ConfChangeBusy(ConfChangeError):
+    """A membership change that cannot be made yet: another is uncommitted, or the
+    leader has not committed an entry of its term. Retrying later may succeed."""
 
 
 @dataclass(frozen=True, slots=True)

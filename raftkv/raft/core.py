@@ -18,7 +18,7 @@ from enum import IntEnum
 
 from raftkv.raft.confchange import (
     ConfChange,
-    ConfChangeError,
+    ConfChangeBusy,
     ConfHistory,
     Membership,
     encode_change,
@@ -215,9 +215,9 @@ class Raft:
         if self.role != Role.LEADER:
             raise NotLeader(self.lead)
         if self.conf.last_index > self.log.committed:
-            raise ConfChangeError("another configuration change is not committed yet")
+            raise ConfChangeBusy("another configuration change is not committed yet")
         if not self.committed_entry_in_current_term():
-            raise ConfChangeError("the leader has not yet committed an entry of its term")
+            raise ConfChangeBusy("the leader has not yet committed an entry of its term")
         after = self.conf.current.apply(cc)  # raises for a change that makes no sense
         return self.propose(encode_change(cc, after), EntryType.CONF_CHANGE)
 

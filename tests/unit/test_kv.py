@@ -59,8 +59,9 @@ class Log:
 
 def state(store: KVStore) -> tuple:
     """Everything replicated, in a form that compares (and prints) well."""
-    version, applied, data, sessions = msgpack.unpackb(store.snapshot(), strict_map_key=False)
-    return applied, sorted(data.items()), sessions
+    version, applied, data, sessions, members = msgpack.unpackb(store.snapshot(),
+                                                               strict_map_key=False)
+    return applied, sorted(data.items()), sessions, sorted(members.items())
 
 
 @pytest.fixture
@@ -589,7 +590,11 @@ def test_restore_replaces_the_previous_state(log: Log) -> None:
     [
         b"",
         b"\xc1",
-        msgpack.packb([2, 0, {}, []]),
+        msgpack.packb([3, 0, {}, [], {}]),  # unknown version
+        msgpack.packb([2, 0, {}, []]),  # version 2 without its member map
+        msgpack.packb([1, 0, {}, [], {}]),  # version 1 with one
+        msgpack.packb([2, 0, {}, [], {"4": "tcp://h:1"}]),  # member id not an int
+        msgpack.packb([2, 0, {}, [], {4: b"tcp://h:1"}]),  # address not a str
         msgpack.packb([1, 0, {}]),
         msgpack.packb([1, -1, {}, []]),
         msgpack.packb([1, 5, {b"k": "str"}, []]),
@@ -606,6 +611,28 @@ def test_restore_of_a_bad_snapshot_raises_and_changes_nothing(log: Log, blob: by
     with pytest.raises(SnapshotError):
         log.store.restore(blob)
     assert state(log.store) == before
+
+
+def test_members_added_through_the_log_survive_a_snapshot(log: Log) -> None:
+    store = log.store
+    store.apply_membership(1, 4, "tcp://127.0.0.1:7704")
+    store.apply_membership(2, 5, "tcp://127.0.0.1:7705")
+    store.apply_membership(3, 5, "")  # a promotion: no address, nothing changes
+    store.apply_membership(4, 4, None)  # removed
+    assert store.members == {5: "tcp://127.0.0.1:7705"}
+    assert store.applied_index == 4
+    restored = KVStore()
+    restored.restore(store.snapshot())
+    assert restored.members == {5: "tcp://127.0.0.1:7705"}
+    with pytest.raises(OutOfOrderApply):
+        store.apply_membership(4, 6, "tcp://127.0.0.1:7706")
+
+
+def test_a_version_1_snapshot_is_still_read(log: Log) -> None:
+    log.store.restore(msgpack.packb([1, 7, {b"k": b"v"}, []]))
+    assert log.store.get(b"k") == b"v"
+    assert log.store.applied_index == 7
+    assert log.store.members == {}
 
 
 class Workload:
