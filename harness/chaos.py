@@ -26,6 +26,8 @@ from pathlib import Path
 
 import zmq
 
+from harness.cluster_state import ClusterState
+
 EXIT_OK, EXIT_VIOLATION, EXIT_UNRECOVERED = 0, 1, 3
 OP_TIMEOUT = 2.0  # a client's deadline for one operation
 RECOVERY_TIMEOUT = 30.0
@@ -33,7 +35,7 @@ RECOVERY_TIMEOUT = 30.0
 
 # -- client processes ---------------------------------------------------------------------
 
-def client_worker(worker: int, addresses: dict[int, str], keys: int, stop_at_ns: int,
+def client_worker(worker: int, addresses: dict[int, str] | str, keys: int, stop_at_ns: int,
                   out_path: str, seed: int) -> None:
     """One client process: random operations until `stop_at_ns` (time.monotonic_ns, which
     is comparable across processes on one host), each recorded as one JSON line. Every
@@ -141,8 +143,12 @@ def drive(cfg: ChaosConfig, state, run_dir: Path, report: ChaosReport,
 
     stop_at = time.monotonic_ns() + int(cfg.run_time * 1e9)
     mp = multiprocessing.get_context("spawn")
+    # Members come and go under the membership nemesis: clients then go through the
+    # controller, the one address that stays.
+    addresses = (state.controller.address if "membership" in cfg.nemesis
+                 else state.addresses)
     workers = [mp.Process(target=client_worker,
-                          args=(w, state.addresses, cfg.keys, stop_at,
+                          args=(w, addresses, cfg.keys, stop_at,
                                 str(run_dir / f"client{w}.jsonl"), cfg.seed))
                for w in range(1, cfg.clients + 1)]
     nemesis = Nemesis(state.controller.address, [n.id for n in state.nodes], log=log)
@@ -165,6 +171,7 @@ def drive(cfg: ChaosConfig, state, run_dir: Path, report: ChaosReport,
                 w.join()
         nemesis.heal_all()
     report.faults = dict(nemesis.injected)
+    state = ClusterState.load(state.dir) or state  # the members now, after any change
     try:
         final_reads = recover(cfg, state, nemesis, log)
         report.elections = max(0, ((nemesis.command("status") or {}).get("term") or 0)
@@ -216,6 +223,7 @@ def check_history(cfg: ChaosConfig, state, history: list[dict], run_dir: Path,
                   report: ChaosReport, log: Callable[[str], None]) -> None:
     from harness import checker
 
+    state = ClusterState.load(state.dir) or state  # the members now, after any change
     for status in ("ok", "fail", "info"):
         report.ops[status] = sum(1 for op in history if op["status"] == status)
     report.longest_unavailable_s = longest_gap(history)

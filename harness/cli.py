@@ -196,7 +196,8 @@ def print_status_table(st: dict) -> None:
         rss = n.get("rss_bytes")
         rows.append((n["id"], n.get("address", ""), n.get("pid") or "-",
                      ("paused" if n.get("paused") else "yes") if n.get("alive") else "no",
-                     n.get("member") or "-", n.get("role") or "-", _dash(n.get("term")), _dash(n.get("last_index")),
+                     n.get("member") or "-", n.get("role") or "-", _dash(n.get("term")),
+                     _dash(n.get("last_index")),
                      _dash(n.get("commit_index")), _dash(n.get("applied_index")),
                      _dash(n.get("cpu_percent")), f"{rss / 2**20:.1f}" if rss else "-"))
     widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
@@ -350,8 +351,10 @@ node_command("transfer-leader", "Ask the leader to hand leadership to node NODE.
 
 # -- membership ----------------------------------------------------------------------------
 
-def run_membership(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a harness.membership step, mapping its failures to exit codes."""
+def run_membership(fn: Callable[..., Any], *args: Any, as_json: bool = False,
+                   **kwargs: Any) -> Any:
+    """Run a harness.membership step, mapping its failures to exit codes. Progress goes
+    to stdout, or to stderr when stdout carries --json."""
     import zmq
 
     from harness.membership import MembershipError
@@ -360,7 +363,7 @@ def run_membership(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
     with zmq.Context() as ctx:
         try:
-            return fn(ctx, *args, progress=click.echo, **kwargs)
+            return fn(ctx, *args, progress=lambda m: click.echo(m, err=as_json), **kwargs)
         except ControlError as e:
             fail(str(e), EXIT_USAGE if e.code == ReplyCode.BAD_REQUEST else EXIT_UNAVAILABLE)
         except MembershipError as e:
@@ -384,7 +387,7 @@ def add_node(cluster_dir: Path, node_id: int | None, learner: bool, timeout: flo
 
     state = load_state(cluster_dir)
     result = run_membership(run_add, state.controller.address, node_id=node_id,
-                            promote=not learner, timeout=timeout)
+                            promote=not learner, timeout=timeout, as_json=as_json)
     if as_json:
         click.echo(json.dumps(result))
 
@@ -401,7 +404,8 @@ def remove_node(node_id: int, cluster_dir: Path, timeout: float, as_json: bool) 
     from harness.membership import remove_node as run_remove
 
     state = load_state(cluster_dir)
-    result = run_membership(run_remove, state.controller.address, node_id, timeout=timeout)
+    result = run_membership(run_remove, state.controller.address, node_id, timeout=timeout,
+                            as_json=as_json)
     if as_json:
         click.echo(json.dumps(result))
 

@@ -18,7 +18,7 @@ import zmq
 
 from harness.rpc import ControlError, control
 
-KINDS = ("kill", "pause", "partition", "leader-partition", "restart-all")
+KINDS = ("kill", "pause", "partition", "leader-partition", "restart-all", "membership")
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,41 @@ class Nemesis:
             self.command("partition", *groups)
             self.note(f"partition {groups[0]} | {groups[1]}")
             return lambda: (self.command("heal"), self.note("heal"))
+        if f.kind == "membership":
+            self.replace_two(f.pick)
+            return lambda: None
         if f.kind == "restart-all":
             for node in self.node_ids:
                 self.command("kill", node)
             self.note("kill -9 every node")
             return self.restart_all
         raise ValueError(f"unknown fault kind {f.kind!r}; known: {', '.join(KINDS)}")
+
+    def replace_two(self, pick: float) -> None:
+        """Membership churn under load: add two nodes (3 -> 5), kill -9 two of the old
+        members (the leader among them when `pick` < 0.5), and remove those two: the
+        cluster is back to its size with a majority of new members."""
+        from harness.membership import MembershipError, add_node, remove_node
+
+        old = list(self.node_ids)
+        try:
+            for _ in range(2):
+                added = add_node(self.ctx, self.controller, timeout=20.0)
+                self.node_ids.append(added["added"])
+                self.note(f"added node {added['added']}; voters {added['voters']}")
+            leader = self.leader() if pick < 0.5 else None
+            rest = random.Random(pick).sample(old, len(old))
+            doomed = ([leader] if leader in old else []) + [i for i in rest if i != leader]
+            doomed = doomed[:2]
+            for node in doomed:
+                self.command("kill", node)
+                self.note(f"kill -9 node {node}")
+            for node in doomed:
+                removed = remove_node(self.ctx, self.controller, node, timeout=20.0)
+                self.node_ids.remove(node)
+                self.note(f"removed node {node}; voters {removed['voters']}")
+        except (ControlError, MembershipError) as e:
+            self.note(f"membership change failed: {e}")
 
     def restart_all(self) -> None:
         for node in self.node_ids:

@@ -11,6 +11,7 @@ import os
 import pytest
 
 from harness.chaos import EXIT_OK, EXIT_VIOLATION, ChaosConfig, run_chaos
+from harness.cluster_state import ClusterState
 from raftkv.failpoints import ENV as FAILPOINTS_ENV
 
 RUN_TIME = float(os.environ.get("RAFTKV_CHAOS_TIME", "15"))
@@ -32,6 +33,18 @@ def test_chaos_run_passes_under(tmp_path, nemesis):
     assert report.exit_code == EXIT_OK, log
     assert report.faults.get(nemesis, 0) >= 1, log
     assert report.ops["ok"] > 100, log
+
+
+def test_membership_churn_under_load_stays_linearizable(tmp_path):
+    """Grow 3 -> 5 under load, kill -9 two of the old members (the leader among them),
+    remove them: the cluster is back to three, and the history still checks out."""
+    report, log = chaos(tmp_path, ("membership",), seed=7, nodes=3)
+    assert report.exit_code == EXIT_OK, log
+    assert report.faults.get("membership", 0) >= 1, log
+    assert report.ops["ok"] > 100, log
+    assert "membership change failed" not in log, log
+    members = [n.id for n in ClusterState.load(tmp_path / "cluster").nodes]
+    assert len(members) == 3 and len(set(members) - {1, 2, 3}) >= 2, (members, log)
 
 
 def test_reads_without_readindex_are_caught_as_stale(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 
 from harness import cluster_state, rpc
-from harness.cluster_state import ClusterState, NodeEntry, ProcEntry, python_argv
+from harness.cluster_state import ClusterState, NodeEntry, ProcEntry, node_argv, python_argv
 from harness.launcher import free_ports, wait_for
 from raftkv import wire
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
@@ -36,26 +36,26 @@ def controller_argv(cluster_dir: Path) -> list[str]:
     return [sys.executable, "-c", code, str(cluster_dir)]
 
 
-def write_cluster(root: Path) -> ClusterState:
+def write_cluster(root: Path, extra: tuple[str, ...] = ()) -> ClusterState:
     ports = free_ports(N_NODES + 1)
     addresses = {i: f"tcp://127.0.0.1:{ports[i]}" for i in range(1, N_NODES + 1)}
     nodes = []
     for i, address in addresses.items():
-        peers = [a for j, addr in addresses.items() if j != i for a in ("--peer", f"{j}={addr}")]
-        argv = python_argv("node", "--id", str(i), "--listen", address, *peers,
-                           "--data-dir", str(root / f"node{i}"))
-        nodes.append(NodeEntry(address, f"node{i}.log", argv, id=i, data_dir=f"node{i}"))
+        argv = node_argv(i, address, addresses, root / "data" / f"node{i}",
+                         voters=tuple(addresses), extra=extra)
+        nodes.append(NodeEntry(address, f"logs/node{i}.log", argv, id=i,
+                               data_dir=f"data/node{i}"))
     controller_address = f"tcp://127.0.0.1:{ports[0]}"
-    controller = ProcEntry(controller_address, "controller.log", controller_argv(root))
+    controller = ProcEntry(controller_address, "logs/controller.log", controller_argv(root))
     state = ClusterState(root.resolve(), True, controller, nodes)
     state.save()
     return state
 
 
 class ControllerCluster:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra: tuple[str, ...] = ()) -> None:
         self.root = root
-        self.state = write_cluster(root)
+        self.state = write_cluster(root, extra)
         self.procs: list[subprocess.Popen] = []
         self.controller: subprocess.Popen | None = None
         self.ctx = zmq.Context()

@@ -16,8 +16,8 @@ from raftkv.wire import ClientRequest, ReplyCode, ReqOp, encode_request
 from tests.integration.controller_fixture import ControllerCluster
 
 NODE_FIELDS = {
-    "id", "address", "pid", "alive", "paused", "role", "term", "last_index", "commit_index",
-    "applied_index", "cpu_percent", "rss_bytes", "open_files", "uptime_s",
+    "id", "address", "pid", "alive", "paused", "member", "role", "term", "last_index",
+    "commit_index", "applied_index", "cpu_percent", "rss_bytes", "open_files", "uptime_s",
     "dropped_malformed", "partitioned_from",
 }
 
@@ -72,7 +72,7 @@ def test_status_map_reports_every_node(cc):
     state = ClusterState.load(cc.root)
     wait_for(lambda: all(n["role"] for n in cc.status()["nodes"]), 5, "every node's role")
     st = cc.status()
-    assert set(st) == {"leader", "term", "nodes", "controller"}
+    assert set(st) == {"leader", "term", "voters", "learners", "nodes", "controller"}
     assert st["leader"] == leader and st["term"] >= 1
     assert [n["id"] for n in st["nodes"]] == [1, 2, 3]
     for n in st["nodes"]:

@@ -135,6 +135,32 @@ def test_exit_codes(cli):
     cli("put", "k", "back")
 
 
+def test_add_node_and_remove_node_grow_and_shrink_the_cluster(cli):
+    up(cli)
+    cli("put", "k", "v")
+    out = cli("add-node").stdout
+    assert "node 4 started" in out and "promoted to voter" in out, out
+    wait_for(lambda: [n["member"] for n in cli.status()["nodes"]] == ["voter"] * 4, 10,
+             "four voters in status")
+    assert cli("status").stdout.splitlines()[1].split()[:5] == [
+        "ID", "ADDRESS", "PID", "ALIVE", "MEMBER"]
+    learner = json.loads(cli("add-node", "--learner", "--json").stdout)
+    assert learner["added"] == 5 and learner["learners"] == [5]
+    assert "unknown node 9" in cli("remove-node", "9", check=2).stderr
+    leader = cli.status()["leader"]
+    out = cli("remove-node", str(leader)).stdout
+    assert f"node {leader} leads: handing leadership" in out, out
+    removed = json.loads(cli("remove-node", "5", "--json").stdout)
+    assert removed["learners"] == [] and removed["stopped"] is True
+    assert sorted(n["id"] for n in cli.status()["nodes"]) == sorted({1, 2, 3, 4} - {leader})
+    assert cli("get", "k").stdout.strip() == "v"
+    # down and up bring back exactly the members, with their data.
+    cli("down")
+    up(cli)
+    assert cli("get", "k").stdout.strip() == "v"
+    assert len(cli.status()["nodes"]) == 3
+
+
 def test_up_names_a_port_in_use(cli):
     with socket.socket() as s:
         s.bind(("127.0.0.1", cli.base_port + 2))

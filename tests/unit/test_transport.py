@@ -190,6 +190,34 @@ def test_message_for_an_unknown_peer_is_dropped_and_counted(make_cluster) -> Non
     assert ts[1].stats["dropped_send"] == 1
 
 
+def test_a_peer_added_and_removed_at_run_time(make_cluster) -> None:
+    ts = make_cluster(3)
+    t1, t3 = ts[1], ts[3]
+    assert t1.remove_peer(3) and not t1.remove_peer(3)
+    assert not t1.send(hb(1, 3))
+    assert t1.stats["dropped_send"] == 1
+    t3.send(hb(3, 1, context=5))
+
+    def dropped() -> bool:
+        if t1.poll(5):
+            assert t1.recv_all() == ([], [])
+        return t1.stats["dropped_unknown_peer"] >= 1
+
+    wait_until(dropped, "the removed peer's frame to be dropped")
+    assert t1.set_peer(3, t3.endpoint) and not t1.set_peer(3, t3.endpoint)
+    assert not t1.set_peer(1, "tcp://127.0.0.1:1")  # our own id: ignored
+    inbox3 = Inbox(t3)
+
+    def delivered() -> bool:
+        t1.send(hb(1, 3, context=7))  # dropped until the new DEALER is connected
+        inbox3.pump()
+        return any(m.context == 7 for m in inbox3.messages)
+
+    wait_until(delivered, "a heartbeat to the re-added peer")
+    t3.send(hb(3, 1, context=8))
+    Inbox(t1).wait_message(lambda m: m.context == 8, "a frame from the re-added peer")
+
+
 # ---- clients ------------------------------------------------------------------------
 
 
