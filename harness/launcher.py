@@ -92,17 +92,28 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 
         time.sleep(every)
 
 
+def node_statuses(ctx: zmq.Context, addresses: dict[int, str],
+                  timeout: float = 0.5) -> dict[int, dict]:
+    """The STATUS map of every node that answers within `timeout`."""
+    found = {}
+    for node_id, address in addresses.items():
+        r = rpc.call(ctx, address, ClientRequest(rpc.next_request_id(), ReqOp.STATUS), timeout)
+        if r is not None and r.code == ReplyCode.OK:
+            found[node_id] = r.value
+    return found
+
+
+def leader_of(statuses: dict[int, dict]) -> tuple[int, int] | None:
+    """(leader id, term): the highest-term node that claims to lead."""
+    claims = [(st["term"], node_id) for node_id, st in statuses.items()
+              if st.get("role") == "leader"]
+    return (max(claims)[1], max(claims)[0]) if claims else None
+
+
 def find_leader(ctx: zmq.Context, addresses: dict[int, str],
                 timeout: float = 0.5) -> tuple[int, int] | None:
     """(leader id, term) from the nodes' own STATUS answers: the highest-term claimant."""
-    best = None
-    for node_id, address in addresses.items():
-        r = rpc.call(ctx, address, ClientRequest(rpc.next_request_id(), ReqOp.STATUS), timeout)
-        if r is None or r.code != ReplyCode.OK or r.value.get("role") != "leader":
-            continue
-        if best is None or r.value["term"] > best[1]:
-            best = (node_id, r.value["term"])
-    return best
+    return leader_of(node_statuses(ctx, addresses, timeout))
 
 
 # -- up / down -------------------------------------------------------------------------------
@@ -174,12 +185,21 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
     if not started:
         return state, False
     progress(f"started {len(started)} process(es); waiting for a leader ...")
+    # Up means: a leader, and every node started here answering (a node that dies while
+    # starting, say on a bad data dir, is reported even if the others elected a leader).
+    started_ids = {n.id for n in state.nodes if n in started}
     with zmq.Context() as ctx:
         deadline = time.monotonic() + timeout
-        while find_leader(ctx, state.addresses) is None:
+        while True:
             check_started(state, started)  # one that exited at start is reported at once
+            statuses = node_statuses(ctx, state.addresses)
+            if leader_of(statuses) is not None and started_ids <= statuses.keys():
+                break
             if time.monotonic() > deadline:
-                raise LaunchError(f"no leader elected within {timeout:g}s; see the logs in "
+                silent = sorted(started_ids - statuses.keys())
+                what = (f"node(s) {', '.join(map(str, silent))} did not answer"
+                        if leader_of(statuses) else "no leader elected")
+                raise LaunchError(f"{what} within {timeout:g}s; see the logs in "
                                   f"{cluster_dir / 'logs'}")
             time.sleep(0.05)
     return state, True
