@@ -6,6 +6,7 @@ from raftkv.raft.types import (
     NONE,
     Entry,
     EntryType,
+    EventKind,
     HardState,
     InvariantViolation,
     Message,
@@ -13,10 +14,12 @@ from raftkv.raft.types import (
     NotLeader,
     ProposalDropped,
     RaftError,
+    RaftEvent,
     ReadState,
     Ready,
     Role,
     SnapshotMeta,
+    VoteRefusal,
 )
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "NONE",
     "Entry",
     "EntryType",
+    "EventKind",
     "HardState",
     "InvariantViolation",
     "Message",
@@ -37,8 +41,10 @@ __all__ = [
     "NotLeader",
     "ProposalDropped",
     "RaftError",
+    "RaftEvent",
     "ReadState",
     "Ready",
     "Role",
     "SnapshotMeta",
+    "VoteRefusal",
 ]
