@@ -33,6 +33,7 @@ class ProcEntry:
     argv: list[str]
     pid: int = 0
     create_time: float = 0.0
+    metrics_port: int = 0  # Prometheus /metrics on the address's host (0: none)
 
 
 @dataclass
@@ -92,7 +93,8 @@ def python_argv(*args: str) -> list[str]:
 
 
 def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
-              *, fsync: bool = True, extra: tuple[str, ...] = ()) -> list[str]:
+              *, fsync: bool = True, extra: tuple[str, ...] = (),
+              metrics_port: int = 0) -> list[str]:
     """The command line of one node: exactly what `raftkv node` takes."""
     argv = python_argv("node", "--id", str(node_id), "--listen", address,
                        "--data-dir", str(data_dir))
@@ -101,6 +103,8 @@ def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
             argv += ["--peer", f"{pid}={addr}"]
     if not fsync:
         argv.append("--no-fsync")
+    if metrics_port:
+        argv += ["--metrics-port", str(metrics_port)]
     return argv + list(extra)
 
 

@@ -43,6 +43,8 @@ BAD_REQUEST / UNAVAILABLE with a message:
     heal                     -> {"healed": [ids]}
     transfer-leader N        -> {"transferring_to": N, "from": leader}, or the leader's
                                 own refusal relayed as it came
+    events [SINCE]           -> {"events": [...], "next": seq, "last": seq, "lost": n}:
+                                the timeline (harness/timeline.py) after event SINCE
 
 A group is "1,2" (str) or 3 (int). Partitions are FAULT requests to each node naming
 every node outside its group; they are re-sent every poll while a partition stands, so a
@@ -53,7 +55,10 @@ Status map (the CONTROL "status" and STATUS value)::
     {"leader": id | None, "term": n,
      "nodes": [{"id", "address", "pid", "alive", "paused", "role", "term", "last_index",
                 "commit_index", "applied_index", "cpu_percent", "rss_bytes", "open_files",
-                "uptime_s", "dropped_malformed", "partitioned_from": [ids]}, ...],
+                "uptime_s", "dropped_malformed", "partitioned_from": [ids],
+                "vote", "lead", "snapshot_index", "log_tail": [[index, term], ...],
+                "counters": {...}, "fsync_ms": {"p50", "p99", "count"},
+                "metrics_port"}, ...],
      "controller": {counters, "pending": n, "uptime_s": s}}
 
 A node's Raft fields are None when its last STATUS is stale; its psutil fields are None
@@ -78,7 +83,9 @@ import zmq
 
 from harness import cluster_state
 from harness.cluster_state import FILE_NAME, ClusterState, NodeEntry
+from harness.timeline import Timeline
 from raftkv import wire
+from raftkv.metrics import quantile
 from raftkv.transport import bind_router, connect_dealer
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
@@ -179,6 +186,7 @@ class Controller:
         self.leader = 0  # the node requests go to; 0: none known
         self.leader_since = 0.0  # when `leader` was last set (monotonic)
         self.children: list[Any] = []  # Popen of nodes we restarted, reaped in the loop
+        self.timeline = Timeline()
         self.state_mtime = self.read_state_mtime()
         self.front = self.context.socket(zmq.ROUTER)
         self.views: dict[int, NodeView] = {}
@@ -392,6 +400,9 @@ class Controller:
     def set_leader(self, node_id: int, now: float) -> None:
         if node_id != self.leader:
             log.info("leader: %s", f"node {node_id}" if node_id else "unknown")
+            self.timeline.add("leader", f"routing to leader node {node_id}" if node_id
+                              else "no leader known", node_id or None,
+                              self.timeline.max_term or None)
         self.leader = node_id
         self.leader_since = now
 
@@ -458,6 +469,7 @@ class Controller:
             self.counters["malformed"] += 1
             return
         now = time.monotonic()
+        self.timeline.observe(view.id, view.status, reply.value)
         view.status = reply.value
         view.status_at = now
         view.unanswered_since = 0.0
@@ -610,8 +622,9 @@ class Controller:
                         f"{req.name} failed: {e}")
             return
         if value is not None:  # None: answered later (relayed through a node)
-            if req.name != "status":
+            if req.name not in ("status", "events"):
                 log.info("command %s %s -> %s", req.name, list(req.args), value)
+                self.timeline.command(req.name, req.args, value)
             self.answer(client, req.request_id, ReplyCode.OK, value)
 
     def node_arg(self, name: str, args: tuple) -> int:
@@ -762,6 +775,16 @@ class Controller:
                            transfer_to=target), now)
         return None
 
+    def command_events(self, client: bytes, req: ClientRequest) -> dict[str, Any]:
+        if len(req.args) > 1:
+            raise CommandError(ReplyCode.BAD_REQUEST, "events takes at most one number")
+        since = req.args[0] if req.args else 0
+        if type(since) is str and since.strip().isdigit():
+            since = int(since)
+        if type(since) is not int:
+            raise CommandError(ReplyCode.BAD_REQUEST, f"events: {since!r:.40} is not a number")
+        return self.timeline.since(since)
+
     # ---- status --------------------------------------------------------------------
 
     def status_map(self) -> dict[str, Any]:
@@ -795,7 +818,29 @@ class Controller:
             **health,
             "dropped_malformed": (st.get("transport") or {}).get("dropped_malformed"),
             "partitioned_from": sorted(view.fault),
+            **dashboard_fields(st),
         }
+
+
+def dashboard_fields(st: dict[str, Any]) -> dict[str, Any]:
+    """The rest of a node's STATUS that the dashboard and `status --json` show (all None
+    when the status is stale)."""
+    fsync = (st.get("histograms") or {}).get("fsync_seconds")
+    return {
+        "vote": st.get("vote"),
+        "lead": st.get("lead"),
+        "snapshot_index": st.get("snapshot_index"),
+        "log_tail": st.get("log_tail"),
+        "counters": st.get("counters"),
+        "fsync_ms": None if fsync is None else {
+            "p50": ms(quantile(fsync, 0.5)), "p99": ms(quantile(fsync, 0.99)),
+            "count": fsync["count"]},
+        "metrics_port": st.get("metrics_port"),
+    }
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def process_health(p: psutil.Process | None) -> dict[str, Any]:
@@ -826,12 +871,14 @@ COMMANDS: dict[str, CommandHandler] = {
     "partition": Controller.command_partition,
     "heal": Controller.command_heal,
     "transfer-leader": Controller.command_transfer_leader,
+    "events": Controller.command_events,
 }
 
 
-def run_controller(cluster_dir: Path) -> None:
+def run_controller(cluster_dir: Path, metrics_port: int = 0) -> None:
     """Run the controller of the cluster recorded in `cluster_dir` in the foreground
-    until SIGTERM/SIGINT. Raises FileNotFoundError if there is no cluster.json there."""
+    until SIGTERM/SIGINT, with Prometheus metrics on `metrics_port` (0: none). Raises
+    FileNotFoundError if there is no cluster.json there."""
     state = ClusterState.load(Path(cluster_dir))
     if state is None:
         raise FileNotFoundError(f"no {FILE_NAME} in {cluster_dir}: start a cluster with "
@@ -839,6 +886,8 @@ def run_controller(cluster_dir: Path) -> None:
     context = zmq.Context()
     try:
         controller = Controller(state, context)
+        if metrics_port:
+            start_metrics(controller, metrics_port)
         signal.signal(signal.SIGTERM, controller.stop)
         signal.signal(signal.SIGINT, controller.stop)
         try:
@@ -848,3 +897,18 @@ def run_controller(cluster_dir: Path) -> None:
             log.info("controller stopped")
     finally:
         context.destroy(linger=0)
+
+
+def start_metrics(controller: Controller, port: int) -> None:
+    """Serve /metrics on the controller address's host; a busy port is logged, not fatal."""
+    from harness.controller_metrics import controller_families
+    from raftkv.metrics import serve
+
+    host = controller.state.controller.address.removeprefix("tcp://").rpartition(":")[0]
+    try:
+        bound = serve(controller_families(controller), host, port)
+    except OSError as e:
+        log.warning("metrics: cannot serve on %s:%d (%s); running without /metrics", host,
+                    port, e)
+        return
+    log.info("metrics on http://%s:%d/metrics", host, bound)
