@@ -206,11 +206,14 @@ function addEvents(events) {
     const t = new Date(e.time * 1000);
     const stamp = t.toLocaleTimeString([], { hour12: false }) + "." +
       String(t.getMilliseconds()).padStart(3, "0");
-    list.prepend(el("li", { "data-kind": e.kind, "data-seq": e.seq },
+    list.prepend(el("li", { "data-kind": e.kind, "data-seq": e.seq, "data-time": e.time },
       el("time", {}, stamp), el("span", { class: `kind ${e.kind}` }, e.kind),
       el("span", {}, e.term ? `[term ${e.term}] ${e.text}` : e.text)));
   }
-  while (list.children.length > TIMELINE_KEEP) list.lastChild.remove();
+  // Node events reach the controller with its next poll: order rows by when they happened.
+  const rows = [...list.children].sort((a, b) =>
+    Number(b.dataset.time) - Number(a.dataset.time) || Number(b.dataset.seq) - Number(a.dataset.seq));
+  list.replaceChildren(...rows.slice(0, TIMELINE_KEEP));
 }
 
 // -- the feed ---------------------------------------------------------------------------
