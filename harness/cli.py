@@ -41,6 +41,9 @@ timeout_option = click.option(
     "--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
     help="Seconds to wait for the cluster before giving up (exit 3).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+metrics_port_option = click.option(
+    "--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics; 0: off.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
@@ -203,6 +206,21 @@ def print_status_table(st: dict) -> None:
     widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
     for row in (cols, *rows):
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
+    print_metrics_lines(st)
+
+
+def print_metrics_lines(st: dict) -> None:
+    """Per node: the election and fsync figures its /metrics also serves."""
+    for n in st.get("nodes", []):
+        c, f = n.get("counters"), n.get("fsync_ms")
+        if not c or not f:
+            continue
+        port = n.get("metrics_port")
+        host = n.get("address", "").removeprefix("tcp://").rpartition(":")[0]
+        click.echo(f"node {n['id']}: elections started {c.get('elections_started', 0)}, won "
+                   f"{c.get('elections_won', 0)}; proposals {c.get('proposals', 0)}; fsync "
+                   f"p50 {_dash(f['p50'])} ms, p99 {_dash(f['p99'])} ms of {f['count']}"
+                   + (f"; http://{host}:{port}/metrics" if port else ""))
 
 
 def _dash(v: Any) -> Any:
@@ -432,6 +450,36 @@ def heal(cluster_dir: Path, timeout: float) -> None:
     click.echo(json.dumps(control(load_state(cluster_dir), "heal", timeout=timeout)))
 
 
+# -- dashboard ------------------------------------------------------------------------------
+
+@main.command()
+@dir_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on. The page can kill nodes: keep it on loopback "
+                   "unless every user of that network may.")
+@click.option("--port", default=7780, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+def dashboard(cluster_dir: Path, host: str, port: int, open_browser: bool) -> None:
+    """Serve a live web page of the cluster: a card per node, each node's log as a strip
+    coloured by term, a timeline of elections and faults, and buttons that run the same
+    controller commands as the CLI verbs. Runs until Ctrl-C."""
+    import webbrowser
+
+    from harness.dashboard.app import run_dashboard
+
+    state = load_state(cluster_dir)
+
+    def ready(url: str) -> None:
+        click.echo(f"dashboard of {state.dir} on {url} (Ctrl-C stops)", err=True)
+        if open_browser:
+            webbrowser.open(url)
+
+    try:
+        run_dashboard(state.controller.address, host, port, ready)
+    except OSError as e:
+        fail(f"cannot serve on {host}:{port}: {e}", EXIT_UNAVAILABLE)
+
+
 # -- logs -----------------------------------------------------------------------------------
 
 @main.command()
@@ -499,10 +547,11 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
               show_default=True, help="Size at which the write-ahead log starts a new file.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@metrics_port_option
 def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, join: bool,
          data_dir: Path, heartbeat_ms: int, election_ms: int, no_fsync: bool,
          snapshot_entries: int, snapshot_bytes: int, wal_segment_bytes: int,
-         log_level: str) -> None:
+         log_level: str, metrics_port: int) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
 
     \b
@@ -524,7 +573,7 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
                      heartbeat_ms=heartbeat_ms,
                      election_ms=election_ms, fsync=not no_fsync,
                      snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
-                     segment_bytes=wal_segment_bytes)
+                     segment_bytes=wal_segment_bytes, metrics_port=metrics_port)
     try:
         run_node(cfg)
     except StorageError as e:
@@ -559,14 +608,15 @@ def parse_peer(value: str) -> tuple[int, str]:
 @dir_option
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def controller(cluster_dir: Path, log_level: str) -> None:
+@metrics_port_option
+def controller(cluster_dir: Path, log_level: str, metrics_port: int) -> None:
     """Run the controller in the foreground (what `up` starts): routes client requests
     to the leader and carries out kill/restart/pause/partition commands."""
     from harness.controller import run_controller
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s controller %(levelname)s %(message)s")
-    run_controller(cluster_dir.resolve())
+    run_controller(cluster_dir.resolve(), metrics_port=metrics_port)
 
 
 @main.command()

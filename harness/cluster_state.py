@@ -33,6 +33,7 @@ class ProcEntry:
     argv: list[str]
     pid: int = 0
     create_time: float = 0.0
+    metrics_port: int = 0  # Prometheus /metrics on the address's host (0: none)
 
 
 @dataclass
@@ -93,7 +94,7 @@ def python_argv(*args: str) -> list[str]:
 
 def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
               *, fsync: bool = True, extra: tuple[str, ...] = (),
-              voters: tuple[int, ...] | None = None) -> list[str]:
+              voters: tuple[int, ...] | None = None, metrics_port: int = 0) -> list[str]:
     """The command line of one node: exactly what `raftkv node` takes. `voters`: the
     cluster's initial voters; () joins a running cluster; None leaves it to the node
     (itself and its peers)."""
@@ -105,11 +106,13 @@ def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
         argv += ["--voters", ",".join(map(str, sorted(voters)))]
     if not fsync:
         argv.append("--no-fsync")
+    if metrics_port:
+        argv += ["--metrics-port", str(metrics_port)]
     return argv + list(extra)
 
 
 # Options of `raftkv node` that name the node, its peers or its start; each takes a value.
-_IDENTITY_OPTIONS = ("--id", "--listen", "--data-dir", "--peer", "--voters")
+_IDENTITY_OPTIONS = ("--id", "--listen", "--data-dir", "--peer", "--voters", "--metrics-port")
 
 
 def _strip_options(argv: list[str], names: tuple[str, ...], flags: tuple[str, ...] = ()
@@ -140,13 +143,14 @@ def with_peers(argv: list[str], node_id: int, peers: dict[int, str]) -> list[str
 
 
 def joiner_argv(template: list[str], node_id: int, address: str, peers: dict[int, str],
-                data_dir: Path) -> list[str]:
+                data_dir: Path, metrics_port: int = 0) -> list[str]:
     """The command line of a node joining the cluster, from a member's (`template`): its
     options (fsync, snapshot thresholds, ...), its own identity, every member as a peer,
     and --join in place of the initial voters."""
     options = _strip_options(template[template.index("node") + 1:], _IDENTITY_OPTIONS,
                              ("--join",))
-    return node_argv(node_id, address, peers, data_dir, voters=()) + options
+    return node_argv(node_id, address, peers, data_dir, voters=(),
+                     metrics_port=metrics_port) + options
 
 
 def child_env() -> dict[str, str]:

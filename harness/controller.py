@@ -54,6 +54,8 @@ BAD_REQUEST / UNAVAILABLE with a message:
 Membership commands go to the leader as CONF_CHANGE requests, relayed like client
 requests; a retry of a change already in force is answered OK by the node. After a
 change every node's command line in cluster.json names every member as a peer.
+    events [SINCE]           -> {"events": [...], "next": seq, "last": seq, "lost": n}:
+                                the timeline (harness/timeline.py) after event SINCE
 
 A group is "1,2" (str) or 3 (int). Partitions are FAULT requests to each node naming
 every node outside its group; they are re-sent every poll while a partition stands, so a
@@ -66,7 +68,10 @@ Status map (the CONTROL "status" and STATUS value)::
      "nodes": [{"id", "address", "pid", "alive", "paused", "member", "role", "term",
                 "last_index",
                 "commit_index", "applied_index", "cpu_percent", "rss_bytes", "open_files",
-                "uptime_s", "dropped_malformed", "partitioned_from": [ids]}, ...],
+                "uptime_s", "dropped_malformed", "partitioned_from": [ids],
+                "vote", "lead", "snapshot_index", "log_tail": [[index, term], ...],
+                "counters": {...}, "fsync_ms": {"p50", "p99", "count"},
+                "metrics_port"}, ...],
      "controller": {counters, "pending": n, "uptime_s": s}}
 
 A node's Raft fields are None when its last STATUS is stale; its psutil fields are None
@@ -92,7 +97,9 @@ import zmq
 from harness import cluster_state
 from harness.cluster_state import FILE_NAME, ClusterState, NodeEntry
 from harness.launcher import free_ports, port_in_use
+from harness.timeline import Timeline
 from raftkv import wire
+from raftkv.metrics import quantile
 from raftkv.raft import ConfOp
 from raftkv.transport import bind_router, connect_dealer
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
@@ -153,6 +160,7 @@ class Pending:
     # A command relayed through the leader: turns the node's OK value (and the id of the
     # node that gave it) into the command's answer, doing what follows the change.
     on_ok: Callable[[int, Any], Any] | None = None
+    command: tuple[str, tuple] = ("", ())  # that command's name and arguments
 
 
 @dataclass(slots=True)
@@ -197,6 +205,7 @@ class Controller:
         self.members: tuple[set[int], set[int]] = (set(), set())  # voters, learners
         self.leader_since = 0.0  # when `leader` was last set (monotonic)
         self.children: list[Any] = []  # Popen of nodes we restarted, reaped in the loop
+        self.timeline = Timeline()
         self.state_mtime = self.read_state_mtime()
         self.front = self.context.socket(zmq.ROUTER)
         self.views: dict[int, NodeView] = {}
@@ -418,7 +427,8 @@ class Controller:
                 self.answer(client, reply.request_id, ReplyCode.UNAVAILABLE,
                             f"the change was made, but what follows failed: {e}")
                 return
-            log.info("%s -> %s", entry.op.name.lower(), value)
+            log.info("command %s %s -> %s", *entry.command, value)
+            self.timeline.command(*entry.command, value)
             self.answer(client, reply.request_id, ReplyCode.OK, value)
             return
         self.send_to_client(client, frame)
@@ -436,6 +446,9 @@ class Controller:
     def set_leader(self, node_id: int, now: float) -> None:
         if node_id != self.leader:
             log.info("leader: %s", f"node {node_id}" if node_id else "unknown")
+            self.timeline.add("leader", f"routing to leader node {node_id}" if node_id
+                              else "no leader known", node_id or None,
+                              self.timeline.max_term or None)
         self.leader = node_id
         self.leader_since = now
 
@@ -502,6 +515,7 @@ class Controller:
             self.counters["malformed"] += 1
             return
         now = time.monotonic()
+        self.timeline.observe(view.id, view.status, reply.value)
         view.status = reply.value
         view.status_at = now
         view.unanswered_since = 0.0
@@ -654,8 +668,9 @@ class Controller:
                         f"{req.name} failed: {e}")
             return
         if value is not None:  # None: answered later (relayed through a node)
-            if req.name != "status":
+            if req.name not in ("status", "events"):
                 log.info("command %s %s -> %s", req.name, list(req.args), value)
+                self.timeline.command(req.name, req.args, value)
             self.answer(client, req.request_id, ReplyCode.OK, value)
 
     def node_arg(self, name: str, args: tuple) -> int:
@@ -801,17 +816,19 @@ class Controller:
         # Relayed like a client request, so redirects and elections are handled alike.
         frame = wire.encode_request(ClientRequest(req.request_id, ReqOp.TRANSFER,
                                                   target=target))
-        self.relay(client, req.request_id, frame,
+        self.relay(client, req, frame,
                    lambda leader, _: {"transferring_to": target, "from": leader})
         return None
 
-    def relay(self, client: bytes, request_id: int, frame: bytes,
+    def relay(self, client: bytes, req: ClientRequest, frame: bytes,
               on_ok: Callable[[int, Any], Any]) -> None:
-        """Send a command's request to the leader like a client request (redirects,
-        elections and deadlines handled alike); its OK is answered with on_ok's value."""
+        """Send command `req`'s request (`frame`) to the leader like a client request
+        (redirects, elections and deadlines handled alike); its OK is answered with
+        on_ok's value."""
         now = time.monotonic()
         op = wire.decode_request(frame).op
-        self.admit(Pending(client, request_id, op, frame, now + DEADLINE_S, on_ok=on_ok), now)
+        self.admit(Pending(client, req.request_id, op, frame, now + DEADLINE_S, on_ok=on_ok,
+                           command=(req.name, req.args)), now)
 
     # ---- membership (raftkv add-node / remove-node) --------------------------------
 
@@ -827,10 +844,13 @@ class Controller:
             raise CommandError(ReplyCode.BAD_REQUEST,
                                f"add-node: {self.state.dir / data_dir} exists (a removed node's "
                                "data?); move it away or pick another id")
+        # Metrics like the others': on a free port if they have them.
+        metrics_port = free_ports(1)[0] if self.state.nodes[0].metrics_port else 0
         argv = cluster_state.joiner_argv(self.state.nodes[0].argv, node_id, address,
-                                         self.state.addresses, self.state.dir / data_dir)
+                                         self.state.addresses, self.state.dir / data_dir,
+                                         metrics_port)
         entry = NodeEntry(address, f"logs/node{node_id}.log", argv, id=node_id,
-                          data_dir=data_dir)
+                          data_dir=data_dir, metrics_port=metrics_port)
         child = cluster_state.spawn(argv, self.state.dir / entry.log, detach=True)
         self.children.append(child)
         entry.pid, entry.create_time = child.pid, cluster_state.create_time(child.pid)
@@ -842,7 +862,7 @@ class Controller:
         frame = wire.encode_request(ClientRequest(
             req.request_id, ReqOp.CONF_CHANGE, conf_op=int(ConfOp.ADD_LEARNER),
             target=node_id, address=address))
-        self.relay(client, req.request_id, frame,
+        self.relay(client, req, frame,
                    lambda _, value: {"added": node_id, "address": address, "pid": child.pid,
                                      **value})
         return None
@@ -851,7 +871,7 @@ class Controller:
         node_id = self.node_arg(req.name, req.args)
         frame = wire.encode_request(ClientRequest(
             req.request_id, ReqOp.CONF_CHANGE, conf_op=int(ConfOp.PROMOTE), target=node_id))
-        self.relay(client, req.request_id, frame,
+        self.relay(client, req, frame,
                    lambda _, value: {"promoted": node_id, **value})
         return None
 
@@ -863,7 +883,7 @@ class Controller:
             raise CommandError(ReplyCode.BAD_REQUEST, "remove-node: cannot remove the last node")
         frame = wire.encode_request(ClientRequest(
             req.request_id, ReqOp.CONF_CHANGE, conf_op=int(ConfOp.REMOVE), target=node_id))
-        self.relay(client, req.request_id, frame,
+        self.relay(client, req, frame,
                    lambda _, value: {"removed": node_id, "stopped": self.forget_node(node_id),
                                      **value})
         return None
@@ -914,6 +934,16 @@ class Controller:
         self.state.save()
         self.state_mtime = self.read_state_mtime()
 
+    def command_events(self, client: bytes, req: ClientRequest) -> dict[str, Any]:
+        if len(req.args) > 1:
+            raise CommandError(ReplyCode.BAD_REQUEST, "events takes at most one number")
+        since = req.args[0] if req.args else 0
+        if type(since) is str and since.strip().isdigit():
+            since = int(since)
+        if type(since) is not int:
+            raise CommandError(ReplyCode.BAD_REQUEST, f"events: {since!r:.40} is not a number")
+        return self.timeline.since(since)
+
     # ---- status --------------------------------------------------------------------
 
     def status_map(self) -> dict[str, Any]:
@@ -954,7 +984,29 @@ class Controller:
             **health,
             "dropped_malformed": (st.get("transport") or {}).get("dropped_malformed"),
             "partitioned_from": sorted(view.fault),
+            **dashboard_fields(st),
         }
+
+
+def dashboard_fields(st: dict[str, Any]) -> dict[str, Any]:
+    """The rest of a node's STATUS that the dashboard and `status --json` show (all None
+    when the status is stale)."""
+    fsync = (st.get("histograms") or {}).get("fsync_seconds")
+    return {
+        "vote": st.get("vote"),
+        "lead": st.get("lead"),
+        "snapshot_index": st.get("snapshot_index"),
+        "log_tail": st.get("log_tail"),
+        "counters": st.get("counters"),
+        "fsync_ms": None if fsync is None else {
+            "p50": ms(quantile(fsync, 0.5)), "p99": ms(quantile(fsync, 0.99)),
+            "count": fsync["count"]},
+        "metrics_port": st.get("metrics_port"),
+    }
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def process_health(p: psutil.Process | None) -> dict[str, Any]:
@@ -988,12 +1040,14 @@ COMMANDS: dict[str, CommandHandler] = {
     "add-node": Controller.command_add_node,
     "promote": Controller.command_promote,
     "remove-node": Controller.command_remove_node,
+    "events": Controller.command_events,
 }
 
 
-def run_controller(cluster_dir: Path) -> None:
+def run_controller(cluster_dir: Path, metrics_port: int = 0) -> None:
     """Run the controller of the cluster recorded in `cluster_dir` in the foreground
-    until SIGTERM/SIGINT. Raises FileNotFoundError if there is no cluster.json there."""
+    until SIGTERM/SIGINT, with Prometheus metrics on `metrics_port` (0: none). Raises
+    FileNotFoundError if there is no cluster.json there."""
     state = ClusterState.load(Path(cluster_dir))
     if state is None:
         raise FileNotFoundError(f"no {FILE_NAME} in {cluster_dir}: start a cluster with "
@@ -1001,6 +1055,8 @@ def run_controller(cluster_dir: Path) -> None:
     context = zmq.Context()
     try:
         controller = Controller(state, context)
+        if metrics_port:
+            start_metrics(controller, metrics_port)
         signal.signal(signal.SIGTERM, controller.stop)
         signal.signal(signal.SIGINT, controller.stop)
         try:
@@ -1010,3 +1066,18 @@ def run_controller(cluster_dir: Path) -> None:
             log.info("controller stopped")
     finally:
         context.destroy(linger=0)
+
+
+def start_metrics(controller: Controller, port: int) -> None:
+    """Serve /metrics on the controller address's host; a busy port is logged, not fatal."""
+    from harness.controller_metrics import controller_families
+    from raftkv.metrics import serve
+
+    host = controller.state.controller.address.removeprefix("tcp://").rpartition(":")[0]
+    try:
+        bound = serve(controller_families(controller), host, port)
+    except OSError as e:
+        log.warning("metrics: cannot serve on %s:%d (%s); running without /metrics", host,
+                    port, e)
+        return
+    log.info("metrics on http://%s:%d/metrics", host, bound)

@@ -121,17 +121,24 @@ def find_leader(ctx: zmq.Context, addresses: dict[int, str],
 def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
                 host: str = "127.0.0.1") -> ClusterState:
     addresses = {i: f"tcp://{host}:{base_port + i}" for i in range(1, nodes + 1)}
+    # Metrics ports: free ones the kernel picks now, kept in cluster.json so `up` reuses
+    # them (a node whose metrics port got taken meanwhile runs on without /metrics).
+    metrics = free_ports(nodes + 1)
     state = ClusterState(
         cluster_dir, fsync,
         ProcEntry(f"tcp://{host}:{base_port}", "logs/controller.log",
-                  python_argv("controller", "--dir", str(cluster_dir))),
+                  python_argv("controller", "--dir", str(cluster_dir),
+                              "--metrics-port", str(metrics[0])),
+                  metrics_port=metrics[0]),
     )
     for i, address in addresses.items():
         data_dir = cluster_dir / "data" / f"node{i}"
         state.nodes.append(NodeEntry(address, f"logs/node{i}.log",
                                      node_argv(i, address, addresses, data_dir, fsync=fsync,
-                                               voters=tuple(addresses)),
-                                     id=i, data_dir=f"data/node{i}"))
+                                               voters=tuple(addresses),
+                                               metrics_port=metrics[i]),
+                                     metrics_port=metrics[i], id=i,
+                                     data_dir=f"data/node{i}"))
     return state
 
 

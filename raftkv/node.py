@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from raftkv import failpoints
+from raftkv.eventlog import COUNTER_KEYS as EVENT_COUNTERS
+from raftkv.eventlog import EventLog
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore
+from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, Buckets
 from raftkv.raft import (
     ConfChange,
     ConfChangeBusy,
@@ -51,6 +54,7 @@ from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 log = logging.getLogger("raftkv.node")
 
 MAX_SCAN = 10_000  # bounds the size of one SCAN reply
+LOG_TAIL = 32  # [index, term] pairs of the log's end in STATUS (the dashboard's strips)
 
 
 @dataclass(slots=True)
@@ -73,6 +77,7 @@ class NodeConfig:
     snapshot_entries: int = 10_000
     snapshot_bytes: int = 64 << 20
     segment_bytes: int = 64 << 20  # the write-ahead log rotates to a new file at this size
+    metrics_port: int = 0  # Prometheus /metrics on the listen host; 0: off
 
     def raft_config(self) -> Config:
         voters = self.initial_voters
@@ -140,7 +145,12 @@ class Node:
             log.warning("FAILPOINT %s is ON: %s", name, failpoints.KNOWN[name])
         self.counters = {"proposals": 0, "reads": 0, "fsyncs": 0, "elections_won": 0,
                          "not_leader": 0, "snapshots_taken": 0, "snapshots_installed": 0,
-                         "snapshots_sent": 0, "last_snapshot_ms": 0}
+                         "snapshots_sent": 0, "last_snapshot_ms": 0,
+                         **dict.fromkeys(EVENT_COUNTERS, 0)}
+        self.events = EventLog()
+        self.fsync_seconds = Buckets(FSYNC_BOUNDS_S)
+        self.append_batch = Buckets(BATCH_BOUNDS)
+        self.metrics_port = 0  # bound by run_node when cfg.metrics_port is set
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -192,7 +202,11 @@ class Node:
                 self.install_snapshot(rd.snapshot)
             if rd.entries or rd.hard_state is not None:
                 self.storage.append(rd.entries, rd.hard_state)
+                t0 = time.perf_counter()
                 self.storage.sync()
+                self.fsync_seconds.observe(time.perf_counter() - t0)
+                if rd.entries:
+                    self.append_batch.observe(len(rd.entries))
                 self.counters["fsyncs"] += 1
                 if "ack-before-commit" in self.failpoints:
                     self.ack_before_commit(rd)
@@ -200,6 +214,8 @@ class Node:
             self.apply(rd)
             if rd.soft_state is not None:
                 self.on_role_change(rd)
+            if rd.events:
+                self.events.record(rd.events, self.counters)
             for rs in rd.read_states:
                 batch = self.read_batches.pop(rs.ctx, None)
                 if batch is not None:
@@ -471,8 +487,26 @@ class Node:
                 "malformed": self.kv.stats.malformed},
             counters=dict(self.counters),
             failpoints=sorted(self.failpoints),
+            log_tail=self.core.log_tail(LOG_TAIL),
+            events=self.events.tail(),
+            histograms=self.histograms(),
+            metrics_port=self.metrics_port,
         )
         return s
+
+    def histograms(self) -> dict[str, Any]:
+        return {"fsync_seconds": self.fsync_seconds.to_dict(),
+                "append_batch_entries": self.append_batch.to_dict()}
+
+    def metrics_view(self) -> dict[str, Any]:
+        """What /metrics shows: the STATUS values that are safe to read from the metrics
+        server's thread (attribute loads, copies of fixed-key dicts and lists)."""
+        core, raft_log = self.core, self.core.log
+        return {"term": core.term, "role": core.role.name.lower(),
+                "last_index": raft_log.last_index(), "commit_index": raft_log.committed,
+                "applied_index": raft_log.applied, "snapshot_index": raft_log.offset,
+                "counters": dict(self.counters), "transport": dict(self.transport.stats),
+                "histograms": self.histograms()}
 
 
 def added_addresses(entries: list[Entry]) -> dict[int, str]:
@@ -514,6 +548,23 @@ def run_node(cfg: NodeConfig) -> None:
         handler.setFormatter(fmt)
     log.info("up: %d entries on disk, commit %d, listening on %s", node.core.log.last_index(),
              node.core.log.committed, node.transport.endpoint)
+    if cfg.metrics_port:
+        start_metrics(node)
     signal.signal(signal.SIGTERM, node.stop)
     signal.signal(signal.SIGINT, node.stop)
     node.run()
+
+
+def start_metrics(node: Node) -> None:
+    """Serve /metrics on the listen address's host. A busy port costs the metrics, not
+    the node: it is logged and the node runs on."""
+    from raftkv.metrics import node_families, serve
+
+    host = node.cfg.listen.removeprefix("tcp://").rpartition(":")[0]
+    try:
+        node.metrics_port = serve(node_families(node.metrics_view), host, node.cfg.metrics_port)
+    except OSError as e:
+        log.warning("metrics: cannot serve on %s:%d (%s); running without /metrics", host,
+                    node.cfg.metrics_port, e)
+        return
+    log.info("metrics on http://%s:%d/metrics", host, node.metrics_port)

@@ -13,6 +13,7 @@ from raftkv.raft.types import (
     NONE,
     Entry,
     EntryType,
+    EventKind,
     HardState,
     InvariantViolation,
     Message,
@@ -20,10 +21,12 @@ from raftkv.raft.types import (
     NotLeader,
     ProposalDropped,
     RaftError,
+    RaftEvent,
     ReadState,
     Ready,
     Role,
     SnapshotMeta,
+    VoteRefusal,
 )
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "NONE",
     "Entry",
     "EntryType",
+    "EventKind",
     "HardState",
     "InvariantViolation",
     "Message",
@@ -46,8 +50,10 @@ __all__ = [
     "NotLeader",
     "ProposalDropped",
     "RaftError",
+    "RaftEvent",
     "ReadState",
     "Ready",
     "Role",
     "SnapshotMeta",
+    "VoteRefusal",
 ]

@@ -31,6 +31,7 @@ from raftkv.raft.types import (
     NONE,
     Entry,
     EntryType,
+    EventKind,
     HardState,
     InvariantViolation,
     Message,
@@ -38,15 +39,25 @@ from raftkv.raft.types import (
     NotLeader,
     ProposalDropped,
     RaftError,
+    RaftEvent,
     ReadState,
     Ready,
     Role,
     SnapshotMeta,
     SoftState,
+    VoteRefusal,
 )
 
 CAMPAIGN_TRANSFER = 1
 """VOTE.context for an election forced by TimeoutNow: it may bypass the leader lease."""
+
+
+def refusal_of(context: int) -> VoteRefusal:
+    """The refusal a (pre-)vote response carries; UNSAID for anything unknown."""
+    try:
+        return VoteRefusal(context)
+    except ValueError:
+        return VoteRefusal.UNSAID
 
 
 class CampaignKind(IntEnum):
@@ -135,6 +146,8 @@ class Raft:
         self.role = Role.FOLLOWER
         self.prs: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
+        self.refusals: dict[int, VoteRefusal] = {}  # why voters refused this campaign
+        self.events: list[RaftEvent] = []  # for the log: handed over in the next Ready
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = config.election_tick
@@ -167,14 +180,19 @@ class Raft:
                 if in_lease and not forced:
                     # We heard from a live leader within the minimum election timeout:
                     # a disruptive candidate must not depose it (thesis §4.2.3).
+                    self.events.append(RaftEvent(
+                        EventKind.VOTE_IGNORED, self.term, m.frm,
+                        f"leader {self.lead} was heard within the election timeout"))
                     return
             if m.type == MsgType.PRE_VOTE:
                 pass  # a pre-vote never changes our term (thesis §9.6)
             elif m.type == MsgType.PRE_VOTE_RESP and not m.reject:
                 pass  # a granted pre-vote carries the term the candidate will use
             elif m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+                self.note_step_down(m)
                 self.become_follower(m.term, m.frm)
             else:
+                self.note_step_down(m)
                 self.become_follower(m.term, NONE)
         elif m.term < self.term:
             if m.type in (MsgType.APP, MsgType.HEARTBEAT) and (
@@ -184,8 +202,10 @@ class Raft:
                 # makes it step down, where staying silent would leave it believing.
                 self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term))
             elif m.type == MsgType.PRE_VOTE:
-                self.send(Message(MsgType.PRE_VOTE_RESP, m.frm, self.id, self.term,
-                                  reject=True))
+                self.refuse_vote(m, VoteRefusal.STALE_TERM)
+            elif m.type == MsgType.VOTE:
+                self.events.append(RaftEvent(EventKind.VOTE_REFUSED, self.term, m.frm,
+                                             "vote", VoteRefusal.STALE_TERM))
             return
         if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
             self.handle_vote_request(m)
@@ -262,6 +282,7 @@ class Raft:
             return
         self.lead_transferee = target
         self.election_elapsed = 0
+        self.events.append(RaftEvent(EventKind.TRANSFER_STARTED, self.term, target))
         if self.prs[target].match == self.log.last_index():
             self.send_timeout_now(target)
         else:
@@ -285,6 +306,7 @@ class Raft:
             or self.log.has_next_committed_entries()
             or self.read_states
             or self.aborted_reads
+            or self.events
             or self.hard_state() != self._prev_hard_state
             or self.soft_state() != self._prev_soft_state
         )
@@ -305,7 +327,9 @@ class Raft:
             read_states=self.read_states,
             aborted_reads=self.aborted_reads,
             soft_state=ss if ss != self._prev_soft_state else None,
+            events=self.events,
         )
+        self.events = []
         self.out = _Outbox()
         self.read_states = []
         self.aborted_reads = []
@@ -463,15 +487,18 @@ class Raft:
         self.log.append([Entry(self.term, last + 1, EntryType.NOOP)])
         self._bcast_pending = True
 
-    def campaign(self, kind: CampaignKind) -> None:
+    def campaign(self, kind: CampaignKind, reason: str = "election timeout") -> None:
         if self.id not in self.voters:
             return
         if kind == CampaignKind.PRE_ELECTION:
             self.become_pre_candidate()
             vote_type, term = MsgType.PRE_VOTE, self.term + 1
+            self.events.append(RaftEvent(EventKind.PRE_VOTE_STARTED, term, reason=reason))
         else:
             self.become_candidate()
             vote_type, term = MsgType.VOTE, self.term
+            self.events.append(RaftEvent(EventKind.ELECTION_STARTED, term, reason=reason))
+        self.refusals = {}
         self.votes[self.id] = True
         if self.poll_votes() is not VoteResult.PENDING:
             return
@@ -484,9 +511,12 @@ class Raft:
 
     def poll_votes(self) -> VoteResult:
         result = vote_result(self.voters, self.votes)
+        if result is not VoteResult.PENDING:
+            self.note_election_end(result)
         if result is VoteResult.WON:
             if self.role == Role.PRE_CANDIDATE:
-                self.campaign(CampaignKind.ELECTION)  # the pre-vote won: the real one
+                # the pre-vote won: the real one
+                self.campaign(CampaignKind.ELECTION, "pre-vote won")
             else:
                 self.become_leader()
         elif result is VoteResult.LOST:
@@ -510,6 +540,10 @@ class Raft:
             self.election_elapsed = 0
             if self.cfg.check_quorum and not self.quorum_active():
                 # Cut off from a majority: stop acting as leader (thesis §6.2).
+                self.events.append(RaftEvent(
+                    EventKind.STEPPED_DOWN, self.term,
+                    reason="check-quorum: a majority was not heard from in an election "
+                           "timeout"))
                 self.become_follower(self.term, NONE)
                 return
             self.lead_transferee = NONE  # a transfer that took this long has failed
@@ -536,11 +570,59 @@ class Raft:
             # A granted pre-vote answers in the term the candidate asked for, so the
             # candidate does not drop it as stale.
             self.send(Message(resp_type, m.frm, self.id, m.term))
+            self.events.append(RaftEvent(
+                EventKind.VOTE_GRANTED, m.term, m.frm,
+                "vote" if m.type == MsgType.VOTE else "pre-vote"))
             if m.type == MsgType.VOTE:
                 self.election_elapsed = 0
                 self.vote = m.frm  # durable before the grant leaves (§3.8: AFTER_PERSIST)
+        elif not can_vote:
+            self.refuse_vote(m, VoteRefusal.VOTED_ELSEWHERE if self.vote != NONE
+                             else VoteRefusal.HAS_LEADER)
         else:
-            self.send(Message(resp_type, m.frm, self.id, self.term, reject=True))
+            self.refuse_vote(m, VoteRefusal.LOG_BEHIND)
+
+    def refuse_vote(self, m: Message, why: VoteRefusal) -> None:
+        """Answer a (pre-)vote request with a refusal that says why (in `context`)."""
+        resp_type = MsgType.VOTE_RESP if m.type == MsgType.VOTE else MsgType.PRE_VOTE_RESP
+        self.send(Message(resp_type, m.frm, self.id, self.term, reject=True, context=int(why)))
+        if why == VoteRefusal.LOG_BEHIND:
+            detail = (f"its last entry (term {m.log_term}, index {m.index}) is behind ours "
+                      f"(term {self.log.last_term()}, index {self.log.last_index()})")
+        elif why == VoteRefusal.VOTED_ELSEWHERE:
+            detail = f"voted for node {self.vote} in term {self.term}"
+        elif why == VoteRefusal.HAS_LEADER:
+            detail = f"follows leader {self.lead} in term {self.term}"
+        else:
+            detail = f"its term {m.term} is behind ours ({self.term})"
+        kind = "vote" if m.type == MsgType.VOTE else "pre-vote"
+        self.events.append(RaftEvent(EventKind.VOTE_REFUSED, self.term, m.frm,
+                                     f"{kind}: {detail}", why))
+
+    # -- events (for the log; nothing here changes the protocol) ---------------------
+
+    def note_election_end(self, result: VoteResult) -> None:
+        pre = self.role == Role.PRE_CANDIDATE
+        if result is VoteResult.WON:
+            kind = EventKind.PRE_VOTE_WON if pre else EventKind.ELECTION_WON
+        else:
+            kind = EventKind.PRE_VOTE_LOST if pre else EventKind.ELECTION_LOST
+        self.events.append(RaftEvent(
+            kind, self.term + 1 if pre else self.term,
+            granted=tuple(sorted(v for v, ok in self.votes.items() if ok)),
+            refused=tuple(sorted((v, self.refusals.get(v, VoteRefusal.UNSAID))
+                                 for v, ok in self.votes.items() if not ok))))
+
+    def note_step_down(self, m: Message) -> None:
+        """A message of a higher term is about to make us a follower: say so when it
+        interrupts a leader or a campaign (a follower's term change is routine)."""
+        if self.role == Role.FOLLOWER:
+            return
+        self.events.append(RaftEvent(
+            EventKind.STEPPED_DOWN, self.term, m.frm,
+            f"node {m.frm} sent {m.type.name} with term {m.term} > ours ({self.term})"
+            + (f", refusing: {refusal_of(m.context).name.lower()}"
+               if m.reject and m.type in (MsgType.VOTE_RESP, MsgType.PRE_VOTE_RESP) else "")))
 
     # -- role step functions ---------------------------------------------------------
 
@@ -559,7 +641,7 @@ class Raft:
             self.lead = m.frm
             self.handle_snapshot(m)
         elif t == MsgType.TIMEOUT_NOW:
-            self.campaign(CampaignKind.TRANSFER)
+            self.campaign(CampaignKind.TRANSFER, f"leadership transfer from node {m.frm}")
 
     def _step_candidate(self, m: Message) -> None:
         t = m.type
@@ -570,6 +652,8 @@ class Raft:
             t == MsgType.VOTE_RESP and self.role == Role.CANDIDATE
         ):
             self.votes.setdefault(m.frm, not m.reject)
+            if m.reject:
+                self.refusals.setdefault(m.frm, refusal_of(m.context))
             self.poll_votes()
 
     def _step_leader(self, m: Message) -> None:
@@ -732,6 +816,10 @@ class Raft:
 
     # -- introspection ---------------------------------------------------------------
 
+    def log_tail(self, n: int) -> list[list[int]]:
+        """[index, term] of the last `n` entries in the log (durable or not)."""
+        return [[e.index, e.term] for e in self.log.entries[-n:]]
+
     def status(self) -> dict:
         return {
             "id": self.id,
@@ -743,6 +831,7 @@ class Raft:
             "commit_index": self.log.committed,
             "applied_index": self.log.applied,
             "stabled_index": self.log.stabled,
+            "snapshot_index": self.log.offset,
             "voters": sorted(self.voters),
             "learners": sorted(self.learners),
             "progress": {pid: {"match": pr.match, "next": pr.next, "state": pr.state.name}

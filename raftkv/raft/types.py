@@ -112,6 +112,48 @@ class SoftState:
     role: Role
 
 
+class VoteRefusal(IntEnum):
+    """Why a vote or pre-vote was refused; a rejecting VOTE_RESP / PRE_VOTE_RESP carries it
+    in `context`, so the candidate can say why it lost (0: the voter did not say)."""
+
+    UNSAID = 0
+    LOG_BEHIND = 1  # the candidate's log is not as up to date as the voter's (§5.4.1)
+    VOTED_ELSEWHERE = 2  # the voter already voted for another candidate in this term
+    HAS_LEADER = 3  # the voter follows a live leader in this term
+    STALE_TERM = 4  # the request's term is behind the voter's
+
+
+class EventKind(IntEnum):
+    """What the core tells a person reading the log (see `RaftEvent`)."""
+
+    PRE_VOTE_STARTED = 1  # reason: why (election timeout)
+    PRE_VOTE_WON = 2
+    PRE_VOTE_LOST = 3
+    ELECTION_STARTED = 4  # reason: election timeout | pre-vote won | transfer from N
+    ELECTION_WON = 5
+    ELECTION_LOST = 6
+    VOTE_GRANTED = 7  # peer: the candidate; reason: "vote" | "pre-vote"
+    VOTE_REFUSED = 8  # peer: the candidate; refusal: why
+    VOTE_IGNORED = 9  # peer: the candidate; a live leader's lease holds (thesis §4.2.3)
+    STEPPED_DOWN = 10  # reason: why a leader or candidate became a follower
+    TRANSFER_STARTED = 11  # peer: the target
+
+
+@dataclass(slots=True, frozen=True)
+class RaftEvent:
+    """One protocol event worth a log line, as data: the core has no logger. `granted`
+    and `refused` list the voters of a finished (pre-)election; `refusals` says why each
+    refusing voter refused, as far as it told."""
+
+    kind: EventKind
+    term: int
+    peer: int = NONE
+    reason: str = ""
+    refusal: VoteRefusal = VoteRefusal.UNSAID
+    granted: tuple[int, ...] = ()
+    refused: tuple[tuple[int, VoteRefusal], ...] = ()
+
+
 @dataclass(slots=True)
 class Ready:
     """One batch of work for the application, in this order (etcd-io/raft `Ready`):
@@ -139,6 +181,9 @@ class Ready:
     # leadership): the application answers them "retry elsewhere".
     aborted_reads: list[object] = field(default_factory=list)
     soft_state: SoftState | None = None
+    # Elections started and ended, votes granted and refused, step-downs: for the log and
+    # the dashboard only; nothing to persist or send.
+    events: list[RaftEvent] = field(default_factory=list)
 
 
 class RaftError(Exception):

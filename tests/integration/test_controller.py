@@ -19,6 +19,8 @@ NODE_FIELDS = {
     "id", "address", "pid", "alive", "paused", "member", "role", "term", "last_index",
     "commit_index", "applied_index", "cpu_percent", "rss_bytes", "open_files", "uptime_s",
     "dropped_malformed", "partitioned_from",
+    # for the dashboard (issue #9)
+    "vote", "lead", "snapshot_index", "log_tail", "counters", "fsync_ms", "metrics_port",
 }
 
 

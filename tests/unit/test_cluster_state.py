@@ -39,8 +39,10 @@ def test_with_peers_replaces_only_the_peers() -> None:
 
 def test_joiner_keeps_the_template_options_but_not_its_identity() -> None:
     template = node_argv(1, PEERS[1], PEERS, Path("/d/1"), voters=(1, 2, 3), fsync=False,
-                         extra=("--snapshot-entries", "50"))
-    argv = options(joiner_argv(template, 4, "tcp://h:4", PEERS, Path("/d/4")))
+                         extra=("--snapshot-entries", "50"), metrics_port=9101)
+    argv = options(joiner_argv(template, 4, "tcp://h:4", PEERS, Path("/d/4"),
+                               metrics_port=9104))
+    assert argv[argv.index("--metrics-port") + 1] == "9104" and "9101" not in argv
     assert argv[:6] == ["--id", "4", "--listen", "tcp://h:4", "--data-dir", "/d/4"]
     assert [a for a in argv if "=tcp://" in a] == ["1=tcp://h:1", "2=tcp://h:2",
                                                    "3=tcp://h:3"]
