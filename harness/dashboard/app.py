@@ -173,6 +173,36 @@ async def post_command(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "result": result})
 
 
+async def post_membership(request: web.Request) -> web.Response:
+    """{"action": "add"} or {"action": "remove", "node": N}: exactly `raftkv add-node` /
+    `raftkv remove-node N` (harness/membership.py), with their progress lines."""
+    from harness import membership
+
+    body = await json_body(request)
+    action, node = body.get("action"), body.get("node")
+    feed: Feed = request.app["feed"]
+    lines: list[str] = []
+    if action == "add":
+        def run() -> Any:
+            return membership.add_node(feed.ctx, feed.controller, progress=lines.append)
+    elif action == "remove" and type(node) is int:
+        def run() -> Any:
+            return membership.remove_node(feed.ctx, feed.controller, node,
+                                          progress=lines.append)
+    else:
+        return failure('send {"action": "add"} or {"action": "remove", "node": N}',
+                       ReplyCode.BAD_REQUEST)
+    try:
+        result = await asyncio.to_thread(run)
+    except rpc.ControlError as e:
+        return failure(str(e), e.code)
+    except membership.MembershipError as e:
+        return failure(str(e), ReplyCode.UNAVAILABLE)
+    log.info("membership %s %s -> %s", action, node or "", result)
+    await feed.poll_once()
+    return web.json_response({"ok": True, "result": result, "progress": lines})
+
+
 async def with_client(request: web.Request,
                       fn: Callable[[raftkv.Client], Any]) -> web.Response | Any:
     client: raftkv.Client = request.app["client"]
@@ -253,6 +283,7 @@ def make_app(controller: str, host: str, port: int) -> web.Application:
     app.router.add_get("/api/status", get_status)
     app.router.add_get("/api/events", get_events)
     app.router.add_post("/api/command", post_command)
+    app.router.add_post("/api/membership", post_membership)
     app.router.add_post("/api/put", post_put)
     app.router.add_post("/api/get", post_get)
     return app

@@ -228,6 +228,18 @@ def test_partition_drawn_on_the_page_shows_in_status_json(cluster, page):
              "the heal in raftkv status --json")
 
 
+def test_add_node_and_remove_buttons_change_the_membership(cluster, page):
+    wait_for(lambda: cluster.status()["leader"], 10, "a leader")
+    page.click("[data-testid=add-node]")
+    page.wait_for_selector("[data-testid=card-4]", timeout=30_000)
+    wait_for(lambda: cluster.status()["voters"] == [1, 2, 3, 4], 30, "node 4 a voter")
+    assert "promoted to voter" in page.inner_text("[data-testid=result]")
+    page.click("[data-testid=remove-1]")
+    page.wait_for_selector("[data-testid=card-1]", state="detached", timeout=30_000)
+    st = cluster.status()
+    assert [n["id"] for n in st["nodes"]] == [2, 3, 4] and 1 not in st["voters"]
+
+
 def test_put_and_get_box_go_through_the_cluster(cluster, page):
     page.fill("[data-testid=kv-key]", "greeting")
     page.fill("[data-testid=kv-value]", "hello")

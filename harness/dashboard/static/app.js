@@ -57,6 +57,15 @@ async function command(name, ...args) {
   return data;
 }
 
+async function membership(action, node) {
+  const what = action === "add" ? "add-node" : `remove-node ${node}`;
+  say(`${what}… (the new node catches up before it is promoted)`);
+  const data = await post("/api/membership", { action, node });
+  if (data.ok) say(`${what}: ${data.progress.join("; ")}`);
+  else say(`${what} failed: ${data.error}`, true);
+  return data;
+}
+
 // -- cards ------------------------------------------------------------------------------
 
 function renderCards(st) {
@@ -67,6 +76,9 @@ function renderCards(st) {
     const badges = [
       n.alive ? el("span", { class: "badge" }, "alive") : el("span", { class: "badge down" }, "down"),
       n.paused ? el("span", { class: "badge paused" }, "paused") : null,
+      n.member === "learner"
+        ? el("span", { class: "badge learner", "data-testid": `learner-${n.id}` }, "learner")
+        : null,
       n.partitioned_from && n.partitioned_from.length
         ? el("span", { class: "badge cut", "data-testid": `cut-${n.id}` },
              `cut from ${n.partitioned_from.join(",")}`)
@@ -104,7 +116,9 @@ function renderCards(st) {
            : el("button", { "data-testid": `pause-${n.id}`, disabled: !n.alive,
                             onclick: () => command("pause", n.id) }, "pause"),
          el("button", { "data-testid": `transfer-${n.id}`, disabled: !n.alive || isLeader,
-                        onclick: () => command("transfer-leader", n.id) }, "make leader")));
+                        onclick: () => command("transfer-leader", n.id) }, "make leader"),
+         el("button", { "data-testid": `remove-${n.id}`, disabled: st.nodes.length < 2,
+                        onclick: () => membership("remove", n.id) }, "remove")));
   }));
 }
 
@@ -256,6 +270,7 @@ function connect() {
 }
 
 $("#kill-leader").addEventListener("click", () => command("kill-leader"));
+$("#add-node").addEventListener("click", () => membership("add"));
 $("#heal").addEventListener("click", async () => {
   const data = await command("heal");
   if (data.ok) groupsEdited = false;
