@@ -358,6 +358,10 @@ class Node:
         else:
             log.info("proposed %s of node %d at index %d", cc.op.name.lower(), cc.node_id,
                      index)
+            if cc.op == ConfOp.ADD_LEARNER:
+                # The leader replicates to the learner from now on, maybe before this
+                # entry's Ready: the transport must know where it is already.
+                self.transport.set_peer(cc.node_id, cc.address)
             self.pending_writes[index] = _PendingWrite(req.identity, req.request_id,
                                                        self.core.term, req.op)
 
