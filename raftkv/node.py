@@ -110,6 +110,8 @@ class Node:
         self.snapshot_sender = SnapshotSender(self.load_snapshot)
         self.snapshot_receiver = SnapshotReceiver()
         self.bytes_since_snapshot = 0
+        hs = self.storage.hard_state
+        self.durable_term_vote = (hs.term, hs.vote)
         self.transport = Transport(cfg.id, cfg.listen, cfg.peers, max_key=cfg.max_key,
                                    max_value=cfg.max_value)
         self.pending_writes: dict[int, _PendingWrite] = {}  # log index -> who waits
@@ -172,8 +174,9 @@ class Node:
                 self.install_snapshot(rd.snapshot)
             if rd.entries or rd.hard_state is not None:
                 self.storage.append(rd.entries, rd.hard_state)
-                self.storage.sync()
-                self.counters["fsyncs"] += 1
+                if self.must_sync(rd):
+                    self.storage.sync()
+                    self.counters["fsyncs"] += 1
                 if "ack-before-commit" in self.failpoints:
                     self.ack_before_commit(rd)
             self.send(rd.persisted_messages)
@@ -193,6 +196,22 @@ class Node:
             core.advance(rd)
             self.serve_released_reads()
             self.maybe_snapshot()
+
+    def must_sync(self, rd: Ready) -> bool:
+        """Whether this Ready must be durable before its persisted_messages leave: new
+        entries, a new term or vote do (thesis §3.8); a hard state that only moved the
+        commit index does not. The commit index is volatile in Raft (paper Figure 2): its
+        record is written now and made durable by the next sync, and a crash before then
+        recovers an older commit index, which the leader raises again. (etcd-io/raft
+        `MustSync`.) Without this a follower paid a whole fdatasync for every append that
+        only carried the leader's new commit index, one per committed batch, and the
+        next batch of entries waited behind it."""
+        hs = rd.hard_state
+        if rd.entries or (hs is not None and (hs.term, hs.vote) != self.durable_term_vote):
+            if hs is not None:
+                self.durable_term_vote = (hs.term, hs.vote)
+            return True
+        return False
 
     def send(self, messages: list[Message]) -> None:
         for m in messages:
