@@ -6,6 +6,12 @@ Each turn of the loop (DESIGN.md, node.py):
     leave early -> append + ONE fsync for the whole batch (group commit) -> send the
     acknowledgements -> apply committed entries -> answer clients and released reads
 
+The fsync runs on a helper thread (`_Syncer`; fdatasync releases the GIL) while the loop
+applies the entries that were already durable, answers their clients, and goes on
+receiving and stepping messages and proposals. The next Ready is taken only once the
+fsync is done, and the acknowledgements that depend on it (APP_RESP, votes) leave only
+then; the leader counts its own copy toward a commit only then too (thesis §10.2.1).
+
 Nothing else runs in the process. A write is answered only after its entry is committed
 (durable on a majority, thesis §3.8) and applied here; a read only once a ReadIndex round
 confirmed leadership and the state machine has caught up to the read index (thesis §6.4).
@@ -14,12 +20,17 @@ confirmed leadership and the state machine has caught up to the read index (thes
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import zmq
 
 from raftkv import failpoints
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore
@@ -38,7 +49,7 @@ from raftkv.raft import (
     SnapshotMeta,
 )
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
-from raftkv.storage import Storage
+from raftkv.storage import Storage, StorageError
 from raftkv.transport import Transport
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 
@@ -90,6 +101,64 @@ class _ReadBatch:
     index: int = 0  # set when released
 
 
+class _Syncer:
+    """Runs `Storage.sync` on a helper thread; `fd` becomes readable when it is done.
+
+    Ownership of the Storage passes to the thread from `start` until `finish`: the loop
+    does not touch it meanwhile. fdatasync releases the GIL, so the loop keeps running.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.fd, self._done_w = os.pipe()
+        os.set_blocking(self.fd, False)
+        self.busy = False
+        self.error: BaseException | None = None
+        self._jobs: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="raftkv-fsync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._jobs.get():
+            try:
+                self.storage.sync()
+            except BaseException as e:  # handed to the loop, which stops the node
+                self.error = e
+            os.write(self._done_w, b"\0")
+
+    def start(self) -> None:
+        self.busy = True
+        self._jobs.put(True)
+
+    def done(self) -> bool:
+        """Whether the sync started last has finished (never blocks)."""
+        try:
+            return bool(os.read(self.fd, 1))
+        except BlockingIOError:
+            return False
+
+    def finish(self) -> None:
+        """After `done`: raise the sync's error, if any; storage is the loop's again."""
+        self.busy = False
+        if self.error is not None:
+            raise StorageError(f"WAL sync failed: {self.error}") from self.error
+
+    def wait(self) -> None:
+        """Block until the sync started last has finished (for shutdown)."""
+        if self.busy:
+            os.set_blocking(self.fd, True)
+            os.read(self.fd, 1)
+            os.set_blocking(self.fd, False)
+            self.busy = False
+
+    def close(self) -> None:
+        self.wait()
+        self._jobs.put(False)
+        self._thread.join()
+        os.close(self.fd)
+        os.close(self._done_w)
+
+
 class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
@@ -118,6 +187,11 @@ class Node:
         self.read_batches: dict[int, _ReadBatch] = {}  # ReadIndex ctx -> its reads
         self.released: list[_ReadBatch] = []  # confirmed, waiting for apply to catch up
         self.next_read_ctx = 1
+        self.syncer = _Syncer(self.storage)
+        # The Ready whose fsync is running; None when none is. Until it is done the core
+        # is stepped but not asked for another Ready.
+        self.syncing: Ready | None = None
+        self.deferred: list[Message] = []  # SNAP messages held while a Ready is syncing
         self.stopping = False
         self.started = time.monotonic()
         self.failpoints = failpoints.enabled()
@@ -132,15 +206,31 @@ class Node:
     def run(self) -> None:
         tick_s = self.cfg.heartbeat_ms / 1000
         next_tick = time.monotonic() + tick_s
+        poller = zmq.Poller()
+        sock = self.transport.socket
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self.syncer.fd, zmq.POLLIN)
         try:
             while not self.stopping:
                 timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
-                if self.transport.poll(timeout_ms):
+                events = poller.poll(timeout_ms)
+                readable = False
+                for what, _ in events:
+                    if what is sock:
+                        readable = True
+                    elif self.syncer.done():
+                        self.finish_sync()
+                if readable:
                     messages, requests = self.transport.recv_all()
                     for m in messages:
                         if type(m) is SnapshotChunk:
                             m = self.snapshot_receiver.receive(m)
                             if m is None:
+                                continue
+                            if self.syncing is not None:
+                                # Installing a snapshot replaces the log the syncing
+                                # Ready describes: step it once that Ready is done.
+                                self.deferred.append(m)
                                 continue
                         self.core.step(m)
                     self.handle_requests(requests)
@@ -159,6 +249,7 @@ class Node:
         self.stopping = True
 
     def close(self) -> None:
+        self.syncer.close()  # waits for a running fsync; storage.close syncs the rest
         self.transport.close()
         self.storage.close()
         log.info("stopped")
@@ -166,36 +257,64 @@ class Node:
     # -- Ready -------------------------------------------------------------------------
 
     def process_ready(self) -> None:
+        """Handle Readies until the core has none, or one waits for its fsync."""
         core = self.core
-        while core.has_ready():
+        while self.syncing is None and core.has_ready():
             rd = core.ready()
             self.send(rd.messages)
             if rd.snapshot is not None:
                 self.install_snapshot(rd.snapshot)
+            sync = False
             if rd.entries or rd.hard_state is not None:
                 self.storage.append(rd.entries, rd.hard_state)
-                if self.must_sync(rd):
-                    self.storage.sync()
-                    self.counters["fsyncs"] += 1
+                sync = self.must_sync(rd)
                 if "ack-before-commit" in self.failpoints:
                     self.ack_before_commit(rd)
+            if sync:
+                # Overlap the fsync with what does not depend on it: the committed entries
+                # of this Ready are durable here already (the core hands out only entries
+                # up to the stable index), so they are applied and answered meanwhile.
+                self.syncing = rd
+                self.syncer.start()
+                self.apply_ready(rd)
+                return
             self.send(rd.persisted_messages)
-            self.apply(rd)
-            if rd.soft_state is not None:
-                self.on_role_change(rd)
-            for rs in rd.read_states:
-                batch = self.read_batches.pop(rs.ctx, None)
-                if batch is not None:
-                    batch.index = rs.index
-                    self.released.append(batch)
-            for ctx in rd.aborted_reads:
-                batch = self.read_batches.pop(ctx, None)
-                if batch is not None:
-                    self.fail_reads(batch.requests, "leadership lost before the read was "
-                                    "confirmed")
-            core.advance(rd)
-            self.serve_released_reads()
-            self.maybe_snapshot()
+            self.apply_ready(rd)
+            self.advance(rd)
+
+    def finish_sync(self) -> None:
+        """The syncing Ready is durable: its acknowledgements may leave."""
+        rd = self.syncing
+        assert rd is not None
+        self.syncing = None
+        self.syncer.finish()
+        self.counters["fsyncs"] += 1
+        self.send(rd.persisted_messages)
+        self.advance(rd)
+        if self.deferred:
+            held, self.deferred = self.deferred, []
+            for m in held:
+                self.core.step(m)
+
+    def apply_ready(self, rd: Ready) -> None:
+        self.apply(rd)
+        if rd.soft_state is not None:
+            self.on_role_change(rd)
+        for rs in rd.read_states:
+            batch = self.read_batches.pop(rs.ctx, None)
+            if batch is not None:
+                batch.index = rs.index
+                self.released.append(batch)
+        for ctx in rd.aborted_reads:
+            batch = self.read_batches.pop(ctx, None)
+            if batch is not None:
+                self.fail_reads(batch.requests, "leadership lost before the read was "
+                                "confirmed")
+
+    def advance(self, rd: Ready) -> None:
+        self.core.advance(rd)
+        self.serve_released_reads()
+        self.maybe_snapshot()
 
     def must_sync(self, rd: Ready) -> bool:
         """Whether this Ready must be durable before its persisted_messages leave: new
