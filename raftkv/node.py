@@ -212,6 +212,7 @@ class Node:
         poller.register(self.syncer.fd, zmq.POLLIN)
         try:
             while not self.stopping:
+                self.transport.flush()  # this turn's replies to batching clients
                 timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
                 events = poller.poll(timeout_ms)
                 readable = False

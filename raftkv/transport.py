@@ -14,6 +14,12 @@ node) is dropped and counted in `stats`; `recv_all` never raises on input. A cli
 request that decodes but is invalid is answered BAD_REQUEST here, without reaching the
 node. FAULT requests are served here too: the fault filter is the transport's.
 
+Batches. A client that sends a REQS frame (raftkv.wire) takes REPS frames: from then on
+`reply` holds the replies to that routing id and `flush` sends them as one frame per
+client, once per loop turn, so a pipelining client costs one ZeroMQ message per turn
+instead of one per request. Replies to anyone else (REQ-only clients, a proxy's
+envelopes) leave at once, one frame each.
+
 Nothing blocks: sends use NOBLOCK and a message that cannot be queued (peer not
 connected, high-water mark reached) is dropped and counted. Raft retransmits, so a
 dropped peer message costs a round; a dropped reply costs the client a retry.
@@ -38,9 +44,11 @@ from raftkv.wire import (
     MalformedFrame,
     ReplyCode,
     ReqOp,
+    RequestBatch,
     SnapshotChunk,
     decode_frame,
     encode_peer,
+    encode_replies,
     encode_reply,
     max_entry_size,
 )
@@ -73,7 +81,11 @@ STAT_KEYS = (
     "dropped_filtered",  # cut by the fault filter, either direction
     "bad_requests",  # answered BAD_REQUEST by the transport
     "faults_set",  # FAULT requests served
+    "batches_in",  # REQS frames received
+    "batches_out",  # REPS frames sent
 )
+
+MAX_BATCHING_CLIENTS = 65_536  # routing ids remembered as taking REPS; forgotten past it
 
 
 Route = bytes | tuple[bytes, bytes]
@@ -160,6 +172,10 @@ class Transport:
         # makes itself (bad requests, FAULT). The node keeps it current.
         self.leader_hint = 0
         self.fault: frozenset[int] = frozenset()
+        # Routing ids of clients that sent REQS (so they take REPS), and the replies held
+        # for them until `flush`.
+        self._batching: set[bytes] = set()
+        self._held: dict[bytes, list[bytes]] = {}
         self.peers = {pid: addr for pid, addr in peers.items() if pid != node_id}
         # Invariant: _peer_by_identity and _dealers have exactly the ids of `peers`;
         # _dropped_identities is the routing ids of `fault` that are peers.
@@ -240,6 +256,24 @@ class Transport:
                 stats["bad_requests"] += 1
                 self.reply(route, e.request_id, ReplyCode.BAD_REQUEST, e.message)
                 continue
+            if type(obj) is RequestBatch:
+                stats["batches_in"] += 1
+                if route is identity:
+                    if len(self._batching) >= MAX_BATCHING_CLIENTS:
+                        self._batching.clear()  # safe: they all take plain REP frames too
+                    self._batching.add(identity)
+                stats["dropped_malformed"] += obj.malformed
+                for e in obj.invalid:
+                    stats["bad_requests"] += 1
+                    self.reply(route, e.request_id, ReplyCode.BAD_REQUEST, e.message)
+                for req in obj.requests:
+                    if req.op == ReqOp.FAULT:
+                        self.set_fault(req.peers)
+                        stats["faults_set"] += 1
+                        self.reply(route, req.request_id, ReplyCode.OK, sorted(self.fault))
+                    else:
+                        requests.append(req)
+                continue
             if type(obj) is Message or type(obj) is SnapshotChunk:
                 # The routing id is set by the sender's DEALER and names the sender; a
                 # frame claiming another sender, or meant for another node, is not ours.
@@ -299,11 +333,35 @@ class Transport:
     ) -> bool:
         """Answer a client request without blocking; False if the reply was dropped
         (client gone or HWM reached; counted). `leader_hint` defaults to `leader_hint`.
+        A reply to a client that sends REQS is held until `flush` (and counted if that
+        drops it).
 
         Raises ValueError if `value` cannot be encoded: a bug in the caller."""
         frame = encode_reply(
             request_id, code, value, self.leader_hint if leader_hint is None else leader_hint
         )
+        if type(identity) is bytes and identity in self._batching:
+            held = self._held.get(identity)
+            if held is None:
+                self._held[identity] = [frame]
+            else:
+                held.append(frame)
+            return True
+        return self._send_reply(identity, frame, 1)
+
+    def flush(self) -> None:
+        """Send the replies `reply` held for batching clients: one frame per client. The
+        node calls it once per loop turn, before it waits for input."""
+        if not self._held:
+            return
+        held, self._held = self._held, {}
+        for identity, frames in held.items():
+            if len(frames) == 1:
+                self._send_reply(identity, frames[0], 1)
+            elif self._send_reply(identity, encode_replies(frames), len(frames)):
+                self.stats["batches_out"] += 1
+
+    def _send_reply(self, identity: Route, frame: bytes, replies: int) -> bool:
         sock = self.socket
         try:
             if type(identity) is tuple:
@@ -313,12 +371,12 @@ class Transport:
                 _send(sock, identity, _SNDMORE_NOBLOCK)
             _send(sock, frame, _NOBLOCK)
         except zmq.Again:
-            self.stats["dropped_reply"] += 1
+            self.stats["dropped_reply"] += replies
             return False
         except zmq.ZMQError as e:
             if e.errno != errno.EHOSTUNREACH:
                 raise
-            self.stats["dropped_reply"] += 1
+            self.stats["dropped_reply"] += replies
             return False
         self.stats["frames_out"] += 1
         return True
