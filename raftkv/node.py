@@ -241,6 +241,9 @@ class Node:
                     # After a long stall (a slow fsync, SIGSTOP) tick once, not in a burst:
                     # a burst would fire election timeouts that no real silence caused.
                     next_tick = max(next_tick + tick_s, now)
+                if self.syncing is not None:
+                    # Replicate what was proposed meanwhile without waiting for our fsync.
+                    self.send(self.core.take_messages())
                 self.process_ready()
         finally:
             self.close()
