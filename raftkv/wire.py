@@ -82,7 +82,7 @@ by the decoders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -209,11 +209,15 @@ class ClientRequest:
     # Where the reply goes, filled in by the transport: the sender's routing id, or
     # (proxy id, client id) for a request relayed by the controller.
     identity: bytes | tuple[bytes, bytes] = b""
+    # The command bytes of a PUT the decoder checked, packed once there (`command`).
+    data: bytes = field(default=b"", repr=False, compare=False)
 
     def command(self) -> bytes:
         """The entry data to propose for a write or OPEN_SESSION (kv's command form).
 
         Raises kv.BadRequest for a read or control op."""
+        if self.data:
+            return self.data
         if self.op == ReqOp.OPEN_SESSION:
             return kv.encode_open_session()
         if self.op not in WRITE_OPS:
@@ -262,6 +266,7 @@ _REP = int(Kind.REP)
 _SNAP_CHUNK = int(Kind.SNAP_CHUNK)
 _REQS = int(Kind.REQS)
 _REPS = int(Kind.REPS)
+_PUT_OP = int(ReqOp.PUT)
 
 
 def encode_message(m: Message) -> bytes:
@@ -519,6 +524,15 @@ def _decode_request(
     if len(obj) < 4:
         raise InvalidRequest(rid, "request has no op")
     raw_op = obj[3]
+    if type(raw_op) is int and raw_op == _PUT_OP and len(obj) == 8:
+        # The hot path: a PUT checked inline (kv.validate_request's rules, without building
+        # enums) and its command packed once, for the log, the WAL and the appends.
+        _, _, _, _, cid, seq, key, value = obj
+        if (type(cid) is int and cid >= 1 and type(seq) is int and seq >= 1
+                and type(key) is bytes and len(key) <= max_key
+                and type(value) is bytes and len(value) <= max_value):
+            return ClientRequest(rid, ReqOp.PUT, key, value, None, cid, seq,
+                                 identity=identity, data=_pack((_PUT_OP, cid, seq, key, value)))
     op = _REQ_OPS.get(raw_op) if type(raw_op) is int else None
     if op is None:
         raise InvalidRequest(rid, f"unknown op {raw_op!r:.40}")
