@@ -70,6 +70,8 @@ _get = zmq.backend.Socket.get
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 STAT_KEYS = (
     "frames_in",  # ZeroMQ messages taken off the ROUTER
@@ -203,6 +205,10 @@ class Transport:
         """Wait up to `timeout_ms` for something to receive; True if there is.
         A node with other sockets registers `socket` in its own zmq.Poller instead."""
         return bool(self.socket.poll(timeout_ms, zmq.POLLIN))
+
+    def pending(self) -> bool:
+        """Whether a frame is waiting to be received (never blocks)."""
+        return bool(_get(self.socket, _EVENTS) & _POLLIN)
 
     def recv_all(
         self, max_frames: int = 1_000
