@@ -229,7 +229,8 @@ def run_load(cfg: BenchConfig, targets: list[str], pids: dict[str, int],
     workers = []
     for i, share in enumerate(shares):
         w = load.Workload(targets[i % len(targets)], share, load.parse_mix(cfg.mix),
-                          cfg.consistency == "stale", cfg.value_size, cfg.key_space)
+                          cfg.consistency == "stale", cfg.value_size, cfg.key_space,
+                          batch=cfg.via == "direct")
         ours, theirs = mp.Pipe()
         counter = mp.Value("q", 0, lock=False)
         proc = mp.Process(target=load.load_process, args=(w, theirs, counter), daemon=True)
@@ -493,7 +494,8 @@ def run_bench(cfg: BenchConfig, err: TextIO = sys.stderr) -> dict[str, Any]:
         if load.parse_mix(cfg.mix) > 0:
             log(f"filling {cfg.key_space} keys ...")
             try:
-                load.fill_keys(ctx, targets[0], cfg.key_space, cfg.value_size)
+                load.fill_keys(ctx, targets[0], cfg.key_space, cfg.value_size,
+                               batch=cfg.via == "direct")
             except RuntimeError as e:
                 raise BenchError(str(e)) from e
         result, latencies = run_load(cfg, targets, cluster_pids(state), err)

@@ -5,7 +5,10 @@ arithmetic of its figures.
 processes as keep the requested number of requests in flight, and summarises what they
 measured with `summarize`. Each process pipelines its share of requests on one DEALER
 socket: it sends its next request as soon as one is answered, so the Python client's
-retry machinery does not hide the server's speed. Writes carry one session per process
+retry machinery does not hide the server's speed. Straight to nodes it packs the
+requests it sends at one moment into one REQS frame and takes REPS frames back
+(raftkv.wire: batches), as a pipelining client would; through the controller, which
+relays single requests only, it sends one frame per request. Writes carry one session per process
 (OPEN_SESSION) with increasing sequence numbers; one connection keeps them in order, and
 a request that fails is counted, never retried, so a phase measures exactly what the
 cluster did.
@@ -102,6 +105,7 @@ class Workload:
     stale: bool = False  # GET_STALE instead of linearizable GET
     value_size: int = 100
     key_space: int = 10_000
+    batch: bool = False  # REQS/REPS frames: only when `address` is a node's
 
 
 def bench_keys(key_space: int) -> list[bytes]:
@@ -113,12 +117,17 @@ def bench_value(value_size: int) -> bytes:
 
 
 class Pipeline:
-    """Requests in flight on one DEALER, each remembered with its send time (ns)."""
+    """Requests in flight on one DEALER, each remembered with its send time (ns).
 
-    def __init__(self, ctx: zmq.Context, address: str) -> None:
+    With `batch`, `send` queues the frame and the next `receive` (or `flush`) sends
+    everything queued as one REQS frame."""
+
+    def __init__(self, ctx: zmq.Context, address: str, batch: bool = False) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(address)
+        self.batch = batch
+        self.queued: list[bytes] = []
         self.sent_at: dict[int, int] = {}
         self.next_id = 1
         self.client_id = 0
@@ -134,11 +143,20 @@ class Pipeline:
         else:
             req = ClientRequest(rid, op, key=key)
         self.sent_at[rid] = time.monotonic_ns()
-        self.sock.send(wire.encode_request(req))
+        if self.batch:
+            self.queued.append(wire.encode_request(req))
+        else:
+            self.sock.send(wire.encode_request(req))
+
+    def flush(self) -> None:
+        if self.queued:
+            frames, self.queued = self.queued, []
+            self.sock.send(frames[0] if len(frames) == 1 else wire.encode_requests(frames))
 
     def receive(self, timeout_s: float) -> list[tuple[int, int, wire.ClientReply]]:
-        """Every answer ready within `timeout_s`, as (sent ns, received ns, reply); an
-        answer to no outstanding request is dropped."""
+        """Send what is queued, then return every answer ready within `timeout_s`, as
+        (sent ns, received ns, reply); an answer to no outstanding request is dropped."""
+        self.flush()
         got: list[tuple[int, int, wire.ClientReply]] = []
         if not self.sock.poll(int(timeout_s * 1000)):
             return got
@@ -148,10 +166,10 @@ class Pipeline:
             except zmq.Again:
                 return got
             now = time.monotonic_ns()
-            reply = wire.decode_reply(frame)
-            sent = self.sent_at.pop(reply.request_id, None)
-            if sent is not None:
-                got.append((sent, now, reply))
+            for reply in wire.decode_replies(frame):
+                sent = self.sent_at.pop(reply.request_id, None)
+                if sent is not None:
+                    got.append((sent, now, reply))
 
     def open_session(self, timeout_s: float = STALL_S) -> None:
         """OPEN_SESSION, so this pipeline's puts carry (client_id, seq). Raises
@@ -230,7 +248,7 @@ def load_process(w: Workload, conn: Any, progress: Any) -> None:
     window (start_ns, end_ns), warms up until start_ns, and sends back its LoadResult's
     (latencies as bytes, errors as a dict)."""
     ctx = zmq.Context()
-    pipe = Pipeline(ctx, w.address)
+    pipe = Pipeline(ctx, w.address, w.batch)
     try:
         try:
             if w.get_percent < 100:
@@ -248,10 +266,10 @@ def load_process(w: Workload, conn: Any, progress: Any) -> None:
 
 
 def fill_keys(ctx: zmq.Context, address: str, key_space: int, value_size: int,
-              in_flight: int = 64) -> None:
+              in_flight: int = 64, batch: bool = False) -> None:
     """Put every key of the key space once, so that gets find values. Raises
     RuntimeError on the first refusal or silence."""
-    pipe = Pipeline(ctx, address)
+    pipe = Pipeline(ctx, address, batch)
     try:
         pipe.open_session()
         value = bench_value(value_size)

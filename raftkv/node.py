@@ -6,6 +6,12 @@ Each turn of the loop (DESIGN.md, node.py):
     leave early -> append + ONE fsync for the whole batch (group commit) -> send the
     acknowledgements -> apply committed entries -> answer clients and released reads
 
+The fsync runs on a helper thread (`_Syncer`; fdatasync releases the GIL) while the loop
+applies the entries that were already durable, answers their clients, and goes on
+receiving and stepping messages and proposals. The next Ready is taken only once the
+fsync is done, and the acknowledgements that depend on it (APP_RESP, votes) leave only
+then; the leader counts its own copy toward a commit only then too (thesis §10.2.1).
+
 Nothing else runs in the process. A write is answered only after its entry is committed
 (durable on a majority, thesis §3.8) and applied here; a read only once a ReadIndex round
 confirmed leadership and the state machine has caught up to the read index (thesis §6.4).
@@ -14,12 +20,17 @@ confirmed leadership and the state machine has caught up to the read index (thes
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import zmq
 
 from raftkv import failpoints
 from raftkv.eventlog import COUNTER_KEYS as EVENT_COUNTERS
@@ -47,7 +58,7 @@ from raftkv.raft import (
     decode_change,
 )
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
-from raftkv.storage import Storage
+from raftkv.storage import Storage, StorageError
 from raftkv.transport import Transport
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 
@@ -55,6 +66,9 @@ log = logging.getLogger("raftkv.node")
 
 MAX_SCAN = 10_000  # bounds the size of one SCAN reply
 LOG_TAIL = 32  # [index, term] pairs of the log's end in STATUS (the dashboard's strips)
+# A Ready with at most this many committed entries, and no input waiting, is synced on
+# the loop's own thread (see process_ready).
+_INLINE_SYNC_MAX = 4
 
 
 @dataclass(slots=True)
@@ -108,6 +122,67 @@ class _ReadBatch:
     index: int = 0  # set when released
 
 
+class _Syncer:
+    """Runs `Storage.sync` on a helper thread; `fd` becomes readable when it is done.
+
+    Ownership of the Storage passes to the thread from `start` until `finish`: the loop
+    does not touch it meanwhile. fdatasync releases the GIL, so the loop keeps running.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.fd, self._done_w = os.pipe()
+        os.set_blocking(self.fd, False)
+        self.busy = False
+        self.error: BaseException | None = None
+        self.seconds = 0.0  # how long the last sync took
+        self._jobs: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="raftkv-fsync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._jobs.get():
+            t0 = time.perf_counter()
+            try:
+                self.storage.sync()
+            except BaseException as e:  # handed to the loop, which stops the node
+                self.error = e
+            self.seconds = time.perf_counter() - t0
+            os.write(self._done_w, b"\0")
+
+    def start(self) -> None:
+        self.busy = True
+        self._jobs.put(True)
+
+    def done(self) -> bool:
+        """Whether the sync started last has finished (never blocks)."""
+        try:
+            return bool(os.read(self.fd, 1))
+        except BlockingIOError:
+            return False
+
+    def finish(self) -> None:
+        """After `done`: raise the sync's error, if any; storage is the loop's again."""
+        self.busy = False
+        if self.error is not None:
+            raise StorageError(f"WAL sync failed: {self.error}") from self.error
+
+    def wait(self) -> None:
+        """Block until the sync started last has finished (for shutdown)."""
+        if self.busy:
+            os.set_blocking(self.fd, True)
+            os.read(self.fd, 1)
+            os.set_blocking(self.fd, False)
+            self.busy = False
+
+    def close(self) -> None:
+        self.wait()
+        self._jobs.put(False)
+        self._thread.join()
+        os.close(self.fd)
+        os.close(self._done_w)
+
+
 class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
@@ -128,6 +203,8 @@ class Node:
         self.snapshot_sender = SnapshotSender(self.load_snapshot)
         self.snapshot_receiver = SnapshotReceiver()
         self.bytes_since_snapshot = 0
+        hs = self.storage.hard_state
+        self.durable_term_vote = (hs.term, hs.vote)
         # Where every member listens: configuration, then members added through the log
         # (kept in the state machine, so they survive compaction), then the log's tail.
         addresses = {**cfg.peers, **self.kv.members}
@@ -138,6 +215,11 @@ class Node:
         self.read_batches: dict[int, _ReadBatch] = {}  # ReadIndex ctx -> its reads
         self.released: list[_ReadBatch] = []  # confirmed, waiting for apply to catch up
         self.next_read_ctx = 1
+        self.syncer = _Syncer(self.storage)
+        # The Ready whose fsync is running; None when none is. Until it is done the core
+        # is stepped but not asked for another Ready.
+        self.syncing: Ready | None = None
+        self.deferred: list[Message] = []  # SNAP messages held while a Ready is syncing
         self.stopping = False
         self.started = time.monotonic()
         self.failpoints = failpoints.enabled()
@@ -157,15 +239,32 @@ class Node:
     def run(self) -> None:
         tick_s = self.cfg.heartbeat_ms / 1000
         next_tick = time.monotonic() + tick_s
+        poller = zmq.Poller()
+        sock = self.transport.socket
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self.syncer.fd, zmq.POLLIN)
         try:
             while not self.stopping:
+                self.transport.flush()  # this turn's replies to batching clients
                 timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
-                if self.transport.poll(timeout_ms):
+                events = poller.poll(timeout_ms)
+                readable = False
+                for what, _ in events:
+                    if what is sock:
+                        readable = True
+                    elif self.syncer.done():
+                        self.finish_sync()
+                if readable:
                     messages, requests = self.transport.recv_all()
                     for m in messages:
                         if type(m) is SnapshotChunk:
                             m = self.snapshot_receiver.receive(m)
                             if m is None:
+                                continue
+                            if self.syncing is not None:
+                                # Installing a snapshot replaces the log the syncing
+                                # Ready describes: step it once that Ready is done.
+                                self.deferred.append(m)
                                 continue
                         self.core.step(m)
                     self.handle_requests(requests)
@@ -175,6 +274,9 @@ class Node:
                     # After a long stall (a slow fsync, SIGSTOP) tick once, not in a burst:
                     # a burst would fire election timeouts that no real silence caused.
                     next_tick = max(next_tick + tick_s, now)
+                if self.syncing is not None:
+                    # Replicate what was proposed meanwhile without waiting for our fsync.
+                    self.send(self.core.take_messages())
                 self.process_ready()
         finally:
             self.close()
@@ -184,6 +286,7 @@ class Node:
         self.stopping = True
 
     def close(self) -> None:
+        self.syncer.close()  # waits for a running fsync; storage.close syncs the rest
         self.transport.close()
         self.storage.close()
         log.info("stopped")
@@ -191,8 +294,9 @@ class Node:
     # -- Ready -------------------------------------------------------------------------
 
     def process_ready(self) -> None:
+        """Handle Readies until the core has none, or one waits for its fsync."""
         core = self.core
-        while core.has_ready():
+        while self.syncing is None and core.has_ready():
             rd = core.ready()
             if rd.entries:
                 # A member added in this batch gets its first append in these messages.
@@ -200,35 +304,87 @@ class Node:
             self.send(rd.messages)
             if rd.snapshot is not None:
                 self.install_snapshot(rd.snapshot)
+            sync = False
             if rd.entries or rd.hard_state is not None:
                 self.storage.append(rd.entries, rd.hard_state)
-                t0 = time.perf_counter()
-                self.storage.sync()
-                self.fsync_seconds.observe(time.perf_counter() - t0)
+                sync = self.must_sync(rd)
                 if rd.entries:
                     self.append_batch.observe(len(rd.entries))
-                self.counters["fsyncs"] += 1
                 if "ack-before-commit" in self.failpoints:
                     self.ack_before_commit(rd)
+            if sync:
+                if len(rd.committed_entries) > _INLINE_SYNC_MAX or self.transport.pending():
+                    # Overlap the fsync with what does not depend on it: the committed
+                    # entries of this Ready are durable here already (the core hands out
+                    # only entries up to the stable index), so they are applied and
+                    # answered meanwhile, and the next frames are taken.
+                    self.syncing = rd
+                    self.syncer.start()
+                    self.apply_ready(rd)
+                    return
+                # Nothing to overlap: the two thread handoffs would only add latency.
+                t0 = time.perf_counter()
+                self.storage.sync()
+                self.record_sync(time.perf_counter() - t0)
             self.send(rd.persisted_messages)
-            self.apply(rd)
-            if rd.soft_state is not None:
-                self.on_role_change(rd)
-            if rd.events:
-                self.events.record(rd.events, self.counters)
-            for rs in rd.read_states:
-                batch = self.read_batches.pop(rs.ctx, None)
-                if batch is not None:
-                    batch.index = rs.index
-                    self.released.append(batch)
-            for ctx in rd.aborted_reads:
-                batch = self.read_batches.pop(ctx, None)
-                if batch is not None:
-                    self.fail_reads(batch.requests, "leadership lost before the read was "
-                                    "confirmed")
-            core.advance(rd)
-            self.serve_released_reads()
-            self.maybe_snapshot()
+            self.apply_ready(rd)
+            self.advance(rd)
+
+    def finish_sync(self) -> None:
+        """The syncing Ready is durable: its acknowledgements may leave."""
+        rd = self.syncing
+        assert rd is not None
+        self.syncing = None
+        self.syncer.finish()
+        self.record_sync(self.syncer.seconds)
+        self.send(rd.persisted_messages)
+        self.advance(rd)
+        if self.deferred:
+            held, self.deferred = self.deferred, []
+            for m in held:
+                self.core.step(m)
+
+    def record_sync(self, seconds: float) -> None:
+        self.counters["fsyncs"] += 1
+        self.fsync_seconds.observe(seconds)
+
+    def apply_ready(self, rd: Ready) -> None:
+        self.apply(rd)
+        if rd.soft_state is not None:
+            self.on_role_change(rd)
+        if rd.events:
+            self.events.record(rd.events, self.counters)
+        for rs in rd.read_states:
+            batch = self.read_batches.pop(rs.ctx, None)
+            if batch is not None:
+                batch.index = rs.index
+                self.released.append(batch)
+        for ctx in rd.aborted_reads:
+            batch = self.read_batches.pop(ctx, None)
+            if batch is not None:
+                self.fail_reads(batch.requests, "leadership lost before the read was "
+                                "confirmed")
+
+    def advance(self, rd: Ready) -> None:
+        self.core.advance(rd)
+        self.serve_released_reads()
+        self.maybe_snapshot()
+
+    def must_sync(self, rd: Ready) -> bool:
+        """Whether this Ready must be durable before its persisted_messages leave: new
+        entries, a new term or vote do (thesis §3.8); a hard state that only moved the
+        commit index does not. The commit index is volatile in Raft (paper Figure 2): its
+        record is written now and made durable by the next sync, and a crash before then
+        recovers an older commit index, which the leader raises again. (etcd-io/raft
+        `MustSync`.) Without this a follower paid a whole fdatasync for every append that
+        only carried the leader's new commit index, one per committed batch, and the
+        next batch of entries waited behind it."""
+        hs = rd.hard_state
+        if rd.entries or (hs is not None and (hs.term, hs.vote) != self.durable_term_vote):
+            if hs is not None:
+                self.durable_term_vote = (hs.term, hs.vote)
+            return True
+        return False
 
     def send(self, messages: list[Message]) -> None:
         for m in messages:

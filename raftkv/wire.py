@@ -63,6 +63,20 @@ Replies (a node to the requester)::
 
 Codes 0-3 are kv.Code's. On any code other than OK, `value` is a human-readable str.
 
+Batches (a client that keeps many requests in flight on one connection to a node)::
+
+    [VERSION, Kind.REQS, [request, request, ...]]     each element a REQ frame's array
+    [VERSION, Kind.REPS, [reply, reply, ...]]         each element a REP frame's array
+
+A node answers the requests of a REQS frame like any others, and from then on may put
+every reply it has for that connection in one loop turn into one REPS frame (or send a
+lone reply as a plain REP): a client that sends REQS must take both. A client that never
+sends REQS only ever gets REP frames, so older clients are unaffected. At most
+MAX_BATCH requests per REQS frame; an element that is not a request frame is dropped and
+counted, one that is invalid is answered BAD_REQUEST, the rest are served. Since each
+element is a complete frame, `encode_requests` and `encode_replies` only prepend an array
+header to frames already encoded. The harness's controller relays REQ frames only.
+
 Errors: anything that is not a frame of this protocol raises `MalformedFrame`; the
 transport counts and drops it. A well-formed request that cannot be served as asked
 (known version layout, unknown op, wrong argument types, over a size limit, or another
@@ -73,7 +87,7 @@ by the decoders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -108,6 +122,11 @@ class Kind(IntEnum):
     REQ = 2
     REP = 3
     SNAP_CHUNK = 4  # a piece of a snapshot, node to node (InstallSnapshot, paper §7)
+    REQS = 5  # several client requests in one frame
+    REPS = 6  # several replies in one frame
+
+
+MAX_BATCH = 4096  # requests in one REQS frame
 
 
 MAX_SNAPSHOT_CHUNK = 1 << 20  # bytes of snapshot data in one frame
@@ -202,11 +221,15 @@ class ClientRequest:
     # Where the reply goes, filled in by the transport: the sender's routing id, or
     # (proxy id, client id) for a request relayed by the controller.
     identity: bytes | tuple[bytes, bytes] = b""
+    # The command bytes of a PUT the decoder checked, packed once there (`command`).
+    data: bytes = field(default=b"", repr=False, compare=False)
 
     def command(self) -> bytes:
         """The entry data to propose for a write or OPEN_SESSION (kv's command form).
 
         Raises kv.BadRequest for a read or control op."""
+        if self.data:
+            return self.data
         if self.op == ReqOp.OPEN_SESSION:
             return kv.encode_open_session()
         if self.op not in WRITE_OPS:
@@ -219,6 +242,16 @@ class ClientRequest:
             client_id=self.client_id,
             seq=self.seq,
         )
+
+
+@dataclass(slots=True)
+class RequestBatch:
+    """A decoded REQS frame: the requests to serve, those to answer BAD_REQUEST, and how
+    many elements were not request frames at all."""
+
+    requests: list[ClientRequest]
+    invalid: list[InvalidRequest]
+    malformed: int = 0
 
 
 @dataclass(slots=True)
@@ -243,6 +276,9 @@ _RAFT = int(Kind.RAFT)
 _REQ = int(Kind.REQ)
 _REP = int(Kind.REP)
 _SNAP_CHUNK = int(Kind.SNAP_CHUNK)
+_REQS = int(Kind.REQS)
+_REPS = int(Kind.REPS)
+_PUT_OP = int(ReqOp.PUT)
 
 
 def encode_message(m: Message) -> bytes:
@@ -340,6 +376,26 @@ def encode_reply(request_id: int, code: int, value: Any = None, leader_hint: int
         return _pack((VERSION, _REP, request_id, int(code), value, leader_hint))
     except (TypeError, OverflowError, ValueError) as e:
         raise ValueError(f"cannot encode reply to request {request_id}: {e}") from e
+
+
+def _batch_head(kind: int, n: int) -> bytes:
+    """The bytes of `[VERSION, kind, [` followed by n elements still to be written."""
+    head = bytes((0x93, VERSION, kind))
+    if n < 16:
+        return head + bytes((0x90 | n,))
+    if n < 1 << 16:
+        return head + b"\xdc" + n.to_bytes(2, "big")
+    return head + b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_requests(frames: list[bytes]) -> bytes:
+    """A REQS frame holding requests already encoded by `encode_request`."""
+    return _batch_head(_REQS, len(frames)) + b"".join(frames)
+
+
+def encode_replies(frames: list[bytes]) -> bytes:
+    """A REPS frame holding replies already encoded by `encode_reply`."""
+    return _batch_head(_REPS, len(frames)) + b"".join(frames)
 
 
 # ---- decoding ----------------------------------------------------------------------
@@ -483,6 +539,15 @@ def _decode_request(
     if len(obj) < 4:
         raise InvalidRequest(rid, "request has no op")
     raw_op = obj[3]
+    if type(raw_op) is int and raw_op == _PUT_OP and len(obj) == 8:
+        # The hot path: a PUT checked inline (kv.validate_request's rules, without building
+        # enums) and its command packed once, for the log, the WAL and the appends.
+        _, _, _, _, cid, seq, key, value = obj
+        if (type(cid) is int and cid >= 1 and type(seq) is int and seq >= 1
+                and type(key) is bytes and len(key) <= max_key
+                and type(value) is bytes and len(value) <= max_value):
+            return ClientRequest(rid, ReqOp.PUT, key, value, None, cid, seq,
+                                 identity=identity, data=_pack((_PUT_OP, cid, seq, key, value)))
     op = _REQ_OPS.get(raw_op) if type(raw_op) is int else None
     if op is None:
         raise InvalidRequest(rid, f"unknown op {raw_op!r:.40}")
@@ -567,6 +632,29 @@ def decode_reply(data: bytes) -> ClientReply:
     obj = _unpack(data, strict_map_key=False)  # a status map may be keyed by node id
     if _head(obj) != _REP:
         raise MalformedFrame("not a reply frame")
+    return _decode_reply(obj)
+
+
+def decode_replies(data: bytes) -> list[ClientReply]:
+    """A REP or a REPS frame: the replies it holds. Raises MalformedFrame if the frame,
+    or any reply in it, is not one."""
+    obj = _unpack(data, strict_map_key=False)
+    kind = _head(obj)
+    if kind == _REP:
+        return [_decode_reply(obj)]
+    if kind != _REPS:
+        raise MalformedFrame("not a reply frame")
+    if obj[0] != VERSION or len(obj) != 3 or type(obj[2]) is not list:
+        raise MalformedFrame("REPS is not [version, kind, [reply, ...]]")
+    out = []
+    for r in obj[2]:
+        if _head(r) != _REP:
+            raise MalformedFrame("REPS element is not a reply")
+        out.append(_decode_reply(r))
+    return out
+
+
+def _decode_reply(obj: list[Any]) -> ClientReply:
     if obj[0] != VERSION:
         raise MalformedFrame(f"protocol version {obj[0]} is not {VERSION}")
     if len(obj) != 6:
@@ -580,6 +668,26 @@ def decode_reply(data: bytes) -> ClientReply:
     return ClientReply(rid, rcode, value, hint)
 
 
+def _decode_batch(obj: list[Any], identity: bytes | tuple[bytes, bytes], max_key: int,
+                  max_value: int) -> RequestBatch:
+    if obj[0] != VERSION or len(obj) != 3 or type(obj[2]) is not list:
+        raise MalformedFrame("REQS is not [version, kind, [request, ...]]")
+    elems = obj[2]
+    if len(elems) > MAX_BATCH:
+        raise MalformedFrame(f"REQS holds {len(elems)} requests, more than {MAX_BATCH}")
+    batch = RequestBatch([], [])
+    for r in elems:
+        try:
+            if _head(r) != _REQ:
+                raise MalformedFrame("REQS element is not a request")
+            batch.requests.append(_decode_request(r, identity, max_key, max_value))
+        except MalformedFrame:
+            batch.malformed += 1
+        except InvalidRequest as e:
+            batch.invalid.append(e)
+    return batch
+
+
 def decode_frame(
     data: bytes,
     *,
@@ -587,9 +695,9 @@ def decode_frame(
     max_key: int = MAX_KEY_SIZE,
     max_value: int = MAX_VALUE_SIZE,
     max_entry: int | None = None,
-) -> Message | SnapshotChunk | ClientRequest:
-    """What a node's socket receives: a peer frame or a client request, told apart by
-    kind with a single unpack. Raises MalformedFrame or InvalidRequest."""
+) -> Message | SnapshotChunk | ClientRequest | RequestBatch:
+    """What a node's socket receives: a peer frame, a client request or a batch of them,
+    told apart by kind with a single unpack. Raises MalformedFrame or InvalidRequest."""
     obj = _unpack(data)
     kind = _head(obj)
     if kind == _RAFT:
@@ -600,4 +708,6 @@ def decode_frame(
         return _decode_snapshot_chunk(obj)
     if kind == _REQ:
         return _decode_request(obj, identity, max_key, max_value)
+    if kind == _REQS:
+        return _decode_batch(obj, identity, max_key, max_value)
     raise MalformedFrame(f"frame kind {kind} is not received by a node")

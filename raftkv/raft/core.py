@@ -337,6 +337,20 @@ class Raft:
             self._prev_soft_state = rd.soft_state
         return rd
 
+    def take_messages(self) -> list[Message]:
+        """The messages that may leave before anything is persisted (appends to
+        followers, heartbeats, pre-votes: what `ready()` puts in `Ready.messages`),
+        taken out now, pending appends flushed first. For an application that persists a
+        Ready asynchronously: between that `ready()` and its `advance()` it may send these,
+        so that a leader replicates new proposals while its own fsync runs. Entries sent
+        this way are persisted by the next Ready like any others; the leader counts its own
+        copy only once `advance` says it is durable (thesis §10.2.1)."""
+        self.flush_appends()
+        msgs = self.out.messages
+        if msgs:
+            self.out.messages = []
+        return msgs
+
     def advance(self, rd: Ready) -> None:
         """The application persisted `rd.entries` and `rd.hard_state` and applied
         `rd.committed_entries`."""

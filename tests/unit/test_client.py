@@ -28,7 +28,9 @@ from raftkv.wire import (
     MalformedFrame,
     ReplyCode,
     ReqOp,
-    decode_request,
+    RequestBatch,
+    decode_frame,
+    encode_replies,
     encode_reply,
 )
 
@@ -40,11 +42,13 @@ Handler = Callable[[ClientRequest], Answer]
 
 class FakeNode:
     """A ROUTER on a free loopback port served by a background thread: each request is
-    recorded in `requests` and answered with `handler(request)`."""
+    recorded in `requests` and answered with `handler(request)`. The requests of a REQS
+    frame are answered in one REPS frame, as a node does; `batches` counts them."""
 
     def __init__(self, ctx: zmq.Context, handler: Handler) -> None:
         self.handler = handler
         self.requests: list[ClientRequest] = []
+        self.batches = 0
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind("tcp://127.0.0.1:*")
@@ -59,17 +63,28 @@ class FakeNode:
                 continue
             identity, frame = self.sock.recv_multipart()
             try:
-                req = decode_request(frame, identity=identity)
+                got = decode_frame(frame, identity=identity)
             except InvalidRequest as e:
                 answer: Answer = (ReplyCode.BAD_REQUEST, e.message, 0)
                 self.sock.send_multipart([identity, encode_reply(e.request_id, *answer)])
                 continue
             except MalformedFrame:
                 continue
-            self.requests.append(req)
-            answer = self.handler(req)
-            if answer is not None:
-                self.sock.send_multipart([identity, encode_reply(req.request_id, *answer)])
+            if type(got) is not RequestBatch:
+                got = RequestBatch([got], [])
+            else:
+                self.batches += 1
+            replies = [encode_reply(e.request_id, ReplyCode.BAD_REQUEST, e.message, 0)
+                       for e in got.invalid]
+            for req in got.requests:
+                self.requests.append(req)
+                answer = self.handler(req)
+                if answer is not None:
+                    replies.append(encode_reply(req.request_id, *answer))
+            if len(replies) == 1:
+                self.sock.send_multipart([identity, replies[0]])
+            elif replies:
+                self.sock.send_multipart([identity, encode_replies(replies)])
 
     def ops(self, op: ReqOp) -> list[ClientRequest]:
         return [r for r in list(self.requests) if r.op == op]
@@ -456,6 +471,44 @@ def test_concurrent_threads_share_one_client(node, client) -> None:
     assert 1 <= kv_handler.store.session_count <= n_threads
     assert kv_handler.store.stats.stale == 0
     assert kv.scan("t") == []
+
+
+def test_given_node_addresses_it_batches_requests_and_takes_batched_replies(
+        node, client) -> None:
+    kv_handler = FakeKV()
+    fake = node(kv_handler)
+    kv = client([fake.address])  # a list: node addresses, so REQS frames
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(20):
+                kv.put(f"t{t}:{i}", f"v{i}")
+                assert kv.get(f"t{t}:{i}") == f"v{i}".encode()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    assert errors == []
+    assert len(fake.ops(ReqOp.PUT)) == 16 * 20
+    assert fake.batches >= 1  # 16 threads at once: some turns had several frames
+    assert kv._io.stats["malformed"] == 0
+
+
+def test_a_single_address_gets_one_frame_per_request(node, client) -> None:
+    fake = node(FakeKV())
+    kv = client(fake.address)  # may be the controller, which relays REQ frames only
+    threads = [threading.Thread(target=kv.get, args=(f"k{t}",)) for t in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    assert len(fake.ops(ReqOp.GET)) == 16
+    assert fake.batches == 0
 
 
 def test_close_stops_the_io_thread(node, client) -> None:

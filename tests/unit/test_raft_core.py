@@ -213,6 +213,39 @@ def test_s10_2_1_leader_counts_itself_only_once_its_entry_is_durable():
     assert core.log.committed == index
 
 
+def test_s10_2_1_appends_taken_while_a_ready_persists_count_the_leader_only_once_durable():
+    c = Cluster(3, seed=3)
+    c.elect(1)
+    c.deliver_all()
+    c.crash(3)
+    core = c.nodes[1].core
+    first = core.propose(b"a=1")
+    rd = core.ready()  # being persisted (asynchronously) from here ...
+    second = core.propose(b"b=2")
+    # ... while the second proposal already goes to the followers, without a Ready.
+    taken = core.take_messages()
+    assert [[e.index for e in m.entries] for m in taken if m.to == 2] == [[second]]
+    assert all(m.type not in AFTER_PERSIST_TYPES for m in taken)
+    assert core.take_messages() == []  # nothing is sent twice
+    follower = c.nodes[2].core
+    for app in [m for m in rd.messages + taken if m.to == 2]:
+        follower.step(app)
+    frd = follower.ready()
+    follower.advance(frd)
+    for ack in frd.persisted_messages:
+        core.step(ack)
+    assert core.log.committed < first  # S3 is down: the leader's durable copy is needed
+    c.nodes[1].disk.persist(rd.hard_state, rd.entries)
+    core.advance(rd)
+    assert core.log.committed == first  # not `second`: the leader has not persisted it
+    rd2 = core.ready()
+    assert [e.index for e in rd2.entries] == [second]
+    assert not [m for m in rd2.messages if m.type == MsgType.APP and m.entries]
+    c.nodes[1].disk.persist(rd2.hard_state, rd2.entries)
+    core.advance(rd2)
+    assert core.log.committed == second
+
+
 def test_single_node_commits_and_applies_after_persisting():
     core = single_leader()
     index = core.propose(b"k=v")

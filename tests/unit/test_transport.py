@@ -21,9 +21,11 @@ from raftkv.wire import (
     Kind,
     ReplyCode,
     ReqOp,
+    decode_replies,
     decode_reply,
     encode_message,
     encode_request,
+    encode_requests,
 )
 
 DEADLINE = 10.0  # seconds; generous for a loaded CI machine, reached only on failure
@@ -241,6 +243,34 @@ def test_client_request_and_reply_through_the_router(make_cluster, client) -> No
     assert recv_reply(c) == ClientReply(41, ReplyCode.OK, None, 1)
     assert ts[1].reply(req.identity, 42, ReplyCode.NOT_LEADER, "ask n2", leader_hint=2)
     assert recv_reply(c) == ClientReply(42, ReplyCode.NOT_LEADER, "ask n2", 2)
+
+
+def test_a_client_that_batches_gets_one_reply_frame_per_flush(make_cluster, client) -> None:
+    ts = make_cluster(1)
+    t = ts[1]
+    batcher, single = client(t.endpoint), client(t.endpoint)
+    batcher.send(encode_requests([encode_request(ClientRequest(i, ReqOp.GET, key=b"k"))
+                                  for i in (1, 2, 3)]))
+    single.send(encode_request(ClientRequest(4, ReqOp.GET, key=b"k")))
+    inbox = Inbox(t)
+    got = [inbox.wait_request() for _ in range(4)]
+    by_id = {r.request_id: r for r in got}
+    assert sorted(by_id) == [1, 2, 3, 4]
+    for rid in (1, 2, 3, 4):
+        assert t.reply(by_id[rid].identity, rid, ReplyCode.OK, b"v%d" % rid)
+    # The REQ-only client was answered at once; the batching one only on flush.
+    assert recv_reply(single) == ClientReply(4, ReplyCode.OK, b"v4", 0)
+    assert not batcher.poll(50)
+    t.flush()
+    assert batcher.poll(int(DEADLINE * 1000))
+    assert decode_replies(batcher.recv()) == [
+        ClientReply(rid, ReplyCode.OK, b"v%d" % rid, 0) for rid in (1, 2, 3)]
+    assert not batcher.poll(50)  # one frame for the three
+    assert t.stats["batches_in"] == 1 and t.stats["batches_out"] == 1
+    # A lone held reply leaves as a plain REP frame.
+    assert t.reply(by_id[1].identity, 5, ReplyCode.OK)
+    t.flush()
+    assert recv_reply(batcher) == ClientReply(5, ReplyCode.OK, None, 0)
 
 
 def test_reply_to_a_vanished_client_is_dropped_and_counted(make_cluster) -> None:

@@ -18,6 +18,7 @@ import pytest
 from raftkv import kv
 from raftkv.raft.types import Entry, EntryType, Message, MsgType
 from raftkv.wire import (
+    MAX_BATCH,
     VERSION,
     ClientReply,
     ClientRequest,
@@ -27,13 +28,17 @@ from raftkv.wire import (
     MalformedFrame,
     ReplyCode,
     ReqOp,
+    RequestBatch,
     decode_frame,
     decode_message,
+    decode_replies,
     decode_reply,
     decode_request,
     encode_message,
+    encode_replies,
     encode_reply,
     encode_request,
+    encode_requests,
     max_entry_size,
 )
 
@@ -238,6 +243,63 @@ def test_every_reply_round_trips(code: ReplyCode, value: object) -> None:
 
 def test_every_reply_code_has_a_round_trip_case() -> None:
     assert {code for code, _ in REPLIES} == set(ReplyCode)
+
+
+# ---- batches (REQS / REPS) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 300, 70_000])  # every msgpack array header size
+def test_a_reply_batch_round_trips_in_order(n: int) -> None:
+    replies = [ClientReply(i, ReplyCode.OK, bytes([i % 256]) * (i % 5), 2) for i in range(n)]
+    frame = encode_replies([encode_reply(r.request_id, r.code, r.value, r.leader_hint)
+                            for r in replies])
+    assert msgpack.unpackb(frame)[:2] == [VERSION, Kind.REPS]
+    assert decode_replies(frame) == replies
+
+
+def test_decode_replies_takes_a_plain_reply_too() -> None:
+    assert decode_replies(encode_reply(7, ReplyCode.NOT_LEADER, "ask 2", 2)) == [
+        ClientReply(7, ReplyCode.NOT_LEADER, "ask 2", 2)]
+
+
+@pytest.mark.parametrize("frame", [
+    pack([VERSION, Kind.REPS]),
+    pack([VERSION, Kind.REPS, "nope"]),
+    pack([VERSION, Kind.REPS, [[VERSION, Kind.REQ, 1, ReqOp.STATUS]]]),
+    pack([VERSION, Kind.REPS, [[VERSION, Kind.REP, 1, 99, None, 0]]]),
+    pack([VERSION, Kind.REQS, []]),
+])
+def test_a_bad_reply_batch_is_malformed(frame: bytes) -> None:
+    with pytest.raises(MalformedFrame):
+        decode_replies(frame)
+
+
+def test_a_request_batch_is_served_answered_or_dropped_element_by_element() -> None:
+    put = ClientRequest(1, ReqOp.PUT, key=b"k", value=b"v", client_id=3, seq=4)
+    get = ClientRequest(2, ReqOp.GET, key=b"k")
+    too_big = ClientRequest(3, ReqOp.PUT, key=b"k", value=b"x" * 17, client_id=3, seq=5)
+    frame = encode_requests([encode_request(put), pack("garbage"), encode_request(get),
+                             encode_request(too_big), encode_reply(9, ReplyCode.OK)])
+    batch = decode_frame(frame, identity=b"c1", max_value=16)
+    assert type(batch) is RequestBatch
+    assert [(r.request_id, r.op, r.identity) for r in batch.requests] == [
+        (1, ReqOp.PUT, b"c1"), (2, ReqOp.GET, b"c1")]
+    assert batch.requests[0].command() == put.command()
+    assert [e.request_id for e in batch.invalid] == [3]
+    assert "limit of 16" in batch.invalid[0].message
+    assert batch.malformed == 2
+
+
+@pytest.mark.parametrize("frame", [
+    pack([VERSION, Kind.REQS]),
+    pack([VERSION, Kind.REQS, {}]),
+    pack([VERSION, Kind.REQS, [], 1]),
+    pack([VERSION + 1, Kind.REQS, []]),
+    encode_requests([encode_request(ClientRequest(1, ReqOp.STATUS))] * (MAX_BATCH + 1)),
+])
+def test_a_bad_request_batch_is_malformed(frame: bytes) -> None:
+    with pytest.raises(MalformedFrame):
+        decode_frame(frame)
 
 
 def test_reply_with_unpackable_value_raises_value_error() -> None:
