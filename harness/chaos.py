@@ -207,6 +207,8 @@ def recover(cfg: ChaosConfig, state, nemesis, log: Callable[[str], None]) -> lis
                     raise RecoveryFailed(f"no write succeeded within {RECOVERY_TIMEOUT:g}s "
                                          f"after healing: {e}") from e
                 nemesis.heal_all()
+        if "membership" in cfg.nemesis:
+            nemesis.remove_non_members()  # a node whose add failed half way
         log(f"recovered: a write succeeded {RECOVERY_TIMEOUT - (deadline - time.monotonic()):.1f}"
             "s after healing")
         reads = []
@@ -275,9 +277,11 @@ def divergent_nodes(state, keys: int) -> list[str]:
     from raftkv.wire import ClientRequest, ReqOp
 
     with zmq.Context() as ctx:
+        addresses = members(ctx, state)
+
         def statuses() -> dict[int, dict]:
             out = {}
-            for node_id, address in state.addresses.items():
+            for node_id, address in addresses.items():
                 r = rpc.call(ctx, address, ClientRequest(rpc.next_request_id(), ReqOp.STATUS))
                 if r is not None:
                     out[node_id] = r.value
@@ -287,17 +291,17 @@ def divergent_nodes(state, keys: int) -> list[str]:
         while True:
             st = statuses()
             applied = {s["applied_index"] for s in st.values()}
-            if len(st) == len(state.addresses) and len(applied) == 1:
+            if len(st) == len(addresses) and len(applied) == 1:
                 break
             if time.monotonic() > deadline:
                 return [f"nodes did not converge within 20 s: applied indexes "
                         f"{ {i: s['applied_index'] for i, s in st.items()} }"]
             time.sleep(0.1)
-        leader = find_leader(ctx, state.addresses)
+        leader = find_leader(ctx, addresses)
         problems = []
         for k in range(keys):
             values = {}
-            for node_id, address in state.addresses.items():
+            for node_id, address in addresses.items():
                 r = rpc.call(ctx, address, ClientRequest(rpc.next_request_id(),
                                                          ReqOp.GET_STALE, key=f"k{k}".encode()))
                 values[node_id] = r.value if r is not None else "<no answer>"
@@ -305,6 +309,21 @@ def divergent_nodes(state, keys: int) -> list[str]:
                 problems.append(f"nodes disagree on k{k} at applied index {applied}: {values} "
                                 f"(leader {leader})")
         return problems
+
+
+def members(ctx: zmq.Context, state) -> dict[int, str]:
+    """The nodes of cluster.json that the leader counts as members (a node whose
+    add-node failed half way runs but is no member, and has nothing to converge to)."""
+    from harness.launcher import find_leader, node_statuses
+
+    found = find_leader(ctx, state.addresses)
+    if found is None:
+        return state.addresses
+    st = node_statuses(ctx, {found[0]: state.addresses[found[0]]}).get(found[0])
+    if st is None:
+        return state.addresses
+    ids = set(st.get("voters", ())) | set(st.get("learners", ()))
+    return {i: a for i, a in state.addresses.items() if i in ids}
 
 
 def longest_gap(history: list[dict]) -> float:

@@ -183,10 +183,11 @@ class NodeView:
 
 @dataclass(slots=True)
 class OwnRequest:
-    kind: ReqOp  # STATUS or FAULT
+    kind: ReqOp  # STATUS, FAULT or PEERS
     node: int
     sent_at: float
     fault: frozenset[int] = frozenset()
+    addresses: dict[int, str] | None = None  # PEERS
 
 
 class Controller:
@@ -487,6 +488,11 @@ class Controller:
             # the same connection, so a node that answers a poll has its faults in force.
             if v.fault or v.fault_acked != v.fault:
                 self.send_own(v, OwnRequest(ReqOp.FAULT, v.id, now, v.fault))
+            missing = self.unknown_members(v)
+            if missing:
+                # It lags behind the configuration (the log that names them has not
+                # reached it): tell it where they are, so it can answer them (§4.1).
+                self.send_own(v, OwnRequest(ReqOp.PEERS, v.id, now, addresses=missing))
             if not v.unanswered_since:
                 v.unanswered_since = now
             self.send_own(v, OwnRequest(ReqOp.STATUS, v.id, now))
@@ -495,9 +501,17 @@ class Controller:
                 del self.own[rid]
         self.update_leader(now)
 
+    def unknown_members(self, view: NodeView) -> dict[int, str]:
+        """The members (in cluster.json) whose addresses the node's last status lacks."""
+        known = (view.status or {}).get("peers")
+        if known is None:
+            return {}
+        return {n.id: n.address for n in self.state.nodes
+                if n.id != view.id and known.get(str(n.id)) != n.address}
+
     def send_own(self, view: NodeView, own: OwnRequest) -> None:
         rid = next(self.own_ids)
-        req = ClientRequest(rid, own.kind, peers=own.fault)
+        req = ClientRequest(rid, own.kind, peers=own.fault, addresses=own.addresses)
         try:
             view.dealer.send_multipart((OWN_ENVELOPE, wire.encode_request(req)), zmq.NOBLOCK)
         except zmq.Again:
@@ -511,6 +525,8 @@ class Controller:
         if own.kind == ReqOp.FAULT:
             view.fault_acked = own.fault
             return
+        if own.kind == ReqOp.PEERS:
+            return  # the next STATUS shows them
         if not isinstance(reply.value, dict) or reply.value.get("id") != view.id:
             self.counters["malformed"] += 1
             return

@@ -146,6 +146,26 @@ class Nemesis:
                 self.note(f"removed node {node}; voters {removed['voters']}")
         except (ControlError, MembershipError) as e:
             self.note(f"membership change failed: {e}")
+            self.remove_non_members()
+
+    def remove_non_members(self) -> None:
+        """After a failed add: take out a started node that never became a member
+        (remove-node of a non-member is answered as done, and stops its process)."""
+        from harness.membership import MembershipError, remove_node
+
+        st = self.command("status")
+        if not isinstance(st, dict) or not st.get("voters"):
+            return
+        members = set(st["voters"]) | set(st.get("learners") or ())
+        for n in st["nodes"]:
+            if n["id"] not in members:
+                try:
+                    remove_node(self.ctx, self.controller, n["id"], timeout=20.0)
+                    self.note(f"removed node {n['id']}, which never became a member")
+                except (ControlError, MembershipError) as e:
+                    self.note(f"could not remove non-member node {n['id']}: {e}")
+                if n["id"] in self.node_ids:
+                    self.node_ids.remove(n["id"])
 
     def restart_all(self) -> None:
         for node in self.node_ids:

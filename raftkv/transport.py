@@ -54,6 +54,7 @@ from raftkv.wire import (
 )
 
 DEFAULT_HWM = 10_000
+_CONTROL_OPS = min(ReqOp.FAULT, ReqOp.PEERS)  # the transport serves FAULT and PEERS itself
 RECONNECT_IVL_MS = 100  # a restarted peer is reachable again within this
 # ZMTP heartbeats detect a peer that vanished without closing its connection (a host
 # that died or a cable pulled); IMMEDIATE then stops queueing to it.
@@ -274,11 +275,7 @@ class Transport:
                     stats["bad_requests"] += 1
                     self.reply(route, e.request_id, ReplyCode.BAD_REQUEST, e.message)
                 for req in obj.requests:
-                    if req.op == ReqOp.FAULT:
-                        self.set_fault(req.peers)
-                        stats["faults_set"] += 1
-                        self.reply(route, req.request_id, ReplyCode.OK, sorted(self.fault))
-                    else:
+                    if req.op < _CONTROL_OPS or not self.serve_control(route, req):
                         requests.append(req)
                 continue
             if type(obj) is Message or type(obj) is SnapshotChunk:
@@ -289,14 +286,25 @@ class Transport:
                     stats["dropped_unknown_peer"] += 1
                     continue
                 messages.append(obj)
-            elif obj.op == ReqOp.FAULT:
-                self.set_fault(obj.peers)
-                stats["faults_set"] += 1
-                self.reply(route, obj.request_id, ReplyCode.OK, sorted(self.fault))
-            else:
+            elif obj.op < _CONTROL_OPS or not self.serve_control(route, obj):
                 requests.append(obj)
         stats["frames_in"] += n
         return messages, requests
+
+    def serve_control(self, route: Route, req: ClientRequest) -> bool:
+        """Serve FAULT and PEERS, the requests that are the transport's own; False for
+        any other request (the node's)."""
+        if req.op == ReqOp.FAULT:
+            self.set_fault(req.peers)
+            self.stats["faults_set"] += 1
+            self.reply(route, req.request_id, ReplyCode.OK, sorted(self.fault))
+        elif req.op == ReqOp.PEERS:
+            for node_id, address in (req.addresses or {}).items():
+                self.set_peer(node_id, address)
+            self.reply(route, req.request_id, ReplyCode.OK, sorted(self.peers))
+        else:
+            return False
+        return True
 
     # ---- sending -------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.FAULT,        [peer_id, ...]]
     [VERSION, Kind.REQ, request_id, ReqOp.TRANSFER,     target_id]
     [VERSION, Kind.REQ, request_id, ReqOp.CONF_CHANGE,  conf_op, node_id, address]
+    [VERSION, Kind.REQ, request_id, ReqOp.PEERS,        [[node_id, address], ...]]
     [VERSION, Kind.REQ, request_id, ReqOp.CONTROL,      name, [arg, ...]]
 
 Keys and values are bin; `expected` is bin or nil (nil: "the key is absent"); client ids
@@ -40,7 +41,11 @@ partitions); an empty list heals. TRANSFER asks the leader to hand leadership to
 `target_id` (thesis §3.10); OK means the transfer started. CONF_CHANGE asks the leader
 for one membership change (raft.ConfOp: 1 add `node_id` as a learner listening at
 `address` (str), 2 promote it to voter, 3 remove it; thesis §4.1); OK, once the change is
-committed (or was already in force), with {"index", "voters", "learners"}. CONTROL is
+committed (or was already in force), with {"index", "voters", "learners"}. PEERS tells
+the transport where members listen (the controller sends it to a node that lags behind
+the configuration: Raft servers must answer servers not in their own configuration,
+thesis §4.1, and a node can only answer a peer whose address it knows); OK with the
+node ids it knows. CONTROL is
 for the harness's controller (`name` a str such as "kill-leader", args ints or strs);
 nodes refuse it.
 
@@ -161,6 +166,7 @@ class ReqOp(IntEnum):
     FAULT = 33  # control: set the peers whose traffic is dropped both ways
     TRANSFER = 34  # control: leader, hand leadership to a node
     CONF_CHANGE = 35  # control: leader, add/promote/remove a member
+    PEERS = 36  # control: where members listen, for the transport
     CONTROL = 40  # a command for the controller process (harness), not for nodes
 
 
@@ -216,6 +222,7 @@ class ClientRequest:
     target: int = 0  # TRANSFER: the node to hand leadership to; CONF_CHANGE: the node
     conf_op: int = 0  # CONF_CHANGE: a raft.ConfOp
     address: str = ""  # CONF_CHANGE: where an added node listens
+    addresses: dict[int, str] | None = None  # PEERS: node id -> address
     name: str = ""  # CONTROL: the command
     args: tuple = ()  # CONTROL: its arguments (ints and strs)
     # Where the reply goes, filled in by the transport: the sender's routing id, or
@@ -360,6 +367,8 @@ def encode_request(req: ClientRequest) -> bytes:
         body = (req.target,)
     elif op == ReqOp.CONF_CHANGE:
         body = (req.conf_op, req.target, req.address)
+    elif op == ReqOp.PEERS:
+        body = ([[k, v] for k, v in sorted((req.addresses or {}).items())],)
     elif op == ReqOp.CONTROL:
         body = (req.name, list(req.args))
     else:
@@ -420,6 +429,7 @@ _ARGC = {
     ReqOp.FAULT: 1,
     ReqOp.TRANSFER: 1,
     ReqOp.CONF_CHANGE: 3,
+    ReqOp.PEERS: 1,
     ReqOp.CONTROL: 2,
 }
 
@@ -599,6 +609,17 @@ def _decode_request(
             raise InvalidRequest(rid, f"adding node {target} needs its tcp:// address, "
                                  f"not {address!r:.40}")
         req.conf_op, req.target, req.address = conf_op, target, address
+        return req
+    elif op == ReqOp.PEERS:
+        pairs = args[0]
+        if (type(pairs) is not list or len(pairs) > MAX_FAULT_PEERS
+                or not all(type(p) is list and len(p) == 2 and type(p[0]) is int
+                           and 1 <= p[0] <= MAX_UINT64 and type(p[1]) is str
+                           and p[1].startswith("tcp://") and len(p[1]) <= MAX_ADDRESS
+                           for p in pairs)):
+            raise InvalidRequest(rid, "PEERS takes a list of [node id >= 1, tcp:// address] "
+                                 f"pairs (at most {MAX_FAULT_PEERS})")
+        req.addresses = dict(pairs)
         return req
     elif op == ReqOp.CONTROL:
         name, cargs = args

@@ -391,6 +391,18 @@ def test_fault_request_from_the_controller_sets_the_filter(make_cluster, client)
     assert ts[1].stats["faults_set"] == 2
 
 
+def test_peers_request_teaches_the_transport_new_members(make_cluster, client) -> None:
+    ts = make_cluster(2)
+    c = client(ts[1].endpoint, identity=b"controller")
+    c.send(encode_request(ClientRequest(5, ReqOp.PEERS,
+                                        addresses={1: "tcp://127.0.0.1:1",
+                                                   7: "tcp://127.0.0.1:7"})))
+    inbox = Inbox(ts[1])
+    wait_until(lambda: inbox.pump() or 7 in ts[1].peers, "node 7 to be known")
+    assert recv_reply(c) == ClientReply(5, ReplyCode.OK, [2, 7], 0)  # never itself
+    assert ts[1].peers[7] == "tcp://127.0.0.1:7" and inbox.requests == []
+
+
 # ---- dead and slow peers ------------------------------------------------------------
 
 
