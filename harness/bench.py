@@ -44,7 +44,13 @@ from raftkv import bench as load
 from raftkv import wire
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
-IN_FLIGHT_PER_PROCESS = 32  # the default split of --clients over load processes
+# The default split of --clients over load processes. Measured on the 2-core machine
+# (64 in flight, medians of 3 alternating runs): a put costs the nodes far more than its
+# client, so one load process keeps 64 puts in flight at 16% CPU and a second only adds
+# contention for the cores (33.1k vs 27.1k puts/s); a read costs the nodes half as much,
+# so reads need twice the client CPU (66.8k gets/s from one process, 78.4k from two).
+WRITES_IN_FLIGHT_PER_PROCESS = 64
+READS_IN_FLIGHT_PER_PROCESS = 32
 SAMPLE_S = 0.5  # progress and psutil sampling period
 SETTLE_S = 1.0  # failover: quiet time after the killed node is back, before the next kill
 FAILOVER_GIVE_UP_S = 10.0
@@ -66,14 +72,18 @@ class BenchConfig:
     consistency: str = "linearizable"
     via: str = "direct"  # direct | controller
     fsync: bool = True
-    processes: int = 0  # load processes; 0: one per IN_FLIGHT_PER_PROCESS requests
+    processes: int = 0  # load processes; 0: see WRITES/READS_IN_FLIGHT_PER_PROCESS
     cluster_dir: Path | None = None  # a running `raftkv up` cluster instead of a temp one
     failover: bool = False
     failover_rounds: int = 10
 
     @property
     def load_processes(self) -> int:
-        return self.processes or max(1, math.ceil(self.clients / IN_FLIGHT_PER_PROCESS))
+        if self.processes:
+            return self.processes
+        per = (READS_IN_FLIGHT_PER_PROCESS if load.parse_mix(self.mix) >= 50
+               else WRITES_IN_FLIGHT_PER_PROCESS)
+        return max(1, math.ceil(self.clients / per))
 
 
 # -- the cluster -------------------------------------------------------------------------------
