@@ -45,7 +45,9 @@ BAD_REQUEST / UNAVAILABLE with a message:
                                 own refusal relayed as it came
     add-node [N]             -> {"added": N, "address", "pid", "index", "voters",
                                 "learners"} once the leader committed N as a learner
-                                (N: the next unused id); the node is started first
+                                (N: the next unused id); the node is started first,
+                                and the loop waits (about half a second) until it
+                                listens, trying another port if it could not bind
     promote N                -> {"promoted": N, "index", "voters", "learners"}
     remove-node N            -> {"removed": N, "stopped": bool, "index", "voters",
                                 "learners"}: committed, then the process is stopped and
@@ -114,6 +116,8 @@ DEADLINE_S = 10.0  # a request still pending this long is answered UNAVAILABLE
 HEALTH_S = 1.0  # psutil cpu sampling, cluster.json reload check, child reaping
 OWN_REQUEST_TTL_S = 5.0  # our own STATUS/FAULT requests are forgotten after this
 KILL_WAIT_S = 2.0  # how long a kill command waits for the process to disappear
+JOINER_ATTEMPTS = 3  # add-node: ports tried for the new node
+JOINER_START_S = 10.0  # add-node: how long the new node may take to listen
 OWN_ENVELOPE = b"\x00ctl"
 DEALER_ID = b"ctl"
 HWM = 10_000
@@ -854,22 +858,13 @@ class Controller:
         if len(req.args) > 1:
             raise CommandError(ReplyCode.BAD_REQUEST, "add-node takes at most a node id")
         node_id = self.new_node_id(req.args[0] if req.args else None)
-        address = self.new_node_address(node_id)
         data_dir = f"data/node{node_id}"
         if (self.state.dir / data_dir).exists():
             raise CommandError(ReplyCode.BAD_REQUEST,
                                f"add-node: {self.state.dir / data_dir} exists (a removed node's "
                                "data?); move it away or pick another id")
-        # Metrics like the others': on a free port if they have them.
-        metrics_port = free_ports(1)[0] if self.state.nodes[0].metrics_port else 0
-        argv = cluster_state.joiner_argv(self.state.nodes[0].argv, node_id, address,
-                                         self.state.addresses, self.state.dir / data_dir,
-                                         metrics_port)
-        entry = NodeEntry(address, f"logs/node{node_id}.log", argv, id=node_id,
-                          data_dir=data_dir, metrics_port=metrics_port)
-        child = cluster_state.spawn(argv, self.state.dir / entry.log, detach=True)
-        self.children.append(child)
-        entry.pid, entry.create_time = child.pid, cluster_state.create_time(child.pid)
+        entry, child = self.start_joiner(node_id, data_dir)
+        address = entry.address
         self.state.nodes.append(entry)
         self.save_members()
         self.add_view(entry)
@@ -882,6 +877,35 @@ class Controller:
                    lambda _, value: {"added": node_id, "address": address, "pid": child.pid,
                                      **value})
         return None
+
+    def start_joiner(self, node_id: int, data_dir: str) -> tuple[NodeEntry, Any]:
+        """Start node `node_id` with --join and wait until it listens. A port that was
+        free when picked can be taken before the node binds it (an outgoing connection's
+        ephemeral port): then the node exits, and another port is tried."""
+        address = self.new_node_address(node_id)
+        for _ in range(JOINER_ATTEMPTS):
+            # Metrics like the others': on a free port if they have them.
+            metrics_port = free_ports(1)[0] if self.state.nodes[0].metrics_port else 0
+            argv = cluster_state.joiner_argv(self.state.nodes[0].argv, node_id, address,
+                                             self.state.addresses, self.state.dir / data_dir,
+                                             metrics_port)
+            entry = NodeEntry(address, f"logs/node{node_id}.log", argv, id=node_id,
+                              data_dir=data_dir, metrics_port=metrics_port)
+            child = cluster_state.spawn(argv, self.state.dir / entry.log, detach=True)
+            self.children.append(child)
+            if wait_listening(child, int(address.rpartition(":")[2]), JOINER_START_S):
+                entry.pid, entry.create_time = child.pid, cluster_state.create_time(child.pid)
+                return entry, child
+            if child.poll() is None:
+                child.kill()
+            log.warning("node %d did not start at %s; trying another port", node_id, address)
+            address = f"tcp://{address.removeprefix('tcp://').rpartition(':')[0]}:" \
+                      f"{free_ports(1)[0]}"
+        tail = (self.state.dir / f"logs/node{node_id}.log").read_text(
+            errors="replace").splitlines()[-3:]
+        raise CommandError(ReplyCode.UNAVAILABLE,
+                           f"add-node: node {node_id} did not start; the end of its log: "
+                           + " | ".join(tail))
 
     def command_promote(self, client: bytes, req: ClientRequest) -> None:
         node_id = self.node_arg(req.name, req.args)
@@ -1023,6 +1047,21 @@ def dashboard_fields(st: dict[str, Any]) -> dict[str, Any]:
 
 def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
+
+
+def wait_listening(child: Any, port: int, timeout: float) -> bool:
+    """Whether process `child` (a Popen) listens on TCP `port` within `timeout` seconds;
+    False as soon as it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            conns = psutil.Process(child.pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns):
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def process_health(p: psutil.Process | None) -> dict[str, Any]:

@@ -48,3 +48,35 @@ def test_joiner_keeps_the_template_options_but_not_its_identity() -> None:
                                                    "3=tcp://h:3"]
     assert "--join" in argv and "--voters" not in argv
     assert "--no-fsync" in argv and argv[argv.index("--snapshot-entries") + 1] == "50"
+
+
+def test_wait_listening_tells_a_started_node_from_one_that_exited() -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from harness.controller import wait_listening
+    from harness.launcher import free_ports
+
+    port = free_ports(1)[0]
+    listener = subprocess.Popen([sys.executable, "-c", (
+        "import socket, time; s = socket.socket(); "
+        f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(30)")])
+    try:
+        assert wait_listening(listener, port, 10.0)
+    finally:
+        listener.kill()
+        listener.wait()
+    with socket.socket() as taken:  # the port is taken: the child fails to bind, exits
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        failing = subprocess.Popen([sys.executable, "-c", (
+            f"import socket; socket.socket().bind(('127.0.0.1', {busy}))")],
+            stderr=subprocess.DEVNULL)
+        try:
+            assert not wait_listening(failing, busy, 10.0)
+            assert failing.poll() is not None
+        finally:
+            failing.kill()
+            failing.wait()
