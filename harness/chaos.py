@@ -314,14 +314,13 @@ def divergent_nodes(state, keys: int) -> list[str]:
 def members(ctx: zmq.Context, state) -> dict[int, str]:
     """The nodes of cluster.json that the leader counts as members (a node whose
     add-node failed half way runs but is no member, and has nothing to converge to)."""
-    from harness.launcher import find_leader, node_statuses
+    from harness.launcher import leader_of, node_statuses
 
-    found = find_leader(ctx, state.addresses)
+    statuses = node_statuses(ctx, state.addresses)
+    found = leader_of(statuses)
     if found is None:
         return state.addresses
-    st = node_statuses(ctx, {found[0]: state.addresses[found[0]]}).get(found[0])
-    if st is None:
-        return state.addresses
+    st = statuses[found[0]]
     ids = set(st.get("voters", ())) | set(st.get("learners", ()))
     return {i: a for i, a in state.addresses.items() if i in ids}
 

@@ -207,7 +207,6 @@ class Controller:
         self.own: dict[int, OwnRequest] = {}
         self.own_ids = itertools.count(1)
         self.leader = 0  # the node requests go to; 0: none known
-        self.members: tuple[set[int], set[int]] = (set(), set())  # voters, learners
         self.leader_since = 0.0  # when `leader` was last set (monotonic)
         self.children: list[Any] = []  # Popen of nodes we restarted, reaped in the loop
         self.timeline = Timeline()
@@ -991,18 +990,20 @@ class Controller:
         self.update_leader(now)
         leader = self.views.get(self.leader)
         lst = (self.fresh_status(leader, now) if leader else None) or {}
-        self.members = (set(lst.get("voters", ())), set(lst.get("learners", ())))
+        voters, learners = sorted(lst.get("voters", ())), sorted(lst.get("learners", ()))
         return {
             "leader": self.leader or None,
             "term": self.leader_term(now),
-            "voters": sorted(self.members[0]),
-            "learners": sorted(self.members[1]),
-            "nodes": [self.node_status(v, now) for _, v in sorted(self.views.items())],
+            "voters": voters,
+            "learners": learners,
+            "nodes": [self.node_status(v, now, voters, learners)
+                      for _, v in sorted(self.views.items())],
             "controller": {**self.counters, "pending": len(self.pending),
                            "uptime_s": round(now - self.started, 3)},
         }
 
-    def node_status(self, view: NodeView, now: float) -> dict[str, Any]:
+    def node_status(self, view: NodeView, now: float, voters: list[int],
+                    learners: list[int]) -> dict[str, Any]:
         entry = self.state.node(view.id)
         st = self.fresh_status(view, now) or {}
         p = self.refresh_process(view)
@@ -1013,8 +1014,8 @@ class Controller:
             "pid": entry.pid,
             "alive": p is not None,
             "paused": health.pop("paused"),
-            "member": ("voter" if view.id in self.members[0] else
-                       "learner" if view.id in self.members[1] else None),
+            "member": ("voter" if view.id in voters else
+                       "learner" if view.id in learners else None),
             "role": st.get("role"),
             "term": st.get("term"),
             "last_index": st.get("last_index"),

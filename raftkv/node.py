@@ -193,10 +193,11 @@ class Node:
         snapshot = self.storage.snapshot
         if snapshot is not None:
             self.kv.restore(self.storage.load_snapshot_data())
+        log_tail = self.storage.entries_after_snapshot()  # a copy: read it once
         self.core = Raft(
             cfg.raft_config(),
             hard_state=self.storage.hard_state,
-            entries=self.storage.entries_after_snapshot(),
+            entries=log_tail,
             snapshot=snapshot,
             applied=snapshot.index if snapshot else 0,
         )
@@ -208,7 +209,7 @@ class Node:
         # Where every member listens: configuration, then members added through the log
         # (kept in the state machine, so they survive compaction), then the log's tail.
         addresses = {**cfg.peers, **self.kv.members}
-        addresses.update(added_addresses(self.storage.entries_after_snapshot()))
+        addresses.update(added_addresses(log_tail))
         self.transport = Transport(cfg.id, cfg.listen, addresses, max_key=cfg.max_key,
                                    max_value=cfg.max_value)
         self.pending_writes: dict[int, _PendingWrite] = {}  # log index -> who waits
@@ -298,8 +299,10 @@ class Node:
         core = self.core
         while self.syncing is None and core.has_ready():
             rd = core.ready()
-            if rd.entries:
+            if rd.entries and core.conf.last_index >= rd.entries[0].index:
                 # A member added in this batch gets its first append in these messages.
+                # (The core's history says whether the batch holds a change at all, so
+                # ordinary batches cost one comparison, not a scan.)
                 self.connect_added_members(rd.entries)
             self.send(rd.messages)
             if rd.snapshot is not None:
@@ -500,10 +503,7 @@ class Node:
             self.transport.reply(req.identity, req.request_id, ReplyCode.UNAVAILABLE, str(e))
         except ConfChangeError as e:
             m = self.core.conf.current
-            members = m.voters | m.learners
-            if ((cc.op == ConfOp.ADD_LEARNER and cc.node_id in members)
-                    or (cc.op == ConfOp.PROMOTE and cc.node_id in m.voters)
-                    or (cc.op == ConfOp.REMOVE and cc.node_id not in members)):
+            if m.in_force(cc):
                 self.transport.reply(req.identity, req.request_id, ReplyCode.OK,
                                      {"index": self.core.conf.last_index,
                                       "voters": sorted(m.voters),

@@ -64,6 +64,16 @@ class Membership:
     voters: frozenset[int]
     learners: frozenset[int] = frozenset()
 
+    def in_force(self, cc: ConfChange) -> bool:
+        """Whether the membership already is what `cc` asks for (a retried change that
+        went through): the node answers such a retry OK instead of refusing it."""
+        n = cc.node_id
+        if cc.op == ConfOp.ADD_LEARNER:
+            return n in self.voters or n in self.learners
+        if cc.op == ConfOp.PROMOTE:
+            return n in self.voters
+        return n not in self.voters and n not in self.learners
+
     def apply(self, cc: ConfChange) -> Membership:
         """The membership after `cc`. Raises ConfChangeError for a change that makes no
         sense here (so a leader refuses it before it reaches the log)."""

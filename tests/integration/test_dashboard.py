@@ -233,7 +233,10 @@ def test_add_node_and_remove_buttons_change_the_membership(cluster, page):
     page.click("[data-testid=add-node]")
     page.wait_for_selector("[data-testid=card-4]", timeout=30_000)
     wait_for(lambda: cluster.status()["voters"] == [1, 2, 3, 4], 30, "node 4 a voter")
-    assert "promoted to voter" in page.inner_text("[data-testid=result]")
+    # The card appears with the first status after the add; the result line only when
+    # the whole add (catch up, promote) has answered.
+    page.wait_for_function("() => document.querySelector('[data-testid=result]')"
+                           ".textContent.includes('promoted to voter')", timeout=30_000)
     page.click("[data-testid=remove-1]")
     page.wait_for_selector("[data-testid=card-1]", state="detached", timeout=30_000)
     st = cluster.status()

@@ -34,6 +34,19 @@ def test_s4_1_membership_rejects_changes_that_make_no_sense():
         m.apply(ConfChange(ConfOp.REMOVE, 1))  # the last voter
 
 
+def test_a_change_already_made_is_in_force_and_one_that_makes_no_sense_is_not():
+    m = Membership(frozenset({1, 2}), frozenset({3}))
+    assert m.in_force(ConfChange(ConfOp.ADD_LEARNER, 3))  # a retried add
+    assert m.in_force(ConfChange(ConfOp.ADD_LEARNER, 2))
+    assert not m.in_force(ConfChange(ConfOp.ADD_LEARNER, 4))
+    assert m.in_force(ConfChange(ConfOp.PROMOTE, 2))  # a retried promote
+    assert not m.in_force(ConfChange(ConfOp.PROMOTE, 3))
+    assert not m.in_force(ConfChange(ConfOp.PROMOTE, 9))  # refused: not a learner
+    assert m.in_force(ConfChange(ConfOp.REMOVE, 9))  # a retried removal
+    assert not m.in_force(ConfChange(ConfOp.REMOVE, 3))
+    assert not m.in_force(ConfChange(ConfOp.REMOVE, 1))
+
+
 def test_s4_2_1_learner_replicates_but_does_not_count_or_vote():
     c = elect_with_spare()
     leader = c.nodes[1].core
