@@ -5,6 +5,18 @@ Invariants:
 - Every segment but the last was synced whole before its successor was created, so only
   the last one can end in a torn record.
 - Synced bytes are never rewritten; only an unsynced torn tail is ever truncated.
+- A segment's file may run past its records with zeros written ahead of the appends
+  (preallocation); replay ends a segment's records at such a zero tail. A zero byte
+  never starts a valid record (type 0 is no RecordType).
+
+Why preallocate: an fdatasync after an append that grew the file must also commit the
+new file size, an ext4 journal transaction, and the journal commits one transaction at
+a time for every process on the disk. Into space already written, the same fdatasync
+flushes data pages only. Measured on this project's 2-core VM (ext4 on virtio), three
+processes each appending 8 KB and fdatasyncing: p50 323 us growing the file, 155-187 us
+into zeroed space. (fallocate does not help: ext4 marks such extents unwritten and
+converts them on write, again a journal transaction.) etcd preallocates its WAL for the
+same reason.
 """
 
 from __future__ import annotations
@@ -23,6 +35,11 @@ from raftkv.storage.record import FrameError, RecordType, find_frame, read_frame
 log = logging.getLogger("raftkv.storage")
 
 _SEGMENT_NAME = re.compile(r"wal-(\d{10})\.log")
+# Zeros are written this far ahead of the appends, a chunk at a time (never past the
+# segment size): one file-size change, and one larger flush, per chunk instead of a
+# journal commit per fdatasync.
+PREALLOCATE_BYTES = 1 << 20
+_ZEROS = bytes(PREALLOCATE_BYTES)
 
 
 def segment_name(seq: int) -> str:
@@ -33,7 +50,8 @@ def segment_name(seq: int) -> str:
 class Segment:
     seq: int
     path: Path
-    size: int = 0
+    size: int = 0  # where its records end: the next append goes here
+    allocated: int = 0  # the file's length: records, then zeros written ahead
     # Highest log index any record in this segment mentions (entries, truncation,
     # snapshot marker); 0 if none. A segment whose max_index is <= a durable snapshot's
     # index holds nothing replay still needs once a newer snapshot marker exists.
@@ -73,11 +91,15 @@ class WAL:
         for seg in self.segments:
             buf = seg.path.read_bytes()
             off = 0
+            seg.allocated = len(buf)
             while off < len(buf):
                 try:
                     rtype, payload, end = read_frame(buf, off)
                 except FrameError as exc:
+                    if buf.count(0, off) == len(buf) - off:
+                        break  # the preallocated tail: the records end here
                     self._torn_or_corrupt(seg, buf, off, str(exc))
+                    seg.allocated = off
                     break
                 yield seg, off, rtype, payload
                 off = end
@@ -111,11 +133,11 @@ class WAL:
             self._create(1)
             return
         seg = self.segments[-1]
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        self._fd = os.open(seg.path, os.O_WRONLY)
 
     def _create(self, seq: int) -> None:
         path = self.dir / segment_name(seq)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.segments.append(Segment(seq, path))
         self.disk.sync_dir(self.dir)
 
@@ -135,15 +157,29 @@ class WAL:
         if seg.size and seg.size + len(blob) > self.segment_bytes:
             self._rotate()
             seg = self.segments[-1]
-        view = memoryview(blob)
+        end = seg.size + len(blob)
+        if end > seg.allocated:
+            self._preallocate(seg, end)
+        fd, view, off = self._fd, memoryview(blob), seg.size
         while view:
-            view = view[os.write(self._fd, view) :]
-        seg.size += len(blob)
+            n = os.pwrite(fd, view, off)
+            view, off = view[n:], off + n
+        seg.size = end
         if max_index > seg.max_index:
             seg.max_index = max_index
         self._dirty = True
         self.disk.bytes_written += len(blob)
         self.disk.records += nrecords
+
+    def _preallocate(self, seg: Segment, end: int) -> None:
+        """Write zeros after `end` (where the pending append will end), up to one chunk
+        past what was allocated, and never past the segment size. They become durable
+        with the next sync, which then pays for the new file size once for a whole chunk."""
+        start = max(end, seg.allocated)
+        stop = min(seg.allocated + PREALLOCATE_BYTES, self.segment_bytes)
+        while start < stop:
+            start += os.pwrite(self._fd, memoryview(_ZEROS)[: stop - start], start)
+        seg.allocated = max(start, end)
 
     def sync(self) -> None:
         """Everything written so far is durable on return (one fdatasync, if any)."""

@@ -12,25 +12,14 @@ import pytest
 
 from raftkv.raft.types import Entry, EntryType, HardState
 from raftkv.storage import Storage, StorageCorruptError
-from raftkv.storage.record import read_frame
+from raftkv.storage.wal import PREALLOCATE_BYTES
+from tests.unit.wal_files import record_offsets, records_end, segments
 
 
 def ents(first: int, n: int, term: int = 1, size: int = 10) -> list[Entry]:
     return [
         Entry(term, i, EntryType.NORMAL, bytes([i % 256]) * size) for i in range(first, first + n)
     ]
-
-
-def segments(path: Path) -> list[Path]:
-    return sorted(path.glob("wal-*.log"))
-
-
-def record_offsets(seg: Path) -> list[int]:
-    buf, off, out = seg.read_bytes(), 0, []
-    while off < len(buf):
-        out.append(off)
-        off = read_frame(buf, off)[2]
-    return out
 
 
 def state(st: Storage) -> tuple:
@@ -120,7 +109,7 @@ def _last_append_bounds(tmp_path: Path, last: str) -> tuple[tuple, tuple, Path, 
         st.sync()
         before = state(st)
         seg = segments(tmp_path)[-1]
-        start = seg.stat().st_size
+        start = records_end(seg)
         if last == "entries":
             st.append(ents(12, 3, size=20))
         else:
@@ -128,25 +117,42 @@ def _last_append_bounds(tmp_path: Path, last: str) -> tuple[tuple, tuple, Path, 
         st.sync()
         after = state(st)
     assert segments(tmp_path)[-1] == seg and len(segments(tmp_path)) >= 3
-    return before, after, seg, start, seg.stat().st_size
+    return before, after, seg, start, records_end(seg)
 
 
+def _tear(path: Path, cut: int, end: int, how: str) -> None:
+    """A crash during the append that was to end at `end`: only the bytes before `cut`
+    reached the disk. Past them the file ends ("truncated", a file that grew with each
+    append) or holds zeros ("zeroed", space preallocated ahead of the appends)."""
+    if how == "truncated":
+        os.truncate(path, cut)
+    else:
+        buf = bytearray(path.read_bytes())
+        buf[cut:end] = bytes(end - cut)
+        path.write_bytes(bytes(buf))
+
+
+@pytest.mark.parametrize("how", ["truncated", "zeroed"])
 @pytest.mark.parametrize("last", ["entries", "hard_state"])
 def test_torn_last_record_is_dropped_at_every_cut_and_the_log_stays_writable(
-    tmp_path, caplog, last
+    tmp_path, caplog, last, how
 ):
     pristine = tmp_path / "pristine"
     before, after, seg, start, end = _last_append_bounds(pristine, last)
     assert end - start > 10
+    record = (pristine / seg.name).read_bytes()[start:end]
     for cut in range(start, end + 1):
         d = tmp_path / f"cut{cut}"
         shutil.copytree(pristine, d)
-        os.truncate(d / seg.name, cut)
+        _tear(d / seg.name, cut, end, how)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="raftkv.storage"), Storage.open(d) as st:
             assert state(st) == (after if cut == end else before), f"cut at {cut}"
             torn_logged = any("torn tail" in r.getMessage() for r in caplog.records)
-            assert torn_logged == (start < cut < end), f"cut at {cut}"
+            # A record whose surviving bytes are all zeros is indistinguishable from
+            # preallocated space: it is dropped without a report.
+            torn = start < cut < end and (how == "truncated" or any(record[: cut - start]))
+            assert torn_logged == torn, f"cut at {cut}"
             st.append(ents(st.last_index + 1, 1, term=5), HardState(5, 1, 1))
             st.sync()
             expect = state(st)
@@ -166,13 +172,66 @@ def test_bad_crc_final_record_is_a_torn_tail(tmp_path, caplog):
     assert seg.stat().st_size == start
 
 
-def test_zero_filled_tail_is_a_torn_tail(tmp_path):
-    before, after, seg, _, end = _last_append_bounds(tmp_path, "entries")
-    with open(seg, "ab") as f:
-        f.write(bytes(4096))
+def test_appends_write_into_zeros_written_ahead_and_replay_stops_at_them(tmp_path, caplog):
+    with Storage.open(tmp_path) as st:  # the default segment size: 64 MiB
+        st.append(ents(1, 3), HardState(1, 1, 0))
+        st.sync()
+        seg = segments(tmp_path)[0]
+        # One chunk of zeros ahead; further appends land inside it, not growing the file.
+        assert seg.stat().st_size == PREALLOCATE_BYTES
+        st.append(ents(4, 2))
+        st.sync()
+        assert seg.stat().st_size == PREALLOCATE_BYTES
+        expect = state(st)
+    assert 0 < records_end(seg) < PREALLOCATE_BYTES
+    with caplog.at_level(logging.WARNING, logger="raftkv.storage"), Storage.open(tmp_path) as st:
+        assert state(st) == expect
+        st.append(ents(6, 1))  # continues right after the records, not after the zeros
+        st.sync()
+        expect = state(st)
+    assert "torn" not in caplog.text  # a zero tail is where the records end, not damage
     with Storage.open(tmp_path) as st:
-        assert state(st) == after
-    assert seg.stat().st_size == end
+        assert state(st) == expect
+
+
+def test_the_next_chunk_is_zeroed_when_appends_reach_the_end_of_the_last(tmp_path):
+    big = PREALLOCATE_BYTES // 4
+    with Storage.open(tmp_path) as st:
+        for i in range(1, 6):  # 5 x 1/4 chunk: past the first chunk
+            st.append(ents(i, 1, size=big))
+        st.sync()
+        expect = state(st)
+    seg = segments(tmp_path)[0]
+    assert seg.stat().st_size == 2 * PREALLOCATE_BYTES
+    assert records_end(seg) > PREALLOCATE_BYTES
+    with Storage.open(tmp_path) as st:
+        assert state(st) == expect
+
+
+def test_zeros_are_never_written_past_the_segment_size(tmp_path):
+    with Storage.open(tmp_path, segment_bytes=300) as st:
+        for i in range(1, 20):
+            st.append(ents(i, 1))
+        st.sync()
+    assert len(segments(tmp_path)) > 1
+    assert all(p.stat().st_size <= 300 for p in segments(tmp_path))
+
+
+def test_a_log_written_without_preallocation_is_read_and_appended_to(tmp_path):
+    """Segments written before preallocation end at their last record."""
+    with Storage.open(tmp_path, segment_bytes=300) as st:
+        for i in range(1, 20):
+            st.append(ents(i, 1))
+        st.sync()
+    for seg in segments(tmp_path):
+        os.truncate(seg, records_end(seg))
+    with Storage.open(tmp_path, segment_bytes=300) as st:
+        assert st.last_index == 19
+        st.append(ents(20, 1))
+        st.sync()
+        expect = state(st)
+    with Storage.open(tmp_path, segment_bytes=300) as st:
+        assert state(st) == expect and st.last_index == 20
 
 
 def _flip(path: Path, offset: int, seed: int) -> None:

@@ -1,0 +1,31 @@
+"""Reading WAL segment files in tests: where their records start and end. A segment's
+file runs on past its records with preallocated zeros, so its size is not where they end."""
+
+from pathlib import Path
+
+from raftkv.storage.record import FrameError, read_frame
+
+
+def segments(path: Path) -> list[Path]:
+    return sorted(path.glob("wal-*.log"))
+
+
+def record_offsets(seg: Path) -> list[int]:
+    """Where each record of `seg` starts."""
+    buf, off, out = seg.read_bytes(), 0, []
+    while off < len(buf):
+        try:
+            end = read_frame(buf, off)[2]
+        except FrameError:
+            break
+        out.append(off)
+        off = end
+    return out
+
+
+def records_end(seg: Path) -> int:
+    """Where the records of `seg` end."""
+    offsets = record_offsets(seg)
+    if not offsets:
+        return 0
+    return read_frame(seg.read_bytes(), offsets[-1])[2]
