@@ -138,15 +138,14 @@ class Pipeline:
         self.next_id += 1
         if op == ReqOp.PUT:
             self.seq += 1
-            req = ClientRequest(rid, op, key=key, value=value, client_id=self.client_id,
-                                seq=self.seq)
+            frame = wire.encode_put(rid, self.client_id, self.seq, key, value or b"")
         else:
-            req = ClientRequest(rid, op, key=key)
+            frame = wire.encode_request(ClientRequest(rid, op, key=key))
         self.sent_at[rid] = time.monotonic_ns()
         if self.batch:
-            self.queued.append(wire.encode_request(req))
+            self.queued.append(frame)
         else:
-            self.sock.send(wire.encode_request(req))
+            self.sock.send(frame)
 
     def flush(self) -> None:
         if self.queued:

@@ -35,6 +35,7 @@ from raftkv.wire import (
     decode_reply,
     decode_request,
     encode_message,
+    encode_put,
     encode_replies,
     encode_reply,
     encode_request,
@@ -206,6 +207,16 @@ def test_data_ops_share_kv_numbers_and_codes_share_kv_codes() -> None:
         assert ReqOp[op.name] == op
     for code in kv.Code:
         assert ReplyCode[code.name] == code
+
+
+def test_encode_put_is_the_frame_encode_request_makes_of_a_put() -> None:
+    put = ClientRequest(7, ReqOp.PUT, key=b"k", value=b"v" * 100, client_id=3, seq=9)
+    frame = encode_put(7, 3, 9, b"k", b"v" * 100)
+    assert frame == encode_request(put)
+    assert decode_request(frame, identity=b"x") == decode_request(encode_request(put),
+                                                                  identity=b"x")
+    with pytest.raises(ValueError, match="cannot encode PUT 8"):
+        encode_put(8, 3, -1 << 70, b"k", b"v")
 
 
 def test_write_request_becomes_the_kv_command() -> None:
