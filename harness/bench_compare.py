@@ -19,8 +19,10 @@ import argparse
 import contextlib
 import json
 import multiprocessing
+import os
 import statistics
 import sys
+import tempfile
 import time
 from array import array
 from collections import Counter
@@ -94,16 +96,20 @@ def run_raftkv(s: Setting, duration: float, warmup: float, value_size: int) -> M
 
 # -- PySyncObj ----------------------------------------------------------------------------------
 
-def pysyncobj_node(index: int, addresses: list[str], options: dict[str, Any], conn: Any) -> None:
+def pysyncobj_node(index: int, addresses: list[str], options: dict[str, Any], conn: Any,
+                   log_path: str) -> None:
     """One PySyncObj node (a process). Over `conn`: reports ("ready", is_leader) once the
     cluster has a leader; then gets a load to drive as ("drive", ...) or ("idle",), and
-    ("stop",) to end. The driver answers with its latencies (bytes) and error counts."""
-    import logging
+    ("stop",) to end. The driver answers with its latencies (bytes) and error counts.
+    Its standard error goes to `log_path`: under load PySyncObj logs many warnings
+    ("truncating already-applied log entries") and tracebacks of its tick thread, which
+    would bury the table; `compare` says how many there were and where."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 (the process's own stderr)
 
     from pysyncobj import SyncObj, SyncObjConf, replicated
-
-    # Its warnings (e.g. "truncating already-applied log entries") would bury the table.
-    logging.getLogger().setLevel(logging.ERROR)
 
     class ReplicatedDict(SyncObj):
         def __init__(self, me: str, others: list[str], conf: SyncObjConf) -> None:
@@ -167,15 +173,15 @@ def drive_pysyncobj(node: Any, in_flight: int, start_ns: int, end_ns: int, value
 
 
 def run_pysyncobj(s: Setting, duration: float, warmup: float, value_size: int,
-                  key_space: int = 10_000) -> Measured:
+                  key_space: int = 10_000, log_path: str = os.devnull) -> Measured:
     """Start three node processes, drive the load from the leader's, stop them all."""
     mp = multiprocessing.get_context("spawn")
     addresses = [f"127.0.0.1:{p}" for p in free_ports(3)]
     nodes = []
     for i in range(3):
         ours, theirs = mp.Pipe()
-        proc = mp.Process(target=pysyncobj_node, args=(i, addresses, dict(s.options), theirs),
-                          daemon=True)
+        proc = mp.Process(target=pysyncobj_node,
+                          args=(i, addresses, dict(s.options), theirs, log_path), daemon=True)
         proc.start()
         nodes.append((proc, ours))
     try:
@@ -211,16 +217,20 @@ def receive(conn: Any, what: str, timeout: float = START_TIMEOUT_S) -> Any:
 # -- the comparison ---------------------------------------------------------------------------
 
 def compare(rounds: int, duration: float, warmup: float, in_flight: int, value_size: int,
-            log: Any = print) -> list[tuple[Setting, list[Measured]]]:
-    """Every setting once per round, the systems alternating which goes first."""
+            log: Any = print, pysyncobj_log: str = os.devnull
+            ) -> list[tuple[Setting, list[Measured]]]:
+    """Every setting once per round, the systems alternating which goes first.
+    PySyncObj's nodes write their standard error to `pysyncobj_log`."""
     table = settings(in_flight)
     runs: dict[Setting, list[Measured]] = {s: [] for s in table}
     for r in range(rounds):
         order = ["raftkv", "PySyncObj"] if r % 2 == 0 else ["PySyncObj", "raftkv"]
         for system in order:
             for s in (s for s in table if s.system == system):
-                run = run_raftkv if system == "raftkv" else run_pysyncobj
-                m = run(s, duration, warmup, value_size)
+                if system == "raftkv":
+                    m = run_raftkv(s, duration, warmup, value_size)
+                else:
+                    m = run_pysyncobj(s, duration, warmup, value_size, log_path=pysyncobj_log)
                 runs[s].append(m)
                 log(f"round {r + 1}/{rounds}: {system} {s.label}: {m.writes_per_s:,.0f} "
                     f"writes/s, p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms, "
@@ -256,6 +266,18 @@ def ratio_line(rows: list[tuple[Setting, Measured]]) -> str:
             f"{ours.writes_per_s / max(best.writes_per_s, 1e-9):.2f}x")
 
 
+def describe_log(path: str) -> str:
+    """One line on what PySyncObj's nodes wrote to their standard error."""
+    with open(path, errors="replace") as f:
+        lines = f.read().splitlines()
+    if not lines:
+        return f"PySyncObj's nodes wrote nothing to their standard error ({path})"
+    tracebacks = sum(line.startswith("Traceback") for line in lines)
+    return (f"PySyncObj's nodes wrote {len(lines):,} lines to their standard error, "
+            f"{tracebacks:,} of them tracebacks (its own warnings and tick-thread errors, "
+            f"e.g. {lines[0][:80]!r}): {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.bench_compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -272,8 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         print("PySyncObj is not installed: pip install -e '.[compare]' (make bench-compare)",
               file=sys.stderr)
         return 2
+    fd, pysyncobj_log = tempfile.mkstemp(prefix="raftkv-compare-pysyncobj-", suffix=".log")
+    os.close(fd)
     runs = compare(args.rounds, args.duration, args.warmup, args.in_flight, args.value_size,
-                   log=lambda m: print(m, file=sys.stderr, flush=True))
+                   log=lambda m: print(m, file=sys.stderr, flush=True),
+                   pysyncobj_log=pysyncobj_log)
+    print(describe_log(pysyncobj_log), file=sys.stderr)
     rows = [(s, medians(ms)) for s, ms in runs]
     if args.json:
         print(json.dumps([{**asdict(s), **asdict(m), "runs": [asdict(x) for x in ms]}

@@ -103,3 +103,17 @@ def test_compare_table_takes_medians_and_the_ratio_to_the_best_peer():
     table = format_table(rows, 3)
     assert "20,000" in table and "8,000" in table and "no fsync" in table
     assert table.splitlines()[-1].endswith("2.50x")
+
+
+def test_compare_sums_up_what_pysyncobj_wrote_to_its_stderr(tmp_path):
+    from harness.bench_compare import describe_log
+
+    log = tmp_path / "pysyncobj.log"
+    log.write_text("")
+    assert "wrote nothing" in describe_log(str(log))
+    log.write_text("truncating already-applied log entries from index 17\n"
+                   "Traceback (most recent call last):\n  File x\nIndexError: list index\n"
+                   "failed _onTick in _autoTickThread\nTraceback (most recent call last):\n")
+    line = describe_log(str(log))
+    assert "6 lines" in line and "2 of them tracebacks" in line and str(log) in line
+    assert "truncating already-applied" in line
