@@ -539,7 +539,7 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
 @click.option("--no-fsync", is_flag=True,
               help="FOR BENCHMARKS ONLY: skip fsync. A crash of the machine can then lose "
                    "acknowledged writes.")
-@click.option("--snapshot-entries", type=click.IntRange(min=1), default=10_000,
+@click.option("--snapshot-entries", type=click.IntRange(min=1), default=100_000,
               show_default=True, help="Snapshot and compact the log after this many entries.")
 @click.option("--snapshot-bytes", type=click.IntRange(min=1), default=64 << 20,
               show_default=True, help="... or after this many bytes of entry data.")
