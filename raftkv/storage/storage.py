@@ -4,7 +4,8 @@ A data dir holds::
 
     FORMAT                      "raftkv-storage 1"
     LOCK                        flock'ed by the one process that has the dir open
-    wal-<seq>.log               WAL segments, see wal.py and record.py
+    wal-<seq>.log               WAL segments: records, then zeros written ahead (see
+                                wal.py: preallocation) and record.py
     snap-<index>.snap           the newest two snapshots, see snapshot.py
 
 Not thread-safe: one node loop owns a Storage.
