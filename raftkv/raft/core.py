@@ -376,8 +376,8 @@ class Raft:
             self.out.messages.append(m)
 
     def flush_appends(self) -> None:
-        """Send what proposals and commit advances left pending: one append per
-        follower per Ready, carrying every new entry (batching) and the commit index."""
+        """Send what proposals left pending: one append per follower per Ready,
+        carrying every new entry (batching) and the commit index."""
         if not self._bcast_pending:
             return
         self._bcast_pending = False
@@ -713,10 +713,8 @@ class Raft:
         elif pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
             pr.become_probe()  # it installed the snapshot: replicate from there
             pr.become_replicate()
-        if self.maybe_commit():
-            self._bcast_pending = True
-            if self.role != Role.LEADER:
-                return  # our own removal committed
+        if self.maybe_commit() and self.role != Role.LEADER:
+            return  # our own removal committed
         while self.maybe_send_append(m.frm, send_if_empty=False):
             pass
         if m.frm == self.lead_transferee and pr.match == self.log.last_index():
@@ -724,12 +722,19 @@ class Raft:
 
     def maybe_commit(self) -> bool:
         """Advance commit to what a majority holds, but only by counting replicas of an
-        entry of the current term (§5.4.2, Figure 8)."""
+        entry of the current term (§5.4.2, Figure 8).
+
+        Followers learn the new commit index from the next append or heartbeat, as in
+        §5.3 (the leader "includes that index in future AppendEntries RPCs (including
+        heartbeats) so that the other servers eventually find out"): no append goes out
+        for it alone. Under load the next batch follows within a round trip; an append
+        carrying only the commit index cost each follower a message, a WAL record and an
+        acknowledgement per batch. Idle, a follower applies up to one heartbeat late; no
+        read depends on that (linearizable reads are the leader's, ReadIndex)."""
         index = committed_index(self.voters, {pid: pr.match for pid, pr in self.prs.items()})
         if index <= self.log.committed or self.log.term(index) != self.term:
             return False
         self.log.commit_to(index)
-        self._bcast_pending = True
         if self.id not in self.voters and self.log.committed >= self.conf.last_index:
             # Our removal is committed: stop leading (thesis §4.2.2).
             self.become_follower(self.term, NONE)

@@ -181,7 +181,33 @@ def test_s7_follower_behind_a_compacted_log_catches_up_by_snapshot():
     assert c.nodes[3].kv == c.nodes[1].kv
     c.propose(1, "after", "snapshot")
     c.deliver_all()
+    # Committed on the leader; S3 learns that with the next heartbeat (§5.3).
+    c.run_until(lambda: "after" in c.nodes[3].kv, 3)
     assert c.nodes[3].kv["after"][0] == "snapshot"
+
+
+def test_followers_learn_the_commit_index_from_the_next_append_or_heartbeat():
+    """§5.3: the leader includes its commit index in future appends, heartbeats
+    included; a commit advance sends no append of its own."""
+    c = Cluster(3, seed=23)
+    c.elect(1)
+    c.deliver_all()
+    c.run_until(lambda: all(c.nodes[i].core.log.committed == c.nodes[1].core.log.committed
+                            for i in (2, 3)), 3)
+    c.deliver_all()  # the heartbeats still in flight
+    appends_before = c.delivered[(MsgType.APP, False)]
+    c.propose(1, "a", "1")
+    c.deliver_all()
+    first = c.nodes[1].core.log.committed
+    assert c.nodes[1].kv["a"][0] == "1"  # committed and applied on the leader
+    assert c.delivered[(MsgType.APP, False)] - appends_before == 2  # one per follower
+    assert all(c.nodes[i].core.log.committed < first for i in (2, 3))
+    c.propose(1, "b", "2")  # the next append carries the commit of "a"
+    c.deliver_all()
+    assert all(c.nodes[i].core.log.committed >= first for i in (2, 3))
+    assert all(c.nodes[i].kv["a"][0] == "1" for i in (2, 3))
+    assert all("b" not in c.nodes[i].kv for i in (2, 3))
+    c.run_until(lambda: all("b" in c.nodes[i].kv for i in (2, 3)), 3)  # a heartbeat
 
 
 def test_s7_lost_snapshot_is_sent_again():
