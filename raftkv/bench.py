@@ -139,6 +139,8 @@ class Pipeline:
         if op == ReqOp.PUT:
             self.seq += 1
             frame = wire.encode_put(rid, self.client_id, self.seq, key, value or b"")
+        elif op == ReqOp.GET:
+            frame = wire.encode_get(rid, key)
         else:
             frame = wire.encode_request(ClientRequest(rid, op, key=key))
         self.sent_at[rid] = time.monotonic_ns()

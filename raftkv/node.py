@@ -625,16 +625,17 @@ class Node:
 
     def serve_released_reads(self) -> None:
         applied = self.core.log.applied
+        reply, get = self.transport.reply, self.kv.get
         while self.released and self.released[0].index <= applied:
             batch = self.released.pop(0)
+            self.counters["reads"] += len(batch.requests)
             for req in batch.requests:
-                self.counters["reads"] += 1
                 if req.op == ReqOp.GET:
-                    value: Any = self.kv.get(req.key)
+                    value: Any = get(req.key)
                 else:
                     limit = min(req.limit or MAX_SCAN, MAX_SCAN)
                     value = [list(kv) for kv in self.kv.scan(req.key, limit)]
-                self.transport.reply(req.identity, req.request_id, ReplyCode.OK, value)
+                reply(req.identity, req.request_id, ReplyCode.OK, value)
 
     def fail_reads(self, requests: list[ClientRequest], why: str) -> None:
         for req in requests:

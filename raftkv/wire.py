@@ -286,6 +286,7 @@ _SNAP_CHUNK = int(Kind.SNAP_CHUNK)
 _REQS = int(Kind.REQS)
 _REPS = int(Kind.REPS)
 _PUT_OP = int(ReqOp.PUT)
+_GET_OP = int(ReqOp.GET)
 
 
 def encode_message(m: Message) -> bytes:
@@ -351,6 +352,14 @@ def encode_put(request_id: int, client_id: int, seq: int, key: bytes, value: byt
         return _pack((VERSION, _REQ, request_id, _PUT_OP, client_id, seq, key, value))
     except (TypeError, OverflowError) as e:
         raise ValueError(f"cannot encode PUT {request_id}: {e}") from e
+
+
+def encode_get(request_id: int, key: bytes) -> bytes:
+    """The frame `encode_request` makes of a linearizable GET (see `encode_put`)."""
+    try:
+        return _pack((VERSION, _REQ, request_id, _GET_OP, key))
+    except (TypeError, OverflowError) as e:
+        raise ValueError(f"cannot encode GET {request_id}: {e}") from e
 
 
 def encode_request(req: ClientRequest) -> bytes:
@@ -567,6 +576,10 @@ def _decode_request(
                 and type(value) is bytes and len(value) <= max_value):
             return ClientRequest(rid, ReqOp.PUT, key, value, None, cid, seq,
                                  identity=identity, data=_pack((_PUT_OP, cid, seq, key, value)))
+    elif type(raw_op) is int and raw_op == _GET_OP and len(obj) == 5:
+        key = obj[4]  # the other hot path: a GET, checked inline too
+        if type(key) is bytes and len(key) <= max_key:
+            return ClientRequest(rid, ReqOp.GET, key, identity=identity)
     op = _REQ_OPS.get(raw_op) if type(raw_op) is int else None
     if op is None:
         raise InvalidRequest(rid, f"unknown op {raw_op!r:.40}")

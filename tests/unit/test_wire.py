@@ -34,6 +34,7 @@ from raftkv.wire import (
     decode_replies,
     decode_reply,
     decode_request,
+    encode_get,
     encode_message,
     encode_put,
     encode_replies,
@@ -217,6 +218,17 @@ def test_encode_put_is_the_frame_encode_request_makes_of_a_put() -> None:
                                                                   identity=b"x")
     with pytest.raises(ValueError, match="cannot encode PUT 8"):
         encode_put(8, 3, -1 << 70, b"k", b"v")
+
+
+def test_encode_get_is_the_frame_encode_request_makes_of_a_get() -> None:
+    get = ClientRequest(7, ReqOp.GET, key=b"k")
+    assert encode_get(7, b"k") == encode_request(get)
+    assert decode_request(encode_get(7, b"k"), identity=b"x") == ClientRequest(
+        7, ReqOp.GET, key=b"k", identity=b"x")
+    with pytest.raises(InvalidRequest, match="key of 5 bytes exceeds the limit of 4"):
+        decode_request(encode_get(8, b"kkkkk"), max_key=4)  # past the fast path's check
+    with pytest.raises(InvalidRequest, match="key must be bytes"):
+        decode_request(msgpack.packb([VERSION, int(Kind.REQ), 9, int(ReqOp.GET), "k"]))
 
 
 def test_write_request_becomes_the_kv_command() -> None:
