@@ -287,6 +287,7 @@ _REQS = int(Kind.REQS)
 _REPS = int(Kind.REPS)
 _PUT_OP = int(ReqOp.PUT)
 _GET_OP = int(ReqOp.GET)
+_PUT, _GET = ReqOp.PUT, ReqOp.GET  # bound once: enum attribute lookups are slow on 3.11
 
 
 def encode_message(m: Message) -> bytes:
@@ -574,12 +575,12 @@ def _decode_request(
         if (type(cid) is int and cid >= 1 and type(seq) is int and seq >= 1
                 and type(key) is bytes and len(key) <= max_key
                 and type(value) is bytes and len(value) <= max_value):
-            return ClientRequest(rid, ReqOp.PUT, key, value, None, cid, seq,
+            return ClientRequest(rid, _PUT, key, value, None, cid, seq,
                                  identity=identity, data=_pack((_PUT_OP, cid, seq, key, value)))
     elif type(raw_op) is int and raw_op == _GET_OP and len(obj) == 5:
         key = obj[4]  # the other hot path: a GET, checked inline too
         if type(key) is bytes and len(key) <= max_key:
-            return ClientRequest(rid, ReqOp.GET, key, identity=identity)
+            return ClientRequest(rid, _GET, key, identity=identity)
     op = _REQ_OPS.get(raw_op) if type(raw_op) is int else None
     if op is None:
         raise InvalidRequest(rid, f"unknown op {raw_op!r:.40}")

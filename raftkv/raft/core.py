@@ -51,6 +51,10 @@ from raftkv.raft.types import (
 CAMPAIGN_TRANSFER = 1
 """VOTE.context for an election forced by TimeoutNow: it may bypass the leader lease."""
 
+# For `propose`, called once per client write: on Python 3.11 each `Role.LEADER` is an
+# attribute lookup through the enum's class (~65 ns).
+_LEADER, _CONF_CHANGE = Role.LEADER, EntryType.CONF_CHANGE
+
 
 def refusal_of(context: int) -> VoteRefusal:
     """The refusal a (pre-)vote response carries; UNSAID for anything unknown."""
@@ -216,14 +220,14 @@ class Raft:
         """Append a new entry on the leader; returns its index. It is sent to the
         followers when the application next asks for `ready()`, so every proposal of
         one loop turn travels in one append per follower (batching)."""
-        if self.role != Role.LEADER:
+        if self.role != _LEADER:
             raise NotLeader(self.lead)
         if self.lead_transferee != NONE:
             raise ProposalDropped(f"leadership is moving to node {self.lead_transferee}")
         index = self.log.last_index() + 1
         entry = Entry(self.term, index, type, data)
         self.log.append([entry])
-        if type == EntryType.CONF_CHANGE:
+        if type == _CONF_CHANGE:
             self.sync_membership([entry])
         self._bcast_pending = True
         return index
