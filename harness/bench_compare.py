@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -266,6 +267,14 @@ def ratio_line(rows: list[tuple[Setting, Measured]]) -> str:
             f"{ours.writes_per_s / max(best.writes_per_s, 1e-9):.2f}x")
 
 
+def pysyncobj_installed() -> bool:
+    """Whether PySyncObj can be imported, without importing it here: on import it replaces
+    socket.inet_ntop for the whole process with a Windows-only version
+    (pysyncobj/win_inet_pton.py, 0.3.17), which breaks psutil's connection listing. Only
+    its node processes import it."""
+    return importlib.util.find_spec("pysyncobj") is not None
+
+
 def describe_log(path: str) -> str:
     """One line on what PySyncObj's nodes wrote to their standard error."""
     with open(path, errors="replace") as f:
@@ -288,9 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--value-size", type=int, default=100)
     ap.add_argument("--json", action="store_true", help="print the medians as JSON")
     args = ap.parse_args(argv)
-    try:
-        import pysyncobj  # noqa: F401
-    except ImportError:
+    if not pysyncobj_installed():
         print("PySyncObj is not installed: pip install -e '.[compare]' (make bench-compare)",
               file=sys.stderr)
         return 2
