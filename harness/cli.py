@@ -682,8 +682,8 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
               type=click.Choice(["direct", "controller"]),
               help="Send to the leader's own socket, or through the controller.")
 @click.option("--processes", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Load processes (0: one per 64 writes or 32 reads in flight; "
-                   "more only contend for the cores).")
+              help="Load processes (0: one per 64 requests in flight; more only "
+                   "contend for the cores).")
 @click.option("--no-fsync", is_flag=True,
               help="FOR BENCHMARKS ONLY: the temp cluster's nodes skip fsync.")
 @click.option("--failover", is_flag=True,

@@ -117,3 +117,13 @@ def test_compare_sums_up_what_pysyncobj_wrote_to_its_stderr(tmp_path):
     line = describe_log(str(log))
     assert "6 lines" in line and "2 of them tracebacks" in line and str(log) in line
     assert "truncating already-applied" in line
+
+
+def test_one_load_process_per_64_requests_in_flight_unless_told():
+    from harness.bench import BenchConfig
+
+    assert BenchConfig(clients=64, mix="put").load_processes == 1
+    assert BenchConfig(clients=64, mix="get").load_processes == 1
+    assert BenchConfig(clients=65, mix="mixed:90/10").load_processes == 2
+    assert BenchConfig(clients=1).load_processes == 1
+    assert BenchConfig(clients=64, processes=3).load_processes == 3
