@@ -33,11 +33,11 @@ from raftkv import wire
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
 STALL_S = 5.0  # no reply at all for this long: the outstanding requests count as errors
+DRAIN_S = 5.0  # after the window, how long to wait for the answers still outstanding
+MIXES = ("put", "get", "mixed:R/W")
 # Bound once: on Python 3.11 each `ReqOp.PUT` is an attribute lookup through the enum's
 # class (~65 ns), and the generator's own time per request delays every round (see drive).
 _PUT, _GET, _OK = ReqOp.PUT, ReqOp.GET, ReplyCode.OK
-DRAIN_S = 5.0  # after the window, how long to wait for the answers still outstanding
-MIXES = ("put", "get", "mixed:R/W")
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ class Pipeline:
         self.next_id += 1
         if op == _PUT:
             self.seq += 1
-            frame = wire.encode_put(rid, self.client_id, self.seq, key, value or b"")
+            frame = wire.encode_put(rid, self.client_id, self.seq, key, value)
         elif op == _GET:
             frame = wire.encode_get(rid, key)
         else:

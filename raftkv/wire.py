@@ -346,7 +346,8 @@ def _decode_snapshot_chunk(obj: list[Any]) -> SnapshotChunk:
     return SnapshotChunk(to, frm, term, meta, offset, total, data)
 
 
-def encode_put(request_id: int, client_id: int, seq: int, key: bytes, value: bytes) -> bytes:
+def encode_put(request_id: int, client_id: int, seq: int, key: bytes,
+               value: bytes | None) -> bytes:
     """The frame `encode_request` makes of a PUT, without a ClientRequest to build first:
     for a client sending many (1.5 us a request that way, 0.2 us this way, here)."""
     try:
@@ -369,8 +370,10 @@ def encode_request(req: ClientRequest) -> bytes:
     op = req.op
     if op == ReqOp.PUT:
         return encode_put(req.request_id, req.client_id, req.seq, req.key, req.value)
+    if op == ReqOp.GET:
+        return encode_get(req.request_id, req.key)
     head = (VERSION, _REQ, req.request_id, int(op))
-    if op == ReqOp.GET or op == ReqOp.GET_STALE:
+    if op == ReqOp.GET_STALE:
         body: tuple[Any, ...] = (req.key,)
     elif op == ReqOp.SCAN:
         body = (req.key, req.limit)
