@@ -11,14 +11,11 @@ from raftkv.storage import Storage, StorageCorruptError
 from raftkv.storage.disk import Disk
 from raftkv.storage.record import encode_entries
 from raftkv.storage.snapshot import write_snapshot
+from tests.unit.wal_files import segments
 
 
 def ents(first: int, n: int, term: int = 1, size: int = 30) -> list[Entry]:
     return [Entry(term, i, data=bytes([i % 256]) * size) for i in range(first, first + n)]
-
-
-def segments(path: Path) -> list[Path]:
-    return sorted(path.glob("wal-*.log"))
 
 
 def snapshots(path: Path) -> list[str]:

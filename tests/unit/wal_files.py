@@ -12,20 +12,22 @@ def segments(path: Path) -> list[Path]:
 
 def record_offsets(seg: Path) -> list[int]:
     """Where each record of `seg` starts."""
-    buf, off, out = seg.read_bytes(), 0, []
+    return _walk(seg.read_bytes())[0]
+
+
+def records_end(seg: Path) -> int:
+    """Where the records of `seg` end."""
+    return _walk(seg.read_bytes())[1]
+
+
+def _walk(buf: bytes) -> tuple[list[int], int]:
+    """The records' start offsets, and where the last one ends."""
+    off, starts = 0, []
     while off < len(buf):
         try:
             end = read_frame(buf, off)[2]
         except FrameError:
             break
-        out.append(off)
+        starts.append(off)
         off = end
-    return out
-
-
-def records_end(seg: Path) -> int:
-    """Where the records of `seg` end."""
-    offsets = record_offsets(seg)
-    if not offsets:
-        return 0
-    return read_frame(seg.read_bytes(), offsets[-1])[2]
+    return starts, off
