@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+from raftkv.storage.fs import OS_FS, FileSystem
 
 
 @dataclass(slots=True)
 class Disk:
-    """Syncs files and directories and counts what storage wrote.
+    """Syncs files and directories through `fs` and counts what storage wrote.
 
     `fsync=False` turns every sync into a no-op. It exists for benchmarks only: with it a
     machine crash (not a process crash) can lose or tear acknowledged data.
     """
 
     fsync: bool = True
+    fs: FileSystem = field(default=OS_FS)
     fsyncs: int = 0
     bytes_written: int = 0
     records: int = 0
@@ -25,38 +25,50 @@ class Disk:
     def sync_data(self, fd: int) -> None:
         """Data and the size of the file behind `fd` are durable on return."""
         if self.fsync:
-            _fdatasync(fd)
+            self.fs.fdatasync(fd)
             self.fsyncs += 1
 
     def sync_file(self, fd: int) -> None:
         if self.fsync:
-            os.fsync(fd)
+            self.fs.fsync(fd)
             self.fsyncs += 1
 
     def sync_dir(self, path: Path) -> None:
         """Entries created, renamed or removed in `path` are durable on return."""
+        if self.fsync:
+            self.fs.fsync_dir(path)
+            self.fsyncs += 1
+
+    def sync_path(self, path: Path) -> None:
+        """Whatever of `path` is still only in the page cache is durable on return."""
         if not self.fsync:
             return
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = self.fs.open(path)
         try:
-            os.fsync(fd)
+            self.fs.fsync(fd)
         finally:
-            os.close(fd)
+            self.fs.close(fd)
         self.fsyncs += 1
+
+    def write_all(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.fs.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+        self.bytes_written += len(data)
 
     def write_atomic(self, path: Path, chunks: list[bytes]) -> None:
         """`path` holds exactly `chunks` or its old content (or is absent), never a mix:
         temp file -> fsync -> rename -> fsync(dir). Temp files end in `.tmp`."""
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = self.fs.open(tmp, create=True, truncate=True)
         try:
+            off = 0
             for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-                self.bytes_written += len(chunk)
+                self.write_all(fd, chunk, off)
+                off += len(chunk)
             self.sync_file(fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            self.fs.close(fd)
+        self.fs.rename(tmp, path)
         self.sync_dir(path.parent)

@@ -32,3 +32,24 @@ class StorageCorruptError(StorageError):
             f"storage corrupt: {self.path} at offset {offset}: {problem}. "
             + RECOVERY_HINT.format(data_dir=data_dir)
         )
+
+
+class StorageMissingError(StorageError):
+    """The data dir is missing or empty where state was expected: an unmounted volume, a
+    wiped disk. Starting with an empty log would forget the node's term and vote."""
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.data_dir = Path(data_dir)
+        super().__init__(
+            f"data dir {data_dir} is missing or empty, but this node has run before and "
+            "must have state there (is a volume not mounted?). Refusing to start with an "
+            "empty log: the node could vote twice in a term and lose acknowledged writes. "
+            "If the data is really gone, remove the node from the cluster (`raftkv "
+            "remove-node N`) and add a new one (`raftkv add-node`); a node run by hand "
+            "starts on an empty dir only with --join, or --new for the first start of a "
+            "new cluster."
+        )
+
+
+class StorageIdentityError(StorageError):
+    """The data dir belongs to another node or another cluster."""

@@ -26,6 +26,7 @@ import msgpack
 from raftkv.raft.types import SnapshotMeta
 from raftkv.storage.disk import Disk
 from raftkv.storage.errors import StorageCorruptError
+from raftkv.storage.fs import OS_FS, FileSystem
 
 log = logging.getLogger("raftkv.storage")
 
@@ -39,10 +40,12 @@ def snapshot_path(data_dir: Path, index: int) -> Path:
     return data_dir / f"snap-{index:020d}.snap"
 
 
-def list_snapshots(data_dir: Path) -> list[tuple[int, Path]]:
+def list_snapshots(data_dir: Path, fs: FileSystem = OS_FS) -> list[tuple[int, Path]]:
     """(index, path) of every snapshot file, oldest first."""
     found = [
-        (int(m.group(1)), p) for p in data_dir.iterdir() if (m := _SNAP_NAME.fullmatch(p.name))
+        (int(m.group(1)), data_dir / n)
+        for n in fs.listdir(data_dir)
+        if (m := _SNAP_NAME.fullmatch(n))
     ]
     return sorted(found)
 
@@ -56,13 +59,18 @@ def write_snapshot(data_dir: Path, meta: SnapshotMeta, data: bytes, disk: Disk) 
     return path
 
 
-def read_snapshot(path: Path, data_dir: Path) -> tuple[SnapshotMeta, bytes]:
+def read_snapshot(path: Path, data_dir: Path,
+                  fs: FileSystem = OS_FS) -> tuple[SnapshotMeta, bytes]:
     """The snapshot in `path`, checked; StorageCorruptError if any check fails."""
+    return parse_snapshot(path, fs.read(path), data_dir)
+
+
+def parse_snapshot(path: Path, buf: bytes, data_dir: Path) -> tuple[SnapshotMeta, bytes]:
+    """The snapshot file `path` whose bytes are `buf`, checked."""
 
     def corrupt(offset: int, problem: str) -> StorageCorruptError:
         return StorageCorruptError(path, offset, problem, data_dir)
 
-    buf = path.read_bytes()
     if len(buf) < _HEADER.size:
         raise corrupt(0, f"snapshot file shorter than its {_HEADER.size}-byte header")
     magic, meta_len, data_len, crc = _HEADER.unpack_from(buf)
@@ -88,15 +96,16 @@ def read_snapshot(path: Path, data_dir: Path) -> tuple[SnapshotMeta, bytes]:
 
 def prune_snapshots(data_dir: Path, disk: Disk) -> None:
     """Delete all but the newest KEEP snapshot files."""
-    old = list_snapshots(data_dir)[:-KEEP]
+    old = list_snapshots(data_dir, disk.fs)[:-KEEP]
     for _, path in old:
-        path.unlink()
+        disk.fs.unlink(path)
     if old:
         disk.sync_dir(data_dir)
 
 
-def remove_temp_files(data_dir: Path) -> None:
+def remove_temp_files(data_dir: Path, fs: FileSystem = OS_FS) -> None:
     """Temp files are leftovers of writes a crash interrupted; nothing refers to them."""
-    for path in data_dir.glob("*.tmp"):
-        log.warning("removing leftover temp file %s", path)
-        path.unlink()
+    for name in sorted(fs.listdir(data_dir)):
+        if name.endswith(".tmp"):
+            log.warning("removing leftover temp file %s", data_dir / name)
+            fs.unlink(data_dir / name)
