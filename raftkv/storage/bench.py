@@ -11,7 +11,7 @@ import argparse
 import tempfile
 import time
 
-from raftkv.raft.types import Entry
+from raftkv.raft.types import Entry, HardState
 from raftkv.storage import Storage
 
 ENTRY_BYTES = 100
@@ -24,6 +24,7 @@ def run(batch: int, seconds: float, fsync: bool = True) -> dict[str, float]:
     payload = b"x" * ENTRY_BYTES
     with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as d:
         st = Storage.open(d, fsync=fsync)
+        st.append([], HardState(1, 1, 0))
         nxt = 1
         batches = 0
         start = time.perf_counter()

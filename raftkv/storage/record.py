@@ -59,6 +59,8 @@ _PADS = [bytes(n) for n in range(ALIGN)]
 V1_HEADER = struct.Struct("<IIB")
 V1_HEADER_SIZE = V1_HEADER.size
 _V1_TYPE_CRC = {t: zlib.crc32(bytes([t])) for t in RecordType}
+# No record is larger: a length past it is damage, never a record torn by a power cut.
+MAX_RECORD_BYTES = 1 << 30
 
 
 class FrameError(Exception):
@@ -90,6 +92,8 @@ class SnapshotMarker:
 def frame(rtype: RecordType, payload: bytes, prev_crc: int) -> tuple[bytes, int]:
     """The record's bytes and its crc (the next record's seed)."""
     n = len(payload)
+    if n > MAX_RECORD_BYTES:
+        raise ValueError(f"a record of {n} bytes is over the {MAX_RECORD_BYTES}-byte limit")
     pad = -(HEADER_SIZE + n) % ALIGN
     head = HEAD.pack(n, rtype, pad, 0)
     crc = zlib.crc32(payload, zlib.crc32(head, prev_crc))
@@ -108,10 +112,13 @@ def read_frame(buf: bytes, off: int, prev_crc: int) -> tuple[RecordType, bytes, 
     """The record at `off` (a multiple of 8): (type, payload, offset past it, its crc).
     FrameError if it is not a valid record chained to `prev_crc`."""
     if off + HEADER_SIZE > len(buf):
-        raise FrameError(f"incomplete header ({len(buf) - off} of {HEADER_SIZE} bytes)")
+        raise FrameError(f"incomplete header ({len(buf) - off} of {HEADER_SIZE} bytes)",
+                         off + HEADER_SIZE)
     length, rtype, pad, reserved, crc = HEADER.unpack_from(buf, off)
     if length == 0 and rtype == 0:
         raise FrameError("a record header of zeros")
+    if length > MAX_RECORD_BYTES:
+        raise FrameError(f"record length {length} is over the limit")
     end = off + HEADER_SIZE + length + pad
     if rtype not in _TYPES:
         raise FrameError(f"unknown record type {rtype}", end)
@@ -141,7 +148,8 @@ def frame_v1(rtype: RecordType, payload: bytes) -> bytes:
 def read_frame_v1(buf: bytes, off: int) -> tuple[RecordType, bytes, int]:
     """The format-1 record at `off`: (type, payload, offset just past it)."""
     if off + V1_HEADER_SIZE > len(buf):
-        raise FrameError(f"incomplete header ({len(buf) - off} of {V1_HEADER_SIZE} bytes)")
+        raise FrameError(f"incomplete header ({len(buf) - off} of {V1_HEADER_SIZE} bytes)",
+                         off + V1_HEADER_SIZE)
     length, crc, rtype = V1_HEADER.unpack_from(buf, off)
     end = off + V1_HEADER_SIZE + length
     if length == 0 and crc == 0 and rtype == 0:

@@ -467,20 +467,25 @@ class Storage:
         index after the entries it covers."""
         self._check_usable()
         records: list[Record] = []
-        cur = self._hard_state
+        cur = written = self._hard_state
         new_hs = hard_state if hard_state is not None and hard_state != cur else None
         max_index = 0
         if entries:
             first = entries[0].index
             self._log.check_append(first, entries)
+            term = (new_hs or cur).term
+            if entries[-1].term > term:
+                raise ValueError(f"entry {entries[-1].index} has term {entries[-1].term}, "
+                                 f"above the hard state's {term}: a term is durable before "
+                                 "any entry of it (thesis §3.8)")
             if new_hs is not None and (new_hs.term, new_hs.vote) != (cur.term, cur.vote):
-                records.append(record.hard_state_record(
-                    HardState(new_hs.term, new_hs.vote, cur.commit)))
+                written = HardState(new_hs.term, new_hs.vote, cur.commit)
+                records.append(record.hard_state_record(written))
             if first <= self._log.last:
                 records.append(record.truncate_record(first))
             records.append(record.entries_record(entries))
             max_index = entries[-1].index
-        if new_hs is not None:
+        if new_hs is not None and new_hs != written:
             records.append(record.hard_state_record(new_hs))
         if not records:
             return

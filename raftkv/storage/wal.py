@@ -219,7 +219,7 @@ class WAL:
                 try:
                     rtype, payload, end, crc = read_frame(buf, off, self.crc)
                 except FrameError as exc:
-                    if exc.end is None and buf.count(0, off) == len(buf) - off:
+                    if buf.count(0, off) == len(buf) - off:
                         break  # the preallocated tail: the records end here
                     self._torn_or_corrupt(seg, buf, off, exc)
                     break
@@ -236,7 +236,7 @@ class WAL:
             try:
                 rtype, payload, end = read_frame_v1(buf, off)
             except FrameError as exc:
-                if exc.end is None and buf.count(0, off) == len(buf) - off:
+                if buf.count(0, off) == len(buf) - off:
                     break
                 self._torn_or_corrupt(seg, buf, off, exc)
                 break

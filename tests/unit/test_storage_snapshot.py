@@ -9,7 +9,7 @@ import pytest
 from raftkv.raft.types import Entry, HardState, SnapshotMeta
 from raftkv.storage import Storage, StorageCorruptError
 from raftkv.storage.disk import Disk
-from raftkv.storage.record import encode_entries
+from raftkv.storage.record import entries_record, frame
 from raftkv.storage.snapshot import write_snapshot
 from tests.unit.wal_files import segments
 
@@ -94,7 +94,7 @@ def test_hard_state_survives_compaction_of_the_segment_that_recorded_it(tmp_path
 def test_installed_snapshot_with_a_different_term_drops_the_conflicting_suffix(tmp_path):
     fill(tmp_path, 20, term=1)
     with Storage.open(tmp_path) as st:
-        st.save_snapshot(SnapshotMeta(15, 2, (1, 2, 3)), b"leader's state")
+        st.save_snapshot(SnapshotMeta(15, 2, (1, 2, 3)), b"leader's state", HardState(2, 0, 15))
         assert index_terms(st) == [] and st.last_index == 15
         st.append(ents(16, 2, term=2))
         st.sync()
@@ -106,7 +106,7 @@ def test_installed_snapshot_with_a_different_term_drops_the_conflicting_suffix(t
 def test_installed_snapshot_beyond_the_last_entry(tmp_path):
     fill(tmp_path, 5)
     with Storage.open(tmp_path) as st:
-        st.save_snapshot(SnapshotMeta(100, 3, (1, 2)), b"far ahead")
+        st.save_snapshot(SnapshotMeta(100, 3, (1, 2)), b"far ahead", HardState(3, 0, 100))
         with pytest.raises(ValueError, match="gap"):
             st.append(ents(102, 1))
         st.append(ents(101, 1, term=3))
@@ -132,6 +132,9 @@ def test_save_interrupted_after_the_snapshot_file_is_completed_on_open(
     tmp_path, caplog, term, kept
 ):
     fill(tmp_path, 20, term=1)
+    hs = HardState(term, 1, 19 if term == 1 else 12)
+    with Storage.open(tmp_path) as st:  # the snapshot's term is durable before its file
+        st.append([], hs)
     # A crash after the rename, before the WAL marker: only the file exists.
     write_snapshot(tmp_path, SnapshotMeta(12, term, (1,)), b"s", Disk())
     with caplog.at_level(logging.WARNING, logger="raftkv.storage"), Storage.open(tmp_path) as st:
@@ -139,7 +142,7 @@ def test_save_interrupted_after_the_snapshot_file_is_completed_on_open(
         assert index_terms(st) == kept
     assert "interrupted save" in caplog.text
     with Storage.open(tmp_path) as st:  # the marker is in the WAL now
-        assert index_terms(st) == kept and st.hard_state == HardState(1, 1, 19)
+        assert index_terms(st) == kept and st.hard_state == hs
 
 
 def test_leftover_temp_files_are_removed(tmp_path):
@@ -191,9 +194,9 @@ def test_replay_starting_at_an_old_marker_does_not_assume_the_log_resumes_after_
     # Segment 2 opens with the marker of snapshot 5; entries 6..10 sat in segment 1,
     # which snapshot 15 then deleted. Replay from segment 2 must not see a gap at 11.
     batch = ents(1, 10)
-    seg_bytes = len(encode_entries(batch)) + 20  # too full for the marker: it rotates
+    seg_bytes = 64 + len(frame(*entries_record(batch), 0)[0]) + 20  # too full for the marker
     with Storage.open(tmp_path, segment_bytes=seg_bytes) as st:
-        st.append(batch)
+        st.append(batch, HardState(1, 1, 0))
         st.save_snapshot(SnapshotMeta(5, 1, (1,)), b"s5")
         for i in range(11, 21):
             st.append(ents(i, 1))

@@ -12,7 +12,8 @@ import pytest
 
 from raftkv.raft.types import Entry, EntryType, HardState
 from raftkv.storage import Storage, StorageCorruptError
-from raftkv.storage.wal import PREALLOCATE_BYTES
+from raftkv.storage.record import frame_all, hard_state_record, truncate_record
+from raftkv.storage.wal import PREALLOCATE_BYTES, SECTOR, SEGMENT_HEADER_SIZE
 from tests.unit.wal_files import record_offsets, records_end, segments
 
 
@@ -53,7 +54,7 @@ def test_empty_dir_opens_empty(tmp_path):
 def test_segments_rotate_at_the_size_limit_and_replay_in_order(tmp_path):
     with Storage.open(tmp_path, segment_bytes=256) as st:
         for i in range(1, 41):
-            st.append(ents(i, 1, size=30))
+            st.append(ents(i, 1, size=30), HardState(1, 1, 0))
             st.sync()
         before = state(st)
     segs = segments(tmp_path)
@@ -65,7 +66,7 @@ def test_segments_rotate_at_the_size_limit_and_replay_in_order(tmp_path):
 
 def test_a_record_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path):
     with Storage.open(tmp_path, segment_bytes=100) as st:
-        st.append(ents(1, 1))
+        st.append(ents(1, 1), HardState(1, 1, 0))
         st.append(ents(2, 1, size=5000))
         st.append(ents(3, 1))
         st.sync()
@@ -77,10 +78,10 @@ def test_a_record_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path):
 
 def test_conflicting_suffix_is_replaced_and_stays_replaced_after_reopen(tmp_path):
     with Storage.open(tmp_path, segment_bytes=200) as st:
-        st.append(ents(1, 10, term=1))
+        st.append(ents(1, 10, term=1), HardState(1, 1, 0))
         st.sync()
         size_before = sum(p.stat().st_size for p in segments(tmp_path))
-        st.append(ents(6, 2, term=2))  # replaces 6..10
+        st.append(ents(6, 2, term=2), HardState(2, 1, 0))  # replaces 6..10
         st.sync()
         assert [(e.index, e.term) for e in st.entries_after_snapshot()][4:] == [
             (5, 1),
@@ -94,7 +95,7 @@ def test_conflicting_suffix_is_replaced_and_stays_replaced_after_reopen(tmp_path
             [(i, 1) for i in range(1, 6)] + [(6, 2), (7, 2)]
         )
         st.append(ents(8, 1, term=2))
-        st.append(ents(2, 1, term=3))  # truncate almost everything
+        st.append(ents(2, 1, term=3), HardState(3, 1, 1))  # truncate almost everything
         st.sync()
     with Storage.open(tmp_path) as st:
         assert [(e.index, e.term) for e in st.entries_after_snapshot()] == [(1, 1), (2, 3)]
@@ -103,7 +104,7 @@ def test_conflicting_suffix_is_replaced_and_stays_replaced_after_reopen(tmp_path
 def _last_append_bounds(tmp_path: Path, last: str) -> tuple[tuple, tuple, Path, int, int]:
     """Writes a log whose final append is one record; returns the state before and after
     it, the last segment and the record's [start, end) offsets."""
-    with Storage.open(tmp_path, segment_bytes=250) as st:
+    with Storage.open(tmp_path, segment_bytes=330) as st:
         for i in range(1, 12):
             st.append(ents(i, 1, size=20), HardState(1, 1, i - 1))
         st.sync()
@@ -120,56 +121,138 @@ def _last_append_bounds(tmp_path: Path, last: str) -> tuple[tuple, tuple, Path, 
     return before, after, seg, start, records_end(seg)
 
 
-def _tear(path: Path, cut: int, end: int, how: str) -> None:
-    """A crash during the append that was to end at `end`: only the bytes before `cut`
-    reached the disk. Past them the file ends ("truncated", a file that grew with each
-    append) or holds zeros ("zeroed", space preallocated ahead of the appends)."""
-    if how == "truncated":
-        os.truncate(path, cut)
-    else:
-        buf = bytearray(path.read_bytes())
-        buf[cut:end] = bytes(end - cut)
-        path.write_bytes(bytes(buf))
+def _zero_sectors(path: Path, start: int, end: int, lost: set[int]) -> None:
+    """A power cut during the append of [start, end): the sectors numbered in `lost`
+    never reached the disk, so they hold what they held before, zeros where the record
+    was to go (the WAL writes only over zeros). Sectors are atomic: each is old or new."""
+    buf = bytearray(path.read_bytes())
+    for k in lost:
+        lo, hi = max(start, k * SECTOR), min(end, (k + 1) * SECTOR)
+        buf[lo:hi] = bytes(hi - lo)
+    path.write_bytes(bytes(buf))
 
 
-@pytest.mark.parametrize("how", ["truncated", "zeroed"])
 @pytest.mark.parametrize("last", ["entries", "hard_state"])
-def test_torn_last_record_is_dropped_at_every_cut_and_the_log_stays_writable(
-    tmp_path, caplog, last, how
-):
+def test_a_last_record_cut_short_at_any_byte_is_a_torn_tail(tmp_path, caplog, last):
     pristine = tmp_path / "pristine"
     before, after, seg, start, end = _last_append_bounds(pristine, last)
     assert end - start > 10
-    record = (pristine / seg.name).read_bytes()[start:end]
     for cut in range(start, end + 1):
         d = tmp_path / f"cut{cut}"
         shutil.copytree(pristine, d)
-        _tear(d / seg.name, cut, end, how)
+        os.truncate(d / seg.name, cut)  # the file's new size never reached the disk
         caplog.clear()
+        expect = after if cut == end else before
+        if last == "hard_state":  # the VOTE file got the new term and vote (vote.py)
+            hs = expect[0]
+            expect = (HardState(after[0].term, after[0].vote, hs.commit), *expect[1:])
         with caplog.at_level(logging.WARNING, logger="raftkv.storage"), Storage.open(d) as st:
-            assert state(st) == (after if cut == end else before), f"cut at {cut}"
+            assert state(st) == expect, f"cut at {cut}"
             torn_logged = any("torn tail" in r.getMessage() for r in caplog.records)
-            # A record whose surviving bytes are all zeros is indistinguishable from
-            # preallocated space: it is dropped without a report.
-            torn = start < cut < end and (how == "truncated" or any(record[: cut - start]))
-            assert torn_logged == torn, f"cut at {cut}"
+            assert torn_logged == (start < cut < end), f"cut at {cut}"
             st.append(ents(st.last_index + 1, 1, term=5), HardState(5, 1, 1))
             st.sync()
             expect = state(st)
-        assert (d / seg.name).stat().st_size >= start
         with Storage.open(d) as st:
             assert state(st) == expect, f"cut at {cut}"
 
 
-def test_bad_crc_final_record_is_a_torn_tail(tmp_path, caplog):
-    before, _, seg, start, end = _last_append_bounds(tmp_path, "entries")
-    buf = bytearray(seg.read_bytes())
-    buf[end - 2] ^= 0x40
-    seg.write_bytes(bytes(buf))
-    with caplog.at_level(logging.WARNING, logger="raftkv.storage"), Storage.open(tmp_path) as st:
-        assert state(st) == before
-    assert f"{seg} at offset {start}" in caplog.text
+def _big_last_append(path: Path, value: bytes) -> tuple[tuple, Path, int, int]:
+    """A log whose final append is one record of several sectors holding `value`."""
+    with Storage.open(path) as st:
+        st.append(ents(1, 3), HardState(1, 1, 0))
+        st.sync()
+        before = state(st)
+        seg = segments(path)[-1]
+        start = records_end(seg)
+        st.append([Entry(1, 4, EntryType.NORMAL, value)])
+        st.sync()
+    return before, seg, start, records_end(seg)
+
+
+def test_any_set_of_lost_sectors_of_the_last_append_is_a_torn_tail(tmp_path):
+    pristine = tmp_path / "pristine"
+    before, seg, start, end = _big_last_append(pristine, bytes(range(1, 256)) * 8)
+    sectors = range(start // SECTOR, (end - 1) // SECTOR + 1)
+    assert len(sectors) >= 4
+    for n in range(1, 2 ** len(sectors)):
+        lost = {k for i, k in enumerate(sectors) if n >> i & 1}
+        d = tmp_path / f"lost{n}"
+        shutil.copytree(pristine, d)
+        _zero_sectors(d / seg.name, start, end, lost)
+        with Storage.open(d) as st:
+            assert state(st) == before, f"lost sectors {sorted(lost)}"
+        kept = list(d.glob(f"{seg.name}.broken*"))
+        # Only a loss that left zeros from the record's start on looks like the end of
+        # the records; every other loss is a torn tail, and its file is kept.
+        clean_end = lost == set(range(sectors[0], sectors[-1] + 1))
+        assert bool(kept) != clean_end, f"lost sectors {sorted(lost)}"
+
+
+def test_a_value_holding_log_records_does_not_stop_a_torn_tail_from_being_dropped(tmp_path):
+    """Finding 1: a torn last record whose value held bytes of valid records was taken
+    for corruption ("followed by a valid record") and the node could not start."""
+    records, _ = frame_all([hard_state_record(HardState(9, 9, 3)), truncate_record(2)], 0)
+    value = (b"v" * 13 + records) * 30  # copies at aligned and unaligned offsets
+    pristine = tmp_path / "pristine"
+    before, seg, start, end = _big_last_append(pristine, value)
+    for cut in range(start + 1, end, 7):
+        for how in ("truncated", "zeroed"):
+            d = tmp_path / f"{how}{cut}"
+            shutil.copytree(pristine, d)
+            if how == "truncated":
+                os.truncate(d / seg.name, cut)
+            else:  # the sector holding `cut`, and every one after, never reached the disk
+                _zero_sectors(d / seg.name, start, end,
+                              set(range(cut // SECTOR, end // SECTOR + 1)))
+            with Storage.open(d) as st:
+                assert state(st) == before, f"{how} at {cut}"
+
+
+def test_a_bit_flip_in_the_last_acknowledged_record_is_corruption_not_a_torn_tail(tmp_path):
+    """Finding 5: it was dropped as torn, with a warning, and the file truncated."""
+    _, _, seg, start, end = _last_append_bounds(tmp_path, "entries")
+    _flip(seg, end - 6, seed=3)
+    size, content = seg.stat().st_size, seg.read_bytes()
+    with pytest.raises(StorageCorruptError, match="no sign of a torn write") as err:
+        Storage.open(tmp_path)
+    assert (err.value.path, err.value.offset) == (seg, start)
+    assert seg.stat().st_size == size and seg.read_bytes() == content  # untouched
+
+
+def test_a_torn_tail_is_copied_before_it_is_truncated(tmp_path):
+    _, _, seg, start, end = _last_append_bounds(tmp_path, "entries")
+    os.truncate(seg, end - 3)
+    whole = seg.read_bytes()
+    with Storage.open(tmp_path):
+        pass
+    assert (tmp_path / f"{seg.name}.broken").read_bytes() == whole
     assert seg.stat().st_size == start
+
+
+@pytest.mark.parametrize("lost", ["hard_state", "truncate"])
+def test_a_non_last_segment_that_lost_its_tail_is_corruption(tmp_path, lost):
+    """Finding 2: a lost tail of a non-last segment was read as preallocated zeros,
+    bringing back an older vote or the entries a truncation had removed."""
+    with Storage.open(tmp_path, segment_bytes=600) as st:
+        st.append(ents(1, 6, term=1), HardState(1, 1, 0))
+        if lost == "hard_state":
+            st.append([], HardState(5, 2, 0))
+        else:
+            st.append(ents(4, 1, term=2), HardState(2, 1, 0))  # TRUNCATE 4, then entry 4
+        st.sync()
+        first = segments(tmp_path)[0]
+        while len(segments(tmp_path)) == 1:
+            st.append(ents(st.last_index + 1, 1, term=st.hard_state.term))
+            st.sync()
+    offsets = record_offsets(first)
+    victim = {"hard_state": offsets[2], "truncate": offsets[3]}[lost]
+    buf = bytearray(first.read_bytes())
+    buf[victim:] = bytes(len(buf) - victim)
+    first.write_bytes(bytes(buf))
+    with pytest.raises(StorageCorruptError, match="lost its tail") as err:
+        Storage.open(tmp_path, segment_bytes=600)
+    assert err.value.path == first
 
 
 def test_appends_write_into_zeros_written_ahead_and_replay_stops_at_them(tmp_path, caplog):
@@ -178,10 +261,10 @@ def test_appends_write_into_zeros_written_ahead_and_replay_stops_at_them(tmp_pat
         st.sync()
         seg = segments(tmp_path)[0]
         # One chunk of zeros ahead; further appends land inside it, not growing the file.
-        assert seg.stat().st_size == PREALLOCATE_BYTES
+        assert seg.stat().st_size == SEGMENT_HEADER_SIZE + PREALLOCATE_BYTES
         st.append(ents(4, 2))
         st.sync()
-        assert seg.stat().st_size == PREALLOCATE_BYTES
+        assert seg.stat().st_size == SEGMENT_HEADER_SIZE + PREALLOCATE_BYTES
         expect = state(st)
     assert 0 < records_end(seg) < PREALLOCATE_BYTES
     with caplog.at_level(logging.WARNING, logger="raftkv.storage"), Storage.open(tmp_path) as st:
@@ -198,11 +281,11 @@ def test_the_next_chunk_is_zeroed_when_appends_reach_the_end_of_the_last(tmp_pat
     big = PREALLOCATE_BYTES // 4
     with Storage.open(tmp_path) as st:
         for i in range(1, 6):  # 5 x 1/4 chunk: past the first chunk
-            st.append(ents(i, 1, size=big))
+            st.append(ents(i, 1, size=big), HardState(1, 1, 0))
         st.sync()
         expect = state(st)
     seg = segments(tmp_path)[0]
-    assert seg.stat().st_size == 2 * PREALLOCATE_BYTES
+    assert seg.stat().st_size == SEGMENT_HEADER_SIZE + 2 * PREALLOCATE_BYTES
     assert records_end(seg) > PREALLOCATE_BYTES
     with Storage.open(tmp_path) as st:
         assert state(st) == expect
@@ -211,7 +294,7 @@ def test_the_next_chunk_is_zeroed_when_appends_reach_the_end_of_the_last(tmp_pat
 def test_zeros_are_never_written_past_the_segment_size(tmp_path):
     with Storage.open(tmp_path, segment_bytes=300) as st:
         for i in range(1, 20):
-            st.append(ents(i, 1))
+            st.append(ents(i, 1), HardState(1, 1, 0))
         st.sync()
     assert len(segments(tmp_path)) > 1
     assert all(p.stat().st_size <= 300 for p in segments(tmp_path))
@@ -221,7 +304,7 @@ def test_a_log_written_without_preallocation_is_read_and_appended_to(tmp_path):
     """Segments written before preallocation end at their last record."""
     with Storage.open(tmp_path, segment_bytes=300) as st:
         for i in range(1, 20):
-            st.append(ents(i, 1))
+            st.append(ents(i, 1), HardState(1, 1, 0))
         st.sync()
     for seg in segments(tmp_path):
         os.truncate(seg, records_end(seg))
@@ -265,7 +348,7 @@ def test_bad_record_in_last_segment_followed_by_a_valid_one_is_corruption(tmp_pa
     with pytest.raises(StorageCorruptError) as err:
         Storage.open(tmp_path)
     assert (err.value.path, err.value.offset) == (seg, victim)
-    assert "followed by a valid record" in str(err.value)
+    assert "no sign of a torn write" in str(err.value)
     assert seg.stat().st_size == size  # nothing was truncated
 
 

@@ -4,6 +4,7 @@ file runs on past its records with preallocated zeros, so its size is not where 
 from pathlib import Path
 
 from raftkv.storage.record import FrameError, read_frame
+from raftkv.storage.wal import SEGMENT_HEADER_SIZE, SegmentHeader
 
 
 def segments(path: Path) -> list[Path]:
@@ -22,10 +23,11 @@ def records_end(seg: Path) -> int:
 
 def _walk(buf: bytes) -> tuple[list[int], int]:
     """The records' start offsets, and where the last one ends."""
-    off, starts = 0, []
+    crc = SegmentHeader.decode(buf).prev_crc
+    off, starts = SEGMENT_HEADER_SIZE, []
     while off < len(buf):
         try:
-            end = read_frame(buf, off)[2]
+            end, crc = read_frame(buf, off, crc)[2:]
         except FrameError:
             break
         starts.append(off)
