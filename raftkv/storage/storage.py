@@ -232,7 +232,9 @@ class Storage:
             for seg, off, rtype, payload in self._wal.replay():
                 if seg is not current:
                     current = seg
+                    # (A segment opened by a snapshot's marker starts after that snapshot.)
                     if seg.first_index and mem.last is not None and \
+                            rtype is not RecordType.SNAPSHOT and \
                             mem.last + 1 != seg.first_index:
                         raise self._wal.corrupt(seg.path, 0, f"segment starts at index "
                                                 f"{seg.first_index}, the log before it "

@@ -311,12 +311,12 @@ class WAL:
         self._fd = self.fs.open(seg.path)
 
     def create_segment(self, seq: int, first_index: int, *, temp: bool = False) -> Segment:
-        """A new last segment whose header is durable, appended to (and closing) the
-        current one. With `temp` it is written under a `.tmp` name, for `publish`."""
-        path = self.dir / segment_name(seq)
-        if temp:
-            path = path.with_name(path.name + ".tmp")
-        fd = self.fs.open(path, create=True, exclusive=not temp, truncate=temp)
+        """A new last segment, appended to from now on (the current one is closed). It is
+        made under a `.tmp` name and gets its real name only once its header is durable,
+        so a segment under a real name always has one; with `temp` it keeps the `.tmp`
+        name until `publish` (for a segment that must be written whole first)."""
+        path = self.dir / (segment_name(seq) + ".tmp")
+        fd = self.fs.open(path, create=True, truncate=True)
         hdr = SegmentHeader(self.identity, seq, first_index, self.crc)
         self.disk.write_all(fd, hdr.encode(), 0)
         self.disk.sync_data(fd)
@@ -325,9 +325,9 @@ class WAL:
         self._fd = fd
         seg = Segment(seq, path, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE,
                       first_index=first_index)
-        if not temp:
-            self.disk.sync_dir(self.dir)
         self.segments.append(seg)
+        if not temp:
+            self.publish(seg)
         return seg
 
     def publish(self, seg: Segment) -> None:

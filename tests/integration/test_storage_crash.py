@@ -98,10 +98,16 @@ def next_step(rng: random.Random, m: Model) -> tuple:
 
 
 def transitions(m: Model, step: tuple) -> Iterator[None]:
-    """Apply `step` to the model one WAL record at a time, yielding after each record."""
+    """Apply `step` to the model one WAL record at a time, yielding after each record.
+    A new term and vote go first, the commit index last (Storage.append)."""
+    hs = step[-1]
+    new_term = (hs.term, hs.vote) != (m.hs.term, m.hs.vote)
     if step[0] == "append":
         _, first, n, term, hs = step
         if n:
+            if new_term:
+                m.hs = HardState(hs.term, hs.vote, m.hs.commit)
+                yield
             if first <= m.last:
                 del m.terms[first - m.snap[0] - 1 :]
                 yield
@@ -109,6 +115,9 @@ def transitions(m: Model, step: tuple) -> Iterator[None]:
             yield
     else:
         _, index, term, hs = step
+        if new_term:
+            m.hs = HardState(hs.term, hs.vote, m.hs.commit)
+            yield
         keep = m.term_at(index) == term
         m.terms = m.terms[index - m.snap[0] :] if keep else []
         m.snap = (index, term)
@@ -141,8 +150,7 @@ def perform(st: Storage, step: tuple) -> None:
         st.append(ents, hs)
     else:
         _, index, term, hs = step
-        st.save_snapshot(SnapshotMeta(index, term, (1, 2, 3)), snapshot_data(index, term))
-        st.append([], hs)
+        st.save_snapshot(SnapshotMeta(index, term, (1, 2, 3)), snapshot_data(index, term), hs)
 
 
 def child(data_dir: str, seed: int) -> None:
