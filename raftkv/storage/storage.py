@@ -124,6 +124,7 @@ class Storage:
         self._failed: BaseException | None = None
         self._vote: VoteFile | None = None
         self.repair: str | None = None  # why the log was cut, while a repair is on
+        self._first_seq = 1  # no segment below this one ever matters (an upgrade's)
 
     # ---- opening and recovery ----------------------------------------------------------
 
@@ -165,10 +166,11 @@ class Storage:
             info = _check_identity(path, disk, identity)
             snapshot.remove_temp_files(path, fs)
             wal = WAL.open(path, disk, segment_bytes, info.identity)
-            _mark_versions(wal, info)
+            info = _mark_versions(wal, info, disk)
             st = cls(path, wal, disk, lock_fd)
+            st._first_seq = max(info.upgraded_at, 1)
             st._recover(repair)
-            if info.version == 1 or (wal.segments and wal.segments[-1].version == 1):
+            if info.version == 1:
                 st._upgrade()
             disk.sync_dir(path)
         except BaseException:
@@ -194,7 +196,7 @@ class Storage:
 
         if self._wal.segments:
             first = self._wal.segments[0]
-            need_first = marker.first_seq if marker else 1
+            need_first = max(marker.first_seq if marker else 1, self._first_seq)
             if first.seq > need_first:
                 missing = self._dir / segment_name(need_first)
                 raise StorageCorruptError(missing, 0, "WAL segment missing", self._dir)
@@ -374,24 +376,20 @@ class Storage:
         FORMAT say 2 and delete the old segments. A crash anywhere leaves either the old
         dir or the new segment complete (it is written as .tmp, synced, then renamed)."""
         wal = self._wal
-        last = wal.segments[-1]
-        if last.version == 2:  # an upgrade that crashed after the rename: finish it
-            seq = last.seq
-        else:
-            seq = last.seq + 1
-            wal.crc = 0
-            seg = wal.create_segment(seq, self._log.offset + 1, temp=True)
-            records: list[Record] = []
-            if self._snapshot is not None:
-                s = self._snapshot
-                records.append(record.snapshot_marker_record(
-                    SnapshotMarker(s.index, s.term, True, seq)))
-            records.append(record.hard_state_record(self._hard_state))
-            if self._log.entries:
-                records.append(record.entries_record(self._log.entries))
-            wal.write(records, self._log.last, self._log.last)
-            wal.sync()
-            wal.publish(seg)
+        seq = wal.segments[-1].seq + 1
+        wal.crc = 0
+        seg = wal.create_segment(seq, self._log.offset + 1, temp=True)
+        records: list[Record] = []
+        if self._snapshot is not None:
+            s = self._snapshot
+            records.append(record.snapshot_marker_record(SnapshotMarker(s.index, s.term,
+                                                                        True, seq)))
+        records.append(record.hard_state_record(self._hard_state))
+        if self._log.entries:
+            records.append(record.entries_record(self._log.entries))
+        wal.write(records, self._log.last, self._log.last)
+        wal.sync()
+        wal.publish(seg)
         ident = wal.identity
         self._disk.write_atomic(self._dir / "FORMAT", [DirInfo(2, ident, seq).encode()])
         wal.drop_before(seq)
@@ -660,14 +658,19 @@ def _check_identity(path: Path, disk: Disk, identity: Identity) -> DirInfo:
     return DirInfo(info.version, merged, info.upgraded_at)
 
 
-def _mark_versions(wal: WAL, info: DirInfo) -> None:
-    """Which segments are format 1: all of a format-1 dir's but a finished upgrade
-    segment; in a format-2 dir, the leftovers of an upgrade, which go now."""
+def _mark_versions(wal: WAL, info: DirInfo, disk: Disk) -> DirInfo:
+    """Which segments are format 1: all of a format-1 dir's. An upgrade that got as far
+    as renaming its segment is finished here (FORMAT, then the old segments go); in a
+    format-2 dir the leftovers of an upgrade go. Returns the dir's FORMAT now."""
     if info.version == 1:
         for seg in wal.segments:
             seg.version = 1
-        if wal.segments and wal.fs.read(wal.segments[-1].path)[: len(MAGIC)] == MAGIC:
-            wal.segments[-1].version = 2
-        return
+        last = wal.segments[-1] if wal.segments else None
+        if last is None or wal.fs.read(last.path)[: len(MAGIC)] != MAGIC:
+            return info
+        last.version = 2
+        info = DirInfo(2, info.identity, last.seq)
+        disk.write_atomic(wal.dir / "FORMAT", [info.encode()])
     if info.upgraded_at:
         wal.drop_before(info.upgraded_at)
+    return info
