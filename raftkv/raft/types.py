@@ -121,6 +121,10 @@ class VoteRefusal(IntEnum):
     VOTED_ELSEWHERE = 2  # the voter already voted for another candidate in this term
     HAS_LEADER = 3  # the voter follows a live leader in this term
     STALE_TERM = 4  # the request's term is behind the voter's
+    # The voter is repairing a log its storage found damaged: it may have lost entries it
+    # acknowledged, so its vote could elect a leader missing a committed entry (PAR,
+    # Alagappan et al., FAST '18). It votes again once repaired (`Raft.repairing`).
+    REPAIRING = 5
 
 
 class EventKind(IntEnum):
