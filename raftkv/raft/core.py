@@ -116,7 +116,17 @@ class Raft:
         entries: list[Entry] | None = None,
         snapshot: SnapshotMeta | None = None,
         applied: int = 0,
+        repairing: bool = False,
     ) -> None:
+        """With `repairing`, the node's storage found its log damaged and cut it at the
+        damage (protocol-aware recovery, Alagappan et al., FAST '18). Having lost entries
+        it may have acknowledged, it must neither vote nor campaign: its vote could elect
+        a leader missing a committed entry (§5.4.1 assumes acknowledged entries stay).
+        It follows a leader as a non-voting catch-up.
+
+        The caller's precondition: every entry this node acknowledged before the damage
+        has a term < `hard_state.term` (the node raises its durable term by one, without
+        a vote, before the first repairing start)."""
         hs = hard_state or HardState()
         self.id = config.id
         self.cfg = config
@@ -146,6 +156,8 @@ class Raft:
         self.learners: frozenset[int] = self.conf.current.learners
         self.term = hs.term
         self.vote = hs.vote
+        self.repairing = repairing
+        self.repair_term = hs.term
         self.lead = NONE
         self.role = Role.FOLLOWER
         self.prs: dict[int, Progress] = {}
@@ -505,8 +517,13 @@ class Raft:
         self.log.append([Entry(self.term, last + 1, EntryType.NOOP)])
         self._bcast_pending = True
 
+    def promotable(self) -> bool:
+        """Whether this node may campaign (on a timeout, or on TIMEOUT_NOW): a voter
+        whose log is whole."""
+        return self.id in self.voters and not self.repairing
+
     def campaign(self, kind: CampaignKind, reason: str = "election timeout") -> None:
-        if self.id not in self.voters:
+        if not self.promotable():
             return
         if kind == CampaignKind.PRE_ELECTION:
             self.become_pre_candidate()
@@ -544,9 +561,10 @@ class Raft:
     # -- ticks -----------------------------------------------------------------------
 
     def _tick_election(self) -> None:
+        # A node that may not campaign never resets the count: once its leader is quiet
+        # the lease (thesis §4.2.3) lapses, and candidates hear its refusal, not silence.
         self.election_elapsed += 1
-        if (self.id in self.voters
-                and self.election_elapsed >= self.randomized_election_timeout):
+        if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
             self.campaign(CampaignKind.PRE_ELECTION if self.cfg.pre_vote
                           else CampaignKind.ELECTION)
@@ -578,6 +596,11 @@ class Raft:
     # -- votes -----------------------------------------------------------------------
 
     def handle_vote_request(self, m: Message) -> None:
+        if self.repairing:
+            # Every kind of request, a transfer's forced vote included: our log may lack
+            # entries we acknowledged, so no vote of ours is safe (§5.4.1).
+            self.refuse_vote(m, VoteRefusal.REPAIRING)
+            return
         can_vote = (
             self.vote == m.frm
             or (self.vote == NONE and self.lead == NONE)
@@ -611,6 +634,9 @@ class Raft:
             detail = f"voted for node {self.vote} in term {self.term}"
         elif why == VoteRefusal.HAS_LEADER:
             detail = f"follows leader {self.lead} in term {self.term}"
+        elif why == VoteRefusal.REPAIRING:
+            detail = (f"repairing a damaged log: no vote until a leader of term >= "
+                      f"{self.repair_term} commits an entry of its term held durably here")
         else:
             detail = f"its term {m.term} is behind ours ({self.term})"
         kind = "vote" if m.type == MsgType.VOTE else "pre-vote"
