@@ -80,6 +80,8 @@ def describe(e: RaftEvent) -> str:
         return f"stepped down in term {e.term}: {e.reason}"
     if k == EventKind.TRANSFER_STARTED:
         return f"handing leadership to node {e.peer}"
+    if k == EventKind.REPAIR_DONE:
+        return f"log repaired, voting again: {e.reason}"
     return f"{k.name.lower()} term {e.term}"
 
 

@@ -6,7 +6,8 @@ else arrives through `step(msg)` or the leader's entry points (`propose`, `read_
 
 Roles are swapped functions: `become_follower`, `become_pre_candidate`,
 `become_candidate` and `become_leader` set `self._step` and `self._tick`, so role checks
-are not scattered through the handlers.
+are not scattered through the handlers. A repairing follower (see `Raft.__init__`) steps
+with `_step_repairing`.
 """
 
 from __future__ import annotations
@@ -122,7 +123,9 @@ class Raft:
         damage (protocol-aware recovery, Alagappan et al., FAST '18). Having lost entries
         it may have acknowledged, it must neither vote nor campaign: its vote could elect
         a leader missing a committed entry (§5.4.1 assumes acknowledged entries stay).
-        It follows a leader as a non-voting catch-up.
+        It follows a leader as a non-voting catch-up until `maybe_finish_repair` sees it
+        durably hold an entry that a leader committed in its own term >= `repair_term`;
+        the Ready after that says `repaired`.
 
         The caller's precondition: every entry this node acknowledged before the damage
         has a term < `hard_state.term` (the node raises its durable term by one, without
@@ -158,6 +161,11 @@ class Raft:
         self.vote = hs.vote
         self.repairing = repairing
         self.repair_term = hs.term
+        # While repairing: (index, term) of the highest committed entry this node was
+        # told of by a leader of a term >= repair_term whose entry has that leader's
+        # term. Never truncated (it is committed); repair ends once it is durable here.
+        self.repair_point = (0, 0)
+        self._repaired_pending = False  # for the next Ready's `repaired`
         self.lead = NONE
         self.role = Role.FOLLOWER
         self.prs: dict[int, Progress] = {}
@@ -323,6 +331,7 @@ class Raft:
             or self.read_states
             or self.aborted_reads
             or self.events
+            or self._repaired_pending
             or self.hard_state() != self._prev_hard_state
             or self.soft_state() != self._prev_soft_state
         )
@@ -344,8 +353,10 @@ class Raft:
             aborted_reads=self.aborted_reads,
             soft_state=ss if ss != self._prev_soft_state else None,
             events=self.events,
+            repaired=self._repaired_pending,
         )
         self.events = []
+        self._repaired_pending = False
         self.out = _Outbox()
         self.read_states = []
         self.aborted_reads = []
@@ -380,6 +391,8 @@ class Raft:
             if self.role == Role.LEADER and self.prs[self.id].maybe_update(self.log.stabled):
                 # Our own copy counts toward the commit quorum only once durable (§10.2.1).
                 self.maybe_commit()
+        if self.repairing:
+            self.maybe_finish_repair()
         if rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
 
@@ -473,7 +486,7 @@ class Raft:
         self.reset(term)
         self.lead = lead
         self.role = Role.FOLLOWER
-        self._step = self._step_follower
+        self._step = self._step_repairing if self.repairing else self._step_follower
         self._tick = self._tick_election
 
     def become_pre_candidate(self) -> None:
@@ -687,6 +700,15 @@ class Raft:
         elif t == MsgType.TIMEOUT_NOW:
             self.campaign(CampaignKind.TRANSFER, f"leadership transfer from node {m.frm}")
 
+    def _step_repairing(self, m: Message) -> None:
+        """A follower whose log is being repaired: it takes the leader's appends,
+        snapshots and heartbeats and acknowledges what it has stored durably since the
+        damage (truthful, so the leader may count it); it is not promotable, so
+        TIMEOUT_NOW starts nothing."""
+        self._step_follower(m)
+        if m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+            self.maybe_note_repair_point(m)
+
     def _step_candidate(self, m: Message) -> None:
         t = m.type
         if t in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
@@ -774,6 +796,35 @@ class Raft:
             for ctx in held:
                 self.start_read_round(ctx)
         return True
+
+    # -- repair (protocol-aware recovery, Alagappan et al., FAST '18) ----------------
+
+    def maybe_note_repair_point(self, m: Message) -> None:
+        """`m` came from the leader of our term. If the commit index we now hold (the
+        leader's, capped by what it knows we hold) is at an entry of that term, the
+        leader committed an entry of its own term, and with it every entry committed in
+        an earlier term (§5.4.2), all at lower indexes (Leader Completeness, §5.4.3).
+        Every entry whose commit may have counted an acknowledgement we lost has a term
+        < repair_term <= m.term, so holding this entry durably is holding all of them."""
+        c = self.log.committed
+        if (m.term >= self.repair_term and c > self.repair_point[0]
+                and self.log.term(c) == m.term):
+            self.repair_point = (c, m.term)
+        self.maybe_finish_repair()
+
+    def maybe_finish_repair(self) -> None:
+        """Leave repairing mode once the repair point is durable here: stabled covers it
+        and no snapshot (which may cover it) still waits to be persisted."""
+        c, term = self.repair_point
+        if not c or self.log.stabled < c or self.pending_snapshot is not None:
+            return
+        self.repairing = False
+        self._repaired_pending = True
+        self._step = self._step_follower
+        self.events.append(RaftEvent(
+            EventKind.REPAIR_DONE, self.term, self.lead,
+            f"holds index {c} of term {term}, committed by the leader of that term, "
+            f"durably (repairing since term {self.repair_term})"))
 
     # -- follower handlers -----------------------------------------------------------
 
@@ -876,6 +927,7 @@ class Raft:
             "vote": self.vote,
             "lead": self.lead,
             "role": self.role.name.lower(),
+            "repairing": self.repairing,
             "last_index": self.log.last_index(),
             "commit_index": self.log.committed,
             "applied_index": self.log.applied,

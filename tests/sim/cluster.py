@@ -55,8 +55,8 @@ class Disk:
     hard_state: HardState = field(default_factory=HardState)
     snapshot: SnapshotMeta | None = None
     entries: list[Entry] = field(default_factory=list)
-    # The node's durable repair marker: set when damage cut the log. A node booted with
-    # it set starts repairing.
+    # The node's durable repair marker: set when damage cut the log, cleared by the
+    # Ready that says `repaired`. A node booted with it set starts repairing.
     repairing: bool = False
 
     @property
@@ -433,6 +433,8 @@ class Cluster:
                 self.waiting_reads.setdefault(i, []).append((rs.index, rs.ctx))
             for ctx in rd.aborted_reads:
                 self.pending_reads.pop(ctx, None)
+            if rd.repaired:
+                node.disk.repairing = False
             node.events.extend(rd.events)
             core.advance(rd)
             self.serve_reads(node)
