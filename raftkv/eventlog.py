@@ -36,6 +36,7 @@ REFUSAL_WORDS = {
     VoteRefusal.VOTED_ELSEWHERE: "voted for another",
     VoteRefusal.HAS_LEADER: "has a leader",
     VoteRefusal.STALE_TERM: "term stale",
+    VoteRefusal.REPAIRING: "repairing a damaged log",
 }
 
 
@@ -60,8 +61,15 @@ def describe(e: RaftEvent) -> str:
         return text + (f"; refused by {refused_text(e.refused)}" if e.refused else "")
     if k in (EventKind.PRE_VOTE_LOST, EventKind.ELECTION_LOST):
         what = "pre-vote" if k == EventKind.PRE_VOTE_LOST else "election"
-        return (f"{what} for term {e.term} lost: refused by {refused_text(e.refused)}; "
+        text = (f"{what} for term {e.term} lost: refused by {refused_text(e.refused)}; "
                 f"votes from {ids(e.granted)}")
+        repairing = tuple(v for v, why in e.refused if why == VoteRefusal.REPAIRING)
+        if repairing:
+            # Said loudly: if these voters are a majority, no leader can be elected
+            # until an operator restores their logs.
+            text += (f"; REPAIRING: node(s) {ids(repairing)} lost part of their log to "
+                     f"storage damage and vote only once a leader has caught them up")
+        return text
     if k == EventKind.VOTE_GRANTED:
         return f"granted node {e.peer} its {e.reason} for term {e.term}"
     if k == EventKind.VOTE_REFUSED:
@@ -72,6 +80,8 @@ def describe(e: RaftEvent) -> str:
         return f"stepped down in term {e.term}: {e.reason}"
     if k == EventKind.TRANSFER_STARTED:
         return f"handing leadership to node {e.peer}"
+    if k == EventKind.REPAIR_DONE:
+        return f"log repaired, voting again: {e.reason}"
     return f"{k.name.lower()} term {e.term}"
 
 

@@ -6,7 +6,8 @@ else arrives through `step(msg)` or the leader's entry points (`propose`, `read_
 
 Roles are swapped functions: `become_follower`, `become_pre_candidate`,
 `become_candidate` and `become_leader` set `self._step` and `self._tick`, so role checks
-are not scattered through the handlers.
+are not scattered through the handlers. A repairing follower (see `Raft.__init__`) steps
+with `_step_repairing`.
 """
 
 from __future__ import annotations
@@ -116,7 +117,19 @@ class Raft:
         entries: list[Entry] | None = None,
         snapshot: SnapshotMeta | None = None,
         applied: int = 0,
+        repairing: bool = False,
     ) -> None:
+        """With `repairing`, the node's storage found its log damaged and cut it at the
+        damage (protocol-aware recovery, Alagappan et al., FAST '18). Having lost entries
+        it may have acknowledged, it must neither vote nor campaign: its vote could elect
+        a leader missing a committed entry (§5.4.1 assumes acknowledged entries stay).
+        It follows a leader as a non-voting catch-up until `maybe_finish_repair` sees it
+        durably hold an entry that a leader committed in its own term >= `repair_term`;
+        the Ready after that says `repaired`.
+
+        The caller's precondition: every entry this node acknowledged before the damage
+        has a term < `hard_state.term` (the node raises its durable term by one, without
+        a vote, before the first repairing start)."""
         hs = hard_state or HardState()
         self.id = config.id
         self.cfg = config
@@ -146,6 +159,13 @@ class Raft:
         self.learners: frozenset[int] = self.conf.current.learners
         self.term = hs.term
         self.vote = hs.vote
+        self.repairing = repairing
+        self.repair_term = hs.term
+        # While repairing: (index, term) of the highest committed entry this node was
+        # told of by a leader of a term >= repair_term whose entry has that leader's
+        # term. Never truncated (it is committed); repair ends once it is durable here.
+        self.repair_point = (0, 0)
+        self._repaired_pending = False  # for the next Ready's `repaired`
         self.lead = NONE
         self.role = Role.FOLLOWER
         self.prs: dict[int, Progress] = {}
@@ -311,6 +331,7 @@ class Raft:
             or self.read_states
             or self.aborted_reads
             or self.events
+            or self._repaired_pending
             or self.hard_state() != self._prev_hard_state
             or self.soft_state() != self._prev_soft_state
         )
@@ -332,8 +353,10 @@ class Raft:
             aborted_reads=self.aborted_reads,
             soft_state=ss if ss != self._prev_soft_state else None,
             events=self.events,
+            repaired=self._repaired_pending,
         )
         self.events = []
+        self._repaired_pending = False
         self.out = _Outbox()
         self.read_states = []
         self.aborted_reads = []
@@ -368,6 +391,8 @@ class Raft:
             if self.role == Role.LEADER and self.prs[self.id].maybe_update(self.log.stabled):
                 # Our own copy counts toward the commit quorum only once durable (§10.2.1).
                 self.maybe_commit()
+        if self.repairing:
+            self.maybe_finish_repair()
         if rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
 
@@ -461,7 +486,7 @@ class Raft:
         self.reset(term)
         self.lead = lead
         self.role = Role.FOLLOWER
-        self._step = self._step_follower
+        self._step = self._step_repairing if self.repairing else self._step_follower
         self._tick = self._tick_election
 
     def become_pre_candidate(self) -> None:
@@ -505,8 +530,13 @@ class Raft:
         self.log.append([Entry(self.term, last + 1, EntryType.NOOP)])
         self._bcast_pending = True
 
+    def promotable(self) -> bool:
+        """Whether this node may campaign (on a timeout, or on TIMEOUT_NOW): a voter
+        whose log is whole."""
+        return self.id in self.voters and not self.repairing
+
     def campaign(self, kind: CampaignKind, reason: str = "election timeout") -> None:
-        if self.id not in self.voters:
+        if not self.promotable():
             return
         if kind == CampaignKind.PRE_ELECTION:
             self.become_pre_candidate()
@@ -544,9 +574,10 @@ class Raft:
     # -- ticks -----------------------------------------------------------------------
 
     def _tick_election(self) -> None:
+        # A node that may not campaign never resets the count: once its leader is quiet
+        # the lease (thesis §4.2.3) lapses, and candidates hear its refusal, not silence.
         self.election_elapsed += 1
-        if (self.id in self.voters
-                and self.election_elapsed >= self.randomized_election_timeout):
+        if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
             self.campaign(CampaignKind.PRE_ELECTION if self.cfg.pre_vote
                           else CampaignKind.ELECTION)
@@ -578,6 +609,11 @@ class Raft:
     # -- votes -----------------------------------------------------------------------
 
     def handle_vote_request(self, m: Message) -> None:
+        if self.repairing:
+            # Every kind of request, a transfer's forced vote included: our log may lack
+            # entries we acknowledged, so no vote of ours is safe (§5.4.1).
+            self.refuse_vote(m, VoteRefusal.REPAIRING)
+            return
         can_vote = (
             self.vote == m.frm
             or (self.vote == NONE and self.lead == NONE)
@@ -611,6 +647,9 @@ class Raft:
             detail = f"voted for node {self.vote} in term {self.term}"
         elif why == VoteRefusal.HAS_LEADER:
             detail = f"follows leader {self.lead} in term {self.term}"
+        elif why == VoteRefusal.REPAIRING:
+            detail = (f"repairing a damaged log: no vote until a leader of term >= "
+                      f"{self.repair_term} commits an entry of its term held durably here")
         else:
             detail = f"its term {m.term} is behind ours ({self.term})"
         kind = "vote" if m.type == MsgType.VOTE else "pre-vote"
@@ -660,6 +699,15 @@ class Raft:
             self.handle_snapshot(m)
         elif t == MsgType.TIMEOUT_NOW:
             self.campaign(CampaignKind.TRANSFER, f"leadership transfer from node {m.frm}")
+
+    def _step_repairing(self, m: Message) -> None:
+        """A follower whose log is being repaired: it takes the leader's appends,
+        snapshots and heartbeats and acknowledges what it has stored durably since the
+        damage (truthful, so the leader may count it); it is not promotable, so
+        TIMEOUT_NOW starts nothing."""
+        self._step_follower(m)
+        if m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+            self.maybe_note_repair_point(m)
 
     def _step_candidate(self, m: Message) -> None:
         t = m.type
@@ -748,6 +796,35 @@ class Raft:
             for ctx in held:
                 self.start_read_round(ctx)
         return True
+
+    # -- repair (protocol-aware recovery, Alagappan et al., FAST '18) ----------------
+
+    def maybe_note_repair_point(self, m: Message) -> None:
+        """`m` came from the leader of our term. If the commit index we now hold (the
+        leader's, capped by what it knows we hold) is at an entry of that term, the
+        leader committed an entry of its own term, and with it every entry committed in
+        an earlier term (§5.4.2), all at lower indexes (Leader Completeness, §5.4.3).
+        Every entry whose commit may have counted an acknowledgement we lost has a term
+        < repair_term <= m.term, so holding this entry durably is holding all of them."""
+        c = self.log.committed
+        if (m.term >= self.repair_term and c > self.repair_point[0]
+                and self.log.term(c) == m.term):
+            self.repair_point = (c, m.term)
+        self.maybe_finish_repair()
+
+    def maybe_finish_repair(self) -> None:
+        """Leave repairing mode once the repair point is durable here: stabled covers it
+        and no snapshot (which may cover it) still waits to be persisted."""
+        c, term = self.repair_point
+        if not c or self.log.stabled < c or self.pending_snapshot is not None:
+            return
+        self.repairing = False
+        self._repaired_pending = True
+        self._step = self._step_follower
+        self.events.append(RaftEvent(
+            EventKind.REPAIR_DONE, self.term, self.lead,
+            f"holds index {c} of term {term}, committed by the leader of that term, "
+            f"durably (repairing since term {self.repair_term})"))
 
     # -- follower handlers -----------------------------------------------------------
 
@@ -850,6 +927,7 @@ class Raft:
             "vote": self.vote,
             "lead": self.lead,
             "role": self.role.name.lower(),
+            "repairing": self.repairing,
             "last_index": self.log.last_index(),
             "commit_index": self.log.committed,
             "applied_index": self.log.applied,

@@ -121,6 +121,10 @@ class VoteRefusal(IntEnum):
     VOTED_ELSEWHERE = 2  # the voter already voted for another candidate in this term
     HAS_LEADER = 3  # the voter follows a live leader in this term
     STALE_TERM = 4  # the request's term is behind the voter's
+    # The voter is repairing a log its storage found damaged: it may have lost entries it
+    # acknowledged, so its vote could elect a leader missing a committed entry (PAR,
+    # Alagappan et al., FAST '18). It votes again once repaired (`Raft.repairing`).
+    REPAIRING = 5
 
 
 class EventKind(IntEnum):
@@ -137,6 +141,7 @@ class EventKind(IntEnum):
     VOTE_IGNORED = 9  # peer: the candidate; a live leader's lease holds (thesis §4.2.3)
     STEPPED_DOWN = 10  # reason: why a leader or candidate became a follower
     TRANSFER_STARTED = 11  # peer: the target
+    REPAIR_DONE = 12  # peer: the leader; reason: the committed (index, term) that ended it
 
 
 @dataclass(slots=True, frozen=True)
@@ -165,6 +170,11 @@ class Ready:
     3. send `persisted_messages` — only now, they acknowledge what step 2 made durable;
     4. apply `committed_entries`, then serve `read_states` whose index is applied;
     5. call `advance(ready)`.
+
+    `repaired` is True in exactly one Ready of a core started with `repairing=True`: the
+    first after it left repairing mode. The application clears its durable repair marker
+    then (with step 2, or later: a node restarted with the marker still set only repairs
+    again, which is safe). `events` are never the signal for it.
     """
 
     hard_state: HardState | None = None
@@ -184,6 +194,8 @@ class Ready:
     # Elections started and ended, votes granted and refused, step-downs: for the log and
     # the dashboard only; nothing to persist or send.
     events: list[RaftEvent] = field(default_factory=list)
+    # The core left repairing mode since the last Ready (see above).
+    repaired: bool = False
 
 
 class RaftError(Exception):

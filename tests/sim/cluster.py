@@ -28,6 +28,7 @@ from raftkv.raft import (
     NotLeader,
     ProposalDropped,
     Raft,
+    RaftEvent,
     Role,
     SnapshotMeta,
 )
@@ -54,6 +55,9 @@ class Disk:
     hard_state: HardState = field(default_factory=HardState)
     snapshot: SnapshotMeta | None = None
     entries: list[Entry] = field(default_factory=list)
+    # The node's durable repair marker: set when damage cut the log, cleared by the
+    # Ready that says `repaired`. A node booted with it set starts repairing.
+    repairing: bool = False
 
     @property
     def offset(self) -> int:
@@ -85,6 +89,7 @@ class SimNode:
     applied: list[Entry] = field(default_factory=list)
     # Set by a "crash before persist" fault: the next Ready is sent but never persisted.
     crash_on_next_ready: bool = False
+    events: deque[RaftEvent] = field(default_factory=lambda: deque(maxlen=200))
 
     @property
     def alive(self) -> bool:
@@ -221,7 +226,8 @@ class Cluster:
         cfg = Config(i, voters, seed=self.seed * 1000 + self.boot_count, **self.cfg_args)
         snap = node.disk.snapshot
         node.core = Raft(cfg, hard_state=node.disk.hard_state, entries=list(node.disk.entries),
-                         snapshot=snap, applied=snap.index if snap else 0)
+                         snapshot=snap, applied=snap.index if snap else 0,
+                         repairing=node.disk.repairing)
         self.restore_state(node, snap)
         node.crash_on_next_ready = False
         self.trace.append(f"t={self.now} boot {i} term={node.disk.hard_state.term} "
@@ -249,6 +255,19 @@ class Cluster:
         if not self.nodes[i].alive:
             self.boot(i)
             self.drive(i)
+
+    def damage(self, i: int, keep: int) -> None:
+        """Kill node i, lose its durable log after index `keep` (storage found the record
+        after it corrupt and cut the log there), and restart it as the node would: term
+        raised by one with no vote, repair marker set."""
+        self.crash(i)
+        disk = self.nodes[i].disk
+        del disk.entries[keep - disk.offset :]
+        hs = disk.hard_state
+        disk.hard_state = HardState(hs.term + 1, 0, min(hs.commit, keep))
+        disk.repairing = True
+        self.trace.append(f"t={self.now} damage {i} after {keep}")
+        self.restart(i)
 
     # -- network ---------------------------------------------------------------------
 
@@ -414,6 +433,9 @@ class Cluster:
                 self.waiting_reads.setdefault(i, []).append((rs.index, rs.ctx))
             for ctx in rd.aborted_reads:
                 self.pending_reads.pop(ctx, None)
+            if rd.repaired:
+                node.disk.repairing = False
+            node.events.extend(rd.events)
             core.advance(rd)
             self.serve_reads(node)
             self.maybe_compact(node)

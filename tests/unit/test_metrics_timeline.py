@@ -38,6 +38,15 @@ def test_lost_election_line_names_each_refusal_and_its_reason():
                            "3 (voted for another); votes from 1")
 
 
+def test_lost_election_line_says_loudly_that_voters_are_repairing_damaged_logs():
+    e = RaftEvent(EventKind.PRE_VOTE_LOST, 4, granted=(1,),
+                  refused=((2, VoteRefusal.REPAIRING), (3, VoteRefusal.REPAIRING)))
+    assert describe(e) == (
+        "pre-vote for term 4 lost: refused by 2 (repairing a damaged log), "
+        "3 (repairing a damaged log); votes from 1; REPAIRING: node(s) 2,3 lost part of "
+        "their log to storage damage and vote only once a leader has caught them up")
+
+
 def test_event_log_counts_elections_and_keeps_a_numbered_tail():
     counters: dict[str, int] = {}
     log = EventLog()
