@@ -38,6 +38,7 @@ from raftkv.eventlog import EventLog
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore
 from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, Buckets
 from raftkv.raft import (
+    NONE,
     ConfChange,
     ConfChangeBusy,
     ConfChangeError,
@@ -45,6 +46,7 @@ from raftkv.raft import (
     ConfOp,
     Entry,
     EntryType,
+    HardState,
     InvariantViolation,
     Message,
     MsgType,
@@ -58,7 +60,7 @@ from raftkv.raft import (
     decode_change,
 )
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
-from raftkv.storage import Storage, StorageError
+from raftkv.storage import Identity, Storage, StorageError
 from raftkv.transport import Transport
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 
@@ -104,6 +106,10 @@ class NodeConfig:
     snapshot_bytes: int = 64 << 20
     segment_bytes: int = 64 << 20  # the write-ahead log rotates to a new file at this size
     metrics_port: int = 0  # Prometheus /metrics on the listen host; 0: off
+    cluster_id: int = 0  # recorded in the data dir, which refuses another; 0: unchecked
+    # Whether a missing or empty data dir may be made: only on a node's first start
+    # (a new cluster, or --join). Otherwise it means lost state, and the node refuses.
+    create_dir: bool = True
 
     def raft_config(self) -> Config:
         voters = self.initial_voters
@@ -199,7 +205,12 @@ class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         self.storage = Storage.open(cfg.data_dir, fsync=cfg.fsync,
-                                    segment_bytes=cfg.segment_bytes)
+                                    segment_bytes=cfg.segment_bytes,
+                                    identity=Identity(cfg.cluster_id, cfg.id),
+                                    create=cfg.create_dir, repair=True)
+        repairing = self.storage.repair is not None
+        if repairing:
+            begin_repair(self.storage)
         self.kv = KVStore(max_key_size=cfg.max_key, max_value_size=cfg.max_value)
         # The state machine starts from the newest snapshot, then re-applies the log.
         snapshot = self.storage.snapshot
@@ -212,6 +223,7 @@ class Node:
             entries=log_tail,
             snapshot=snapshot,
             applied=snapshot.index if snapshot else 0,
+            repairing=repairing,
         )
         self.snapshot_sender = SnapshotSender(self.load_snapshot)
         self.snapshot_receiver = SnapshotReceiver()
@@ -311,6 +323,8 @@ class Node:
         core = self.core
         while self.syncing is None and core.has_ready():
             rd = core.ready()
+            if rd.repaired:
+                self.storage.finish_repair()
             if rd.entries and core.conf.last_index >= rd.entries[0].index:
                 # A member added in this batch gets its first append in these messages.
                 # (The core's history says whether the batch holds a change at all, so
@@ -318,7 +332,7 @@ class Node:
                 self.connect_added_members(rd.entries)
             self.send(rd.messages)
             if rd.snapshot is not None:
-                self.install_snapshot(rd.snapshot)
+                self.install_snapshot(rd.snapshot, rd.hard_state)
             sync = False
             if rd.entries or rd.hard_state is not None:
                 self.storage.append(rd.entries, rd.hard_state)
@@ -422,10 +436,11 @@ class Node:
             raise InvariantViolation(f"asked to send snapshot {meta}, storage has {stored}")
         return self.storage.load_snapshot_data()
 
-    def install_snapshot(self, meta: SnapshotMeta) -> None:
-        """A snapshot from the leader replaces our state: durable first, then restored."""
+    def install_snapshot(self, meta: SnapshotMeta, hard_state: HardState | None) -> None:
+        """A snapshot from the leader replaces our state: durable first (after the term
+        that brought it), then restored."""
         data = self.snapshot_receiver.take(meta)
-        self.storage.save_snapshot(meta, data)
+        self.storage.save_snapshot(meta, data, hard_state)
         self.kv.restore(data)
         for node_id, address in self.kv.members.items():
             self.transport.set_peer(node_id, address)
@@ -661,6 +676,7 @@ class Node:
             uptime_s=round(time.monotonic() - self.started, 3),
             transport=dict(self.transport.stats),
             storage=self.storage.stats(),
+            repair=self.storage.repair,
             kv={"keys": len(self.kv), "sessions": self.kv.session_count,
                 "malformed": self.kv.stats.malformed},
             counters=dict(self.counters),
@@ -685,6 +701,19 @@ class Node:
                 "applied_index": raft_log.applied, "snapshot_index": raft_log.offset,
                 "counters": dict(self.counters), "transport": dict(self.transport.stats),
                 "histograms": self.histograms()}
+
+
+def begin_repair(storage: Storage) -> None:
+    """The storage cut a damaged log (Protocol-Aware Recovery, FAST '18): raise the term
+    by one, with no vote, before the core starts. Every entry this node acknowledged
+    before the damage then has a lower term than any leader it will follow, so the
+    core's repair ends only once such a leader's own-term commit is durable here, which
+    covers everything committed with this node's help (raftkv.raft.core: repairing)."""
+    hs = storage.hard_state
+    storage.append([], HardState(hs.term + 1, NONE, hs.commit))
+    storage.sync()
+    log.error("repairing a damaged log (%s); term raised to %d; no votes until a leader "
+              "has sent back what was lost", storage.repair, hs.term + 1)
 
 
 def added_addresses(entries: list[Entry]) -> dict[int, str]:
