@@ -61,6 +61,7 @@ from raftkv.raft import (
 )
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
 from raftkv.storage import Identity, Storage, StorageError
+from raftkv.storage.fs import OS_FS, FileSystem
 from raftkv.transport import Transport
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 
@@ -110,6 +111,7 @@ class NodeConfig:
     # Whether a missing or empty data dir may be made: only on a node's first start
     # (a new cluster, or --join). Otherwise it means lost state, and the node refuses.
     create_dir: bool = True
+    fs: FileSystem = OS_FS  # the file layer under storage (tests put a faulty disk here)
 
     def raft_config(self) -> Config:
         voters = self.initial_voters
@@ -207,7 +209,7 @@ class Node:
         self.storage = Storage.open(cfg.data_dir, fsync=cfg.fsync,
                                     segment_bytes=cfg.segment_bytes,
                                     identity=Identity(cfg.cluster_id, cfg.id),
-                                    create=cfg.create_dir, repair=True)
+                                    create=cfg.create_dir, repair=True, fs=cfg.fs)
         repairing = self.storage.repair is not None
         if repairing:
             begin_repair(self.storage)

@@ -21,15 +21,20 @@ def records_end(seg: Path) -> int:
     return _walk(seg.read_bytes())[1]
 
 
-def _walk(buf: bytes) -> tuple[list[int], int]:
-    """The records' start offsets, and where the last one ends."""
+def last_crc(seg: Path) -> int:
+    """The crc of the last record of `seg`: what the next record chains to."""
+    return _walk(seg.read_bytes())[2]
+
+
+def _walk(buf: bytes) -> tuple[list[int], int, int]:
+    """The records' start offsets, where the last one ends, and its crc."""
     crc = SegmentHeader.decode(buf).prev_crc
     off, starts = SEGMENT_HEADER_SIZE, []
     while off < len(buf):
         try:
-            end, crc = read_frame(buf, off, crc)[2:]
+            end, next_crc = read_frame(buf, off, crc)[2:]
         except FrameError:
             break
         starts.append(off)
-        off = end
-    return starts, off
+        off, crc = end, next_crc
+    return starts, off, crc
