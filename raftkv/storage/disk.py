@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raftkv.storage.errors import StorageCorruptError
 from raftkv.storage.fs import OS_FS, FileSystem
 
 
@@ -49,6 +50,20 @@ class Disk:
         finally:
             self.fs.close(fd)
         self.fsyncs += 1
+
+    def read_verified(self, path: Path, data_dir: Path) -> bytes:
+        """The file's bytes as the disk holds them: whatever only the page cache held is
+        synced first (an error there refuses the open), and the cache is dropped, so
+        nothing read here counts as durable without being so. After kill -9 the cache
+        holds writes never synced; after a failed fsync, pages the disk never got."""
+        try:
+            self.sync_path(path)
+            self.fs.drop_cache(path)
+        except OSError as exc:
+            raise StorageCorruptError(path, 0, f"cannot make it durable before reading it "
+                                      f"({exc}): the disk may have lost writes", data_dir
+                                      ) from exc
+        return self.fs.read(path)
 
     def write_all(self, fd: int, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)

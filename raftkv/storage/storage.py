@@ -187,7 +187,7 @@ class Storage:
         if snaps:
             path = snaps[-1][1]
             self._snapshot, _ = snapshot.parse_snapshot(
-                path, self._wal.read_verified(path), self._dir)
+                path, self._disk.read_verified(path, self._dir), self._dir)
             if not self._wal.segments:
                 raise StorageCorruptError(self._dir, 0, "snapshot present but no WAL", self._dir)
         snap_index = self._snapshot.index if self._snapshot else 0
@@ -307,7 +307,7 @@ class Storage:
         path = self._dir / VOTE_NAME
         if not self._fs.exists(path):
             VoteFile.create(path, self._disk, self._hard_state.term, self._hard_state.vote)
-        found = decode_vote(self._wal.read_verified(path))
+        found = decode_vote(self._disk.read_verified(path, self._dir))
         if found is None:
             raise StorageCorruptError(path, 0, "neither copy of the term and vote is valid",
                                       self._dir)
@@ -420,11 +420,6 @@ class Storage:
     @property
     def identity(self) -> Identity:
         return self._wal.identity
-
-    @property
-    def torn_tail(self) -> tuple[Path, int] | None:
-        """Where open truncated a torn tail (file, offset), if it did."""
-        return self._wal.torn
 
     def load_snapshot_data(self) -> bytes | None:
         """The newest snapshot's state machine bytes, checked again; None if none."""
@@ -641,7 +636,7 @@ def _check_identity(path: Path, disk: Disk, identity: Identity) -> DirInfo:
     """The dir's FORMAT, checked against `identity`; an unrecorded part of the identity
     is recorded now."""
     fmt = path / "FORMAT"
-    info = DirInfo.decode(fmt, disk.fs.read(fmt).decode(errors="replace"))
+    info = DirInfo.decode(fmt, disk.read_verified(fmt, path).decode(errors="replace"))
     mine = info.identity
     if identity.cluster_id and mine.cluster_id and identity.cluster_id != mine.cluster_id:
         raise StorageIdentityError(

@@ -161,7 +161,6 @@ class WAL:
         self._fd: int | None = None
         self._dirty = False  # bytes written to the last segment since its last sync
         self.crc = 0  # the crc of the last record: the seed of the next one
-        self.torn: tuple[Path, int] | None = None  # a torn tail replay truncated
 
     @classmethod
     def open(cls, data_dir: Path, disk: Disk, segment_bytes: int,
@@ -181,19 +180,6 @@ class WAL:
     def corrupt(self, path: Path, offset: int, problem: str) -> StorageCorruptError:
         return StorageCorruptError(path, offset, problem, self.dir)
 
-    def read_verified(self, path: Path) -> bytes:
-        """The file's bytes as the disk holds them: whatever only the page cache held is
-        synced first (an error there refuses the open), and the cache is dropped, so
-        nothing read here counts as durable without being so."""
-        try:
-            self.disk.sync_path(path)
-            self.fs.drop_cache(path)
-        except OSError as exc:
-            raise StorageCorruptError(path, 0, f"cannot make it durable before reading it "
-                                      f"({exc}): the disk may have lost writes", self.dir
-                                      ) from exc
-        return self.fs.read(path)
-
     def replay(self) -> Iterator[tuple[Segment, int, RecordType, bytes]]:
         """Yield (segment, offset, type, payload) of every record in order, then open the
         last segment for appending. A torn tail of the last segment is truncated (a copy
@@ -201,7 +187,7 @@ class WAL:
         segment's `size` describing the records before it."""
         prev: Segment | None = None
         for seg in self.segments:
-            buf = self.read_verified(seg.path)
+            buf = self.disk.read_verified(seg.path, self.dir)
             seg.allocated = len(buf)
             if seg.version == 1:
                 yield from self._replay_v1(seg, buf)
@@ -269,7 +255,6 @@ class WAL:
                     "file as found is kept as %s)", seg.path, off, exc, len(buf) - off,
                     kept.name)
         self.truncate_segment(seg, off)
-        self.torn = (seg.path, off)
 
     def keep_broken(self, path: Path, buf: bytes) -> Path:
         """A durable copy of a damaged file, `<name>.broken` (a number added if taken)."""
