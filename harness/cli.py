@@ -206,6 +206,10 @@ def print_status_table(st: dict) -> None:
     widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
     for row in (cols, *rows):
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
+    for n in st.get("nodes", []):
+        if n.get("repair"):
+            click.echo(f"node {n['id']} is REPAIRING its log (no votes until caught up): "
+                       f"{n['repair']}")
     print_metrics_lines(st)
 
 

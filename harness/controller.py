@@ -1043,6 +1043,7 @@ def dashboard_fields(st: dict[str, Any]) -> dict[str, Any]:
             "p50": ms(quantile(fsync, 0.5)), "p99": ms(quantile(fsync, 0.99)),
             "count": fsync["count"]},
         "metrics_port": st.get("metrics_port"),
+        "repair": st.get("repair"),
     }
 
 
