@@ -9,6 +9,7 @@ over, and the leader re-sends the whole snapshot after its wait times out.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 from raftkv.raft import Message, MsgType, SnapshotMeta
@@ -20,16 +21,19 @@ class SnapshotSender:
                  chunk_size: int = MAX_SNAPSHOT_CHUNK) -> None:
         self.load = load
         self.chunk_size = chunk_size
-        self._cached: tuple[SnapshotMeta, bytes] | None = None
+        # The last snapshot sent, its bytes and their CRC32: a snapshot is immutable, so
+        # a re-send (a retry, another follower) reads and checksums it once.
+        self._cached: tuple[SnapshotMeta, bytes, int] | None = None
 
     def chunks(self, m: Message) -> list[SnapshotChunk]:
         """The chunks that carry the snapshot of SNAP message `m`."""
         meta = m.snapshot
         if self._cached is None or self._cached[0] != meta:
-            self._cached = (meta, self.load(meta))
-        data = self._cached[1]
+            data = self.load(meta)
+            self._cached = (meta, data, zlib.crc32(data))
+        _, data, crc = self._cached
         total = len(data)
-        return [SnapshotChunk(m.to, m.frm, m.term, meta, off, total,
+        return [SnapshotChunk(m.to, m.frm, m.term, meta, off, total, crc,
                               data[off:off + self.chunk_size])
                 for off in range(0, max(total, 1), self.chunk_size)]
 

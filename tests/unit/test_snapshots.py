@@ -1,5 +1,7 @@
 """Chunking and reassembly of snapshots between nodes."""
 
+import zlib
+
 from raftkv.raft import Message, MsgType, SnapshotMeta
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
 
@@ -39,3 +41,12 @@ def test_empty_snapshot_is_one_chunk():
     [only] = sender.chunks(Message(MsgType.SNAP, 2, 1, 3, snapshot=META))
     assert only.total == 0
     assert SnapshotReceiver().receive(only) is not None
+
+
+def test_every_chunk_carries_the_crc32_of_the_whole_snapshot_computed_once():
+    loads = []
+    sender = SnapshotSender(lambda meta: loads.append(meta) or DATA, chunk_size=1000)
+    snap = Message(MsgType.SNAP, 2, 1, 3, snapshot=META)
+    first, again = sender.chunks(snap), sender.chunks(snap)
+    assert {c.checksum for c in first + again} == {zlib.crc32(DATA)}
+    assert loads == [META]  # the retry re-used the bytes and their checksum
