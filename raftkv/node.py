@@ -663,7 +663,7 @@ class Node:
             storage=self.storage.stats(),
             kv={"keys": len(self.kv), "sessions": self.kv.session_count,
                 "malformed": self.kv.stats.malformed},
-            counters=dict(self.counters),
+            counters=self.counter_values(),
             failpoints=sorted(self.failpoints),
             log_tail=self.core.log_tail(LOG_TAIL),
             events=self.events.tail(),
@@ -671,6 +671,10 @@ class Node:
             metrics_port=self.metrics_port,
         )
         return s
+
+    def counter_values(self) -> dict[str, int | float]:
+        """The node's counters with those its helpers keep."""
+        return {**self.counters, "snapshots_rejected": self.snapshot_receiver.rejected}
 
     def histograms(self) -> dict[str, Any]:
         return {"fsync_seconds": self.fsync_seconds.to_dict(),
@@ -683,7 +687,7 @@ class Node:
         return {"term": core.term, "role": core.role.name.lower(),
                 "last_index": raft_log.last_index(), "commit_index": raft_log.committed,
                 "applied_index": raft_log.applied, "snapshot_index": raft_log.offset,
-                "counters": dict(self.counters), "transport": dict(self.transport.stats),
+                "counters": self.counter_values(), "transport": dict(self.transport.stats),
                 "histograms": self.histograms()}
 
 

@@ -2,18 +2,23 @@
 
 The Raft core only says "send node N our snapshot" (a SNAP message with its metadata);
 `SnapshotSender` turns that into chunks of at most `MAX_SNAPSHOT_CHUNK` bytes read from
-storage. `SnapshotReceiver` puts chunks back together; a chunk that does not continue
-what it holds (lost, reordered, a leader change, a restart in the middle) makes it start
-over, and the leader re-sends the whole snapshot after its wait times out.
+storage, each carrying the CRC32 of the whole snapshot. `SnapshotReceiver` puts chunks
+back together; a chunk that does not continue what it holds (lost, reordered, a leader
+change, a restart in the middle) makes it start over, and the leader re-sends the whole
+snapshot after its wait times out. A whole snapshot reaches the core only once its bytes
+match the checksum.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable
 
 from raftkv.raft import Message, MsgType, SnapshotMeta
 from raftkv.wire import MAX_SNAPSHOT_CHUNK, SnapshotChunk
+
+log = logging.getLogger("raftkv.snapshots")
 
 
 class SnapshotSender:
@@ -39,13 +44,33 @@ class SnapshotSender:
 
 
 class SnapshotReceiver:
+    """Reassembles snapshots. A whole snapshot is returned as a SNAP message only if its
+    bytes have the CRC32 its chunks carry; otherwise the transfer is dropped, counted in
+    `rejected` and logged, and the leader re-sends after its wait."""
+
     def __init__(self) -> None:
         self._partial: dict[int, tuple[SnapshotChunk, bytearray]] = {}  # sender -> progress
         self.completed: dict[SnapshotMeta, bytes] = {}
         self.restarts = 0
+        self.rejected = 0  # whole or partial transfers refused by their checksum
 
     def receive(self, c: SnapshotChunk) -> Message | None:
-        """Take one chunk; returns the SNAP message to step once the snapshot is whole."""
+        """Take one chunk; returns the SNAP message to step once the snapshot is whole
+        and matches its checksum."""
+        data = self._assemble(c)
+        if data is None:
+            return None
+        crc = zlib.crc32(data)
+        if crc != c.checksum:
+            self._reject(c, f"its {len(data)} bytes have CRC32 {crc:#010x}, the sender's "
+                            f"is {c.checksum:#010x}")
+            return None
+        self.completed[c.meta] = data
+        return Message(MsgType.SNAP, c.to, c.frm, c.term, snapshot=c.meta)
+
+    def _assemble(self, c: SnapshotChunk) -> bytes | None:
+        """The whole snapshot once `c` completes it; None before, or if `c` ends the
+        transfer (a gap, a chunk that contradicts the first)."""
         held = self._partial.get(c.frm)
         if c.offset == 0:
             if held is not None:
@@ -57,12 +82,21 @@ class SnapshotReceiver:
             self._partial.pop(c.frm, None)  # a gap: wait for the leader to start over
             self.restarts += 1
             return None
+        elif c.checksum != held[0].checksum:
+            del self._partial[c.frm]
+            self._reject(c, f"the chunk at offset {c.offset} carries checksum "
+                            f"{c.checksum:#010x}, the first one {held[0].checksum:#010x}")
+            return None
         held[1].extend(c.data)
         if len(held[1]) < c.total:
             return None
         del self._partial[c.frm]
-        self.completed[c.meta] = bytes(held[1])
-        return Message(MsgType.SNAP, c.to, c.frm, c.term, snapshot=c.meta)
+        return bytes(held[1])
+
+    def _reject(self, c: SnapshotChunk, reason: str) -> None:
+        self.rejected += 1
+        log.warning("snapshot at index %d (term %d) from node %d rejected: %s", c.meta.index,
+                    c.meta.term, c.frm, reason)
 
     def take(self, meta: SnapshotMeta) -> bytes:
         """The bytes of a completed snapshot the core asked us to install."""

@@ -1,27 +1,39 @@
-"""Chunking and reassembly of snapshots between nodes."""
+"""Chunking, reassembly and checking of snapshots between nodes."""
 
+from __future__ import annotations
+
+import dataclasses
+import logging
 import zlib
 
 from raftkv.raft import Message, MsgType, SnapshotMeta
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
+from raftkv.wire import SnapshotChunk
 
 META = SnapshotMeta(50, 3, (1, 2, 3))
 DATA = bytes(range(256)) * 40  # 10,240 bytes
 
 
-def chunks(chunk_size: int = 1000):
-    sender = SnapshotSender(lambda meta: DATA, chunk_size=chunk_size)
-    return sender.chunks(Message(MsgType.SNAP, 2, 1, 3, snapshot=META))
+def chunks(meta: SnapshotMeta = META, data: bytes = DATA, chunk_size: int = 1000,
+           frm: int = 1) -> list[SnapshotChunk]:
+    sender = SnapshotSender(lambda _: data, chunk_size=chunk_size)
+    return sender.chunks(Message(MsgType.SNAP, 2, frm, 3, snapshot=meta))
+
+
+def feed(r: SnapshotReceiver, parts: list[SnapshotChunk]) -> Message | None:
+    """Every chunk in order; what the last one returned (the others must return None)."""
+    *head, last = parts
+    assert [r.receive(p) for p in head] == [None] * len(head)
+    return r.receive(last)
 
 
 def test_snapshot_travels_in_bounded_chunks_and_is_reassembled():
     parts = chunks()
     assert len(parts) == 11 and max(len(p.data) for p in parts) <= 1000
     r = SnapshotReceiver()
-    results = [r.receive(p) for p in parts]
-    assert results[:-1] == [None] * 10
-    assert results[-1].type == MsgType.SNAP and results[-1].snapshot == META
-    assert r.take(META) == DATA
+    m = feed(r, parts)
+    assert m.type == MsgType.SNAP and m.snapshot == META
+    assert r.take(META) == DATA and r.rejected == 0
 
 
 def test_a_gap_discards_the_transfer_and_a_new_start_succeeds():
@@ -30,16 +42,13 @@ def test_a_gap_discards_the_transfer_and_a_new_start_succeeds():
     r.receive(parts[0])
     assert r.receive(parts[2]) is None  # parts[1] was lost
     assert r.receive(parts[3]) is None  # nothing to continue
-    for p in parts[:-1]:
-        assert r.receive(p) is None
-    assert r.receive(parts[-1]) is not None
-    assert r.take(META) == DATA and r.restarts >= 1
+    assert feed(r, parts) is not None
+    assert r.take(META) == DATA and r.restarts >= 1 and r.rejected == 0
 
 
 def test_empty_snapshot_is_one_chunk():
-    sender = SnapshotSender(lambda meta: b"")
-    [only] = sender.chunks(Message(MsgType.SNAP, 2, 1, 3, snapshot=META))
-    assert only.total == 0
+    [only] = chunks(data=b"")
+    assert only.total == 0 and only.checksum == zlib.crc32(b"")
     assert SnapshotReceiver().receive(only) is not None
 
 
@@ -50,3 +59,24 @@ def test_every_chunk_carries_the_crc32_of_the_whole_snapshot_computed_once():
     first, again = sender.chunks(snap), sender.chunks(snap)
     assert {c.checksum for c in first + again} == {zlib.crc32(DATA)}
     assert loads == [META]  # the retry re-used the bytes and their checksum
+
+
+def test_bytes_that_do_not_match_the_checksum_are_dropped_counted_and_logged(caplog):
+    parts = chunks()
+    parts[4] = dataclasses.replace(parts[4], data=b"\xff" + parts[4].data[1:])  # on the way
+    r = SnapshotReceiver()
+    with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
+        assert feed(r, parts) is None
+    assert r.rejected == 1 and r.completed == {}
+    assert "index 50" in caplog.text and "CRC32" in caplog.text
+    assert feed(r, chunks()) is not None  # the leader's next send is taken
+
+
+def test_a_chunk_whose_checksum_differs_from_the_first_ends_the_transfer(caplog):
+    parts = chunks()
+    parts[5] = dataclasses.replace(parts[5], checksum=parts[5].checksum ^ 1)
+    r = SnapshotReceiver()
+    with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
+        assert [r.receive(p) for p in parts] == [None] * len(parts)
+    assert r.rejected == 1 and r.completed == {}
+    assert "offset 5000" in caplog.text and "first one" in caplog.text
