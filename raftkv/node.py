@@ -35,7 +35,7 @@ import zmq
 from raftkv import failpoints
 from raftkv.eventlog import COUNTER_KEYS as EVENT_COUNTERS
 from raftkv.eventlog import EventLog
-from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore
+from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore, SnapshotError
 from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, Buckets
 from raftkv.raft import (
     ConfChange,
@@ -214,7 +214,7 @@ class Node:
             applied=snapshot.index if snapshot else 0,
         )
         self.snapshot_sender = SnapshotSender(self.load_snapshot)
-        self.snapshot_receiver = SnapshotReceiver()
+        self.snapshot_receiver = SnapshotReceiver(self.restore_scratch)
         self.bytes_since_snapshot = 0
         hs = self.storage.hard_state
         self.durable_term_vote = (hs.term, hs.vote)
@@ -271,14 +271,8 @@ class Node:
                     messages, requests = self.transport.recv_all()
                     for m in messages:
                         if type(m) is SnapshotChunk:
-                            m = self.snapshot_receiver.receive(m)
-                            if m is None:
-                                continue
-                            if self.syncing is not None:
-                                # Installing a snapshot replaces the log the syncing
-                                # Ready describes: step it once that Ready is done.
-                                self.deferred.append(m)
-                                continue
+                            self.receive_snapshot_chunk(m)
+                            continue
                         self.core.step(m)
                     self.handle_requests(requests)
                 now = time.monotonic()
@@ -422,11 +416,41 @@ class Node:
             raise InvariantViolation(f"asked to send snapshot {meta}, storage has {stored}")
         return self.storage.load_snapshot_data()
 
+    def receive_snapshot_chunk(self, c: SnapshotChunk) -> None:
+        """Assemble; a snapshot that is whole and passed its checks is stepped into the
+        core, or held until the syncing Ready is done."""
+        m = self.snapshot_receiver.receive(c)
+        if m is None:
+            return
+        if self.syncing is not None:
+            # Installing a snapshot replaces the log the syncing Ready describes: step it
+            # once that Ready is done.
+            self.deferred.append(m)
+            return
+        self.core.step(m)
+
+    def restore_scratch(self, meta: SnapshotMeta, data: bytes) -> KVStore:
+        """A fresh state machine restored from a received snapshot, before the snapshot
+        may replace anything. Raises SnapshotError if the bytes do not hold the state
+        up to `meta.index`."""
+        scratch = KVStore(max_key_size=self.cfg.max_key, max_value_size=self.cfg.max_value)
+        scratch.restore(data)
+        # The store's index may trail meta.index, never pass it: entries that change no
+        # state (a new leader's NOOP) do not move it, and every entry after meta.index is
+        # applied after the snapshot, which the store refuses at an index it has applied.
+        if scratch.applied_index > meta.index:
+            raise SnapshotError(f"the state has applied up to index "
+                                f"{scratch.applied_index}, past the snapshot's {meta.index}")
+        return scratch
+
     def install_snapshot(self, meta: SnapshotMeta) -> None:
-        """A snapshot from the leader replaces our state: durable first, then restored."""
-        data = self.snapshot_receiver.take(meta)
+        """A snapshot from the leader replaces our state: durable first, then the state
+        machine restored from it on arrival (`restore_scratch`) is swapped in."""
+        accepted = self.snapshot_receiver.take(meta)
+        data = accepted.data
         self.storage.save_snapshot(meta, data)
-        self.kv.restore(data)
+        accepted.state.stats = self.kv.stats  # local counters, not part of the state
+        self.kv = accepted.state
         for node_id, address in self.kv.members.items():
             self.transport.set_peer(node_id, address)
         self.bytes_since_snapshot = 0

@@ -6,7 +6,8 @@ storage, each carrying the CRC32 of the whole snapshot. `SnapshotReceiver` puts 
 back together; a chunk that does not continue what it holds (lost, reordered, a leader
 change, a restart in the middle) makes it start over, and the leader re-sends the whole
 snapshot after its wait times out. A whole snapshot reaches the core only once its bytes
-match the checksum.
+match the checksum and the node's check of them (a restore into a scratch state machine)
+passed: storage and the state machine are replaced only by a snapshot known to be good.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
+from raftkv.kv import SnapshotError
 from raftkv.raft import Message, MsgType, SnapshotMeta
 from raftkv.wire import MAX_SNAPSHOT_CHUNK, SnapshotChunk
 
 log = logging.getLogger("raftkv.snapshots")
+
+S = TypeVar("S")  # what a receiver's `validate` makes of a snapshot's bytes
 
 
 class SnapshotSender:
@@ -43,29 +49,40 @@ class SnapshotSender:
                 for off in range(0, max(total, 1), self.chunk_size)]
 
 
-class SnapshotReceiver:
-    """Reassembles snapshots. A whole snapshot is returned as a SNAP message only if its
-    bytes have the CRC32 its chunks carry; otherwise the transfer is dropped, counted in
-    `rejected` and logged, and the leader re-sends after its wait."""
+@dataclass(slots=True)
+class AcceptedSnapshot(Generic[S]):
+    """A whole snapshot whose bytes matched their checksum and passed `validate`."""
 
-    def __init__(self) -> None:
+    meta: SnapshotMeta
+    data: bytes
+    state: S  # what `validate` built from `data` (the node: a restored scratch KVStore)
+
+
+class SnapshotReceiver(Generic[S]):
+    """Reassembles snapshots and checks them before the core hears of one.
+
+    A whole snapshot is accepted only if its bytes have the CRC32 its chunks carry and
+    `validate(meta, data)` returns (it raises kv.SnapshotError to refuse); anything else
+    is dropped, counted in `rejected` and logged, and the leader re-sends after its wait.
+    """
+
+    def __init__(self, validate: Callable[[SnapshotMeta, bytes], S]) -> None:
+        self.validate = validate
         self._partial: dict[int, tuple[SnapshotChunk, bytearray]] = {}  # sender -> progress
-        self.completed: dict[SnapshotMeta, bytes] = {}
+        self.completed: dict[SnapshotMeta, AcceptedSnapshot[S]] = {}
         self.restarts = 0
-        self.rejected = 0  # whole or partial transfers refused by their checksum
+        self.rejected = 0  # whole or partial transfers refused: checksum or `validate`
 
     def receive(self, c: SnapshotChunk) -> Message | None:
         """Take one chunk; returns the SNAP message to step once the snapshot is whole
-        and matches its checksum."""
+        and accepted."""
         data = self._assemble(c)
         if data is None:
             return None
-        crc = zlib.crc32(data)
-        if crc != c.checksum:
-            self._reject(c, f"its {len(data)} bytes have CRC32 {crc:#010x}, the sender's "
-                            f"is {c.checksum:#010x}")
+        accepted = self._accept(c, data)
+        if accepted is None:
             return None
-        self.completed[c.meta] = data
+        self.completed[c.meta] = accepted
         return Message(MsgType.SNAP, c.to, c.frm, c.term, snapshot=c.meta)
 
     def _assemble(self, c: SnapshotChunk) -> bytes | None:
@@ -93,13 +110,26 @@ class SnapshotReceiver:
         del self._partial[c.frm]
         return bytes(held[1])
 
+    def _accept(self, c: SnapshotChunk, data: bytes) -> AcceptedSnapshot[S] | None:
+        crc = zlib.crc32(data)
+        if crc != c.checksum:
+            self._reject(c, f"its {len(data)} bytes have CRC32 {crc:#010x}, the sender's "
+                            f"is {c.checksum:#010x}")
+            return None
+        try:
+            state = self.validate(c.meta, data)
+        except SnapshotError as e:
+            self._reject(c, str(e))
+            return None
+        return AcceptedSnapshot(c.meta, data, state)
+
     def _reject(self, c: SnapshotChunk, reason: str) -> None:
         self.rejected += 1
         log.warning("snapshot at index %d (term %d) from node %d rejected: %s", c.meta.index,
                     c.meta.term, c.frm, reason)
 
-    def take(self, meta: SnapshotMeta) -> bytes:
-        """The bytes of a completed snapshot the core asked us to install."""
-        data = self.completed.pop(meta)
+    def take(self, meta: SnapshotMeta) -> AcceptedSnapshot[S]:
+        """The accepted snapshot the core asked us to install."""
+        accepted = self.completed.pop(meta)
         self.completed.clear()  # older ones are of no use any more
-        return data
+        return accepted

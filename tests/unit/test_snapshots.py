@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import zlib
 
+from raftkv.kv import SnapshotError
 from raftkv.raft import Message, MsgType, SnapshotMeta
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
 from raftkv.wire import SnapshotChunk
@@ -20,6 +21,20 @@ def chunks(meta: SnapshotMeta = META, data: bytes = DATA, chunk_size: int = 1000
     return sender.chunks(Message(MsgType.SNAP, 2, frm, 3, snapshot=meta))
 
 
+class Validator:
+    """Records what it was asked to check; refuses the bytes in `refuse`."""
+
+    def __init__(self, refuse: bytes | None = None) -> None:
+        self.refuse = refuse
+        self.calls: list[SnapshotMeta] = []
+
+    def __call__(self, meta: SnapshotMeta, data: bytes) -> str:
+        self.calls.append(meta)
+        if data == self.refuse:
+            raise SnapshotError("not a snapshot this store can load")
+        return f"state of {len(data)} bytes"
+
+
 def feed(r: SnapshotReceiver, parts: list[SnapshotChunk]) -> Message | None:
     """Every chunk in order; what the last one returned (the others must return None)."""
     *head, last = parts
@@ -30,26 +45,28 @@ def feed(r: SnapshotReceiver, parts: list[SnapshotChunk]) -> Message | None:
 def test_snapshot_travels_in_bounded_chunks_and_is_reassembled():
     parts = chunks()
     assert len(parts) == 11 and max(len(p.data) for p in parts) <= 1000
-    r = SnapshotReceiver()
+    r = SnapshotReceiver(Validator())
     m = feed(r, parts)
     assert m.type == MsgType.SNAP and m.snapshot == META
-    assert r.take(META) == DATA and r.rejected == 0
+    accepted = r.take(META)
+    assert accepted.data == DATA and accepted.state == "state of 10240 bytes"
+    assert r.completed == {} and r.rejected == 0
 
 
 def test_a_gap_discards_the_transfer_and_a_new_start_succeeds():
     parts = chunks()
-    r = SnapshotReceiver()
+    r = SnapshotReceiver(Validator())
     r.receive(parts[0])
     assert r.receive(parts[2]) is None  # parts[1] was lost
     assert r.receive(parts[3]) is None  # nothing to continue
     assert feed(r, parts) is not None
-    assert r.take(META) == DATA and r.restarts >= 1 and r.rejected == 0
+    assert r.take(META).data == DATA and r.restarts >= 1 and r.rejected == 0
 
 
 def test_empty_snapshot_is_one_chunk():
     [only] = chunks(data=b"")
     assert only.total == 0 and only.checksum == zlib.crc32(b"")
-    assert SnapshotReceiver().receive(only) is not None
+    assert SnapshotReceiver(Validator()).receive(only) is not None
 
 
 def test_every_chunk_carries_the_crc32_of_the_whole_snapshot_computed_once():
@@ -64,10 +81,12 @@ def test_every_chunk_carries_the_crc32_of_the_whole_snapshot_computed_once():
 def test_bytes_that_do_not_match_the_checksum_are_dropped_counted_and_logged(caplog):
     parts = chunks()
     parts[4] = dataclasses.replace(parts[4], data=b"\xff" + parts[4].data[1:])  # on the way
-    r = SnapshotReceiver()
+    validate = Validator()
+    r = SnapshotReceiver(validate)
     with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
         assert feed(r, parts) is None
     assert r.rejected == 1 and r.completed == {}
+    assert validate.calls == []  # never restored
     assert "index 50" in caplog.text and "CRC32" in caplog.text
     assert feed(r, chunks()) is not None  # the leader's next send is taken
 
@@ -75,8 +94,16 @@ def test_bytes_that_do_not_match_the_checksum_are_dropped_counted_and_logged(cap
 def test_a_chunk_whose_checksum_differs_from_the_first_ends_the_transfer(caplog):
     parts = chunks()
     parts[5] = dataclasses.replace(parts[5], checksum=parts[5].checksum ^ 1)
-    r = SnapshotReceiver()
+    r = SnapshotReceiver(Validator())
     with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
         assert [r.receive(p) for p in parts] == [None] * len(parts)
     assert r.rejected == 1 and r.completed == {}
     assert "offset 5000" in caplog.text and "first one" in caplog.text
+
+
+def test_a_snapshot_the_validator_refuses_is_dropped_and_counted(caplog):
+    r = SnapshotReceiver(Validator(refuse=DATA))
+    with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
+        assert feed(r, chunks()) is None
+    assert r.rejected == 1 and r.completed == {}
+    assert "not a snapshot this store can load" in caplog.text
