@@ -356,7 +356,7 @@ class Node:
         if self.deferred:
             held, self.deferred = self.deferred, []
             for m in held:
-                self.core.step(m)
+                self.step_snapshot(m)
 
     def record_sync(self, seconds: float) -> None:
         self.counters["fsyncs"] += 1
@@ -427,7 +427,15 @@ class Node:
             # once that Ready is done.
             self.deferred.append(m)
             return
+        self.step_snapshot(m)
+
+    def step_snapshot(self, m: Message) -> None:
+        """Step a SNAP message whose snapshot the receiver holds, accepted."""
         self.core.step(m)
+        if self.core.pending_snapshot != m.snapshot:
+            # The core did not take it (stale, duplicate, or its log already holds the
+            # snapshot's last entry): nothing will install it, so free it now.
+            self.snapshot_receiver.drop(m.snapshot)
 
     def restore_scratch(self, meta: SnapshotMeta, data: bytes) -> KVStore:
         """A fresh state machine restored from a received snapshot, before the snapshot

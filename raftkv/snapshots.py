@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from raftkv.kv import SnapshotError
-from raftkv.raft import Message, MsgType, SnapshotMeta
+from raftkv.raft import InvariantViolation, Message, MsgType, SnapshotMeta
 from raftkv.wire import MAX_SNAPSHOT_CHUNK, SnapshotChunk
 
 log = logging.getLogger("raftkv.snapshots")
@@ -64,14 +64,23 @@ class SnapshotReceiver(Generic[S]):
     A whole snapshot is accepted only if its bytes have the CRC32 its chunks carry and
     `validate(meta, data)` returns (it raises kv.SnapshotError to refuse); anything else
     is dropped, counted in `rejected` and logged, and the leader re-sends after its wait.
+
+    Invariant: at most one accepted snapshot is held, from the SNAP message `receive`
+    returns until the core installs it (`take`) or ignores it (`drop`). A snapshot that
+    completes meanwhile is dropped unchecked; the leader re-sends it if still needed.
     """
 
     def __init__(self, validate: Callable[[SnapshotMeta, bytes], S]) -> None:
         self.validate = validate
         self._partial: dict[int, tuple[SnapshotChunk, bytearray]] = {}  # sender -> progress
-        self.completed: dict[SnapshotMeta, AcceptedSnapshot[S]] = {}
+        self._held: AcceptedSnapshot[S] | None = None
         self.restarts = 0
         self.rejected = 0  # whole or partial transfers refused: checksum or `validate`
+
+    @property
+    def held(self) -> SnapshotMeta | None:
+        """The accepted snapshot held for the core, if any."""
+        return None if self._held is None else self._held.meta
 
     def receive(self, c: SnapshotChunk) -> Message | None:
         """Take one chunk; returns the SNAP message to step once the snapshot is whole
@@ -79,10 +88,13 @@ class SnapshotReceiver(Generic[S]):
         data = self._assemble(c)
         if data is None:
             return None
-        accepted = self._accept(c, data)
-        if accepted is None:
+        if self._held is not None:
+            log.info("snapshot at index %d from node %d dropped: the one at index %d is "
+                     "not installed yet", c.meta.index, c.frm, self._held.meta.index)
             return None
-        self.completed[c.meta] = accepted
+        self._held = self._accept(c, data)
+        if self._held is None:
+            return None
         return Message(MsgType.SNAP, c.to, c.frm, c.term, snapshot=c.meta)
 
     def _assemble(self, c: SnapshotChunk) -> bytes | None:
@@ -129,7 +141,16 @@ class SnapshotReceiver(Generic[S]):
                     c.meta.term, c.frm, reason)
 
     def take(self, meta: SnapshotMeta) -> AcceptedSnapshot[S]:
-        """The accepted snapshot the core asked us to install."""
-        accepted = self.completed.pop(meta)
-        self.completed.clear()  # older ones are of no use any more
-        return accepted
+        """The accepted snapshot `meta`, which the core asked us to install; released."""
+        held = self._held
+        if held is None or held.meta != meta:
+            raise InvariantViolation(f"asked to install snapshot {meta}, but the one held "
+                                     f"is {self.held}")
+        self._held = None
+        return held
+
+    def drop(self, meta: SnapshotMeta) -> None:
+        """The core ignored snapshot `meta` (stale or duplicate): release its bytes and
+        state now."""
+        if self.held == meta:
+            self._held = None

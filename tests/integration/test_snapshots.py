@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import select
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from harness.launcher import LocalCluster, wait_for
 from raftkv import Client
 from raftkv.kv import KVStore, Op, encode_command, encode_open_session
 from raftkv.node import Node, NodeConfig
-from raftkv.raft import Message, MsgType, SnapshotMeta
+from raftkv.raft import Message, MsgType, Ready, SnapshotMeta
 from raftkv.snapshots import SnapshotSender
 from raftkv.wire import ReqOp, SnapshotChunk
 
@@ -150,7 +152,7 @@ def test_a_bad_snapshot_is_rejected_without_touching_storage(follower, make_chun
     assert follower.storage.snapshot is None and follower.core.pending_snapshot is None
     assert follower.core.term == term  # the SNAP was never stepped
     assert follower.kv is kv and len(kv) == 0
-    assert follower.snapshot_receiver.completed == {}
+    assert follower.snapshot_receiver.held is None
     counters = follower.status()["counters"]
     assert counters["snapshots_rejected"] == 1 and counters["snapshots_installed"] == 0
     assert "snapshot at index 30 (term 3) from node 1 rejected" in caplog.text
@@ -171,7 +173,7 @@ def test_a_good_snapshot_is_installed_from_the_state_restored_on_arrival(
     chunks = snapshot_chunks(40 + trailing, data)
     deliver(follower, chunks)
     meta = chunks[0].meta
-    assert follower.core.pending_snapshot == meta and meta in follower.snapshot_receiver.completed
+    assert follower.core.pending_snapshot == meta and follower.snapshot_receiver.held == meta
     assert follower.storage.snapshot is None  # checked and stepped, not yet written
     follower.process_ready()
     assert follower.storage.snapshot == meta
@@ -179,5 +181,51 @@ def test_a_good_snapshot_is_installed_from_the_state_restored_on_arrival(
     assert follower.kv.get(b"k40") == b"v40" and follower.kv.applied_index == 40
     assert follower.kv.stats is stats
     assert restores == [data]  # restored once, on arrival
-    assert follower.snapshot_receiver.completed == {}
+    assert follower.snapshot_receiver.held is None
     assert follower.status()["counters"]["snapshots_installed"] == 1
+
+
+@pytest.mark.parametrize("index", [40, 35], ids=["the same again", "an older one"])
+def test_a_snapshot_the_core_ignores_is_dropped_at_once(follower, index):
+    deliver(follower, snapshot_chunks(40, leader_state(40)))
+    follower.process_ready()
+    deliver(follower, snapshot_chunks(index, leader_state(index)))
+    assert follower.core.pending_snapshot is None
+    assert follower.snapshot_receiver.held is None  # not kept until some later install
+    follower.process_ready()
+    counters = follower.status()["counters"]
+    assert counters["snapshots_installed"] == 1 and counters["snapshots_rejected"] == 0
+    assert follower.storage.snapshot.index == 40
+
+
+def finish_running_sync(node: Node, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not node.syncer.done():
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "the sync did not finish"
+        select.select([node.syncer.fd], [], [], remaining)
+    node.finish_sync()
+
+
+def test_a_snapshot_that_completes_while_a_ready_syncs_is_stepped_after_it(follower):
+    follower.syncing = Ready()
+    follower.syncer.start()
+    chunks = snapshot_chunks(40, leader_state(40))
+    deliver(follower, chunks)
+    assert follower.core.pending_snapshot is None  # not stepped while the Ready syncs
+    assert follower.snapshot_receiver.held == chunks[0].meta
+    finish_running_sync(follower)
+    assert follower.core.pending_snapshot == chunks[0].meta
+    follower.process_ready()
+    assert follower.storage.snapshot == chunks[0].meta and follower.kv.get(b"k7") == b"v7"
+
+
+def test_a_held_back_snapshot_the_core_ignores_is_dropped_once_stepped(follower):
+    deliver(follower, snapshot_chunks(40, leader_state(40)))
+    follower.process_ready()
+    follower.syncing = Ready()
+    follower.syncer.start()
+    deliver(follower, snapshot_chunks(40, leader_state(40)))  # the leader's retry
+    assert len(follower.deferred) == 1
+    finish_running_sync(follower)
+    assert follower.core.pending_snapshot is None and follower.snapshot_receiver.held is None

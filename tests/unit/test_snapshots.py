@@ -6,8 +6,10 @@ import dataclasses
 import logging
 import zlib
 
+import pytest
+
 from raftkv.kv import SnapshotError
-from raftkv.raft import Message, MsgType, SnapshotMeta
+from raftkv.raft import InvariantViolation, Message, MsgType, SnapshotMeta
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
 from raftkv.wire import SnapshotChunk
 
@@ -48,9 +50,10 @@ def test_snapshot_travels_in_bounded_chunks_and_is_reassembled():
     r = SnapshotReceiver(Validator())
     m = feed(r, parts)
     assert m.type == MsgType.SNAP and m.snapshot == META
+    assert r.held == META
     accepted = r.take(META)
     assert accepted.data == DATA and accepted.state == "state of 10240 bytes"
-    assert r.completed == {} and r.rejected == 0
+    assert r.held is None and r.rejected == 0
 
 
 def test_a_gap_discards_the_transfer_and_a_new_start_succeeds():
@@ -85,7 +88,7 @@ def test_bytes_that_do_not_match_the_checksum_are_dropped_counted_and_logged(cap
     r = SnapshotReceiver(validate)
     with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
         assert feed(r, parts) is None
-    assert r.rejected == 1 and r.completed == {}
+    assert r.rejected == 1 and r.held is None
     assert validate.calls == []  # never restored
     assert "index 50" in caplog.text and "CRC32" in caplog.text
     assert feed(r, chunks()) is not None  # the leader's next send is taken
@@ -97,7 +100,7 @@ def test_a_chunk_whose_checksum_differs_from_the_first_ends_the_transfer(caplog)
     r = SnapshotReceiver(Validator())
     with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
         assert [r.receive(p) for p in parts] == [None] * len(parts)
-    assert r.rejected == 1 and r.completed == {}
+    assert r.rejected == 1 and r.held is None
     assert "offset 5000" in caplog.text and "first one" in caplog.text
 
 
@@ -105,5 +108,30 @@ def test_a_snapshot_the_validator_refuses_is_dropped_and_counted(caplog):
     r = SnapshotReceiver(Validator(refuse=DATA))
     with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
         assert feed(r, chunks()) is None
-    assert r.rejected == 1 and r.completed == {}
+    assert r.rejected == 1 and r.held is None
     assert "not a snapshot this store can load" in caplog.text
+
+
+def test_at_most_one_accepted_snapshot_is_held():
+    validate = Validator()
+    r = SnapshotReceiver(validate)
+    assert feed(r, chunks()) is not None
+    newer = SnapshotMeta(80, 4, (1, 2, 3))
+    assert feed(r, chunks(newer, b"newer", frm=3)) is None  # dropped, unchecked
+    assert feed(r, chunks()) is None  # a duplicate too
+    assert r.held == META and validate.calls == [META] and r.rejected == 0
+    assert r.take(META).data == DATA
+    assert feed(r, chunks(newer, b"newer", frm=3)) is not None  # room again
+    assert r.held == newer
+
+
+def test_a_snapshot_the_core_ignored_is_released_at_once():
+    r = SnapshotReceiver(Validator())
+    assert feed(r, chunks()) is not None
+    r.drop(SnapshotMeta(49, 3, (1, 2, 3)))  # not the one held: kept
+    assert r.held == META
+    r.drop(META)
+    assert r.held is None
+    with pytest.raises(InvariantViolation):
+        r.take(META)
+    assert feed(r, chunks()) is not None  # and the next one is accepted
