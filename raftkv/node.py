@@ -35,7 +35,7 @@ import zmq
 from raftkv import failpoints
 from raftkv.eventlog import COUNTER_KEYS as EVENT_COUNTERS
 from raftkv.eventlog import EventLog
-from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore
+from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE, KVStore, SnapshotError
 from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, Buckets
 from raftkv.raft import (
     NONE,
@@ -228,7 +228,7 @@ class Node:
             repairing=repairing,
         )
         self.snapshot_sender = SnapshotSender(self.load_snapshot)
-        self.snapshot_receiver = SnapshotReceiver()
+        self.snapshot_receiver = SnapshotReceiver(self.restore_scratch)
         self.bytes_since_snapshot = 0
         hs = self.storage.hard_state
         self.durable_term_vote = (hs.term, hs.vote)
@@ -285,14 +285,8 @@ class Node:
                     messages, requests = self.transport.recv_all()
                     for m in messages:
                         if type(m) is SnapshotChunk:
-                            m = self.snapshot_receiver.receive(m)
-                            if m is None:
-                                continue
-                            if self.syncing is not None:
-                                # Installing a snapshot replaces the log the syncing
-                                # Ready describes: step it once that Ready is done.
-                                self.deferred.append(m)
-                                continue
+                            self.receive_snapshot_chunk(m)
+                            continue
                         self.core.step(m)
                     self.handle_requests(requests)
                 now = time.monotonic()
@@ -378,7 +372,7 @@ class Node:
         if self.deferred:
             held, self.deferred = self.deferred, []
             for m in held:
-                self.core.step(m)
+                self.step_snapshot(m)
 
     def record_sync(self, seconds: float) -> None:
         self.counters["fsyncs"] += 1
@@ -438,12 +432,50 @@ class Node:
             raise InvariantViolation(f"asked to send snapshot {meta}, storage has {stored}")
         return self.storage.load_snapshot_data()
 
+    def receive_snapshot_chunk(self, c: SnapshotChunk) -> None:
+        """Assemble; a snapshot that is whole and passed its checks is stepped into the
+        core, or held until the syncing Ready is done."""
+        m = self.snapshot_receiver.receive(c)
+        if m is None:
+            return
+        if self.syncing is not None:
+            # Installing a snapshot replaces the log the syncing Ready describes: step it
+            # once that Ready is done.
+            self.deferred.append(m)
+            return
+        self.step_snapshot(m)
+
+    def step_snapshot(self, m: Message) -> None:
+        """Step a SNAP message whose snapshot the receiver holds, accepted."""
+        self.core.step(m)
+        if self.core.pending_snapshot != m.snapshot:
+            # The core did not take it (stale, duplicate, or its log already holds the
+            # snapshot's last entry): nothing will install it, so free it now.
+            self.snapshot_receiver.drop(m.snapshot)
+
+    def restore_scratch(self, meta: SnapshotMeta, data: bytes) -> KVStore:
+        """A fresh state machine restored from a received snapshot, before the snapshot
+        may replace anything. Raises SnapshotError if the bytes do not hold the state
+        up to `meta.index`."""
+        scratch = KVStore(max_key_size=self.cfg.max_key, max_value_size=self.cfg.max_value)
+        scratch.restore(data)
+        # The store's index may trail meta.index, never pass it: entries that change no
+        # state (a new leader's NOOP) do not move it, and every entry after meta.index is
+        # applied after the snapshot, which the store refuses at an index it has applied.
+        if scratch.applied_index > meta.index:
+            raise SnapshotError(f"the state has applied up to index "
+                                f"{scratch.applied_index}, past the snapshot's {meta.index}")
+        return scratch
+
     def install_snapshot(self, meta: SnapshotMeta, hard_state: HardState | None) -> None:
         """A snapshot from the leader replaces our state: durable first (after the term
-        that brought it), then restored."""
-        data = self.snapshot_receiver.take(meta)
+        that brought it), then the state machine restored from it on arrival
+        (`restore_scratch`) is swapped in."""
+        accepted = self.snapshot_receiver.take(meta)
+        data = accepted.data
         self.storage.save_snapshot(meta, data, hard_state)
-        self.kv.restore(data)
+        accepted.state.stats = self.kv.stats  # local counters, not part of the state
+        self.kv = accepted.state
         for node_id, address in self.kv.members.items():
             self.transport.set_peer(node_id, address)
         self.bytes_since_snapshot = 0
@@ -681,7 +713,7 @@ class Node:
             repair=self.storage.repair,
             kv={"keys": len(self.kv), "sessions": self.kv.session_count,
                 "malformed": self.kv.stats.malformed},
-            counters=dict(self.counters),
+            counters=self.counter_values(),
             failpoints=sorted(self.failpoints),
             log_tail=self.core.log_tail(LOG_TAIL),
             events=self.events.tail(),
@@ -689,6 +721,10 @@ class Node:
             metrics_port=self.metrics_port,
         )
         return s
+
+    def counter_values(self) -> dict[str, int | float]:
+        """The node's counters with those its helpers keep."""
+        return {**self.counters, "snapshots_rejected": self.snapshot_receiver.rejected}
 
     def histograms(self) -> dict[str, Any]:
         return {"fsync_seconds": self.fsync_seconds.to_dict(),
@@ -701,7 +737,7 @@ class Node:
         return {"term": core.term, "role": core.role.name.lower(),
                 "last_index": raft_log.last_index(), "commit_index": raft_log.committed,
                 "applied_index": raft_log.applied, "snapshot_index": raft_log.offset,
-                "counters": dict(self.counters), "transport": dict(self.transport.stats),
+                "counters": self.counter_values(), "transport": dict(self.transport.stats),
                 "histograms": self.histograms()}
 
 

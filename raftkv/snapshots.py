@@ -2,17 +2,29 @@
 
 The Raft core only says "send node N our snapshot" (a SNAP message with its metadata);
 `SnapshotSender` turns that into chunks of at most `MAX_SNAPSHOT_CHUNK` bytes read from
-storage. `SnapshotReceiver` puts chunks back together; a chunk that does not continue
-what it holds (lost, reordered, a leader change, a restart in the middle) makes it start
-over, and the leader re-sends the whole snapshot after its wait times out.
+storage, each carrying the CRC32 of the whole snapshot. `SnapshotReceiver` puts chunks
+back together; a chunk that does not continue what it holds (lost, reordered, a leader
+change, a restart in the middle) makes it start over, and the leader re-sends the whole
+snapshot after its wait times out. A whole snapshot reaches the core only once its bytes
+match the checksum and the node's check of them (a restore into a scratch state machine)
+passed: storage and the state machine are replaced only by a snapshot known to be good.
 """
 
 from __future__ import annotations
 
+import logging
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from raftkv.raft import Message, MsgType, SnapshotMeta
+from raftkv.kv import SnapshotError
+from raftkv.raft import InvariantViolation, Message, MsgType, SnapshotMeta
 from raftkv.wire import MAX_SNAPSHOT_CHUNK, SnapshotChunk
+
+log = logging.getLogger("raftkv.snapshots")
+
+S = TypeVar("S")  # what a receiver's `validate` makes of a snapshot's bytes
 
 
 class SnapshotSender:
@@ -20,28 +32,74 @@ class SnapshotSender:
                  chunk_size: int = MAX_SNAPSHOT_CHUNK) -> None:
         self.load = load
         self.chunk_size = chunk_size
-        self._cached: tuple[SnapshotMeta, bytes] | None = None
+        # The last snapshot sent, its bytes and their CRC32: a snapshot is immutable, so
+        # a re-send (a retry, another follower) reads and checksums it once.
+        self._cached: tuple[SnapshotMeta, bytes, int] | None = None
 
     def chunks(self, m: Message) -> list[SnapshotChunk]:
         """The chunks that carry the snapshot of SNAP message `m`."""
         meta = m.snapshot
         if self._cached is None or self._cached[0] != meta:
-            self._cached = (meta, self.load(meta))
-        data = self._cached[1]
+            data = self.load(meta)
+            self._cached = (meta, data, zlib.crc32(data))
+        _, data, crc = self._cached
         total = len(data)
-        return [SnapshotChunk(m.to, m.frm, m.term, meta, off, total,
+        return [SnapshotChunk(m.to, m.frm, m.term, meta, off, total, crc,
                               data[off:off + self.chunk_size])
                 for off in range(0, max(total, 1), self.chunk_size)]
 
 
-class SnapshotReceiver:
-    def __init__(self) -> None:
+@dataclass(slots=True)
+class AcceptedSnapshot(Generic[S]):
+    """A whole snapshot whose bytes matched their checksum and passed `validate`."""
+
+    meta: SnapshotMeta
+    data: bytes
+    state: S  # what `validate` built from `data` (the node: a restored scratch KVStore)
+
+
+class SnapshotReceiver(Generic[S]):
+    """Reassembles snapshots and checks them before the core hears of one.
+
+    A whole snapshot is accepted only if its bytes have the CRC32 its chunks carry and
+    `validate(meta, data)` returns (it raises kv.SnapshotError to refuse); anything else
+    is dropped, counted in `rejected` and logged, and the leader re-sends after its wait.
+
+    Invariant: at most one accepted snapshot is held, from the SNAP message `receive`
+    returns until the core installs it (`take`) or ignores it (`drop`). A snapshot that
+    completes meanwhile is dropped unchecked; the leader re-sends it if still needed.
+    """
+
+    def __init__(self, validate: Callable[[SnapshotMeta, bytes], S]) -> None:
+        self.validate = validate
         self._partial: dict[int, tuple[SnapshotChunk, bytearray]] = {}  # sender -> progress
-        self.completed: dict[SnapshotMeta, bytes] = {}
+        self._held: AcceptedSnapshot[S] | None = None
         self.restarts = 0
+        self.rejected = 0  # whole or partial transfers refused: checksum or `validate`
+
+    @property
+    def held(self) -> SnapshotMeta | None:
+        """The accepted snapshot held for the core, if any."""
+        return None if self._held is None else self._held.meta
 
     def receive(self, c: SnapshotChunk) -> Message | None:
-        """Take one chunk; returns the SNAP message to step once the snapshot is whole."""
+        """Take one chunk; returns the SNAP message to step once the snapshot is whole
+        and accepted."""
+        data = self._assemble(c)
+        if data is None:
+            return None
+        if self._held is not None:
+            log.info("snapshot at index %d from node %d dropped: the one at index %d is "
+                     "not installed yet", c.meta.index, c.frm, self._held.meta.index)
+            return None
+        self._held = self._accept(c, data)
+        if self._held is None:
+            return None
+        return Message(MsgType.SNAP, c.to, c.frm, c.term, snapshot=c.meta)
+
+    def _assemble(self, c: SnapshotChunk) -> bytes | None:
+        """The whole snapshot once `c` completes it; None before, or if `c` ends the
+        transfer (a gap, a chunk that contradicts the first)."""
         held = self._partial.get(c.frm)
         if c.offset == 0:
             if held is not None:
@@ -53,15 +111,46 @@ class SnapshotReceiver:
             self._partial.pop(c.frm, None)  # a gap: wait for the leader to start over
             self.restarts += 1
             return None
+        elif c.checksum != held[0].checksum:
+            del self._partial[c.frm]
+            self._reject(c, f"the chunk at offset {c.offset} carries checksum "
+                            f"{c.checksum:#010x}, the first one {held[0].checksum:#010x}")
+            return None
         held[1].extend(c.data)
         if len(held[1]) < c.total:
             return None
         del self._partial[c.frm]
-        self.completed[c.meta] = bytes(held[1])
-        return Message(MsgType.SNAP, c.to, c.frm, c.term, snapshot=c.meta)
+        return bytes(held[1])
 
-    def take(self, meta: SnapshotMeta) -> bytes:
-        """The bytes of a completed snapshot the core asked us to install."""
-        data = self.completed.pop(meta)
-        self.completed.clear()  # older ones are of no use any more
-        return data
+    def _accept(self, c: SnapshotChunk, data: bytes) -> AcceptedSnapshot[S] | None:
+        crc = zlib.crc32(data)
+        if crc != c.checksum:
+            self._reject(c, f"its {len(data)} bytes have CRC32 {crc:#010x}, the sender's "
+                            f"is {c.checksum:#010x}")
+            return None
+        try:
+            state = self.validate(c.meta, data)
+        except SnapshotError as e:
+            self._reject(c, str(e))
+            return None
+        return AcceptedSnapshot(c.meta, data, state)
+
+    def _reject(self, c: SnapshotChunk, reason: str) -> None:
+        self.rejected += 1
+        log.warning("snapshot at index %d (term %d) from node %d rejected: %s", c.meta.index,
+                    c.meta.term, c.frm, reason)
+
+    def take(self, meta: SnapshotMeta) -> AcceptedSnapshot[S]:
+        """The accepted snapshot `meta`, which the core asked us to install; released."""
+        held = self._held
+        if held is None or held.meta != meta:
+            raise InvariantViolation(f"asked to install snapshot {meta}, but the one held "
+                                     f"is {self.held}")
+        self._held = None
+        return held
+
+    def drop(self, meta: SnapshotMeta) -> None:
+        """The core ignored snapshot `meta` (stale or duplicate): release its bytes and
+        state now."""
+        if self.held == meta:
+            self._held = None

@@ -17,6 +17,17 @@ are >= `log_term` and <= `term`. The decoder checks this shape because the Raft 
 treats a violation as a broken invariant and stops the node, and a frame from the network
 must never be able to do that.
 
+Snapshot chunks (node to node: InstallSnapshot, paper §7, in pieces; raftkv/snapshots.py)::
+
+    [VERSION, Kind.SNAP_CHUNK, to, frm, term, index, snap_term, voters, learners, offset,
+     total, checksum, data]
+
+`voters` and `learners` are arrays of node ids (the snapshot's membership), `data` is bin of
+at most MAX_SNAPSHOT_CHUNK bytes, `checksum` is the zlib.crc32 of the whole snapshot (all
+`total` bytes), the same in every chunk of one transfer; every other field is a uint64.
+Builds before the checksum sent 12 fields; their chunks are malformed here, and theirs
+drop ours: a snapshot cannot travel between the two builds.
+
 Client requests (a client or the controller to a node), `request_id` a uint64 chosen by
 the sender and echoed in the reply::
 
@@ -136,12 +147,15 @@ MAX_BATCH = 4096  # requests in one REQS frame
 
 MAX_SNAPSHOT_CHUNK = 1 << 20  # bytes of snapshot data in one frame
 MAX_SNAPSHOT_SIZE = 1 << 40
+MAX_CRC32 = 0xFFFFFFFF  # zlib.crc32 is unsigned
 
 
 @dataclass(slots=True)
 class SnapshotChunk:
     """Bytes [offset, offset + len(data)) of the snapshot `meta` describes, `total` bytes
-    in all. The receiver steps a SNAP message into its core once it holds every byte."""
+    in all, whose zlib.crc32 is `checksum` (every chunk of a transfer carries the same).
+    The receiver steps a SNAP message into its core once it holds every byte and they
+    match `checksum`."""
 
     to: int
     frm: int
@@ -149,6 +163,7 @@ class SnapshotChunk:
     meta: SnapshotMeta
     offset: int
     total: int
+    checksum: int  # CRC32 of the whole snapshot, not of this chunk
     data: bytes
 
 
@@ -318,10 +333,10 @@ def encode_message(m: Message) -> bytes:
 
 def encode_snapshot_chunk(c: SnapshotChunk) -> bytes:
     """Peer frame: [VERSION, SNAP_CHUNK, to, frm, term, index, snap_term, voters, learners,
-    offset, total, data]."""
+    offset, total, checksum, data]."""
     m = c.meta
     return _pack((VERSION, _SNAP_CHUNK, c.to, c.frm, c.term, m.index, m.term, list(m.voters),
-                  list(m.learners), c.offset, c.total, c.data))
+                  list(m.learners), c.offset, c.total, c.checksum, c.data))
 
 
 def encode_peer(m: Message | SnapshotChunk) -> bytes:
@@ -329,12 +344,14 @@ def encode_peer(m: Message | SnapshotChunk) -> bytes:
 
 
 def _decode_snapshot_chunk(obj: list[Any]) -> SnapshotChunk:
-    if len(obj) != 12:
-        raise MalformedFrame(f"snapshot chunk has {len(obj)} fields, not 12")
-    _, _, to, frm, term, index, snap_term, voters, learners, offset, total, data = obj
-    ints = (to, frm, term, index, snap_term, offset, total)
+    if len(obj) != 13:
+        raise MalformedFrame(f"snapshot chunk has {len(obj)} fields, not 13")
+    _, _, to, frm, term, index, snap_term, voters, learners, offset, total, crc, data = obj
+    ints = (to, frm, term, index, snap_term, offset, total, crc)
     if not all(type(x) is int and x >= 0 for x in ints) or type(data) is not bytes:
         raise MalformedFrame("snapshot chunk field of the wrong type")
+    if crc > MAX_CRC32:
+        raise MalformedFrame("snapshot chunk checksum is not a CRC32")
     for ids in (voters, learners):
         if (type(ids) is not list or len(ids) > MAX_FAULT_PEERS
                 or not all(type(i) is int and i >= 1 for i in ids)):
@@ -343,7 +360,7 @@ def _decode_snapshot_chunk(obj: list[Any]) -> SnapshotChunk:
             or offset + len(data) > total or index < 1 or not voters):
         raise MalformedFrame("snapshot chunk sizes or index out of range")
     meta = SnapshotMeta(index, snap_term, tuple(voters), tuple(learners))
-    return SnapshotChunk(to, frm, term, meta, offset, total, data)
+    return SnapshotChunk(to, frm, term, meta, offset, total, crc, data)
 
 
 def encode_put(request_id: int, client_id: int, seq: int, key: bytes,

@@ -1,12 +1,23 @@
-"""Compaction and InstallSnapshot with real processes (paper §7)."""
+"""Compaction and InstallSnapshot (paper §7): with real processes, and a received
+snapshot's checks on one Node driven by hand."""
 
 from __future__ import annotations
+
+import dataclasses
+import logging
+import select
+import time
+from pathlib import Path
 
 import pytest
 
 from harness.launcher import LocalCluster, wait_for
 from raftkv import Client
-from raftkv.wire import ReqOp
+from raftkv.kv import KVStore, Op, encode_command, encode_open_session
+from raftkv.node import Node, NodeConfig
+from raftkv.raft import Message, MsgType, Ready, SnapshotMeta
+from raftkv.snapshots import SnapshotSender
+from raftkv.wire import ReqOp, SnapshotChunk
 
 SMALL = ("--snapshot-entries", "300", "--wal-segment-bytes", "65536")
 
@@ -73,3 +84,148 @@ def test_restart_from_snapshot_keeps_every_write(small_cluster):
     with Client(c.addresses, timeout=10) as kv:
         for n in range(0, 1000, 7):
             assert kv.get(f"k{n}") == f"v{n}".encode()
+
+
+# ---- a received snapshot is checked before it replaces anything (one Node, driven) ----
+
+LEADER = 1
+SNAP_TERM = 3
+
+
+@pytest.fixture
+def follower(tmp_path):
+    """Node 2 of three, in a temp dir; its peers' addresses have nobody listening, so
+    what it sends is dropped. Its loop does not run: tests call its methods."""
+    nowhere = "tcp://127.0.0.1:9"
+    node = Node(NodeConfig(2, "tcp://127.0.0.1:0", {1: nowhere, 3: nowhere}, tmp_path / "n2"))
+    node.process_ready()
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+def leader_state(applied: int) -> bytes:
+    """What a leader's KVStore.snapshot() holds after a session and puts up to `applied`."""
+    kv = KVStore()
+    cid = kv.apply(1, encode_open_session()).value
+    for i in range(2, applied + 1):
+        kv.apply(i, encode_command(Op.PUT, b"k%d" % i, b"v%d" % i, client_id=cid, seq=i))
+    return kv.snapshot()
+
+
+def snapshot_chunks(index: int, data: bytes) -> list[SnapshotChunk]:
+    meta = SnapshotMeta(index, SNAP_TERM, (1, 2, 3))
+    sender = SnapshotSender(lambda _: data, chunk_size=256)
+    return sender.chunks(Message(MsgType.SNAP, 2, LEADER, SNAP_TERM, snapshot=meta))
+
+
+def deliver(node: Node, chunks: list[SnapshotChunk]) -> None:
+    for c in chunks:
+        node.receive_snapshot_chunk(c)
+
+
+def files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def flip_a_byte(chunks: list[SnapshotChunk]) -> list[SnapshotChunk]:
+    c = chunks[1]
+    chunks[1] = dataclasses.replace(c, data=bytes([c.data[0] ^ 0x40]) + c.data[1:])
+    return chunks
+
+
+CORRUPT = {
+    "a byte changed on the way": lambda: flip_a_byte(snapshot_chunks(30, leader_state(30))),
+    "not a state machine snapshot": lambda: snapshot_chunks(30, b"\x93" + b"\xc1" * 999),
+    "state past the snapshot's index": lambda: snapshot_chunks(30, leader_state(31)),
+}
+
+
+@pytest.mark.parametrize("make_chunks", CORRUPT.values(), ids=CORRUPT.keys())
+def test_a_bad_snapshot_is_rejected_without_touching_storage(follower, make_chunks, caplog):
+    before, kv, term = files(follower.cfg.data_dir), follower.kv, follower.core.term
+    with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
+        deliver(follower, make_chunks())
+    follower.process_ready()
+    assert files(follower.cfg.data_dir) == before
+    assert follower.storage.snapshot is None and follower.core.pending_snapshot is None
+    assert follower.core.term == term  # the SNAP was never stepped
+    assert follower.kv is kv and len(kv) == 0
+    assert follower.snapshot_receiver.held is None
+    counters = follower.status()["counters"]
+    assert counters["snapshots_rejected"] == 1 and counters["snapshots_installed"] == 0
+    assert "snapshot at index 30 (term 3) from node 1 rejected" in caplog.text
+    # The node runs on, and the leader's next send, a good one, is installed.
+    deliver(follower, snapshot_chunks(30, leader_state(30)))
+    follower.process_ready()
+    assert follower.storage.snapshot.index == 30 and follower.kv.get(b"k30") == b"v30"
+
+
+@pytest.mark.parametrize("trailing", [0, 1], ids=["state at the index", "a NOOP after it"])
+def test_a_good_snapshot_is_installed_from_the_state_restored_on_arrival(
+        follower, monkeypatch, trailing):
+    restores = []
+    real_restore = KVStore.restore
+    monkeypatch.setattr(KVStore, "restore",
+                        lambda kv, data: restores.append(data) or real_restore(kv, data))
+    data, stats = leader_state(40), follower.kv.stats
+    chunks = snapshot_chunks(40 + trailing, data)
+    deliver(follower, chunks)
+    meta = chunks[0].meta
+    assert follower.core.pending_snapshot == meta and follower.snapshot_receiver.held == meta
+    assert follower.storage.snapshot is None  # checked and stepped, not yet written
+    follower.process_ready()
+    assert follower.storage.snapshot == meta
+    assert follower.storage.load_snapshot_data() == data
+    assert follower.kv.get(b"k40") == b"v40" and follower.kv.applied_index == 40
+    assert follower.kv.stats is stats
+    assert restores == [data]  # restored once, on arrival
+    assert follower.snapshot_receiver.held is None
+    assert follower.status()["counters"]["snapshots_installed"] == 1
+
+
+@pytest.mark.parametrize("index", [40, 35], ids=["the same again", "an older one"])
+def test_a_snapshot_the_core_ignores_is_dropped_at_once(follower, index):
+    deliver(follower, snapshot_chunks(40, leader_state(40)))
+    follower.process_ready()
+    deliver(follower, snapshot_chunks(index, leader_state(index)))
+    assert follower.core.pending_snapshot is None
+    assert follower.snapshot_receiver.held is None  # not kept until some later install
+    follower.process_ready()
+    counters = follower.status()["counters"]
+    assert counters["snapshots_installed"] == 1 and counters["snapshots_rejected"] == 0
+    assert follower.storage.snapshot.index == 40
+
+
+def finish_running_sync(node: Node, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not node.syncer.done():
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "the sync did not finish"
+        select.select([node.syncer.fd], [], [], remaining)
+    node.finish_sync()
+
+
+def test_a_snapshot_that_completes_while_a_ready_syncs_is_stepped_after_it(follower):
+    follower.syncing = Ready()
+    follower.syncer.start()
+    chunks = snapshot_chunks(40, leader_state(40))
+    deliver(follower, chunks)
+    assert follower.core.pending_snapshot is None  # not stepped while the Ready syncs
+    assert follower.snapshot_receiver.held == chunks[0].meta
+    finish_running_sync(follower)
+    assert follower.core.pending_snapshot == chunks[0].meta
+    follower.process_ready()
+    assert follower.storage.snapshot == chunks[0].meta and follower.kv.get(b"k7") == b"v7"
+
+
+def test_a_held_back_snapshot_the_core_ignores_is_dropped_once_stepped(follower):
+    deliver(follower, snapshot_chunks(40, leader_state(40)))
+    follower.process_ready()
+    follower.syncing = Ready()
+    follower.syncer.start()
+    deliver(follower, snapshot_chunks(40, leader_state(40)))  # the leader's retry
+    assert len(follower.deferred) == 1
+    finish_running_sync(follower)
+    assert follower.core.pending_snapshot is None and follower.snapshot_receiver.held is None

@@ -1,41 +1,137 @@
-"""Chunking and reassembly of snapshots between nodes."""
+"""Chunking, reassembly and checking of snapshots between nodes."""
 
-from raftkv.raft import Message, MsgType, SnapshotMeta
+from __future__ import annotations
+
+import dataclasses
+import logging
+import zlib
+
+import pytest
+
+from raftkv.kv import SnapshotError
+from raftkv.raft import InvariantViolation, Message, MsgType, SnapshotMeta
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
+from raftkv.wire import SnapshotChunk
 
 META = SnapshotMeta(50, 3, (1, 2, 3))
 DATA = bytes(range(256)) * 40  # 10,240 bytes
 
 
-def chunks(chunk_size: int = 1000):
-    sender = SnapshotSender(lambda meta: DATA, chunk_size=chunk_size)
-    return sender.chunks(Message(MsgType.SNAP, 2, 1, 3, snapshot=META))
+def chunks(meta: SnapshotMeta = META, data: bytes = DATA, chunk_size: int = 1000,
+           frm: int = 1) -> list[SnapshotChunk]:
+    sender = SnapshotSender(lambda _: data, chunk_size=chunk_size)
+    return sender.chunks(Message(MsgType.SNAP, 2, frm, 3, snapshot=meta))
+
+
+class Validator:
+    """Records what it was asked to check; refuses the bytes in `refuse`."""
+
+    def __init__(self, refuse: bytes | None = None) -> None:
+        self.refuse = refuse
+        self.calls: list[SnapshotMeta] = []
+
+    def __call__(self, meta: SnapshotMeta, data: bytes) -> str:
+        self.calls.append(meta)
+        if data == self.refuse:
+            raise SnapshotError("not a snapshot this store can load")
+        return f"state of {len(data)} bytes"
+
+
+def feed(r: SnapshotReceiver, parts: list[SnapshotChunk]) -> Message | None:
+    """Every chunk in order; what the last one returned (the others must return None)."""
+    *head, last = parts
+    assert [r.receive(p) for p in head] == [None] * len(head)
+    return r.receive(last)
 
 
 def test_snapshot_travels_in_bounded_chunks_and_is_reassembled():
     parts = chunks()
     assert len(parts) == 11 and max(len(p.data) for p in parts) <= 1000
-    r = SnapshotReceiver()
-    results = [r.receive(p) for p in parts]
-    assert results[:-1] == [None] * 10
-    assert results[-1].type == MsgType.SNAP and results[-1].snapshot == META
-    assert r.take(META) == DATA
+    r = SnapshotReceiver(Validator())
+    m = feed(r, parts)
+    assert m.type == MsgType.SNAP and m.snapshot == META
+    assert r.held == META
+    accepted = r.take(META)
+    assert accepted.data == DATA and accepted.state == "state of 10240 bytes"
+    assert r.held is None and r.rejected == 0
 
 
 def test_a_gap_discards_the_transfer_and_a_new_start_succeeds():
     parts = chunks()
-    r = SnapshotReceiver()
+    r = SnapshotReceiver(Validator())
     r.receive(parts[0])
     assert r.receive(parts[2]) is None  # parts[1] was lost
     assert r.receive(parts[3]) is None  # nothing to continue
-    for p in parts[:-1]:
-        assert r.receive(p) is None
-    assert r.receive(parts[-1]) is not None
-    assert r.take(META) == DATA and r.restarts >= 1
+    assert feed(r, parts) is not None
+    assert r.take(META).data == DATA and r.restarts >= 1 and r.rejected == 0
 
 
 def test_empty_snapshot_is_one_chunk():
-    sender = SnapshotSender(lambda meta: b"")
-    [only] = sender.chunks(Message(MsgType.SNAP, 2, 1, 3, snapshot=META))
-    assert only.total == 0
-    assert SnapshotReceiver().receive(only) is not None
+    [only] = chunks(data=b"")
+    assert only.total == 0 and only.checksum == zlib.crc32(b"")
+    assert SnapshotReceiver(Validator()).receive(only) is not None
+
+
+def test_every_chunk_carries_the_crc32_of_the_whole_snapshot_computed_once():
+    loads = []
+    sender = SnapshotSender(lambda meta: loads.append(meta) or DATA, chunk_size=1000)
+    snap = Message(MsgType.SNAP, 2, 1, 3, snapshot=META)
+    first, again = sender.chunks(snap), sender.chunks(snap)
+    assert {c.checksum for c in first + again} == {zlib.crc32(DATA)}
+    assert loads == [META]  # the retry re-used the bytes and their checksum
+
+
+def test_bytes_that_do_not_match_the_checksum_are_dropped_counted_and_logged(caplog):
+    parts = chunks()
+    parts[4] = dataclasses.replace(parts[4], data=b"\xff" + parts[4].data[1:])  # on the way
+    validate = Validator()
+    r = SnapshotReceiver(validate)
+    with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
+        assert feed(r, parts) is None
+    assert r.rejected == 1 and r.held is None
+    assert validate.calls == []  # never restored
+    assert "index 50" in caplog.text and "CRC32" in caplog.text
+    assert feed(r, chunks()) is not None  # the leader's next send is taken
+
+
+def test_a_chunk_whose_checksum_differs_from_the_first_ends_the_transfer(caplog):
+    parts = chunks()
+    parts[5] = dataclasses.replace(parts[5], checksum=parts[5].checksum ^ 1)
+    r = SnapshotReceiver(Validator())
+    with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
+        assert [r.receive(p) for p in parts] == [None] * len(parts)
+    assert r.rejected == 1 and r.held is None
+    assert "offset 5000" in caplog.text and "first one" in caplog.text
+
+
+def test_a_snapshot_the_validator_refuses_is_dropped_and_counted(caplog):
+    r = SnapshotReceiver(Validator(refuse=DATA))
+    with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
+        assert feed(r, chunks()) is None
+    assert r.rejected == 1 and r.held is None
+    assert "not a snapshot this store can load" in caplog.text
+
+
+def test_at_most_one_accepted_snapshot_is_held():
+    validate = Validator()
+    r = SnapshotReceiver(validate)
+    assert feed(r, chunks()) is not None
+    newer = SnapshotMeta(80, 4, (1, 2, 3))
+    assert feed(r, chunks(newer, b"newer", frm=3)) is None  # dropped, unchecked
+    assert feed(r, chunks()) is None  # a duplicate too
+    assert r.held == META and validate.calls == [META] and r.rejected == 0
+    assert r.take(META).data == DATA
+    assert feed(r, chunks(newer, b"newer", frm=3)) is not None  # room again
+    assert r.held == newer
+
+
+def test_a_snapshot_the_core_ignored_is_released_at_once():
+    r = SnapshotReceiver(Validator())
+    assert feed(r, chunks()) is not None
+    r.drop(SnapshotMeta(49, 3, (1, 2, 3)))  # not the one held: kept
+    assert r.held == META
+    r.drop(META)
+    assert r.held is None
+    with pytest.raises(InvariantViolation):
+        r.take(META)
+    assert feed(r, chunks()) is not None  # and the next one is accepted

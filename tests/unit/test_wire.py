@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from raftkv import kv
-from raftkv.raft.types import Entry, EntryType, Message, MsgType
+from raftkv.raft.types import Entry, EntryType, Message, MsgType, SnapshotMeta
 from raftkv.wire import (
     MAX_BATCH,
     VERSION,
@@ -29,6 +29,7 @@ from raftkv.wire import (
     ReplyCode,
     ReqOp,
     RequestBatch,
+    SnapshotChunk,
     decode_frame,
     decode_message,
     decode_replies,
@@ -41,6 +42,7 @@ from raftkv.wire import (
     encode_reply,
     encode_request,
     encode_requests,
+    encode_snapshot_chunk,
     max_entry_size,
 )
 
@@ -431,6 +433,7 @@ def test_non_bytes_input_is_malformed() -> None:
 def valid_frames() -> list[bytes]:
     frames = [encode_message(full_message(t, False)) for t in MsgType]
     frames.append(encode_message(full_message(MsgType.APP, True)))
+    frames.append(encode_snapshot_chunk(CHUNK))
     frames += [encode_request(r) for r in REQUESTS]
     return frames
 
@@ -494,7 +497,7 @@ def test_fuzz_decoders_raise_only_frame_errors(seed: int) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_fuzz_random_structures_raise_only_frame_errors(seed: int) -> None:
     rng = random.Random(seed)
-    kinds = [Kind.RAFT, Kind.REQ, Kind.REP]
+    kinds = [Kind.RAFT, Kind.REQ, Kind.REP, Kind.SNAP_CHUNK]
     try:
         for _ in range(2000):
             obj = [VERSION, rng.choice(kinds)]
@@ -530,19 +533,33 @@ def test_append_codec_throughput_is_reported(capsys: pytest.CaptureFixture[str])
         )
 
 
-def test_snapshot_chunk_round_trip_and_validation() -> None:
-    from raftkv.raft.types import SnapshotMeta
-    from raftkv.wire import SnapshotChunk, decode_frame, encode_snapshot_chunk
+CHUNK = SnapshotChunk(2, 1, 7, SnapshotMeta(100, 6, (1, 2, 3), ()), 4096, 10_000,
+                      0xFFFF_FFFF, b"x" * 100)
 
-    c = SnapshotChunk(2, 1, 7, SnapshotMeta(100, 6, (1, 2, 3), ()), 4096, 10_000, b"x" * 100)
-    assert decode_frame(encode_snapshot_chunk(c)) == c
-    bad = [
-        [VERSION, 4, 2, 1, 7, 100, 6, [1, 2, 3], [], 9_950, 10_000, b"x" * 100],  # past total
-        [VERSION, 4, 2, 1, 7, 0, 6, [1, 2, 3], [], 0, 10, b"x"],  # index 0
-        [VERSION, 4, 2, 1, 7, 100, 6, [0], [], 0, 10, b"x"],  # not a node id
-        [VERSION, 4, 2, 1, 7, 100, 6, [1], [], 0, 10, "x"],  # data not bytes
-        [VERSION, 4, 2, 1, 7, 100, 6, [1], [], 0, 10],  # short
-    ]
-    for obj in bad:
-        with pytest.raises(MalformedFrame):
-            decode_frame(pack(obj))
+
+def test_snapshot_chunk_round_trips_with_its_checksum() -> None:
+    assert decode_frame(encode_snapshot_chunk(CHUNK)) == CHUNK
+    zero = SnapshotChunk(2, 1, 7, SnapshotMeta(1, 1, (1,), (4,)), 0, 0, 0, b"")
+    assert decode_frame(encode_snapshot_chunk(zero)) == zero
+
+
+@pytest.mark.parametrize("obj", [
+    [VERSION, 4, 2, 1, 7, 100, 6, [1, 2, 3], [], 9_950, 10_000, 5, b"x" * 100],  # past total
+    [VERSION, 4, 2, 1, 7, 0, 6, [1, 2, 3], [], 0, 10, 5, b"x"],  # index 0
+    [VERSION, 4, 2, 1, 7, 100, 6, [0], [], 0, 10, 5, b"x"],  # not a node id
+    [VERSION, 4, 2, 1, 7, 100, 6, [1], [], 0, 10, 5, "x"],  # data not bytes
+    [VERSION, 4, 2, 1, 7, 100, 6, [1], [], 0, 10, 5],  # short
+    [VERSION, 4, 2, 1, 7, 100, 6, [1], [], 0, 10, b"x"],  # the layout before the checksum
+    [VERSION, 4, 2, 1, 7, 100, 6, [1], [], 0, 10, 5, b"x", 0],  # a field too many
+])
+def test_snapshot_chunk_of_the_wrong_shape_is_malformed(obj: list) -> None:
+    with pytest.raises(MalformedFrame):
+        decode_frame(pack(obj))
+
+
+@pytest.mark.parametrize("checksum", [None, b"\x00\x00\x00\x05", "5", 5.0, True, -1, 2**32,
+                                      2**64 - 1, [5]])
+def test_snapshot_chunk_checksum_must_be_a_crc32(checksum: object) -> None:
+    obj = [VERSION, 4, 2, 1, 7, 100, 6, [1, 2, 3], [], 0, 10, checksum, b"x"]
+    with pytest.raises(MalformedFrame):
+        decode_frame(pack(obj))
