@@ -33,6 +33,27 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class Hex64(click.ParamType):
+    """A hex number of at most 64 bits (a cluster id)."""
+
+    name = "hex"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            number = int(value, 16)
+        except ValueError:
+            number = -1
+        if not 0 <= number < 1 << 64:
+            self.fail(f"{value!r} is not a hex number of at most 64 bits, e.g. "
+                      "9f2c41d07a3e55b1", param, ctx)
+        return number
+
+
+HEX64 = Hex64()
+
 dir_option = click.option(
     "--dir", "cluster_dir", envvar="RAFTKV_DIR", default=".raftkv", show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
@@ -529,9 +550,23 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
                    "node and its --peer ids).")
 @click.option("--join", is_flag=True,
               help="Join a running cluster: start with no configuration and wait for the "
-                   "leader to add this node (`raftkv add-node` does both).")
+                   "leader to add this node (`raftkv add-node` does both). Like --new, "
+                   "lets an empty or missing --data-dir be created: give it on the node's "
+                   "first start only.")
+@click.option("--new", "new", is_flag=True,
+              help="This is the node's first start in a new cluster: an empty or missing "
+                   "--data-dir may be created. Give it on the first start only: without "
+                   "--new or --join a missing or empty data dir means lost state, and the "
+                   "node refuses to start (exit 4) instead of coming back with no term, "
+                   "vote or log.")
+@click.option("--cluster-id", type=HEX64, default=0, metavar="HEX",
+              help="The cluster's id (hex, up to 64 bits), recorded in the data dir; a dir "
+                   "recorded for another cluster is refused (exit 4). Default: unchecked, "
+                   "and a dir records the first id it is given.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Where the write-ahead log and snapshots live (created if missing).")
+              help="Where the write-ahead log and snapshots live. Created only with --new "
+                   "or --join; it records this node's id and the cluster's, and another "
+                   "node's or cluster's dir is refused (exit 4).")
 @click.option("--heartbeat-ms", type=click.IntRange(min=1), default=50, show_default=True,
               help="Leader heartbeat interval; also the tick of the node's clock.")
 @click.option("--election-ms", type=click.IntRange(min=2), default=300, show_default=True,
@@ -549,14 +584,24 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @metrics_port_option
 def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, join: bool,
-         data_dir: Path, heartbeat_ms: int, election_ms: int, no_fsync: bool,
-         snapshot_entries: int, snapshot_bytes: int, wal_segment_bytes: int,
+         new: bool, cluster_id: int, data_dir: Path, heartbeat_ms: int, election_ms: int,
+         no_fsync: bool, snapshot_entries: int, snapshot_bytes: int, wal_segment_bytes: int,
          log_level: str, metrics_port: int) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
 
     \b
-    raftkv node --id 1 --listen tcp://127.0.0.1:7701 \\
+    raftkv node --id 1 --listen tcp://127.0.0.1:7701 --new \\
         --peer 2=tcp://127.0.0.1:7702 --peer 3=tcp://127.0.0.1:7703 --data-dir data/1
+
+    --new (or --join) on the first start only: later starts leave it out, so a node
+    whose data dir has vanished (an unmounted volume, a wiped disk) refuses to start.
+
+    \b
+    Exit codes:
+      0  stopped by SIGTERM or SIGINT
+      2  usage error
+      4  the data dir is unusable: missing or empty without --new/--join, another
+         node's or cluster's, damaged, or in use; the message says how to recover
     """
     from raftkv.node import NodeConfig, run_node
     from raftkv.storage import StorageError
@@ -568,12 +613,16 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
         raise click.BadParameter(f"--peer names this node's own id {node_id}")
     if election_ms <= heartbeat_ms:
         raise click.BadParameter("--election-ms must be larger than --heartbeat-ms")
+    if new and join:
+        raise click.BadParameter("--new (a new cluster) and --join (a running one) exclude "
+                                 "each other")
     initial = parse_voters(voters, join)
     cfg = NodeConfig(node_id, listen, peer_map, data_dir, initial_voters=initial,
                      heartbeat_ms=heartbeat_ms,
                      election_ms=election_ms, fsync=not no_fsync,
                      snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
-                     segment_bytes=wal_segment_bytes, metrics_port=metrics_port)
+                     segment_bytes=wal_segment_bytes, metrics_port=metrics_port,
+                     cluster_id=cluster_id, create_dir=new or join)
     try:
         run_node(cfg)
     except StorageError as e:

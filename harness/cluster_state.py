@@ -1,7 +1,8 @@
 """`DIR/cluster.json` and the processes it names.
 
-The file is the one record of a cluster started by `raftkv up`: ids, addresses, the
-command line of every process, and the pid and create time of the process now running it.
+The file is the one record of a cluster started by `raftkv up`: its id, ids, addresses,
+the command line of every process, and the pid and create time of the process now running
+it.
 A pid is only ever signalled when psutil reports the same create time, so a pid reused by
 an unrelated process after ours died is left alone.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -48,6 +50,9 @@ class ClusterState:
     fsync: bool
     controller: ProcEntry
     nodes: list[NodeEntry] = field(default_factory=list)
+    # Every node is started with it (--cluster-id) and its data dir records it. 0: a
+    # cluster.json of an older raftkv.
+    cluster_id: int = 0
 
     def node(self, node_id: int) -> NodeEntry:
         for n in self.nodes:
@@ -63,6 +68,7 @@ class ClusterState:
     def save(self) -> None:
         """Write atomically: a reader sees the old file or the new one, never half."""
         data = {"version": FORMAT_VERSION, "fsync": self.fsync,
+                "cluster_id": format_cluster_id(self.cluster_id),
                 "controller": asdict(self.controller),
                 "nodes": [asdict(n) for n in self.nodes]}
         tmp = self.dir / (FILE_NAME + ".tmp")
@@ -82,9 +88,23 @@ class ClusterState:
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"{path} has format version {data.get('version')!r}; this raftkv "
                              f"reads version {FORMAT_VERSION}")
+        try:
+            cluster_id = int(data.get("cluster_id", "0"), 16)  # absent: an older raftkv's
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} has an unreadable cluster_id: {e}") from e
         return cls(Path(cluster_dir).resolve(), bool(data["fsync"]),
                    ProcEntry(**data["controller"]),
-                   [NodeEntry(**n) for n in data["nodes"]])
+                   [NodeEntry(**n) for n in data["nodes"]], cluster_id)
+
+
+def new_cluster_id() -> int:
+    """A random, nonzero 64-bit cluster id (0 means "unchecked" to a node)."""
+    return secrets.randbits(64) or 1
+
+
+def format_cluster_id(cluster_id: int) -> str:
+    """As `raftkv node --cluster-id` takes it and the data dir's FORMAT file shows it."""
+    return f"{cluster_id:x}"
 
 
 def python_argv(*args: str) -> list[str]:
@@ -94,16 +114,22 @@ def python_argv(*args: str) -> list[str]:
 
 def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
               *, fsync: bool = True, extra: tuple[str, ...] = (),
-              voters: tuple[int, ...] | None = None, metrics_port: int = 0) -> list[str]:
+              voters: tuple[int, ...] | None = None, metrics_port: int = 0,
+              cluster_id: int = 0, new: bool = False) -> list[str]:
     """The command line of one node: exactly what `raftkv node` takes. `voters`: the
-    cluster's initial voters; () joins a running cluster; None leaves it to the node
-    (itself and its peers)."""
+    cluster's initial voters; () joins a running cluster (--join, which also lets the
+    data dir be created); None leaves it to the node (itself and its peers). `new`: the
+    node's first start in a new cluster (--new). `cluster_id`: 0 leaves it unchecked."""
     argv = python_argv("node", "--id", str(node_id), "--listen", address,
                        "--data-dir", str(data_dir), *peer_options(node_id, peers))
     if voters == ():
         argv.append("--join")
     elif voters is not None:
         argv += ["--voters", ",".join(map(str, sorted(voters)))]
+    if new:
+        argv.append("--new")
+    if cluster_id:
+        argv += ["--cluster-id", format_cluster_id(cluster_id)]
     if not fsync:
         argv.append("--no-fsync")
     if metrics_port:
@@ -145,10 +171,10 @@ def with_peers(argv: list[str], node_id: int, peers: dict[int, str]) -> list[str
 def joiner_argv(template: list[str], node_id: int, address: str, peers: dict[int, str],
                 data_dir: Path, metrics_port: int = 0) -> list[str]:
     """The command line of a node joining the cluster, from a member's (`template`): its
-    options (fsync, snapshot thresholds, ...), its own identity, every member as a peer,
-    and --join in place of the initial voters."""
+    options (fsync, snapshot thresholds, the cluster id, ...), its own identity, every
+    member as a peer, and --join in place of the initial voters."""
     options = _strip_options(template[template.index("node") + 1:], _IDENTITY_OPTIONS,
-                             ("--join",))
+                             ("--join", "--new"))
     return node_argv(node_id, address, peers, data_dir, voters=(),
                      metrics_port=metrics_port) + options
 

@@ -28,6 +28,7 @@ from harness.cluster_state import (
     ProcEntry,
     create_time,
     live_process,
+    new_cluster_id,
     node_argv,
     python_argv,
     spawn,
@@ -120,6 +121,8 @@ def find_leader(ctx: zmq.Context, addresses: dict[int, str],
 
 def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
                 host: str = "127.0.0.1") -> ClusterState:
+    """A new cluster's record: a random cluster id, and every node's command line for
+    its first start (--new)."""
     addresses = {i: f"tcp://{host}:{base_port + i}" for i in range(1, nodes + 1)}
     # Metrics ports: free ones the kernel picks now, kept in cluster.json so `up` reuses
     # them (a node whose metrics port got taken meanwhile runs on without /metrics).
@@ -130,13 +133,15 @@ def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
                   python_argv("controller", "--dir", str(cluster_dir),
                               "--metrics-port", str(metrics[0])),
                   metrics_port=metrics[0]),
+        cluster_id=new_cluster_id(),
     )
     for i, address in addresses.items():
         data_dir = cluster_dir / "data" / f"node{i}"
         state.nodes.append(NodeEntry(address, f"logs/node{i}.log",
                                      node_argv(i, address, addresses, data_dir, fsync=fsync,
                                                voters=tuple(addresses),
-                                               metrics_port=metrics[i]),
+                                               metrics_port=metrics[i],
+                                               cluster_id=state.cluster_id, new=True),
                                      metrics_port=metrics[i], id=i,
                                      data_dir=f"data/node{i}"))
     return state
@@ -237,6 +242,7 @@ class NodeProc:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen | None = None
+    started: bool = False  # started before: its data dir must exist (no --new)
 
     @property
     def alive(self) -> bool:
@@ -249,6 +255,7 @@ class LocalCluster:
         ports = free_ports(n)
         self.root = root
         self.fsync = fsync
+        self.cluster_id = new_cluster_id()
         self.extra_args = extra_args
         self.nodes = {
             i: NodeProc(i, f"tcp://127.0.0.1:{ports[i - 1]}", root / f"node{i}",
@@ -262,10 +269,13 @@ class LocalCluster:
         return {i: n.address for i, n in self.nodes.items()}
 
     def start(self, i: int) -> None:
+        """Start node `i`: its first start may create its data dir, later ones may not."""
         node = self.nodes[i]
         argv = node_argv(i, node.address, self.addresses, node.data_dir, fsync=self.fsync,
-                         extra=self.extra_args)
+                         extra=self.extra_args, cluster_id=self.cluster_id,
+                         new=not node.started)
         node.proc = spawn(argv, node.log_path, detach=False)
+        node.started = True
 
     def start_all(self) -> None:
         for i in self.nodes:
