@@ -55,7 +55,10 @@ BAD_REQUEST / UNAVAILABLE with a message:
 
 Membership commands go to the leader as CONF_CHANGE requests, relayed like client
 requests; a retry of a change already in force is answered OK by the node. After a
-change every node's command line in cluster.json names every member as a peer.
+change every node's command line in cluster.json names every member as a peer. A node's
+command line loses --new/--join once the node has been seen up (cluster_state.
+FIRST_START_FLAGS): an added node's once it listens, any other's at its first STATUS
+answer.
     events [SINCE]           -> {"events": [...], "next": seq, "last": seq, "lost": n}:
                                 the timeline (harness/timeline.py) after event SINCE
 
@@ -539,6 +542,15 @@ class Controller:
         view.status_at = now
         view.unanswered_since = 0.0
         self.update_leader(now)
+        if cluster_state.is_first_start(self.state.node(view.id).argv):
+            self.record_first_start(view.id)
+
+    def record_first_start(self, node_id: int) -> None:
+        """Node `node_id` answered: it has had its first start, and its command line in
+        cluster.json loses --new/--join (cluster_state.FIRST_START_FLAGS)."""
+        if self.state.settle({node_id}):
+            cluster_state.record_started(self.state.dir, {node_id})
+            self.state_mtime = self.read_state_mtime()
 
     def believable(self, view: NodeView, now: float) -> bool:
         """Its process runs and it answers polls: what it says about itself holds."""
@@ -770,6 +782,7 @@ class Controller:
         view = self.views[node_id]
         if self.refresh_process(view) is not None:
             return {"already_running": node_id}
+        self.maybe_reload_state()  # the command line as `up` last settled it
         entry = self.state.node(node_id)
         child = cluster_state.spawn(entry.argv, self.state.dir / entry.log, detach=True)
         self.children.append(child)
@@ -878,9 +891,10 @@ class Controller:
         return None
 
     def start_joiner(self, node_id: int, data_dir: str) -> tuple[NodeEntry, Any]:
-        """Start node `node_id` with --join and wait until it listens. A port that was
-        free when picked can be taken before the node binds it (an outgoing connection's
-        ephemeral port): then the node exits, and another port is tried."""
+        """Start node `node_id` with --join and wait until it listens; its entry records
+        the command line of its later starts. A port that was free when picked can be
+        taken before the node binds it (an outgoing connection's ephemeral port): then
+        the node exits, and another port is tried."""
         address = self.new_node_address(node_id)
         for _ in range(JOINER_ATTEMPTS):
             # Metrics like the others': on a free port if they have them.
@@ -894,6 +908,8 @@ class Controller:
             self.children.append(child)
             if wait_listening(child, int(address.rpartition(":")[2]), JOINER_START_S):
                 entry.pid, entry.create_time = child.pid, cluster_state.create_time(child.pid)
+                # Listening, so it has had its first start: cluster_state.FIRST_START_FLAGS.
+                entry.argv = cluster_state.settled_argv(argv, self.state.initial_voters)
                 return entry, child
             if child.poll() is None:
                 child.kill()

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,12 @@ from harness.cluster_state import (
     NodeEntry,
     ProcEntry,
     create_time,
+    is_first_start,
     live_process,
     new_cluster_id,
     node_argv,
     python_argv,
+    record_started,
     spawn,
     stop_process,
 )
@@ -122,7 +124,7 @@ def find_leader(ctx: zmq.Context, addresses: dict[int, str],
 def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
                 host: str = "127.0.0.1") -> ClusterState:
     """A new cluster's record: a random cluster id, and every node's command line for
-    its first start (--new)."""
+    its first start (--new: see cluster_state.FIRST_START_FLAGS)."""
     addresses = {i: f"tcp://{host}:{base_port + i}" for i in range(1, nodes + 1)}
     # Metrics ports: free ones the kernel picks now, kept in cluster.json so `up` reuses
     # them (a node whose metrics port got taken meanwhile runs on without /metrics).
@@ -179,13 +181,18 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
        progress: Callable[[str], None] = lambda _: None) -> tuple[ClusterState, bool]:
     """Bring the cluster in `cluster_dir` up. Returns (state, whether anything started).
 
-    A dir without a cluster gets a new one; a dir with one restarts whatever is not
-    running, with its data. Raises LaunchError on a busy port or no leader in `timeout`."""
+    A dir without a cluster gets a new one (a random cluster id; each node's first start
+    may create its data dir); a dir with one restarts whatever is not running, with its
+    data, and a node whose data dir is gone refuses to start. Raises LaunchError on a
+    busy port, a process that exits at start, or no leader in `timeout`."""
     cluster_dir = Path(cluster_dir).resolve()
     cluster_dir.mkdir(parents=True, exist_ok=True)
     state = ClusterState.load(cluster_dir)
     if state is None:
         state = new_cluster(cluster_dir, nodes, base_port, fsync)
+        state.save()
+    elif not state.cluster_id:
+        state.adopt_cluster_id(new_cluster_id())
         state.save()
     # Check every port first, so a busy one leaves nothing half started.
     for entry in [*state.nodes, state.controller]:
@@ -205,6 +212,7 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
         while True:
             check_started(state, started)  # one that exited at start is reported at once
             statuses = node_statuses(ctx, state.addresses)
+            record_first_starts(state, statuses.keys())
             if leader_of(statuses) is not None and started_ids <= statuses.keys():
                 break
             if time.monotonic() > deadline:
@@ -215,6 +223,15 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
                                   f"{cluster_dir / 'logs'}")
             time.sleep(0.05)
     return state, True
+
+
+def record_first_starts(state: ClusterState, answered: Collection[int]) -> None:
+    """Nodes that answered have had their first start: settle their command lines, in
+    cluster.json and in `state` (see cluster_state.FIRST_START_FLAGS)."""
+    firsts = {i for i in answered if is_first_start(state.node(i).argv)}
+    if firsts:
+        record_started(state.dir, firsts)
+        state.settle(firsts)
 
 
 def down(cluster_dir: Path, grace: float = 5.0) -> list[str]:
