@@ -24,7 +24,8 @@ Exit codes:
   1  a negative answer: key not found (get, del), not swapped (cas)
   2  usage error or a request the cluster refused as invalid
   3  cluster unavailable: no cluster in --dir, controller down, no leader in --timeout
-  4  a node's data directory is unusable (node)
+  4  a node's data directory is unusable (node; up and restart when a node refuses
+     its dir, e.g. one that vanished: remove-node, then add-node)
 """
 
 
@@ -148,7 +149,11 @@ def print_answer(word: str, as_json: bool, negative: bool = False) -> None:
               help="Seconds to wait for a leader (exit 3 after).")
 def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: float) -> None:
     """Start the cluster in --dir (a new one, or the same nodes with their data) and wait
-    for a leader. Idempotent: a cluster already up is left as it is."""
+    for a leader. Idempotent: a cluster already up is left as it is.
+
+    A new cluster gets a random cluster id, and each node may create its data dir on its
+    first start only: a node whose dir has vanished since refuses to start, and `up`
+    exits 4 with the node's message (remove-node, then add-node, if the data is gone)."""
     from harness.launcher import LaunchError
     from harness.launcher import up as launch
 
@@ -157,7 +162,7 @@ def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: f
                                 fsync=not no_fsync, timeout=timeout,
                                 progress=lambda m: click.echo(m, err=True))
     except LaunchError as e:
-        fail(str(e), EXIT_UNAVAILABLE)
+        fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
     if not started:
         click.echo(f"cluster in {state.dir} is already up")
     wait_for_controller_leader(state, timeout)
@@ -368,6 +373,10 @@ def node_command(name: str, doc: str) -> None:
 
 
 def wait_until_rejoined(state: Any, node_id: int, timeout: float) -> None:
+    """Wait until the restarted node answers; fail with its exit code and log tail if
+    it exits first (exit 4 when it refused its data dir)."""
+    from harness.launcher import exited_at_start
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = control(state, "status", timeout=timeout)
@@ -375,6 +384,9 @@ def wait_until_rejoined(state: Any, node_id: int, timeout: float) -> None:
         if node.get("role") is not None:
             click.echo(f"node {node_id} is back: {node['role']} in term {node['term']}")
             return
+        if node.get("exit_code") is not None:
+            e = exited_at_start(state, state.node(node_id), node["exit_code"])
+            fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
         time.sleep(0.05)
     fail(f"node {node_id} did not answer within {timeout:g}s; see `raftkv logs {node_id}`",
          EXIT_UNAVAILABLE)
@@ -382,7 +394,7 @@ def wait_until_rejoined(state: Any, node_id: int, timeout: float) -> None:
 
 node_command("kill", "SIGKILL node NODE's process.")
 node_command("restart", "Start node NODE again (if it is not running); it rejoins with its "
-                        "data.")
+                        "data. Exit 4 if it refuses its data dir (e.g. the dir is gone).")
 node_command("pause", "SIGSTOP node NODE (it keeps its sockets but does nothing).")
 node_command("resume", "SIGCONT a paused node NODE.")
 node_command("transfer-leader", "Ask the leader to hand leadership to node NODE.")

@@ -74,6 +74,8 @@ Status map (the CONTROL "status" and STATUS value)::
                 "last_index",
                 "commit_index", "applied_index", "cpu_percent", "rss_bytes", "open_files",
                 "uptime_s", "dropped_malformed", "partitioned_from": [ids],
+                "exit_code" (of its last process, if the controller started it and it
+                exited: 4 means it refused its data dir; None otherwise),
                 "vote", "lead", "snapshot_index", "log_tail": [[index, term], ...],
                 "counters": {...}, "fsync_ms": {"p50", "p99", "count"},
                 "metrics_port"}, ...],
@@ -186,6 +188,9 @@ class NodeView:
     # `fault_acked` is what it last confirmed (None: unknown, e.g. after a restart).
     fault: frozenset[int] = frozenset()
     fault_acked: frozenset[int] | None = None
+    # (pid, exit code) of the last node process we started that exited; its status
+    # shows the code while that pid is the node's recorded one.
+    exited: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -211,7 +216,8 @@ class Controller:
         self.own_ids = itertools.count(1)
         self.leader = 0  # the node requests go to; 0: none known
         self.leader_since = 0.0  # when `leader` was last set (monotonic)
-        self.children: list[Any] = []  # Popen of nodes we restarted, reaped in the loop
+        # (node id, Popen) of the node processes we started, reaped in the loop.
+        self.children: list[tuple[int, Any]] = []
         self.timeline = Timeline()
         self.state_mtime = self.read_state_mtime()
         self.front = self.context.socket(zmq.ROUTER)
@@ -635,7 +641,17 @@ class Controller:
                 v.cpu_percent = None
 
     def reap_children(self) -> None:
-        self.children = [c for c in self.children if c.poll() is None]
+        """Collect node processes we started that exited, keeping each one's code for
+        the node's status."""
+        running = []
+        for node_id, child in self.children:
+            code = child.poll()
+            if code is None:
+                running.append((node_id, child))
+            elif node_id in self.views:
+                self.views[node_id].exited = (child.pid, code)
+                log.info("node %d (pid %d) exited with code %d", node_id, child.pid, code)
+        self.children = running
 
     def read_state_mtime(self) -> float:
         try:
@@ -785,7 +801,7 @@ class Controller:
         self.maybe_reload_state()  # the command line as `up` last settled it
         entry = self.state.node(node_id)
         child = cluster_state.spawn(entry.argv, self.state.dir / entry.log, detach=True)
-        self.children.append(child)
+        self.children.append((node_id, child))
         self.save_node_pid(node_id, child.pid, cluster_state.create_time(child.pid))
         view.status, view.unanswered_since, view.fault_acked = None, 0.0, None
         self.refresh_process(view)
@@ -905,7 +921,7 @@ class Controller:
             entry = NodeEntry(address, f"logs/node{node_id}.log", argv, id=node_id,
                               data_dir=data_dir, metrics_port=metrics_port)
             child = cluster_state.spawn(argv, self.state.dir / entry.log, detach=True)
-            self.children.append(child)
+            self.children.append((node_id, child))
             if wait_listening(child, int(address.rpartition(":")[2]), JOINER_START_S):
                 entry.pid, entry.create_time = child.pid, cluster_state.create_time(child.pid)
                 # Listening, so it has had its first start: cluster_state.FIRST_START_FLAGS.
@@ -1002,6 +1018,9 @@ class Controller:
     # ---- status --------------------------------------------------------------------
 
     def status_map(self) -> dict[str, Any]:
+        # At once: a node that exited shows its exit code, one `up` started its pid.
+        self.reap_children()
+        self.maybe_reload_state()
         now = time.monotonic()
         self.update_leader(now)
         leader = self.views.get(self.leader)
@@ -1041,6 +1060,8 @@ class Controller:
             **health,
             "dropped_malformed": (st.get("transport") or {}).get("dropped_malformed"),
             "partitioned_from": sorted(view.fault),
+            "exit_code": view.exited[1] if view.exited and view.exited[0] == entry.pid
+                         else None,
             **dashboard_fields(st),
         }
 

@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 
 from harness import rpc
+from harness.cli import EXIT_STORAGE
 from harness.cluster_state import (
     ClusterState,
     NodeEntry,
@@ -43,7 +44,12 @@ LEADER_TIMEOUT = 10.0
 
 
 class LaunchError(Exception):
-    """`up` could not bring the cluster up; the message says why and what to do."""
+    """`up` could not bring the cluster up; the message says why and what to do.
+    `storage`: a node refused its data dir (it exited with EXIT_STORAGE)."""
+
+    def __init__(self, message: str, *, storage: bool = False) -> None:
+        super().__init__(message)
+        self.storage = storage
 
 
 def free_ports(n: int) -> list[int]:
@@ -156,24 +162,37 @@ def check_port_free(address: str) -> None:
                           "on a new --dir")
 
 
-def start_process(state: ClusterState, entry: ProcEntry) -> bool:
-    """Start `entry` unless its process still runs. Returns whether it was started."""
+def start_process(state: ClusterState, entry: ProcEntry) -> subprocess.Popen | None:
+    """Start `entry` unless its process still runs. Returns the process it started."""
     if live_process(entry.pid, entry.create_time) is not None:
-        return False
+        return None
     check_port_free(entry.address)
     proc = spawn(entry.argv, state.dir / entry.log, detach=True)
     entry.pid, entry.create_time = proc.pid, create_time(proc.pid)
     state.save()
-    return True
+    return proc
 
 
-def check_started(state: ClusterState, entries: list[ProcEntry]) -> None:
-    """Fail with the log tail of any process that died right after starting."""
-    for e in entries:
-        if live_process(e.pid, e.create_time) is None:
-            tail = (state.dir / e.log).read_text(errors="replace").splitlines()[-5:]
-            raise LaunchError(f"the process for {e.address} exited at start; the end of "
-                              f"{state.dir / e.log}:\n  " + "\n  ".join(tail))
+def check_started(state: ClusterState,
+                  started: list[tuple[ProcEntry, subprocess.Popen]]) -> None:
+    """Fail with the exit code and log tail of any process that exited after starting;
+    a node's log ends with why (for a refused data dir, also how to recover)."""
+    for entry, proc in started:
+        code = proc.poll()
+        if code is not None:
+            raise exited_at_start(state, entry, code)
+
+
+def exited_at_start(state: ClusterState, entry: ProcEntry, code: int) -> LaunchError:
+    """The error for process `entry` that exited with `code` as it started: its name,
+    the code, and the end of its log."""
+    name = f"node {entry.id}" if isinstance(entry, NodeEntry) else "the controller"
+    storage = isinstance(entry, NodeEntry) and code == EXIT_STORAGE
+    why = " (its data dir is unusable)" if storage else ""
+    log = state.dir / entry.log
+    tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+    return LaunchError(f"{name} ({entry.address}) exited at start with code {code}{why}; "
+                       f"the end of {log}:\n  " + "\n  ".join(tail), storage=storage)
 
 
 def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
@@ -184,7 +203,8 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
     A dir without a cluster gets a new one (a random cluster id; each node's first start
     may create its data dir); a dir with one restarts whatever is not running, with its
     data, and a node whose data dir is gone refuses to start. Raises LaunchError on a
-    busy port, a process that exits at start, or no leader in `timeout`."""
+    busy port, a process that exits at start (`storage` set when a node refused its data
+    dir), or no leader in `timeout`."""
     cluster_dir = Path(cluster_dir).resolve()
     cluster_dir.mkdir(parents=True, exist_ok=True)
     state = ClusterState.load(cluster_dir)
@@ -198,15 +218,17 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
     for entry in [*state.nodes, state.controller]:
         if live_process(entry.pid, entry.create_time) is None:
             check_port_free(entry.address)
-    started = [n for n in state.nodes if start_process(state, n)]
-    if start_process(state, state.controller):
-        started.append(state.controller)
+    started: list[tuple[ProcEntry, subprocess.Popen]] = []
+    for entry in [*state.nodes, state.controller]:
+        proc = start_process(state, entry)
+        if proc is not None:
+            started.append((entry, proc))
     if not started:
         return state, False
     progress(f"started {len(started)} process(es); waiting for a leader ...")
     # Up means: a leader, and every node started here answering (a node that dies while
     # starting, say on a bad data dir, is reported even if the others elected a leader).
-    started_ids = {n.id for n in state.nodes if n in started}
+    started_ids = {e.id for e, _ in started if isinstance(e, NodeEntry)}
     with zmq.Context() as ctx:
         deadline = time.monotonic() + timeout
         while True:
