@@ -24,7 +24,8 @@ Exit codes:
   1  a negative answer: key not found (get, del), not swapped (cas)
   2  usage error or a request the cluster refused as invalid
   3  cluster unavailable: no cluster in --dir, controller down, no leader in --timeout
-  4  a node's data directory is unusable (node)
+  4  a node's data directory is unusable (node; up and restart when a node refuses
+     its dir, e.g. one that vanished: remove-node, then add-node)
 """
 
 
@@ -32,6 +33,27 @@ def fail(message: str, code: int) -> None:
     click.echo(f"raftkv: {message}", err=True)
     sys.exit(code)
 
+
+class Hex64(click.ParamType):
+    """A hex number of at most 64 bits (a cluster id)."""
+
+    name = "hex"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            number = int(value, 16)
+        except ValueError:
+            number = -1
+        if not 0 <= number < 1 << 64:
+            self.fail(f"{value!r} is not a hex number of at most 64 bits, e.g. "
+                      "9f2c41d07a3e55b1", param, ctx)
+        return number
+
+
+HEX64 = Hex64()
 
 dir_option = click.option(
     "--dir", "cluster_dir", envvar="RAFTKV_DIR", default=".raftkv", show_default=True,
@@ -127,7 +149,11 @@ def print_answer(word: str, as_json: bool, negative: bool = False) -> None:
               help="Seconds to wait for a leader (exit 3 after).")
 def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: float) -> None:
     """Start the cluster in --dir (a new one, or the same nodes with their data) and wait
-    for a leader. Idempotent: a cluster already up is left as it is."""
+    for a leader. Idempotent: a cluster already up is left as it is.
+
+    A new cluster gets a random cluster id, and each node may create its data dir on its
+    first start only: a node whose dir has vanished since refuses to start, and `up`
+    exits 4 with the node's message (remove-node, then add-node, if the data is gone)."""
     from harness.launcher import LaunchError
     from harness.launcher import up as launch
 
@@ -136,7 +162,7 @@ def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: f
                                 fsync=not no_fsync, timeout=timeout,
                                 progress=lambda m: click.echo(m, err=True))
     except LaunchError as e:
-        fail(str(e), EXIT_UNAVAILABLE)
+        fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
     if not started:
         click.echo(f"cluster in {state.dir} is already up")
     wait_for_controller_leader(state, timeout)
@@ -351,6 +377,10 @@ def node_command(name: str, doc: str) -> None:
 
 
 def wait_until_rejoined(state: Any, node_id: int, timeout: float) -> None:
+    """Wait until the restarted node answers; fail with its exit code and log tail if
+    it exits first (exit 4 when it refused its data dir)."""
+    from harness.launcher import exited_at_start
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = control(state, "status", timeout=timeout)
@@ -358,6 +388,9 @@ def wait_until_rejoined(state: Any, node_id: int, timeout: float) -> None:
         if node.get("role") is not None:
             click.echo(f"node {node_id} is back: {node['role']} in term {node['term']}")
             return
+        if node.get("exit_code") is not None:
+            e = exited_at_start(state, state.node(node_id), node["exit_code"])
+            fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
         time.sleep(0.05)
     fail(f"node {node_id} did not answer within {timeout:g}s; see `raftkv logs {node_id}`",
          EXIT_UNAVAILABLE)
@@ -365,7 +398,7 @@ def wait_until_rejoined(state: Any, node_id: int, timeout: float) -> None:
 
 node_command("kill", "SIGKILL node NODE's process.")
 node_command("restart", "Start node NODE again (if it is not running); it rejoins with its "
-                        "data.")
+                        "data. Exit 4 if it refuses its data dir (e.g. the dir is gone).")
 node_command("pause", "SIGSTOP node NODE (it keeps its sockets but does nothing).")
 node_command("resume", "SIGCONT a paused node NODE.")
 node_command("transfer-leader", "Ask the leader to hand leadership to node NODE.")
@@ -533,9 +566,23 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
                    "node and its --peer ids).")
 @click.option("--join", is_flag=True,
               help="Join a running cluster: start with no configuration and wait for the "
-                   "leader to add this node (`raftkv add-node` does both).")
+                   "leader to add this node (`raftkv add-node` does both). Like --new, "
+                   "lets an empty or missing --data-dir be created: give it on the node's "
+                   "first start only.")
+@click.option("--new", "new", is_flag=True,
+              help="This is the node's first start in a new cluster: an empty or missing "
+                   "--data-dir may be created. Give it on the first start only: without "
+                   "--new or --join a missing or empty data dir means lost state, and the "
+                   "node refuses to start (exit 4) instead of coming back with no term, "
+                   "vote or log.")
+@click.option("--cluster-id", type=HEX64, default=0, metavar="HEX",
+              help="The cluster's id (hex, up to 64 bits), recorded in the data dir; a dir "
+                   "recorded for another cluster is refused (exit 4). Default: unchecked, "
+                   "and a dir records the first id it is given.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Where the write-ahead log and snapshots live (created if missing).")
+              help="Where the write-ahead log and snapshots live. Created only with --new "
+                   "or --join; it records this node's id and the cluster's, and another "
+                   "node's or cluster's dir is refused (exit 4).")
 @click.option("--heartbeat-ms", type=click.IntRange(min=1), default=50, show_default=True,
               help="Leader heartbeat interval; also the tick of the node's clock.")
 @click.option("--election-ms", type=click.IntRange(min=2), default=300, show_default=True,
@@ -553,14 +600,24 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @metrics_port_option
 def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, join: bool,
-         data_dir: Path, heartbeat_ms: int, election_ms: int, no_fsync: bool,
-         snapshot_entries: int, snapshot_bytes: int, wal_segment_bytes: int,
+         new: bool, cluster_id: int, data_dir: Path, heartbeat_ms: int, election_ms: int,
+         no_fsync: bool, snapshot_entries: int, snapshot_bytes: int, wal_segment_bytes: int,
          log_level: str, metrics_port: int) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
 
     \b
-    raftkv node --id 1 --listen tcp://127.0.0.1:7701 \\
+    raftkv node --id 1 --listen tcp://127.0.0.1:7701 --new \\
         --peer 2=tcp://127.0.0.1:7702 --peer 3=tcp://127.0.0.1:7703 --data-dir data/1
+
+    --new (or --join) on the first start only: later starts leave it out, so a node
+    whose data dir has vanished (an unmounted volume, a wiped disk) refuses to start.
+
+    \b
+    Exit codes:
+      0  stopped by SIGTERM or SIGINT
+      2  usage error
+      4  the data dir is unusable: missing or empty without --new/--join, another
+         node's or cluster's, damaged, or in use; the message says how to recover
     """
     from raftkv.node import NodeConfig, run_node
     from raftkv.storage import StorageError
@@ -572,12 +629,16 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
         raise click.BadParameter(f"--peer names this node's own id {node_id}")
     if election_ms <= heartbeat_ms:
         raise click.BadParameter("--election-ms must be larger than --heartbeat-ms")
+    if new and join:
+        raise click.BadParameter("--new (a new cluster) and --join (a running one) exclude "
+                                 "each other")
     initial = parse_voters(voters, join)
     cfg = NodeConfig(node_id, listen, peer_map, data_dir, initial_voters=initial,
                      heartbeat_ms=heartbeat_ms,
                      election_ms=election_ms, fsync=not no_fsync,
                      snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
-                     segment_bytes=wal_segment_bytes, metrics_port=metrics_port)
+                     segment_bytes=wal_segment_bytes, metrics_port=metrics_port,
+                     cluster_id=cluster_id, create_dir=new or join)
     try:
         run_node(cfg)
     except StorageError as e:

@@ -1,7 +1,8 @@
 """`DIR/cluster.json` and the processes it names.
 
-The file is the one record of a cluster started by `raftkv up`: ids, addresses, the
-command line of every process, and the pid and create time of the process now running it.
+The file is the one record of a cluster started by `raftkv up`: its id, ids, addresses,
+the command line of every process, and the pid and create time of the process now running
+it.
 A pid is only ever signalled when psutil reports the same create time, so a pid reused by
 an unrelated process after ours died is left alone.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +51,9 @@ class ClusterState:
     fsync: bool
     controller: ProcEntry
     nodes: list[NodeEntry] = field(default_factory=list)
+    # Every node is started with it (--cluster-id) and its data dir records it. 0: a
+    # cluster.json of an older raftkv, until `up` gives it one (`adopt_cluster_id`).
+    cluster_id: int = 0
 
     def node(self, node_id: int) -> NodeEntry:
         for n in self.nodes:
@@ -60,9 +66,42 @@ class ClusterState:
     def addresses(self) -> dict[int, str]:
         return {n.id: n.address for n in self.nodes}
 
+    @property
+    def initial_voters(self) -> tuple[int, ...] | None:
+        """The cluster's initial voters, as the nodes' --voters name them (None: none
+        does, so a joined node cannot be settled: `settled_argv`)."""
+        for n in self.nodes:
+            voters = option_value(n.argv, "--voters")
+            if voters is not None:
+                return tuple(int(v) for v in voters.split(","))
+        return None
+
+    def settle(self, node_ids: Collection[int]) -> bool:
+        """Record that nodes `node_ids` have had their first start (FIRST_START_FLAGS).
+        Returns whether a command line changed."""
+        changed = False
+        for n in self.nodes:
+            if n.id in node_ids and is_first_start(n.argv):
+                settled = settled_argv(n.argv, self.initial_voters)
+                changed |= settled != n.argv
+                n.argv = settled
+        return changed
+
+    def adopt_cluster_id(self, cluster_id: int) -> None:
+        """Give a cluster.json of an older raftkv (no cluster id) `cluster_id`. Every
+        node in it has had its first start (an older `up` or add-node started each one
+        as it recorded it), so each command line is settled too; each data dir records
+        the id at the node's next start."""
+        self.cluster_id = cluster_id
+        self.settle({n.id for n in self.nodes})
+        for n in self.nodes:
+            n.argv = _strip_options(n.argv, ("--cluster-id",)) + [
+                "--cluster-id", format_cluster_id(cluster_id)]
+
     def save(self) -> None:
         """Write atomically: a reader sees the old file or the new one, never half."""
         data = {"version": FORMAT_VERSION, "fsync": self.fsync,
+                "cluster_id": format_cluster_id(self.cluster_id),
                 "controller": asdict(self.controller),
                 "nodes": [asdict(n) for n in self.nodes]}
         tmp = self.dir / (FILE_NAME + ".tmp")
@@ -82,9 +121,31 @@ class ClusterState:
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"{path} has format version {data.get('version')!r}; this raftkv "
                              f"reads version {FORMAT_VERSION}")
+        try:
+            cluster_id = int(data.get("cluster_id", "0"), 16)  # absent: an older raftkv's
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} has an unreadable cluster_id: {e}") from e
         return cls(Path(cluster_dir).resolve(), bool(data["fsync"]),
                    ProcEntry(**data["controller"]),
-                   [NodeEntry(**n) for n in data["nodes"]])
+                   [NodeEntry(**n) for n in data["nodes"]], cluster_id)
+
+
+def record_started(cluster_dir: Path, node_ids: Collection[int]) -> None:
+    """`ClusterState.settle` on cluster.json as it is now (others write it too: `up`,
+    the controller), written back only if a command line changed."""
+    state = ClusterState.load(cluster_dir)
+    if state is not None and state.settle(node_ids):
+        state.save()
+
+
+def new_cluster_id() -> int:
+    """A random, nonzero 64-bit cluster id (0 means "unchecked" to a node)."""
+    return secrets.randbits(64) or 1
+
+
+def format_cluster_id(cluster_id: int) -> str:
+    """As `raftkv node --cluster-id` takes it and the data dir's FORMAT file shows it."""
+    return f"{cluster_id:x}"
 
 
 def python_argv(*args: str) -> list[str]:
@@ -94,16 +155,22 @@ def python_argv(*args: str) -> list[str]:
 
 def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
               *, fsync: bool = True, extra: tuple[str, ...] = (),
-              voters: tuple[int, ...] | None = None, metrics_port: int = 0) -> list[str]:
+              voters: tuple[int, ...] | None = None, metrics_port: int = 0,
+              cluster_id: int = 0, new: bool = False) -> list[str]:
     """The command line of one node: exactly what `raftkv node` takes. `voters`: the
-    cluster's initial voters; () joins a running cluster; None leaves it to the node
-    (itself and its peers)."""
+    cluster's initial voters; () joins a running cluster (--join, which also lets the
+    data dir be created); None leaves it to the node (itself and its peers). `new`: the
+    node's first start in a new cluster (--new). `cluster_id`: 0 leaves it unchecked."""
     argv = python_argv("node", "--id", str(node_id), "--listen", address,
                        "--data-dir", str(data_dir), *peer_options(node_id, peers))
     if voters == ():
         argv.append("--join")
     elif voters is not None:
         argv += ["--voters", ",".join(map(str, sorted(voters)))]
+    if new:
+        argv.append("--new")
+    if cluster_id:
+        argv += ["--cluster-id", format_cluster_id(cluster_id)]
     if not fsync:
         argv.append("--no-fsync")
     if metrics_port:
@@ -113,6 +180,42 @@ def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
 
 # Options of `raftkv node` that name the node, its peers or its start; each takes a value.
 _IDENTITY_OPTIONS = ("--id", "--listen", "--data-dir", "--peer", "--voters", "--metrics-port")
+
+# The first start. A recorded command line carries --new (a node of a new cluster) or
+# --join (a node being added) until the node has been seen up once: answering STATUS to
+# `up` or to the controller's polls, or listening after add-node started it. A node is up
+# only after Storage.open made its data dir durable with its identity in it, so from then
+# on that dir must exist: the command line is settled (`settled_argv`), and a node whose
+# dir vanishes refuses to start instead of coming back with no term, vote or log. (The
+# dir's own FORMAT file cannot say this: a dir that is gone says nothing.)
+FIRST_START_FLAGS = ("--new", "--join")
+
+
+def is_first_start(argv: list[str]) -> bool:
+    """Whether `argv` is a node's command line for its first start."""
+    return any(flag in argv for flag in FIRST_START_FLAGS)
+
+
+def settled_argv(argv: list[str], initial_voters: tuple[int, ...] | None) -> list[str]:
+    """A node's command line for every start after the first: without --new and --join.
+    A joined node gets the cluster's initial voters in place of --join, the same as every
+    member's: they matter only while its log and snapshot name no configuration, and a
+    node not among them is no voter then. With `initial_voters` unknown, --join stays:
+    with neither, the node would count itself and its peers as the voters."""
+    argv = [a for a in argv if a != "--new"]
+    if "--join" in argv and initial_voters is not None:
+        argv = [a for a in argv if a != "--join"] + [
+            "--voters", ",".join(map(str, sorted(initial_voters)))]
+    return argv
+
+
+def option_value(argv: list[str], name: str) -> str | None:
+    """The value of option `name` in `argv` (the last one given), or None."""
+    found = None
+    for i, arg in enumerate(argv[:-1]):
+        if arg == name:
+            found = argv[i + 1]
+    return found
 
 
 def _strip_options(argv: list[str], names: tuple[str, ...], flags: tuple[str, ...] = ()
@@ -145,10 +248,11 @@ def with_peers(argv: list[str], node_id: int, peers: dict[int, str]) -> list[str
 def joiner_argv(template: list[str], node_id: int, address: str, peers: dict[int, str],
                 data_dir: Path, metrics_port: int = 0) -> list[str]:
     """The command line of a node joining the cluster, from a member's (`template`): its
-    options (fsync, snapshot thresholds, ...), its own identity, every member as a peer,
-    and --join in place of the initial voters."""
+    options (fsync, snapshot thresholds, the cluster id, ...), its own identity, every
+    member as a peer, and --join in place of the initial voters (its first start: see
+    FIRST_START_FLAGS)."""
     options = _strip_options(template[template.index("node") + 1:], _IDENTITY_OPTIONS,
-                             ("--join",))
+                             FIRST_START_FLAGS)
     return node_argv(node_id, address, peers, data_dir, voters=(),
                      metrics_port=metrics_port) + options
 

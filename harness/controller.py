@@ -55,7 +55,10 @@ BAD_REQUEST / UNAVAILABLE with a message:
 
 Membership commands go to the leader as CONF_CHANGE requests, relayed like client
 requests; a retry of a change already in force is answered OK by the node. After a
-change every node's command line in cluster.json names every member as a peer.
+change every node's command line in cluster.json names every member as a peer. A node's
+command line loses --new/--join once the node has been seen up (cluster_state.
+FIRST_START_FLAGS): an added node's once it listens, any other's at its first STATUS
+answer.
     events [SINCE]           -> {"events": [...], "next": seq, "last": seq, "lost": n}:
                                 the timeline (harness/timeline.py) after event SINCE
 
@@ -71,6 +74,8 @@ Status map (the CONTROL "status" and STATUS value)::
                 "last_index",
                 "commit_index", "applied_index", "cpu_percent", "rss_bytes", "open_files",
                 "uptime_s", "dropped_malformed", "partitioned_from": [ids],
+                "exit_code" (of its last process, if the controller started it and it
+                exited: 4 means it refused its data dir; None otherwise),
                 "vote", "lead", "snapshot_index", "log_tail": [[index, term], ...],
                 "counters": {...}, "fsync_ms": {"p50", "p99", "count"},
                 "metrics_port"}, ...],
@@ -183,6 +188,9 @@ class NodeView:
     # `fault_acked` is what it last confirmed (None: unknown, e.g. after a restart).
     fault: frozenset[int] = frozenset()
     fault_acked: frozenset[int] | None = None
+    # (pid, exit code) of the last node process we started that exited; its status
+    # shows the code while that pid is the node's recorded one.
+    exited: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -208,7 +216,8 @@ class Controller:
         self.own_ids = itertools.count(1)
         self.leader = 0  # the node requests go to; 0: none known
         self.leader_since = 0.0  # when `leader` was last set (monotonic)
-        self.children: list[Any] = []  # Popen of nodes we restarted, reaped in the loop
+        # (node id, Popen) of the node processes we started, reaped in the loop.
+        self.children: list[tuple[int, Any]] = []
         self.timeline = Timeline()
         self.state_mtime = self.read_state_mtime()
         self.front = self.context.socket(zmq.ROUTER)
@@ -539,6 +548,15 @@ class Controller:
         view.status_at = now
         view.unanswered_since = 0.0
         self.update_leader(now)
+        if cluster_state.is_first_start(self.state.node(view.id).argv):
+            self.record_first_start(view.id)
+
+    def record_first_start(self, node_id: int) -> None:
+        """Node `node_id` answered: it has had its first start, and its command line in
+        cluster.json loses --new/--join (cluster_state.FIRST_START_FLAGS)."""
+        if self.state.settle({node_id}):
+            cluster_state.record_started(self.state.dir, {node_id})
+            self.state_mtime = self.read_state_mtime()
 
     def believable(self, view: NodeView, now: float) -> bool:
         """Its process runs and it answers polls: what it says about itself holds."""
@@ -623,7 +641,17 @@ class Controller:
                 v.cpu_percent = None
 
     def reap_children(self) -> None:
-        self.children = [c for c in self.children if c.poll() is None]
+        """Collect node processes we started that exited, keeping each one's code for
+        the node's status."""
+        running = []
+        for node_id, child in self.children:
+            code = child.poll()
+            if code is None:
+                running.append((node_id, child))
+            elif node_id in self.views:
+                self.views[node_id].exited = (child.pid, code)
+                log.info("node %d (pid %d) exited with code %d", node_id, child.pid, code)
+        self.children = running
 
     def read_state_mtime(self) -> float:
         try:
@@ -770,9 +798,10 @@ class Controller:
         view = self.views[node_id]
         if self.refresh_process(view) is not None:
             return {"already_running": node_id}
+        self.maybe_reload_state()  # the command line as `up` last settled it
         entry = self.state.node(node_id)
         child = cluster_state.spawn(entry.argv, self.state.dir / entry.log, detach=True)
-        self.children.append(child)
+        self.children.append((node_id, child))
         self.save_node_pid(node_id, child.pid, cluster_state.create_time(child.pid))
         view.status, view.unanswered_since, view.fault_acked = None, 0.0, None
         self.refresh_process(view)
@@ -878,9 +907,10 @@ class Controller:
         return None
 
     def start_joiner(self, node_id: int, data_dir: str) -> tuple[NodeEntry, Any]:
-        """Start node `node_id` with --join and wait until it listens. A port that was
-        free when picked can be taken before the node binds it (an outgoing connection's
-        ephemeral port): then the node exits, and another port is tried."""
+        """Start node `node_id` with --join and wait until it listens; its entry records
+        the command line of its later starts. A port that was free when picked can be
+        taken before the node binds it (an outgoing connection's ephemeral port): then
+        the node exits, and another port is tried."""
         address = self.new_node_address(node_id)
         for _ in range(JOINER_ATTEMPTS):
             # Metrics like the others': on a free port if they have them.
@@ -891,9 +921,11 @@ class Controller:
             entry = NodeEntry(address, f"logs/node{node_id}.log", argv, id=node_id,
                               data_dir=data_dir, metrics_port=metrics_port)
             child = cluster_state.spawn(argv, self.state.dir / entry.log, detach=True)
-            self.children.append(child)
+            self.children.append((node_id, child))
             if wait_listening(child, int(address.rpartition(":")[2]), JOINER_START_S):
                 entry.pid, entry.create_time = child.pid, cluster_state.create_time(child.pid)
+                # Listening, so it has had its first start: cluster_state.FIRST_START_FLAGS.
+                entry.argv = cluster_state.settled_argv(argv, self.state.initial_voters)
                 return entry, child
             if child.poll() is None:
                 child.kill()
@@ -986,6 +1018,9 @@ class Controller:
     # ---- status --------------------------------------------------------------------
 
     def status_map(self) -> dict[str, Any]:
+        # At once: a node that exited shows its exit code, one `up` started its pid.
+        self.reap_children()
+        self.maybe_reload_state()
         now = time.monotonic()
         self.update_leader(now)
         leader = self.views.get(self.leader)
@@ -1025,6 +1060,8 @@ class Controller:
             **health,
             "dropped_malformed": (st.get("transport") or {}).get("dropped_malformed"),
             "partitioned_from": sorted(view.fault),
+            "exit_code": view.exited[1] if view.exited and view.exited[0] == entry.pid
+                         else None,
             **dashboard_fields(st),
         }
 

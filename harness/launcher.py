@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,18 @@ from typing import Any
 import zmq
 
 from harness import rpc
+from harness.cli import EXIT_STORAGE
 from harness.cluster_state import (
     ClusterState,
     NodeEntry,
     ProcEntry,
     create_time,
+    is_first_start,
     live_process,
+    new_cluster_id,
     node_argv,
     python_argv,
+    record_started,
     spawn,
     stop_process,
 )
@@ -40,7 +44,12 @@ LEADER_TIMEOUT = 10.0
 
 
 class LaunchError(Exception):
-    """`up` could not bring the cluster up; the message says why and what to do."""
+    """`up` could not bring the cluster up; the message says why and what to do.
+    `storage`: a node refused its data dir (it exited with EXIT_STORAGE)."""
+
+    def __init__(self, message: str, *, storage: bool = False) -> None:
+        super().__init__(message)
+        self.storage = storage
 
 
 def free_ports(n: int) -> list[int]:
@@ -120,6 +129,8 @@ def find_leader(ctx: zmq.Context, addresses: dict[int, str],
 
 def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
                 host: str = "127.0.0.1") -> ClusterState:
+    """A new cluster's record: a random cluster id, and every node's command line for
+    its first start (--new: see cluster_state.FIRST_START_FLAGS)."""
     addresses = {i: f"tcp://{host}:{base_port + i}" for i in range(1, nodes + 1)}
     # Metrics ports: free ones the kernel picks now, kept in cluster.json so `up` reuses
     # them (a node whose metrics port got taken meanwhile runs on without /metrics).
@@ -130,13 +141,15 @@ def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
                   python_argv("controller", "--dir", str(cluster_dir),
                               "--metrics-port", str(metrics[0])),
                   metrics_port=metrics[0]),
+        cluster_id=new_cluster_id(),
     )
     for i, address in addresses.items():
         data_dir = cluster_dir / "data" / f"node{i}"
         state.nodes.append(NodeEntry(address, f"logs/node{i}.log",
                                      node_argv(i, address, addresses, data_dir, fsync=fsync,
                                                voters=tuple(addresses),
-                                               metrics_port=metrics[i]),
+                                               metrics_port=metrics[i],
+                                               cluster_id=state.cluster_id, new=True),
                                      metrics_port=metrics[i], id=i,
                                      data_dir=f"data/node{i}"))
     return state
@@ -149,24 +162,37 @@ def check_port_free(address: str) -> None:
                           "on a new --dir")
 
 
-def start_process(state: ClusterState, entry: ProcEntry) -> bool:
-    """Start `entry` unless its process still runs. Returns whether it was started."""
+def start_process(state: ClusterState, entry: ProcEntry) -> subprocess.Popen | None:
+    """Start `entry` unless its process still runs. Returns the process it started."""
     if live_process(entry.pid, entry.create_time) is not None:
-        return False
+        return None
     check_port_free(entry.address)
     proc = spawn(entry.argv, state.dir / entry.log, detach=True)
     entry.pid, entry.create_time = proc.pid, create_time(proc.pid)
     state.save()
-    return True
+    return proc
 
 
-def check_started(state: ClusterState, entries: list[ProcEntry]) -> None:
-    """Fail with the log tail of any process that died right after starting."""
-    for e in entries:
-        if live_process(e.pid, e.create_time) is None:
-            tail = (state.dir / e.log).read_text(errors="replace").splitlines()[-5:]
-            raise LaunchError(f"the process for {e.address} exited at start; the end of "
-                              f"{state.dir / e.log}:\n  " + "\n  ".join(tail))
+def check_started(state: ClusterState,
+                  started: list[tuple[ProcEntry, subprocess.Popen]]) -> None:
+    """Fail with the exit code and log tail of any process that exited after starting;
+    a node's log ends with why (for a refused data dir, also how to recover)."""
+    for entry, proc in started:
+        code = proc.poll()
+        if code is not None:
+            raise exited_at_start(state, entry, code)
+
+
+def exited_at_start(state: ClusterState, entry: ProcEntry, code: int) -> LaunchError:
+    """The error for process `entry` that exited with `code` as it started: its name,
+    the code, and the end of its log."""
+    name = f"node {entry.id}" if isinstance(entry, NodeEntry) else "the controller"
+    storage = isinstance(entry, NodeEntry) and code == EXIT_STORAGE
+    why = " (its data dir is unusable)" if storage else ""
+    log = state.dir / entry.log
+    tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+    return LaunchError(f"{name} ({entry.address}) exited at start with code {code}{why}; "
+                       f"the end of {log}:\n  " + "\n  ".join(tail), storage=storage)
 
 
 def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
@@ -174,32 +200,41 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
        progress: Callable[[str], None] = lambda _: None) -> tuple[ClusterState, bool]:
     """Bring the cluster in `cluster_dir` up. Returns (state, whether anything started).
 
-    A dir without a cluster gets a new one; a dir with one restarts whatever is not
-    running, with its data. Raises LaunchError on a busy port or no leader in `timeout`."""
+    A dir without a cluster gets a new one (a random cluster id; each node's first start
+    may create its data dir); a dir with one restarts whatever is not running, with its
+    data, and a node whose data dir is gone refuses to start. Raises LaunchError on a
+    busy port, a process that exits at start (`storage` set when a node refused its data
+    dir), or no leader in `timeout`."""
     cluster_dir = Path(cluster_dir).resolve()
     cluster_dir.mkdir(parents=True, exist_ok=True)
     state = ClusterState.load(cluster_dir)
     if state is None:
         state = new_cluster(cluster_dir, nodes, base_port, fsync)
         state.save()
+    elif not state.cluster_id:
+        state.adopt_cluster_id(new_cluster_id())
+        state.save()
     # Check every port first, so a busy one leaves nothing half started.
     for entry in [*state.nodes, state.controller]:
         if live_process(entry.pid, entry.create_time) is None:
             check_port_free(entry.address)
-    started = [n for n in state.nodes if start_process(state, n)]
-    if start_process(state, state.controller):
-        started.append(state.controller)
+    started: list[tuple[ProcEntry, subprocess.Popen]] = []
+    for entry in [*state.nodes, state.controller]:
+        proc = start_process(state, entry)
+        if proc is not None:
+            started.append((entry, proc))
     if not started:
         return state, False
     progress(f"started {len(started)} process(es); waiting for a leader ...")
     # Up means: a leader, and every node started here answering (a node that dies while
     # starting, say on a bad data dir, is reported even if the others elected a leader).
-    started_ids = {n.id for n in state.nodes if n in started}
+    started_ids = {e.id for e, _ in started if isinstance(e, NodeEntry)}
     with zmq.Context() as ctx:
         deadline = time.monotonic() + timeout
         while True:
             check_started(state, started)  # one that exited at start is reported at once
             statuses = node_statuses(ctx, state.addresses)
+            record_first_starts(state, statuses.keys())
             if leader_of(statuses) is not None and started_ids <= statuses.keys():
                 break
             if time.monotonic() > deadline:
@@ -210,6 +245,15 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
                                   f"{cluster_dir / 'logs'}")
             time.sleep(0.05)
     return state, True
+
+
+def record_first_starts(state: ClusterState, answered: Collection[int]) -> None:
+    """Nodes that answered have had their first start: settle their command lines, in
+    cluster.json and in `state` (see cluster_state.FIRST_START_FLAGS)."""
+    firsts = {i for i in answered if is_first_start(state.node(i).argv)}
+    if firsts:
+        record_started(state.dir, firsts)
+        state.settle(firsts)
 
 
 def down(cluster_dir: Path, grace: float = 5.0) -> list[str]:
@@ -237,6 +281,7 @@ class NodeProc:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen | None = None
+    started: bool = False  # started before: its data dir must exist (no --new)
 
     @property
     def alive(self) -> bool:
@@ -249,6 +294,7 @@ class LocalCluster:
         ports = free_ports(n)
         self.root = root
         self.fsync = fsync
+        self.cluster_id = new_cluster_id()
         self.extra_args = extra_args
         self.nodes = {
             i: NodeProc(i, f"tcp://127.0.0.1:{ports[i - 1]}", root / f"node{i}",
@@ -262,10 +308,13 @@ class LocalCluster:
         return {i: n.address for i, n in self.nodes.items()}
 
     def start(self, i: int) -> None:
+        """Start node `i`: its first start may create its data dir, later ones may not."""
         node = self.nodes[i]
         argv = node_argv(i, node.address, self.addresses, node.data_dir, fsync=self.fsync,
-                         extra=self.extra_args)
+                         extra=self.extra_args, cluster_id=self.cluster_id,
+                         new=not node.started)
         node.proc = spawn(argv, node.log_path, detach=False)
+        node.started = True
 
     def start_all(self) -> None:
         for i in self.nodes:

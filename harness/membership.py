@@ -2,7 +2,8 @@
 
 What `raftkv add-node` and `raftkv remove-node` do, as steps of controller commands:
 
-- add: the controller starts a new node with `--join` and the leader adds it as a
+- add: the controller starts a new node with `--join` (its first start only: cluster.json
+  records its later command line without it) and the leader adds it as a
   learner (it replicates but counts in no quorum, §4.2.1); once its log has caught up
   with the commit index seen after the add, it is promoted to voter. Promoting a node
   that is far behind would stall commits: the new majority would need it.

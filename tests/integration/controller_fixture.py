@@ -15,7 +15,14 @@ from typing import Any
 import zmq
 
 from harness import cluster_state, rpc
-from harness.cluster_state import ClusterState, NodeEntry, ProcEntry, node_argv, python_argv
+from harness.cluster_state import (
+    ClusterState,
+    NodeEntry,
+    ProcEntry,
+    new_cluster_id,
+    node_argv,
+    python_argv,
+)
 from harness.launcher import free_ports, wait_for
 from raftkv import wire
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
@@ -37,17 +44,20 @@ def controller_argv(cluster_dir: Path) -> list[str]:
 
 
 def write_cluster(root: Path, extra: tuple[str, ...] = ()) -> ClusterState:
+    """A new cluster's cluster.json, as `up` writes one: every node's first start."""
     ports = free_ports(N_NODES + 1)
     addresses = {i: f"tcp://127.0.0.1:{ports[i]}" for i in range(1, N_NODES + 1)}
+    cluster_id = new_cluster_id()
     nodes = []
     for i, address in addresses.items():
         argv = node_argv(i, address, addresses, root / "data" / f"node{i}",
-                         voters=tuple(addresses), extra=extra)
+                         voters=tuple(addresses), extra=extra, cluster_id=cluster_id,
+                         new=True)
         nodes.append(NodeEntry(address, f"logs/node{i}.log", argv, id=i,
                                data_dir=f"data/node{i}"))
     controller_address = f"tcp://127.0.0.1:{ports[0]}"
     controller = ProcEntry(controller_address, "logs/controller.log", controller_argv(root))
-    state = ClusterState(root.resolve(), True, controller, nodes)
+    state = ClusterState(root.resolve(), True, controller, nodes, cluster_id)
     state.save()
     return state
 

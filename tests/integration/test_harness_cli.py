@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,9 +54,8 @@ def cli(tmp_path):
             signal_process(pid, created, signal.SIGKILL)
 
 
-def up(cli: CLI, *extra: str):
-    p = cli("up", "--base-port", str(cli.base_port), *extra)
-    return p
+def up(cli: CLI, *extra: str, check: int | None = 0):
+    return cli("up", "--base-port", str(cli.base_port), *extra, check=check)
 
 
 def test_up_kill_leader_restart_down_up_keeps_the_data(cli):
@@ -173,5 +173,26 @@ def test_up_reports_a_node_that_exits_at_start_with_its_log(cli):
     up(cli)
     cli("down")
     (cli.dir / "data" / "node1" / "FORMAT").write_text("raftkv-storage 99\n")
-    p = cli("up", "--base-port", str(cli.base_port), check=3)
-    assert "exited at start" in p.stderr and "node1.log" in p.stderr
+    p = up(cli, check=4)  # 4: its data dir
+    assert "node 1" in p.stderr and "exited at start with code 4" in p.stderr
+    assert "node1.log" in p.stderr and "raftkv-storage 99" in p.stderr
+
+
+def test_a_node_whose_data_dir_vanished_refuses_to_start_and_the_rest_serves(cli):
+    up(cli)
+    state = ClusterState.load(cli.dir)
+    for n in state.nodes:  # `up` saw them all up: no start from now on may create a dir
+        assert "--new" not in n.argv
+        assert n.argv[n.argv.index("--cluster-id") + 1] == f"{state.cluster_id:x}"
+    cli("put", "k", "before")
+    gone = next(i for i in (1, 2, 3) if i != cli.status()["leader"])
+    data_dir = cli.dir / "data" / f"node{gone}"
+    cli("kill", str(gone))
+    shutil.rmtree(data_dir)
+    for p in (cli("restart", str(gone), check=4), up(cli, check=4)):
+        assert f"node {gone} (" in p.stderr and "exited at start with code 4" in p.stderr
+        assert f"data dir {data_dir} is missing or empty" in p.stderr
+        assert "remove-node" in p.stderr  # how to recover
+    assert not data_dir.exists()  # it came back neither empty nor at all
+    cli("put", "k", "after")  # two of three serve
+    assert cli("get", "k").stdout == "after\n"

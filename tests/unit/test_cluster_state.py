@@ -1,10 +1,21 @@
-"""Command lines in cluster.json follow membership changes (harness/cluster_state.py)."""
+"""Command lines in cluster.json follow membership changes and a node's first start
+(harness/cluster_state.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from harness.cluster_state import joiner_argv, node_argv, with_peers
+from harness.cluster_state import (
+    ClusterState,
+    is_first_start,
+    joiner_argv,
+    node_argv,
+    option_value,
+    record_started,
+    settled_argv,
+    with_peers,
+)
 
 PEERS = {1: "tcp://h:1", 2: "tcp://h:2", 3: "tcp://h:3"}
 
@@ -80,3 +91,58 @@ def test_wait_listening_tells_a_started_node_from_one_that_exited() -> None:
         finally:
             failing.kill()
             failing.wait()
+
+
+def test_a_new_cluster_starts_its_nodes_with_its_id_and_new_only_the_first_time(
+        tmp_path: Path) -> None:
+    from harness.launcher import new_cluster
+
+    state = new_cluster(tmp_path, 3, 7700, fsync=True)
+    state.save()
+    hex_id = f"{state.cluster_id:x}"
+    assert state.cluster_id and ClusterState.load(tmp_path).cluster_id == state.cluster_id
+    for n in state.nodes:
+        assert "--new" in n.argv and option_value(n.argv, "--cluster-id") == hex_id
+    record_started(tmp_path, {2})
+    after = ClusterState.load(tmp_path)
+    assert ["--new" in n.argv for n in after.nodes] == [True, False, True]
+    settled = after.node(2).argv
+    assert option_value(settled, "--cluster-id") == hex_id
+    assert option_value(settled, "--voters") == "1,2,3"
+    # A membership change rewrites the peers and nothing else: no --new comes back.
+    grown = with_peers(settled, 2, {**after.addresses, 4: "tcp://h:4"})
+    assert not is_first_start(grown) and option_value(grown, "--cluster-id") == hex_id
+
+
+def test_a_joiner_joins_once_then_restarts_with_the_initial_voters() -> None:
+    template = node_argv(1, PEERS[1], PEERS, Path("/d/1"), voters=(1, 2, 3), new=True,
+                         cluster_id=0xABC)
+    first = joiner_argv(template, 4, "tcp://h:4", PEERS, Path("/d/4"))
+    assert "--join" in first and "--new" not in first
+    assert option_value(first, "--cluster-id") == "abc"
+    later = settled_argv(first, (1, 2, 3))
+    assert not is_first_start(later)
+    assert option_value(later, "--voters") == "1,2,3"
+    assert option_value(later, "--cluster-id") == "abc"
+    # Initial voters unknown: --join stays, or the node would count itself a voter.
+    assert "--join" in settled_argv(first, None)
+
+
+def test_an_older_cluster_json_without_an_id_loads_and_adopts_one(tmp_path: Path) -> None:
+    old = node_argv(1, PEERS[1], PEERS, Path("/d/1"), voters=(1, 2, 3))
+    joined = node_argv(4, "tcp://h:4", PEERS, Path("/d/4"), voters=())
+    (tmp_path / "cluster.json").write_text(json.dumps({
+        "version": 1, "fsync": True,
+        "controller": {"address": "tcp://h:0", "log": "logs/c.log", "argv": []},
+        "nodes": [{"address": PEERS[1], "log": "logs/node1.log", "argv": old, "id": 1},
+                  {"address": "tcp://h:4", "log": "logs/node4.log", "argv": joined,
+                   "id": 4}]}))
+    state = ClusterState.load(tmp_path)
+    assert state.cluster_id == 0 and state.node(4).argv == joined
+    state.adopt_cluster_id(0xBEEF)
+    state.save()
+    again = ClusterState.load(tmp_path)
+    assert again.cluster_id == 0xBEEF
+    for n in again.nodes:  # they all ran under the older raftkv: no first start left
+        assert option_value(n.argv, "--cluster-id") == "beef" and not is_first_start(n.argv)
+    assert option_value(again.node(4).argv, "--voters") == "1,2,3"
