@@ -305,6 +305,11 @@ class Node:
                     # Replicate what was proposed meanwhile without waiting for our fsync.
                     self.send(self.core.take_messages())
                 self.process_ready()
+            if self.syncing is not None:
+                # Stopped while a Ready syncs: a failed sync ends the node with its
+                # StorageError, never as a clean stop (its acknowledgements stay unsent).
+                self.syncer.wait()
+                self.syncer.finish()
         finally:
             self.close()
 

@@ -397,3 +397,25 @@ def test_a_leader_whose_disk_is_full_stops_before_its_sync(make_node, tmp_path):
     assert out.replies == []
     assert reopened_last_index(data, fs) == 6
 
+
+@pytest.mark.parametrize("fails", [True, False], ids=["failed", "synced"])
+def test_a_stop_during_a_threaded_sync_ends_as_the_sync_did(make_node, tmp_path, fails):
+    """SIGTERM arriving while the helper thread syncs: a failed sync must not end the
+    node as a clean stop would; a good one still does."""
+    fs = FaultyFS()
+    data = tmp_path / "n1"
+    node, out = make_node(data, fs)
+    threaded_ready(node, out)
+    if fails:
+        fs.arm("sync", errno.EIO)
+    node.process_ready()
+    assert node.syncing is not None
+    node.stop()
+    wait_readable(node.syncer.fd)
+    if fails:
+        run_until_stopped(node)
+        assert MsgType.VOTE_RESP not in out.types()
+    else:
+        node.run()
+        assert closed(node)
+    assert reopened_last_index(data, fs) == (6 if fails else 9)
