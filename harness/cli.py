@@ -24,7 +24,7 @@ Exit codes:
   1  a negative answer: key not found (get, del), not swapped (cas)
   2  usage error or a request the cluster refused as invalid
   3  cluster unavailable: no cluster in --dir, controller down, no leader in --timeout
-  4  a node's data directory is unusable (node)
+  4  a node's data directory is unusable, or its disk failed (node)
 """
 
 

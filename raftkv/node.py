@@ -184,6 +184,8 @@ class _Syncer:
     def finish(self) -> None:
         """After `done`: raise the sync's error, if any; storage is the loop's again."""
         self.busy = False
+        if isinstance(self.error, StorageError):
+            raise self.error  # storage's own message says what failed and what to do
         if self.error is not None:
             raise StorageError(f"WAL sync failed: {self.error}") from self.error
 

@@ -22,6 +22,8 @@ import errno
 import os
 import re
 import select
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from raftkv.storage import Storage, StorageError
 from raftkv.storage.fs import OsFileSystem
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
+ROOT = Path(__file__).resolve().parents[2]
 _SEGMENT = re.compile(r"wal-\d{10}\.log")
 DEADLINE_S = 5.0
 
@@ -240,6 +243,8 @@ def run_until_stopped(node: Node) -> StorageError:
     finally:
         timer.cancel()
     assert closed(node)
+    # Storage's own message on either path: what failed, and what the operator does.
+    assert "Restart the node once the disk is fixed" in str(err.value)
     return err.value
 
 
@@ -372,7 +377,7 @@ def test_a_leader_whose_threaded_sync_fails_stops_without_acknowledging(make_nod
     node.send(node.core.take_messages())
     wait_readable(node.syncer.fd)
     failure = run_until_stopped(node)
-    assert os.strerror(err) in str(failure)
+    assert str(failure).startswith(f"sync failed ([Errno {err}] ")  # as on the inline path
     assert fs.faults == [("sync", "wal-0000000001.log")]
     assert MsgType.VOTE_RESP not in out.types(), "a persisted message left after its sync failed"
     assert node.core.log.committed == 6, "the leader counted its own copy of a failed sync"
@@ -419,3 +424,42 @@ def test_a_stop_during_a_threaded_sync_ends_as_the_sync_did(make_node, tmp_path,
         node.run()
         assert closed(node)
     assert reopened_last_index(data, fs) == (6 if fails else 9)
+
+
+# -- the command line --------------------------------------------------------------------
+
+# `raftkv node` with FaultyFS under its storage, armed with argv[1] (op) and argv[2] (an
+# errno name); the command's arguments follow.
+_FAULTY_NODE = """
+import errno, sys
+from raftkv import node
+from tests.integration.test_node_disk_faults import FaultyFS
+
+run_node = node.run_node
+
+def run_on_a_faulty_disk(cfg):
+    cfg.fs = FaultyFS()
+    cfg.fs.arm(sys.argv[1], getattr(errno, sys.argv[2]))
+    run_node(cfg)
+
+node.run_node = run_on_a_faulty_disk
+from harness.cli import main
+main(sys.argv[3:], prog_name="raftkv")
+"""
+
+
+@pytest.mark.parametrize(("op", "err"), [("sync", "EIO"), ("sync", "ENOSPC"),
+                                         ("pwrite", "ENOSPC")])
+def test_raftkv_node_exits_4_saying_what_failed_and_what_to_do(tmp_path, op, err):
+    """A one-voter node elects itself at once; the Ready of its election meets the fault."""
+    argv = [sys.executable, "-c", _FAULTY_NODE, op, err, "node", "--id", "1",
+            "--listen", "tcp://127.0.0.1:0", "--data-dir", str(tmp_path / "n1"),
+            "--heartbeat-ms", "10", "--election-ms", "20"]
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 4, r.stderr
+    assert "Traceback" not in r.stderr
+    message = r.stderr.strip().splitlines()[-1]
+    assert message.startswith("raftkv: node 1: "), message
+    assert os.strerror(getattr(errno, err)) in message
+    assert "wal-0000000001.log" in message
+    assert "Restart the node once the disk is fixed" in message
