@@ -267,7 +267,7 @@ def follow(node: Node, first: int, n: int) -> None:
 # -- the model --------------------------------------------------------------------------
 
 
-def test_faulty_fs_serves_what_a_failed_sync_lost_until_the_cache_is_dropped(make_node, tmp_path):
+def test_faulty_fs_serves_what_a_failed_sync_lost_until_the_cache_is_dropped(tmp_path):
     """Without this the reopen tests below would pass against a storage that reads the
     page cache: the records must be readable after the failed sync, gone after a drop."""
     fs = FaultyFS()
@@ -382,7 +382,9 @@ def test_a_leader_whose_threaded_sync_fails_stops_without_acknowledging(make_nod
     assert MsgType.VOTE_RESP not in out.types(), "a persisted message left after its sync failed"
     assert node.core.log.committed == 6, "the leader counted its own copy of a failed sync"
     # The entries committed before were durable already: answered while the sync ran.
-    assert sorted(r for r, _ in out.replies) == committed
+    answered = [r for r, _ in out.replies]
+    assert not set(pending) & set(answered), "a client of the failed Ready was answered"
+    assert sorted(answered) == committed
     assert reopened_last_index(data, fs) == 6
 
 
