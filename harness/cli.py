@@ -24,8 +24,8 @@ Exit codes:
   1  a negative answer: key not found (get, del), not swapped (cas)
   2  usage error or a request the cluster refused as invalid
   3  cluster unavailable: no cluster in --dir, controller down, no leader in --timeout
-  4  a node's data directory is unusable (node; up and restart when a node refuses
-     its dir, e.g. one that vanished: remove-node, then add-node)
+  4  a node's data directory is unusable, or its disk failed (node; up and restart
+     when a node refuses its dir, e.g. one that vanished: remove-node, then add-node)
 """
 
 

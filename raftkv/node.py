@@ -184,6 +184,8 @@ class _Syncer:
     def finish(self) -> None:
         """After `done`: raise the sync's error, if any; storage is the loop's again."""
         self.busy = False
+        if isinstance(self.error, StorageError):
+            raise self.error  # storage's own message says what failed and what to do
         if self.error is not None:
             raise StorageError(f"WAL sync failed: {self.error}") from self.error
 
@@ -299,6 +301,11 @@ class Node:
                     # Replicate what was proposed meanwhile without waiting for our fsync.
                     self.send(self.core.take_messages())
                 self.process_ready()
+            if self.syncing is not None:
+                # Stopped while a Ready syncs: a failed sync ends the node with its
+                # StorageError, never as a clean stop (its acknowledgements stay unsent).
+                self.syncer.wait()
+                self.syncer.finish()
         finally:
             self.close()
 

@@ -11,6 +11,13 @@ RECOVERY_HINT = (
     "healthy; otherwise keep the dir for inspection."
 )
 
+DISK_FAILURE_HINT = (
+    "Nothing written since the last successful sync was reported durable, so the node "
+    "acknowledged none of it. Restart the node once the disk is fixed (for ENOSPC: once "
+    "{data_dir} has free space): it reads back only what reached the disk and catches up "
+    "from the leader."
+)
+
 
 class StorageError(Exception):
     """Base class of the storage layer's errors."""

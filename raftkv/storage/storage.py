@@ -33,6 +33,7 @@ from raftkv.raft.types import NONE, Entry, HardState, SnapshotMeta
 from raftkv.storage import record, snapshot
 from raftkv.storage.disk import Disk
 from raftkv.storage.errors import (
+    DISK_FAILURE_HINT,
     StorageCorruptError,
     StorageError,
     StorageIdentityError,
@@ -502,8 +503,7 @@ class Storage:
             self._wal.sync()
             self._vote.sync()
         except OSError as exc:
-            self._failed = exc
-            raise StorageError(f"sync failed; storage unusable for good: {exc}") from exc
+            raise self._disk_failed("sync", exc) from exc
 
     def save_snapshot(self, meta: SnapshotMeta, data: bytes,
                       hard_state: HardState | None = None) -> None:
@@ -529,8 +529,7 @@ class Storage:
         try:
             snapshot.write_snapshot(self._dir, meta, data, self._disk)
         except OSError as exc:
-            self._failed = exc
-            raise StorageError(f"writing snapshot failed: {exc}") from exc
+            raise self._disk_failed("writing snapshot", exc) from exc
         self._snapshot = meta
         self._log.compact(meta.index, keep)
         if hard_state is not None:
@@ -553,15 +552,20 @@ class Storage:
             self._wal.drop_before(first_seq)
             snapshot.prune_snapshots(self._dir, self._disk)
         except OSError as exc:
-            self._failed = exc
-            raise StorageError(f"compaction failed: {exc}") from exc
+            raise self._disk_failed("compaction", exc) from exc
 
     def _write(self, records: list[Record], max_index: int) -> None:
         try:
             self._wal.write(records, max_index, self._log.last)
         except OSError as exc:
-            self._failed = exc
-            raise StorageError(f"WAL write failed; storage unusable for good: {exc}") from exc
+            raise self._disk_failed("WAL write", exc) from exc
+
+    def _disk_failed(self, what: str, exc: OSError) -> StorageError:
+        """The storage is failed for good from now on (a failed fsync must never be
+        retried and trusted); the error to raise, saying what the operator can do."""
+        self._failed = exc
+        return StorageError(f"{what} failed ({exc}); storage unusable for good. "
+                            + DISK_FAILURE_HINT.format(data_dir=self._dir))
 
     def _check_usable(self) -> None:
         if self._failed is not None:
