@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raftkv.storage.errors import StorageCorruptError
+from raftkv.storage.errors import StorageError
 from raftkv.storage.fs import OS_FS, FileSystem
 
 
@@ -51,7 +51,7 @@ class Disk:
             self.fs.close(fd)
         self.fsyncs += 1
 
-    def read_verified(self, path: Path, data_dir: Path) -> bytes:
+    def read_verified(self, path: Path) -> bytes:
         """The file's bytes as the disk holds them: whatever only the page cache held is
         synced first (an error there refuses the open), and the cache is dropped, so
         nothing read here counts as durable without being so. After kill -9 the cache
@@ -60,9 +60,10 @@ class Disk:
             self.sync_path(path)
             self.fs.drop_cache(path)
         except OSError as exc:
-            raise StorageCorruptError(path, 0, f"cannot make it durable before reading it "
-                                      f"({exc}): the disk may have lost writes", data_dir
-                                      ) from exc
+            raise StorageError(f"{path}: cannot make it durable before reading it ({exc}); "
+                               "the disk may have lost writes that were never synced. "
+                               "Nothing was changed: restart once the disk is repaired"
+                               ) from exc
         return self.fs.read(path)
 
     def write_all(self, fd: int, data: bytes | memoryview, offset: int) -> None:

@@ -155,7 +155,11 @@ class Storage:
             raise ValueError("segment_bytes must be positive")
         path = Path(data_dir)
         disk = Disk(fsync=fsync, fs=fs)
-        _prepare_dir(path, disk, identity, create)
+        try:
+            _prepare_dir(path, disk, identity, create)
+        except OSError as exc:
+            raise StorageError(f"data dir {path}: the disk failed while making it ({exc})"
+                               ) from exc
         try:
             lock_fd = fs.lock(path / "LOCK")
         except BlockingIOError:
@@ -174,12 +178,15 @@ class Storage:
             if info.version == 1:
                 st._upgrade()
             disk.sync_dir(path)
-        except BaseException:
+        except BaseException as exc:
             if st is not None and st._vote is not None:
                 st._vote.close()
             if wal is not None:
                 wal.close()
             fs.unlock(lock_fd)
+            if isinstance(exc, OSError):
+                raise StorageError(f"data dir {path}: the disk failed while opening it "
+                                   f"({exc}); restart once it is repaired or has space") from exc
             raise
         return st
 
@@ -188,7 +195,7 @@ class Storage:
         if snaps:
             path = snaps[-1][1]
             self._snapshot, _ = snapshot.parse_snapshot(
-                path, self._disk.read_verified(path, self._dir), self._dir)
+                path, self._disk.read_verified(path), self._dir)
             if not self._wal.segments:
                 raise StorageCorruptError(self._dir, 0, "snapshot present but no WAL", self._dir)
         snap_index = self._snapshot.index if self._snapshot else 0
@@ -308,7 +315,7 @@ class Storage:
         path = self._dir / VOTE_NAME
         if not self._fs.exists(path):
             VoteFile.create(path, self._disk, self._hard_state.term, self._hard_state.vote)
-        found = decode_vote(self._disk.read_verified(path, self._dir))
+        found = decode_vote(self._disk.read_verified(path))
         if found is None:
             raise StorageCorruptError(path, 0, "neither copy of the term and vote is valid",
                                       self._dir)
@@ -640,7 +647,7 @@ def _check_identity(path: Path, disk: Disk, identity: Identity) -> DirInfo:
     """The dir's FORMAT, checked against `identity`; an unrecorded part of the identity
     is recorded now."""
     fmt = path / "FORMAT"
-    info = DirInfo.decode(fmt, disk.read_verified(fmt, path).decode(errors="replace"))
+    info = DirInfo.decode(fmt, disk.read_verified(fmt).decode(errors="replace"))
     mine = info.identity
     if identity.cluster_id and mine.cluster_id and identity.cluster_id != mine.cluster_id:
         raise StorageIdentityError(

@@ -187,7 +187,7 @@ class WAL:
         segment's `size` describing the records before it."""
         prev: Segment | None = None
         for seg in self.segments:
-            buf = self.disk.read_verified(seg.path, self.dir)
+            buf = self.disk.read_verified(seg.path)
             seg.allocated = len(buf)
             if seg.version == 1:
                 yield from self._replay_v1(seg, buf)

@@ -241,3 +241,20 @@ def test_segment_headers_carry_the_identity(tmp_path):
     (tmp_path / "b" / seg.name).write_bytes(seg.read_bytes())  # a segment from node 1
     with pytest.raises(StorageError, match="belongs to node 1"):
         Storage.open(tmp_path / "b", identity=Identity(5, 2))
+
+
+class FailingSyncFS(OsFileSystem):
+    def fsync(self, fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+
+def test_a_disk_error_at_open_is_a_storage_error_that_changes_nothing(tmp_path):
+    with Storage.open(tmp_path) as st:
+        st.append(ents(1, 3), HardState(1, 1, 0))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(StorageError, match="restart once the disk is repaired") as err:
+        Storage.open(tmp_path, fs=FailingSyncFS())
+    assert "corrupt" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with Storage.open(tmp_path) as st:  # the lock was released
+        assert st.last_index == 3
