@@ -13,8 +13,9 @@ A format-2 segment starts with a 64-byte header::
 
 Invariants:
 - Segment sequence numbers are consecutive; a gap is corruption.
-- A segment's header is durable before any record is written after it, and every segment
-  but the last was synced whole before its successor was created. So only the last
+- A segment exists under its name only once its header is durable, so before any record
+  is written after it, and every segment but the last was synced whole before its
+  successor was created. So only the last
   segment can end in a torn write, and a segment whose records end before its
   successor's prev_crc says is corrupt (its tail was lost, not torn).
 - Synced bytes are never rewritten; only an unsynced torn tail is ever truncated, and a
@@ -312,11 +313,15 @@ class WAL:
 
     def create_segment(self, seq: int, first_index: int, *, temp: bool = False) -> Segment:
         """A new last segment whose header is durable, appended to (and closing) the
-        current one. With `temp` it is written under a `.tmp` name, for `publish`."""
-        path = self.dir / segment_name(seq)
-        if temp:
-            path = path.with_name(path.name + ".tmp")
-        fd = self.fs.open(path, create=True, exclusive=not temp, truncate=temp)
+        current one. It is made under a `.tmp` name and renamed once its header is
+        durable, so that a crash never leaves a segment without one (a directory entry
+        may reach the disk before the file's data does). With `temp` it keeps the
+        `.tmp` name, for `publish`."""
+        final = self.dir / segment_name(seq)
+        if self.fs.exists(final):
+            raise FileExistsError(f"{final} exists")
+        path = final.with_name(final.name + ".tmp")
+        fd = self.fs.open(path, create=True, truncate=True)
         hdr = SegmentHeader(self.identity, seq, first_index, self.crc)
         self.disk.write_all(fd, hdr.encode(), 0)
         self.disk.sync_data(fd)
@@ -325,9 +330,9 @@ class WAL:
         self._fd = fd
         seg = Segment(seq, path, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE,
                       first_index=first_index)
-        if not temp:
-            self.disk.sync_dir(self.dir)
         self.segments.append(seg)
+        if not temp:
+            self.publish(seg)
         return seg
 
     def publish(self, seg: Segment) -> None:
