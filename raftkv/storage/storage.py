@@ -165,9 +165,9 @@ class Storage:
             info = _check_identity(path, disk, identity)
             snapshot.remove_temp_files(path, fs)
             wal = WAL.open(path, disk, segment_bytes, info.identity)
-            _mark_versions(wal, info)
+            first_seq = _mark_versions(wal, info)
             st = cls(path, wal, disk, lock_fd)
-            st._recover(repair)
+            st._recover(repair, first_seq)
             if info.version == 1 or (wal.segments and wal.segments[-1].version == 1):
                 st._upgrade()
             disk.sync_dir(path)
@@ -180,7 +180,9 @@ class Storage:
             raise
         return st
 
-    def _recover(self, repair: bool) -> None:
+    def _recover(self, repair: bool, first_seq: int = 1) -> None:
+        """Read the snapshot and replay the WAL. `first_seq`: the first segment the log
+        needs unless a snapshot marker says otherwise."""
         snaps = snapshot.list_snapshots(self._dir, self._fs)
         if snaps:
             path = snaps[-1][1]
@@ -194,7 +196,7 @@ class Storage:
 
         if self._wal.segments:
             first = self._wal.segments[0]
-            need_first = marker.first_seq if marker else 1
+            need_first = marker.first_seq if marker else first_seq
             if first.seq > need_first:
                 missing = self._dir / segment_name(need_first)
                 raise StorageCorruptError(missing, 0, "WAL segment missing", self._dir)
@@ -653,14 +655,21 @@ def _check_identity(path: Path, disk: Disk, identity: Identity) -> DirInfo:
     return DirInfo(info.version, merged, info.upgraded_at)
 
 
-def _mark_versions(wal: WAL, info: DirInfo) -> None:
-    """Which segments are format 1: all of a format-1 dir's but a finished upgrade
-    segment; in a format-2 dir, the leftovers of an upgrade, which go now."""
+def _mark_versions(wal: WAL, info: DirInfo) -> int:
+    """Which segments are format 1: all of a format-1 dir's, unless its upgrade got as far
+    as renaming its format-2 segment into place. That segment holds the whole state (it
+    was synced before the rename), so the format-1 ones before it go now, as in a
+    format-2 dir the leftovers of an upgrade do. Returns the first segment the log needs
+    if no snapshot marker names one: the upgrade's, else 1."""
     if info.version == 1:
         for seg in wal.segments:
             seg.version = 1
         if wal.segments and wal.fs.read(wal.segments[-1].path)[: len(MAGIC)] == MAGIC:
-            wal.segments[-1].version = 2
-        return
+            last = wal.segments[-1]
+            last.version = 2
+            wal.drop_before(last.seq)
+            return last.seq
+        return 1
     if info.upgraded_at:
         wal.drop_before(info.upgraded_at)
+    return info.upgraded_at or 1

@@ -11,8 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.raft.types import Entry, HardState
-from raftkv.storage import Storage
+from raftkv.raft.types import Entry, HardState, SnapshotMeta
+from raftkv.storage import FORMAT, Storage
+from raftkv.storage.disk import Disk
+from raftkv.storage.fs import OS_FS, FileSystem
+from raftkv.storage.record import (
+    SnapshotMarker,
+    entries_record,
+    frame_v1,
+    hard_state_record,
+    snapshot_marker_record,
+)
+from raftkv.storage.snapshot import write_snapshot
 from tests.powerloss import PowerLossFS
 
 DATA = Path("/node/data")
@@ -80,3 +90,62 @@ def test_power_cut_anywhere_in_a_rotation_loses_nothing_synced():
     for where, crashed in cases:
         with Storage.open(DATA, segment_bytes=512, fs=crashed) as st2:
             assert state(st2) in (before, after), where
+
+
+def make_format_1_dir(path: Path, fs: FileSystem, *, snapshot: bool) -> tuple:
+    """A synced format-1 data dir of two segments; returns its state."""
+    disk = Disk(fs=fs)
+    fs.makedirs(path)
+    disk.write_atomic(path / "FORMAT", [b"raftkv-storage 1\n"])
+    first, recs = 1, []
+    snap = None
+    if snapshot:
+        snap = SnapshotMeta(5, 1, (1, 2, 3))
+        write_snapshot(path, snap, b"state", disk)
+        recs.append(snapshot_marker_record(SnapshotMarker(5, 1, False, 1)))
+        first = 6
+    hs = HardState(2, 1, first + 1)
+    ents = [Entry(1, i, data=b"e%d" % i) for i in range(first, first + 4)]
+    recs += [hard_state_record(HardState(1, 1, 0)), entries_record(ents[:2]),
+             entries_record(ents[2:]), hard_state_record(hs)]
+    for seq, part in ((1, recs[:-2]), (2, recs[-2:])):
+        fd = fs.open(path / f"wal-{seq:010d}.log", create=True)
+        disk.write_all(fd, b"".join(frame_v1(*r) for r in part), 0)
+        disk.sync_data(fd)
+        fs.close(fd)
+        disk.sync_dir(path)
+    return hs, snap, [(e.index, e.term, e.data) for e in ents]
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_an_upgraded_format_1_dir_opens_again(tmp_path, snapshot):
+    """Found by the power-loss test with no power cut at all: the upgrade of a format-1
+    dir without a snapshot left its one format-2 segment numbered after the format-1
+    ones it deleted, with no snapshot marker to say where the log starts, so the next
+    open refused the dir ("WAL segment missing")."""
+    d = tmp_path / "data"
+    want = make_format_1_dir(d, OS_FS, snapshot=snapshot)
+    with Storage.open(d) as st:
+        assert state(st) == want
+    assert (d / "FORMAT").read_text().splitlines()[0] == FORMAT
+    with Storage.open(d) as st:
+        assert state(st) == want
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_power_cut_anywhere_in_an_upgrade_loses_nothing(snapshot):
+    """Found by the power-loss test: a cut after the upgrade's segment was renamed into
+    place, before FORMAT said 2, left a format-1 dir whose last segment is format 2;
+    open replayed the format-1 segments and then that one, which repeats the whole
+    log, and refused the dir ("segment starts at index 1, the log before it ends at N",
+    or "snapshot at N is not newer than the one at N")."""
+    fs = disk()
+    want = make_format_1_dir(DATA, fs, snapshot=snapshot)
+    fs.sync_all()
+    cases = crashes_during(fs, lambda: Storage.open(DATA, segment_bytes=4096, fs=fs).close())
+    for where, crashed in cases:
+        with Storage.open(DATA, segment_bytes=4096, fs=crashed) as st:
+            assert state(st) == want, where
+        again = crashed.crash(random.Random(1))
+        with Storage.open(DATA, segment_bytes=4096, fs=again) as st:
+            assert state(st) == want, where
