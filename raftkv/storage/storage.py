@@ -515,7 +515,11 @@ class Storage:
 
         If the stored entry at meta.index has term meta.term the entries after it are
         kept (local compaction); otherwise they cannot follow the snapshot and are
-        dropped (a snapshot installed from the leader). Also syncs pending appends.
+        dropped (a snapshot installed from the leader).
+
+        Pending appends are synced before the snapshot file is written, so that a power
+        cut keeps a prefix of what was written: never the snapshot without what came
+        before it (a new term, or the entry the snapshot's `keep` was decided on).
         """
         self._check_usable()
         floor = self._log.floor
@@ -526,7 +530,7 @@ class Storage:
                                                                              cur.vote):
             # The snapshot's term must never be durable before a term at least as high.
             self.append([], HardState(hard_state.term, hard_state.vote, cur.commit))
-            self.sync()
+        self.sync()
         keep = self._log.term(meta.index) == meta.term
         try:
             snapshot.write_snapshot(self._dir, meta, data, self._disk)

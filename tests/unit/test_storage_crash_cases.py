@@ -149,3 +149,24 @@ def test_power_cut_anywhere_in_an_upgrade_loses_nothing(snapshot):
         again = crashed.crash(random.Random(1))
         with Storage.open(DATA, segment_bytes=4096, fs=again) as st:
             assert state(st) == want, where
+
+
+def test_a_snapshot_never_becomes_durable_before_the_term_appended_before_it():
+    """Found by the power-loss test: save_snapshot wrote the snapshot file (durable) while
+    earlier appends were still unsynced, so a cut could keep the snapshot and lose the
+    new term appended before it; open then refused the dir ("hard state term 1 is below
+    the log's last term 2"). Pending appends are now synced first."""
+    fs = disk()
+    st = Storage.open(DATA, segment_bytes=4096, fs=fs)
+    st.append([Entry(1, i, data=b"x") for i in range(1, 4)], HardState(1, 1, 0))
+    st.sync()
+    before = state(st)
+    st.append([], HardState(2, 2, 0))
+    new_term = state(st)
+    cases = crashes_during(fs, lambda: st.save_snapshot(SnapshotMeta(10, 2, (1,)), b"s",
+                                                        HardState(2, 2, 10)))
+    after = state(st)
+    snapshot_only = (HardState(2, 2, 0), after[1], [])
+    for where, crashed in cases:
+        with Storage.open(DATA, segment_bytes=4096, fs=crashed) as st2:
+            assert state(st2) in (before, new_term, snapshot_only, after), where
