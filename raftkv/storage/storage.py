@@ -205,6 +205,7 @@ class Storage:
         # segment was deleted on its account, so the entry at its index (if any) is here.
         unmarked = self._snapshot is not None and (marker is None or marker.index < snap_index)
         keep = unmarked and mem.term(snap_index) == self._snapshot.term
+        replayed_last = mem.last if mem.last is not None else snap_index
         if unmarked:
             mem.compact(snap_index, keep)
         elif mem.offset is None:  # no entry record survives: none follows the snapshot
@@ -223,7 +224,7 @@ class Storage:
         self._cross_check()
         if unmarked and self._wal.segments[-1].version == 2:  # (an upgrade writes one)
             log.warning("completing interrupted save of snapshot at %d", snap_index)
-            self._record_snapshot(self._snapshot, keep)
+            self._record_snapshot(self._snapshot, keep, replayed_last)
 
     def _replay(self, snap_index: int, repair: bool) -> tuple[MemLog, SnapshotMarker | None]:
         """Apply every WAL record; returns the log and the newest snapshot marker."""
@@ -538,22 +539,25 @@ class Storage:
             self._failed = exc
             raise StorageError(f"writing snapshot failed: {exc}") from exc
         self._snapshot = meta
+        last_before = self._log.last
         self._log.compact(meta.index, keep)
         if hard_state is not None:
             self._hard_state = hard_state
-        self._record_snapshot(meta, keep)
+        self._record_snapshot(meta, keep, last_before)
 
-    def _record_snapshot(self, meta: SnapshotMeta, keep: bool) -> None:
+    def _record_snapshot(self, meta: SnapshotMeta, keep: bool, last_before: int) -> None:
         """Marker + current hard state into the last segment, sync, then delete what the
         snapshot covers. Deleting only after this sync keeps the newest marker and hard
-        state in a surviving segment."""
+        state in a surviving segment. `last_before`: the log's last index before the
+        snapshot was applied to it, where replay stands when it reaches the marker (a
+        segment the marker rotates to must say the log goes on from there)."""
         first_seq = self._wal.first_needed_seq(meta.index)
         marker = SnapshotMarker(meta.index, meta.term, keep, first_seq)
         hs = self._hard_state
         if hs.commit > self._log.last:  # a commit index past a log a snapshot replaced
             hs = self._hard_state = HardState(hs.term, hs.vote, self._log.last)
         self._write([record.snapshot_marker_record(marker), record.hard_state_record(hs)],
-                    meta.index)
+                    meta.index, last_before)
         self.sync()
         try:
             self._wal.drop_before(first_seq)
@@ -562,9 +566,13 @@ class Storage:
             self._failed = exc
             raise StorageError(f"compaction failed: {exc}") from exc
 
-    def _write(self, records: list[Record], max_index: int) -> None:
+    def _write(self, records: list[Record], max_index: int,
+               last_index: int | None = None) -> None:
+        """`last_index`: where replay stands before these records; the log's last index
+        unless memory already moved on."""
         try:
-            self._wal.write(records, max_index, self._log.last)
+            self._wal.write(records, max_index,
+                            self._log.last if last_index is None else last_index)
         except OSError as exc:
             self._failed = exc
             raise StorageError(f"WAL write failed; storage unusable for good: {exc}") from exc

@@ -18,6 +18,7 @@ from raftkv.storage.fs import OS_FS, FileSystem
 from raftkv.storage.record import (
     SnapshotMarker,
     entries_record,
+    frame,
     frame_v1,
     hard_state_record,
     snapshot_marker_record,
@@ -149,6 +150,29 @@ def test_power_cut_anywhere_in_an_upgrade_loses_nothing(snapshot):
         again = crashed.crash(random.Random(1))
         with Storage.open(DATA, segment_bytes=4096, fs=again) as st:
             assert state(st) == want, where
+
+
+def test_an_installed_snapshot_whose_marker_rotates_the_wal_opens_again():
+    """Found by the power-loss test (seed 122634931), with no power cut needed: when the
+    marker of a snapshot installed past the log did not fit in the last segment, the new
+    segment's header said the log goes on after the snapshot, while replay reaches it
+    with the log before the snapshot, so every later open refused the dir ("segment
+    starts at index 31, the log before it ends at 11")."""
+    fs = disk()
+    st = Storage.open(DATA, segment_bytes=4096, fs=fs)
+    st.append([Entry(1, i, data=b"x" * 150) for i in range(1, 11)], HardState(1, 1, 10))
+    room = 4096 - st._wal.segments[-1].size - 8
+    filler = next(b"f" * n for n in range(room, 0, -1)
+                  if len(frame(*entries_record([Entry(1, 11, data=b"f" * n)]), 0)[0]) == room)
+    st.append([Entry(1, 11, data=filler)])
+    st.sync()
+    assert 4096 - st._wal.segments[-1].size == 8
+    st.save_snapshot(SnapshotMeta(30, 1, (1, 2, 3)), b"state", HardState(1, 1, 30))
+    st.close()
+    assert sorted(n for n in fs.listdir(DATA) if n.startswith("wal-")) == [
+        "wal-0000000001.log", "wal-0000000002.log"]
+    with Storage.open(DATA, segment_bytes=4096, fs=fs) as st:
+        assert (st.snapshot.index, st.last_index, st.hard_state) == (30, 30, HardState(1, 1, 30))
 
 
 def test_a_snapshot_never_becomes_durable_before_the_term_appended_before_it():
