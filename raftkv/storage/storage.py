@@ -510,9 +510,10 @@ class Storage:
 
     def save_snapshot(self, meta: SnapshotMeta, data: bytes,
                       hard_state: HardState | None = None) -> None:
-        """Durably store a snapshot (with `hard_state`, if given), then drop the log it
-        covers: WAL segments wholly covered are deleted and only the newest two snapshot
-        files are kept.
+        """Durably store a snapshot (with `hard_state`, if given; with the snapshot's term
+        and no vote if that is above the stored term and none is given), then drop the
+        log it covers: WAL segments wholly covered are deleted and only the newest two
+        snapshot files are kept.
 
         If the stored entry at meta.index has term meta.term the entries after it are
         kept (local compaction); otherwise they cannot follow the snapshot and are
@@ -527,9 +528,15 @@ class Storage:
         if meta.index <= floor:
             raise ValueError(f"snapshot at {meta.index} is not newer than the one at {floor}")
         cur = self._hard_state
+        # The snapshot's term must never be durable before a term at least as high. A
+        # caller that gives no hard state (node.py installs a leader's snapshot before
+        # it appends the Ready's hard state) gets the snapshot's term with no vote, which
+        # a node may always take: it has seen that term, and has cast no durable vote in
+        # it, its durable term being lower.
+        if hard_state is None and meta.term > cur.term:
+            hard_state = HardState(meta.term, NONE, cur.commit)
         if hard_state is not None and (hard_state.term, hard_state.vote) != (cur.term,
                                                                              cur.vote):
-            # The snapshot's term must never be durable before a term at least as high.
             self.append([], HardState(hard_state.term, hard_state.vote, cur.commit))
         self.sync()
         keep = self._log.term(meta.index) == meta.term

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from raftkv.raft.types import Entry, EntryType, HardState, SnapshotMeta
+from raftkv.raft.types import NONE, Entry, EntryType, HardState, SnapshotMeta
 from raftkv.storage import Storage
 
 SEGMENT_BYTES = 4096
@@ -109,6 +109,9 @@ def transitions(m: Model, step: tuple) -> Iterator[None]:
             yield
     else:
         _, index, term, hs = step
+        if term > m.hs.term:  # save_snapshot makes the snapshot's term durable first
+            m.hs = HardState(term, NONE, m.hs.commit)
+            yield
         keep = m.term_at(index) == term
         m.terms = m.terms[index - m.snap[0] :] if keep else []
         m.snap = (index, term)

@@ -194,3 +194,24 @@ def test_a_snapshot_never_becomes_durable_before_the_term_appended_before_it():
     for where, crashed in cases:
         with Storage.open(DATA, segment_bytes=4096, fs=crashed) as st2:
             assert state(st2) in (before, new_term, snapshot_only, after), where
+
+
+def test_a_snapshot_from_a_newer_term_given_without_a_hard_state_raises_the_term_first():
+    """Found by the power-loss test, the way node.py installs a leader's snapshot: it calls
+    save_snapshot(meta) and appends the Ready's hard state (the leader's term) after it.
+    A cut between the two left a snapshot of term 2 with a durable term of 1, which open
+    refuses ("hard state term 1 is below the log's last term 2"); tests/integration/
+    test_storage_crash.py hit it under kill -9 too. save_snapshot now makes the
+    snapshot's term durable first, with no vote."""
+    fs = disk()
+    st = Storage.open(DATA, segment_bytes=4096, fs=fs)
+    st.append([Entry(1, i, data=b"x") for i in range(1, 4)], HardState(1, 1, 3))
+    st.sync()
+    before = state(st)
+    raised = (HardState(2, 0, 3), None, before[2])
+    cases = crashes_during(fs, lambda: st.save_snapshot(SnapshotMeta(10, 2, (1,)), b"s"))
+    after = state(st)
+    assert after == (HardState(2, 0, 3), SnapshotMeta(10, 2, (1,)), [])
+    for where, crashed in cases:
+        with Storage.open(DATA, segment_bytes=4096, fs=crashed) as st2:
+            assert state(st2) in (before, raised, after), where
