@@ -48,8 +48,9 @@ Counted operations (`ops`, `on_op`): open, pwrite, ftruncate, fdatasync, fsync, 
 mkdir, rename, unlink, lock. Reads, listdir, exists, close, unlock and drop_cache change
 nothing a crash keeps and are not counted.
 
-Paths are `pathlib.Path`, relative ones taken from the root; handles are ints. `lock`
-lets one holder at a time have a path.
+Paths are `pathlib.Path`, relative ones taken from the root; handles are ints and follow
+their file through a rename (for `path_suffix` and `on_op`). `lock` lets one holder at a
+time have a path.
 """
 
 from __future__ import annotations
@@ -417,6 +418,9 @@ class PowerLossFS:
         else:
             ddir.change(("set", dname, node))
             sdir.change(("del", sname))
+        for fd, (f, _) in self._fds.items():
+            if f is node:
+                self._fds[fd] = (f, Path(dst))
 
     def unlink(self, path: Path) -> None:
         self._op("unlink", path)
