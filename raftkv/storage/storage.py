@@ -495,7 +495,12 @@ class Storage:
             self._log.append(list(entries))
         if new_hs is not None:
             self._hard_state = new_hs
-            self._vote.write(new_hs.term, new_hs.vote)
+            try:
+                self._vote.write(new_hs.term, new_hs.vote)
+            except OSError as exc:
+                self._failed = exc
+                raise StorageError(f"VOTE file write failed; storage unusable for good: "
+                                   f"{exc}") from exc
 
     def sync(self) -> None:
         """Make everything appended so far durable: one fdatasync (two when the term or
@@ -596,8 +601,12 @@ class Storage:
             return
         try:
             if self._failed is None:
-                self._wal.sync()
-                self._vote.sync()
+                try:
+                    self._wal.sync()
+                    self._vote.sync()
+                except OSError as exc:
+                    self._failed = exc
+                    raise StorageError(f"sync at close failed: {exc}") from exc
         finally:
             self._wal.close()
             self._vote.close()
