@@ -179,8 +179,9 @@ def _parts(path: Path | str) -> tuple[str, ...]:
 
 
 class PowerLossFS:
-    """See the module docstring for the rules. `ops` counts the counted operations done;
-    `on_op(name, path)`, if set, is called before each (and may call `crash`)."""
+    """See the module docstring for the rules. `ops` counts the counted operations done,
+    `fired` the injected faults raised; `on_op(name, path)`, if set, is called before
+    each counted operation (and may call `crash`)."""
 
     def __init__(self) -> None:
         self._root = _Dir()
@@ -191,6 +192,7 @@ class PowerLossFS:
         self._cut_at: int | None = None
         self._dead = False
         self.ops = 0
+        self.fired = 0
         self.on_op: Callable[[str, Path], None] | None = None
 
     # ---- power and faults ------------------------------------------------------------------
@@ -232,6 +234,10 @@ class PowerLossFS:
         `path_suffix` (any path if None) raise OSError(err): see the rules."""
         self._faults.append((op, err, path_suffix))
 
+    def clear_faults(self) -> None:
+        """Forget the faults `fail_next` armed that have not fired."""
+        self._faults.clear()
+
     def sync_all(self) -> None:
         """Make everything durable, as a clean shutdown and `sync` would."""
 
@@ -257,6 +263,7 @@ class PowerLossFS:
         for k, (op, err, suffix) in enumerate(self._faults):
             if op == name and (suffix is None or str(path).endswith(suffix)):
                 del self._faults[k]
+                self.fired += 1
                 if file is not None and name in ("fdatasync", "fsync"):
                     file.sync_failed()
                 raise OSError(err, os.strerror(err), str(path))
