@@ -28,11 +28,12 @@ Directories (names)
 Failed syncs (Linux page cache semantics, see "fsyncgate", and errseq_t)
   - `fail_next("fdatasync" | "fsync", errno)` makes the next such call fail: it raises
     OSError, the file's writes since its last sync never reach the disk (its durable
-    content and size stay), but they stay readable from the cache (Linux marks the pages
-    clean). A later sync of the file succeeds without writing them; writing the same
-    sector again makes the whole sector dirty, lost bytes included, as a cache page is.
-    `drop_cache(path)` makes reads of those sectors, and of the size if nothing is
-    pending, come from the disk again.
+    content and size stay; a real disk may have taken some, the model takes none), but
+    they stay readable from the cache (Linux marks the pages clean). A later sync of the
+    file succeeds without writing them; writing the same sector again makes the whole
+    sector dirty, lost bytes included, as a cache page is. `drop_cache(path)` makes
+    reads of those sectors, and of the size if nothing is pending, come from the disk
+    again.
   - `fail_next("pwrite", errno.ENOSPC)` (or any errno, or any other counted operation)
     raises before the operation changes anything.
 
@@ -44,9 +45,9 @@ Power cuts
     after it, raises PowerCut (not an OSError: nothing may handle it) without acting.
     Then `crash` gives the state the cut left.
 
-Counted operations (`ops`, `on_op`): open, pwrite, ftruncate, fdatasync, fsync, fsync_dir,
-mkdir, rename, unlink, lock. Reads, listdir, exists, close, unlock and drop_cache change
-nothing a crash keeps and are not counted.
+Counted operations (`ops`, `on_op`): open (a `lock` counts as one), pwrite, ftruncate,
+fdatasync, fsync, fsync_dir, mkdir, rename, unlink. Reads, listdir, exists, close,
+unlock and drop_cache change nothing a crash keeps and are not counted.
 
 Paths are `pathlib.Path`, relative ones taken from the root; handles are ints and follow
 their file through a rename (for `path_suffix` and `on_op`). `lock` lets one holder at a
@@ -63,7 +64,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SECTOR = 512
-_ZERO_SECTOR = bytes(SECTOR)
 
 
 class PowerCut(BaseException):
