@@ -15,9 +15,9 @@ Invariants:
 - Segment sequence numbers are consecutive; a gap is corruption.
 - A segment exists under its name only once its header is durable, so before any record
   is written after it, and every segment but the last was synced whole before its
-  successor was created. So only the last
-  segment can end in a torn write, and a segment whose records end before its
-  successor's prev_crc says is corrupt (its tail was lost, not torn).
+  successor was created. So only the last segment can end in a torn write, and a
+  segment whose records end before its successor's prev_crc says is corrupt (its tail
+  was lost, not torn).
 - Synced bytes are never rewritten; only an unsynced torn tail is ever truncated, and a
   copy of the file is kept first (`<segment>.broken`).
 - A segment's file may run past its records with zeros written ahead of the appends
