@@ -70,9 +70,10 @@ def state(st: Storage) -> tuple:
 
 
 def test_power_cut_anywhere_in_the_first_open_leaves_a_dir_that_opens_empty():
-    """Found as seed 1445419628: the first segment was created under its own name before
-    its header was written, so a cut could leave `wal-0000000001.log` empty (its name
-    durable, its data not) and every later open refused it as corrupt."""
+    """Found by the power-loss test (seed 1445419628 of its first version): the first
+    segment was created under its own name before its header was written, so a cut
+    could leave `wal-0000000001.log` empty (its name durable, its data not) and every
+    later open refused it as corrupt."""
     fs = disk()
     cases = crashes_during(fs, lambda: Storage.open(DATA, fs=fs))
     for where, crashed in cases:
@@ -153,11 +154,11 @@ def test_power_cut_anywhere_in_an_upgrade_loses_nothing(snapshot):
 
 
 def test_an_installed_snapshot_whose_marker_rotates_the_wal_opens_again():
-    """Found by the power-loss test (seed 122634931), with no power cut needed: when the
-    marker of a snapshot installed past the log did not fit in the last segment, the new
-    segment's header said the log goes on after the snapshot, while replay reaches it
-    with the log before the snapshot, so every later open refused the dir ("segment
-    starts at index 31, the log before it ends at 11")."""
+    """Found by the power-loss test (seed 122634931 of its first version), with no power
+    cut needed: when the marker of a snapshot installed past the log did not fit in the
+    last segment, the new segment's header said the log goes on after the snapshot,
+    while replay reaches it with the log before the snapshot, so every later open
+    refused the dir ("segment starts at index 31, the log before it ends at 11")."""
     fs = disk()
     st = Storage.open(DATA, segment_bytes=4096, fs=fs)
     st.append([Entry(1, i, data=b"x" * 150) for i in range(1, 11)], HardState(1, 1, 10))
