@@ -191,6 +191,7 @@ class Storage:
         return st
 
     def _recover(self, repair: bool) -> None:
+        """Read the snapshot and replay the WAL."""
         snaps = snapshot.list_snapshots(self._dir, self._fs)
         if snaps:
             path = snaps[-1][1]
@@ -213,6 +214,7 @@ class Storage:
         # segment was deleted on its account, so the entry at its index (if any) is here.
         unmarked = self._snapshot is not None and (marker is None or marker.index < snap_index)
         keep = unmarked and mem.term(snap_index) == self._snapshot.term
+        replayed_last = mem.last if mem.last is not None else snap_index
         if unmarked:
             mem.compact(snap_index, keep)
         elif mem.offset is None:  # no entry record survives: none follows the snapshot
@@ -231,7 +233,7 @@ class Storage:
         self._cross_check()
         if unmarked and self._wal.segments[-1].version == 2:  # (an upgrade writes one)
             log.warning("completing interrupted save of snapshot at %d", snap_index)
-            self._record_snapshot(self._snapshot, keep)
+            self._record_snapshot(self._snapshot, keep, replayed_last)
 
     def _replay(self, snap_index: int, repair: bool) -> tuple[MemLog, SnapshotMarker | None]:
         """Apply every WAL record; returns the log and the newest snapshot marker."""
@@ -500,7 +502,12 @@ class Storage:
             self._log.append(list(entries))
         if new_hs is not None:
             self._hard_state = new_hs
-            self._vote.write(new_hs.term, new_hs.vote)
+            try:
+                self._vote.write(new_hs.term, new_hs.vote)
+            except OSError as exc:
+                self._failed = exc
+                raise StorageError(f"VOTE file write failed; storage unusable for good: "
+                                   f"{exc}") from exc
 
     def sync(self) -> None:
         """Make everything appended so far durable: one fdatasync (two when the term or
@@ -514,46 +521,60 @@ class Storage:
 
     def save_snapshot(self, meta: SnapshotMeta, data: bytes,
                       hard_state: HardState | None = None) -> None:
-        """Durably store a snapshot (with `hard_state`, if given), then drop the log it
-        covers: WAL segments wholly covered are deleted and only the newest two snapshot
-        files are kept.
+        """Durably store a snapshot (with `hard_state`, if given; with the snapshot's term
+        and no vote if that is above the stored term and none is given), then drop the
+        log it covers: WAL segments wholly covered are deleted and only the newest two
+        snapshot files are kept.
 
         If the stored entry at meta.index has term meta.term the entries after it are
         kept (local compaction); otherwise they cannot follow the snapshot and are
-        dropped (a snapshot installed from the leader). Also syncs pending appends.
+        dropped (a snapshot installed from the leader).
+
+        Pending appends are synced before the snapshot file is written, so that a power
+        cut keeps a prefix of what was written: never the snapshot without what came
+        before it (a new term, or the entry the snapshot's `keep` was decided on).
         """
         self._check_usable()
         floor = self._log.floor
         if meta.index <= floor:
             raise ValueError(f"snapshot at {meta.index} is not newer than the one at {floor}")
         cur = self._hard_state
+        # The snapshot's term must never be durable before a term at least as high. A
+        # caller that gives no hard state (node.py installs a leader's snapshot before
+        # it appends the Ready's hard state) gets the snapshot's term with no vote, which
+        # a node may always take: it has seen that term, and has cast no durable vote in
+        # it, its durable term being lower.
+        if hard_state is None and meta.term > cur.term:
+            hard_state = HardState(meta.term, NONE, cur.commit)
         if hard_state is not None and (hard_state.term, hard_state.vote) != (cur.term,
                                                                              cur.vote):
-            # The snapshot's term must never be durable before a term at least as high.
             self.append([], HardState(hard_state.term, hard_state.vote, cur.commit))
-            self.sync()
+        self.sync()
         keep = self._log.term(meta.index) == meta.term
         try:
             snapshot.write_snapshot(self._dir, meta, data, self._disk)
         except OSError as exc:
             raise self._disk_failed("writing snapshot", exc) from exc
         self._snapshot = meta
+        last_before = self._log.last
         self._log.compact(meta.index, keep)
         if hard_state is not None:
             self._hard_state = hard_state
-        self._record_snapshot(meta, keep)
+        self._record_snapshot(meta, keep, last_before)
 
-    def _record_snapshot(self, meta: SnapshotMeta, keep: bool) -> None:
+    def _record_snapshot(self, meta: SnapshotMeta, keep: bool, last_before: int) -> None:
         """Marker + current hard state into the last segment, sync, then delete what the
         snapshot covers. Deleting only after this sync keeps the newest marker and hard
-        state in a surviving segment."""
+        state in a surviving segment. `last_before`: the log's last index before the
+        snapshot was applied to it, where replay stands when it reaches the marker (a
+        segment the marker rotates to must say the log goes on from there)."""
         first_seq = self._wal.first_needed_seq(meta.index)
         marker = SnapshotMarker(meta.index, meta.term, keep, first_seq)
         hs = self._hard_state
         if hs.commit > self._log.last:  # a commit index past a log a snapshot replaced
             hs = self._hard_state = HardState(hs.term, hs.vote, self._log.last)
         self._write([record.snapshot_marker_record(marker), record.hard_state_record(hs)],
-                    meta.index)
+                    meta.index, last_before)
         self.sync()
         try:
             self._wal.drop_before(first_seq)
@@ -561,9 +582,13 @@ class Storage:
         except OSError as exc:
             raise self._disk_failed("compaction", exc) from exc
 
-    def _write(self, records: list[Record], max_index: int) -> None:
+    def _write(self, records: list[Record], max_index: int,
+               last_index: int | None = None) -> None:
+        """`last_index`: where replay stands before these records; the log's last index
+        unless memory already moved on."""
         try:
-            self._wal.write(records, max_index, self._log.last)
+            self._wal.write(records, max_index,
+                            self._log.last if last_index is None else last_index)
         except OSError as exc:
             raise self._disk_failed("WAL write", exc) from exc
 
@@ -586,8 +611,12 @@ class Storage:
             return
         try:
             if self._failed is None:
-                self._wal.sync()
-                self._vote.sync()
+                try:
+                    self._wal.sync()
+                    self._vote.sync()
+                except OSError as exc:
+                    self._failed = exc
+                    raise StorageError(f"sync at close failed: {exc}") from exc
         finally:
             self._wal.close()
             self._vote.close()

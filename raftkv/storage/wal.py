@@ -13,10 +13,11 @@ A format-2 segment starts with a 64-byte header::
 
 Invariants:
 - Segment sequence numbers are consecutive; a gap is corruption.
-- A segment's header is durable before any record is written after it, and every segment
-  but the last was synced whole before its successor was created. So only the last
-  segment can end in a torn write, and a segment whose records end before its
-  successor's prev_crc says is corrupt (its tail was lost, not torn).
+- A segment exists under its name only once its header is durable, so before any record
+  is written after it, and every segment but the last was synced whole before its
+  successor was created. So only the last segment can end in a torn write, and a
+  segment whose records end before its successor's prev_crc says is corrupt (its tail
+  was lost, not torn).
 - Synced bytes are never rewritten; only an unsynced torn tail is ever truncated, and a
   copy of the file is kept first (`<segment>.broken`).
 - A segment's file may run past its records with zeros written ahead of the appends
@@ -296,11 +297,15 @@ class WAL:
         self._fd = self.fs.open(seg.path)
 
     def create_segment(self, seq: int, first_index: int, *, temp: bool = False) -> Segment:
-        """A new last segment, appended to from now on (the current one is closed). It is
-        made under a `.tmp` name and gets its real name only once its header is durable,
-        so a segment under a real name always has one; with `temp` it keeps the `.tmp`
-        name until `publish` (for a segment that must be written whole first)."""
-        path = self.dir / (segment_name(seq) + ".tmp")
+        """A new last segment whose header is durable, appended to (and closing) the
+        current one. It is made under a `.tmp` name and renamed once its header is
+        durable, so that a crash never leaves a segment without one (a directory entry
+        may reach the disk before the file's data does). With `temp` it keeps the
+        `.tmp` name, for `publish`."""
+        final = self.dir / segment_name(seq)
+        if self.fs.exists(final):
+            raise FileExistsError(f"{final} exists")
+        path = final.with_name(final.name + ".tmp")
         fd = self.fs.open(path, create=True, truncate=True)
         hdr = SegmentHeader(self.identity, seq, first_index, self.crc)
         self.disk.write_all(fd, hdr.encode(), 0)
