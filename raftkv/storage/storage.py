@@ -663,13 +663,19 @@ def _prepare_dir(path: Path, disk: Disk, identity: Identity, create: bool) -> No
         _init_files(path, disk, identity)
         disk.sync_dir(path.parent)
         return
+    made = []  # parents that do not exist yet, nearest first
+    parent = path.parent
+    while not fs.exists(parent):
+        made.append(parent)
+        parent = parent.parent
     fs.makedirs(path.parent)
     tmp = path.with_name(f".{path.name}.creating")
     if not fs.exists(tmp):
         fs.mkdir(tmp)
     _init_files(tmp, disk, identity)
     fs.rename(tmp, path)
-    disk.sync_dir(path.parent)
+    for d in (path, *made):  # each new entry durable in its parent, deepest first
+        disk.sync_dir(d.parent)
 
 
 def _check_identity(path: Path, disk: Disk, identity: Identity) -> DirInfo:

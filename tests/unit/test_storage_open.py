@@ -192,6 +192,13 @@ def test_open_syncs_and_drops_the_cache_of_every_file_before_reading_it(tmp_path
     assert fs.calls[-1] == ("fsync_dir", tmp_path.name)
 
 
+def test_new_parent_dirs_are_synced_into_their_own_parents(tmp_path):
+    fs = RecordingFS()
+    Storage.open(tmp_path / "a" / "b" / "node1", fs=fs).close()
+    synced = [name for call, name in fs.calls if call == "fsync_dir"]
+    assert {"b", "a", tmp_path.name} <= set(synced)
+
+
 def test_a_new_dir_is_made_under_a_temp_name_then_renamed_and_its_parent_synced(tmp_path):
     fs = RecordingFS()
     Storage.open(tmp_path / "node1", fs=fs).close()
