@@ -1,4 +1,4 @@
-"""The controller: one process in front of a cluster's nodes (DESIGN.md, harness/).
+"""The controller: one process in front of a cluster's nodes (docs/ARCHITECTURE.md).
 
 Clients talk to a single address, the controller's ROUTER (`cluster.json`'s controller
 address, the default of `raftkv.Client`). The controller routes each request to the node

@@ -1,6 +1,6 @@
 """One worker process: a blocking loop around the Raft core, its storage and sockets.
 
-Each turn of the loop (DESIGN.md, node.py):
+Each turn of the loop (docs/ARCHITECTURE.md: One node):
 
     poll until the next tick -> drain every ready frame -> feed the core -> send what may
     leave early -> append + ONE fsync for the whole batch (group commit) -> send the
