@@ -21,6 +21,7 @@ NODE_FIELDS = {
     "dropped_malformed", "partitioned_from", "exit_code",
     # for the dashboard (issue #9)
     "vote", "lead", "snapshot_index", "log_tail", "counters", "fsync_ms", "metrics_port",
+    "repair",
 }
 
 
@@ -87,7 +88,7 @@ def test_status_map_reports_every_node(cc):
         assert n["cpu_percent"] is None or n["cpu_percent"] >= 0
         assert n["rss_bytes"] > 1_000_000 and n["open_files"] >= 1 and n["uptime_s"] > 0
         assert n["dropped_malformed"] == 0 and n["partitioned_from"] == []
-        assert n["exit_code"] is None
+        assert n["exit_code"] is None and n["repair"] is None
     assert {"relayed", "redirects", "timeouts", "malformed"} <= set(st["controller"])
     plain = cc.request(ReqOp.STATUS)  # a plain STATUS gets the same map
     assert plain.code == ReplyCode.OK and plain.value["leader"] == leader
