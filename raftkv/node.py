@@ -417,8 +417,13 @@ class Node:
         return False
 
     def send(self, messages: list[Message]) -> None:
+        """Send what the core wrote; a message to this node itself (a candidate's own
+        vote, once durable) is stepped back into the core, never put on the wire."""
+        me = self.cfg.id
         for m in messages:
-            if m.type == MsgType.SNAP:
+            if m.to == me:
+                self.core.step(m)
+            elif m.type == MsgType.SNAP:
                 self.counters["snapshots_sent"] += 1
                 self.transport.send_many(self.snapshot_sender.chunks(m))
             else:

@@ -547,9 +547,19 @@ class Raft:
             vote_type, term = MsgType.VOTE, self.term
             self.events.append(RaftEvent(EventKind.ELECTION_STARTED, term, reason=reason))
         self.refusals = {}
-        self.votes[self.id] = True
-        if self.poll_votes() is not VoteResult.PENDING:
-            return
+        if kind == CampaignKind.PRE_ELECTION:
+            # A pre-vote changes nothing durable (§9.6): our own counts at once.
+            self.votes[self.id] = True
+            if self.poll_votes() is not VoteResult.PENDING:
+                return
+        else:
+            # Our own vote counts only once the new term and the vote for ourselves are
+            # durable (§3.8), like any voter's grant: it is a VOTE_RESP to ourselves that
+            # leaves with the Ready's persisted_messages and that the application steps
+            # back in. Counted earlier, a lone voter would lead, and send entries of a
+            # term that a crash before the fsync lets it win again, with other entries
+            # at the same (index, term) (etcd-io/raft: the self MsgVoteResp).
+            self.send(Message(MsgType.VOTE_RESP, self.id, self.id, term))
         for v in sorted(self.voters):
             if v == self.id:
                 continue

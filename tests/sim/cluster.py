@@ -424,7 +424,10 @@ class Cluster:
             self.checker.on_entries(core, rd.entries)
             node.disk.persist(rd.hard_state, rd.entries)
             for m in rd.persisted_messages:
-                self.send(m)
+                if m.to == i:
+                    core.step(m)  # our own vote, now durable: the node steps it back in
+                else:
+                    self.send(m)
             if core.log.committed > self.checker.max_committed:
                 self.checker.on_commit(core, min(core.log.committed, core.log.last_index()))
             for e in rd.committed_entries:
