@@ -81,8 +81,10 @@ class Config:
     check_quorum: bool = True  # thesis §6.2 / §4.2.3
     max_inflight: int = 256  # pipelined appends in flight per follower
     max_entries_per_msg: int = 4096
-    # A follower that has not acknowledged a snapshot after this many heartbeats is
-    # probed again (the transfer was lost, or it restarted in the middle).
+    # A follower that has not acknowledged a snapshot after this many heartbeat
+    # intervals (the leader's heartbeat timer firing, every heartbeat_tick ticks) is
+    # probed again: the transfer was lost, or it restarted in the middle. Time, not
+    # broadcasts: every ReadIndex round broadcasts heartbeats too.
     snapshot_timeout_heartbeats: int = 50
     seed: int = 0  # election timeouts are drawn from random.Random(seed)
 
@@ -453,10 +455,6 @@ class Raft:
         for pid, pr in self.prs.items():
             if pid == self.id:
                 continue
-            if pr.state == ProgressState.SNAPSHOT:
-                pr.snapshot_wait += 1
-                if pr.snapshot_wait > self.cfg.snapshot_timeout_heartbeats:
-                    pr.become_probe()  # the snapshot was lost: probe, and send it again
             # Never tell a follower to commit past what it is known to hold (§5.3).
             commit = min(pr.match, self.log.committed)
             self.send(Message(MsgType.HEARTBEAT, pid, self.id, self.term, commit=commit,
@@ -608,7 +606,18 @@ class Raft:
             self.lead_transferee = NONE  # a transfer that took this long has failed
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
             self.heartbeat_elapsed = 0
+            self.maybe_expire_snapshots()
             self.bcast_heartbeat()
+
+    def maybe_expire_snapshots(self) -> None:
+        """One heartbeat interval passed: a snapshot unacknowledged for
+        `snapshot_timeout_heartbeats` of them is taken as lost. The follower is probed;
+        its answer (or the heartbeat's) sends the snapshot again (paper §7)."""
+        for pid, pr in self.prs.items():
+            if pid != self.id and pr.state == ProgressState.SNAPSHOT:
+                pr.snapshot_wait += 1
+                if pr.snapshot_wait > self.cfg.snapshot_timeout_heartbeats:
+                    pr.become_probe()
 
     def quorum_active(self) -> bool:
         active = {pid: int(pr.recent_active or pid == self.id) for pid, pr in self.prs.items()}

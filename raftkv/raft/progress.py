@@ -40,7 +40,7 @@ class Progress:
         self.read_ack = 0  # highest read-index round it acknowledged (thesis §6.4)
         self.pending_snapshot = 0
         self.sent_commit = 0  # the last commit index we told it about
-        self.snapshot_wait = 0  # SNAPSHOT: heartbeats sent since the snapshot left
+        self.snapshot_wait = 0  # SNAPSHOT: heartbeat intervals since the snapshot left
 
     def __repr__(self) -> str:
         return (f"Progress(match={self.match}, next={self.next}, state={self.state.name}, "
