@@ -777,7 +777,10 @@ class Raft:
             self.maybe_send_append(m.frm, send_if_empty=True)
 
     def handle_append_ack(self, m: Message, pr: Progress) -> None:
-        if not pr.maybe_update(m.index):
+        # A probe answered at exactly `match` still found where the logs match (§5.3):
+        # replicate from there (etcd-io/raft stepLeader, MsgAppResp).
+        if not pr.maybe_update(m.index) and not (
+                pr.state == ProgressState.PROBE and m.index == pr.match):
             return
         if pr.state == ProgressState.PROBE:
             pr.become_replicate()

@@ -82,3 +82,35 @@ def test_s7_snapshot_wait_counts_heartbeat_intervals_not_read_index_rounds():
     for _ in range(core.cfg.heartbeat_tick):
         core.tick()
     assert core.prs[3].state == ProgressState.PROBE  # lost: probe, then send it again
+
+
+# -- §5.3 probing ----------------------------------------------------------------------
+
+def test_s5_3_probe_acknowledged_at_exactly_match_moves_to_replicate():
+    core = leader()
+    pr = core.prs[2]
+    assert (pr.state, pr.match) == (ProgressState.REPLICATE, 13)
+    pr.become_probe()  # as after a rejection: where does its log match ours?
+    assert core.maybe_send_append(2, send_if_empty=True)  # an empty probe at match
+    [probe] = [m for m in persist(core) if m.to == 2]
+    assert (probe.index, probe.entries) == (13, [])
+    index = core.propose(b"k=v")
+    assert [m for m in persist(core) if m.to == 2] == []  # one probe at a time
+    # The follower matches at 13, as we knew: the probe found the match point, so
+    # replicate at once (etcd-io/raft: MsgAppResp with Match == Index in StateProbe)
+    # rather than wait for a heartbeat response to unpause the probe.
+    ack(core, 2, 13)
+    assert pr.state == ProgressState.REPLICATE
+    [app] = [m for m in persist(core) if m.to == 2]
+    assert (app.type, [e.index for e in app.entries]) == (MsgType.APP, [index])
+
+
+def test_s5_3_stale_ack_at_match_changes_nothing_while_replicating():
+    core = leader()
+    pr = core.prs[2]
+    core.propose(b"k=v")
+    persist(core)
+    inflight = list(pr.inflight)
+    ack(core, 2, 13)  # a duplicate of an earlier acknowledgement
+    assert (pr.state, pr.match, list(pr.inflight)) == (ProgressState.REPLICATE, 13, inflight)
+    assert [m for m in persist(core) if m.to == 2] == []
