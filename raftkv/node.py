@@ -667,6 +667,8 @@ class Node:
         except NotLeader as e:
             self.transport.reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
                                  f"node {self.cfg.id} is not the leader", e.leader)
+        except InvariantViolation:
+            raise  # our own state is broken: the node stops; no client asked for that
         except RaftError as e:
             self.transport.reply(req.identity, req.request_id, ReplyCode.BAD_REQUEST, str(e))
         else:

@@ -65,6 +65,16 @@ def refusal_of(context: int) -> VoteRefusal:
         return VoteRefusal.UNSAID
 
 
+DROP_REASONS = (
+    "ack_past_sent",  # APP_RESP at an index past what we sent that peer
+    "read_ack_past_sent",  # HEARTBEAT_RESP for a read round we never started
+    "malformed_append",  # APP whose entries do not follow its index within its term
+)
+"""Why the core dropped a peer's message that, taken, would break one of its invariants
+(`Raft.dropped` counts each). A frame from the network may be wrong; only a local
+invariant violation stops a node."""
+
+
 class CampaignKind(IntEnum):
     PRE_ELECTION = 0  # ask first whether we could win, without touching the term (§9.6)
     ELECTION = 1
@@ -184,6 +194,7 @@ class Raft:
         self.read_states: list[ReadState] = []
         self.aborted_reads: list[object] = []
         self.out = _Outbox()
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._bcast_pending = False
         self._prev_hard_state = hs
         self._prev_soft_state = SoftState(NONE, Role.FOLLOWER)
@@ -434,6 +445,7 @@ class Raft:
             return False
         self.send(Message(MsgType.APP, to, self.id, self.term, log_term=prev_term,
                           index=prev, entries=entries, commit=self.log.committed))
+        pr.sent = max(pr.sent, prev + len(entries))
         if entries:
             pr.sent_entries(entries[-1].index)
         elif pr.state == ProgressState.PROBE:
@@ -448,6 +460,7 @@ class Raft:
                 f"node {to} needs index {pr.next - 1}, below our log start "
                 f"{self.log.offset}, and we have no snapshot")
         self.send(Message(MsgType.SNAP, to, self.id, self.term, snapshot=self.snapshot))
+        pr.sent = max(pr.sent, self.snapshot.index)
         pr.become_snapshot(self.snapshot.index)
         return True
 
@@ -747,12 +760,22 @@ class Raft:
             return
         t = m.type
         if t == MsgType.APP_RESP:
+            if m.index > pr.sent:
+                # It answers an append we never sent: taken, `match` or `next` would
+                # pass our log (Progress invariant).
+                self.dropped["ack_past_sent"] += 1
+                return
             pr.recent_active = True
             if m.reject:
                 self.handle_append_rejection(m, pr)
             else:
                 self.handle_append_ack(m, pr)
         elif t == MsgType.HEARTBEAT_RESP:
+            if m.context > self.read_round:
+                # A read round we never started: counted, it could release a later
+                # round no quorum confirmed (thesis §6.4).
+                self.dropped["read_ack_past_sent"] += 1
+                return
             pr.recent_active = True
             pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and pr.is_paused():
@@ -851,6 +874,9 @@ class Raft:
     # -- follower handlers -----------------------------------------------------------
 
     def handle_append(self, m: Message) -> None:
+        if m.entries and not well_formed(m):
+            self.dropped["malformed_append"] += 1
+            return
         if m.index < self.log.committed:
             # Everything up to our commit already matches the leader (§5.4 Log Matching).
             self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term,
@@ -959,4 +985,17 @@ class Raft:
             "learners": sorted(self.learners),
             "progress": {pid: {"match": pr.match, "next": pr.next, "state": pr.state.name}
                          for pid, pr in self.prs.items()},
+            "dropped": dict(self.dropped),
         }
+
+
+def well_formed(m: Message) -> bool:
+    """Whether an APP's entries follow its index one by one, with terms that never
+    decrease, from its log_term up to its term (what any leader sends, §5.3). The wire
+    decoder checks the same; the core does not rely on its caller for its invariants."""
+    entries = m.entries
+    first = m.index + 1
+    if [e.index for e in entries] != list(range(first, first + len(entries))):
+        return False
+    terms = [e.term for e in entries]
+    return m.log_term <= terms[0] and terms[-1] <= m.term and terms == sorted(terms)

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from raftkv.node import Node, NodeConfig
-from raftkv.raft import CampaignKind, Message, MsgType, Role
+from raftkv.raft import CampaignKind, InvariantViolation, Message, MsgType, Role
+from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
 
 @pytest.fixture
@@ -60,3 +61,35 @@ def test_a_stale_own_vote_is_ignored(lone):
     assert core.role == Role.LEADER
     lone.send([Message(MsgType.VOTE_RESP, 1, 1, core.term - 1)])
     assert core.role == Role.LEADER
+
+
+# -- a broken invariant stops the node; a peer's or client's error does not --------------
+
+def replies(node: Node) -> list[tuple]:
+    got: list[tuple] = []
+    node.transport.reply = lambda ident, rid, code, value=None, hint=0: got.append(
+        (rid, code, value))
+    return got
+
+
+def test_a_refused_transfer_is_answered(lone):
+    lone.core.campaign(CampaignKind.ELECTION)
+    lone.process_ready()
+    got = replies(lone)
+    lone.transfer(ClientRequest(7, ReqOp.TRANSFER, target=5))
+    [(rid, code, why)] = got
+    assert (rid, code) == (7, ReplyCode.BAD_REQUEST) and "not a voter" in why
+
+
+def test_an_invariant_violation_is_not_turned_into_a_reply(lone, monkeypatch):
+    lone.core.campaign(CampaignKind.ELECTION)
+    lone.process_ready()
+    got = replies(lone)
+
+    def broken(target: int) -> None:
+        raise InvariantViolation("node 2 needs index 101, below our log start 0")
+
+    monkeypatch.setattr(lone.core, "transfer_leader", broken)
+    with pytest.raises(InvariantViolation):
+        lone.transfer(ClientRequest(7, ReqOp.TRANSFER, target=2))
+    assert got == []

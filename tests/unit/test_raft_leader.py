@@ -114,3 +114,72 @@ def test_s5_3_stale_ack_at_match_changes_nothing_while_replicating():
     ack(core, 2, 13)  # a duplicate of an earlier acknowledgement
     assert (pr.state, pr.match, list(pr.inflight)) == (ProgressState.REPLICATE, 13, inflight)
     assert [m for m in persist(core) if m.to == 2] == []
+
+
+# -- what a peer says is bounded by what was sent to it ---------------------------------
+
+def test_ack_past_our_last_index_is_dropped_and_counted():
+    core = Raft(Config(1, (1, 2, 3)))  # no snapshot: nothing to send below our log
+    core.campaign(CampaignKind.ELECTION)
+    persist(core)
+    core.step(Message(MsgType.VOTE_RESP, 1, 2, 1))
+    persist(core)
+    last = core.log.last_index()
+    # A bad frame: an index we never had. Trusted, it moved `next` past our log, and
+    # asking for a snapshot to send there raised InvariantViolation: the leader stopped.
+    ack(core, 3, last + 100)
+    ack(core, 2, last + 100)
+    assert core.role == Role.LEADER
+    assert all(pr.match == 0 and pr.next <= last + 1 for pr in (core.prs[2], core.prs[3]))
+    assert core.log.committed == 0  # two such acks would have committed past our log
+    assert core.status()["dropped"]["ack_past_sent"] == 2
+    ack(core, 2, last)
+    persist(core)
+    assert core.log.committed == last
+
+
+def test_ack_past_what_was_sent_to_that_peer_is_dropped_and_counted():
+    core = leader()
+    core.propose(b"k=v")  # index 14, sent to 2 and 3 ...
+    sent = core.log.last_index()
+    core.prs[3].become_snapshot(SNAP.index)  # (3 is paused: nothing more goes to it)
+    persist(core)
+    core.propose(b"k=w")  # ... 15, sent only to 2
+    persist(core)
+    ack(core, 3, sent + 1)
+    assert core.prs[3].match == 0
+    assert core.status()["dropped"]["ack_past_sent"] == 1
+    ack(core, 2, sent + 1)
+    assert core.prs[2].match == sent + 1
+    assert core.status()["dropped"]["ack_past_sent"] == 1
+
+
+def test_rejection_of_an_index_never_sent_is_dropped_and_counted():
+    core = leader()
+    last = core.log.last_index()
+    core.step(Message(MsgType.APP_RESP, 1, 2, core.term, index=last + 50, reject=True,
+                      reject_hint=last + 40))
+    assert core.prs[2].state == ProgressState.REPLICATE
+    assert core.status()["dropped"]["ack_past_sent"] == 1
+
+
+def test_heartbeat_ack_of_a_read_round_never_sent_is_dropped_and_counted():
+    core = leader()
+    core.read_index("r1")
+    persist(core)
+    core.step(Message(MsgType.HEARTBEAT_RESP, 1, 3, core.term, context=core.read_round + 7))
+    assert core.prs[3].read_ack == 0
+    assert core.status()["dropped"]["read_ack_past_sent"] == 1
+    assert core.ready().read_states == []  # one voter besides us must confirm the round
+    core.step(Message(MsgType.HEARTBEAT_RESP, 1, 3, core.term, context=core.read_round))
+    assert [r.ctx for r in core.ready().read_states] == ["r1"]
+
+
+def test_append_whose_entries_do_not_follow_its_index_is_dropped_and_counted():
+    core = Raft(Config(2, (1, 2, 3)), hard_state=HardState(1, 0, 0))
+    core.step(Message(MsgType.APP, 2, 1, 1, log_term=0, index=0,
+                      entries=[Entry(1, 1), Entry(1, 5)]))
+    assert core.log.last_index() == 0
+    assert core.status()["dropped"]["malformed_append"] == 1
+    assert core.ready().persisted_messages == []
+
