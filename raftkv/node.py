@@ -246,7 +246,13 @@ class Node:
         # The Ready whose fsync is running; None when none is. Until it is done the core
         # is stepped but not asked for another Ready.
         self.syncing: Ready | None = None
-        self.deferred: list[Message] = []  # SNAP messages held while a Ready is syncing
+        # While a Ready syncs the helper thread owns the Storage (`_Syncer`), so what
+        # needs it waits: received snapshots to step (installing one replaces the log
+        # that Ready describes), snapshots to send (their bytes are read from storage).
+        self.deferred: list[Message] = []
+        self.unsent_snapshots: list[Message] = []
+        # What STATUS shows of storage: a copy taken while the loop owned it.
+        self.storage_view = self.storage_status()
         self.stopping = False
         self.started = time.monotonic()
         self.failpoints = failpoints.enabled()
@@ -367,7 +373,11 @@ class Node:
         self.syncing = None
         self.syncer.finish()
         self.record_sync(self.syncer.seconds)
+        self.storage_view = self.storage_status()
         self.send(rd.persisted_messages)
+        if self.unsent_snapshots:
+            held, self.unsent_snapshots = self.unsent_snapshots, []
+            self.send(held)
         self.advance(rd)
         if self.deferred:
             held, self.deferred = self.deferred, []
@@ -424,6 +434,9 @@ class Node:
             if m.to == me:
                 self.core.step(m)
             elif m.type == MsgType.SNAP:
+                if self.syncing is not None:
+                    self.unsent_snapshots.append(m)  # its bytes are in storage
+                    continue
                 self.counters["snapshots_sent"] += 1
                 self.transport.send_many(self.snapshot_sender.chunks(m))
             else:
@@ -709,6 +722,8 @@ class Node:
     # -- introspection -----------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        if self.syncing is None:
+            self.storage_view = self.storage_status()
         s = self.core.status()
         s.pop("progress", None)
         s.update(
@@ -716,8 +731,7 @@ class Node:
             peers={str(k): v for k, v in sorted(self.transport.peers.items())},
             uptime_s=round(time.monotonic() - self.started, 3),
             transport=dict(self.transport.stats),
-            storage=self.storage.stats(),
-            repair=self.storage.repair,
+            **self.storage_view,
             kv={"keys": len(self.kv), "sessions": self.kv.session_count,
                 "malformed": self.kv.stats.malformed},
             counters=self.counter_values(),
@@ -728,6 +742,11 @@ class Node:
             metrics_port=self.metrics_port,
         )
         return s
+
+    def storage_status(self) -> dict[str, Any]:
+        """STATUS's view of storage. Only while the loop owns it (no Ready syncing):
+        `status` shows the copy taken last, refreshed then and after each sync."""
+        return {"storage": self.storage.stats(), "repair": self.storage.repair}
 
     def counter_values(self) -> dict[str, int | float]:
         """The node's counters with those its helpers keep."""

@@ -3,12 +3,23 @@ temp dir on loopback, and its `run` loop does not run; tests call its methods.""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from raftkv.kv import encode_open_session
 from raftkv.node import Node, NodeConfig
-from raftkv.raft import CampaignKind, InvariantViolation, Message, MsgType, Role
+from raftkv.raft import (
+    CampaignKind,
+    ConfChange,
+    ConfOp,
+    InvariantViolation,
+    Message,
+    MsgType,
+    Role,
+)
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
 
@@ -93,3 +104,83 @@ def test_an_invariant_violation_is_not_turned_into_a_reply(lone, monkeypatch):
     with pytest.raises(InvariantViolation):
         lone.transfer(ClientRequest(7, ReqOp.TRANSFER, target=2))
     assert got == []
+
+
+# -- storage belongs to the fsync thread while a Ready syncs ------------------------------
+
+class OwnedStorage:
+    """Storage as the loop sees it: touching it from the loop's thread while a Ready is
+    syncing (the helper thread owns it then) fails the test."""
+
+    def __init__(self, real: object, node: Node) -> None:
+        self._real, self._node = real, node
+
+    def __getattr__(self, name: str) -> object:
+        if (self._node.syncing is not None
+                and threading.current_thread() is threading.main_thread()):
+            raise AssertionError(f"storage.{name} touched while the fsync thread owns it")
+        return getattr(self._real, name)
+
+
+@pytest.fixture
+def compacted(tmp_path) -> Iterator[Node]:
+    """Node 1, sole voter and leader, its log compacted into a snapshot, with learner 2
+    (nobody listens at its address)."""
+    node = Node(NodeConfig(1, "tcp://127.0.0.1:0", {}, tmp_path / "n1", snapshot_entries=3))
+    try:
+        node.core.campaign(CampaignKind.ELECTION)
+        node.process_ready()
+        for _ in range(4):
+            node.core.propose(encode_open_session())
+            node.process_ready()
+        assert node.core.snapshot is not None
+        node.core.propose_conf_change(ConfChange(ConfOp.ADD_LEARNER, 2, "tcp://127.0.0.1:9"))
+        node.process_ready()
+        assert 2 in node.core.learners
+        node.storage = OwnedStorage(node.storage, node)
+        yield node
+    finally:
+        node.storage = getattr(node.storage, "_real", node.storage)
+        node.close()
+
+
+def start_async_sync(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next Ready a leader's overlapped fsync (input waiting: see process_ready)."""
+    monkeypatch.setattr(node.transport, "pending", lambda: True)
+    node.core.propose(b"")
+    node.process_ready()
+    assert node.syncing is not None
+
+
+def finish(node: Node) -> None:
+    deadline = time.monotonic() + 10
+    while not node.syncer.done():
+        assert time.monotonic() < deadline, "the fsync thread never finished"
+        time.sleep(0.001)
+    node.finish_sync()
+
+
+def test_a_snapshot_to_send_waits_while_storage_is_syncing(compacted, monkeypatch):
+    node = compacted
+    start_async_sync(node, monkeypatch)
+    # The learner says its log ends before ours starts: it needs our snapshot, and the
+    # loop sends what the core has while the fsync runs (Node.run).
+    core = node.core
+    core.step(Message(MsgType.APP_RESP, 1, 2, core.term, index=core.prs[2].next - 1,
+                      reject=True, reject_hint=0))
+    node.send(core.take_messages())
+    assert node.counters["snapshots_sent"] == 0
+    finish(node)
+    assert node.counters["snapshots_sent"] == 1
+
+
+def test_status_while_storage_is_syncing_shows_the_last_stats_the_loop_took(
+        compacted, monkeypatch):
+    node = compacted
+    before = node.status()["storage"]
+    start_async_sync(node, monkeypatch)
+    during = node.status()
+    assert during["storage"]["fsyncs"] >= before["fsyncs"]
+    assert during["repair"] is None
+    finish(node)
+    assert node.status()["storage"]["fsyncs"] > before["fsyncs"]
