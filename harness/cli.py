@@ -537,9 +537,10 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Where the write-ahead log and snapshots live (created if missing).")
 @click.option("--heartbeat-ms", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Leader heartbeat interval; also the tick of the node's clock.")
+              help="Leader heartbeat interval.")
 @click.option("--election-ms", type=click.IntRange(min=2), default=300, show_default=True,
-              help="Minimum election timeout; each election draws from [N, 2N).")
+              help="Minimum election timeout; each election draws from [N, 2N), in at "
+                   "least 10 steps (the node's clock ticks often enough for that).")
 @click.option("--no-fsync", is_flag=True,
               help="FOR BENCHMARKS ONLY: skip fsync. A crash of the machine can then lose "
                    "acknowledged writes.")

@@ -20,6 +20,7 @@ confirmed leadership and the state machine has caught up to the read index (thes
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import random
@@ -81,6 +82,9 @@ _TRANSFER, _CONF_CHANGE_OP, _CONTROL, _STATUS = (ReqOp.TRANSFER, ReqOp.CONF_CHAN
                                                  ReqOp.CONTROL, ReqOp.STATUS)
 _NORMAL, _CONF_CHANGE_ENTRY = EntryType.NORMAL, EntryType.CONF_CHANGE
 _OK, _UNAVAILABLE = ReplyCode.OK, ReplyCode.UNAVAILABLE
+# The randomized election timeout takes at least this many distinct values (paper §5.2:
+# the spread is what makes split votes rare; etcd draws from 10-20 ticks).
+MIN_ELECTION_SLOTS = 10
 
 
 @dataclass(slots=True)
@@ -93,8 +97,10 @@ class NodeConfig:
     # any change in the log, the same on every start. None: this node and its peers;
     # () for a node that joins a running cluster and learns the configuration from it.
     initial_voters: tuple[int, ...] | None = None
+    # The leader's heartbeat interval, and the minimum election timeout: each election
+    # draws from [election_ms, 2 * election_ms), in steps of one tick (`tick_ms`).
     heartbeat_ms: int = 50
-    election_ms: int = 300  # randomized per election to [election_ms, 2 * election_ms)
+    election_ms: int = 300
     fsync: bool = True
     max_key: int = MAX_KEY_SIZE
     max_value: int = MAX_VALUE_SIZE
@@ -113,15 +119,25 @@ class NodeConfig:
     create_dir: bool = True
     fs: FileSystem = OS_FS  # the file layer under storage (tests put a faulty disk here)
 
+    def ticks_per_heartbeat(self) -> int:
+        """How many times the node's clock ticks per heartbeat: the fewest that give the
+        election timeout MIN_ELECTION_SLOTS distinct values. By default 2: a 25 ms tick,
+        a heartbeat every 2 ticks, elections drawn from [12, 24) ticks, [300, 600) ms."""
+        return max(1, -(-MIN_ELECTION_SLOTS * self.heartbeat_ms // self.election_ms))
+
+    def tick_ms(self) -> float:
+        return self.heartbeat_ms / self.ticks_per_heartbeat()
+
     def raft_config(self) -> Config:
         voters = self.initial_voters
         if voters is None:
             voters = tuple(sorted({self.id, *self.peers}))
+        k = self.ticks_per_heartbeat()
         return Config(
             self.id,
             voters,
-            election_tick=max(2, self.election_ms // self.heartbeat_ms),
-            heartbeat_tick=1,
+            election_tick=max(k + 1, self.election_ms * k // self.heartbeat_ms),
+            heartbeat_tick=k,
             seed=random.SystemRandom().randrange(2**62),
         )
 
@@ -270,7 +286,7 @@ class Node:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
-        tick_s = self.cfg.heartbeat_ms / 1000
+        tick_s = self.cfg.tick_ms() / 1000
         next_tick = time.monotonic() + tick_s
         poller = zmq.Poller()
         sock = self.transport.socket
@@ -279,7 +295,9 @@ class Node:
         try:
             while not self.stopping:
                 self.transport.flush()  # this turn's replies to batching clients
-                timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
+                # Rounded up: rounded down, the last millisecond before a tick was a
+                # busy loop of zero-timeout polls (a wakeup or more per tick).
+                timeout_ms = max(0, math.ceil((next_tick - time.monotonic()) * 1000))
                 events = poller.poll(timeout_ms)
                 readable = False
                 for what, _ in events:

@@ -18,6 +18,7 @@ from raftkv.raft import (
     InvariantViolation,
     Message,
     MsgType,
+    Raft,
     Role,
 )
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
@@ -184,3 +185,39 @@ def test_status_while_storage_is_syncing_shows_the_last_stats_the_loop_took(
     assert during["repair"] is None
     finish(node)
     assert node.status()["storage"]["fsyncs"] > before["fsyncs"]
+
+
+# -- the clock: randomized election timeouts (§5.2) ----------------------------------------
+
+def election_timeouts_ms(cfg: NodeConfig, draws: int = 2000) -> set[float]:
+    """Every election timeout a node with `cfg` draws, in ms."""
+    rc = cfg.raft_config()
+    tick_ms = cfg.heartbeat_ms / rc.heartbeat_tick
+    core = Raft(rc)
+    out = set()
+    for term in range(1, draws + 1):
+        core.become_follower(term, 0)
+        out.add(core.randomized_election_timeout * tick_ms)
+    return out
+
+
+def test_default_election_timeout_has_at_least_ten_values_in_300_to_600_ms(tmp_path):
+    cfg = NodeConfig(1, "tcp://127.0.0.1:0", {}, tmp_path)
+    got = election_timeouts_ms(cfg)
+    assert len(got) >= 10  # 6 at a 50 ms tick: split votes were likely
+    assert min(got) == 300 and max(got) < 600
+    rc = cfg.raft_config()
+    assert rc.heartbeat_tick * cfg.tick_ms() == cfg.heartbeat_ms == 50
+
+
+@pytest.mark.parametrize(("heartbeat_ms", "election_ms"),
+                         [(100, 300), (50, 1000), (10, 50), (50, 60), (1, 2)])
+def test_election_timeout_has_at_least_ten_values_for_any_setting(tmp_path, heartbeat_ms,
+                                                                   election_ms):
+    cfg = NodeConfig(1, "tcp://127.0.0.1:0", {}, tmp_path, heartbeat_ms=heartbeat_ms,
+                     election_ms=election_ms)
+    got = election_timeouts_ms(cfg)
+    assert len(got) >= 10
+    assert election_ms - cfg.tick_ms() < min(got) <= election_ms
+    assert max(got) < 2 * election_ms
+    assert cfg.raft_config().heartbeat_tick * cfg.tick_ms() == heartbeat_ms
