@@ -584,9 +584,10 @@ def logs(which: str | None, cluster_dir: Path, follow: bool, lines: int) -> None
                    "or --join; it records this node's id and the cluster's, and another "
                    "node's or cluster's dir is refused (exit 4).")
 @click.option("--heartbeat-ms", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Leader heartbeat interval; also the tick of the node's clock.")
+              help="Leader heartbeat interval.")
 @click.option("--election-ms", type=click.IntRange(min=2), default=300, show_default=True,
-              help="Minimum election timeout; each election draws from [N, 2N).")
+              help="Minimum election timeout; each election draws from [N, 2N), in at "
+                   "least 10 steps (the node's clock ticks often enough for that).")
 @click.option("--no-fsync", is_flag=True,
               help="FOR BENCHMARKS ONLY: skip fsync. A crash of the machine can then lose "
                    "acknowledged writes.")

@@ -20,6 +20,7 @@ confirmed leadership and the state machine has caught up to the read index (thes
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import random
@@ -81,6 +82,9 @@ _TRANSFER, _CONF_CHANGE_OP, _CONTROL, _STATUS = (ReqOp.TRANSFER, ReqOp.CONF_CHAN
                                                  ReqOp.CONTROL, ReqOp.STATUS)
 _NORMAL, _CONF_CHANGE_ENTRY = EntryType.NORMAL, EntryType.CONF_CHANGE
 _OK, _UNAVAILABLE = ReplyCode.OK, ReplyCode.UNAVAILABLE
+# The randomized election timeout takes at least this many distinct values (paper §5.2:
+# the spread is what makes split votes rare; etcd draws from 10-20 ticks).
+MIN_ELECTION_SLOTS = 10
 
 
 @dataclass(slots=True)
@@ -93,8 +97,10 @@ class NodeConfig:
     # any change in the log, the same on every start. None: this node and its peers;
     # () for a node that joins a running cluster and learns the configuration from it.
     initial_voters: tuple[int, ...] | None = None
+    # The leader's heartbeat interval, and the minimum election timeout: each election
+    # draws from [election_ms, 2 * election_ms), in steps of one tick (`tick_ms`).
     heartbeat_ms: int = 50
-    election_ms: int = 300  # randomized per election to [election_ms, 2 * election_ms)
+    election_ms: int = 300
     fsync: bool = True
     max_key: int = MAX_KEY_SIZE
     max_value: int = MAX_VALUE_SIZE
@@ -113,15 +119,25 @@ class NodeConfig:
     create_dir: bool = True
     fs: FileSystem = OS_FS  # the file layer under storage (tests put a faulty disk here)
 
+    def ticks_per_heartbeat(self) -> int:
+        """How many times the node's clock ticks per heartbeat: the fewest that give the
+        election timeout MIN_ELECTION_SLOTS distinct values. By default 2: a 25 ms tick,
+        a heartbeat every 2 ticks, elections drawn from [12, 24) ticks, [300, 600) ms."""
+        return max(1, -(-MIN_ELECTION_SLOTS * self.heartbeat_ms // self.election_ms))
+
+    def tick_ms(self) -> float:
+        return self.heartbeat_ms / self.ticks_per_heartbeat()
+
     def raft_config(self) -> Config:
         voters = self.initial_voters
         if voters is None:
             voters = tuple(sorted({self.id, *self.peers}))
+        k = self.ticks_per_heartbeat()
         return Config(
             self.id,
             voters,
-            election_tick=max(2, self.election_ms // self.heartbeat_ms),
-            heartbeat_tick=1,
+            election_tick=max(k + 1, self.election_ms * k // self.heartbeat_ms),
+            heartbeat_tick=k,
             seed=random.SystemRandom().randrange(2**62),
         )
 
@@ -248,7 +264,13 @@ class Node:
         # The Ready whose fsync is running; None when none is. Until it is done the core
         # is stepped but not asked for another Ready.
         self.syncing: Ready | None = None
-        self.deferred: list[Message] = []  # SNAP messages held while a Ready is syncing
+        # While a Ready syncs the helper thread owns the Storage (`_Syncer`), so what
+        # needs it waits: received snapshots to step (installing one replaces the log
+        # that Ready describes), snapshots to send (their bytes are read from storage).
+        self.deferred: list[Message] = []
+        self.unsent_snapshots: list[Message] = []
+        # What STATUS shows of storage: a copy taken while the loop owned it.
+        self.storage_view = self.storage_status()
         self.stopping = False
         self.started = time.monotonic()
         self.failpoints = failpoints.enabled()
@@ -266,7 +288,7 @@ class Node:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
-        tick_s = self.cfg.heartbeat_ms / 1000
+        tick_s = self.cfg.tick_ms() / 1000
         next_tick = time.monotonic() + tick_s
         poller = zmq.Poller()
         sock = self.transport.socket
@@ -275,7 +297,9 @@ class Node:
         try:
             while not self.stopping:
                 self.transport.flush()  # this turn's replies to batching clients
-                timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
+                # Rounded up: rounded down, the last millisecond before a tick was a
+                # busy loop of zero-timeout polls (a wakeup or more per tick).
+                timeout_ms = max(0, math.ceil((next_tick - time.monotonic()) * 1000))
                 events = poller.poll(timeout_ms)
                 readable = False
                 for what, _ in events:
@@ -374,7 +398,11 @@ class Node:
         self.syncing = None
         self.syncer.finish()
         self.record_sync(self.syncer.seconds)
+        self.storage_view = self.storage_status()
         self.send(rd.persisted_messages)
+        if self.unsent_snapshots:
+            held, self.unsent_snapshots = self.unsent_snapshots, []
+            self.send(held)
         self.advance(rd)
         if self.deferred:
             held, self.deferred = self.deferred, []
@@ -424,8 +452,16 @@ class Node:
         return False
 
     def send(self, messages: list[Message]) -> None:
+        """Send what the core wrote; a message to this node itself (a candidate's own
+        vote, once durable) is stepped back into the core, never put on the wire."""
+        me = self.cfg.id
         for m in messages:
-            if m.type == MsgType.SNAP:
+            if m.to == me:
+                self.core.step(m)
+            elif m.type == MsgType.SNAP:
+                if self.syncing is not None:
+                    self.unsent_snapshots.append(m)  # its bytes are in storage
+                    continue
                 self.counters["snapshots_sent"] += 1
                 self.transport.send_many(self.snapshot_sender.chunks(m))
             else:
@@ -669,6 +705,8 @@ class Node:
         except NotLeader as e:
             self.transport.reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
                                  f"node {self.cfg.id} is not the leader", e.leader)
+        except InvariantViolation:
+            raise  # our own state is broken: the node stops; no client asked for that
         except RaftError as e:
             self.transport.reply(req.identity, req.request_id, ReplyCode.BAD_REQUEST, str(e))
         else:
@@ -709,6 +747,8 @@ class Node:
     # -- introspection -----------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        if self.syncing is None:
+            self.storage_view = self.storage_status()
         s = self.core.status()
         s.pop("progress", None)
         s.update(
@@ -716,8 +756,7 @@ class Node:
             peers={str(k): v for k, v in sorted(self.transport.peers.items())},
             uptime_s=round(time.monotonic() - self.started, 3),
             transport=dict(self.transport.stats),
-            storage=self.storage.stats(),
-            repair=self.storage.repair,
+            **self.storage_view,
             kv={"keys": len(self.kv), "sessions": self.kv.session_count,
                 "malformed": self.kv.stats.malformed},
             counters=self.counter_values(),
@@ -728,6 +767,11 @@ class Node:
             metrics_port=self.metrics_port,
         )
         return s
+
+    def storage_status(self) -> dict[str, Any]:
+        """STATUS's view of storage. Only while the loop owns it (no Ready syncing):
+        `status` shows the copy taken last, refreshed then and after each sync."""
+        return {"storage": self.storage.stats(), "repair": self.storage.repair}
 
     def counter_values(self) -> dict[str, int | float]:
         """The node's counters with those its helpers keep."""

@@ -65,6 +65,16 @@ def refusal_of(context: int) -> VoteRefusal:
         return VoteRefusal.UNSAID
 
 
+DROP_REASONS = (
+    "ack_past_sent",  # APP_RESP at an index past what we sent that peer
+    "read_ack_past_sent",  # HEARTBEAT_RESP for a read round we never started
+    "malformed_append",  # APP whose entries do not follow its index within its term
+)
+"""Why the core dropped a peer's message that, taken, would break one of its invariants
+(`Raft.dropped` counts each). A frame from the network may be wrong; only a local
+invariant violation stops a node."""
+
+
 class CampaignKind(IntEnum):
     PRE_ELECTION = 0  # ask first whether we could win, without touching the term (§9.6)
     ELECTION = 1
@@ -81,8 +91,10 @@ class Config:
     check_quorum: bool = True  # thesis §6.2 / §4.2.3
     max_inflight: int = 256  # pipelined appends in flight per follower
     max_entries_per_msg: int = 4096
-    # A follower that has not acknowledged a snapshot after this many heartbeats is
-    # probed again (the transfer was lost, or it restarted in the middle).
+    # A follower that has not acknowledged a snapshot after this many heartbeat
+    # intervals (the leader's heartbeat timer firing, every heartbeat_tick ticks) is
+    # probed again: the transfer was lost, or it restarted in the middle. Time, not
+    # broadcasts: every ReadIndex round broadcasts heartbeats too.
     snapshot_timeout_heartbeats: int = 50
     seed: int = 0  # election timeouts are drawn from random.Random(seed)
 
@@ -182,6 +194,7 @@ class Raft:
         self.read_states: list[ReadState] = []
         self.aborted_reads: list[object] = []
         self.out = _Outbox()
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._bcast_pending = False
         self._prev_hard_state = hs
         self._prev_soft_state = SoftState(NONE, Role.FOLLOWER)
@@ -432,6 +445,7 @@ class Raft:
             return False
         self.send(Message(MsgType.APP, to, self.id, self.term, log_term=prev_term,
                           index=prev, entries=entries, commit=self.log.committed))
+        pr.sent = max(pr.sent, prev + len(entries))
         if entries:
             pr.sent_entries(entries[-1].index)
         elif pr.state == ProgressState.PROBE:
@@ -446,6 +460,7 @@ class Raft:
                 f"node {to} needs index {pr.next - 1}, below our log start "
                 f"{self.log.offset}, and we have no snapshot")
         self.send(Message(MsgType.SNAP, to, self.id, self.term, snapshot=self.snapshot))
+        pr.sent = max(pr.sent, self.snapshot.index)
         pr.become_snapshot(self.snapshot.index)
         return True
 
@@ -453,10 +468,6 @@ class Raft:
         for pid, pr in self.prs.items():
             if pid == self.id:
                 continue
-            if pr.state == ProgressState.SNAPSHOT:
-                pr.snapshot_wait += 1
-                if pr.snapshot_wait > self.cfg.snapshot_timeout_heartbeats:
-                    pr.become_probe()  # the snapshot was lost: probe, and send it again
             # Never tell a follower to commit past what it is known to hold (§5.3).
             commit = min(pr.match, self.log.committed)
             self.send(Message(MsgType.HEARTBEAT, pid, self.id, self.term, commit=commit,
@@ -547,9 +558,19 @@ class Raft:
             vote_type, term = MsgType.VOTE, self.term
             self.events.append(RaftEvent(EventKind.ELECTION_STARTED, term, reason=reason))
         self.refusals = {}
-        self.votes[self.id] = True
-        if self.poll_votes() is not VoteResult.PENDING:
-            return
+        if kind == CampaignKind.PRE_ELECTION:
+            # A pre-vote changes nothing durable (§9.6): our own counts at once.
+            self.votes[self.id] = True
+            if self.poll_votes() is not VoteResult.PENDING:
+                return
+        else:
+            # Our own vote counts only once the new term and the vote for ourselves are
+            # durable (§3.8), like any voter's grant: it is a VOTE_RESP to ourselves that
+            # leaves with the Ready's persisted_messages and that the application steps
+            # back in. Counted earlier, a lone voter would lead, and send entries of a
+            # term that a crash before the fsync lets it win again, with other entries
+            # at the same (index, term) (etcd-io/raft: the self MsgVoteResp).
+            self.send(Message(MsgType.VOTE_RESP, self.id, self.id, term))
         for v in sorted(self.voters):
             if v == self.id:
                 continue
@@ -598,7 +619,18 @@ class Raft:
             self.lead_transferee = NONE  # a transfer that took this long has failed
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
             self.heartbeat_elapsed = 0
+            self.maybe_expire_snapshots()
             self.bcast_heartbeat()
+
+    def maybe_expire_snapshots(self) -> None:
+        """One heartbeat interval passed: a snapshot unacknowledged for
+        `snapshot_timeout_heartbeats` of them is taken as lost. The follower is probed;
+        its answer (or the heartbeat's) sends the snapshot again (paper §7)."""
+        for pid, pr in self.prs.items():
+            if pid != self.id and pr.state == ProgressState.SNAPSHOT:
+                pr.snapshot_wait += 1
+                if pr.snapshot_wait > self.cfg.snapshot_timeout_heartbeats:
+                    pr.become_probe()
 
     def quorum_active(self) -> bool:
         active = {pid: int(pr.recent_active or pid == self.id) for pid, pr in self.prs.items()}
@@ -728,12 +760,22 @@ class Raft:
             return
         t = m.type
         if t == MsgType.APP_RESP:
+            if m.index > pr.sent:
+                # It answers an append we never sent: taken, `match` or `next` would
+                # pass our log (Progress invariant).
+                self.dropped["ack_past_sent"] += 1
+                return
             pr.recent_active = True
             if m.reject:
                 self.handle_append_rejection(m, pr)
             else:
                 self.handle_append_ack(m, pr)
         elif t == MsgType.HEARTBEAT_RESP:
+            if m.context > self.read_round:
+                # A read round we never started: counted, it could release a later
+                # round no quorum confirmed (thesis §6.4).
+                self.dropped["read_ack_past_sent"] += 1
+                return
             pr.recent_active = True
             pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and pr.is_paused():
@@ -758,7 +800,10 @@ class Raft:
             self.maybe_send_append(m.frm, send_if_empty=True)
 
     def handle_append_ack(self, m: Message, pr: Progress) -> None:
-        if not pr.maybe_update(m.index):
+        # A probe answered at exactly `match` still found where the logs match (§5.3):
+        # replicate from there (etcd-io/raft stepLeader, MsgAppResp).
+        if not pr.maybe_update(m.index) and not (
+                pr.state == ProgressState.PROBE and m.index == pr.match):
             return
         if pr.state == ProgressState.PROBE:
             pr.become_replicate()
@@ -829,6 +874,9 @@ class Raft:
     # -- follower handlers -----------------------------------------------------------
 
     def handle_append(self, m: Message) -> None:
+        if m.entries and not well_formed(m):
+            self.dropped["malformed_append"] += 1
+            return
         if m.index < self.log.committed:
             # Everything up to our commit already matches the leader (§5.4 Log Matching).
             self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term,
@@ -937,4 +985,17 @@ class Raft:
             "learners": sorted(self.learners),
             "progress": {pid: {"match": pr.match, "next": pr.next, "state": pr.state.name}
                          for pid, pr in self.prs.items()},
+            "dropped": dict(self.dropped),
         }
+
+
+def well_formed(m: Message) -> bool:
+    """Whether an APP's entries follow its index one by one, with terms that never
+    decrease, from its log_term up to its term (what any leader sends, §5.3). The wire
+    decoder checks the same; the core does not rely on its caller for its invariants."""
+    entries = m.entries
+    first = m.index + 1
+    if [e.index for e in entries] != list(range(first, first + len(entries))):
+        return False
+    terms = [e.term for e in entries]
+    return m.log_term <= terms[0] and terms[-1] <= m.term and terms == sorted(terms)

@@ -7,7 +7,7 @@ After etcd-io/raft `tracker/`. A follower is in one of three states:
   a window of in-flight messages.
 - SNAPSHOT: it needs entries we compacted; we wait for it to install a snapshot (paper §7).
 
-Invariant: 0 <= match < next.
+Invariant: 0 <= match < next, and match <= sent <= the leader's last index.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class Progress:
     __slots__ = (
         "match", "next", "state", "probe_sent", "inflight", "max_inflight",
         "recent_active", "read_ack", "pending_snapshot", "sent_commit", "snapshot_wait",
+        "sent",
     )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
@@ -40,7 +41,11 @@ class Progress:
         self.read_ack = 0  # highest read-index round it acknowledged (thesis §6.4)
         self.pending_snapshot = 0
         self.sent_commit = 0  # the last commit index we told it about
-        self.snapshot_wait = 0  # SNAPSHOT: heartbeats sent since the snapshot left
+        self.snapshot_wait = 0  # SNAPSHOT: heartbeat intervals since the snapshot left
+        # The highest index we sent it while leading this term: the last entry of an
+        # append, the index an empty append matches at, a snapshot's index. Nothing it
+        # acknowledges can be past this.
+        self.sent = 0
 
     def __repr__(self) -> str:
         return (f"Progress(match={self.match}, next={self.next}, state={self.state.name}, "

@@ -168,6 +168,8 @@ class Ready:
        `entries` (an entry at index i replaces every stored entry >= i) and
        `hard_state` (when not None), with one fsync for the batch;
     3. send `persisted_messages` — only now, they acknowledge what step 2 made durable;
+       one addressed to this node itself (a candidate's own vote) is stepped back into
+       the core instead;
     4. apply `committed_entries`, then serve `read_states` whose index is applied;
     5. call `advance(ready)`.
 

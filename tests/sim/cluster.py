@@ -203,6 +203,7 @@ class Cluster:
         self.delay = (1, 1)
         self.checker = Checker()
         self.delivered: Counter[tuple[MsgType, bool]] = Counter()  # (type, reject) -> count
+        self.dropped: Counter[str] = Counter()  # what crashed cores dropped (Raft.dropped)
         self.trace: deque[str] = deque(maxlen=trace_len)
         self.nodes: dict[int, SimNode] = {}
         for i in self.ids:
@@ -247,6 +248,7 @@ class Cluster:
                               f"{len(rd.entries)} entries, hs={rd.hard_state}")
         else:
             self.trace.append(f"t={self.now} crash {i}")
+        self.dropped.update(node.core.dropped)
         node.core = None
         for w in [k for k, v in self.pending_writes.items() if v[0] == i]:
             del self.pending_writes[w]
@@ -424,7 +426,10 @@ class Cluster:
             self.checker.on_entries(core, rd.entries)
             node.disk.persist(rd.hard_state, rd.entries)
             for m in rd.persisted_messages:
-                self.send(m)
+                if m.to == i:
+                    core.step(m)  # our own vote, now durable: the node steps it back in
+                else:
+                    self.send(m)
             if core.log.committed > self.checker.max_committed:
                 self.checker.on_commit(core, min(core.log.committed, core.log.last_index()))
             for e in rd.committed_entries:
@@ -570,6 +575,17 @@ class Cluster:
             return
         self.trace.append(f"t={self.now} {lead} proposes {op.name} {target} at {index}")
         self.drive(lead)
+
+    def check_nothing_dropped(self) -> None:
+        """Every peer here is honest: a core that dropped one's message as impossible
+        (an ack past what was sent, a malformed append) has a wrong bound, which would
+        cost liveness."""
+        total = Counter(self.dropped)
+        for n in self.nodes.values():
+            if n.alive:
+                total.update(n.core.dropped)
+        if +total:
+            raise SafetyViolation(f"honest messages dropped as impossible: {dict(+total)}")
 
     def check_converged(self) -> None:
         """Every live member applied the same entries (after the cluster settled)."""

@@ -203,6 +203,7 @@ def settle(c: Cluster) -> None:
 
     c.run_until(settled, SETTLE_TICKS)
     c.check_converged()
+    c.check_nothing_dropped()
 
 
 def shrink(out: Outcome, budget: int = 200) -> Outcome:

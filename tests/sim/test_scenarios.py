@@ -6,7 +6,9 @@ after every message: a broken rule shows up as a SafetyViolation.
 
 from __future__ import annotations
 
-from raftkv.raft import CampaignKind, EntryType, MsgType, Role
+import contextlib
+
+from raftkv.raft import CampaignKind, ConfChange, ConfOp, EntryType, MsgType, NotLeader, Role
 from tests.sim.cluster import Cluster, encode_put
 
 
@@ -225,3 +227,34 @@ def test_s7_lost_snapshot_is_sent_again():
     c.run_until(lambda: c.nodes[3].core.log.applied == c.nodes[1].core.log.applied, 120)
     assert not c.lose_next, "no snapshot was ever sent"
     assert c.delivered[(MsgType.SNAP, False)] >= 1
+
+
+def test_single_voter_counts_its_own_vote_only_once_durable():
+    """Thesis §3.8 for the candidate's own vote (etcd's self MsgVoteResp, delivered after
+    the Ready that holds the new term is persisted). A lone voter that won on its
+    unpersisted self-vote sent its learner an entry of the new term before the fsync;
+    killed then, it came back in the old term, won the same term again and put another
+    entry at the same (index, term): the learner kept X, the leader committed Y."""
+    c = Cluster(1, seed=41, spare=1)
+    c.elect(1)
+    c.deliver_all()
+    lead = c.nodes[1].core
+    lead.propose_conf_change(ConfChange(ConfOp.ADD_LEARNER, 2))
+    c.drive(1)
+    c.run_until(lambda: c.nodes[2].core.log.applied == lead.log.applied, 10)
+    c.crash(1)
+    c.restart(1)  # a follower in the term it led
+    c.nodes[1].core.campaign(CampaignKind.ELECTION)
+    # Refused once the self-vote waits for the fsync: no leader, no entry of the term.
+    with contextlib.suppress(NotLeader):
+        c.nodes[1].core.propose(encode_put("k", "X"))
+    c.nodes[1].crash_on_next_ready = True  # dies between its early sends and the fsync
+    c.drive(1)
+    c.deliver_all()
+    c.restart(1)
+    c.elect(1)
+    c.propose(1, "k", "Y")  # the checker compares every (index, term) held anywhere
+    c.run_until(lambda: c.nodes[2].core.log.applied == c.nodes[1].core.log.applied, 10)
+    c.check_converged()
+    assert c.nodes[2].kv == c.nodes[1].kv
+    assert c.nodes[1].kv["k"][0] == "Y"

@@ -12,6 +12,7 @@ import pathlib
 import pytest
 
 from raftkv.raft import (
+    CampaignKind,
     Config,
     Entry,
     EntryType,
@@ -28,9 +29,14 @@ from tests.sim.cluster import Cluster
 
 
 def drain(core: Raft) -> None:
-    """Persist and apply everything, dropping messages: a node talking to nobody."""
+    """Persist and apply everything, dropping messages to others: a node talking to
+    nobody. What it sends itself once persisted (its own vote) is stepped back in."""
     while core.has_ready():
-        core.advance(core.ready())
+        rd = core.ready()
+        for m in rd.persisted_messages:
+            if m.to == core.id:
+                core.step(m)
+        core.advance(rd)
 
 
 def single_leader() -> Raft:
@@ -89,6 +95,36 @@ def test_s3_8_vote_grant_leaves_only_after_persistence():
     assert [m.type for m in rd.persisted_messages] == [MsgType.VOTE_RESP]
     assert rd.hard_state == HardState(term=1, vote=1, commit=0)
     assert {MsgType.VOTE, MsgType.VOTE_RESP, MsgType.APP_RESP} <= AFTER_PERSIST_TYPES
+
+
+def test_s3_8_candidate_counts_its_own_vote_only_once_it_is_durable():
+    core = Raft(Config(1, (1,)), hard_state=HardState(term=4))
+    core.campaign(CampaignKind.ELECTION)
+    assert core.role == Role.CANDIDATE  # a lone voter: its own vote would be a majority
+    rd = core.ready()
+    assert rd.hard_state == HardState(term=5, vote=1, commit=0)
+    assert rd.messages == [] and rd.entries == []
+    [own] = rd.persisted_messages
+    assert (own.type, own.to, own.frm, own.term) == (MsgType.VOTE_RESP, 1, 1, 5)
+    core.advance(rd)
+    assert core.role == Role.CANDIDATE  # persisted, but not yet delivered
+    core.step(own)
+    assert core.role == Role.LEADER
+    # Its own no-op counts toward commit only once durable too (§10.2.1).
+    rd = core.ready()
+    assert [e.index for e in rd.entries] == [1]
+    assert core.prs[1].match == 0 and core.log.committed == 0
+    core.advance(rd)
+    assert core.log.committed == 1
+
+
+def test_s9_6_pre_candidate_counts_its_own_pre_vote_at_once():
+    core = Raft(Config(1, (1, 2, 3)), hard_state=HardState(term=4))
+    core.campaign(CampaignKind.PRE_ELECTION)
+    assert core.votes == {1: True}
+    core.step(Message(MsgType.PRE_VOTE_RESP, 1, 2, 5))
+    assert core.role == Role.CANDIDATE and core.term == 5
+    assert core.votes == {}  # the real election's own vote waits for the fsync
 
 
 # -- §9.6 pre-vote, §6.2 / §4.2.3 check-quorum ------------------------------------------
