@@ -192,7 +192,9 @@ def make_node() -> Iterator[MakeNode]:
             out.replies.append((request_id, code))
             return True
 
-        node.send = out.messages.extend  # type: ignore[method-assign]
+        # The wire is recorded; Node.send still steps a message to itself (its own vote).
+        node.transport.send = lambda m: out.messages.append(m) or True  # type: ignore
+        node.transport.send_many = out.messages.extend  # type: ignore[method-assign]
         node.transport.reply = reply  # type: ignore[method-assign]
         return node, out
 
