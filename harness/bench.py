@@ -2,7 +2,7 @@
 
 A run starts its own cluster in a temp dir (`launcher.up`: nodes and a controller on
 free loopback ports, removed afterwards) or uses the running cluster of `--dir`. It fills
-the key space when the mix reads, then spawns load processes (raftkv/bench.py) that
+the key space when the mix reads, then spawns load processes (harness/loadgen.py) that
 together keep `--clients` requests in flight, straight at the leader (`--via direct`) or
 through the controller, warms up, and counts `--duration` seconds. While they run it
 shows a progress line on stderr and samples each node's and each load process's CPU and
@@ -37,10 +37,10 @@ from typing import Any, TextIO
 import psutil
 import zmq
 
+from harness import loadgen as load
 from harness import rpc
 from harness.cluster_state import ClusterState
 from harness.launcher import LaunchError, down, find_leader, free_base_port, up
-from raftkv import bench as load
 from raftkv import wire
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 

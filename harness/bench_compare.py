@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.launcher import free_ports
-from raftkv.bench import bench_keys, bench_value, summarize
+from harness.loadgen import bench_keys, bench_value, summarize
 
 START_TIMEOUT_S = 20.0
 

@@ -153,6 +153,11 @@ def python_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "harness.cli", *args]
 
 
+def server_argv(*args: str) -> list[str]:
+    """A command line that runs the store's own entry point (raftkv/server.py)."""
+    return [sys.executable, "-m", "raftkv.server", *args]
+
+
 def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
               *, fsync: bool = True, extra: tuple[str, ...] = (),
               voters: tuple[int, ...] | None = None, metrics_port: int = 0,
@@ -161,7 +166,7 @@ def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
     cluster's initial voters; () joins a running cluster (--join, which also lets the
     data dir be created); None leaves it to the node (itself and its peers). `new`: the
     node's first start in a new cluster (--new). `cluster_id`: 0 leaves it unchecked."""
-    argv = python_argv("node", "--id", str(node_id), "--listen", address,
+    argv = server_argv("node", "--id", str(node_id), "--listen", address,
                        "--data-dir", str(data_dir), *peer_options(node_id, peers))
     if voters == ():
         argv.append("--join")

@@ -8,7 +8,7 @@ from array import array
 import pytest
 
 from harness.bench import format_failover, format_report, to_json
-from raftkv.bench import parse_mix, percentile, split_evenly, summarize
+from harness.loadgen import parse_mix, percentile, split_evenly, summarize
 
 
 def test_percentile_is_nearest_rank():

@@ -13,7 +13,7 @@ relays single requests only, it sends one frame per request. Writes carry one se
 a request that fails is counted, never retried, so a phase measures exactly what the
 cluster did.
 
-`python -m raftkv.bench [OPTIONS]` is `raftkv bench [OPTIONS]`.
+`python -m harness.loadgen [OPTIONS]` is `raftkv bench [OPTIONS]`.
 """
 
 from __future__ import annotations
@@ -301,10 +301,10 @@ def check_filled(answers: list[tuple[int, int, wire.ClientReply]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m raftkv.bench`: the `raftkv bench` command."""
+    """`python -m harness.loadgen`: the `raftkv bench` command."""
     from harness.cli import bench
 
-    return bench.main(args=argv, prog_name="python -m raftkv.bench")
+    return bench.main(args=argv, prog_name="python -m harness.loadgen")
 
 
 if __name__ == "__main__":
