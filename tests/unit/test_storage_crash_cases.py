@@ -4,9 +4,8 @@ pinned down so that they stay fixed."""
 
 from __future__ import annotations
 
-import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,7 @@ DATA = Path("/node/data")
 CRASHES_PER_OP = 30
 
 
-@pytest.fixture(autouse=True)
-def _quiet_storage_log() -> Iterator[None]:
-    logger = logging.getLogger("raftkv.storage")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_storage_log")
 
 
 def disk() -> PowerLossFS:

@@ -18,9 +18,8 @@ Recover from fsync Failures?", ATC '20):
 from __future__ import annotations
 
 import errno
-import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,7 @@ DATA = Path("/node/data")
 SEGMENT_BYTES = 4096
 
 
-@pytest.fixture(autouse=True)
-def _quiet_storage_log() -> Iterator[None]:
-    logger = logging.getLogger("raftkv.storage")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_storage_log")
 
 
 def ents(first: int, n: int, term: int = 1) -> list[Entry]:

@@ -41,11 +41,10 @@ iteration N (of either test), as a failure prints it.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -81,13 +80,7 @@ FAULT = 0.02  # share of steps before which a disk operation is made to fail
 PER_ITERATION = min(200, CRASH_POINTS)  # crash points per iteration (seed)
 
 
-@pytest.fixture(autouse=True)
-def _quiet_storage_log() -> Iterator[None]:
-    logger = logging.getLogger("raftkv.storage")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_storage_log")
 
 
 def entry_data(index: int, term: int) -> bytes:
