@@ -3,11 +3,12 @@
 A run starts its own cluster in a temp dir (`launcher.up`: nodes and a controller on
 free loopback ports, removed afterwards) or uses the running cluster of `--dir`. It fills
 the key space when the mix reads, then spawns load processes (harness/loadgen.py) that
-together keep `--clients` requests in flight, straight at the leader (`--via direct`) or
-through the controller, warms up, and counts `--duration` seconds. While they run it
-shows a progress line on stderr and samples each node's and each load process's CPU and
-memory with psutil. `--failover` instead kills the leader through the controller while a
-writer keeps writing, and times how long writes stop.
+together keep `--clients` requests in flight, straight to the nodes following the leader
+(`--via direct`) or through the controller, warms up, and counts `--duration` seconds.
+While they run it shows a progress line on stderr (OK answers and failures per second,
+apart) and samples each node's and each load process's CPU and memory with psutil.
+`--failover` instead kills the leader through the controller while a writer keeps
+writing, and times how long writes stop.
 
 A benchmark prints figures; it never fails on a time budget.
 """
@@ -118,14 +119,18 @@ def wait_leader(ctx: zmq.Context, state: ClusterState, timeout: float = 10.0) ->
     raise BenchError(f"no leader within {timeout:g}s")
 
 
-def load_targets(cfg: BenchConfig, state: ClusterState, leader: int) -> list[str]:
-    """Where the load processes send: the controller, the leader, or for stale gets every
-    node in turn (any node may serve them)."""
+def load_route(cfg: BenchConfig, state: ClusterState, leader: int, process: int = 0
+               ) -> load.Route:
+    """Where load process number `process` sends: through the controller, or to the nodes
+    starting at the leader; for stale gets (any node serves them) process i starts i
+    nodes after the leader."""
     if cfg.via == "controller":
-        return [state.controller.address]
+        return load.Route((state.controller.address,))
+    ids = tuple(sorted(state.addresses))
+    first = ids.index(leader)
     if cfg.consistency == "stale" and load.parse_mix(cfg.mix) == 100:
-        return [state.addresses[i] for i in sorted(state.addresses)]
-    return [state.addresses[leader]]
+        first = (first + process) % len(ids)
+    return load.Route(tuple(state.addresses[i] for i in ids), ids, first)
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -187,21 +192,23 @@ def probe_fsync(directory: Path, count: int = 50) -> dict[str, float]:
 # -- progress ------------------------------------------------------------------------------------
 
 class Progress:
-    """One line on stderr, rewritten in place on a terminal, every few seconds otherwise."""
+    """One line on stderr, rewritten in place on a terminal, every few seconds otherwise:
+    OK answers per second (ops/s) and failures per second (errors/s), apart."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.tty = out.isatty()
         self.last_line = 0.0
 
-    def show(self, phase: str, elapsed_s: float, total_s: float, rate: float) -> None:
+    def show(self, phase: str, elapsed_s: float, total_s: float, ok_rate: float,
+             error_rate: float) -> None:
         now = time.monotonic()
         if not self.tty and now - self.last_line < 5.0:
             return
         self.last_line = now
         filled = int(20 * min(1.0, elapsed_s / total_s)) if total_s else 20
         line = (f"[{'#' * filled}{'.' * (20 - filled)}] {phase:<7} {elapsed_s:5.1f}/"
-                f"{total_s:g}s {rate:>9,.0f} ops/s")
+                f"{total_s:g}s {ok_rate:>9,.0f} ops/s {error_rate:>9,.0f} errors/s")
         self.out.write(f"\r{line}" if self.tty else f"{line}\n")
         self.out.flush()
 
@@ -215,32 +222,42 @@ class Progress:
 
 @dataclass
 class LoadReport:
+    """`ops` are the requests answered OK, `errors` the failures; neither includes the
+    other, here and per interval of the timeline. `rerouted` counts the copies of
+    requests sent again to another node (NOT_LEADER, or no reply), by cause in
+    `reroute_kinds`."""
+
     ops: int
     seconds: float
     ops_per_s: float
     errors: int
+    errors_per_s: float
     error_kinds: dict[str, int]
+    rerouted: int
+    reroute_kinds: dict[str, int]
     latency_ms: dict[str, float]
     nodes: dict[str, dict[str, float]]
     controller: dict[str, float]
     load_processes: dict[str, float]
-    timeline_ops_per_s: list[float] = field(default_factory=list)  # per SAMPLE_S
-    timeline_interval_s: float = SAMPLE_S
+    timeline_ops_per_s: list[float] = field(default_factory=list)
+    timeline_errors_per_s: list[float] = field(default_factory=list)
+    timeline_interval_s: float = load.TIMELINE_S
 
 
-def run_load(cfg: BenchConfig, targets: list[str], pids: dict[str, int],
+def run_load(cfg: BenchConfig, routes: list[load.Route], pids: dict[str, int],
              err: TextIO) -> tuple[LoadReport, array]:
-    """Spawn the load processes, run the warm-up and the counted window, and gather their
-    figures. Returns the report and every latency (ms)."""
+    """Spawn the load processes (the i-th sends along routes[i % len(routes)]), run the
+    warm-up and the counted window, and gather their figures. Returns the report and
+    every latency (ms)."""
     mp = multiprocessing.get_context("spawn")
     shares = load.split_evenly(cfg.clients, min(cfg.load_processes, cfg.clients))
     workers = []
     for i, share in enumerate(shares):
-        w = load.Workload(targets[i % len(targets)], share, load.parse_mix(cfg.mix),
+        w = load.Workload(routes[i % len(routes)], share, load.parse_mix(cfg.mix),
                           cfg.consistency == "stale", cfg.value_size, cfg.key_space,
                           batch=cfg.via == "direct")
         ours, theirs = mp.Pipe()
-        counter = mp.Value("q", 0, lock=False)
+        counter = mp.Array("q", 2, lock=False)  # OK answers, failures: see load.drive
         proc = mp.Process(target=load.load_process, args=(w, theirs, counter), daemon=True)
         proc.start()
         workers.append((proc, ours, counter))
@@ -252,8 +269,9 @@ def run_load(cfg: BenchConfig, targets: list[str], pids: dict[str, int],
             conn.send((start_ns, end_ns))
         sampler = ProcessSampler({**pids, **{f"load{i + 1}": p.pid
                                              for i, (p, _, _) in enumerate(workers)}})
-        timeline = watch(cfg, workers, sampler, start_ns, end_ns, Progress(err))
-        results = [conn.recv() if conn.poll(load.DRAIN_S + load.STALL_S + 5) else None
+        watch(cfg, workers, sampler, start_ns, end_ns, Progress(err))
+        results = [load.LoadResult.from_message(conn.recv())
+                   if conn.poll(load.DRAIN_S + load.NO_REPLY_S + 5) else None
                    for _, conn, _ in workers]
     finally:
         for proc, _, _ in workers:
@@ -261,7 +279,7 @@ def run_load(cfg: BenchConfig, targets: list[str], pids: dict[str, int],
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-    return summarize_load(cfg, results, sampler, timeline)
+    return summarize_load(cfg, results, sampler)
 
 
 def wait_ready(workers: list, timeout: float = 30.0) -> None:
@@ -274,53 +292,71 @@ def wait_ready(workers: list, timeout: float = 30.0) -> None:
 
 
 def watch(cfg: BenchConfig, workers: list, sampler: ProcessSampler, start_ns: int,
-          end_ns: int, progress: Progress) -> list[float]:
-    """Show progress and sample processes until the window ends; returns ops/s per
-    SAMPLE_S interval of the window."""
-    timeline: list[float] = []
-    last_count, last_ns, sampling = 0, time.monotonic_ns(), False
+          end_ns: int, progress: Progress) -> None:
+    """Show progress and sample processes until the window ends."""
+    last, last_ns, sampling = (0, 0), time.monotonic_ns(), False
     while (now := time.monotonic_ns()) < end_ns:
         time.sleep(min(SAMPLE_S, max(0.0, (end_ns - now) / 1e9)))
         now = time.monotonic_ns()
-        count = sum(c.value for _, _, c in workers)
-        rate = (count - last_count) / max(1e-9, (now - last_ns) / 1e9)
+        counts = (sum(c[0] for _, _, c in workers), sum(c[1] for _, _, c in workers))
+        ok_rate, error_rate = rates(last, counts, (now - last_ns) / 1e9)
         if now < start_ns:
-            progress.show("warm-up", cfg.warmup - (start_ns - now) / 1e9, cfg.warmup, rate)
-        elif not sampling:
-            sampler.start()
-            sampling = True
+            progress.show("warm-up", cfg.warmup - (start_ns - now) / 1e9, cfg.warmup,
+                          ok_rate, error_rate)
         else:
-            sampler.sample()
-            timeline.append(round(rate, 1))
-            progress.show("load", (now - start_ns) / 1e9, cfg.duration, rate)
-        last_count, last_ns = count, now
+            if sampling:
+                sampler.sample()
+            else:
+                sampler.start()
+                sampling = True
+            progress.show("load", (now - start_ns) / 1e9, cfg.duration, ok_rate, error_rate)
+        last, last_ns = counts, now
         if not any(p.is_alive() for p, _, _ in workers):
             break
     progress.done()
-    return timeline
 
 
-def summarize_load(cfg: BenchConfig, results: list, sampler: ProcessSampler,
-                   timeline: list[float]) -> tuple[LoadReport, array]:
-    latencies, errors = array("d"), Counter()
+def rates(before: tuple[int, int], after: tuple[int, int], seconds: float
+          ) -> tuple[float, float]:
+    """OK answers and failures per second between two readings of the load processes'
+    counters (OK answers, failures)."""
+    seconds = max(seconds, 1e-9)
+    return (after[0] - before[0]) / seconds, (after[1] - before[1]) / seconds
+
+
+def summarize_load(cfg: BenchConfig, results: list[load.LoadResult | None],
+                   sampler: ProcessSampler) -> tuple[LoadReport, array]:
+    latencies, errors, rerouted = array("d"), Counter(), Counter()
+    n_intervals = load.intervals(int(cfg.duration * 1e9), int(load.TIMELINE_S * 1e9))
+    ok_per_interval = array("q", [0]) * n_intervals
+    errors_per_interval = array("q", [0]) * n_intervals
     for result in results:
         if result is None:
             errors["load process lost"] += 1
+            errors_per_interval[-1] += 1
             continue
-        latencies.frombytes(result[0])
-        errors.update(result[1])
+        latencies.extend(result.latencies_ms)
+        errors.update(result.errors)
+        rerouted.update(result.rerouted)
+        load.add_counts(ok_per_interval, result.ok_per_interval)
+        load.add_counts(errors_per_interval, result.errors_per_interval)
     usage = sampler.summary()
     clients = [u for label, u in usage.items() if label.startswith("load")]
+    n_errors = sum(errors.values())
     report = LoadReport(
         ops=len(latencies), seconds=cfg.duration,
         ops_per_s=round(len(latencies) / cfg.duration, 1),
-        errors=sum(errors.values()), error_kinds=dict(errors),
+        errors=n_errors, errors_per_s=round(n_errors / cfg.duration, 1),
+        error_kinds=dict(errors),
+        rerouted=sum(rerouted.values()), reroute_kinds=dict(rerouted),
         latency_ms=asdict(load.summarize(latencies)),
         nodes={k: v for k, v in usage.items() if k.startswith("node")},
         controller=usage.get("controller", {}),
         load_processes={"count": len(results),
                         "cpu_percent": round(sum(c["cpu_percent"] for c in clients), 1)},
-        timeline_ops_per_s=timeline)
+        timeline_ops_per_s=load.per_second(ok_per_interval, load.TIMELINE_S, cfg.duration),
+        timeline_errors_per_s=load.per_second(errors_per_interval, load.TIMELINE_S,
+                                              cfg.duration))
     return report, latencies
 
 
@@ -498,15 +534,15 @@ def run_bench(cfg: BenchConfig, err: TextIO = sys.stderr) -> dict[str, Any]:
         if cfg.failover:
             report["failover"] = measure_failover(cfg, state, ctx, log)
             return report
-        targets = load_targets(cfg, state, leader)
+        routes = [load_route(cfg, state, leader, i) for i in range(cfg.load_processes)]
         if load.parse_mix(cfg.mix) > 0:
             log(f"filling {cfg.key_space} keys ...")
             try:
-                load.fill_keys(ctx, targets[0], cfg.key_space, cfg.value_size,
-                               batch=cfg.via == "direct")
+                load.fill_keys(ctx, load_route(cfg, state, leader), cfg.key_space,
+                               cfg.value_size, batch=cfg.via == "direct")
             except RuntimeError as e:
                 raise BenchError(str(e)) from e
-        result, latencies = run_load(cfg, targets, cluster_pids(state), err)
+        result, latencies = run_load(cfg, routes, cluster_pids(state), err)
     report.update(asdict(result))
     report["latencies"] = latencies
     return report
@@ -537,12 +573,17 @@ def format_report(report: dict[str, Any]) -> str:
         f"{describe_mix(c['mix'], c['consistency'])}, {c['clients']} in flight from "
         f"{c['processes']} process(es), {c['value_size']}-byte values, "
         f"{c['key_space']} keys, {c['duration']:g}s after {c['warmup']:g}s warm-up",
-        f"throughput   {report['ops_per_s']:,.0f} ops/s  ({report['ops']:,} ops)",
+        f"throughput   {report['ops_per_s']:,.0f} ops/s  ({report['ops']:,} ops answered OK)",
         f"latency ms   p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
         f"p99.9 {lat['p999']:.2f}  max {lat['max']:.2f}",
-        f"errors       {report['errors']}"
-        + (f"  {report['error_kinds']}" if report["errors"] else ""),
+        f"errors       {report['errors_per_s']:,.0f} errors/s  ({report['errors']:,} failed"
+        + (f": {report['error_kinds']})" if report["errors"] else ")"),
     ]
+    if c["via"] == "direct":
+        lines.append(f"re-routed    {report['rerouted']:,}"
+                     + (f"  {report['reroute_kinds']}" if report["rerouted"] else "")
+                     + "  (requests sent again to another node, answered apart)")
+    lines += format_timeline(report)
     for label, u in report["nodes"].items():
         lines.append(f"{label:<12} cpu {u['cpu_percent']:5.1f}%  rss {u['rss_mb']:.1f} MB")
     if report["controller"]:
@@ -552,6 +593,18 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"load         {lp['count']} process(es), cpu {lp['cpu_percent']:.1f}% "
                  "in all")
     return "\n".join(lines)
+
+
+def format_timeline(report: dict[str, Any]) -> list[str]:
+    """The intervals in which something failed, or nothing was answered OK: the rest of
+    the timeline is in --json and --out."""
+    step, window = report["timeline_interval_s"], report["seconds"]
+    rows = [f"  {i * step:5.1f}-{min((i + 1) * step, window):.1f} s {ok:>11,.0f} ops/s "
+            f"{bad:>11,.0f} errors/s"
+            for i, (ok, bad) in enumerate(zip(report["timeline_ops_per_s"],
+                                              report["timeline_errors_per_s"], strict=True))
+            if bad or not ok]
+    return ["intervals with failures or no OK answer:", *rows] if rows else []
 
 
 def describe_mix(mix: str, consistency: str) -> str:
@@ -579,9 +632,14 @@ def draw_plot(report: dict[str, Any], path: Path) -> None:
     from matplotlib import pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7))
-    timeline = report["timeline_ops_per_s"]
-    top.plot([SAMPLE_S * (i + 1) for i in range(len(timeline))], timeline)
-    top.set(xlabel="seconds", ylabel="ops/s", title="throughput", ylim=(0, None))
+    step = report["timeline_interval_s"]
+    ok, failed = report["timeline_ops_per_s"], report["timeline_errors_per_s"]
+    edges = [min(step * i, report["seconds"]) for i in range(len(ok) + 1)]
+    top.stairs(ok, edges, label="ops/s (answered OK)")
+    top.stairs(failed, edges, color="tab:red", label="errors/s (failed)")
+    top.set(xlabel="seconds", ylabel="per second", title="throughput and failures",
+            ylim=(0, None))
+    top.legend()
     bottom.hist(report["latencies"], bins=100, log=True)
     bottom.set(xlabel="latency (ms)", ylabel="requests", title="latency")
     fig.tight_layout()

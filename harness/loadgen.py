@@ -3,28 +3,39 @@ arithmetic of its figures.
 
 `raftkv bench` (harness/bench.py) starts the cluster, spawns `load_process` in as many
 processes as keep the requested number of requests in flight, and summarises what they
-measured with `summarize`. Each process pipelines its share of requests on one DEALER
-socket: it sends its next request as soon as one is answered, so the Python client's
-retry machinery does not hide the server's speed. Straight to nodes it packs the
-requests it sends at one moment into one REQS frame and takes REPS frames back
-(raftkv.wire: batches), as a pipelining client would; through the controller, which
-relays single requests only, it sends one frame per request. Writes carry one session per process
-(OPEN_SESSION) with increasing sequence numbers; one connection keeps them in order, and
-a request that fails is counted, never retried, so a phase measures exactly what the
-cluster did.
+measured. Each process pipelines its share of requests (`Pipeline`): it sends its next
+request as soon as one is answered, so the Python client's retry machinery does not hide
+the server's speed. Straight to nodes it packs the requests it sends at one moment into
+one REQS frame and takes REPS frames back (raftkv.wire: batches), as a pipelining client
+would; through the controller, which relays single requests only, it sends one frame per
+request. Writes carry one session per process (OPEN_SESSION) with increasing sequence
+numbers; one connection at a time keeps them in order.
+
+Straight to nodes, a process follows the leader as `raftkv.Client` does: a NOT_LEADER
+answer sends the request again, unchanged, to the node its `leader_hint` names (or, with
+no usable hint, to the next node), and a node that leaves a request unanswered for
+NO_REPLY_S is presumed gone, its requests sent to the next node. Unchanged means the same
+request id and, for a write, the same session and sequence number, so the store applies
+it at most once (kv.py). A re-routed request that is then answered OK is an OK, its
+latency taken from its first send; the re-routes are counted apart. Any other answer
+than OK is a failure: counted by kind, never sent again, so a phase measures what the
+cluster did. Failures are never throughput: every figure, per interval and in sum,
+counts OK answers and failures apart.
 
 `python -m harness.loadgen [OPTIONS]` is `raftkv bench [OPTIONS]`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
 from array import array
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -32,12 +43,20 @@ import zmq
 from raftkv import wire
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
-STALL_S = 5.0  # no reply at all for this long: the outstanding requests count as errors
+STALL_S = 5.0  # opening a session, filling the key space: no answer this long is a failure
 DRAIN_S = 5.0  # after the window, how long to wait for the answers still outstanding
+NO_REPLY_S = 0.5  # a request unanswered this long: its node is presumed gone
+FIRST_PAUSE_S = 0.01  # after each round of re-routes with no OK, doubling
+MAX_PAUSE_S = 0.2
+TIMELINE_S = 0.5  # the interval of the per-interval figures
 MIXES = ("put", "get", "mixed:R/W")
 # Bound once: on Python 3.11 each `ReqOp.PUT` is an attribute lookup through the enum's
 # class (~65 ns), and the generator's own time per request delays every round (see drive).
 _PUT, _GET, _OK = ReqOp.PUT, ReqOp.GET, ReplyCode.OK
+_NOT_LEADER = ReplyCode.NOT_LEADER
+# An outstanding request: (first send ns, frame, index of the target its latest copy went
+# to or -1 while it waits out a pause, latest send ns).
+_Entry = tuple[int, bytes, int, int]
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -96,19 +115,54 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def intervals(window_ns: int, interval_ns: int) -> int:
+    """How many intervals of `interval_ns` cover a window of `window_ns` (the last one may
+    be shorter)."""
+    return max(1, -(-window_ns // interval_ns))
+
+
+def per_second(counts: Sequence[int], interval_s: float, window_s: float) -> list[float]:
+    """Counts per interval of `interval_s` over a window of `window_s` as rates per
+    second; the last interval is what is left of the window."""
+    rates = []
+    for i, count in enumerate(counts):
+        length = min(interval_s, window_s - i * interval_s)
+        rates.append(round(count / length, 1) if length > 0 else 0.0)
+    return rates
+
+
+def add_counts(total: array, counts: Sequence[int]) -> None:
+    """Add `counts` into `total` element by element, growing `total` as needed."""
+    total.extend([0] * max(0, len(counts) - len(total)))
+    for i, count in enumerate(counts):
+        total[i] += count
+
+
 # -- the load ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class Workload:
-    """What one load process does: `in_flight` requests outstanding at `address`."""
+class Route:
+    """Where a load process sends. With `node_ids` (each address's node id, as NOT_LEADER
+    hints name them) the addresses are the nodes', `first` the one sent to first, and the
+    load follows the leader among them; without, `addresses` is one address that finds
+    the leader itself (the controller)."""
 
-    address: str
+    addresses: tuple[str, ...]
+    node_ids: tuple[int, ...] = ()
+    first: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What one load process does: `in_flight` requests outstanding along `route`."""
+
+    route: Route
     in_flight: int
     get_percent: int = 0  # 0: puts only, 100: gets only
     stale: bool = False  # GET_STALE instead of linearizable GET
     value_size: int = 100
     key_space: int = 10_000
-    batch: bool = False  # REQS/REPS frames: only when `address` is a node's
+    batch: bool = False  # REQS/REPS frames: only when the route's addresses are nodes'
 
 
 def bench_keys(key_space: int) -> list[bytes]:
@@ -119,22 +173,60 @@ def bench_value(value_size: int) -> bytes:
     return os.urandom(value_size // 2 + 1).hex()[:value_size].encode()
 
 
+Answer = tuple[int, int, wire.ClientReply]  # (first send ns, received ns, reply)
+
+
 class Pipeline:
-    """Requests in flight on one DEALER, each remembered with its send time (ns).
+    """Requests in flight along a `Route`, on one DEALER per address, all sent to one
+    address at a time: `target`, an index into the route's addresses.
 
     With `batch`, `send` queues the frame and the next `receive` (or `flush`) sends
-    everything queued as one REQS frame."""
+    everything queued as one REQS frame.
 
-    def __init__(self, ctx: zmq.Context, address: str, batch: bool = False) -> None:
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(address)
+    Following the leader (a route of nodes). A NOT_LEADER from the node that holds a
+    request's latest copy moves `target`, if it was that node, to the node the hint
+    names, or to the next node when the hint is missing or names the refusing node or
+    one presumed gone; the request goes again, the same frame, to `target`. A request
+    whose latest copy has waited `no_reply_s` presumes its node gone: if that is `target`,
+    `target` moves to the next node, and every request at the silent node goes again to
+    `target`. A node presumed gone is believed again once it answers anything. Each time
+    `target` has moved as often as there are nodes with no OK in between, re-routed
+    requests wait a pause (FIRST_PAUSE_S doubling up to MAX_PAUSE_S) so that an election
+    is not hammered. An OK to any copy, from any node, answers its request; a refusal of
+    a copy that is not the latest is ignored. `rerouted` counts the copies sent again,
+    by cause ("NOT_LEADER", "no reply"), within `count_window` (ns)."""
+
+    def __init__(self, ctx: zmq.Context, route: Route, batch: bool = False,
+                 no_reply_s: float = NO_REPLY_S) -> None:
+        self.socks: list[zmq.Socket] = []
+        self.index_of: dict[zmq.Socket, int] = {}
+        self.poller = zmq.Poller()
+        for i, address in enumerate(route.addresses):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(address)
+            self.socks.append(sock)
+            self.index_of[sock] = i
+            self.poller.register(sock, zmq.POLLIN)
+        self.node_index = {node_id: i for i, node_id in enumerate(route.node_ids)}
+        self.follow = bool(route.node_ids)
+        self.target = route.first
         self.batch = batch
         self.queued: list[bytes] = []
-        self.sent_at: dict[int, int] = {}
+        self.queued_rids: list[int] = []  # the requests of `queued`, in the same order
+        # Outstanding requests by request id, in the order of their latest send.
+        self.out: dict[int, _Entry] = {}
         self.next_id = 1
         self.client_id = 0
         self.seq = 0
+        self.no_reply_ns = int(no_reply_s * 1e9)
+        self.gone = -1  # the node presumed gone, if any: its hints are not followed
+        self.moves = 0  # moves of `target` since the last OK
+        self.pause_ns = 0
+        self.hold_until = 0  # ns: re-routed requests wait in `held` until then
+        self.held: list[int] = []
+        self.rerouted: Counter = Counter()
+        self.count_window = (0, 2**63)
 
     def send(self, op: ReqOp, key: bytes = b"", value: bytes | None = None) -> None:
         rid = self.next_id
@@ -146,73 +238,214 @@ class Pipeline:
             frame = wire.encode_get(rid, key)
         else:
             frame = wire.encode_request(ClientRequest(rid, op, key=key))
-        self.sent_at[rid] = time.monotonic_ns()
+        now = time.monotonic_ns()
+        target = self.target
+        self.out[rid] = (now, frame, target, now)
         if self.batch:
             self.queued.append(frame)
+            self.queued_rids.append(rid)
         else:
-            self.sock.send(frame)
+            self._put(target, frame)
+
+    def _put(self, i: int, frame: bytes) -> None:
+        # zmq.Again: the queue to a node that is down is full; the frame goes unanswered.
+        with contextlib.suppress(zmq.Again):
+            self.socks[i].send(frame, zmq.NOBLOCK)
 
     def flush(self) -> None:
         if self.queued:
             frames, self.queued = self.queued, []
-            self.sock.send(frames[0] if len(frames) == 1 else wire.encode_requests(frames))
+            self.queued_rids.clear()
+            self._put(self.target,
+                      frames[0] if len(frames) == 1 else wire.encode_requests(frames))
 
-    def receive(self, timeout_s: float) -> list[tuple[int, int, wire.ClientReply]]:
+    def receive(self, timeout_s: float) -> list[Answer]:
         """Send what is queued, then return every answer ready within `timeout_s`, as
-        (sent ns, received ns, reply); an answer to no outstanding request is dropped."""
-        self.flush()
-        got: list[tuple[int, int, wire.ClientReply]] = []
-        if not self.sock.poll(int(timeout_s * 1000)):
-            return got
-        while True:
-            try:
-                frame = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return got
+        (first send ns, received ns, reply). Answers to no outstanding request, refusals
+        of copies that are not the latest and NOT_LEADERs that re-route (see the class)
+        are not returned; with no answer ready, it returns when a pause ends or a request
+        has waited `no_reply_s`, having re-routed it."""
+        out = self.out
+        if self.follow and out:
             now = time.monotonic_ns()
-            for reply in wire.decode_replies(frame):
-                sent = self.sent_at.pop(reply.request_id, None)
-                if sent is not None:
-                    got.append((sent, now, reply))
+            self._reroute_due(now)
+            wait_ns = int(timeout_s * 1e9)
+            if self.held:
+                wait_ns = min(wait_ns, self.hold_until - now)
+            elif out:
+                wait_ns = min(wait_ns, next(iter(out.values()))[3] + self.no_reply_ns - now)
+            wait_ms = max(0, -(-wait_ns // 1_000_000))
+        else:
+            wait_ms = int(timeout_s * 1000)
+        self.flush()
+        got: list[Answer] = []
+        for sock, _ in self.poller.poll(wait_ms):
+            i = self.index_of[sock]
+            if i == self.gone:
+                self.gone = -1
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                now = time.monotonic_ns()
+                for reply in wire.decode_replies(frame):
+                    entry = out.pop(reply.request_id, None)
+                    if entry is None:
+                        continue
+                    if reply.code is _OK or not self.follow:
+                        got.append((entry[0], now, reply))
+                    else:
+                        self._refused(reply, entry, i, got, now)
+        if self.moves and any(reply.code is _OK for _, _, reply in got):
+            self.moves = self.pause_ns = 0
+        return got
+
+    def _refused(self, reply: wire.ClientReply, entry: _Entry, i: int, got: list[Answer],
+                 now: int) -> None:
+        """A reply other than OK from node `i` to request `reply.request_id`, whose
+        `entry` was taken out of `out`."""
+        rid = reply.request_id
+        if entry[2] != i:
+            self.out[rid] = entry  # an earlier copy's: the latest is elsewhere, or held
+            return
+        if reply.code is not _NOT_LEADER:
+            got.append((entry[0], now, reply))
+            return
+        if i == self.target:
+            hinted = self.node_index.get(reply.leader_hint, -1)
+            self._move(hinted if hinted not in (-1, i, self.gone) else self._next_after(i),
+                       now)
+        self._reroute(rid, entry, "NOT_LEADER", now)
+
+    def _reroute_due(self, now: int) -> None:
+        """Send the held requests once their pause is over, and re-route the requests at
+        a node that left the oldest of them unanswered for `no_reply_s`."""
+        out = self.out
+        if self.held:
+            if now < self.hold_until:
+                return
+            held, self.held = self.held, []
+            for rid in held:
+                entry = out.pop(rid, None)
+                if entry is not None:
+                    self._resend(rid, entry, now)
+        if not out:
+            return
+        oldest = next(iter(out.values()))
+        if now - oldest[3] < self.no_reply_ns:
+            return
+        silent = oldest[2]
+        if silent == self.target:
+            self.gone = silent
+            self._move(self._next_after(silent), now)
+        for rid in [rid for rid, entry in out.items() if entry[2] == silent]:
+            self._reroute(rid, out.pop(rid), "no reply", now)
+
+    def _next_after(self, i: int) -> int:
+        n = len(self.socks)
+        j = (i + 1) % n
+        if j == self.gone and n > 2:
+            j = (j + 1) % n
+        return j
+
+    def _move(self, target: int, now: int) -> None:
+        self.target = target
+        out = self.out
+        for rid in self.queued_rids:  # they go out to the new target at the next flush
+            first, frame, _, last = out[rid]
+            out[rid] = (first, frame, target, last)
+        self.moves += 1
+        if self.moves % len(self.socks) == 0:
+            self.pause_ns = min(max(2 * self.pause_ns, int(FIRST_PAUSE_S * 1e9)),
+                                int(MAX_PAUSE_S * 1e9))
+            self.hold_until = now + self.pause_ns
+
+    def _reroute(self, rid: int, entry: _Entry, cause: str, now: int) -> None:
+        """Send request `rid` again to `target`, or hold it while a pause lasts."""
+        if self.count_window[0] <= now < self.count_window[1]:
+            self.rerouted[cause] += 1
+        if now < self.hold_until:
+            self.out[rid] = (entry[0], entry[1], -1, now)
+            self.held.append(rid)
+        else:
+            self._resend(rid, entry, now)
+
+    def _resend(self, rid: int, entry: _Entry, now: int) -> None:
+        target, frame = self.target, entry[1]
+        self.out[rid] = (entry[0], frame, target, now)
+        if self.batch:
+            self.queued.append(frame)
+            self.queued_rids.append(rid)
+        else:
+            self._put(target, frame)
 
     def open_session(self, timeout_s: float = STALL_S) -> None:
         """OPEN_SESSION, so this pipeline's puts carry (client_id, seq). Raises
         RuntimeError if it is refused or unanswered."""
         self.send(ReqOp.OPEN_SESSION)
-        answers = self.receive(timeout_s)
-        if not answers or answers[0][2].code != ReplyCode.OK:
-            what = answers[0][2] if answers else f"no answer in {timeout_s:g}s"
-            raise RuntimeError(f"OPEN_SESSION failed: {what}")
-        self.client_id = answers[0][2].value
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            for _, _, reply in self.receive(left):
+                if reply.code != ReplyCode.OK:
+                    raise RuntimeError(f"OPEN_SESSION failed: {reply}")
+                self.client_id = reply.value
+                return
+        self.out.clear()
+        raise RuntimeError(f"OPEN_SESSION failed: no answer in {timeout_s:g}s")
 
     def close(self) -> None:
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
 
 
 @dataclass(slots=True)
 class LoadResult:
     """What one load process measured in the window: latencies (ms) of the requests
-    answered OK, and the failures by kind (reply code name, or "no reply")."""
+    answered OK, the failures by kind (reply code name, or "no reply"), per interval of
+    the window the OK answers and the failures, and the re-routes by cause."""
 
     latencies_ms: array
     errors: Counter
+    ok_per_interval: array = field(default_factory=lambda: array("q"))
+    errors_per_interval: array = field(default_factory=lambda: array("q"))
+    rerouted: Counter = field(default_factory=Counter)
+
+    def to_message(self) -> dict[str, Any]:
+        """Plain values, for the pipe to the parent process (`from_message`)."""
+        return {"latencies": self.latencies_ms.tobytes(), "errors": dict(self.errors),
+                "ok": self.ok_per_interval.tolist(),
+                "failed": self.errors_per_interval.tolist(),
+                "rerouted": dict(self.rerouted)}
+
+    @classmethod
+    def from_message(cls, m: dict[str, Any]) -> LoadResult:
+        latencies = array("d")
+        latencies.frombytes(m["latencies"])
+        return cls(latencies, Counter(m["errors"]), array("q", m["ok"]),
+                   array("q", m["failed"]), Counter(m["rerouted"]))
 
 
-def drive(pipe: Pipeline, w: Workload, start_ns: int, end_ns: int,
-          progress: Any = None) -> LoadResult:
-    """Keep `w.in_flight` requests outstanding until `end_ns`; count the answers that
-    arrive from `start_ns` on (earlier ones are the warm-up). `progress.value`, if given,
-    follows the number of answers so far, warm-up included."""
+def drive(pipe: Pipeline, w: Workload, start_ns: int, end_ns: int, progress: Any = None,
+          interval_ns: int = int(TIMELINE_S * 1e9)) -> LoadResult:
+    """Keep `w.in_flight` requests outstanding until `end_ns`; count the answers received
+    from `start_ns` until `end_ns` (earlier ones are the warm-up, later ones are drained
+    and not counted), each in its interval of `interval_ns`. A request still unanswered
+    after the drain is a failure ("no reply") of the last interval. `progress`, if given
+    (two integers), follows the OK answers and the failures so far, warm-up included."""
     random_ = random.Random().random
     keys, value = bench_keys(w.key_space), bench_value(w.value_size)
     get_op = ReqOp.GET_STALE if w.stale else _GET
     latencies, errors = array("d"), Counter()
-    answered = 0
+    n_intervals = intervals(end_ns - start_ns, interval_ns)
+    oks, failures = array("q", [0]) * n_intervals, array("q", [0]) * n_intervals
+    ok_total = failed_total = 0
+    pipe.count_window = (start_ns, end_ns)
     # The generator's time per request is part of every round it waits for: with the
     # cluster answering a whole REQS frame at once, it sends the next frame only when it
     # has handled the replies and built the next requests (hence no per-request method
     # or enum lookups here).
-    n_keys, get_share, send = w.key_space, w.get_percent / 100, pipe.send
+    n_keys, get_share, send, receive = w.key_space, w.get_percent / 100, pipe.send, pipe.receive
 
     def send_next() -> None:
         key = keys[int(random_() * n_keys)]
@@ -223,81 +456,91 @@ def drive(pipe: Pipeline, w: Workload, start_ns: int, end_ns: int,
 
     for _ in range(w.in_flight):
         send_next()
-    while time.monotonic_ns() < end_ns:
-        answers = pipe.receive(STALL_S)
+    while (now := time.monotonic_ns()) < end_ns:
+        answers = receive(min(NO_REPLY_S, (end_ns - now) / 1e9))
         if not answers:
-            break  # stalled: what is outstanding counts as errors below
+            continue
         for sent, received, reply in answers:
-            if received >= start_ns:
-                if reply.code == _OK:
+            if reply.code is _OK:
+                ok_total += 1
+                if start_ns <= received < end_ns:
                     latencies.append((received - sent) / 1e6)
-                else:
+                    oks[(received - start_ns) // interval_ns] += 1
+            else:
+                failed_total += 1
+                if start_ns <= received < end_ns:
                     errors[reply.code.name] += 1
+                    failures[(received - start_ns) // interval_ns] += 1
             if received < end_ns:
                 send_next()
-        answered += len(answers)
         if progress is not None:
-            progress.value = answered
+            progress[0] = ok_total
+            progress[1] = failed_total
     drain(pipe)
-    if pipe.sent_at:
-        errors["no reply"] += len(pipe.sent_at)
-    return LoadResult(latencies, errors)
+    if pipe.out:
+        errors["no reply"] += len(pipe.out)
+        failures[-1] += len(pipe.out)
+    return LoadResult(latencies, errors, oks, failures, pipe.rerouted)
 
 
 def drain(pipe: Pipeline, timeout_s: float = DRAIN_S) -> None:
     """Wait up to `timeout_s` for the answers still outstanding (not counted)."""
     deadline = time.monotonic() + timeout_s
-    while pipe.sent_at and time.monotonic() < deadline:
+    while pipe.out and time.monotonic() < deadline:
         pipe.receive(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 def load_process(w: Workload, conn: Any, progress: Any) -> None:
     """A load process (multiprocessing target). Over `conn`: it sends ("ready", None) once
     connected (and, for puts, holding a session) or ("failed", message); it receives the
-    window (start_ns, end_ns), warms up until start_ns, and sends back its LoadResult's
-    (latencies as bytes, errors as a dict)."""
+    window (start_ns, end_ns), warms up until start_ns, and sends back its LoadResult
+    (`LoadResult.to_message`). `progress`: see `drive`."""
     ctx = zmq.Context()
-    pipe = Pipeline(ctx, w.address, w.batch)
+    pipe = Pipeline(ctx, w.route, w.batch)
     try:
         try:
             if w.get_percent < 100:
                 pipe.open_session()
         except RuntimeError as e:
-            conn.send(("failed", f"{w.address}: {e}"))
+            conn.send(("failed", f"{w.route.addresses[w.route.first]}: {e}"))
             return
         conn.send(("ready", None))
         start_ns, end_ns = conn.recv()
-        result = drive(pipe, w, start_ns, end_ns, progress)
-        conn.send((result.latencies_ms.tobytes(), dict(result.errors)))
+        conn.send(drive(pipe, w, start_ns, end_ns, progress).to_message())
     finally:
         pipe.close()
         ctx.destroy(linger=0)
 
 
-def fill_keys(ctx: zmq.Context, address: str, key_space: int, value_size: int,
+def fill_keys(ctx: zmq.Context, route: Route, key_space: int, value_size: int,
               in_flight: int = 64, batch: bool = False) -> None:
     """Put every key of the key space once, so that gets find values. Raises
-    RuntimeError on the first refusal or silence."""
-    pipe = Pipeline(ctx, address, batch)
+    RuntimeError on the first refusal, or when nothing is answered for STALL_S."""
+    pipe = Pipeline(ctx, route, batch)
     try:
         pipe.open_session()
         value = bench_value(value_size)
         for key in bench_keys(key_space):
             pipe.send(ReqOp.PUT, key, value)
-            while len(pipe.sent_at) >= in_flight:
-                check_filled(pipe.receive(STALL_S))
-        while pipe.sent_at:
-            check_filled(pipe.receive(STALL_S))
+            fill_until(pipe, in_flight - 1)
+        fill_until(pipe, 0)
     finally:
         pipe.close()
 
 
-def check_filled(answers: list[tuple[int, int, wire.ClientReply]]) -> None:
-    if not answers:
-        raise RuntimeError(f"filling the key space: no answer within {STALL_S:g}s")
-    for _, _, reply in answers:
-        if reply.code != ReplyCode.OK:
-            raise RuntimeError(f"filling the key space: PUT answered {reply}")
+def fill_until(pipe: Pipeline, outstanding: int) -> None:
+    """Take answers until at most `outstanding` requests are outstanding. Raises
+    RuntimeError on a refusal, or when nothing is answered for STALL_S."""
+    answered_at = time.monotonic()
+    while len(pipe.out) > outstanding:
+        answers = pipe.receive(STALL_S)
+        if answers:
+            answered_at = time.monotonic()
+        elif time.monotonic() - answered_at > STALL_S:
+            raise RuntimeError(f"filling the key space: no answer within {STALL_S:g}s")
+        for _, _, reply in answers:
+            if reply.code != ReplyCode.OK:
+                raise RuntimeError(f"filling the key space: PUT answered {reply}")
 
 
 def main(argv: list[str] | None = None) -> int:

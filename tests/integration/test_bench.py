@@ -7,16 +7,20 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import zmq
 
-from harness.launcher import down
+from harness import rpc
+from harness.launcher import down, free_base_port, node_statuses, up, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-LOAD_FIELDS = {"config", "cores", "ops", "seconds", "ops_per_s", "errors", "error_kinds",
-               "latency_ms", "nodes", "controller", "load_processes", "timeline_ops_per_s",
-               "disk_fdatasync_ms"}
+LOAD_FIELDS = {"config", "cores", "ops", "seconds", "ops_per_s", "errors", "errors_per_s",
+               "error_kinds", "rerouted", "reroute_kinds", "latency_ms", "nodes",
+               "controller", "load_processes", "timeline_ops_per_s", "timeline_errors_per_s",
+               "timeline_interval_s", "disk_fdatasync_ms"}
 
 
 def run_bench(tmp_path: Path, *args: str) -> dict:
@@ -42,6 +46,59 @@ def test_bench_prints_one_json_object_with_every_figure(tmp_path):
     assert set(report["nodes"]) == {"node1", "node2", "node3"}
     assert all(n["rss_mb"] > 0 for n in report["nodes"].values())
     assert report["config"]["fsync"] is True and report["config"]["clients"] == 4
+    assert report["rerouted"] == 0 and report["errors_per_s"] == 0
+    assert_timeline_adds_up(report)
+
+
+def assert_timeline_adds_up(report: dict) -> None:
+    """The per-interval figures are the summary's, interval by interval: OK answers in
+    ops/s, failures in errors/s, neither in the other."""
+    step = report["timeline_interval_s"]
+    assert sum(report["timeline_ops_per_s"]) * step == pytest.approx(report["ops"], abs=0.5)
+    assert sum(report["timeline_errors_per_s"]) * step == pytest.approx(report["errors"],
+                                                                       abs=0.5)
+
+
+def test_bench_direct_follows_the_leader_when_it_is_killed(tmp_path):
+    """The leader is killed a second into the counted window; the load moves to the new
+    leader and keeps writing, and the figures count what came back."""
+    cluster_dir = tmp_path / "cluster"
+    warmup, duration = 0.5, 4.0
+    ctx = zmq.Context()
+    try:
+        state, _ = up(cluster_dir, base_port=free_base_port(3))
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "bench", "--dir", str(cluster_dir),
+             "--via", "direct", "--clients", "16", "--warmup", str(warmup), "--duration",
+             str(duration), "--json"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            start = max(st["commit_index"] for st in node_statuses(ctx, state.addresses).values())
+            wait_for(lambda: any(st["commit_index"] > start + 100
+                                 for st in node_statuses(ctx, state.addresses).values()),
+                     30.0, "the bench's writes")
+            time.sleep(warmup + 1.0)  # the load began within the warm-up; now in the window
+            killed = rpc.control(ctx, state.controller.address, "kill-leader")
+            out, err = bench.communicate(timeout=60)
+        finally:
+            if bench.poll() is None:
+                bench.kill()
+                bench.communicate()
+    finally:
+        down(cluster_dir, grace=1.0)
+        ctx.destroy(linger=0)
+    assert bench.returncode == 0, err
+    report = json.loads(out)
+    assert report.keys() >= LOAD_FIELDS
+    # The load left the silent leader for another node, and wrote on there.
+    assert report["reroute_kinds"].get("no reply", 0) > 0, (killed, report)
+    ok = report["timeline_ops_per_s"]
+    assert len(ok) == duration / report["timeline_interval_s"]
+    assert all(rate > 0 for rate in ok[-2:]), ok  # the last second: under the new leader
+    assert_timeline_adds_up(report)
+    assert report["ops"] == report["latency_ms"]["count"]
+    unknown = set(report["error_kinds"]) - {"STALE_REQUEST", "UNAVAILABLE"}
+    assert not unknown, report["error_kinds"]  # a re-sent write may find a later one applied
 
 
 def test_bench_reads_and_writes_through_the_controller(tmp_path):

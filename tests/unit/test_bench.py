@@ -1,14 +1,32 @@
-"""The benchmark's arithmetic and report formatting (no cluster)."""
+"""The benchmark's arithmetic and report formatting, its per-interval accounting, and
+the load generator following the leader among fake nodes (no cluster)."""
 
 from __future__ import annotations
 
 import json
+import time
 from array import array
+from collections import Counter
+from collections.abc import Iterator
 
 import pytest
+import zmq
 
-from harness.bench import format_failover, format_report, to_json
-from harness.loadgen import parse_mix, percentile, split_evenly, summarize
+from harness.bench import format_failover, format_report, rates, to_json
+from harness.loadgen import (
+    Pipeline,
+    Route,
+    Workload,
+    add_counts,
+    drive,
+    parse_mix,
+    per_second,
+    percentile,
+    split_evenly,
+    summarize,
+)
+from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
+from tests.unit.test_client import DEADLINE, FakeKV, FakeNode, drop, not_leader
 
 
 def test_percentile_is_nearest_rank():
@@ -71,15 +89,24 @@ def report(**extra):
 
 
 def test_load_report_names_every_figure():
-    r = report(ops=10, ops_per_s=10.0, errors=1, error_kinds={"NOT_LEADER": 1},
+    r = report(ops=10, seconds=1.0, ops_per_s=10.0, errors=3, errors_per_s=3.0,
+               error_kinds={"UNAVAILABLE": 3}, rerouted=64, reroute_kinds={"no reply": 64},
                latency_ms={"p50": 1.0, "p90": 2.0, "p99": 3.0, "p999": 4.0, "max": 5.0},
                nodes={"node1": {"cpu_percent": 50.0, "rss_mb": 30.0}},
                controller={"cpu_percent": 1.0, "rss_mb": 20.0},
-               load_processes={"count": 1, "cpu_percent": 10.0}, latencies=array("d", [1.0]))
+               load_processes={"count": 1, "cpu_percent": 10.0},
+               timeline_ops_per_s=[20.0, 0.0], timeline_errors_per_s=[0.0, 6.0],
+               timeline_interval_s=0.5, latencies=array("d", [1.0]))
     text = format_report(r)
-    for word in ("10 ops/s", "p50 1.00", "p99.9 4.00", "max 5.00", "NOT_LEADER", "node1",
-                 "controller", "fsync on"):
+    for word in ("10 ops/s", "p50 1.00", "p99.9 4.00", "max 5.00", "3 errors/s",
+                 "UNAVAILABLE", "re-routed    64", "no reply", "node1", "controller",
+                 "fsync on"):
         assert word in text
+    # Only the interval in which something failed or nothing succeeded is listed.
+    interval_rows = [line for line in text.splitlines() if line.endswith("errors/s")
+                     and line.lstrip()[0].isdigit()]
+    assert len(interval_rows) == 1 and "0.5-1.0" in interval_rows[0]
+    assert interval_rows[0].split() == ["0.5-1.0", "s", "0", "ops/s", "6", "errors/s"]
     assert "latencies" not in json.loads(to_json(r))
 
 
@@ -127,3 +154,168 @@ def test_one_load_process_per_64_requests_in_flight_unless_told():
     assert BenchConfig(clients=65, mix="mixed:90/10").load_processes == 2
     assert BenchConfig(clients=1).load_processes == 1
     assert BenchConfig(clients=64, processes=3).load_processes == 3
+
+
+# -- per-interval accounting -------------------------------------------------------------------
+
+MS = 1_000_000  # ns
+
+
+class ScriptedPipe:
+    """Stands in for a Pipeline in `drive`: each receive hands out the next batch of the
+    script, (ms into the window it was received, reply code), every reply 1 ms after its
+    request was sent."""
+
+    def __init__(self, start_ns: int, script: list[list[tuple[float, ReplyCode]]]) -> None:
+        self.start_ns, self.script = start_ns, script
+        self.out: dict = {}
+        self.rerouted: Counter = Counter()
+        self.count_window = (0, 0)
+        self.sent = 0
+
+    def send(self, op: ReqOp, key: bytes = b"", value: bytes | None = None) -> None:
+        self.sent += 1
+
+    def receive(self, timeout_s: float) -> list[tuple[int, int, ClientReply]]:
+        if not self.script:
+            time.sleep(min(timeout_s, 0.005))
+            return []
+        return [(self.start_ns + int(at * MS) - MS, self.start_ns + int(at * MS),
+                 ClientReply(0, code)) for at, code in self.script.pop(0)]
+
+
+def test_drive_counts_ok_answers_and_failures_apart_in_each_interval():
+    ok, unavailable, stale = ReplyCode.OK, ReplyCode.UNAVAILABLE, ReplyCode.STALE_REQUEST
+    start = time.monotonic_ns() + 20 * MS
+    end = start + 100 * MS
+    pipe = ScriptedPipe(start, [
+        [(-5, ok)],  # the warm-up: not in the window
+        [(1, ok), (2, ok), (3, unavailable), (40, ok)],  # 0-50 ms: 3 OK, 1 failure
+        [(55, unavailable), (60, unavailable), (70, stale), (99, stale)],  # 50-100: failures
+        [(101, ok)],  # after the window: drained, not counted
+    ])
+    progress = [0, 0]
+    result = drive(pipe, Workload(Route(("x",)), in_flight=4), start, end, progress,
+                   interval_ns=50 * MS)
+
+    assert list(result.ok_per_interval) == [3, 0]
+    assert list(result.errors_per_interval) == [1, 4]
+    assert per_second(result.ok_per_interval, 0.05, 0.1) == [60.0, 0.0]
+    assert per_second(result.errors_per_interval, 0.05, 0.1) == [20.0, 80.0]
+    assert list(result.latencies_ms) == [1.0, 1.0, 1.0]
+    assert result.errors == {"UNAVAILABLE": 3, "STALE_REQUEST": 2}
+    assert progress == [5, 5]  # every answer so far, warm-up included, OK and failed apart
+    assert pipe.sent == 4 + 1 + 4 + 4  # each answer in time makes room for a new request
+
+
+def test_per_second_takes_the_last_interval_as_what_is_left_of_the_window():
+    assert per_second([10, 10, 3], 0.5, 1.25) == [20.0, 20.0, 12.0]
+    assert per_second([], 0.5, 1.0) == []
+
+
+def test_add_counts_sums_processes_of_any_length():
+    total = array("q")
+    add_counts(total, [1, 2])
+    add_counts(total, [10, 20, 30])
+    assert list(total) == [11, 22, 30]
+
+
+def test_progress_rates_keep_ok_answers_and_failures_apart():
+    assert rates((100, 7), (600, 7), 0.5) == (1000.0, 0.0)
+    assert rates((600, 7), (600, 4007), 0.5) == (0.0, 8000.0)
+
+
+# -- following the leader ----------------------------------------------------------------------
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def nodes(ctx: zmq.Context) -> Iterator[list[FakeNode]]:
+    made: list[FakeNode] = []
+    yield made
+    for node in made:
+        node.stop()
+
+
+def answers_to(pipe: Pipeline, count: int) -> list[ClientReply]:
+    """The next `count` answers `pipe` returns; fails the test at DEADLINE."""
+    got: list[ClientReply] = []
+    deadline = time.monotonic() + DEADLINE
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"{len(got)} of {count} answers"
+        got += [reply for _, _, reply in pipe.receive(0.05)]
+    return got
+
+
+def puts(node: FakeNode) -> list[tuple[int, int, int, bytes]]:
+    return [(r.request_id, r.client_id, r.seq, r.key) for r in node.ops(ReqOp.PUT)]
+
+
+def test_not_leader_sends_the_same_request_to_the_hinted_node(ctx, nodes):
+    kv, leader = FakeKV(), [1]
+
+    def serve_as(node_id: int):
+        def handle(req: ClientRequest):
+            if leader[0] != node_id:
+                return ReplyCode.NOT_LEADER, "not the leader", leader[0]
+            return kv(req)
+        return handle
+
+    nodes += [FakeNode(ctx, serve_as(1)), FakeNode(ctx, serve_as(2))]
+    pipe = Pipeline(ctx, Route((nodes[0].address, nodes[1].address), (1, 2), first=0),
+                    batch=True)
+    try:
+        pipe.open_session()
+        pipe.send(ReqOp.PUT, b"k1", b"v")
+        assert [r.code for r in answers_to(pipe, 1)] == [ReplyCode.OK]
+        leader[0] = 2
+        pipe.send(ReqOp.PUT, b"k2", b"v")
+        pipe.send(ReqOp.PUT, b"k3", b"v")
+        assert [r.code for r in answers_to(pipe, 2)] == [ReplyCode.OK, ReplyCode.OK]
+    finally:
+        pipe.close()
+    refused = puts(nodes[0])[1:]
+    assert [key for *_, key in refused] == [b"k2", b"k3"]
+    assert puts(nodes[1]) == refused  # same request ids, session and seqs
+    assert kv.store.get(b"k2") == b"v" and kv.store.get(b"k3") == b"v"
+    assert pipe.target == 1 and pipe.rerouted == {"NOT_LEADER": 2}
+
+
+def test_a_silent_node_is_left_and_its_hints_not_followed(ctx, nodes):
+    kv = FakeKV()
+    nodes += [FakeNode(ctx, drop), FakeNode(ctx, not_leader(1)), FakeNode(ctx, kv)]
+    route = Route(tuple(n.address for n in nodes), (1, 2, 3), first=0)
+    pipe = Pipeline(ctx, route, batch=True, no_reply_s=0.05)
+    try:
+        pipe.open_session()
+        pipe.send(ReqOp.PUT, b"k", b"v")
+        assert [r.code for r in answers_to(pipe, 1)] == [ReplyCode.OK]
+    finally:
+        pipe.close()
+    # Node 1 never answered; node 2 named it as the leader, and was passed over for 3.
+    assert pipe.gone == 0 and pipe.target == 2
+    assert len(nodes[0].ops(ReqOp.OPEN_SESSION)) == 1
+    assert pipe.rerouted == {"no reply": 1, "NOT_LEADER": 1}
+    assert kv.store.get(b"k") == b"v"
+
+
+def test_with_no_leader_anywhere_rounds_of_re_routes_are_paced(ctx, nodes):
+    nodes += [FakeNode(ctx, not_leader(0)) for _ in range(3)]
+    pipe = Pipeline(ctx, Route(tuple(n.address for n in nodes), (1, 2, 3)), batch=True)
+    try:
+        pipe.send(ReqOp.GET, b"k")
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            assert pipe.receive(0.01) == []
+    finally:
+        pipe.close()
+    # Unpaced, a GET would bounce thousands of times in 0.3 s; paced (10, 20, 40, 80,
+    # 160 ms after each round of three) a few dozen at most.
+    bounces = sum(len(n.ops(ReqOp.GET)) for n in nodes)
+    assert 3 <= bounces <= 30
+    assert pipe.out  # still outstanding: no answer but OK ends a re-routed request
