@@ -602,7 +602,9 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
               help="Gets: ReadIndex on the leader, or any node's applied state.")
 @click.option("--via", default="direct", show_default=True,
               type=click.Choice(["direct", "controller"]),
-              help="Send to the leader's own socket, or through the controller.")
+              help="Straight to the nodes, following the leader (a NOT_LEADER answer "
+                   "sends the request again, unchanged, to the node it names; a node "
+                   "silent for 0.5 s is left for the next), or through the controller.")
 @click.option("--processes", default=0, show_default=True, type=click.IntRange(min=0),
               help="Load processes (0: one per 64 requests in flight; more only "
                    "contend for the cores).")
@@ -627,6 +629,10 @@ def bench(nodes: int, clients: int, duration: float, warmup: float, value_size: 
     """Benchmark a cluster: closed-loop load from client processes, then ops/s, latency
     percentiles, errors, and each node's CPU and memory. Starts its own cluster in a temp
     dir unless --dir names a running one. A progress line goes to stderr.
+
+    ops/s counts OK answers only; every failure (any other answer, or none) is counted
+    in errors/s, apart, in the progress line, the timeline, --json and --out. With --via
+    direct, requests re-routed to the leader are counted as re-routes, not failures.
 
     \b
     raftkv bench                                  64 puts in flight for 20 s
