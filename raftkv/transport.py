@@ -36,6 +36,7 @@ from typing import Any
 
 import zmq
 
+from raftkv.interfaces import Route
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from raftkv.raft.types import Message
 from raftkv.wire import (
@@ -89,11 +90,6 @@ STAT_KEYS = (
 )
 
 MAX_BATCHING_CLIENTS = 65_536  # routing ids remembered as taking REPS; forgotten past it
-
-
-Route = bytes | tuple[bytes, bytes]
-"""Where a reply goes: the sender's routing id, or (proxy's id, client's id) when a proxy
-relays the request."""
 
 
 def bind_router(router: zmq.Socket, address: str, hwm: int = DEFAULT_HWM) -> str:
