@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -290,17 +290,7 @@ class Transport:
     def serve_control(self, route: Route, req: ClientRequest) -> bool:
         """Serve FAULT and PEERS, the requests that are the transport's own; False for
         any other request (the node's)."""
-        if req.op == ReqOp.FAULT:
-            self.set_fault(req.peers)
-            self.stats["faults_set"] += 1
-            self.reply(route, req.request_id, ReplyCode.OK, sorted(self.fault))
-        elif req.op == ReqOp.PEERS:
-            for node_id, address in (req.addresses or {}).items():
-                self.set_peer(node_id, address)
-            self.reply(route, req.request_id, ReplyCode.OK, sorted(self.peers))
-        else:
-            return False
-        return True
+        return serve_control(self, route, req)
 
     # ---- sending -------------------------------------------------------------------
 
@@ -439,3 +429,35 @@ class Transport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ControlTarget(Protocol):
+    """What `serve_control` needs of a transport (the simulator's serves these too)."""
+
+    fault: frozenset[int]
+    peers: dict[int, str]
+    stats: dict[str, int]
+
+    def set_fault(self, drop_peers: Iterable[int]) -> None: ...
+
+    def set_peer(self, node_id: int, address: str) -> bool: ...
+
+    def reply(self, identity: Route, request_id: int, code: int, value: Any = None,
+              leader_hint: int | None = None) -> bool: ...
+
+
+def serve_control(t: ControlTarget, route: Route, req: ClientRequest) -> bool:
+    """Serve FAULT (drop traffic to and from those peers, until the next FAULT) and PEERS
+    (where members listen: the controller tells a node that lags behind the
+    configuration, so it can answer them, thesis §4.1); False for any other request."""
+    if req.op == ReqOp.FAULT:
+        t.set_fault(req.peers)
+        t.stats["faults_set"] += 1
+        t.reply(route, req.request_id, ReplyCode.OK, sorted(t.fault))
+    elif req.op == ReqOp.PEERS:
+        for node_id, address in (req.addresses or {}).items():
+            t.set_peer(node_id, address)
+        t.reply(route, req.request_id, ReplyCode.OK, sorted(t.peers))
+    else:
+        return False
+    return True
