@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from raftkv.raft import EventKind, RaftEvent, VoteRefusal
@@ -86,14 +87,16 @@ def describe(e: RaftEvent) -> str:
 
 
 class EventLog:
-    """Logs each event and keeps the last KEEP, numbered from 1 for this process."""
+    """Logs each event and keeps the last KEEP, numbered from 1 for this process, stamped
+    with `now()` (wall-clock seconds)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self.now = now
         self.recent: deque[dict[str, Any]] = deque(maxlen=KEEP)
         self.seq = 0
 
     def record(self, events: list[RaftEvent], counters: dict[str, int]) -> None:
-        now = time.time()
+        now = self.now()
         for e in events:
             key = COUNTED.get(e.kind)
             if key is not None:

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
+from raftkv.interfaces import Route
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from raftkv.raft.types import Message
 from raftkv.wire import (
@@ -89,11 +90,6 @@ STAT_KEYS = (
 )
 
 MAX_BATCHING_CLIENTS = 65_536  # routing ids remembered as taking REPS; forgotten past it
-
-
-Route = bytes | tuple[bytes, bytes]
-"""Where a reply goes: the sender's routing id, or (proxy's id, client's id) when a proxy
-relays the request."""
 
 
 def bind_router(router: zmq.Socket, address: str, hwm: int = DEFAULT_HWM) -> str:
@@ -294,17 +290,7 @@ class Transport:
     def serve_control(self, route: Route, req: ClientRequest) -> bool:
         """Serve FAULT and PEERS, the requests that are the transport's own; False for
         any other request (the node's)."""
-        if req.op == ReqOp.FAULT:
-            self.set_fault(req.peers)
-            self.stats["faults_set"] += 1
-            self.reply(route, req.request_id, ReplyCode.OK, sorted(self.fault))
-        elif req.op == ReqOp.PEERS:
-            for node_id, address in (req.addresses or {}).items():
-                self.set_peer(node_id, address)
-            self.reply(route, req.request_id, ReplyCode.OK, sorted(self.peers))
-        else:
-            return False
-        return True
+        return serve_control(self, route, req)
 
     # ---- sending -------------------------------------------------------------------
 
@@ -443,3 +429,35 @@ class Transport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ControlTarget(Protocol):
+    """What `serve_control` needs of a transport (the simulator's serves these too)."""
+
+    fault: frozenset[int]
+    peers: dict[int, str]
+    stats: dict[str, int]
+
+    def set_fault(self, drop_peers: Iterable[int]) -> None: ...
+
+    def set_peer(self, node_id: int, address: str) -> bool: ...
+
+    def reply(self, identity: Route, request_id: int, code: int, value: Any = None,
+              leader_hint: int | None = None) -> bool: ...
+
+
+def serve_control(t: ControlTarget, route: Route, req: ClientRequest) -> bool:
+    """Serve FAULT (drop traffic to and from those peers, until the next FAULT) and PEERS
+    (where members listen: the controller tells a node that lags behind the
+    configuration, so it can answer them, thesis §4.1); False for any other request."""
+    if req.op == ReqOp.FAULT:
+        t.set_fault(req.peers)
+        t.stats["faults_set"] += 1
+        t.reply(route, req.request_id, ReplyCode.OK, sorted(t.fault))
+    elif req.op == ReqOp.PEERS:
+        for node_id, address in (req.addresses or {}).items():
+            t.set_peer(node_id, address)
+        t.reply(route, req.request_id, ReplyCode.OK, sorted(t.peers))
+    else:
+        return False
+    return True

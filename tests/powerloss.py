@@ -41,6 +41,8 @@ Power cuts
   - `crash(rng)` returns a new PowerLossFS holding one state a power cut may leave
     (chosen by `rng`, so the same seed gives the same state); this one is unchanged and
     may go on. Open handles and locks do not survive.
+  - `kill()`: the process died, not the machine: handles and locks are gone, the page
+    cache (unsynced writes too) stays, as after kill -9.
   - `cut_after(n)` arms a cut: the n+1-th counted operation from now, and every operation
     after it, raises PowerCut (not an OSError: nothing may handle it) without acting.
     Then `crash` gives the state the cut left.
@@ -219,6 +221,12 @@ class PowerLossFS:
 
         out._root = copy(self._root)
         return out
+
+    def kill(self) -> None:
+        """The process using this disk died (kill -9), the machine did not: its handles
+        and locks are gone; the page cache, unsynced writes included, stays."""
+        self._fds.clear()
+        self._locks.clear()
 
     def cut_after(self, n: int | None) -> None:
         """Cut the power before the n+1-th counted operation from now (None: disarm)."""

@@ -1,6 +1,6 @@
 """A disk that fails an fsync (EIO, ENOSPC) or a write (ENOSPC, disk full) under a node.
 
-On both sync paths of `Node.process_ready` (inline: a follower, or a leader with little
+On both sync paths of `Replica.process_ready` (inline: a follower, or a leader with little
 to overlap; threaded: a leader's Ready with more than `_INLINE_SYNC_MAX` committed
 entries, synced by `_Syncer`) the node must:
 
@@ -13,7 +13,7 @@ entries, synced by `_Syncer`) the node must:
 
 Nodes run in this process on a temp dir with `FaultyFS` under storage; their Raft
 messages and client replies are recorded, never sent, and peers are played by stepping
-their messages into `node.core`.
+their messages into `node.replica.core`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from typing import Any
 import pytest
 
 from harness.launcher import free_ports
-from raftkv.node import _INLINE_SYNC_MAX, Node, NodeConfig
+from raftkv.node import Node, NodeConfig
 from raftkv.raft import Entry, HardState, Message, MsgType, Role
 from raftkv.raft.core import CAMPAIGN_TRANSFER, CampaignKind
+from raftkv.replica import _INLINE_SYNC_MAX
 from raftkv.storage import Storage, StorageError
 from raftkv.storage.fs import OsFileSystem
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
@@ -207,25 +208,25 @@ def make_node() -> Iterator[MakeNode]:
 def open_sessions(node: Node, first_id: int, n: int) -> list[int]:
     """Propose `n` OPEN_SESSION writes; their request ids."""
     ids = list(range(first_id, first_id + n))
-    node.handle_requests([ClientRequest(i, ReqOp.OPEN_SESSION, identity=b"client")
-                          for i in ids])
+    node.replica.handle_requests([ClientRequest(i, ReqOp.OPEN_SESSION, identity=b"client")
+                                  for i in ids])
     return ids
 
 
 def ack(node: Node, frm: int, index: int) -> None:
-    node.core.step(Message(MsgType.APP_RESP, 1, frm, node.core.term, index=index))
+    node.replica.core.step(Message(MsgType.APP_RESP, 1, frm, node.replica.core.term, index=index))
 
 
 def elect(node: Node) -> None:
     """Make node 1 the leader of term 1, its no-op entry committed by node 2's ack."""
-    node.core.campaign(CampaignKind.ELECTION)
-    node.process_ready()
-    node.core.step(Message(MsgType.VOTE_RESP, 1, 2, node.core.term))
-    node.process_ready()
-    assert node.core.role == Role.LEADER
-    ack(node, 2, node.core.log.last_index())
-    node.process_ready()
-    assert node.core.log.applied == node.core.log.last_index() == 1
+    node.replica.core.campaign(CampaignKind.ELECTION)
+    node.replica.process_ready()
+    node.replica.core.step(Message(MsgType.VOTE_RESP, 1, 2, node.replica.core.term))
+    node.replica.process_ready()
+    assert node.replica.core.role == Role.LEADER
+    ack(node, 2, node.replica.core.log.last_index())
+    node.replica.process_ready()
+    assert node.replica.core.log.applied == node.replica.core.log.last_index() == 1
 
 
 def wait_readable(fd: int) -> None:
@@ -251,7 +252,7 @@ def run_until_stopped(node: Node) -> StorageError:
 
 
 def closed(node: Node) -> bool:
-    return node.storage._lock_fd is None and node.transport.socket.closed
+    return node.replica.storage._lock_fd is None and node.transport.socket.closed
 
 
 def reopened_last_index(data_dir: Path, fs: FaultyFS) -> int:
@@ -262,8 +263,8 @@ def reopened_last_index(data_dir: Path, fs: FaultyFS) -> int:
 def follow(node: Node, first: int, n: int) -> None:
     """Node 2, leader of term 1, appends entries first..first+n-1 to node 1."""
     prev = first - 1
-    node.core.step(Message(MsgType.APP, 1, 2, 1, log_term=1 if prev else 0, index=prev,
-                           entries=[Entry(1, i) for i in range(first, first + n)]))
+    node.replica.core.step(Message(MsgType.APP, 1, 2, 1, log_term=1 if prev else 0, index=prev,
+                                   entries=[Entry(1, i) for i in range(first, first + n)]))
 
 
 # -- the model --------------------------------------------------------------------------
@@ -298,7 +299,7 @@ def test_a_follower_whose_sync_fails_stops_without_acknowledging(make_node, tmp_
     data = tmp_path / "n1"
     node, out = make_node(data, fs)
     follow(node, 1, 2)
-    node.process_ready()
+    node.replica.process_ready()
     assert out.types() == [MsgType.APP_RESP]  # entries 1-2 are durable and acknowledged
     out.clear()
     if what == "append":
@@ -306,11 +307,11 @@ def test_a_follower_whose_sync_fails_stops_without_acknowledging(make_node, tmp_
         expected = MsgType.APP_RESP
     else:
         # A transfer's vote request: granted though node 1 has heard from a leader.
-        node.core.step(Message(MsgType.VOTE, 1, 3, 2, log_term=1, index=2,
-                               context=CAMPAIGN_TRANSFER))
-        assert node.core.vote == 3
+        node.replica.core.step(Message(MsgType.VOTE, 1, 3, 2, log_term=1, index=2,
+                                       context=CAMPAIGN_TRANSFER))
+        assert node.replica.core.vote == 3
         expected = MsgType.VOTE_RESP
-    assert node.core.has_ready()
+    assert node.replica.core.has_ready()
     fs.arm("sync", err)
     failure = run_until_stopped(node)
     assert os.strerror(err) in str(failure)
@@ -330,7 +331,7 @@ def test_a_follower_whose_disk_is_full_stops_without_acknowledging(make_node, tm
     durable = 0
     if not first:
         follow(node, 1, 2)
-        node.process_ready()
+        node.replica.process_ready()
         out.clear()
         durable = 2
     follow(node, durable + 1, 3)
@@ -352,10 +353,10 @@ def threaded_ready(node: Node, out: Outbox) -> tuple[list[int], list[int]]:
     of the new entries."""
     elect(node)
     committed = open_sessions(node, 100, _INLINE_SYNC_MAX + 1)
-    node.process_ready()  # nothing committed in it: synced inline
+    node.replica.process_ready()  # nothing committed in it: synced inline
     ack(node, 2, 1 + len(committed))
     pending = open_sessions(node, 200, 3)
-    node.core.step(Message(MsgType.VOTE, 1, 3, node.core.term, log_term=1, index=1))
+    node.replica.core.step(Message(MsgType.VOTE, 1, 3, node.replica.core.term, log_term=1, index=1))
     out.clear()
     return committed, pending
 
@@ -367,8 +368,8 @@ def test_a_leader_whose_threaded_sync_fails_stops_without_acknowledging(make_nod
     node, out = make_node(data, fs)
     committed, pending = threaded_ready(node, out)
     fs.arm("sync", err)
-    node.process_ready()
-    rd = node.syncing
+    node.replica.process_ready()
+    rd = node.replica.syncing
     assert rd is not None, "the Ready did not take the threaded path"
     assert len(rd.committed_entries) > _INLINE_SYNC_MAX
     assert [e.index for e in rd.entries] == [7, 8, 9]
@@ -376,13 +377,13 @@ def test_a_leader_whose_threaded_sync_fails_stops_without_acknowledging(make_nod
     # While the leader's own sync runs node 2 acknowledges the new entries: no majority
     # without the leader's copy, which is not durable.
     ack(node, 2, 9)
-    node.send(node.core.take_messages())
+    node.replica.send(node.replica.core.take_messages())
     wait_readable(node.syncer.fd)
     failure = run_until_stopped(node)
     assert str(failure).startswith(f"sync failed ([Errno {err}] ")  # as on the inline path
     assert fs.faults == [("sync", "wal-0000000001.log")]
     assert MsgType.VOTE_RESP not in out.types(), "a persisted message left after its sync failed"
-    assert node.core.log.committed == 6, "the leader counted its own copy of a failed sync"
+    assert node.replica.core.log.committed == 6, "the leader counted its own copy of a failed sync"
     # The entries committed before were durable already: answered while the sync ran.
     answered = [r for r, _ in out.replies]
     assert not set(pending) & set(answered), "a client of the failed Ready was answered"
@@ -400,9 +401,9 @@ def test_a_leader_whose_disk_is_full_stops_before_its_sync(make_node, tmp_path):
     fs.arm("pwrite", errno.ENOSPC)
     run_until_stopped(node)
     assert fs.faults == [("pwrite", "wal-0000000001.log")]
-    assert node.syncing is None
+    assert node.replica.syncing is None
     assert MsgType.VOTE_RESP not in out.types()
-    assert node.core.log.committed == 6
+    assert node.replica.core.log.committed == 6
     assert out.replies == []
     assert reopened_last_index(data, fs) == 6
 
@@ -417,8 +418,8 @@ def test_a_stop_during_a_threaded_sync_ends_as_the_sync_did(make_node, tmp_path,
     threaded_ready(node, out)
     if fails:
         fs.arm("sync", errno.EIO)
-    node.process_ready()
-    assert node.syncing is not None
+    node.replica.process_ready()
+    assert node.replica.syncing is not None
     node.stop()
     wait_readable(node.syncer.fd)
     if fails:

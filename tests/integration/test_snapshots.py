@@ -98,7 +98,7 @@ def follower(tmp_path):
     what it sends is dropped. Its loop does not run: tests call its methods."""
     nowhere = "tcp://127.0.0.1:9"
     node = Node(NodeConfig(2, "tcp://127.0.0.1:0", {1: nowhere, 3: nowhere}, tmp_path / "n2"))
-    node.process_ready()
+    node.replica.process_ready()
     try:
         yield node
     finally:
@@ -122,7 +122,7 @@ def snapshot_chunks(index: int, data: bytes) -> list[SnapshotChunk]:
 
 def deliver(node: Node, chunks: list[SnapshotChunk]) -> None:
     for c in chunks:
-        node.receive_snapshot_chunk(c)
+        node.replica.receive_snapshot_chunk(c)
 
 
 def files(path: Path) -> dict[str, bytes]:
@@ -144,58 +144,61 @@ CORRUPT = {
 
 @pytest.mark.parametrize("make_chunks", CORRUPT.values(), ids=CORRUPT.keys())
 def test_a_bad_snapshot_is_rejected_without_touching_storage(follower, make_chunks, caplog):
-    before, kv, term = files(follower.cfg.data_dir), follower.kv, follower.core.term
+    r = follower.replica
+    before, kv, term = files(follower.cfg.data_dir), r.kv, r.core.term
     with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
         deliver(follower, make_chunks())
-    follower.process_ready()
+    r.process_ready()
     assert files(follower.cfg.data_dir) == before
-    assert follower.storage.snapshot is None and follower.core.pending_snapshot is None
-    assert follower.core.term == term  # the SNAP was never stepped
-    assert follower.kv is kv and len(kv) == 0
-    assert follower.snapshot_receiver.held is None
-    counters = follower.status()["counters"]
+    assert r.storage.snapshot is None and r.core.pending_snapshot is None
+    assert r.core.term == term  # the SNAP was never stepped
+    assert r.kv is kv and len(kv) == 0
+    assert r.snapshot_receiver.held is None
+    counters = r.status()["counters"]
     assert counters["snapshots_rejected"] == 1 and counters["snapshots_installed"] == 0
     assert "snapshot at index 30 (term 3) from node 1 rejected" in caplog.text
     # The node runs on, and the leader's next send, a good one, is installed.
     deliver(follower, snapshot_chunks(30, leader_state(30)))
-    follower.process_ready()
-    assert follower.storage.snapshot.index == 30 and follower.kv.get(b"k30") == b"v30"
+    r.process_ready()
+    assert r.storage.snapshot.index == 30 and r.kv.get(b"k30") == b"v30"
 
 
 @pytest.mark.parametrize("trailing", [0, 1], ids=["state at the index", "a NOOP after it"])
 def test_a_good_snapshot_is_installed_from_the_state_restored_on_arrival(
         follower, monkeypatch, trailing):
+    r = follower.replica
     restores = []
     real_restore = KVStore.restore
     monkeypatch.setattr(KVStore, "restore",
                         lambda kv, data: restores.append(data) or real_restore(kv, data))
-    data, stats = leader_state(40), follower.kv.stats
+    data, stats = leader_state(40), r.kv.stats
     chunks = snapshot_chunks(40 + trailing, data)
     deliver(follower, chunks)
     meta = chunks[0].meta
-    assert follower.core.pending_snapshot == meta and follower.snapshot_receiver.held == meta
-    assert follower.storage.snapshot is None  # checked and stepped, not yet written
-    follower.process_ready()
-    assert follower.storage.snapshot == meta
-    assert follower.storage.load_snapshot_data() == data
-    assert follower.kv.get(b"k40") == b"v40" and follower.kv.applied_index == 40
-    assert follower.kv.stats is stats
+    assert r.core.pending_snapshot == meta and r.snapshot_receiver.held == meta
+    assert r.storage.snapshot is None  # checked and stepped, not yet written
+    r.process_ready()
+    assert r.storage.snapshot == meta
+    assert r.storage.load_snapshot_data() == data
+    assert r.kv.get(b"k40") == b"v40" and r.kv.applied_index == 40
+    assert r.kv.stats is stats
     assert restores == [data]  # restored once, on arrival
-    assert follower.snapshot_receiver.held is None
-    assert follower.status()["counters"]["snapshots_installed"] == 1
+    assert r.snapshot_receiver.held is None
+    assert r.status()["counters"]["snapshots_installed"] == 1
 
 
 @pytest.mark.parametrize("index", [40, 35], ids=["the same again", "an older one"])
 def test_a_snapshot_the_core_ignores_is_dropped_at_once(follower, index):
+    r = follower.replica
     deliver(follower, snapshot_chunks(40, leader_state(40)))
-    follower.process_ready()
+    r.process_ready()
     deliver(follower, snapshot_chunks(index, leader_state(index)))
-    assert follower.core.pending_snapshot is None
-    assert follower.snapshot_receiver.held is None  # not kept until some later install
-    follower.process_ready()
-    counters = follower.status()["counters"]
+    assert r.core.pending_snapshot is None
+    assert r.snapshot_receiver.held is None  # not kept until some later install
+    r.process_ready()
+    counters = r.status()["counters"]
     assert counters["snapshots_installed"] == 1 and counters["snapshots_rejected"] == 0
-    assert follower.storage.snapshot.index == 40
+    assert r.storage.snapshot.index == 40
 
 
 def finish_running_sync(node: Node, timeout: float = 10) -> None:
@@ -204,28 +207,30 @@ def finish_running_sync(node: Node, timeout: float = 10) -> None:
         remaining = deadline - time.monotonic()
         assert remaining > 0, "the sync did not finish"
         select.select([node.syncer.fd], [], [], remaining)
-    node.finish_sync()
+    node.replica.finish_sync()
 
 
 def test_a_snapshot_that_completes_while_a_ready_syncs_is_stepped_after_it(follower):
-    follower.syncing = Ready()
+    r = follower.replica
+    r.syncing = Ready()
     follower.syncer.start()
     chunks = snapshot_chunks(40, leader_state(40))
     deliver(follower, chunks)
-    assert follower.core.pending_snapshot is None  # not stepped while the Ready syncs
-    assert follower.snapshot_receiver.held == chunks[0].meta
+    assert r.core.pending_snapshot is None  # not stepped while the Ready syncs
+    assert r.snapshot_receiver.held == chunks[0].meta
     finish_running_sync(follower)
-    assert follower.core.pending_snapshot == chunks[0].meta
-    follower.process_ready()
-    assert follower.storage.snapshot == chunks[0].meta and follower.kv.get(b"k7") == b"v7"
+    assert r.core.pending_snapshot == chunks[0].meta
+    r.process_ready()
+    assert r.storage.snapshot == chunks[0].meta and r.kv.get(b"k7") == b"v7"
 
 
 def test_a_held_back_snapshot_the_core_ignores_is_dropped_once_stepped(follower):
+    r = follower.replica
     deliver(follower, snapshot_chunks(40, leader_state(40)))
-    follower.process_ready()
-    follower.syncing = Ready()
+    r.process_ready()
+    r.syncing = Ready()
     follower.syncer.start()
     deliver(follower, snapshot_chunks(40, leader_state(40)))  # the leader's retry
-    assert len(follower.deferred) == 1
+    assert len(r.deferred) == 1
     finish_running_sync(follower)
-    assert follower.core.pending_snapshot is None and follower.snapshot_receiver.held is None
+    assert r.core.pending_snapshot is None and r.snapshot_receiver.held is None

@@ -21,6 +21,7 @@ from raftkv.raft import (
     Raft,
     Role,
 )
+from raftkv.replica import Replica
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
 
@@ -35,43 +36,43 @@ def lone(tmp_path) -> Iterator[Node]:
 
 
 def test_send_steps_a_message_to_this_node_into_its_core(lone):
-    core = lone.core
+    core = lone.replica.core
     core.campaign(CampaignKind.ELECTION)
     rd = core.ready()
     [own] = rd.persisted_messages
     assert (own.type, own.to, own.frm) == (MsgType.VOTE_RESP, 1, 1)
     assert core.role == Role.CANDIDATE  # not before the Ready is durable
-    lone.storage.append(rd.entries, rd.hard_state)
-    lone.storage.sync()
+    lone.replica.storage.append(rd.entries, rd.hard_state)
+    lone.replica.storage.sync()
     sent_before = dict(lone.transport.stats)
-    lone.send(rd.persisted_messages)
+    lone.replica.send(rd.persisted_messages)
     assert core.role == Role.LEADER
     assert lone.transport.stats == sent_before  # stepped, not put on the wire
     core.advance(rd)
 
 
 def test_a_lone_voter_leads_only_after_its_vote_is_durable(lone):
-    lone.core.campaign(CampaignKind.ELECTION)
+    lone.replica.core.campaign(CampaignKind.ELECTION)
     synced = []
-    real_sync = lone.storage.sync
+    real_sync = lone.replica.storage.sync
 
     def sync() -> None:
-        synced.append((lone.storage.hard_state.vote, lone.core.role))
+        synced.append((lone.replica.storage.hard_state.vote, lone.replica.core.role))
         real_sync()
 
-    lone.storage.sync = sync
-    lone.process_ready()
+    lone.replica.storage.sync = sync
+    lone.replica.process_ready()
     assert synced[0] == (1, Role.CANDIDATE)  # the vote's fsync came before leading
-    assert lone.core.role == Role.LEADER
-    assert lone.storage.hard_state.vote == 1
+    assert lone.replica.core.role == Role.LEADER
+    assert lone.replica.storage.hard_state.vote == 1
 
 
 def test_a_stale_own_vote_is_ignored(lone):
-    core = lone.core
+    core = lone.replica.core
     core.campaign(CampaignKind.ELECTION)
-    lone.process_ready()
+    lone.replica.process_ready()
     assert core.role == Role.LEADER
-    lone.send([Message(MsgType.VOTE_RESP, 1, 1, core.term - 1)])
+    lone.replica.send([Message(MsgType.VOTE_RESP, 1, 1, core.term - 1)])
     assert core.role == Role.LEADER
 
 
@@ -85,25 +86,25 @@ def replies(node: Node) -> list[tuple]:
 
 
 def test_a_refused_transfer_is_answered(lone):
-    lone.core.campaign(CampaignKind.ELECTION)
-    lone.process_ready()
+    lone.replica.core.campaign(CampaignKind.ELECTION)
+    lone.replica.process_ready()
     got = replies(lone)
-    lone.transfer(ClientRequest(7, ReqOp.TRANSFER, target=5))
+    lone.replica.transfer(ClientRequest(7, ReqOp.TRANSFER, target=5))
     [(rid, code, why)] = got
     assert (rid, code) == (7, ReplyCode.BAD_REQUEST) and "not a voter" in why
 
 
 def test_an_invariant_violation_is_not_turned_into_a_reply(lone, monkeypatch):
-    lone.core.campaign(CampaignKind.ELECTION)
-    lone.process_ready()
+    lone.replica.core.campaign(CampaignKind.ELECTION)
+    lone.replica.process_ready()
     got = replies(lone)
 
     def broken(target: int) -> None:
         raise InvariantViolation("node 2 needs index 101, below our log start 0")
 
-    monkeypatch.setattr(lone.core, "transfer_leader", broken)
+    monkeypatch.setattr(lone.replica.core, "transfer_leader", broken)
     with pytest.raises(InvariantViolation):
-        lone.transfer(ClientRequest(7, ReqOp.TRANSFER, target=2))
+        lone.replica.transfer(ClientRequest(7, ReqOp.TRANSFER, target=2))
     assert got == []
 
 
@@ -113,11 +114,11 @@ class OwnedStorage:
     """Storage as the loop sees it: touching it from the loop's thread while a Ready is
     syncing (the helper thread owns it then) fails the test."""
 
-    def __init__(self, real: object, node: Node) -> None:
-        self._real, self._node = real, node
+    def __init__(self, real: object, replica: Replica) -> None:
+        self._real, self._replica = real, replica
 
     def __getattr__(self, name: str) -> object:
-        if (self._node.syncing is not None
+        if (self._replica.syncing is not None
                 and threading.current_thread() is threading.main_thread()):
             raise AssertionError(f"storage.{name} touched while the fsync thread owns it")
         return getattr(self._real, name)
@@ -129,28 +130,28 @@ def compacted(tmp_path) -> Iterator[Node]:
     (nobody listens at its address)."""
     node = Node(NodeConfig(1, "tcp://127.0.0.1:0", {}, tmp_path / "n1", snapshot_entries=3))
     try:
-        node.core.campaign(CampaignKind.ELECTION)
-        node.process_ready()
+        node.replica.core.campaign(CampaignKind.ELECTION)
+        node.replica.process_ready()
         for _ in range(4):
-            node.core.propose(encode_open_session())
-            node.process_ready()
-        assert node.core.snapshot is not None
-        node.core.propose_conf_change(ConfChange(ConfOp.ADD_LEARNER, 2, "tcp://127.0.0.1:9"))
-        node.process_ready()
-        assert 2 in node.core.learners
-        node.storage = OwnedStorage(node.storage, node)
+            node.replica.core.propose(encode_open_session())
+            node.replica.process_ready()
+        assert node.replica.core.snapshot is not None
+        node.replica.core.propose_conf_change(ConfChange(ConfOp.ADD_LEARNER, 2, "tcp://127.0.0.1:9"))
+        node.replica.process_ready()
+        assert 2 in node.replica.core.learners
+        node.replica.storage = OwnedStorage(node.replica.storage, node.replica)
         yield node
     finally:
-        node.storage = getattr(node.storage, "_real", node.storage)
+        node.replica.storage = getattr(node.replica.storage, "_real", node.replica.storage)
         node.close()
 
 
 def start_async_sync(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the next Ready a leader's overlapped fsync (input waiting: see process_ready)."""
     monkeypatch.setattr(node.transport, "pending", lambda: True)
-    node.core.propose(b"")
-    node.process_ready()
-    assert node.syncing is not None
+    node.replica.core.propose(b"")
+    node.replica.process_ready()
+    assert node.replica.syncing is not None
 
 
 def finish(node: Node) -> None:
@@ -158,7 +159,7 @@ def finish(node: Node) -> None:
     while not node.syncer.done():
         assert time.monotonic() < deadline, "the fsync thread never finished"
         time.sleep(0.001)
-    node.finish_sync()
+    node.replica.finish_sync()
 
 
 def test_a_snapshot_to_send_waits_while_storage_is_syncing(compacted, monkeypatch):
@@ -166,25 +167,25 @@ def test_a_snapshot_to_send_waits_while_storage_is_syncing(compacted, monkeypatc
     start_async_sync(node, monkeypatch)
     # The learner says its log ends before ours starts: it needs our snapshot, and the
     # loop sends what the core has while the fsync runs (Node.run).
-    core = node.core
+    core = node.replica.core
     core.step(Message(MsgType.APP_RESP, 1, 2, core.term, index=core.prs[2].next - 1,
                       reject=True, reject_hint=0))
-    node.send(core.take_messages())
-    assert node.counters["snapshots_sent"] == 0
+    node.replica.send(core.take_messages())
+    assert node.replica.counters["snapshots_sent"] == 0
     finish(node)
-    assert node.counters["snapshots_sent"] == 1
+    assert node.replica.counters["snapshots_sent"] == 1
 
 
 def test_status_while_storage_is_syncing_shows_the_last_stats_the_loop_took(
         compacted, monkeypatch):
     node = compacted
-    before = node.status()["storage"]
+    before = node.replica.status()["storage"]
     start_async_sync(node, monkeypatch)
-    during = node.status()
+    during = node.replica.status()
     assert during["storage"]["fsyncs"] >= before["fsyncs"]
     assert during["repair"] is None
     finish(node)
-    assert node.status()["storage"]["fsyncs"] > before["fsyncs"]
+    assert node.replica.status()["storage"]["fsyncs"] > before["fsyncs"]
 
 
 # -- the clock: randomized election timeouts (§5.2) ----------------------------------------

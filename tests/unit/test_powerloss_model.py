@@ -199,6 +199,18 @@ def test_lock_lets_one_holder_at_a_time():
     fs.unlock(fs.lock(D / "LOCK"))
 
 
+def test_a_killed_process_leaves_its_unsynced_writes_and_no_lock():
+    fs = fresh()
+    fs.lock(D / "LOCK")
+    fd = fs.open(D / "f", create=True)
+    fs.pwrite(fd, b"cached", 0)
+    fs.kill()
+    with pytest.raises(OSError):
+        fs.pwrite(fd, b"x", 0)
+    fs.unlock(fs.lock(D / "LOCK"))
+    assert fs.read(D / "f") == b"cached"
+
+
 def test_names_behave_like_a_posix_directory():
     fs = fresh()
     with pytest.raises(FileNotFoundError):

@@ -1,0 +1,77 @@
+"""A node's configuration: what its replica (raftkv/replica.py) and its process
+(raftkv/node.py) are given."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from raftkv.raft import Config
+from raftkv.storage.fs import OS_FS, FileSystem
+from raftkv.wire import MAX_SNAPSHOT_CHUNK
+
+# The randomized election timeout takes at least this many distinct values (paper §5.2:
+# the spread is what makes split votes rare; etcd draws from 10-20 ticks).
+MIN_ELECTION_SLOTS = 10
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    id: int
+    listen: str
+    peers: dict[int, str]  # other members we know of: id -> tcp://host:port
+    data_dir: Path
+    # The cluster's initial voters (etcd's "initial cluster"): the configuration before
+    # any change in the log, the same on every start. None: this node and its peers;
+    # () for a node that joins a running cluster and learns the configuration from it.
+    initial_voters: tuple[int, ...] | None = None
+    # The leader's heartbeat interval, and the minimum election timeout: each election
+    # draws from [election_ms, 2 * election_ms), in steps of one tick (`tick_ms`).
+    heartbeat_ms: int = 50
+    election_ms: int = 300
+    fsync: bool = True
+    max_key: int = MAX_KEY_SIZE
+    max_value: int = MAX_VALUE_SIZE
+    # Snapshot and drop the log once this many entries, or this many bytes of entry
+    # data, were applied since the last snapshot. A snapshot stops the loop while the
+    # state is serialized and written (7-10 ms for 10,000 keys here), and the three nodes
+    # reach the threshold together; 100,000 (etcd's default too) makes that one stall per
+    # 100,000 writes, for about 25 MB more log in memory and a 0.5 s longer replay.
+    snapshot_entries: int = 100_000
+    snapshot_bytes: int = 64 << 20
+    snapshot_chunk: int = MAX_SNAPSHOT_CHUNK  # bytes of a snapshot per transfer chunk
+    segment_bytes: int = 64 << 20  # the write-ahead log rotates to a new file at this size
+    metrics_port: int = 0  # Prometheus /metrics on the listen host; 0: off
+    cluster_id: int = 0  # recorded in the data dir, which refuses another; 0: unchecked
+    # Whether a missing or empty data dir may be made: only on a node's first start
+    # (a new cluster, or --join). Otherwise it means lost state, and the node refuses.
+    create_dir: bool = True
+    fs: FileSystem = OS_FS  # the file layer under storage (tests put a faulty disk here)
+    # The seed of the election timer's draws; None: one from the OS, different on every
+    # start. (The simulator sets it, so a run replays exactly.)
+    seed: int | None = None
+
+    def ticks_per_heartbeat(self) -> int:
+        """How many times the node's clock ticks per heartbeat: the fewest that give the
+        election timeout MIN_ELECTION_SLOTS distinct values. By default 2: a 25 ms tick,
+        a heartbeat every 2 ticks, elections drawn from [12, 24) ticks, [300, 600) ms."""
+        return max(1, -(-MIN_ELECTION_SLOTS * self.heartbeat_ms // self.election_ms))
+
+    def tick_ms(self) -> float:
+        return self.heartbeat_ms / self.ticks_per_heartbeat()
+
+    def raft_config(self) -> Config:
+        voters = self.initial_voters
+        if voters is None:
+            voters = tuple(sorted({self.id, *self.peers}))
+        k = self.ticks_per_heartbeat()
+        seed = self.seed if self.seed is not None else random.SystemRandom().randrange(2**62)
+        return Config(
+            self.id,
+            voters,
+            election_tick=max(k + 1, self.election_ms * k // self.heartbeat_ms),
+            heartbeat_tick=k,
+            seed=seed,
+        )

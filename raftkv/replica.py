@@ -1,0 +1,677 @@
+"""One replica: the Raft core, its storage and state machine, and the glue between them.
+
+A replica is everything a node does except waiting for input: no socket, no thread, no
+clock of its own. It works through the interfaces of raftkv/interfaces.py (a Transport,
+a Syncer, a Clock, a StateMachine) over the real `Storage`. Its driver calls, in each
+turn of its loop (docs/ARCHITECTURE.md: One node):
+
+    receive(messages, requests) -> tick() when due -> process()
+    finish_sync() whenever the Syncer reports done
+
+raftkv/node.py drives it with ZeroMQ, an fsync thread and the OS clock; the simulator
+(tests/sim/replica_sim.py) with a seeded network, a syncer that holds a sync for a drawn
+number of steps, simulated time and a disk that loses power.
+
+`process` handles Readies in the order of the Ready contract (raftkv/raft/types.py). A
+write is answered only after its entry is committed (durable on a majority, thesis §3.8)
+and applied here; a read only once a ReadIndex round confirmed leadership and the state
+machine has caught up to the read index (thesis §6.4). The leader counts its own copy
+toward a commit only once it is durable (thesis §10.2.1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from raftkv import failpoints
+from raftkv.config import NodeConfig
+from raftkv.eventlog import COUNTER_KEYS as EVENT_COUNTERS
+from raftkv.eventlog import EventLog
+from raftkv.interfaces import Clock, Route, StateMachine, Syncer, Transport
+from raftkv.kv import KVStore, SnapshotError
+from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, Buckets
+from raftkv.raft import (
+    NONE,
+    ConfChange,
+    ConfChangeBusy,
+    ConfChangeError,
+    ConfOp,
+    Entry,
+    EntryType,
+    HardState,
+    InvariantViolation,
+    Message,
+    MsgType,
+    NotLeader,
+    ProposalDropped,
+    Raft,
+    RaftError,
+    Ready,
+    Role,
+    SnapshotMeta,
+    decode_change,
+)
+from raftkv.snapshots import SnapshotReceiver, SnapshotSender
+from raftkv.storage import Identity, Storage
+from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
+
+log = logging.getLogger("raftkv.node")
+
+MAX_SCAN = 10_000  # bounds the size of one SCAN reply
+LOG_TAIL = 32  # [index, term] pairs of the log's end in STATUS (the dashboard's strips)
+# A leader's Ready with at most this many committed entries, and no input waiting, is
+# synced on the loop's own thread, as a follower's always is (see process_ready).
+_INLINE_SYNC_MAX = 4
+# Enum members the per-request and per-entry loops compare with, bound once: on Python
+# 3.11 each `ReqOp.GET` is an attribute lookup through the enum's class (~65 ns), and
+# with several per request they cost the leader's request loop 16 us per 64 gets, 2 us
+# bound like this.
+_GET, _GET_STALE, _SCAN = ReqOp.GET, ReqOp.GET_STALE, ReqOp.SCAN
+_TRANSFER, _CONF_CHANGE_OP, _CONTROL, _STATUS = (ReqOp.TRANSFER, ReqOp.CONF_CHANGE,
+                                                 ReqOp.CONTROL, ReqOp.STATUS)
+_NORMAL, _CONF_CHANGE_ENTRY = EntryType.NORMAL, EntryType.CONF_CHANGE
+_OK, _UNAVAILABLE = ReplyCode.OK, ReplyCode.UNAVAILABLE
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    identity: Route
+    request_id: int
+    term: int
+    op: ReqOp
+
+
+@dataclass(slots=True)
+class _ReadBatch:
+    """All reads of one loop turn share one ReadIndex round."""
+
+    requests: list[ClientRequest] = field(default_factory=list)
+    index: int = 0  # set when released
+
+
+def open_storage(cfg: NodeConfig) -> Storage:
+    """The node's data dir, opened and recovered as every start of the node does: a
+    damaged log mid-WAL is cut and repaired from the peers (`begin_repair`)."""
+    return Storage.open(cfg.data_dir, fsync=cfg.fsync, segment_bytes=cfg.segment_bytes,
+                        identity=Identity(cfg.cluster_id, cfg.id), create=cfg.create_dir,
+                        repair=True, fs=cfg.fs)
+
+
+class Replica:
+    """The replica of node `cfg.id`, started from what `storage` recovered.
+
+    `storage` is open (`open_storage`); `syncer` syncs that same storage. `transport`
+    knows the configured peers (`cfg.peers`); the replica adds the members its state
+    and log name. `new_state` makes an empty state machine (a KVStore with the
+    configured limits by default); it is also what a received snapshot is restored
+    into before it may replace anything.
+    """
+
+    def __init__(self, cfg: NodeConfig, storage: Storage, transport: Transport,
+                 syncer: Syncer, clock: Clock,
+                 new_state: Callable[[], StateMachine] | None = None) -> None:
+        self.cfg = cfg
+        self.storage = storage
+        self.transport = transport
+        self.syncer = syncer
+        self.clock = clock
+        self.new_state: Callable[[], StateMachine] = new_state or (
+            lambda: KVStore(max_key_size=cfg.max_key, max_value_size=cfg.max_value))
+        repairing = storage.repair is not None
+        if repairing:
+            begin_repair(storage)
+        self.kv = self.new_state()
+        # The state machine starts from the newest snapshot, then re-applies the log.
+        snapshot = storage.snapshot
+        if snapshot is not None:
+            self.kv.restore(storage.load_snapshot_data())
+        log_tail = storage.entries_after_snapshot()  # a copy: read it once
+        self.core = Raft(
+            cfg.raft_config(),
+            hard_state=storage.hard_state,
+            entries=log_tail,
+            snapshot=snapshot,
+            applied=snapshot.index if snapshot else 0,
+            repairing=repairing,
+        )
+        self.snapshot_sender = SnapshotSender(self.load_snapshot, cfg.snapshot_chunk)
+        self.snapshot_receiver = SnapshotReceiver(self.restore_scratch)
+        self.bytes_since_snapshot = 0
+        hs = storage.hard_state
+        self.durable_term_vote = (hs.term, hs.vote)
+        # Where every member listens: configuration (the transport's), then members added
+        # through the log (kept in the state machine, so they survive compaction), then
+        # the log's tail.
+        for node_id, address in {**self.kv.members, **added_addresses(log_tail)}.items():
+            transport.set_peer(node_id, address)
+        self.pending_writes: dict[int, _PendingWrite] = {}  # log index -> who waits
+        self.read_batches: dict[int, _ReadBatch] = {}  # ReadIndex ctx -> its reads
+        self.released: list[_ReadBatch] = []  # confirmed, waiting for apply to catch up
+        self.next_read_ctx = 1
+        # The Ready whose fsync is running; None when none is. Until it is done the core
+        # is stepped but not asked for another Ready.
+        self.syncing: Ready | None = None
+        # While a Ready syncs the syncer owns the Storage, so what needs it waits:
+        # received snapshots to step (installing one replaces the log that Ready
+        # describes), snapshots to send (their bytes are read from storage).
+        self.deferred: list[Message] = []
+        self.unsent_snapshots: list[Message] = []
+        # What STATUS shows of storage: a copy taken while the replica owned it.
+        self.storage_view = self.storage_status()
+        self.started = clock.monotonic()
+        self.failpoints = failpoints.enabled()
+        for name in sorted(self.failpoints):
+            log.warning("FAILPOINT %s is ON: %s", name, failpoints.KNOWN[name])
+        self.counters = {"proposals": 0, "reads": 0, "fsyncs": 0, "elections_won": 0,
+                         "not_leader": 0, "snapshots_taken": 0, "snapshots_installed": 0,
+                         "snapshots_sent": 0, "last_snapshot_ms": 0,
+                         **dict.fromkeys(EVENT_COUNTERS, 0)}
+        self.events = EventLog(clock.time)
+        self.fsync_seconds = Buckets(FSYNC_BOUNDS_S)
+        self.append_batch = Buckets(BATCH_BOUNDS)
+        self.metrics_port = 0  # set by the node once /metrics is served
+
+    # -- one turn of the driver's loop -------------------------------------------------
+
+    def receive(self, messages: list[Message | SnapshotChunk],
+                requests: list[ClientRequest]) -> None:
+        """Step peer messages into the core (snapshot chunks are assembled first), then
+        take the client requests."""
+        step = self.core.step
+        for m in messages:
+            if type(m) is SnapshotChunk:
+                self.receive_snapshot_chunk(m)
+                continue
+            step(m)
+        if requests:
+            self.handle_requests(requests)
+
+    def tick(self) -> None:
+        self.core.tick()
+
+    def process(self) -> None:
+        """The end of a turn: while a Ready syncs, send what may leave before it is
+        durable (a leader's appends of what was proposed meanwhile); then handle Readies
+        (`process_ready`)."""
+        if self.syncing is not None:
+            self.send(self.core.take_messages())
+        self.process_ready()
+
+    # -- Ready -------------------------------------------------------------------------
+
+    def process_ready(self) -> None:
+        """Handle Readies until the core has none, or one waits for its fsync."""
+        core = self.core
+        while self.syncing is None and core.has_ready():
+            rd = core.ready()
+            if rd.repaired:
+                self.storage.finish_repair()
+            if rd.entries and core.conf.last_index >= rd.entries[0].index:
+                # A member added in this batch gets its first append in these messages.
+                # (The core's history says whether the batch holds a change at all, so
+                # ordinary batches cost one comparison, not a scan.)
+                self.connect_added_members(rd.entries)
+            self.send(rd.messages)
+            if rd.snapshot is not None:
+                self.install_snapshot(rd.snapshot, rd.hard_state)
+            sync = False
+            if rd.entries or rd.hard_state is not None:
+                self.storage.append(rd.entries, rd.hard_state)
+                sync = self.must_sync(rd)
+                if rd.entries:
+                    self.append_batch.observe(len(rd.entries))
+                if "ack-before-commit" in self.failpoints:
+                    self.ack_before_commit(rd)
+            if sync:
+                if core.role == Role.LEADER and (len(rd.committed_entries) > _INLINE_SYNC_MAX
+                                                 or self.transport.pending()):
+                    # A leader overlaps the fsync with what does not depend on it: the
+                    # committed entries of this Ready are durable here already (the core
+                    # hands out only entries up to the stable index), so they are applied
+                    # and answered meanwhile, and the next frames are taken.
+                    self.syncing = rd
+                    self.syncer.start()
+                    self.apply_ready(rd)
+                    return
+                # Nothing to overlap, or a follower: its acknowledgement is on the
+                # leader's commit path and its applying is not, so it syncs, acknowledges,
+                # then applies. (Through the thread its ack waited for two handoffs and
+                # for the apply, both competing for the CPU; the commit index now reaches
+                # it with the next batch of entries, so most of its Readies apply some.)
+                t0 = self.clock.monotonic()
+                self.storage.sync()
+                self.record_sync(self.clock.monotonic() - t0)
+            self.send(rd.persisted_messages)
+            self.apply_ready(rd)
+            self.advance(rd)
+
+    def finish_sync(self) -> None:
+        """The syncing Ready is durable: its acknowledgements may leave."""
+        rd = self.syncing
+        assert rd is not None
+        self.syncing = None
+        self.syncer.finish()
+        self.record_sync(self.syncer.seconds)
+        self.storage_view = self.storage_status()
+        self.send(rd.persisted_messages)
+        if self.unsent_snapshots:
+            held, self.unsent_snapshots = self.unsent_snapshots, []
+            self.send(held)
+        self.advance(rd)
+        if self.deferred:
+            held, self.deferred = self.deferred, []
+            for m in held:
+                self.step_snapshot(m)
+
+    def record_sync(self, seconds: float) -> None:
+        self.counters["fsyncs"] += 1
+        self.fsync_seconds.observe(seconds)
+
+    def apply_ready(self, rd: Ready) -> None:
+        self.apply(rd)
+        if rd.soft_state is not None:
+            self.on_role_change(rd)
+        if rd.events:
+            self.events.record(rd.events, self.counters)
+        for rs in rd.read_states:
+            batch = self.read_batches.pop(rs.ctx, None)
+            if batch is not None:
+                batch.index = rs.index
+                self.released.append(batch)
+        for ctx in rd.aborted_reads:
+            batch = self.read_batches.pop(ctx, None)
+            if batch is not None:
+                self.fail_reads(batch.requests, "leadership lost before the read was "
+                                "confirmed")
+
+    def advance(self, rd: Ready) -> None:
+        self.core.advance(rd)
+        self.serve_released_reads()
+        self.maybe_snapshot()
+
+    def must_sync(self, rd: Ready) -> bool:
+        """Whether this Ready must be durable before its persisted_messages leave: new
+        entries, a new term or vote do (thesis §3.8); a hard state that only moved the
+        commit index does not. The commit index is volatile in Raft (paper Figure 2): its
+        record is written now and made durable by the next sync, and a crash before then
+        recovers an older commit index, which the leader raises again. (etcd-io/raft
+        `MustSync`.) Without this a follower paid a whole fdatasync for every append that
+        only carried the leader's new commit index, one per committed batch, and the
+        next batch of entries waited behind it."""
+        hs = rd.hard_state
+        if rd.entries or (hs is not None and (hs.term, hs.vote) != self.durable_term_vote):
+            if hs is not None:
+                self.durable_term_vote = (hs.term, hs.vote)
+            return True
+        return False
+
+    def send(self, messages: list[Message]) -> None:
+        """Send what the core wrote; a message to this node itself (a candidate's own
+        vote, once durable) is stepped back into the core, never put on the wire."""
+        me = self.cfg.id
+        for m in messages:
+            if m.to == me:
+                self.core.step(m)
+            elif m.type == MsgType.SNAP:
+                if self.syncing is not None:
+                    self.unsent_snapshots.append(m)  # its bytes are in storage
+                    continue
+                self.counters["snapshots_sent"] += 1
+                self.transport.send_many(self.snapshot_sender.chunks(m))
+            else:
+                self.transport.send(m)
+
+    # -- snapshots (paper §7) ----------------------------------------------------------
+
+    def load_snapshot(self, meta: SnapshotMeta) -> bytes:
+        stored = self.storage.snapshot
+        if stored != meta:
+            raise InvariantViolation(f"asked to send snapshot {meta}, storage has {stored}")
+        return self.storage.load_snapshot_data()
+
+    def receive_snapshot_chunk(self, c: SnapshotChunk) -> None:
+        """Assemble; a snapshot that is whole and passed its checks is stepped into the
+        core, or held until the syncing Ready is done."""
+        m = self.snapshot_receiver.receive(c)
+        if m is None:
+            return
+        if self.syncing is not None:
+            # Installing a snapshot replaces the log the syncing Ready describes: step it
+            # once that Ready is done.
+            self.deferred.append(m)
+            return
+        self.step_snapshot(m)
+
+    def step_snapshot(self, m: Message) -> None:
+        """Step a SNAP message whose snapshot the receiver holds, accepted."""
+        self.core.step(m)
+        if self.core.pending_snapshot != m.snapshot:
+            # The core did not take it (stale, duplicate, or its log already holds the
+            # snapshot's last entry): nothing will install it, so free it now.
+            self.snapshot_receiver.drop(m.snapshot)
+
+    def restore_scratch(self, meta: SnapshotMeta, data: bytes) -> StateMachine:
+        """A fresh state machine restored from a received snapshot, before the snapshot
+        may replace anything. Raises SnapshotError if the bytes do not hold the state
+        up to `meta.index`."""
+        scratch = self.new_state()
+        scratch.restore(data)
+        # The store's index may trail meta.index, never pass it: entries that change no
+        # state (a new leader's NOOP) do not move it, and every entry after meta.index is
+        # applied after the snapshot, which the store refuses at an index it has applied.
+        if scratch.applied_index > meta.index:
+            raise SnapshotError(f"the state has applied up to index "
+                                f"{scratch.applied_index}, past the snapshot's {meta.index}")
+        return scratch
+
+    def install_snapshot(self, meta: SnapshotMeta, hard_state: HardState | None) -> None:
+        """A snapshot from the leader replaces our state: durable first (after the term
+        that brought it), then the state machine restored from it on arrival
+        (`restore_scratch`) is swapped in."""
+        accepted = self.snapshot_receiver.take(meta)
+        data = accepted.data
+        self.storage.save_snapshot(meta, data, hard_state)
+        accepted.state.stats = self.kv.stats  # local counters, not part of the state
+        self.kv = accepted.state
+        for node_id, address in self.kv.members.items():
+            self.transport.set_peer(node_id, address)
+        self.bytes_since_snapshot = 0
+        self.counters["snapshots_installed"] += 1
+        log.info("installed snapshot at index %d (term %d, %d bytes)", meta.index, meta.term,
+                 len(data))
+
+    def maybe_snapshot(self) -> None:
+        """Compact once the log since the last snapshot is over a threshold. The pause is
+        measured: serializing the state stops the loop for that long."""
+        core = self.core
+        applied = core.log.applied
+        if (applied - core.log.offset < self.cfg.snapshot_entries
+                and self.bytes_since_snapshot < self.cfg.snapshot_bytes):
+            return
+        t0 = self.clock.monotonic()
+        data = self.kv.snapshot()
+        # The core describes the snapshot (term, and the membership in force at `applied`,
+        # not the latest one); storage keeps exactly that, and that is what is sent.
+        core.compact(applied)
+        self.storage.save_snapshot(core.snapshot, data)
+        self.bytes_since_snapshot = 0
+        ms = (self.clock.monotonic() - t0) * 1000
+        self.counters["snapshots_taken"] += 1
+        self.counters["last_snapshot_ms"] = round(ms, 3)
+        log.info("snapshot at index %d: %d bytes in %.1f ms", applied, len(data), ms)
+
+    def apply(self, rd: Ready) -> None:
+        kv_apply, waiting, reply = self.kv.apply, self.pending_writes, self.transport.reply
+        for e in rd.committed_entries:
+            if e.type == _NORMAL:
+                self.bytes_since_snapshot += len(e.data)
+                result = kv_apply(e.index, e.data)
+                code, value = result.code, result.value
+            elif e.type == _CONF_CHANGE_ENTRY:
+                code, value = _OK, self.apply_membership(e)
+            else:
+                continue
+            waiter = waiting.pop(e.index, None)
+            if waiter is None:
+                continue
+            if waiter.term == e.term:
+                reply(waiter.identity, waiter.request_id, code, value)
+            else:
+                # Another leader's entry took this index: ours was never committed.
+                reply(waiter.identity, waiter.request_id, _UNAVAILABLE,
+                      "leadership changed; retry with the same sequence number")
+
+    # -- membership (thesis §4.1) ------------------------------------------------------
+
+    def connect_added_members(self, entries: list[Entry]) -> None:
+        """A configuration takes effect when its entry is appended (§4.1), so the
+        transport learns an added member's address then, before it is committed."""
+        for node_id, address in added_addresses(entries).items():
+            if self.transport.set_peer(node_id, address):
+                log.info("member %d is at %s", node_id, address)
+
+    def apply_membership(self, e: Entry) -> dict[str, Any]:
+        """A committed configuration change: the state machine records the address of
+        an added member and forgets a removed one; a removed peer is disconnected."""
+        try:
+            cc, after = decode_change(e.data)
+        except ValueError:
+            log.error("entry %d is not a configuration change: ignored", e.index)
+            self.kv.apply_membership(e.index, 0, "")
+            return {"index": e.index}
+        removed = cc.op == ConfOp.REMOVE
+        self.kv.apply_membership(e.index, cc.node_id, None if removed else cc.address)
+        if removed:
+            if cc.node_id == self.cfg.id:
+                log.warning("this node was removed from the cluster at index %d; it takes "
+                            "no further part and can be stopped", e.index)
+            else:
+                self.transport.remove_peer(cc.node_id)
+        log.info("membership at index %d: %s node %d -> voters %s, learners %s", e.index,
+                 cc.op.name.lower(), cc.node_id, sorted(after.voters), sorted(after.learners))
+        return {"index": e.index, "voters": sorted(after.voters),
+                "learners": sorted(after.learners)}
+
+    def change_membership(self, req: ClientRequest) -> None:
+        """CONF_CHANGE: answered OK once the change is committed, or at once when the
+        membership already is what was asked (a retry of a change that went through)."""
+        cc = ConfChange(ConfOp(req.conf_op), req.target, req.address)
+        try:
+            index = self.core.propose_conf_change(cc)
+        except NotLeader as e:
+            self.counters["not_leader"] += 1
+            self.transport.reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
+                                 f"node {self.cfg.id} is not the leader", e.leader)
+        except (ConfChangeBusy, ProposalDropped) as e:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.UNAVAILABLE, str(e))
+        except ConfChangeError as e:
+            m = self.core.conf.current
+            if m.in_force(cc):
+                self.transport.reply(req.identity, req.request_id, ReplyCode.OK,
+                                     {"index": self.core.conf.last_index,
+                                      "voters": sorted(m.voters),
+                                      "learners": sorted(m.learners)})
+            else:
+                self.transport.reply(req.identity, req.request_id, ReplyCode.BAD_REQUEST,
+                                     str(e))
+        else:
+            log.info("proposed %s of node %d at index %d", cc.op.name.lower(), cc.node_id,
+                     index)
+            if cc.op == ConfOp.ADD_LEARNER:
+                # The leader replicates to the learner from now on, maybe before this
+                # entry's Ready: the transport must know where it is already.
+                self.transport.set_peer(cc.node_id, cc.address)
+            self.pending_writes[index] = _PendingWrite(req.identity, req.request_id,
+                                                       self.core.term, req.op)
+
+    def ack_before_commit(self, rd: Ready) -> None:
+        """FAILPOINT: answer puts once only our own disk has them (a deliberate bug)."""
+        for e in rd.entries:
+            w = self.pending_writes.get(e.index)
+            if w is not None and w.op == ReqOp.PUT and w.term == e.term:
+                del self.pending_writes[e.index]
+                self.transport.reply(w.identity, w.request_id, ReplyCode.OK, None)
+
+    def on_role_change(self, rd: Ready) -> None:
+        ss = rd.soft_state
+        self.transport.leader_hint = ss.lead
+        log.info("now %s; leader %s", ss.role.name.lower(), ss.lead or "unknown")
+        if ss.role == Role.LEADER:
+            self.counters["elections_won"] += 1
+        elif self.pending_writes:
+            # Our proposals may still commit under the next leader, or be overwritten:
+            # the outcome is unknown, and a retry with the same seq is answered once.
+            for w in self.pending_writes.values():
+                self.transport.reply(w.identity, w.request_id, ReplyCode.UNAVAILABLE,
+                                     "leadership lost while the write was pending; retry "
+                                     "with the same sequence number", ss.lead)
+            self.pending_writes.clear()
+
+    # -- client requests ---------------------------------------------------------------
+
+    def handle_requests(self, requests: list[ClientRequest]) -> None:
+        batch: _ReadBatch | None = None
+        read_local = "read-local" in self.failpoints
+        for req in requests:
+            op = req.op
+            if op == _GET and read_local:
+                op = _GET_STALE  # the deliberate bug: no ReadIndex
+            if op in (_GET, _SCAN):
+                if batch is None:
+                    batch = _ReadBatch()
+                batch.requests.append(req)
+            elif op == _GET_STALE:
+                # Any role answers from what it has applied: fast, possibly stale.
+                self.counters["reads"] += 1
+                self.transport.reply(req.identity, req.request_id, _OK, self.kv.get(req.key))
+            elif op == _TRANSFER:
+                self.transfer(req)
+            elif op == _CONF_CHANGE_OP:
+                self.change_membership(req)
+            elif op == _CONTROL:
+                self.transport.reply(req.identity, req.request_id, ReplyCode.BAD_REQUEST,
+                                     "CONTROL commands go to the controller, not to a node")
+            elif op == _STATUS:
+                self.transport.reply(req.identity, req.request_id, ReplyCode.OK, self.status())
+            else:
+                self.propose(req)
+        if batch is not None:
+            self.start_read(batch)
+
+    def propose(self, req: ClientRequest) -> None:
+        try:
+            index = self.core.propose(req.command())
+        except NotLeader as e:
+            self.counters["not_leader"] += 1
+            self.transport.reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
+                                 f"node {self.cfg.id} is not the leader", e.leader)
+            return
+        except ProposalDropped as e:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.UNAVAILABLE, str(e))
+            return
+        self.counters["proposals"] += 1
+        self.pending_writes[index] = _PendingWrite(req.identity, req.request_id, self.core.term,
+                                                   req.op)
+
+    def transfer(self, req: ClientRequest) -> None:
+        try:
+            self.core.transfer_leader(req.target)
+        except NotLeader as e:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
+                                 f"node {self.cfg.id} is not the leader", e.leader)
+        except InvariantViolation:
+            raise  # our own state is broken: the node stops; no client asked for that
+        except RaftError as e:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.BAD_REQUEST, str(e))
+        else:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.OK,
+                                 f"transferring leadership to node {req.target}")
+
+    def start_read(self, batch: _ReadBatch) -> None:
+        ctx = self.next_read_ctx
+        self.next_read_ctx += 1
+        try:
+            self.core.read_index(ctx)
+        except NotLeader as e:
+            self.counters["not_leader"] += len(batch.requests)
+            for req in batch.requests:
+                self.transport.reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
+                                     f"node {self.cfg.id} is not the leader", e.leader)
+            return
+        self.read_batches[ctx] = batch
+
+    def serve_released_reads(self) -> None:
+        applied = self.core.log.applied
+        reply, get = self.transport.reply, self.kv.get
+        while self.released and self.released[0].index <= applied:
+            batch = self.released.pop(0)
+            self.counters["reads"] += len(batch.requests)
+            for req in batch.requests:
+                if req.op == _GET:
+                    value: Any = get(req.key)
+                else:
+                    limit = min(req.limit or MAX_SCAN, MAX_SCAN)
+                    value = [list(kv) for kv in self.kv.scan(req.key, limit)]
+                reply(req.identity, req.request_id, _OK, value)
+
+    def fail_reads(self, requests: list[ClientRequest], why: str) -> None:
+        for req in requests:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.UNAVAILABLE, why)
+
+    # -- introspection -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        if self.syncing is None:
+            self.storage_view = self.storage_status()
+        s = self.core.status()
+        s.pop("progress", None)
+        s.update(
+            address=self.cfg.listen,
+            peers={str(k): v for k, v in sorted(self.transport.peers.items())},
+            uptime_s=round(self.clock.monotonic() - self.started, 3),
+            transport=dict(self.transport.stats),
+            **self.storage_view,
+            kv={"keys": len(self.kv), "sessions": self.kv.session_count,
+                "malformed": self.kv.stats.malformed},
+            counters=self.counter_values(),
+            failpoints=sorted(self.failpoints),
+            log_tail=self.core.log_tail(LOG_TAIL),
+            events=self.events.tail(),
+            histograms=self.histograms(),
+            metrics_port=self.metrics_port,
+        )
+        return s
+
+    def storage_status(self) -> dict[str, Any]:
+        """STATUS's view of storage. Only while the replica owns it (no Ready syncing):
+        `status` shows the copy taken last, refreshed then and after each sync."""
+        return {"storage": self.storage.stats(), "repair": self.storage.repair}
+
+    def counter_values(self) -> dict[str, int | float]:
+        """The replica's counters with those its helpers keep."""
+        return {**self.counters, "snapshots_rejected": self.snapshot_receiver.rejected}
+
+    def histograms(self) -> dict[str, Any]:
+        return {"fsync_seconds": self.fsync_seconds.to_dict(),
+                "append_batch_entries": self.append_batch.to_dict()}
+
+    def metrics_view(self) -> dict[str, Any]:
+        """What /metrics shows: the STATUS values that are safe to read from the metrics
+        server's thread (attribute loads, copies of fixed-key dicts and lists)."""
+        core, raft_log = self.core, self.core.log
+        return {"term": core.term, "role": core.role.name.lower(),
+                "last_index": raft_log.last_index(), "commit_index": raft_log.committed,
+                "applied_index": raft_log.applied, "snapshot_index": raft_log.offset,
+                "counters": self.counter_values(), "transport": dict(self.transport.stats),
+                "histograms": self.histograms()}
+
+
+def begin_repair(storage: Storage) -> None:
+    """The storage cut a damaged log (Protocol-Aware Recovery, FAST '18): raise the term
+    by one, with no vote, before the core starts. Every entry this node acknowledged
+    before the damage then has a lower term than any leader it will follow, so the
+    core's repair ends only once such a leader's own-term commit is durable here, which
+    covers everything committed with this node's help (raftkv.raft.core: repairing)."""
+    hs = storage.hard_state
+    storage.append([], HardState(hs.term + 1, NONE, hs.commit))
+    storage.sync()
+    log.error("repairing a damaged log (%s); term raised to %d; no votes until a leader "
+              "has sent back what was lost", storage.repair, hs.term + 1)
+
+
+def added_addresses(entries: list[Entry]) -> dict[int, str]:
+    """Node id -> address of every member that the CONF_CHANGE entries among `entries`
+    add, in log order."""
+    found: dict[int, str] = {}
+    for e in entries:
+        if e.type == EntryType.CONF_CHANGE:
+            try:
+                cc, _ = decode_change(e.data)
+            except ValueError:
+                continue
+            if cc.op == ConfOp.ADD_LEARNER and cc.address:
+                found[cc.node_id] = cc.address
+    return found
