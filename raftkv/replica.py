@@ -448,7 +448,11 @@ class Replica:
             if cc.node_id == self.cfg.id:
                 log.warning("this node was removed from the cluster at index %d; it takes "
                             "no further part and can be stopped", e.index)
-            else:
+            elif cc.node_id not in self.core.voters | self.core.learners:
+                # Disconnected only if no later entry in the log added it back: the
+                # configuration in force is the log's latest (§4.1), and applying trails
+                # appending (a restart replays the whole log; a lagging follower appends
+                # a removal and a re-add in one batch).
                 self.transport.remove_peer(cc.node_id)
         log.info("membership at index %d: %s node %d -> voters %s, learners %s", e.index,
                  cc.op.name.lower(), cc.node_id, sorted(after.voters), sorted(after.learners))
