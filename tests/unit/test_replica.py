@@ -130,3 +130,31 @@ def test_a_follower_applying_a_removal_and_a_re_add_together_keeps_the_member():
     assert r.core.log.applied == 3 and r.core.learners == {2}
     assert r.transport.peers == {1: ADDR[1], 2: ADDR[2]}
 
+
+def test_a_member_whose_removal_is_truncated_away_is_reached_again():
+    """A follower applies a committed removal of node 2 while its log ends in another,
+    uncommitted removal; a new leader's log then truncates that one away, and the re-add
+    before it is in force again (§4.1): node 2 must be a peer again. Found by the replica
+    simulator (membership mix; seed 1595 fails without the fix): the follower kept no
+    address for a member of its configuration, and only the controller's PEERS gave it
+    back."""
+    r = start(PowerLossFS(), 3, (1, 3), {1: ADDR[1], 4: ADDR[4]})
+    with_2 = Membership(frozenset({1, 3}), frozenset({2}))
+    without = Membership(frozenset({1, 3}))
+    changes = [(ConfChange(ConfOp.ADD_LEARNER, 2, ADDR[2]), with_2),
+               (ConfChange(ConfOp.REMOVE, 2), without),
+               (ConfChange(ConfOp.ADD_LEARNER, 2, ADDR[2]), with_2),
+               (ConfChange(ConfOp.REMOVE, 2), without)]
+    entries = [Entry(1, i, EntryType.CONF_CHANGE, encode_change(cc, m))
+               for i, (cc, m) in enumerate(changes, start=1)]
+    r.receive([Message(MsgType.APP, 3, 1, 1, entries=entries, commit=3)], [])
+    r.process()
+    assert r.core.log.applied == 3 and r.core.learners == frozenset()
+    assert 2 not in r.transport.peers
+    # Node 4 leads term 2 (it was a voter of the configuration it was elected under; here
+    # it only has to be a peer) and overwrites entry 4.
+    r.receive([Message(MsgType.APP, 3, 4, 2, log_term=1, index=3,
+                       entries=[Entry(2, 4)], commit=3)], [])
+    r.process()
+    assert r.core.learners == {2}
+    assert r.transport.peers[2] == ADDR[2]
