@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint sim demo up down status bench bench-compare chaos clean
+.PHONY: install test lint sim sim-replica demo up down status bench bench-compare chaos clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,15 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check raftkv harness tests
 
-# Soak the deterministic simulator: RAFTKV_SIM_SEEDS=N make sim (default 10,000 seeds);
-# replay one failing seed: RAFTKV_SIM_SEED=N make sim
+# Soak both deterministic simulators, the cores' and the real replicas':
+# RAFTKV_SIM_SEEDS=N make sim (default 10,000 seeds each); replay one failing seed:
+# RAFTKV_SIM_SEED=N make sim (or make sim-replica, for the replica simulator alone)
 sim: $(STAMP)
-	RAFTKV_SIM_SEEDS=$${RAFTKV_SIM_SEEDS:-10000} $(PY) -m pytest -q tests/sim/test_random_seeds.py
+	RAFTKV_SIM_SEEDS=$${RAFTKV_SIM_SEEDS:-10000} $(PY) -m pytest -q tests/sim/test_random_seeds.py \
+		tests/sim/test_replica_seeds.py
+
+sim-replica: $(STAMP)
+	RAFTKV_SIM_SEEDS=$${RAFTKV_SIM_SEEDS:-10000} $(PY) -m pytest -q tests/sim/test_replica_seeds.py
 
 # A fresh machine to a running cluster: venv, install, up, a few writes and reads,
 # kill the leader, show the data survived under the new leader. Leaves the cluster up

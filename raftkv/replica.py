@@ -144,9 +144,12 @@ class Replica:
         self.durable_term_vote = (hs.term, hs.vote)
         # Where every member listens: configuration (the transport's), then members added
         # through the log (kept in the state machine, so they survive compaction), then
-        # the log's tail.
+        # the log's tail. `addresses` keeps every one learned, so that a member the log
+        # takes out and then puts back is reached again (`wire_members`).
+        self.addresses: dict[int, str] = {**cfg.peers}
         for node_id, address in {**self.kv.members, **added_addresses(log_tail)}.items():
-            transport.set_peer(node_id, address)
+            self.learn_address(node_id, address)
+        self._wired: tuple[frozenset[int], frozenset[int]] | None = None
         self.pending_writes: dict[int, _PendingWrite] = {}  # log index -> who waits
         self.read_batches: dict[int, _ReadBatch] = {}  # ReadIndex ctx -> its reads
         self.released: list[_ReadBatch] = []  # confirmed, waiting for apply to catch up
@@ -214,6 +217,9 @@ class Replica:
                 # (The core's history says whether the batch holds a change at all, so
                 # ordinary batches cost one comparison, not a scan.)
                 self.connect_added_members(rd.entries)
+            if self._wired is None or (core.voters is not self._wired[0]
+                                       or core.learners is not self._wired[1]):
+                self.wire_members()
             self.send(rd.messages)
             if rd.snapshot is not None:
                 self.install_snapshot(rd.snapshot, rd.hard_state)
@@ -377,7 +383,7 @@ class Replica:
         accepted.state.stats = self.kv.stats  # local counters, not part of the state
         self.kv = accepted.state
         for node_id, address in self.kv.members.items():
-            self.transport.set_peer(node_id, address)
+            self.learn_address(node_id, address)
         self.bytes_since_snapshot = 0
         self.counters["snapshots_installed"] += 1
         log.info("installed snapshot at index %d (term %d, %d bytes)", meta.index, meta.term,
@@ -430,8 +436,25 @@ class Replica:
         """A configuration takes effect when its entry is appended (§4.1), so the
         transport learns an added member's address then, before it is committed."""
         for node_id, address in added_addresses(entries).items():
-            if self.transport.set_peer(node_id, address):
+            if self.learn_address(node_id, address):
                 log.info("member %d is at %s", node_id, address)
+
+    def learn_address(self, node_id: int, address: str) -> bool:
+        """Reach `node_id` at `address` from now on; whether the transport changed."""
+        self.addresses[node_id] = address
+        return self.transport.set_peer(node_id, address)
+
+    def wire_members(self) -> None:
+        """The configuration in force changed: every member of it is reachable again.
+        A member can come back without an entry that adds it: a follower's log truncated
+        away the entry that removed it (§4.1: a change is undone with its entry), after
+        the committed removal before it had disconnected it."""
+        core = self.core
+        self._wired = (core.voters, core.learners)
+        peers, me = self.transport.peers, self.cfg.id
+        for node_id in core.voters | core.learners:
+            if node_id != me and node_id not in peers and node_id in self.addresses:
+                self.transport.set_peer(node_id, self.addresses[node_id])
 
     def apply_membership(self, e: Entry) -> dict[str, Any]:
         """A committed configuration change: the state machine records the address of
@@ -448,7 +471,11 @@ class Replica:
             if cc.node_id == self.cfg.id:
                 log.warning("this node was removed from the cluster at index %d; it takes "
                             "no further part and can be stopped", e.index)
-            else:
+            elif cc.node_id not in self.core.voters | self.core.learners:
+                # Disconnected only if no later entry in the log added it back: the
+                # configuration in force is the log's latest (§4.1), and applying trails
+                # appending (a restart replays the whole log; a lagging follower appends
+                # a removal and a re-add in one batch).
                 self.transport.remove_peer(cc.node_id)
         log.info("membership at index %d: %s node %d -> voters %s, learners %s", e.index,
                  cc.op.name.lower(), cc.node_id, sorted(after.voters), sorted(after.learners))
@@ -483,7 +510,7 @@ class Replica:
             if cc.op == ConfOp.ADD_LEARNER:
                 # The leader replicates to the learner from now on, maybe before this
                 # entry's Ready: the transport must know where it is already.
-                self.transport.set_peer(cc.node_id, cc.address)
+                self.learn_address(cc.node_id, cc.address)
             self.pending_writes[index] = _PendingWrite(req.identity, req.request_id,
                                                        self.core.term, req.op)
 

@@ -3,11 +3,13 @@
 The Raft core only says "send node N our snapshot" (a SNAP message with its metadata);
 `SnapshotSender` turns that into chunks of at most `MAX_SNAPSHOT_CHUNK` bytes read from
 storage, each carrying the CRC32 of the whole snapshot. `SnapshotReceiver` puts chunks
-back together; a chunk that does not continue what it holds (lost, reordered, a leader
-change, a restart in the middle) makes it start over, and the leader re-sends the whole
-snapshot after its wait times out. A whole snapshot reaches the core only once its bytes
-match the checksum and the node's check of them (a restore into a scratch state machine)
-passed: storage and the state machine are replaced only by a snapshot known to be good.
+back together by offset, in whatever order they come (Raft assumes a network that loses,
+duplicates and reorders messages, paper §5.1): a duplicate is ignored, and a chunk that
+was lost is filled in by the leader's next send of the same snapshot, which it makes
+after its wait times out; nothing received of that snapshot is thrown away meanwhile. A
+whole snapshot reaches the core only once its bytes match the checksum and the node's
+check of them (a restore into a scratch state machine) passed: storage and the state
+machine are replaced only by a snapshot known to be good.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from raftkv.kv import SnapshotError
@@ -58,6 +60,20 @@ class AcceptedSnapshot(Generic[S]):
     state: S  # what `validate` built from `data` (the node: a restored scratch KVStore)
 
 
+@dataclass(slots=True)
+class _Partial:
+    """The pieces of one snapshot received so far from one sender. Every chunk of a
+    transfer carries the same (meta, total, checksum); its sends may interleave."""
+
+    first: SnapshotChunk  # the transfer's identity
+    term: int  # the highest term the sender sent it in
+    pieces: dict[int, bytes] = field(default_factory=dict)  # offset -> data
+    held: int = 0  # bytes in `pieces`
+
+    def same_transfer(self, c: SnapshotChunk) -> bool:
+        return c.meta == self.first.meta and c.total == self.first.total
+
+
 class SnapshotReceiver(Generic[S]):
     """Reassembles snapshots and checks them before the core hears of one.
 
@@ -68,13 +84,15 @@ class SnapshotReceiver(Generic[S]):
     Invariant: at most one accepted snapshot is held, from the SNAP message `receive`
     returns until the core installs it (`take`) or ignores it (`drop`). A snapshot that
     completes meanwhile is dropped unchecked; the leader re-sends it if still needed.
+    At most one partial snapshot is kept per sender: the newest it sent (a late chunk of
+    an older one is ignored, unless it comes from a later term of the sender).
     """
 
     def __init__(self, validate: Callable[[SnapshotMeta, bytes], S]) -> None:
         self.validate = validate
-        self._partial: dict[int, tuple[SnapshotChunk, bytearray]] = {}  # sender -> progress
+        self._partial: dict[int, _Partial] = {}  # sender -> progress
         self._held: AcceptedSnapshot[S] | None = None
-        self.restarts = 0
+        self.restarts = 0  # partial transfers given up for a newer one
         self.rejected = 0  # whole or partial transfers refused: checksum or `validate`
 
     @property
@@ -85,9 +103,10 @@ class SnapshotReceiver(Generic[S]):
     def receive(self, c: SnapshotChunk) -> Message | None:
         """Take one chunk; returns the SNAP message to step once the snapshot is whole
         and accepted."""
-        data = self._assemble(c)
-        if data is None:
+        assembled = self._assemble(c)
+        if assembled is None:
             return None
+        data, term = assembled
         if self._held is not None:
             log.info("snapshot at index %d from node %d dropped: the one at index %d is "
                      "not installed yet", c.meta.index, c.frm, self._held.meta.index)
@@ -95,32 +114,40 @@ class SnapshotReceiver(Generic[S]):
         self._held = self._accept(c, data)
         if self._held is None:
             return None
-        return Message(MsgType.SNAP, c.to, c.frm, c.term, snapshot=c.meta)
+        return Message(MsgType.SNAP, c.to, c.frm, term, snapshot=c.meta)
 
-    def _assemble(self, c: SnapshotChunk) -> bytes | None:
-        """The whole snapshot once `c` completes it; None before, or if `c` ends the
-        transfer (a gap, a chunk that contradicts the first)."""
-        held = self._partial.get(c.frm)
-        if c.offset == 0:
-            if held is not None:
+    def _assemble(self, c: SnapshotChunk) -> tuple[bytes, int] | None:
+        """The whole snapshot, and the highest term it was sent in, once `c` completes
+        it; None before, or if `c` ends the transfer (a checksum that contradicts the
+        transfer's, pieces that do not fit together)."""
+        p = self._partial.get(c.frm)
+        if p is None or not p.same_transfer(c):
+            if p is not None:
+                if c.meta.index < p.first.meta.index and c.term <= p.term:
+                    return None  # a late chunk of a transfer the sender moved on from
                 self.restarts += 1
-            held = (c, bytearray())
-            self._partial[c.frm] = held
-        elif held is None or held[0].meta != c.meta or held[0].total != c.total \
-                or len(held[1]) != c.offset:
-            self._partial.pop(c.frm, None)  # a gap: wait for the leader to start over
-            self.restarts += 1
-            return None
-        elif c.checksum != held[0].checksum:
+            p = self._partial[c.frm] = _Partial(c, c.term)
+        elif c.checksum != p.first.checksum:
             del self._partial[c.frm]
             self._reject(c, f"the chunk at offset {c.offset} carries checksum "
-                            f"{c.checksum:#010x}, the first one {held[0].checksum:#010x}")
+                            f"{c.checksum:#010x}, the first one {p.first.checksum:#010x}")
             return None
-        held[1].extend(c.data)
-        if len(held[1]) < c.total:
+        p.term = max(p.term, c.term)
+        if c.offset in p.pieces or c.offset + len(c.data) > c.total:
+            return None  # a duplicate, or not a piece of these bytes
+        p.pieces[c.offset] = c.data
+        p.held += len(c.data)
+        if p.held < c.total:
             return None
         del self._partial[c.frm]
-        return bytes(held[1])
+        pieces = sorted(p.pieces.items())
+        end = 0
+        for offset, data in pieces:
+            if offset != end:
+                self.restarts += 1  # overlapping pieces: sent with another chunk size
+                return None
+            end += len(data)
+        return b"".join(data for _, data in pieces), p.term
 
     def _accept(self, c: SnapshotChunk, data: bytes) -> AcceptedSnapshot[S] | None:
         crc = zlib.crc32(data)

@@ -543,8 +543,18 @@ class Raft:
 
     def promotable(self) -> bool:
         """Whether this node may campaign (on a timeout, or on TIMEOUT_NOW): a voter
-        whose log is whole."""
-        return self.id in self.voters and not self.repairing
+        whose log is whole. A voter that its latest configuration removes is still one
+        until that removal commits: it may be the only server that can bring the entry to
+        the others (thesis §4.2.2, Figure 4.6: a leader removing itself crashes or steps
+        down, and the voter left lacks the entry, so it campaigns under the old
+        configuration and needs the vote this server refuses, its log being longer). Its
+        own vote does not count (`poll_votes` counts the latest configuration's voters)."""
+        if self.repairing:
+            return False
+        if self.id in self.voters:
+            return True
+        return (self.conf.last_index > self.log.committed
+                and self.id in self.conf.at(self.log.committed).voters)
 
     def campaign(self, kind: CampaignKind, reason: str = "election timeout") -> None:
         if not self.promotable():

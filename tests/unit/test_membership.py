@@ -92,6 +92,28 @@ def test_s4_2_2_removed_leader_steps_down_once_its_removal_commits():
     c.run_until(lambda: c.leader() in (2, 3), 60)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_s4_2_2_a_leader_removing_itself_still_campaigns_until_its_removal_commits(seed):
+    """Figure 4.6: leader 1 of {1, 2} removes itself, and the entry reaches nobody before
+    node 1 restarts. Node 2 lacks the entry: under {1, 2} it needs node 1's vote, which
+    node 1 refuses (its log is longer). Node 1, under {2}, must campaign anyway (its own
+    vote not counted) and bring the entry to node 2. Found by the replica simulator
+    (shrink mix, seed 3596): the leader removing itself lost its power; no leader was ever
+    elected again."""
+    c = Cluster(2, seed=seed)
+    c.elect(1)
+    c.deliver_all()
+    c.isolate(1)
+    c.nodes[1].core.propose_conf_change(ConfChange(ConfOp.REMOVE, 1))
+    c.drive(1)
+    c.crash(1)
+    c.restart(1)
+    assert c.nodes[1].core.voters == {2} and c.nodes[2].core.voters == {1, 2}
+    c.heal()
+    c.run_until(lambda: c.leader() == 2 and c.nodes[2].core.voters == {2}, 300)
+    assert c.nodes[1].core.role == Role.FOLLOWER
+
+
 def test_grow_to_five_then_lose_two_originals_and_keep_serving():
     c = elect_with_spare()
     for node in (4, 5):

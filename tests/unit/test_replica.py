@@ -1,0 +1,160 @@
+"""The replica (raftkv/replica.py) on its interfaces, without a process: an in-memory
+disk (tests/powerloss.py), a transport that records, a syncer that syncs when told."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from raftkv.config import NodeConfig
+from raftkv.raft import CampaignKind, ConfChange, ConfOp, Entry, EntryType, Message, MsgType
+from raftkv.raft.confchange import Membership, encode_change
+from raftkv.replica import Replica, open_storage
+from raftkv.storage import Storage
+from raftkv.wire import ClientRequest, ReqOp
+from tests.powerloss import PowerLossFS
+
+ADDR = {i: f"tcp://n{i}.test:7700" for i in range(1, 6)}
+
+
+class Recorder:
+    """raftkv.interfaces.Transport: everything sent or replied is kept."""
+
+    def __init__(self, node_id: int, peers: dict[int, str]) -> None:
+        self.node_id = node_id
+        self.peers = {i: a for i, a in peers.items() if i != node_id}
+        self.stats: Counter[str] = Counter()
+        self.leader_hint = 0
+        self.sent: list[Any] = []
+        self.replies: list[tuple[int, int, Any]] = []
+
+    def send(self, msg: Any) -> bool:
+        self.sent.append(msg)
+        return True
+
+    def send_many(self, messages: Any) -> int:
+        return sum(self.send(m) for m in messages)
+
+    def reply(self, identity: Any, request_id: int, code: int, value: Any = None,
+              leader_hint: int | None = None) -> bool:
+        self.replies.append((request_id, code, value))
+        return True
+
+    def set_peer(self, node_id: int, address: str) -> bool:
+        if node_id == self.node_id or self.peers.get(node_id) == address:
+            return False
+        self.peers[node_id] = address
+        return True
+
+    def remove_peer(self, node_id: int) -> bool:
+        return self.peers.pop(node_id, None) is not None
+
+    def pending(self) -> bool:
+        return False
+
+
+class InlineSyncer:
+    """raftkv.interfaces.Syncer that syncs at `start`: done at once."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage, self.seconds = storage, 0.0
+
+    def start(self) -> None:
+        self.storage.sync()
+
+    def done(self) -> bool:
+        return True
+
+    def finish(self) -> None:
+        pass
+
+
+class Clock:
+    def monotonic(self) -> float:
+        return 0.0
+
+    def time(self) -> float:
+        return 0.0
+
+
+def start(fs: PowerLossFS, node_id: int, voters: tuple[int, ...],
+          peers: dict[int, str]) -> Replica:
+    cfg = NodeConfig(node_id, ADDR[node_id], peers, Path(f"/n{node_id}"),
+                     initial_voters=voters, fs=fs, seed=node_id)
+    storage = open_storage(cfg)
+    return Replica(cfg, storage, Recorder(node_id, peers), InlineSyncer(storage), Clock())
+
+
+def change(r: Replica, op: ConfOp, node_id: int) -> None:
+    r.handle_requests([ClientRequest(len(r.pending_writes) + 1, ReqOp.CONF_CHANGE,
+                                     conf_op=int(op), target=node_id,
+                                     address=ADDR[node_id] if op == ConfOp.ADD_LEARNER
+                                     else "")])
+    r.process()
+    assert r.core.conf.last_index <= r.core.log.committed, "a lone voter commits at once"
+
+
+def test_a_restarted_replica_still_reaches_a_member_that_was_removed_and_added_back():
+    """Replaying the log after a restart applies the removal of node 2 after the entry
+    that adds it back is in the log (and in force, §4.1): node 2 must stay a peer.
+    Found by the replica simulator (membership mix; seed 6 fails without the fix): the
+    node dropped the address for good, and as leader never reached the member."""
+    fs = PowerLossFS()
+    r = start(fs, 1, (1,), {})
+    r.core.campaign(CampaignKind.ELECTION)
+    r.process()
+    for op in (ConfOp.ADD_LEARNER, ConfOp.REMOVE, ConfOp.ADD_LEARNER):
+        change(r, op, 2)
+    assert r.core.learners == {2} and r.transport.peers == {2: ADDR[2]}
+    r.storage.close()
+    again = start(fs, 1, (1,), {})
+    again.process()  # the committed log is applied again
+    assert again.core.log.applied == r.core.log.applied
+    assert again.transport.peers == {2: ADDR[2]}
+
+
+def test_a_follower_applying_a_removal_and_a_re_add_together_keeps_the_member():
+    """A lagging follower appends a removal and the re-add in one batch, then applies
+    them: the removal must not disconnect the member the log added back."""
+    r = start(PowerLossFS(), 3, (1, 3), {1: ADDR[1]})
+    m1 = Membership(frozenset({1, 3}), frozenset({2}))
+    m2 = Membership(frozenset({1, 3}))
+    changes = [(ConfChange(ConfOp.ADD_LEARNER, 2, ADDR[2]), m1),
+               (ConfChange(ConfOp.REMOVE, 2), m2),
+               (ConfChange(ConfOp.ADD_LEARNER, 2, ADDR[2]), m1)]
+    entries = [Entry(1, i, EntryType.CONF_CHANGE, encode_change(cc, m))
+               for i, (cc, m) in enumerate(changes, start=1)]
+    r.receive([Message(MsgType.APP, 3, 1, 1, entries=entries, commit=3)], [])
+    r.process()
+    assert r.core.log.applied == 3 and r.core.learners == {2}
+    assert r.transport.peers == {1: ADDR[1], 2: ADDR[2]}
+
+
+def test_a_member_whose_removal_is_truncated_away_is_reached_again():
+    """A follower applies a committed removal of node 2 while its log ends in another,
+    uncommitted removal; a new leader's log then truncates that one away, and the re-add
+    before it is in force again (§4.1): node 2 must be a peer again. Found by the replica
+    simulator (membership mix; seed 1595 fails without the fix): the follower kept no
+    address for a member of its configuration, and only the controller's PEERS gave it
+    back."""
+    r = start(PowerLossFS(), 3, (1, 3), {1: ADDR[1], 4: ADDR[4]})
+    with_2 = Membership(frozenset({1, 3}), frozenset({2}))
+    without = Membership(frozenset({1, 3}))
+    changes = [(ConfChange(ConfOp.ADD_LEARNER, 2, ADDR[2]), with_2),
+               (ConfChange(ConfOp.REMOVE, 2), without),
+               (ConfChange(ConfOp.ADD_LEARNER, 2, ADDR[2]), with_2),
+               (ConfChange(ConfOp.REMOVE, 2), without)]
+    entries = [Entry(1, i, EntryType.CONF_CHANGE, encode_change(cc, m))
+               for i, (cc, m) in enumerate(changes, start=1)]
+    r.receive([Message(MsgType.APP, 3, 1, 1, entries=entries, commit=3)], [])
+    r.process()
+    assert r.core.log.applied == 3 and r.core.learners == frozenset()
+    assert 2 not in r.transport.peers
+    # Node 4 leads term 2 (it was a voter of the configuration it was elected under; here
+    # it only has to be a peer) and overwrites entry 4.
+    r.receive([Message(MsgType.APP, 3, 4, 2, log_term=1, index=3,
+                       entries=[Entry(2, 4)], commit=3)], [])
+    r.process()
+    assert r.core.learners == {2}
+    assert r.transport.peers[2] == ADDR[2]
