@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
@@ -104,7 +105,9 @@ class ClusterState:
                 "cluster_id": format_cluster_id(self.cluster_id),
                 "controller": asdict(self.controller),
                 "nodes": [asdict(n) for n in self.nodes]}
-        tmp = self.dir / (FILE_NAME + ".tmp")
+        # `up` and the controller both save: each writes its own temp file, or one
+        # could rename the other's away from under it.
+        tmp = self.dir / f"{FILE_NAME}.{os.getpid()}.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.dir / FILE_NAME)
 

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from harness.cluster_state import (
     ClusterState,
+    ProcEntry,
     is_first_start,
     joiner_argv,
     node_argv,
@@ -146,3 +148,26 @@ def test_an_older_cluster_json_without_an_id_loads_and_adopts_one(tmp_path: Path
     for n in again.nodes:  # they all ran under the older raftkv: no first start left
         assert option_value(n.argv, "--cluster-id") == "beef" and not is_first_start(n.argv)
     assert option_value(again.node(4).argv, "--voters") == "1,2,3"
+
+
+def test_two_writers_saving_at_once_never_break_each_other(tmp_path):
+    """`up` and the controller both save cluster.json: with one shared temp name, one
+    renamed the other's file away and crashed (FileNotFoundError)."""
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            st = ClusterState(tmp_path, True, ProcEntry("tcp://127.0.0.1:1", "c.log", []))
+            for _ in range(300):
+                st.save()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert ClusterState.load(tmp_path) is not None
+    assert not list(tmp_path.glob("*.tmp"))
