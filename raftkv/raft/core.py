@@ -68,11 +68,12 @@ def refusal_of(context: int) -> VoteRefusal:
 DROP_REASONS = (
     "ack_past_sent",  # APP_RESP at an index past what we sent that peer
     "read_ack_past_sent",  # HEARTBEAT_RESP for a read round we never started
-    "malformed_append",  # APP whose entries do not follow its index within its term
 )
 """Why the core dropped a peer's message that, taken, would break one of its invariants
 (`Raft.dropped` counts each). A frame from the network may be wrong; only a local
-invariant violation stops a node."""
+invariant violation stops a node. The shape of an APP's entries (indexes following its
+index, terms within [log_term, term] and never decreasing) is the wire decoder's to
+check (raftkv/wire.py), once per frame: the core takes it as given."""
 
 
 class CampaignKind(IntEnum):
@@ -884,9 +885,6 @@ class Raft:
     # -- follower handlers -----------------------------------------------------------
 
     def handle_append(self, m: Message) -> None:
-        if m.entries and not well_formed(m):
-            self.dropped["malformed_append"] += 1
-            return
         if m.index < self.log.committed:
             # Everything up to our commit already matches the leader (§5.4 Log Matching).
             self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term,
@@ -998,14 +996,3 @@ class Raft:
             "dropped": dict(self.dropped),
         }
 
-
-def well_formed(m: Message) -> bool:
-    """Whether an APP's entries follow its index one by one, with terms that never
-    decrease, from its log_term up to its term (what any leader sends, §5.3). The wire
-    decoder checks the same; the core does not rely on its caller for its invariants."""
-    entries = m.entries
-    first = m.index + 1
-    if [e.index for e in entries] != list(range(first, first + len(entries))):
-        return False
-    terms = [e.term for e in entries]
-    return m.log_term <= terms[0] and terms[-1] <= m.term and terms == sorted(terms)

@@ -173,13 +173,3 @@ def test_heartbeat_ack_of_a_read_round_never_sent_is_dropped_and_counted():
     assert core.ready().read_states == []  # one voter besides us must confirm the round
     core.step(Message(MsgType.HEARTBEAT_RESP, 1, 3, core.term, context=core.read_round))
     assert [r.ctx for r in core.ready().read_states] == ["r1"]
-
-
-def test_append_whose_entries_do_not_follow_its_index_is_dropped_and_counted():
-    core = Raft(Config(2, (1, 2, 3)), hard_state=HardState(1, 0, 0))
-    core.step(Message(MsgType.APP, 2, 1, 1, log_term=0, index=0,
-                      entries=[Entry(1, 1), Entry(1, 5)]))
-    assert core.log.last_index() == 0
-    assert core.status()["dropped"]["malformed_append"] == 1
-    assert core.ready().persisted_messages == []
-
