@@ -252,9 +252,9 @@ class Storage:
                                                 f"{seg.first_index}, the log before it "
                                                 f"ends at {mem.last}")
                 try:
-                    idx = self._apply_record(mem, rtype, payload, snap_index)
-                    if rtype is RecordType.SNAPSHOT:
-                        marker = record.decode_snapshot_marker(payload)
+                    idx, newer = self._apply_record(mem, rtype, payload, snap_index)
+                    if newer is not None:
+                        marker = newer
                     elif rtype is RecordType.HARD_STATE:
                         self._hs_at = (seg.path, off)
                 except (record.FrameError, LogError) as exc:
@@ -267,26 +267,27 @@ class Storage:
         return mem, marker
 
     def _apply_record(self, mem: MemLog, rtype: RecordType, payload: bytes,
-                      snap_index: int) -> int:
-        """Apply one record to `mem` (or the hard state); the highest index it names."""
+                      snap_index: int) -> tuple[int, SnapshotMarker | None]:
+        """Apply one record to `mem` (or the hard state): the highest index it names, and
+        the snapshot marker it is, if it is one."""
         if rtype is RecordType.ENTRIES:
             entries = record.decode_entries(payload)
             mem.append(entries)
-            return entries[-1].index
+            return entries[-1].index, None
         if rtype is RecordType.HARD_STATE:
             self._hard_state = record.decode_hard_state(payload)
-            return 0
+            return 0, None
         if rtype is RecordType.TRUNCATE:
             idx = record.decode_truncate(payload)
             mem.truncate(idx)
-            return idx
+            return idx, None
         marker = record.decode_snapshot_marker(payload)
         if marker.index > snap_index:
             raise LogError(f"snapshot at {marker.index} recorded but its file is gone")
         if marker.index == snap_index and marker.term != self._snapshot.term:
             raise LogError(f"snapshot term {marker.term} != its file's")
         mem.compact(marker.index, marker.keep_suffix)
-        return marker.index
+        return marker.index, marker
 
     def _cross_check(self) -> None:
         """What recovery read must be a state a Raft node can be in: terms never
@@ -505,9 +506,7 @@ class Storage:
             try:
                 self._vote.write(new_hs.term, new_hs.vote)
             except OSError as exc:
-                self._failed = exc
-                raise StorageError(f"VOTE file write failed; storage unusable for good: "
-                                   f"{exc}") from exc
+                raise self._disk_failed("VOTE file write", exc) from exc
 
     def sync(self) -> None:
         """Make everything appended so far durable: one fdatasync (two when the term or
@@ -540,10 +539,10 @@ class Storage:
             raise ValueError(f"snapshot at {meta.index} is not newer than the one at {floor}")
         cur = self._hard_state
         # The snapshot's term must never be durable before a term at least as high. A
-        # caller that gives no hard state (node.py installs a leader's snapshot before
-        # it appends the Ready's hard state) gets the snapshot's term with no vote, which
-        # a node may always take: it has seen that term, and has cast no durable vote in
-        # it, its durable term being lower.
+        # caller that gives no hard state gets the snapshot's term with no vote, which a
+        # node may always take: it has seen that term, and has cast no durable vote in
+        # it, its durable term being lower. (The replica passes the Ready's hard state,
+        # which also carries a vote cast in the same Ready.)
         if hard_state is None and meta.term > cur.term:
             hard_state = HardState(meta.term, NONE, cur.commit)
         if hard_state is not None and (hard_state.term, hard_state.vote) != (cur.term,
@@ -611,12 +610,7 @@ class Storage:
             return
         try:
             if self._failed is None:
-                try:
-                    self._wal.sync()
-                    self._vote.sync()
-                except OSError as exc:
-                    self._failed = exc
-                    raise StorageError(f"sync at close failed: {exc}") from exc
+                self.sync()
         finally:
             self._wal.close()
             self._vote.close()
