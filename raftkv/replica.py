@@ -212,14 +212,11 @@ class Replica:
             rd = core.ready()
             if rd.repaired:
                 self.storage.finish_repair()
-            if rd.entries and core.conf.last_index >= rd.entries[0].index:
-                # A member added in this batch gets its first append in these messages.
-                # (The core's history says whether the batch holds a change at all, so
-                # ordinary batches cost one comparison, not a scan.)
-                self.connect_added_members(rd.entries)
             if self._wired is None or (core.voters is not self._wired[0]
                                        or core.learners is not self._wired[1]):
-                self.wire_members()
+                # The configuration changed (ordinary batches cost two identity checks):
+                # a member added in this batch gets its first append in these messages.
+                self.wire_members(rd.entries)
             self.send(rd.messages)
             if rd.snapshot is not None:
                 self.install_snapshot(rd.snapshot, rd.hard_state)
@@ -432,23 +429,22 @@ class Replica:
 
     # -- membership (thesis §4.1) ------------------------------------------------------
 
-    def connect_added_members(self, entries: list[Entry]) -> None:
-        """A configuration takes effect when its entry is appended (§4.1), so the
-        transport learns an added member's address then, before it is committed."""
-        for node_id, address in added_addresses(entries).items():
-            if self.learn_address(node_id, address):
-                log.info("member %d is at %s", node_id, address)
-
     def learn_address(self, node_id: int, address: str) -> bool:
         """Reach `node_id` at `address` from now on; whether the transport changed."""
         self.addresses[node_id] = address
         return self.transport.set_peer(node_id, address)
 
-    def wire_members(self) -> None:
-        """The configuration in force changed: every member of it is reachable again.
-        A member can come back without an entry that adds it: a follower's log truncated
-        away the entry that removed it (§4.1: a change is undone with its entry), after
-        the committed removal before it had disconnected it."""
+    def wire_members(self, entries: list[Entry]) -> None:
+        """The configuration in force changed: every member of it is reachable. A
+        configuration takes effect when its entry is appended (§4.1), so a member that
+        `entries` add is reached at their address at once, before the entry commits. A
+        member can also come back without an entry that adds it: a follower's log
+        truncated away the entry that removed it (a change is undone with its entry),
+        after the committed removal before it had disconnected it."""
+        added = added_addresses(entries)
+        for node_id, address in added.items():
+            if self.learn_address(node_id, address):
+                log.info("member %d is at %s", node_id, address)
         core = self.core
         self._wired = (core.voters, core.learners)
         peers, me = self.transport.peers, self.cfg.id
