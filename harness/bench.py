@@ -270,7 +270,7 @@ def run_load(cfg: BenchConfig, routes: list[load.Route], pids: dict[str, int],
         sampler = ProcessSampler({**pids, **{f"load{i + 1}": p.pid
                                              for i, (p, _, _) in enumerate(workers)}})
         watch(cfg, workers, sampler, start_ns, end_ns, Progress(err))
-        results = [load.LoadResult.from_message(conn.recv())
+        results = [conn.recv()
                    if conn.poll(load.DRAIN_S + load.NO_REPLY_S + 5) else None
                    for _, conn, _ in workers]
     finally:

@@ -8,8 +8,11 @@ request as soon as one is answered, so the Python client's retry machinery does 
 the server's speed. Straight to nodes it packs the requests it sends at one moment into
 one REQS frame and takes REPS frames back (raftkv.wire: batches), as a pipelining client
 would; through the controller, which relays single requests only, it sends one frame per
-request. Writes carry one session per process (OPEN_SESSION) with increasing sequence
-numbers; one connection at a time keeps them in order.
+request. Writes carry one session per request in flight (OPEN_SESSION), as
+`raftkv.Client` does: a session carries one write at a time, its next write the next
+sequence number. The store keeps each session's last sequence number only, so a write
+re-sent after the writes behind it were applied would be STALE_REQUEST on a shared
+session; on its own session it is answered with its saved reply.
 
 Straight to nodes, a process follows the leader as `raftkv.Client` does: a NOT_LEADER
 answer sends the request again, unchanged, to the node its `leader_hint` names (or, with
@@ -41,13 +44,15 @@ from typing import Any
 import zmq
 
 from raftkv import wire
+from raftkv.client import DEFAULT_ATTEMPT_TIMEOUT, FIRST_PAUSE, MAX_PAUSE
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
 STALL_S = 5.0  # opening a session, filling the key space: no answer this long is a failure
 DRAIN_S = 5.0  # after the window, how long to wait for the answers still outstanding
-NO_REPLY_S = 0.5  # a request unanswered this long: its node is presumed gone
-FIRST_PAUSE_S = 0.01  # after each round of re-routes with no OK, doubling
-MAX_PAUSE_S = 0.2
+# A request unanswered this long presumes its node gone; after each round of re-routes
+# with no OK, re-routed requests wait a pause, doubling: raftkv.Client's timings.
+NO_REPLY_S = DEFAULT_ATTEMPT_TIMEOUT
+FIRST_PAUSE_S, MAX_PAUSE_S = FIRST_PAUSE, MAX_PAUSE
 TIMELINE_S = 0.5  # the interval of the per-interval figures
 MIXES = ("put", "get", "mixed:R/W")
 # Bound once: on Python 3.11 each `ReqOp.PUT` is an attribute lookup through the enum's
@@ -217,8 +222,9 @@ class Pipeline:
         # Outstanding requests by request id, in the order of their latest send.
         self.out: dict[int, _Entry] = {}
         self.next_id = 1
-        self.client_id = 0
-        self.seq = 0
+        self.free_sessions: list[int] = []  # client ids with no write outstanding
+        self.session_seq: dict[int, int] = {}  # client id -> its last seq
+        self.put_session: dict[int, int] = {}  # an outstanding put's rid -> its client id
         self.no_reply_ns = int(no_reply_s * 1e9)
         self.gone = -1  # the node presumed gone, if any: its hints are not followed
         self.moves = 0  # moves of `target` since the last OK
@@ -232,8 +238,10 @@ class Pipeline:
         rid = self.next_id
         self.next_id += 1
         if op == _PUT:
-            self.seq += 1
-            frame = wire.encode_put(rid, self.client_id, self.seq, key, value)
+            cid = self.free_sessions.pop()  # IndexError: more puts than open_sessions
+            seq = self.session_seq[cid] = self.session_seq[cid] + 1
+            self.put_session[rid] = cid
+            frame = wire.encode_put(rid, cid, seq, key, value)
         elif op == _GET:
             frame = wire.encode_get(rid, key)
         else:
@@ -290,25 +298,33 @@ class Pipeline:
                     break
                 now = time.monotonic_ns()
                 for reply in wire.decode_replies(frame):
-                    entry = out.pop(reply.request_id, None)
+                    entry = out.get(reply.request_id)
                     if entry is None:
                         continue
                     if reply.code is _OK or not self.follow:
+                        del out[reply.request_id]
                         got.append((entry[0], now, reply))
                     else:
                         self._refused(reply, entry, i, got, now)
-        if self.moves and any(reply.code is _OK for _, _, reply in got):
-            self.moves = self.pause_ns = 0
+        if got:
+            put_session, free = self.put_session, self.free_sessions
+            for _, _, reply in got:  # answered: its session carries the next write
+                cid = put_session.pop(reply.request_id, None)
+                if cid is not None:
+                    free.append(cid)
+            if self.moves and any(reply.code is _OK for _, _, reply in got):
+                self.moves = self.pause_ns = 0
         return got
 
     def _refused(self, reply: wire.ClientReply, entry: _Entry, i: int, got: list[Answer],
                  now: int) -> None:
         """A reply other than OK from node `i` to request `reply.request_id`, whose
-        `entry` was taken out of `out`."""
+        `entry` is in `out`, where it stays (in its place: `out` is in send order) when
+        the reply is to an earlier copy, the latest being elsewhere or held."""
         rid = reply.request_id
         if entry[2] != i:
-            self.out[rid] = entry  # an earlier copy's: the latest is elsewhere, or held
             return
+        del self.out[rid]
         if reply.code is not _NOT_LEADER:
             got.append((entry[0], now, reply))
             return
@@ -353,8 +369,9 @@ class Pipeline:
         self.target = target
         out = self.out
         for rid in self.queued_rids:  # they go out to the new target at the next flush
-            first, frame, _, last = out[rid]
-            out[rid] = (first, frame, target, last)
+            entry = out.get(rid)  # None: answered meanwhile, by a late OK to a copy
+            if entry is not None:
+                out[rid] = (entry[0], entry[1], target, entry[3])
         self.moves += 1
         if self.moves % len(self.socks) == 0:
             self.pause_ns = min(max(2 * self.pause_ns, int(FIRST_PAUSE_S * 1e9)),
@@ -380,19 +397,22 @@ class Pipeline:
         else:
             self._put(target, frame)
 
-    def open_session(self, timeout_s: float = STALL_S) -> None:
-        """OPEN_SESSION, so this pipeline's puts carry (client_id, seq). Raises
-        RuntimeError if it is refused or unanswered."""
-        self.send(ReqOp.OPEN_SESSION)
+    def open_sessions(self, count: int, timeout_s: float = STALL_S) -> None:
+        """`count` sessions (OPEN_SESSION), so that as many puts can be outstanding, each
+        with its own (client_id, seq). Raises RuntimeError if one is refused, or not all
+        are answered within `timeout_s`."""
+        for _ in range(count):
+            self.send(ReqOp.OPEN_SESSION)
         deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
+        while len(self.free_sessions) < count and (left := deadline - time.monotonic()) > 0:
             for _, _, reply in self.receive(left):
                 if reply.code != ReplyCode.OK:
                     raise RuntimeError(f"OPEN_SESSION failed: {reply}")
-                self.client_id = reply.value
-                return
-        self.out.clear()
-        raise RuntimeError(f"OPEN_SESSION failed: no answer in {timeout_s:g}s")
+                self.free_sessions.append(reply.value)
+                self.session_seq[reply.value] = 0
+        if len(self.free_sessions) < count:
+            raise RuntimeError(f"OPEN_SESSION failed: {count - len(self.free_sessions)} of "
+                               f"{count} unanswered in {timeout_s:g}s")
 
     def close(self) -> None:
         for sock in self.socks:
@@ -411,20 +431,6 @@ class LoadResult:
     errors_per_interval: array = field(default_factory=lambda: array("q"))
     rerouted: Counter = field(default_factory=Counter)
 
-    def to_message(self) -> dict[str, Any]:
-        """Plain values, for the pipe to the parent process (`from_message`)."""
-        return {"latencies": self.latencies_ms.tobytes(), "errors": dict(self.errors),
-                "ok": self.ok_per_interval.tolist(),
-                "failed": self.errors_per_interval.tolist(),
-                "rerouted": dict(self.rerouted)}
-
-    @classmethod
-    def from_message(cls, m: dict[str, Any]) -> LoadResult:
-        latencies = array("d")
-        latencies.frombytes(m["latencies"])
-        return cls(latencies, Counter(m["errors"]), array("q", m["ok"]),
-                   array("q", m["failed"]), Counter(m["rerouted"]))
-
 
 def drive(pipe: Pipeline, w: Workload, start_ns: int, end_ns: int, progress: Any = None,
           interval_ns: int = int(TIMELINE_S * 1e9)) -> LoadResult:
@@ -441,6 +447,7 @@ def drive(pipe: Pipeline, w: Workload, start_ns: int, end_ns: int, progress: Any
     oks, failures = array("q", [0]) * n_intervals, array("q", [0]) * n_intervals
     ok_total = failed_total = 0
     pipe.count_window = (start_ns, end_ns)
+    pipe.rerouted.clear()  # re-routes while sessions were opened are not the window's
     # The generator's time per request is part of every round it waits for: with the
     # cluster answering a whole REQS frame at once, it sends the next frame only when it
     # has handled the replies and built the next requests (hence no per-request method
@@ -494,19 +501,19 @@ def load_process(w: Workload, conn: Any, progress: Any) -> None:
     """A load process (multiprocessing target). Over `conn`: it sends ("ready", None) once
     connected (and, for puts, holding a session) or ("failed", message); it receives the
     window (start_ns, end_ns), warms up until start_ns, and sends back its LoadResult
-    (`LoadResult.to_message`). `progress`: see `drive`."""
+    (it pickles as it is). `progress`: see `drive`."""
     ctx = zmq.Context()
     pipe = Pipeline(ctx, w.route, w.batch)
     try:
         try:
             if w.get_percent < 100:
-                pipe.open_session()
+                pipe.open_sessions(w.in_flight)
         except RuntimeError as e:
             conn.send(("failed", f"{w.route.addresses[w.route.first]}: {e}"))
             return
         conn.send(("ready", None))
         start_ns, end_ns = conn.recv()
-        conn.send(drive(pipe, w, start_ns, end_ns, progress).to_message())
+        conn.send(drive(pipe, w, start_ns, end_ns, progress))
     finally:
         pipe.close()
         ctx.destroy(linger=0)
@@ -518,7 +525,7 @@ def fill_keys(ctx: zmq.Context, route: Route, key_space: int, value_size: int,
     RuntimeError on the first refusal, or when nothing is answered for STALL_S."""
     pipe = Pipeline(ctx, route, batch)
     try:
-        pipe.open_session()
+        pipe.open_sessions(in_flight)
         value = bench_value(value_size)
         for key in bench_keys(key_space):
             pipe.send(ReqOp.PUT, key, value)

@@ -270,7 +270,7 @@ def test_not_leader_sends_the_same_request_to_the_hinted_node(ctx, nodes):
     pipe = Pipeline(ctx, Route((nodes[0].address, nodes[1].address), (1, 2), first=0),
                     batch=True)
     try:
-        pipe.open_session()
+        pipe.open_sessions(2)
         pipe.send(ReqOp.PUT, b"k1", b"v")
         assert [r.code for r in answers_to(pipe, 1)] == [ReplyCode.OK]
         leader[0] = 2
@@ -292,7 +292,7 @@ def test_a_silent_node_is_left_and_its_hints_not_followed(ctx, nodes):
     route = Route(tuple(n.address for n in nodes), (1, 2, 3), first=0)
     pipe = Pipeline(ctx, route, batch=True, no_reply_s=0.05)
     try:
-        pipe.open_session()
+        pipe.open_sessions(1)
         pipe.send(ReqOp.PUT, b"k", b"v")
         assert [r.code for r in answers_to(pipe, 1)] == [ReplyCode.OK]
     finally:
@@ -302,6 +302,31 @@ def test_a_silent_node_is_left_and_its_hints_not_followed(ctx, nodes):
     assert len(nodes[0].ops(ReqOp.OPEN_SESSION)) == 1
     assert pipe.rerouted == {"no reply": 1, "NOT_LEADER": 1}
     assert kv.store.get(b"k") == b"v"
+
+
+def test_puts_a_silent_leader_applied_are_answered_ok_when_sent_again(ctx, nodes):
+    """The leader applies three pipelined puts and dies before answering; the next leader
+    has them in its log. Sent again there, each is answered with its saved reply: every
+    put has a session of its own. (On one shared session the store keeps only the last
+    seq, and the first two came back STALE_REQUEST.)"""
+    kv = FakeKV()
+
+    def apply_then_die(req: ClientRequest) -> None:
+        kv(req)  # applied, never answered
+
+    nodes += [FakeNode(ctx, kv), FakeNode(ctx, kv)]
+    pipe = Pipeline(ctx, Route((nodes[0].address, nodes[1].address), (1, 2), first=0),
+                    batch=True, no_reply_s=0.05)
+    try:
+        pipe.open_sessions(3)
+        nodes[0].handler = apply_then_die
+        for key in (b"a", b"b", b"c"):
+            pipe.send(ReqOp.PUT, key, b"v")
+        assert [r.code for r in answers_to(pipe, 3)] == [ReplyCode.OK] * 3
+    finally:
+        pipe.close()
+    assert pipe.rerouted == {"no reply": 3}
+    assert len({cid for _, cid, _, _ in puts(nodes[1])}) == 3
 
 
 def test_with_no_leader_anywhere_rounds_of_re_routes_are_paced(ctx, nodes):
