@@ -81,9 +81,10 @@ class ClusterState:
         """Record that nodes `node_ids` have had their first start (FIRST_START_FLAGS).
         Returns whether a command line changed."""
         changed = False
+        voters = self.initial_voters
         for n in self.nodes:
             if n.id in node_ids and is_first_start(n.argv):
-                settled = settled_argv(n.argv, self.initial_voters)
+                settled = settled_argv(n.argv, voters)
                 changed |= settled != n.argv
                 n.argv = settled
         return changed
@@ -139,6 +140,15 @@ def record_started(cluster_dir: Path, node_ids: Collection[int]) -> None:
     state = ClusterState.load(cluster_dir)
     if state is not None and state.settle(node_ids):
         state.save()
+
+
+def record_first_starts(state: ClusterState, node_ids: Collection[int]) -> bool:
+    """Nodes `node_ids` answered: their first start is over. Their command lines are
+    settled (FIRST_START_FLAGS) in `state` and in cluster.json; whether any changed."""
+    if not state.settle(node_ids):
+        return False
+    record_started(state.dir, node_ids)
+    return True
 
 
 def new_cluster_id() -> int:
@@ -210,11 +220,10 @@ def settled_argv(argv: list[str], initial_voters: tuple[int, ...] | None) -> lis
     member's: they matter only while its log and snapshot name no configuration, and a
     node not among them is no voter then. With `initial_voters` unknown, --join stays:
     with neither, the node would count itself and its peers as the voters."""
-    argv = [a for a in argv if a != "--new"]
     if "--join" in argv and initial_voters is not None:
-        argv = [a for a in argv if a != "--join"] + [
+        return _strip_options(argv, (), FIRST_START_FLAGS) + [
             "--voters", ",".join(map(str, sorted(initial_voters)))]
-    return argv
+    return _strip_options(argv, (), ("--new",))
 
 
 def option_value(argv: list[str], name: str) -> str | None:

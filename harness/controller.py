@@ -549,14 +549,9 @@ class Controller:
         view.unanswered_since = 0.0
         self.update_leader(now)
         if cluster_state.is_first_start(self.state.node(view.id).argv):
-            self.record_first_start(view.id)
-
-    def record_first_start(self, node_id: int) -> None:
-        """Node `node_id` answered: it has had its first start, and its command line in
-        cluster.json loses --new/--join (cluster_state.FIRST_START_FLAGS)."""
-        if self.state.settle({node_id}):
-            cluster_state.record_started(self.state.dir, {node_id})
-            self.state_mtime = self.read_state_mtime()
+            self.maybe_reload_state()  # what others wrote is taken in before writing
+            if cluster_state.record_first_starts(self.state, {view.id}):
+                self.state_mtime = self.read_state_mtime()
 
     def believable(self, view: NodeView, now: float) -> bool:
         """Its process runs and it answers polls: what it says about itself holds."""

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,21 +22,20 @@ from typing import Any
 import zmq
 
 from harness import rpc
-from harness.cli import EXIT_STORAGE
 from harness.cluster_state import (
     ClusterState,
     NodeEntry,
     ProcEntry,
     create_time,
-    is_first_start,
     live_process,
     new_cluster_id,
     node_argv,
     python_argv,
-    record_started,
+    record_first_starts,
     spawn,
     stop_process,
 )
+from raftkv.server import EXIT_STORAGE
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
 DEFAULT_BASE_PORT = 7700
@@ -245,15 +244,6 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
                                   f"{cluster_dir / 'logs'}")
             time.sleep(0.05)
     return state, True
-
-
-def record_first_starts(state: ClusterState, answered: Collection[int]) -> None:
-    """Nodes that answered have had their first start: settle their command lines, in
-    cluster.json and in `state` (see cluster_state.FIRST_START_FLAGS)."""
-    firsts = {i for i in answered if is_first_start(state.node(i).argv)}
-    if firsts:
-        record_started(state.dir, firsts)
-        state.settle(firsts)
 
 
 def down(cluster_dir: Path, grace: float = 5.0) -> list[str]:
