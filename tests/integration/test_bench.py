@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -60,10 +59,11 @@ def assert_timeline_adds_up(report: dict) -> None:
 
 
 def test_bench_direct_follows_the_leader_when_it_is_killed(tmp_path):
-    """The leader is killed a second into the counted window; the load moves to the new
-    leader and keeps writing, and the figures count what came back."""
+    """The leader is killed early in the counted window; the load moves to the new leader
+    and keeps writing, and the figures count what came back. With no warm-up the window
+    opens with the load, so writes committing say the window is open."""
     cluster_dir = tmp_path / "cluster"
-    warmup, duration = 0.5, 4.0
+    warmup, duration = 0, 4.0
     ctx = zmq.Context()
     try:
         state, _ = up(cluster_dir, base_port=free_base_port(3))
@@ -77,7 +77,6 @@ def test_bench_direct_follows_the_leader_when_it_is_killed(tmp_path):
             wait_for(lambda: any(st["commit_index"] > start + 100
                                  for st in node_statuses(ctx, state.addresses).values()),
                      30.0, "the bench's writes")
-            time.sleep(warmup + 1.0)  # the load began within the warm-up; now in the window
             killed = rpc.control(ctx, state.controller.address, "kill-leader")
             out, err = bench.communicate(timeout=60)
         finally:
