@@ -35,12 +35,13 @@ class NodeConfig:
     max_key: int = MAX_KEY_SIZE
     max_value: int = MAX_VALUE_SIZE
     # Snapshot and drop the log once this many entries, or this many bytes of entry
-    # data, were applied since the last snapshot. A snapshot stops the loop while the
-    # state is serialized and written (7-10 ms for 10,000 keys here), and the three nodes
-    # reach the threshold together; 100,000 (etcd's default too) makes that one stall per
-    # 100,000 writes, for about 25 MB more log in memory and a 0.5 s longer replay.
+    # data, were applied since the last snapshot, times a factor each node draws anew
+    # for each snapshot from [1, 1 + snapshot_jitter), so that the members do not all
+    # snapshot at the same index. A snapshot is written by a forked child; the loop
+    # stops only for the fork and for adopting the file. 100,000 is etcd's default too.
     snapshot_entries: int = 100_000
     snapshot_bytes: int = 64 << 20
+    snapshot_jitter: float = 0.5
     snapshot_chunk: int = MAX_SNAPSHOT_CHUNK  # bytes of a snapshot per transfer chunk
     segment_bytes: int = 64 << 20  # the write-ahead log rotates to a new file at this size
     metrics_port: int = 0  # Prometheus /metrics on the listen host; 0: off

@@ -2,15 +2,15 @@
 
 A replica owns no socket, thread or clock. Whoever drives it supplies these: the node
 process (raftkv/node.py: ZeroMQ, an fsync thread, the OS clock) or the simulator
-(tests/sim/replica_sim.py: a seeded network, a syncer that holds a sync for a drawn
-number of steps, simulated time). Storage is not among them: a replica always runs the
-real `raftkv.storage.Storage`; what is pluggable under it is the `FileSystem`
-(raftkv/storage/fs.py), a real disk or one that loses power.
+(tests/sim/replica_sim.py: a seeded network, a syncer and a snapshot writer that hold
+their work for a drawn number of steps, simulated time). Storage is not among them: a
+replica always runs the real `raftkv.storage.Storage`; what is pluggable under it is the
+`FileSystem` (raftkv/storage/fs.py), a real disk or one that loses power.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from raftkv.kv import KVStats, Reply
@@ -61,6 +61,23 @@ class Syncer(Protocol):
 
     def finish(self) -> None:
         """After `done`: raise the sync's error (a StorageError), if any."""
+
+
+class SnapshotWriter(Protocol):
+    """Writes a snapshot of the state machine without stopping the loop: paper §7 has
+    new updates accepted while a snapshot is written, with copy-on-write (fork on Linux,
+    in the paper's implementation too). `start(serialize, write)` captures the state as
+    it is at the call; `write(serialize())` then runs elsewhere: a forked child in the
+    node (raftkv/snapshot_writer.py), a later step in the simulator. The replica watches
+    `done`, then calls `finish` and adopts the file. One write at a time."""
+
+    def start(self, serialize: Callable[[], bytes], write: Callable[[bytes], None]) -> None: ...
+
+    def done(self) -> bool:
+        """Whether the write started last has finished (never blocks)."""
+
+    def finish(self) -> None:
+        """After `done`: raise SnapshotWriteError if the write failed."""
 
 
 class Clock(Protocol):

@@ -21,6 +21,20 @@ log = logging.getLogger("raftkv.metrics")
 FSYNC_BOUNDS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                   0.25, 1.0)
 BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+TURN_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Counters that are not counts: gauges in milliseconds, exported in seconds.
+_MS_GAUGES = {
+    "last_snapshot_ms": ("raftkv_last_snapshot_seconds",
+                         "Duration of the last snapshot, start to adoption"),
+    "last_snapshot_start_ms": ("raftkv_last_snapshot_start_seconds",
+                               "How long starting the last snapshot (the fork) stopped "
+                               "the loop"),
+    "last_snapshot_adopt_ms": ("raftkv_last_snapshot_adopt_seconds",
+                               "How long adopting the last snapshot's file (and "
+                               "compacting the log) stopped the loop"),
+    "longest_turn_ms": ("raftkv_longest_turn_seconds",
+                        "The longest turn of the node's loop since it started"),
+}
 
 
 class Buckets:
@@ -115,9 +129,9 @@ def node_families(status: Callable[[], dict[str, Any]]) -> Callable[[], Iterator
             role.add_metric([r], 1.0 if s["role"] == r else 0.0)
         yield role
         for key, value in s["counters"].items():
-            if key == "last_snapshot_ms":
-                yield GaugeMetricFamily("raftkv_last_snapshot_seconds",
-                                        "Duration of the last snapshot", value=value / 1000)
+            if key in _MS_GAUGES:
+                name, doc = _MS_GAUGES[key]
+                yield GaugeMetricFamily(name, doc, value=value / 1000)
                 continue
             yield CounterMetricFamily(f"raftkv_{key}", f"Node counter {key}", value=value)
         for key, value in s["transport"].items():
@@ -129,5 +143,7 @@ def node_families(status: Callable[[], dict[str, Any]]) -> Callable[[], Iterator
                                "commit of a loop turn)", h["fsync_seconds"])
         yield histogram_family("raftkv_append_batch_entries", "Entries persisted per "
                                "fsync batch", h["append_batch_entries"])
+        yield histogram_family("raftkv_loop_turn_seconds", "Work of one turn of the node's "
+                               "loop, its wait for input excluded", h["loop_turn_seconds"])
 
     return read

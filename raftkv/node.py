@@ -10,10 +10,11 @@ Each turn of the loop (docs/ARCHITECTURE.md: One node):
 Everything after the poll is the replica's; this module owns what a process has: the
 sockets (raftkv.transport), the fsync thread (`_Syncer`; fdatasync releases the GIL, so
 the loop applies the entries that were already durable, answers their clients, and goes
-on stepping messages and proposals while it runs), the OS clock, signals, /metrics and
-the log format. The next Ready is taken only once the fsync is done, and the
-acknowledgements that depend on it (APP_RESP, votes) leave only then; the leader counts
-its own copy toward a commit only then too (thesis §10.2.1).
+on stepping messages and proposals while it runs), the forked child that writes a
+snapshot (raftkv.snapshot_writer), the OS clock, signals, /metrics and the log format.
+The next Ready is taken only once the fsync is done, and the acknowledgements that
+depend on it (APP_RESP, votes) leave only then; the leader counts its own copy toward a
+commit only then too (thesis §10.2.1).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import zmq
 
 from raftkv.config import NodeConfig
 from raftkv.replica import Replica, open_storage
+from raftkv.snapshot_writer import ForkSnapshotWriter
 from raftkv.storage import Storage, StorageError
 from raftkv.transport import Transport
 
@@ -103,6 +105,40 @@ class _Syncer:
         os.close(self._done_w)
 
 
+class _Discarder:
+    """Deletes the files storage no longer needs (compacted WAL segments, old snapshots)
+    on a helper thread, in the order given, then syncs their directory: unlinking a
+    large file frees its extents, which took the loop 10-30 ms. A failure costs disk
+    space, not data: it is logged, and the next open removes what is left."""
+
+    def __init__(self, fs: Any, fsync: bool) -> None:
+        self.fs, self.fsync = fs, fsync
+        self._jobs: queue.SimpleQueue[tuple[list[Any], Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="raftkv-discard", daemon=True)
+        self._thread.start()
+
+    def __call__(self, paths: list[Any], directory: Any) -> None:
+        self._jobs.put((paths, directory))
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            paths, directory = job
+            try:
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.unlink(path)
+                if self.fsync:
+                    self.fs.fsync_dir(directory)
+            except OSError as e:
+                log.warning("could not delete %s: %s; the next start removes them",
+                            ", ".join(map(str, paths)), e)
+
+    def close(self) -> None:
+        """Finish the deletions handed over so far."""
+        self._jobs.put(None)
+        self._thread.join()
+
+
 class SystemClock:
     """The OS's clocks (raftkv.interfaces.Clock)."""
 
@@ -129,7 +165,12 @@ class Node:
             undo.callback(self.transport.close)
             self.syncer = _Syncer(storage)
             undo.callback(self.syncer.close)
-            self.replica = Replica(cfg, storage, self.transport, self.syncer, SYSTEM_CLOCK)
+            self.discarder = _Discarder(cfg.fs, cfg.fsync)
+            undo.callback(self.discarder.close)
+            storage.discard_with(self.discarder)
+            self.snapshot_writer = ForkSnapshotWriter()
+            self.replica = Replica(cfg, storage, self.transport, self.syncer, SYSTEM_CLOCK,
+                                   snapshot_writer=self.snapshot_writer)
             undo.pop_all()
         self.stopping = False
 
@@ -150,6 +191,7 @@ class Node:
                 # busy loop of zero-timeout polls (a wakeup or more per tick).
                 timeout_ms = max(0, math.ceil((next_tick - time.monotonic()) * 1000))
                 events = poller.poll(timeout_ms)
+                started = time.perf_counter()
                 readable = False
                 for what, _ in events:
                     if what is sock:
@@ -165,6 +207,7 @@ class Node:
                     # a burst would fire election timeouts that no real silence caused.
                     next_tick = max(next_tick + tick_s, now)
                 replica.process()
+                replica.record_turn(time.perf_counter() - started)
             if replica.syncing is not None:
                 # Stopped while a Ready syncs: a failed sync ends the node with its
                 # StorageError, never as a clean stop (its acknowledgements stay unsent).
@@ -178,9 +221,11 @@ class Node:
         self.stopping = True
 
     def close(self) -> None:
+        self.snapshot_writer.close()
         self.syncer.close()  # waits for a running fsync; storage.close syncs the rest
         self.transport.close()
         self.replica.storage.close()
+        self.discarder.close()
         log.info("stopped")
 
 

@@ -2,15 +2,16 @@
 
 A replica is everything a node does except waiting for input: no socket, no thread, no
 clock of its own. It works through the interfaces of raftkv/interfaces.py (a Transport,
-a Syncer, a Clock, a StateMachine) over the real `Storage`. Its driver calls, in each
-turn of its loop (docs/ARCHITECTURE.md: One node):
+a Syncer, a SnapshotWriter, a Clock, a StateMachine) over the real `Storage`. Its driver
+calls, in each turn of its loop (docs/ARCHITECTURE.md: One node):
 
     receive(messages, requests) -> tick() when due -> process()
     finish_sync() whenever the Syncer reports done
 
-raftkv/node.py drives it with ZeroMQ, an fsync thread and the OS clock; the simulator
-(tests/sim/replica_sim.py) with a seeded network, a syncer that holds a sync for a drawn
-number of steps, simulated time and a disk that loses power.
+raftkv/node.py drives it with ZeroMQ, an fsync thread, a forking snapshot writer and the
+OS clock; the simulator (tests/sim/replica_sim.py) with a seeded network, a syncer and a
+snapshot writer that hold their work for a drawn number of steps, simulated time and a
+disk that loses power.
 
 `process` handles Readies in the order of the Ready contract (raftkv/raft/types.py). A
 write is answered only after its entry is committed (durable on a majority, thesis §3.8)
@@ -22,17 +23,19 @@ toward a commit only once it is durable (thesis §10.2.1).
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from raftkv import failpoints
 from raftkv.config import NodeConfig
 from raftkv.eventlog import COUNTER_KEYS as EVENT_COUNTERS
 from raftkv.eventlog import EventLog
-from raftkv.interfaces import Clock, Route, StateMachine, Syncer, Transport
+from raftkv.interfaces import Clock, Route, SnapshotWriter, StateMachine, Syncer, Transport
 from raftkv.kv import KVStore, SnapshotError
-from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, Buckets
+from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, TURN_BOUNDS_S, Buckets
 from raftkv.raft import (
     NONE,
     ConfChange,
@@ -54,6 +57,7 @@ from raftkv.raft import (
     SnapshotMeta,
     decode_change,
 )
+from raftkv.snapshot_writer import InlineSnapshotWriter, SnapshotWriteError
 from raftkv.snapshots import SnapshotReceiver, SnapshotSender
 from raftkv.storage import Identity, Storage
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
@@ -107,17 +111,20 @@ class Replica:
     knows the configured peers (`cfg.peers`); the replica adds the members its state
     and log name. `new_state` makes an empty state machine (a KVStore with the
     configured limits by default); it is also what a received snapshot is restored
-    into before it may replace anything.
+    into before it may replace anything. `snapshot_writer` writes local snapshots
+    (inline by default, stopping the replica while it does).
     """
 
     def __init__(self, cfg: NodeConfig, storage: Storage, transport: Transport,
                  syncer: Syncer, clock: Clock,
-                 new_state: Callable[[], StateMachine] | None = None) -> None:
+                 new_state: Callable[[], StateMachine] | None = None,
+                 snapshot_writer: SnapshotWriter | None = None) -> None:
         self.cfg = cfg
         self.storage = storage
         self.transport = transport
         self.syncer = syncer
         self.clock = clock
+        self.snapshot_writer: SnapshotWriter = snapshot_writer or InlineSnapshotWriter()
         self.new_state: Callable[[], StateMachine] = new_state or (
             lambda: KVStore(max_key_size=cfg.max_key, max_value_size=cfg.max_value))
         repairing = storage.repair is not None
@@ -140,6 +147,14 @@ class Replica:
         self.snapshot_sender = SnapshotSender(self.load_snapshot, cfg.snapshot_chunk)
         self.snapshot_receiver = SnapshotReceiver(self.restore_scratch)
         self.bytes_since_snapshot = 0
+        # The local snapshot being written, and when it started; None when none is.
+        self.snapshotting: SnapshotMeta | None = None
+        self.snapshot_started = 0.0
+        # Each node draws its own thresholds, so the members of a cluster snapshot at
+        # different indexes, not all at once.
+        self.snapshot_rng = random.Random(cfg.seed)
+        self.snapshot_scale = self.draw_snapshot_scale()
+        self.snapshot_from = storage.snapshot.index if storage.snapshot else 0
         hs = storage.hard_state
         self.durable_term_vote = (hs.term, hs.vote)
         # Where every member listens: configuration (the transport's), then members added
@@ -170,11 +185,15 @@ class Replica:
             log.warning("FAILPOINT %s is ON: %s", name, failpoints.KNOWN[name])
         self.counters = {"proposals": 0, "reads": 0, "fsyncs": 0, "elections_won": 0,
                          "not_leader": 0, "snapshots_taken": 0, "snapshots_installed": 0,
-                         "snapshots_sent": 0, "last_snapshot_ms": 0,
+                         "snapshots_sent": 0, "snapshots_failed": 0,
+                         "last_snapshot_ms": 0, "last_snapshot_start_ms": 0,
+                         "last_snapshot_adopt_ms": 0,
+                         "longest_turn_ms": 0,
                          **dict.fromkeys(EVENT_COUNTERS, 0)}
         self.events = EventLog(clock.time)
         self.fsync_seconds = Buckets(FSYNC_BOUNDS_S)
         self.append_batch = Buckets(BATCH_BOUNDS)
+        self.loop_turn = Buckets(TURN_BOUNDS_S)
         self.metrics_port = 0  # set by the node once /metrics is served
 
     # -- one turn of the driver's loop -------------------------------------------------
@@ -202,6 +221,11 @@ class Replica:
         if self.syncing is not None:
             self.send(self.core.take_messages())
         self.process_ready()
+        # Adopted only once the core's messages are out: a SNAP among them names the
+        # snapshot storage holds until then.
+        if (self.syncing is None and self.snapshotting is not None
+                and self.snapshot_writer.done()):
+            self.finish_snapshot()
 
     # -- Ready -------------------------------------------------------------------------
 
@@ -382,29 +406,77 @@ class Replica:
         for node_id, address in self.kv.members.items():
             self.learn_address(node_id, address)
         self.bytes_since_snapshot = 0
+        self.snapshot_from = meta.index
         self.counters["snapshots_installed"] += 1
         log.info("installed snapshot at index %d (term %d, %d bytes)", meta.index, meta.term,
                  len(data))
 
+    def draw_snapshot_scale(self) -> float:
+        """This node's factor on the snapshot thresholds, until its next snapshot:
+        uniform in [1, 1 + snapshot_jitter)."""
+        return 1.0 + self.snapshot_rng.random() * self.cfg.snapshot_jitter
+
     def maybe_snapshot(self) -> None:
-        """Compact once the log since the last snapshot is over a threshold. The pause is
-        measured: serializing the state stops the loop for that long."""
-        core = self.core
+        """Start a snapshot once the log since the last one is over this node's
+        threshold. The state is serialized and written off the loop (`snapshot_writer`);
+        the log is compacted once the file is durable (`finish_snapshot`)."""
+        if self.snapshotting is not None:
+            return
+        core, cfg, scale = self.core, self.cfg, self.snapshot_scale
         applied = core.log.applied
-        if (applied - core.log.offset < self.cfg.snapshot_entries
-                and self.bytes_since_snapshot < self.cfg.snapshot_bytes):
+        if (applied - self.snapshot_from < cfg.snapshot_entries * scale
+                and self.bytes_since_snapshot < cfg.snapshot_bytes * scale):
             return
         t0 = self.clock.monotonic()
-        data = self.kv.snapshot()
-        # The core describes the snapshot (term, and the membership in force at `applied`,
-        # not the latest one); storage keeps exactly that, and that is what is sent.
-        core.compact(applied)
-        self.storage.save_snapshot(core.snapshot, data)
+        meta = core.snapshot_meta(applied)
+        self.snapshotting, self.snapshot_started = meta, t0
+        self.snapshot_from = applied
         self.bytes_since_snapshot = 0
-        ms = (self.clock.monotonic() - t0) * 1000
+        self.snapshot_scale = self.draw_snapshot_scale()
+        self.snapshot_writer.start(self.kv.snapshot,
+                                   partial(self.storage.write_snapshot_file, meta))
+        self.counters["last_snapshot_start_ms"] = round((self.clock.monotonic() - t0) * 1000, 3)
+        if self.snapshot_writer.done():  # written inline: adopt it in this same turn
+            self.finish_snapshot()
+
+    def finish_snapshot(self) -> None:
+        """The snapshot writer is done: a file written whole becomes the snapshot, in
+        storage and then in the core, which drop the log it covers. A failed write is
+        logged and counted, and the next one starts after another threshold's worth."""
+        meta = self.snapshotting
+        assert meta is not None
+        self.snapshotting = None
+        t0 = self.clock.monotonic()
+        try:
+            self.snapshot_writer.finish()
+        except SnapshotWriteError as e:
+            self.counters["snapshots_failed"] += 1
+            log.error("snapshot at index %d not taken: %s", meta.index, e)
+            self.storage.discard_snapshot_file(meta)
+            return
+        if not self.storage.adopt_snapshot(meta):
+            log.info("snapshot at index %d dropped: one from the leader at %d came first",
+                     meta.index, self.storage.snapshot.index)
+            return
+        self.core.compact(meta.index)
+        if self.core.snapshot != meta:
+            raise InvariantViolation(f"storage took snapshot {meta}, the core made "
+                                     f"{self.core.snapshot}")
+        now = self.clock.monotonic()
         self.counters["snapshots_taken"] += 1
-        self.counters["last_snapshot_ms"] = round(ms, 3)
-        log.info("snapshot at index %d: %d bytes in %.1f ms", applied, len(data), ms)
+        self.counters["last_snapshot_ms"] = round((now - self.snapshot_started) * 1000, 3)
+        self.counters["last_snapshot_adopt_ms"] = round((now - t0) * 1000, 3)
+        log.info("snapshot at index %d taken in %.1f ms; the loop stopped for %.1f ms to "
+                 "start it and %.1f ms to adopt it", meta.index,
+                 self.counters["last_snapshot_ms"], self.counters["last_snapshot_start_ms"],
+                 self.counters["last_snapshot_adopt_ms"])
+
+    def record_turn(self, seconds: float) -> None:
+        """How long one turn of the driver's loop worked (its wait for input excluded)."""
+        self.loop_turn.observe(seconds)
+        ms = seconds * 1000
+        if ms > self.counters["longest_turn_ms"]:
+            self.counters["longest_turn_ms"] = round(ms, 3)
 
     def apply(self, rd: Ready) -> None:
         kv_apply, waiting, reply = self.kv.apply, self.pending_writes, self.transport.reply
@@ -659,7 +731,8 @@ class Replica:
 
     def histograms(self) -> dict[str, Any]:
         return {"fsync_seconds": self.fsync_seconds.to_dict(),
-                "append_batch_entries": self.append_batch.to_dict()}
+                "append_batch_entries": self.append_batch.to_dict(),
+                "loop_turn_seconds": self.loop_turn.to_dict()}
 
     def metrics_view(self) -> dict[str, Any]:
         """What /metrics shows: the STATUS values that are safe to read from the metrics

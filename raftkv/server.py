@@ -86,9 +86,14 @@ HEX64 = Hex64()
               help="FOR BENCHMARKS ONLY: skip fsync. A crash of the machine can then lose "
                    "acknowledged writes.")
 @click.option("--snapshot-entries", type=click.IntRange(min=1), default=100_000,
-              show_default=True, help="Snapshot and compact the log after this many entries.")
+              show_default=True, help="Snapshot and compact the log after this many entries "
+              "(times the node's jitter factor).")
 @click.option("--snapshot-bytes", type=click.IntRange(min=1), default=64 << 20,
               show_default=True, help="... or after this many bytes of entry data.")
+@click.option("--snapshot-jitter", type=click.FloatRange(min=0, max=4), default=0.5,
+              show_default=True, help="Each node multiplies both thresholds by a factor it "
+              "draws from [1, 1 + this) for each snapshot, so members snapshot at different "
+              "indexes; 0: exactly at the thresholds.")
 @click.option("--wal-segment-bytes", type=click.IntRange(min=4096), default=64 << 20,
               show_default=True, help="Size at which the write-ahead log starts a new file.")
 @click.option("--log-level", default="INFO", show_default=True,
@@ -96,8 +101,8 @@ HEX64 = Hex64()
 @metrics_port_option
 def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, join: bool,
          new: bool, cluster_id: int, data_dir: Path, heartbeat_ms: int, election_ms: int,
-         no_fsync: bool, snapshot_entries: int, snapshot_bytes: int, wal_segment_bytes: int,
-         log_level: str, metrics_port: int) -> None:
+         no_fsync: bool, snapshot_entries: int, snapshot_bytes: int, snapshot_jitter: float,
+         wal_segment_bytes: int, log_level: str, metrics_port: int) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
 
     \b
@@ -132,6 +137,7 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
                      heartbeat_ms=heartbeat_ms,
                      election_ms=election_ms, fsync=not no_fsync,
                      snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
+                     snapshot_jitter=snapshot_jitter,
                      segment_bytes=wal_segment_bytes, metrics_port=metrics_port,
                      cluster_id=cluster_id, create_dir=new or join)
     try:

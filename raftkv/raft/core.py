@@ -926,11 +926,21 @@ class Raft:
         applied index): drop the log entries it covers."""
         if index <= self.log.offset:
             return
-        term = self.log.compact(index)
+        meta = self.snapshot_meta(index)
+        self.log.compact(index)
         self.conf.compact(index)
-        m = self.conf.base
-        self.snapshot = SnapshotMeta(index, term, tuple(sorted(m.voters)),
-                                     tuple(sorted(m.learners)))
+        self.snapshot = meta
+
+    def snapshot_meta(self, index: int) -> SnapshotMeta:
+        """What a snapshot of the state up to `index` (offset < index <= applied) is:
+        the term of the entry there and the membership in force at it, not the latest
+        one. `compact(index)` records exactly this."""
+        term = self.log.term(index)
+        if not self.log.offset < index <= self.log.applied or term is None:
+            raise InvariantViolation(f"no snapshot at {index}: log offset {self.log.offset}, "
+                                     f"applied {self.log.applied}")
+        m = self.conf.at(index)
+        return SnapshotMeta(index, term, tuple(sorted(m.voters)), tuple(sorted(m.learners)))
 
     def handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(min(m.commit, self.log.last_index()))

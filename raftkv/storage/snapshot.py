@@ -34,6 +34,7 @@ MAGIC = b"RKVSNAP1"
 _HEADER = struct.Struct("<8sIQI")
 _SNAP_NAME = re.compile(r"snap-(\d{20})\.snap")
 KEEP = 2  # snapshots kept on disk; only the newest is ever loaded
+SYNC_EVERY = 4 << 20  # bytes of a snapshot file written between two syncs of it
 
 
 def snapshot_path(data_dir: Path, index: int) -> Path:
@@ -51,12 +52,18 @@ def list_snapshots(data_dir: Path, fs: FileSystem = OS_FS) -> list[tuple[int, Pa
 
 
 def write_snapshot(data_dir: Path, meta: SnapshotMeta, data: bytes, disk: Disk) -> Path:
+    path = snapshot_path(data_dir, meta.index)
+    disk.publish(write_snapshot_temp(data_dir, meta, data, disk), path)
+    return path
+
+
+def write_snapshot_temp(data_dir: Path, meta: SnapshotMeta, data: bytes, disk: Disk) -> Path:
+    """The snapshot file, written and synced under its temp name (`publish` names it)."""
     body = msgpack.packb([meta.index, meta.term, list(meta.voters), list(meta.learners)])
     crc = zlib.crc32(data, zlib.crc32(body))
     header = _HEADER.pack(MAGIC, len(body), len(data), crc)
-    path = snapshot_path(data_dir, meta.index)
-    disk.write_atomic(path, [header, body, data])
-    return path
+    return disk.write_temp(snapshot_path(data_dir, meta.index), [header, body, data],
+                           sync_every=SYNC_EVERY)
 
 
 def read_snapshot(path: Path, data_dir: Path,
@@ -96,11 +103,7 @@ def parse_snapshot(path: Path, buf: bytes, data_dir: Path) -> tuple[SnapshotMeta
 
 def prune_snapshots(data_dir: Path, disk: Disk) -> None:
     """Delete all but the newest KEEP snapshot files."""
-    old = list_snapshots(data_dir, disk.fs)[:-KEEP]
-    for _, path in old:
-        disk.fs.unlink(path)
-    if old:
-        disk.sync_dir(data_dir)
+    disk.discard([path for _, path in list_snapshots(data_dir, disk.fs)[:-KEEP]], data_dir)
 
 
 def remove_temp_files(data_dir: Path, fs: FileSystem = OS_FS) -> None:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from raftkv.raft.types import NONE, Entry, HardState, SnapshotMeta
 from raftkv.storage import record, snapshot
-from raftkv.storage.disk import Disk
+from raftkv.storage.disk import Disk, temp_path
 from raftkv.storage.errors import (
     DISK_FAILURE_HINT,
     StorageCorruptError,
@@ -451,6 +451,12 @@ class Storage:
     def entries_after_snapshot(self) -> list[Entry]:
         return list(self._log.entries)
 
+    def discard_with(self, discarder: Callable[[list[Path], Path], None]) -> None:
+        """Hand the deletion of files nothing needs any more to `discarder(paths, dir)`,
+        which deletes them in order and syncs the dir: a thread, so the loop does not
+        wait for the file system to free them."""
+        self._disk.discarder = discarder
+
     def stats(self) -> dict[str, int]:
         d = self._disk
         return {
@@ -551,14 +557,59 @@ class Storage:
         self.sync()
         keep = self._log.term(meta.index) == meta.term
         try:
-            snapshot.write_snapshot(self._dir, meta, data, self._disk)
+            tmp = snapshot.write_snapshot_temp(self._dir, meta, data, self._disk)
+        except OSError as exc:
+            raise self._disk_failed("writing snapshot", exc) from exc
+        if hard_state is not None:
+            self._hard_state = hard_state
+        self._publish_snapshot(meta, tmp, keep)
+
+    def write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Write the snapshot of the state up to meta.index under its temp name, synced,
+        for `adopt_snapshot` to take. It reads nothing of this object's state and changes
+        none (its own Disk counts what it writes), so another process may run it: a
+        forked child with a copy-on-write image of the state machine, while the loop goes
+        on (raftkv/snapshot_writer.py). Raises OSError; the caller's error to report."""
+        snapshot.write_snapshot_temp(self._dir, meta, data, Disk(self._disk.fsync, self._fs))
+
+    def adopt_snapshot(self, meta: SnapshotMeta) -> bool:
+        """The file `write_snapshot_file` wrote becomes the snapshot, and the log it
+        covers goes. False, and the file removed, if a snapshot from the leader at or
+        past meta.index was installed meanwhile.
+
+        A local snapshot covers applied entries only, which are durable here already
+        with their term (the core hands out entries for applying up to its stable
+        index), so the file needs no sync of the log before it.
+        """
+        self._check_usable()
+        if meta.index <= self._log.floor:
+            self.discard_snapshot_file(meta)
+            return False
+        if self._log.term(meta.index) != meta.term:
+            raise ValueError(f"snapshot {meta} is not of this log: its entry "
+                             f"{meta.index} has term {self._log.term(meta.index)}")
+        self._publish_snapshot(meta, temp_path(snapshot.snapshot_path(self._dir, meta.index)),
+                               keep=True)
+        return True
+
+    def discard_snapshot_file(self, meta: SnapshotMeta) -> None:
+        """Remove what `write_snapshot_file` left of meta's snapshot, if anything."""
+        tmp = temp_path(snapshot.snapshot_path(self._dir, meta.index))
+        try:
+            if self._fs.exists(tmp):
+                self._fs.unlink(tmp)
+        except OSError as exc:
+            raise self._disk_failed("removing an unused snapshot file", exc) from exc
+
+    def _publish_snapshot(self, meta: SnapshotMeta, tmp: Path, keep: bool) -> None:
+        """The synced snapshot file `tmp` takes its name; then the log it covers goes."""
+        try:
+            self._disk.publish(tmp, snapshot.snapshot_path(self._dir, meta.index))
         except OSError as exc:
             raise self._disk_failed("writing snapshot", exc) from exc
         self._snapshot = meta
         last_before = self._log.last
         self._log.compact(meta.index, keep)
-        if hard_state is not None:
-            self._hard_state = hard_state
         self._record_snapshot(meta, keep, last_before)
 
     def _record_snapshot(self, meta: SnapshotMeta, keep: bool, last_before: int) -> None:

@@ -382,11 +382,9 @@ class WAL:
         """Delete segments numbered below `seq`, oldest first, so that a crash midway still
         leaves consecutive numbers. Returns how many were deleted."""
         doomed = [s for s in self.segments if s.seq < seq]
-        for seg in doomed:
-            self.fs.unlink(seg.path)
         if doomed:
             self.segments = self.segments[len(doomed) :]
-            self.disk.sync_dir(self.dir)
+            self.disk.discard([s.path for s in doomed], self.dir)
         return len(doomed)
 
     def close(self) -> None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from raftkv.config import NodeConfig
 from raftkv.raft import Message, MsgType
+from raftkv.snapshot_writer import SnapshotWriteError
 from raftkv.storage import StorageError
 from raftkv.transport import _CONTROL_OPS, peer_identity, serve_control
 from raftkv.wire import (
@@ -197,6 +198,51 @@ class SimSyncer:
             raise self.error
         if self.error is not None:
             raise StorageError(f"WAL sync failed: {self.error}") from self.error
+
+
+class SimSnapshotWriter:
+    """raftkv.interfaces.SnapshotWriter: the state is serialized at `start`, as a fork
+    captures it, and the file is written through the node's disk a drawn number of
+    milliseconds later, as the node's forked child writes it while the loop goes on. A
+    power cut may come during that write. A crash before it ends the write (the child
+    dies with its node): what it left is a temp file, which the next open removes."""
+
+    def __init__(self, world: World, node: SimNode) -> None:
+        self.world, self.node = world, node
+        self.busy = False
+        self._done = False
+        self.error: OSError | None = None
+
+    def start(self, serialize: Callable[[], bytes], write: Callable[[bytes], None]) -> None:
+        assert not self.busy, "a second snapshot started before the first was adopted"
+        self.busy, self._done, self.error = True, False, None
+        data = serialize()
+        self.world.coverage["snapshots_written_aside"] += 1
+        lo, hi = self.world.sync_ms
+        self.world.at(self.world.now + self.world.rng.randint(lo, 4 * hi + 1), self._complete,
+                      self.node.gen, write, data)
+
+    def _complete(self, gen: int, write: Callable[[bytes], None], data: bytes) -> None:
+        if gen != self.node.gen:
+            return
+        try:
+            write(data)
+        except PowerCut:
+            self.world.crash(self.node.id, power_loss=True, why="power cut during a "
+                             "snapshot write")
+            return
+        except OSError as e:
+            self.error = e
+        self._done = True
+        self.world.wake(self.node)
+
+    def done(self) -> bool:
+        return self._done
+
+    def finish(self) -> None:
+        self.busy = self._done = False
+        if self.error is not None:
+            raise SnapshotWriteError(f"writing the snapshot failed: {self.error}")
 
 
 class SimTransport:

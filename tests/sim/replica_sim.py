@@ -51,7 +51,14 @@ from raftkv.storage import StorageError
 from raftkv.wire import decode_reply
 from tests.powerloss import PowerCut, PowerLossFS
 from tests.sim.replica_checks import ReplicaChecker, SimFailure
-from tests.sim.replica_io import Network, SimClock, SimSyncer, SimTransport, address
+from tests.sim.replica_io import (
+    Network,
+    SimClock,
+    SimSnapshotWriter,
+    SimSyncer,
+    SimTransport,
+    address,
+)
 
 # -- nodes -------------------------------------------------------------------------------
 
@@ -159,7 +166,8 @@ class World:
         node.created = True
         node.transport = SimTransport(self, node, cfg)
         node.syncer = SimSyncer(self, node, storage)
-        replica = Replica(cfg, storage, node.transport, node.syncer, self.clock)
+        replica = Replica(cfg, storage, node.transport, node.syncer, self.clock,
+                          snapshot_writer=SimSnapshotWriter(self, node))
         self._observe(node, replica)
         node.replica = replica
         node.replicas.append(replica)

@@ -135,6 +135,7 @@ def compacted(tmp_path) -> Iterator[Node]:
         for _ in range(4):
             node.replica.core.propose(encode_open_session())
             node.replica.process_ready()
+        wait_for_snapshot(node)
         assert node.replica.core.snapshot is not None
         node.replica.core.propose_conf_change(ConfChange(ConfOp.ADD_LEARNER, 2, "tcp://127.0.0.1:9"))
         node.replica.process_ready()
@@ -144,6 +145,15 @@ def compacted(tmp_path) -> Iterator[Node]:
     finally:
         node.replica.storage = getattr(node.replica.storage, "_real", node.replica.storage)
         node.close()
+
+
+def wait_for_snapshot(node: Node) -> None:
+    """Turn the replica until the snapshot its forked writer is writing is adopted."""
+    deadline = time.monotonic() + 10
+    while node.replica.snapshotting is not None:
+        assert time.monotonic() < deadline, "the snapshot writer never finished"
+        time.sleep(0.001)
+        node.replica.process()
 
 
 def start_async_sync(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from raftkv.config import NodeConfig
+from raftkv.kv import KVStore
 from raftkv.raft import CampaignKind, ConfChange, ConfOp, Entry, EntryType, Message, MsgType
 from raftkv.raft.confchange import Membership, encode_change
 from raftkv.replica import Replica, open_storage
+from raftkv.snapshot_writer import SnapshotWriteError
 from raftkv.storage import Storage
 from raftkv.wire import ClientRequest, ReqOp
 from tests.powerloss import PowerLossFS
@@ -158,3 +160,105 @@ def test_a_member_whose_removal_is_truncated_away_is_reached_again():
     r.process()
     assert r.core.learners == {2}
     assert r.transport.peers[2] == ADDR[2]
+
+
+class HeldWriter:
+    """raftkv.interfaces.SnapshotWriter that serializes at `start` and writes when the
+    test says (`release`), as the node's forked child does while the loop goes on."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.job: tuple[Any, bytes] | None = None
+        self.released = False
+        self.fail = False
+
+    def start(self, serialize: Any, write: Any) -> None:
+        assert self.job is None
+        self.started += 1
+        self.job, self.released = (write, serialize()), False
+
+    def release(self) -> None:
+        assert self.job is not None
+        write, data = self.job
+        if not self.fail:
+            write(data)
+        self.released = True
+
+    def done(self) -> bool:
+        return self.released
+
+    def finish(self) -> None:
+        self.job = None
+        if self.fail:
+            raise SnapshotWriteError("the disk is full")
+
+
+def writer_replica(writer: HeldWriter, fs: PowerLossFS | None = None) -> Replica:
+    """Node 1, a lone voter and leader, snapshotting every 5 entries exactly."""
+    cfg = NodeConfig(1, ADDR[1], {}, Path("/n1"), initial_voters=(1,), fs=fs or PowerLossFS(),
+                     seed=1, snapshot_entries=5, snapshot_jitter=0.0)
+    storage = open_storage(cfg)
+    r = Replica(cfg, storage, Recorder(1, {}), InlineSyncer(storage), Clock(),
+                snapshot_writer=writer)
+    r.core.campaign(CampaignKind.ELECTION)
+    r.process()
+    return r
+
+
+def put(r: Replica, n: int) -> None:
+    for _ in range(n):
+        r.core.propose(b"")
+        r.process()
+
+
+def test_a_snapshot_is_taken_aside_and_the_log_is_kept_until_it_is_adopted():
+    writer = HeldWriter()
+    r = writer_replica(writer)
+    put(r, 5)
+    meta = r.snapshotting
+    assert writer.started == 1 and meta is not None
+    applied = r.core.log.applied
+    put(r, 3)  # applying goes on while the snapshot is written
+    assert r.storage.snapshot is None and r.core.snapshot is None
+    assert r.core.log.applied == applied + 3
+    writer.release()
+    r.process()
+    assert r.snapshotting is None
+    assert r.storage.snapshot == meta == r.core.snapshot
+    assert r.storage.first_index == meta.index + 1 == r.core.log.offset + 1
+    state = KVStore()
+    state.restore(r.storage.load_snapshot_data())
+    assert state.applied_index == meta.index  # the state at the start, not later
+    assert r.counters["snapshots_taken"] == 1
+
+
+def test_a_failed_snapshot_write_keeps_the_log_and_waits_another_threshold():
+    writer = HeldWriter()
+    writer.fail = True
+    r = writer_replica(writer)
+    put(r, 5)
+    failed_at = r.snapshotting.index
+    writer.release()
+    r.process()
+    assert r.counters["snapshots_failed"] == 1 and r.counters["snapshots_taken"] == 0
+    assert r.storage.snapshot is None and r.storage.first_index == 1
+    assert not [n for n in r.cfg.fs.listdir(Path("/n1")) if n.endswith(".tmp")]
+    put(r, failed_at + 4 - r.core.log.applied)
+    assert writer.started == 1  # not a fork per turn on a full disk
+    writer.fail = False
+    put(r, 1)
+    assert writer.started == 2 and r.snapshotting.index == failed_at + 5
+
+
+def test_each_node_draws_its_own_snapshot_thresholds():
+    """Members that reach the same index do not all snapshot there (issue 16: every
+    node stalled at the same index, and the cluster lost its leader)."""
+    scales = set()
+    for seed in range(1, 6):
+        cfg = NodeConfig(1, ADDR[1], {}, Path("/n1"), initial_voters=(1,), fs=PowerLossFS(),
+                         seed=seed, snapshot_jitter=0.5)
+        storage = open_storage(cfg)
+        r = Replica(cfg, storage, Recorder(1, {}), InlineSyncer(storage), Clock())
+        scales.add(r.snapshot_scale)
+        assert 1.0 <= r.snapshot_scale < 1.5
+    assert len(scales) == 5

@@ -77,7 +77,7 @@ def test_the_hard_state_term_is_durable_before_an_installed_snapshot_of_a_later_
     def crash(*args, **kwargs):  # the power goes as the snapshot file is written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(snapshot_mod, "write_snapshot", crash)
+    monkeypatch.setattr(snapshot_mod, "write_snapshot_temp", crash)
     st = Storage.open(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         st.save_snapshot(SnapshotMeta(9, 4, (1,)), b"s", HardState(4, 2, 9))

@@ -145,6 +145,44 @@ def test_save_interrupted_after_the_snapshot_file_is_completed_on_open(
         assert index_terms(st) == kept and st.hard_state == hs
 
 
+def test_a_snapshot_written_aside_is_adopted_with_the_log_after_it_kept(tmp_path):
+    """The node's snapshot is written by a forked child (write_snapshot_file), then
+    adopted by the loop; until then nothing of the storage changed."""
+    fill(tmp_path, 30)
+    meta = SnapshotMeta(20, 1, (1,))
+    with Storage.open(tmp_path, segment_bytes=300) as st:
+        st.write_snapshot_file(meta, b"state at 20")
+        assert st.snapshot is None and st.first_index == 1
+        assert snapshots(tmp_path) == []
+        assert st.adopt_snapshot(meta)
+        assert st.snapshot == meta and st.first_index == 21
+    assert not list(tmp_path.glob("*.tmp"))
+    with Storage.open(tmp_path) as st:
+        assert st.snapshot == meta and st.load_snapshot_data() == b"state at 20"
+        assert index_terms(st) == [(i, 1) for i in range(21, 31)]
+
+
+def test_a_snapshot_written_aside_loses_to_the_leaders_installed_meanwhile(tmp_path):
+    fill(tmp_path, 30)
+    mine, leaders = SnapshotMeta(20, 1, (1,)), SnapshotMeta(40, 2, (1,))
+    with Storage.open(tmp_path) as st:
+        st.write_snapshot_file(mine, b"mine")
+        st.save_snapshot(leaders, b"the leader's")
+        assert not st.adopt_snapshot(mine)
+        assert st.snapshot == leaders
+    assert not list(tmp_path.glob("*.tmp"))
+    assert snapshots(tmp_path) == ["snap-00000000000000000040.snap"]
+
+
+def test_a_snapshot_of_another_log_is_refused(tmp_path):
+    fill(tmp_path, 30)
+    with Storage.open(tmp_path) as st:
+        st.write_snapshot_file(SnapshotMeta(20, 7, (1,)), b"x")
+        with pytest.raises(ValueError, match="not of this log"):
+            st.adopt_snapshot(SnapshotMeta(20, 7, (1,)))
+        assert st.snapshot is None and st.first_index == 1
+
+
 def test_leftover_temp_files_are_removed(tmp_path):
     fill(tmp_path, 3)
     (tmp_path / "snap-00000000000000000002.snap.tmp").write_bytes(b"half a snapsh")
@@ -205,3 +243,26 @@ def test_replay_starting_at_an_old_marker_does_not_assume_the_log_resumes_after_
     assert segments(tmp_path)[0].name == "wal-0000000002.log"
     with Storage.open(tmp_path) as st:
         assert index_terms(st) == [(i, 1) for i in range(16, 21)]
+
+
+def test_files_whose_deletion_never_ran_are_tolerated_on_open(tmp_path):
+    """The node deletes compacted segments and old snapshots on a thread: a crash before
+    it ran leaves them all, which an open must take as a crash midway would."""
+    with Storage.open(tmp_path, segment_bytes=300) as st:
+        st.discard_with(lambda paths, directory: None)  # a deleter that never ran
+        for i in range(1, 61):
+            st.append(ents(i, 1), HardState(1, 1, i - 1))
+            st.sync()
+            if i % 20 == 0:
+                st.save_snapshot(SnapshotMeta(i - 5, 1, (1,)), b"state %d" % i)
+    assert len(snapshots(tmp_path)) == 3 and len(segments(tmp_path)) > 6
+    with Storage.open(tmp_path) as st:
+        assert st.snapshot.index == 55 and st.load_snapshot_data() == b"state 60"
+        assert index_terms(st) == [(i, 1) for i in range(56, 61)]
+
+
+def test_a_large_file_is_synced_as_it_is_written(tmp_path):
+    disk = Disk()
+    tmp = disk.write_temp(tmp_path / "f", [b"h", b"x" * 10_000], sync_every=4096)
+    assert tmp.read_bytes() == b"h" + b"x" * 10_000
+    assert disk.fsyncs == 3  # two full 4 KiB pieces of the data, then the whole file
