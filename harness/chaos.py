@@ -1,6 +1,8 @@
 """`raftkv chaos`: concurrent clients, a nemesis, and the checks that follow.
 
-A run brings up its own cluster in a temp dir (or uses --dir), starts client processes
+A run brings up its own cluster in a temp dir (or uses --dir), optionally writes a large
+state of filler keys that the checks ignore (--preload: snapshots to take, restart from
+and send while faults come), starts client processes
 that do random get/put/delete/cas on a few keys with values never written twice,
 injects faults from a seeded schedule (nemesis.py), heals, waits for recovery, then:
 
@@ -30,6 +32,7 @@ from harness.cluster_state import ClusterState
 
 EXIT_OK, EXIT_VIOLATION, EXIT_UNRECOVERED = 0, 1, 3
 OP_TIMEOUT = 2.0  # a client's deadline for one operation
+PRELOAD_VALUE = 100  # bytes per filler value
 RECOVERY_TIMEOUT = 30.0
 
 
@@ -91,6 +94,7 @@ class ChaosConfig:
     seed: int = 0
     run_dir: Path | None = None
     check_timeout: float = 60.0
+    preload: int = 0  # filler keys (PRELOAD_VALUE bytes each) written before the faults
 
 
 @dataclass
@@ -122,6 +126,8 @@ def run_chaos(cfg: ChaosConfig, log: Callable[[str], None] = print) -> ChaosRepo
     try:
         state, _ = up(cluster_dir, nodes=cfg.nodes, base_port=free_base_port(cfg.nodes),
                       progress=log)
+        if cfg.preload:
+            preload(state, cfg.preload, log)
         history = drive(cfg, state, run_dir, report, log)
         check_history(cfg, state, history, run_dir, report, log)
     except RecoveryFailed as e:
@@ -135,6 +141,26 @@ def run_chaos(cfg: ChaosConfig, log: Callable[[str], None] = print) -> ChaosRepo
 
 class RecoveryFailed(Exception):
     pass
+
+
+def preload(state, keys: int, log: Callable[[str], None]) -> None:
+    """Write `keys` filler keys (bench keys, which the clients never touch) through the
+    leader, 64 in flight."""
+    from harness.launcher import find_leader
+    from harness.loadgen import Route, fill_keys
+
+    ctx = zmq.Context()
+    try:
+        t0 = time.monotonic()
+        ids = tuple(state.addresses)
+        found = find_leader(ctx, state.addresses, timeout=2.0)
+        first = ids.index(found[0]) if found and found[0] in ids else 0  # NOT_LEADER re-routes
+        fill_keys(ctx, Route(tuple(state.addresses[i] for i in ids), ids, first), keys,
+                  PRELOAD_VALUE)
+        log(f"chaos: preloaded {keys:,} keys of {PRELOAD_VALUE} bytes in "
+            f"{time.monotonic() - t0:.1f}s")
+    finally:
+        ctx.destroy(linger=0)
 
 
 def drive(cfg: ChaosConfig, state, run_dir: Path, report: ChaosReport,

@@ -18,6 +18,7 @@ from raftkv.server import node as node_command_
 EXIT_OK = 0
 EXIT_NEGATIVE = 1  # the answer is "no": key not found, not swapped
 EXIT_UNAVAILABLE = 3
+EXIT_QUOTA = 5
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -27,6 +28,8 @@ Exit codes:
   3  cluster unavailable: no cluster in --dir, controller down, no leader in --timeout
   4  a node's data directory is unusable, or its disk failed (node; up and restart
      when a node refuses its dir, e.g. one that vanished: remove-node, then add-node)
+  5  the cluster's state is at its quota (node --quota-bytes): the write was refused
+     and nothing was done; delete keys to make room
 """
 
 
@@ -96,6 +99,8 @@ def with_client(cluster_dir: Path, timeout: float, fn: Callable[[Any], Any]) -> 
             return fn(kv)
     except raftkv.BadRequest as e:
         fail(str(e), EXIT_USAGE)
+    except raftkv.QuotaExceeded as e:
+        fail(str(e), EXIT_QUOTA)
     except (raftkv.Unavailable, raftkv.Timeout) as e:
         fail(str(e), EXIT_UNAVAILABLE)
 
@@ -212,7 +217,8 @@ def print_status_table(st: dict) -> None:
 
 
 def print_metrics_lines(st: dict) -> None:
-    """Per node: the election and fsync figures its /metrics also serves."""
+    """Per node: the election, fsync, loop and snapshot figures its /metrics also
+    serves, and its state's size against its quota."""
     for n in st.get("nodes", []):
         c, f = n.get("counters"), n.get("fsync_ms")
         if not c or not f:
@@ -223,6 +229,14 @@ def print_metrics_lines(st: dict) -> None:
                    f"{c.get('elections_won', 0)}; proposals {c.get('proposals', 0)}; fsync "
                    f"p50 {_dash(f['p50'])} ms, p99 {_dash(f['p99'])} ms of {f['count']}"
                    + (f"; http://{host}:{port}/metrics" if port else ""))
+        kv = n.get("kv") or {}
+        size = (f"; state {kv['bytes'] / 2**20:,.1f} MiB of its {kv['quota_bytes'] / 2**20:,.0f}"
+                " MiB quota" if "bytes" in kv else "")
+        click.echo(f"  longest loop turn {_dash(c.get('longest_turn_ms'))} ms; snapshots "
+                   f"{c.get('snapshots_taken', 0)} taken, {c.get('snapshots_failed', 0)} "
+                   f"failed, the last in {_dash(c.get('last_snapshot_ms'))} ms, stopping the "
+                   f"loop {_dash(c.get('last_snapshot_start_ms'))} ms to start and "
+                   f"{_dash(c.get('last_snapshot_adopt_ms'))} ms to adopt" + size)
 
 
 def _dash(v: Any) -> Any:
@@ -557,8 +571,13 @@ def controller(cluster_dir: Path, log_level: str, metrics_port: int) -> None:
 @click.option("--check-timeout", default=120.0, show_default=True,
               type=click.FloatRange(min=1), help="Budget of the linearizability check; past "
               "it the verdict is 'unknown', never 'ok'.")
+@click.option("--preload", default=0, show_default=True, type=click.IntRange(0, 10_000_000),
+              help="Filler keys (100-byte values) written before the faults start, which "
+              "the checks ignore: a large state for nodes to snapshot, restart from and "
+              "send while faults come (a snapshot every 100,000 entries).")
 def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
-          seed: int | None, run_dir: Path | None, check_timeout: float) -> None:
+          seed: int | None, run_dir: Path | None, check_timeout: float,
+          preload: int) -> None:
     """Run a cluster under random faults and check what clients saw was linearizable.
 
     \b
@@ -577,7 +596,7 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
                                  f"{', '.join(KINDS)}", param_hint="--nemesis")
     seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
     report = run_chaos(ChaosConfig(nodes, run_time, clients, keys, kinds, seed, run_dir,
-                                   check_timeout), log=lambda m: click.echo(m))
+                                   check_timeout, preload), log=lambda m: click.echo(m))
     sys.exit(report.exit_code)
 
 

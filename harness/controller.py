@@ -78,6 +78,7 @@ Status map (the CONTROL "status" and STATUS value)::
                 exited: 4 means it refused its data dir; None otherwise),
                 "vote", "lead", "snapshot_index", "log_tail": [[index, term], ...],
                 "counters": {...}, "fsync_ms": {"p50", "p99", "count"},
+                "kv": {"keys", "sessions", "malformed", "bytes", "quota_bytes"},
                 "metrics_port"}, ...],
      "controller": {counters, "pending": n, "uptime_s": s}}
 
@@ -1071,6 +1072,7 @@ def dashboard_fields(st: dict[str, Any]) -> dict[str, Any]:
         "snapshot_index": st.get("snapshot_index"),
         "log_tail": st.get("log_tail"),
         "counters": st.get("counters"),
+        "kv": st.get("kv"),
         "fsync_ms": None if fsync is None else {
             "p50": ms(quantile(fsync, 0.5)), "p99": ms(quantile(fsync, 0.99)),
             "count": fsync["count"]},

@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["BadRequest", "Client", "RaftKVError", "SessionExpired", "Timeout", "Unavailable"]
+__all__ = ["BadRequest", "Client", "QuotaExceeded", "RaftKVError", "SessionExpired", "Timeout",
+           "Unavailable"]
 
 if TYPE_CHECKING:
     from raftkv.client import (
         BadRequest,
         Client,
+        QuotaExceeded,
         RaftKVError,
         SessionExpired,
         Timeout,

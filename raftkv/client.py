@@ -104,7 +104,8 @@ _HWM = 100_000
 
 _OK = ReplyCode.OK
 _TERMINAL = frozenset(
-    {ReplyCode.OK, ReplyCode.BAD_REQUEST, ReplyCode.STALE_REQUEST, ReplyCode.SESSION_EXPIRED}
+    {ReplyCode.OK, ReplyCode.BAD_REQUEST, ReplyCode.STALE_REQUEST, ReplyCode.SESSION_EXPIRED,
+     ReplyCode.QUOTA_EXCEEDED}
 )
 # What the I/O thread hands a waiting caller: (request_id, address index, reply), where
 # reply None means the frame could not be queued (no connection to that address).
@@ -136,6 +137,11 @@ class SessionExpired(Timeout):
 class BadRequest(RaftKVError, ValueError):
     """The server refused the request as invalid; nothing was done. The message is the
     server's."""
+
+
+class QuotaExceeded(RaftKVError):
+    """The leader refused a put or cas: the state is at its quota (`--quota-bytes`).
+    Nothing was done. Deleting keys makes room."""
 
 
 Key = str | bytes
@@ -540,6 +546,11 @@ class Client:
                 reply, ambiguous = self._send(req, deadline, budget, write=True)
                 if reply.code == _OK:
                     return reply.value
+                if reply.code == ReplyCode.QUOTA_EXCEEDED and ambiguous:
+                    raise Timeout(
+                        f"{req.op.name} of client {req.client_id} seq {req.seq}: refused "
+                        f"for the quota after an unanswered attempt, which may or may not "
+                        f"have been applied ({reply.value})")
                 if reply.code != ReplyCode.SESSION_EXPIRED:
                     raise self._refused(req, reply)
                 expired, session = session.client_id, None
@@ -574,6 +585,8 @@ class Client:
     def _refused(self, req: ClientRequest, reply: ClientReply) -> RaftKVError:
         if reply.code == ReplyCode.BAD_REQUEST:
             return BadRequest(str(reply.value))
+        if reply.code == ReplyCode.QUOTA_EXCEEDED:
+            return QuotaExceeded(str(reply.value))
         return RaftKVError(f"{req.op.name} answered {reply.code.name}: {reply.value}")
 
     def _send(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from raftkv.quota import DEFAULT_QUOTA
 from raftkv.raft import Config
 from raftkv.storage.fs import OS_FS, FileSystem
 from raftkv.wire import MAX_SNAPSHOT_CHUNK
@@ -34,6 +35,10 @@ class NodeConfig:
     fsync: bool = True
     max_key: int = MAX_KEY_SIZE
     max_value: int = MAX_VALUE_SIZE
+    # The leader refuses a PUT or CAS that would take the state past this many bytes
+    # (kv.KVStore.size: keys, values and quota.KEY_OVERHEAD a key, about what the state
+    # takes in memory).
+    quota_bytes: int = DEFAULT_QUOTA
     # Snapshot and drop the log once this many entries, or this many bytes of entry
     # data, were applied since the last snapshot, times a factor each node draws anew
     # for each snapshot from [1, 1 + snapshot_jitter), so that the members do not all

@@ -108,6 +108,13 @@ class StateMachine(Protocol):
 
     def __len__(self) -> int: ...
 
+    @property
+    def size(self) -> int:
+        """Bytes the data takes, as the quota counts them."""
+
+    def growth(self, key: bytes, value: bytes) -> int:
+        """How much `size` grows if `key` is set to `value` now."""
+
     def apply(self, index: int, data: bytes) -> Reply: ...
 
     def apply_membership(self, index: int, node_id: int, address: str | None) -> None: ...

@@ -55,6 +55,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from raftkv.quota import KEY_OVERHEAD
+
 MAX_KEY_SIZE = 1024
 MAX_VALUE_SIZE = 1024 * 1024
 MAX_SESSIONS = 10_000
@@ -265,6 +267,7 @@ class KVStore:
         "_sessions",
         "_members",
         "_applied_index",
+        "_size",
     )
 
     def __init__(
@@ -291,6 +294,7 @@ class KVStore:
         # where every added member listens. The initial members' come from configuration.
         self._members: dict[int, str] = {}
         self._applied_index = 0
+        self._size = 0  # sum over keys of len(key) + len(value) + KEY_OVERHEAD
 
     # ---- reads (served outside the log) ------------------------------------------------
 
@@ -313,6 +317,19 @@ class KVStore:
 
     def __len__(self) -> int:
         return len(self._data)
+
+    @property
+    def size(self) -> int:
+        """Bytes the data takes, as a quota counts them: each key's and value's length,
+        plus KEY_OVERHEAD a key."""
+        return self._size
+
+    def growth(self, key: bytes, value: bytes) -> int:
+        """How much `size` grows if `key` is set to `value` now (negative: it shrinks)."""
+        old = self._data.get(key)
+        if old is None:
+            return len(key) + len(value) + KEY_OVERHEAD
+        return len(value) - len(old)
 
     @property
     def session_count(self) -> int:
@@ -460,14 +477,24 @@ class KVStore:
 
         store = self._data
         if op == _PUT:
+            old = store.get(key)
             store[key] = value
+            self._size += (len(value) - len(old) if old is not None
+                           else len(key) + len(value) + KEY_OVERHEAD)
             reply = _OK_NONE
         elif op == _DELETE:
-            reply = _OK_FALSE if store.pop(key, None) is None else _OK_TRUE
+            old = store.pop(key, None)
+            if old is None:
+                reply = _OK_FALSE
+            else:
+                self._size -= len(key) + len(old) + KEY_OVERHEAD
+                reply = _OK_TRUE
         else:
             current = store.get(key)
             if current == expected:  # None == None: "expected absent" and it is
                 store[key] = value
+                self._size += (len(value) - len(current) if current is not None
+                               else len(key) + len(value) + KEY_OVERHEAD)
                 reply = _OK_TRUE
             else:
                 reply = _OK_FALSE
@@ -564,3 +591,5 @@ class KVStore:
         self._sessions = sessions
         self._members = members
         self._applied_index = applied
+        self._size = (sum(map(len, data)) + sum(map(len, data.values()))
+                      + KEY_OVERHEAD * len(data))

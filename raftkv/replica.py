@@ -36,6 +36,7 @@ from raftkv.eventlog import EventLog
 from raftkv.interfaces import Clock, Route, SnapshotWriter, StateMachine, Syncer, Transport
 from raftkv.kv import KVStore, SnapshotError
 from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, TURN_BOUNDS_S, Buckets
+from raftkv.quota import KEY_OVERHEAD
 from raftkv.raft import (
     NONE,
     ConfChange,
@@ -78,6 +79,7 @@ _TRANSFER, _CONF_CHANGE_OP, _CONTROL, _STATUS = (ReqOp.TRANSFER, ReqOp.CONF_CHAN
                                                  ReqOp.CONTROL, ReqOp.STATUS)
 _NORMAL, _CONF_CHANGE_ENTRY = EntryType.NORMAL, EntryType.CONF_CHANGE
 _OK, _UNAVAILABLE = ReplyCode.OK, ReplyCode.UNAVAILABLE
+_GROWING = frozenset({ReqOp.PUT, ReqOp.CAS})  # the writes a quota may refuse
 
 
 @dataclass(slots=True)
@@ -188,7 +190,7 @@ class Replica:
                          "snapshots_sent": 0, "snapshots_failed": 0,
                          "last_snapshot_ms": 0, "last_snapshot_start_ms": 0,
                          "last_snapshot_adopt_ms": 0,
-                         "longest_turn_ms": 0,
+                         "longest_turn_ms": 0, "quota_refused": 0,
                          **dict.fromkeys(EVENT_COUNTERS, 0)}
         self.events = EventLog(clock.time)
         self.fsync_seconds = Buckets(FSYNC_BOUNDS_S)
@@ -637,6 +639,8 @@ class Replica:
             self.start_read(batch)
 
     def propose(self, req: ClientRequest) -> None:
+        if req.op in _GROWING and self.core.role == Role.LEADER and self.over_quota(req):
+            return
         try:
             index = self.core.propose(req.command())
         except NotLeader as e:
@@ -650,6 +654,23 @@ class Replica:
         self.counters["proposals"] += 1
         self.pending_writes[index] = _PendingWrite(req.identity, req.request_id, self.core.term,
                                                    req.op)
+
+    def over_quota(self, req: ClientRequest) -> bool:
+        """Refuse (QUOTA_EXCEEDED) a write that would take the state past its quota. The
+        leader decides before proposing, as etcd does, never the state machine, so that
+        replicas whose quota differs cannot diverge; writes already in the log when the
+        state reaches the quota still apply, so it may pass it by what was in flight."""
+        growth = self.kv.growth(req.key, req.value or b"")
+        size = self.kv.size
+        if growth <= 0 or size + growth <= self.cfg.quota_bytes:
+            return False
+        self.counters["quota_refused"] += 1
+        self.transport.reply(
+            req.identity, req.request_id, ReplyCode.QUOTA_EXCEEDED,
+            f"the state holds {size:,} bytes (keys, values and {KEY_OVERHEAD} bytes a key) "
+            f"and this write would take it past its quota of {self.cfg.quota_bytes:,} "
+            "(--quota-bytes): delete keys, or raise the quota on every node")
+        return True
 
     def transfer(self, req: ClientRequest) -> None:
         try:
@@ -710,7 +731,8 @@ class Replica:
             transport=dict(self.transport.stats),
             **self.storage_view,
             kv={"keys": len(self.kv), "sessions": self.kv.session_count,
-                "malformed": self.kv.stats.malformed},
+                "malformed": self.kv.stats.malformed, "bytes": self.kv.size,
+                "quota_bytes": self.cfg.quota_bytes},
             counters=self.counter_values(),
             failpoints=sorted(self.failpoints),
             log_tail=self.core.log_tail(LOG_TAIL),

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from raftkv.quota import DEFAULT_QUOTA, KEY_OVERHEAD, MAX_QUOTA
+
 EXIT_USAGE = 2
 EXIT_STORAGE = 4  # the data dir is unusable, or its disk failed
 
@@ -94,6 +96,12 @@ HEX64 = Hex64()
               show_default=True, help="Each node multiplies both thresholds by a factor it "
               "draws from [1, 1 + this) for each snapshot, so members snapshot at different "
               "indexes; 0: exactly at the thresholds.")
+@click.option("--quota-bytes", type=click.IntRange(min=1 << 20, max=MAX_QUOTA),
+              default=DEFAULT_QUOTA, show_default=True,
+              help="The leader refuses a put or cas that would take the state past this "
+              f"size (keys, values and {KEY_OVERHEAD} bytes a key: about its memory); the "
+              "CLI exits 5. Deletes still go through. Give every node the same quota. At "
+              "most 8 GiB.")
 @click.option("--wal-segment-bytes", type=click.IntRange(min=4096), default=64 << 20,
               show_default=True, help="Size at which the write-ahead log starts a new file.")
 @click.option("--log-level", default="INFO", show_default=True,
@@ -102,7 +110,8 @@ HEX64 = Hex64()
 def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, join: bool,
          new: bool, cluster_id: int, data_dir: Path, heartbeat_ms: int, election_ms: int,
          no_fsync: bool, snapshot_entries: int, snapshot_bytes: int, snapshot_jitter: float,
-         wal_segment_bytes: int, log_level: str, metrics_port: int) -> None:
+         quota_bytes: int, wal_segment_bytes: int, log_level: str,
+         metrics_port: int) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
 
     \b
@@ -137,7 +146,7 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
                      heartbeat_ms=heartbeat_ms,
                      election_ms=election_ms, fsync=not no_fsync,
                      snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
-                     snapshot_jitter=snapshot_jitter,
+                     snapshot_jitter=snapshot_jitter, quota_bytes=quota_bytes,
                      segment_bytes=wal_segment_bytes, metrics_port=metrics_port,
                      cluster_id=cluster_id, create_dir=new or join)
     try:

@@ -76,6 +76,8 @@ Replies (a node to the requester)::
     NOT_LEADER      16  this node does not lead; retry at `leader_hint` (0: unknown)
     UNAVAILABLE     17  cannot serve now (no leader, transfer under way, leadership lost
                         while the request was pending); retry, with the same seq for writes
+    QUOTA_EXCEEDED  18  a PUT or CAS that would take the state past its quota
+                        (--quota-bytes); nothing was done. Deletes still go through
 
 Codes 0-3 are kv.Code's. On any code other than OK, `value` is a human-readable str.
 
@@ -197,6 +199,7 @@ class ReplyCode(IntEnum):
     SESSION_EXPIRED = 3
     NOT_LEADER = 16
     UNAVAILABLE = 17
+    QUOTA_EXCEEDED = 18
 
 
 class FrameError(Exception):

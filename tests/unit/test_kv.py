@@ -26,6 +26,7 @@ from raftkv.kv import (
     encode_open_session,
     validate_request,
 )
+from raftkv.quota import KEY_OVERHEAD
 
 SEEDS = [int(os.environ["RAFTKV_KV_SEED"])] if os.environ.get("RAFTKV_KV_SEED") else range(30)
 
@@ -717,3 +718,34 @@ def test_random_workload_replicas_fed_the_same_entries_end_identical(seed: int) 
     assert replies == workload.replies, f"seed={seed}"
     assert replica.snapshot() == workload.log.store.snapshot(), f"seed={seed}"
     assert replica.stats == workload.log.store.stats, f"seed={seed}"
+
+
+# ---- size, as the quota counts it ----------------------------------------------------------
+
+
+def counted(store: KVStore) -> int:
+    return sum(len(k) + len(store.get(k)) + KEY_OVERHEAD for k, _ in store.scan(b"", 10**6))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_size_counts_keys_values_and_the_per_key_overhead_through_any_writes(seed: int) -> None:
+    rng = random.Random(seed)
+    log = Log(KVStore())
+    cid = log.open()
+    for seq in range(1, 300):
+        key = b"k%d" % rng.randrange(20)
+        value = os.urandom(rng.randrange(0, 40))
+        kind = rng.randrange(3)
+        if kind == 0:
+            log.put(cid, seq, key, value)
+        elif kind == 1:
+            log.delete(cid, seq, key)
+        else:
+            log.cas(cid, seq, key, log.store.get(key) if rng.random() < 0.7 else b"?", value)
+        assert log.store.size == counted(log.store)
+        assert log.store.growth(key, b"xy") == (
+            len(key) + 2 + KEY_OVERHEAD if log.store.get(key) is None
+            else 2 - len(log.store.get(key)))
+    again = KVStore()
+    again.restore(log.store.snapshot())
+    assert again.size == log.store.size

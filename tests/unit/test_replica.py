@@ -9,12 +9,13 @@ from typing import Any
 
 from raftkv.config import NodeConfig
 from raftkv.kv import KVStore
+from raftkv.quota import KEY_OVERHEAD
 from raftkv.raft import CampaignKind, ConfChange, ConfOp, Entry, EntryType, Message, MsgType
 from raftkv.raft.confchange import Membership, encode_change
 from raftkv.replica import Replica, open_storage
 from raftkv.snapshot_writer import SnapshotWriteError
 from raftkv.storage import Storage
-from raftkv.wire import ClientRequest, ReqOp
+from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 from tests.powerloss import PowerLossFS
 
 ADDR = {i: f"tcp://n{i}.test:7700" for i in range(1, 6)}
@@ -262,3 +263,31 @@ def test_each_node_draws_its_own_snapshot_thresholds():
         scales.add(r.snapshot_scale)
         assert 1.0 <= r.snapshot_scale < 1.5
     assert len(scales) == 5
+
+
+def test_the_leader_refuses_writes_past_the_quota_and_takes_deletes():
+    cfg = NodeConfig(1, ADDR[1], {}, Path("/n1"), initial_voters=(1,), fs=PowerLossFS(),
+                     seed=1, quota_bytes=3 * (KEY_OVERHEAD + 102))
+    storage = open_storage(cfg)
+    r = Replica(cfg, storage, Recorder(1, {}), InlineSyncer(storage), Clock())
+    r.core.campaign(CampaignKind.ELECTION)
+    r.process()
+    r.handle_requests([ClientRequest(1, ReqOp.OPEN_SESSION)])
+    r.process()
+    cid = r.transport.replies[-1][2]
+
+    def write(rid: int, op: ReqOp, key: bytes, value: bytes | None = None) -> tuple:
+        r.handle_requests([ClientRequest(rid, op, key, value, client_id=cid, seq=rid)])
+        r.process()
+        return r.transport.replies[-1]
+
+    for i in range(3):
+        assert write(10 + i, ReqOp.PUT, b"k%d" % i, b"v" * 100)[1] == ReplyCode.OK
+    rid, code, message = write(20, ReqOp.PUT, b"k3", b"v" * 100)
+    assert code == ReplyCode.QUOTA_EXCEEDED and "--quota-bytes" in message
+    assert r.kv.get(b"k3") is None and len(r.kv) == 3
+    assert write(21, ReqOp.PUT, b"k0", b"w" * 100)[1] == ReplyCode.OK  # no growth: taken
+    assert write(22, ReqOp.DELETE, b"k1")[1] == ReplyCode.OK
+    assert write(23, ReqOp.PUT, b"k3", b"v" * 100)[1] == ReplyCode.OK  # room again
+    assert r.counters["quota_refused"] == 1
+    assert r.status()["kv"]["bytes"] == r.kv.size == 3 * (KEY_OVERHEAD + 102)

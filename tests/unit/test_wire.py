@@ -256,6 +256,7 @@ REPLIES = [
     (ReplyCode.SESSION_EXPIRED, "expired"),
     (ReplyCode.NOT_LEADER, "ask node 3"),
     (ReplyCode.UNAVAILABLE, "no leader"),
+    (ReplyCode.QUOTA_EXCEEDED, "the state holds 2,147,483,000 bytes"),
 ]
 
 
