@@ -21,7 +21,7 @@ NODE_FIELDS = {
     "dropped_malformed", "partitioned_from", "exit_code",
     # for the dashboard (issue #9)
     "vote", "lead", "snapshot_index", "log_tail", "counters", "fsync_ms", "metrics_port",
-    "repair",
+    "repair", "kv",
 }
 
 
