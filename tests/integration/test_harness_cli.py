@@ -196,3 +196,17 @@ def test_a_node_whose_data_dir_vanished_refuses_to_start_and_the_rest_serves(cli
     assert not data_dir.exists()  # it came back neither empty nor at all
     cli("put", "k", "after")  # two of three serve
     assert cli("get", "k").stdout == "after\n"
+
+
+def test_bin_raftkv_runs_its_own_checkout_whatever_the_current_directory_holds(tmp_path):
+    """Run from another checkout's directory, `python -m` put that directory first on
+    sys.path: its harness started the cluster, and its nodes ran its code (a benchmark
+    of this build measured the build before it)."""
+    decoy = tmp_path / "harness"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    (decoy / "cli.py").write_text("print('DECOY')\n")
+    p = subprocess.run([str(REPO / "bin" / "raftkv"), "--version"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "DECOY" not in p.stdout, p.stdout + p.stderr
+    assert "raftkv, version" in p.stdout
