@@ -189,7 +189,8 @@ class Node:
                 self.transport.flush()  # this turn's replies to batching clients
                 # Rounded up: rounded down, the last millisecond before a tick was a
                 # busy loop of zero-timeout polls (a wakeup or more per tick).
-                timeout_ms = max(0, math.ceil((next_tick - time.monotonic()) * 1000))
+                timeout_ms = 0 if replica.sending_snapshot else max(
+                    0, math.ceil((next_tick - time.monotonic()) * 1000))
                 events = poller.poll(timeout_ms)
                 started = time.perf_counter()
                 readable = False

@@ -59,7 +59,7 @@ from raftkv.raft import (
     decode_change,
 )
 from raftkv.snapshot_writer import InlineSnapshotWriter, SnapshotWriteError
-from raftkv.snapshots import SnapshotReceiver, SnapshotSender
+from raftkv.snapshots import ChunkSource, SnapshotReceiver, SnapshotSender
 from raftkv.storage import Identity, Storage
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 
@@ -80,6 +80,7 @@ _TRANSFER, _CONF_CHANGE_OP, _CONTROL, _STATUS = (ReqOp.TRANSFER, ReqOp.CONF_CHAN
 _NORMAL, _CONF_CHANGE_ENTRY = EntryType.NORMAL, EntryType.CONF_CHANGE
 _OK, _UNAVAILABLE = ReplyCode.OK, ReplyCode.UNAVAILABLE
 _GROWING = frozenset({ReqOp.PUT, ReqOp.CAS})  # the writes a quota may refuse
+_SNAPSHOT_CHUNKS_PER_TURN = 4  # a turn streams this many chunks of snapshot to followers
 
 
 @dataclass(slots=True)
@@ -146,7 +147,7 @@ class Replica:
             applied=snapshot.index if snapshot else 0,
             repairing=repairing,
         )
-        self.snapshot_sender = SnapshotSender(self.load_snapshot, cfg.snapshot_chunk)
+        self.snapshot_sender = SnapshotSender(self.open_snapshot_source, cfg.snapshot_chunk)
         self.snapshot_receiver = SnapshotReceiver(self.restore_scratch)
         self.bytes_since_snapshot = 0
         # The local snapshot being written, and when it started; None when none is.
@@ -219,7 +220,8 @@ class Replica:
     def process(self) -> None:
         """The end of a turn: while a Ready syncs, send what may leave before it is
         durable (a leader's appends of what was proposed meanwhile); then handle Readies
-        (`process_ready`)."""
+        (`process_ready`); adopt a snapshot its writer finished; send the next chunks
+        of snapshots streaming to followers."""
         if self.syncing is not None:
             self.send(self.core.take_messages())
         self.process_ready()
@@ -228,6 +230,9 @@ class Replica:
         if (self.syncing is None and self.snapshotting is not None
                 and self.snapshot_writer.done()):
             self.finish_snapshot()
+        if self.snapshot_sender.active:
+            self.transport.send_many(self.snapshot_sender.pump(
+                _SNAPSHOT_CHUNKS_PER_TURN * self.cfg.snapshot_chunk))
 
     # -- Ready -------------------------------------------------------------------------
 
@@ -349,17 +354,22 @@ class Replica:
                     self.unsent_snapshots.append(m)  # its bytes are in storage
                     continue
                 self.counters["snapshots_sent"] += 1
-                self.transport.send_many(self.snapshot_sender.chunks(m))
+                self.snapshot_sender.start(m)
             else:
                 self.transport.send(m)
 
     # -- snapshots (paper §7) ----------------------------------------------------------
 
-    def load_snapshot(self, meta: SnapshotMeta) -> bytes:
+    def open_snapshot_source(self, meta: SnapshotMeta) -> ChunkSource:
         stored = self.storage.snapshot
         if stored != meta:
             raise InvariantViolation(f"asked to send snapshot {meta}, storage has {stored}")
-        return self.storage.load_snapshot_data()
+        return self.storage.snapshot_source(meta)
+
+    @property
+    def sending_snapshot(self) -> bool:
+        """Whether snapshot chunks wait to be sent: the driver should turn again soon."""
+        return self.snapshot_sender.active
 
     def receive_snapshot_chunk(self, c: SnapshotChunk) -> None:
         """Assemble; a snapshot that is whole and passed its checks is stepped into the

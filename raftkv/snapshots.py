@@ -1,9 +1,10 @@
 """Moving snapshot bytes between nodes in bounded chunks (InstallSnapshot, paper §7).
 
 The Raft core only says "send node N our snapshot" (a SNAP message with its metadata);
-`SnapshotSender` turns that into chunks of at most `MAX_SNAPSHOT_CHUNK` bytes read from
-storage, each carrying the CRC32 of the whole snapshot. `SnapshotReceiver` puts chunks
-back together by offset, in whatever order they come (Raft assumes a network that loses,
+`SnapshotSender` turns that into chunks of at most `MAX_SNAPSHOT_CHUNK` bytes, read from
+the snapshot file a few per loop turn, each carrying the CRC32 of the whole snapshot.
+`SnapshotReceiver` puts chunks back together by offset, in whatever order they come
+(Raft assumes a network that loses,
 duplicates and reorders messages, paper §5.1): a duplicate is ignored, and a chunk that
 was lost is filled in by the leader's next send of the same snapshot, which it makes
 after its wait times out; nothing received of that snapshot is thrown away meanwhile. A
@@ -18,7 +19,7 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from raftkv.kv import SnapshotError
 from raftkv.raft import InvariantViolation, Message, MsgType, SnapshotMeta
@@ -29,26 +30,83 @@ log = logging.getLogger("raftkv.snapshots")
 S = TypeVar("S")  # what a receiver's `validate` makes of a snapshot's bytes
 
 
-class SnapshotSender:
-    def __init__(self, load: Callable[[SnapshotMeta], bytes],
-                 chunk_size: int = MAX_SNAPSHOT_CHUNK) -> None:
-        self.load = load
-        self.chunk_size = chunk_size
-        # The last snapshot sent, its bytes and their CRC32: a snapshot is immutable, so
-        # a re-send (a retry, another follower) reads and checksums it once.
-        self._cached: tuple[SnapshotMeta, bytes, int] | None = None
+class ChunkSource(Protocol):
+    """A snapshot's data, read a range at a time (raftkv.storage's SnapshotSource)."""
 
-    def chunks(self, m: Message) -> list[SnapshotChunk]:
-        """The chunks that carry the snapshot of SNAP message `m`."""
+    size: int
+    checksum: int  # zlib.crc32 of the whole data
+
+    def read(self, start: int, n: int) -> bytes: ...
+
+
+@dataclass(slots=True)
+class _Transfer:
+    msg: Message  # the SNAP message whose snapshot goes to msg.to
+    source: ChunkSource
+    offset: int = 0  # the next byte to send
+
+
+class SnapshotSender:
+    """Streams snapshots to followers. `start(m)` begins sending SNAP message m's
+    snapshot to m.to; `pump(budget)` returns the next chunks of every transfer under
+    way, about `budget` bytes in all, taking turns. A loop turn pumps one budget, so a
+    large snapshot never stops the loop for its size: it is read from the file a range
+    at a time, never whole."""
+
+    def __init__(self, open_source: Callable[[SnapshotMeta], ChunkSource],
+                 chunk_size: int = MAX_SNAPSHOT_CHUNK) -> None:
+        self.open_source = open_source
+        self.chunk_size = chunk_size
+        self._transfers: dict[int, _Transfer] = {}  # follower -> its transfer
+        # The last snapshot opened: a snapshot is immutable, so every send of it (a
+        # retry, another follower) reads the one source.
+        self._source: tuple[SnapshotMeta, ChunkSource] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether chunks remain to be sent."""
+        return bool(self._transfers)
+
+    def start(self, m: Message) -> None:
+        """Send SNAP message m's snapshot to m.to. A transfer of the same snapshot to
+        that node that is still under way goes on from where it is (the core asks again
+        while a large one streams); anything else starts from its first byte, and the
+        receiver fills in what it lacks."""
         meta = m.snapshot
-        if self._cached is None or self._cached[0] != meta:
-            data = self.load(meta)
-            self._cached = (meta, data, zlib.crc32(data))
-        _, data, crc = self._cached
-        total = len(data)
-        return [SnapshotChunk(m.to, m.frm, m.term, meta, off, total, crc,
-                              data[off:off + self.chunk_size])
-                for off in range(0, max(total, 1), self.chunk_size)]
+        under_way = self._transfers.get(m.to)
+        if under_way is not None and under_way.msg.snapshot == meta:
+            under_way.msg = m
+            return
+        if self._source is None or self._source[0] != meta:
+            self._source = (meta, self.open_source(meta))
+        self._transfers[m.to] = _Transfer(m, self._source[1])
+
+    def pump(self, budget: int) -> list[SnapshotChunk]:
+        """The next chunks, about `budget` bytes over all transfers. A transfer whose
+        file can no longer be read (a newer snapshot replaced it) is dropped and logged;
+        the core asks again for the newer one."""
+        out: list[SnapshotChunk] = []
+        sent = 0
+        while self._transfers and sent < budget:
+            for to, t in list(self._transfers.items()):
+                m, source = t.msg, t.source
+                n = min(self.chunk_size, source.size - t.offset)
+                try:
+                    data = source.read(t.offset, n) if n > 0 else b""
+                    if len(data) != n:
+                        raise OSError(f"{n} bytes asked, {len(data)} read")
+                except OSError as e:
+                    log.warning("snapshot at index %d to node %d dropped at byte %d: %s",
+                                m.snapshot.index, to, t.offset, e)
+                    del self._transfers[to]
+                    continue
+                out.append(SnapshotChunk(m.to, m.frm, m.term, m.snapshot, t.offset,
+                                         source.size, source.checksum, data))
+                t.offset += n
+                sent += max(n, 1)
+                if t.offset >= source.size:
+                    del self._transfers[to]
+        return out
 
 
 @dataclass(slots=True)

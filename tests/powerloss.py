@@ -343,6 +343,10 @@ class PowerLossFS:
         self._alive()
         return bytes(self._file(path).data)
 
+    def read_range(self, path: Path, offset: int, size: int) -> bytes:
+        self._alive()
+        return bytes(self._file(path).data[offset:offset + size])
+
     def open(self, path: Path, *, create: bool = False, exclusive: bool = False,
              truncate: bool = False) -> int:
         self._op("open", path)

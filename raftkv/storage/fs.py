@@ -5,7 +5,7 @@ through one `FileSystem`.
 that forgets unsynced writes at a simulated power cut) without storage knowing.
 
 Handles are small integers, as file descriptors are. A handle is open for writing only;
-reads take a whole file by path, which is how storage reads (at open, and a snapshot).
+reads go by path: a whole file (at open), or a range (a snapshot streamed to a follower).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ class FileSystem(Protocol):
         """Create `path` and its missing parents; nothing if it exists."""
 
     def read(self, path: Path) -> bytes: ...
+
+    def read_range(self, path: Path, offset: int, size: int) -> bytes:
+        """Up to `size` bytes of `path` from `offset` (fewer only at its end)."""
 
     def open(self, path: Path, *, create: bool = False, exclusive: bool = False,
              truncate: bool = False) -> int:
@@ -83,6 +86,21 @@ class OsFileSystem:
     def read(self, path: Path) -> bytes:
         with open(path, "rb") as f:
             return f.read()
+
+    def read_range(self, path: Path, offset: int, size: int) -> bytes:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            parts = []
+            while size > 0:
+                part = os.pread(fd, size, offset)
+                if not part:
+                    break
+                parts.append(part)
+                offset += len(part)
+                size -= len(part)
+            return b"".join(parts)
+        finally:
+            os.close(fd)
 
     def open(self, path: Path, *, create: bool = False, exclusive: bool = False,
              truncate: bool = False) -> int:

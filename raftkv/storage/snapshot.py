@@ -6,8 +6,13 @@ File layout (`snap-<index, 20 digits>.snap`)::
     u32      meta length        little endian
     u64      data length
     u32      crc                zlib.crc32 over meta followed by data
-    meta     msgpack [index, term, voters, learners]
+    meta     msgpack [index, term, voters, learners, data crc]
     data     the state machine's bytes
+
+`data crc` (zlib.crc32 of the data alone, what a transfer's chunks carry) lets a leader
+stream the data to a follower from the file, a piece per loop turn, without reading it
+whole first (`snapshot_source`). Files written before it existed have a 4-element meta;
+their data crc is computed by reading the data once.
 
 A file under its final name was fsynced before the rename, so any check failure in it is
 corruption, not a torn write.
@@ -59,7 +64,8 @@ def write_snapshot(data_dir: Path, meta: SnapshotMeta, data: bytes, disk: Disk) 
 
 def write_snapshot_temp(data_dir: Path, meta: SnapshotMeta, data: bytes, disk: Disk) -> Path:
     """The snapshot file, written and synced under its temp name (`publish` names it)."""
-    body = msgpack.packb([meta.index, meta.term, list(meta.voters), list(meta.learners)])
+    body = msgpack.packb([meta.index, meta.term, list(meta.voters), list(meta.learners),
+                          zlib.crc32(data)])
     crc = zlib.crc32(data, zlib.crc32(body))
     header = _HEADER.pack(MAGIC, len(body), len(data), crc)
     return disk.write_temp(snapshot_path(data_dir, meta.index), [header, body, data],
@@ -91,14 +97,60 @@ def parse_snapshot(path: Path, buf: bytes, data_dir: Path) -> tuple[SnapshotMeta
     data = buf[start + meta_len :]
     if zlib.crc32(data, zlib.crc32(body)) != crc:
         raise corrupt(start, f"snapshot CRC mismatch over bytes {start}..{len(buf)}")
-    try:
-        index, term, voters, learners = msgpack.unpackb(body)
-    except Exception as exc:  # CRC matched: a bug wrote it, still not usable
-        raise corrupt(start, f"undecodable snapshot meta ({exc})") from exc
-    meta = SnapshotMeta(index, term, tuple(voters), tuple(learners))
-    if path != snapshot_path(path.parent, index):
-        raise corrupt(start, f"snapshot file name does not match its index {index}")
+    meta, _ = _decode_meta(body, corrupt(start, "undecodable snapshot meta"))
+    if path != snapshot_path(path.parent, meta.index):
+        raise corrupt(start, f"snapshot file name does not match its index {meta.index}")
     return meta, data
+
+
+def _decode_meta(body: bytes, error: StorageCorruptError) -> tuple[SnapshotMeta, int | None]:
+    """The meta and the data crc (None in a file written before it was kept)."""
+    try:
+        index, term, voters, learners, *crc = msgpack.unpackb(body)
+        meta = SnapshotMeta(index, term, tuple(voters), tuple(learners))
+    except Exception as exc:  # the file's CRC matched: a bug wrote it, still not usable
+        raise error from exc
+    if len(crc) > 1 or crc and type(crc[0]) is not int:
+        raise error
+    return meta, crc[0] if crc else None
+
+
+class SnapshotSource:
+    """The data of one snapshot file, read a range at a time: what a leader streams to
+    a follower. The file was checked whole when it was opened or written by this node;
+    a range that went bad on the disk since is caught by the receiver's check of the
+    data crc, which refuses the snapshot."""
+
+    def __init__(self, path: Path, fs: FileSystem, offset: int, size: int, crc: int) -> None:
+        self.path, self.fs = path, fs
+        self.offset, self.size, self.checksum = offset, size, crc
+
+    def read(self, start: int, n: int) -> bytes:
+        """Up to `n` bytes of the data from `start`; OSError if the file is gone."""
+        return self.fs.read_range(self.path, self.offset + start, min(n, self.size - start))
+
+
+def snapshot_source(path: Path, meta: SnapshotMeta, data_dir: Path,
+                    fs: FileSystem = OS_FS) -> SnapshotSource:
+    """The data of the snapshot file `path`, which holds `meta`, to be read in ranges."""
+
+    def corrupt(offset: int, problem: str) -> StorageCorruptError:
+        return StorageCorruptError(path, offset, problem, data_dir)
+
+    head = fs.read_range(path, 0, _HEADER.size)
+    if len(head) < _HEADER.size:
+        raise corrupt(0, f"snapshot file shorter than its {_HEADER.size}-byte header")
+    magic, meta_len, data_len, _ = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise corrupt(0, f"bad snapshot magic {magic!r}")
+    body = fs.read_range(path, _HEADER.size, meta_len)
+    found, crc = _decode_meta(body, corrupt(_HEADER.size, "undecodable snapshot meta"))
+    if found != meta:
+        raise corrupt(_HEADER.size, f"snapshot file holds {found}, not {meta}")
+    offset = _HEADER.size + meta_len
+    if crc is None:  # written before the data crc was kept: read the data once for it
+        crc = zlib.crc32(fs.read_range(path, offset, data_len))
+    return SnapshotSource(path, fs, offset, data_len, crc)
 
 
 def prune_snapshots(data_dir: Path, disk: Disk) -> None:

@@ -441,6 +441,14 @@ class Storage:
         )
         return data
 
+    def snapshot_source(self, meta: SnapshotMeta) -> snapshot.SnapshotSource:
+        """The data of the newest snapshot, which must be `meta`, to read in ranges
+        (a leader streams it to a follower). Raises ValueError for another snapshot."""
+        if self._snapshot != meta:
+            raise ValueError(f"snapshot {meta} asked for, the newest is {self._snapshot}")
+        return snapshot.snapshot_source(snapshot.snapshot_path(self._dir, meta.index), meta,
+                                        self._dir, self._fs)
+
     def entries(self, lo: int, hi: int) -> list[Entry]:
         """Entries with lo <= index < hi; requires first_index <= lo <= hi <= last_index+1."""
         off = self._log.offset

@@ -20,6 +20,7 @@ from raftkv.node import Node, NodeConfig
 from raftkv.raft import Message, MsgType, Ready, SnapshotMeta
 from raftkv.snapshots import SnapshotSender
 from raftkv.wire import ReqOp, SnapshotChunk
+from tests.unit.test_snapshots import BytesSource
 
 SMALL = ("--snapshot-entries", "300", "--snapshot-jitter", "0", "--wal-segment-bytes", "65536")
 
@@ -152,8 +153,9 @@ def leader_state(applied: int) -> bytes:
 
 def snapshot_chunks(index: int, data: bytes) -> list[SnapshotChunk]:
     meta = SnapshotMeta(index, SNAP_TERM, (1, 2, 3))
-    sender = SnapshotSender(lambda _: data, chunk_size=256)
-    return sender.chunks(Message(MsgType.SNAP, 2, LEADER, SNAP_TERM, snapshot=meta))
+    sender = SnapshotSender(lambda _: BytesSource(data), chunk_size=256)
+    sender.start(Message(MsgType.SNAP, 2, LEADER, SNAP_TERM, snapshot=meta))
+    return sender.pump(len(data) + 1)
 
 
 def deliver(node: Node, chunks: list[SnapshotChunk]) -> None:

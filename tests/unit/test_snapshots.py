@@ -17,10 +17,26 @@ META = SnapshotMeta(50, 3, (1, 2, 3))
 DATA = bytes(range(256)) * 40  # 10,240 bytes
 
 
+class BytesSource:
+    """raftkv.snapshots.ChunkSource over bytes in memory; counts its reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.size, self.checksum = data, len(data), zlib.crc32(data)
+        self.reads = 0
+        self.gone = False
+
+    def read(self, start: int, n: int) -> bytes:
+        if self.gone:
+            raise FileNotFoundError("snap-00000000000000000050.snap")
+        self.reads += 1
+        return self.data[start:start + n]
+
+
 def chunks(meta: SnapshotMeta = META, data: bytes = DATA, chunk_size: int = 1000,
            frm: int = 1) -> list[SnapshotChunk]:
-    sender = SnapshotSender(lambda _: data, chunk_size=chunk_size)
-    return sender.chunks(Message(MsgType.SNAP, 2, frm, 3, snapshot=meta))
+    sender = SnapshotSender(lambda _: BytesSource(data), chunk_size=chunk_size)
+    sender.start(Message(MsgType.SNAP, 2, frm, 3, snapshot=meta))
+    return sender.pump(len(data) + 1)
 
 
 class Validator:
@@ -106,13 +122,58 @@ def test_empty_snapshot_is_one_chunk():
     assert SnapshotReceiver(Validator()).receive(only) is not None
 
 
-def test_every_chunk_carries_the_crc32_of_the_whole_snapshot_computed_once():
-    loads = []
-    sender = SnapshotSender(lambda meta: loads.append(meta) or DATA, chunk_size=1000)
+def test_every_chunk_carries_the_crc32_of_the_whole_snapshot_opened_once():
+    opened = []
+    sender = SnapshotSender(lambda meta: opened.append(meta) or BytesSource(DATA),
+                            chunk_size=1000)
     snap = Message(MsgType.SNAP, 2, 1, 3, snapshot=META)
-    first, again = sender.chunks(snap), sender.chunks(snap)
+    sender.start(snap)
+    first = sender.pump(10**6)
+    sender.start(snap)
+    again = sender.pump(10**6)
     assert {c.checksum for c in first + again} == {zlib.crc32(DATA)}
-    assert loads == [META]  # the retry re-used the bytes and their checksum
+    assert len(first) == len(again) == 11 and not sender.active
+    assert opened == [META]  # the retry re-used the source and its checksum
+
+
+def test_a_turn_sends_a_budget_of_chunks_and_the_transfers_take_turns():
+    """Issue 16: the leader read the whole snapshot and queued every chunk in one turn,
+    a stop that grows with the state (about a second per 100 MB)."""
+    source = BytesSource(DATA)
+    sender = SnapshotSender(lambda _: source, chunk_size=1000)
+    sender.start(Message(MsgType.SNAP, 2, 1, 3, snapshot=META))
+    sender.start(Message(MsgType.SNAP, 3, 1, 3, snapshot=META))
+    turn = sender.pump(4000)
+    assert [(c.to, c.offset) for c in turn] == [(2, 0), (3, 0), (2, 1000), (3, 1000)]
+    assert source.reads == 4 and sender.active
+    rest = []
+    while sender.active:
+        rest += sender.pump(4000)
+    r = SnapshotReceiver(Validator())
+    assert feed(r, [c for c in turn + rest if c.to == 2]) is not None
+
+
+def test_asked_again_while_streaming_a_transfer_goes_on_from_where_it_is():
+    sender = SnapshotSender(lambda _: BytesSource(DATA), chunk_size=1000)
+    snap = Message(MsgType.SNAP, 2, 1, 3, snapshot=META)
+    sender.start(snap)
+    first = sender.pump(3000)
+    sender.start(dataclasses.replace(snap, term=4))
+    rest = sender.pump(10**6)
+    assert [c.offset for c in first + rest] == list(range(0, 11000, 1000))
+    assert {c.term for c in rest} == {4}
+
+
+def test_a_transfer_whose_file_is_gone_is_dropped_and_logged(caplog):
+    source = BytesSource(DATA)
+    sender = SnapshotSender(lambda _: source, chunk_size=1000)
+    sender.start(Message(MsgType.SNAP, 2, 1, 3, snapshot=META))
+    sender.pump(2000)
+    source.gone = True
+    with caplog.at_level(logging.WARNING, logger="raftkv.snapshots"):
+        assert sender.pump(2000) == []
+    assert not sender.active
+    assert "dropped at byte 2000" in caplog.text
 
 
 def test_bytes_that_do_not_match_the_checksum_are_dropped_counted_and_logged(caplog):

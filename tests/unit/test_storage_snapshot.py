@@ -2,15 +2,18 @@
 recovery of a save interrupted between the snapshot file and its WAL marker."""
 
 import logging
+import struct
+import zlib
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from raftkv.raft.types import Entry, HardState, SnapshotMeta
 from raftkv.storage import Storage, StorageCorruptError
 from raftkv.storage.disk import Disk
 from raftkv.storage.record import entries_record, frame
-from raftkv.storage.snapshot import write_snapshot
+from raftkv.storage.snapshot import MAGIC, write_snapshot
 from tests.unit.wal_files import segments
 
 
@@ -266,3 +269,29 @@ def test_a_large_file_is_synced_as_it_is_written(tmp_path):
     tmp = disk.write_temp(tmp_path / "f", [b"h", b"x" * 10_000], sync_every=4096)
     assert tmp.read_bytes() == b"h" + b"x" * 10_000
     assert disk.fsyncs == 3  # two full 4 KiB pieces of the data, then the whole file
+
+
+def test_a_snapshot_is_read_in_ranges_with_the_crc_its_file_keeps(tmp_path):
+    fill(tmp_path, 30)
+    meta = SnapshotMeta(20, 1, (1, 2, 3))
+    data = bytes(range(256)) * 100
+    with Storage.open(tmp_path) as st:
+        st.save_snapshot(meta, data)
+        source = st.snapshot_source(meta)
+        assert (source.size, source.checksum) == (len(data), zlib.crc32(data))
+        assert b"".join(source.read(i, 1000) for i in range(0, len(data), 1000)) == data
+        with pytest.raises(ValueError, match="newest is"):
+            st.snapshot_source(SnapshotMeta(19, 1, (1, 2, 3)))
+
+
+def test_a_snapshot_file_from_before_the_data_crc_is_streamed_too(tmp_path):
+    """Format of earlier sessions: a 4-element meta; the data's crc is computed once."""
+    fill(tmp_path, 30)
+    meta, data = SnapshotMeta(20, 1, (1,)), b"old state" * 50
+    body = msgpack.packb([20, 1, [1], []])
+    header = struct.pack("<8sIQI", MAGIC, len(body), len(data), zlib.crc32(data, zlib.crc32(body)))
+    (tmp_path / "snap-00000000000000000020.snap").write_bytes(header + body + data)
+    with Storage.open(tmp_path) as st:
+        assert st.snapshot == meta and st.load_snapshot_data() == data
+        source = st.snapshot_source(meta)
+        assert source.checksum == zlib.crc32(data) and source.read(0, 10**6) == data
