@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from raftkv.quota import DEFAULT_QUOTA, MAX_QUOTA
 from raftkv.server import EXIT_STORAGE, EXIT_USAGE, fail, metrics_port_option
 from raftkv.server import node as node_command_
 
@@ -124,7 +125,12 @@ def print_answer(word: str, as_json: bool, negative: bool = False) -> None:
                    "acknowledged writes.")
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds to wait for a leader (exit 3 after).")
-def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: float) -> None:
+@click.option("--quota-bytes", type=click.IntRange(min=1 << 20, max=MAX_QUOTA), default=None,
+              help="For a new cluster: every node's --quota-bytes (the state's size past "
+              f"which puts are refused; default {DEFAULT_QUOTA >> 30} GiB, at most "
+              f"{MAX_QUOTA >> 30} GiB). An existing cluster keeps its own.")
+def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: float,
+       quota_bytes: int | None) -> None:
     """Start the cluster in --dir (a new one, or the same nodes with their data) and wait
     for a leader. Idempotent: a cluster already up is left as it is.
 
@@ -137,7 +143,9 @@ def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: f
     try:
         state, started = launch(cluster_dir, nodes=nodes, base_port=base_port,
                                 fsync=not no_fsync, timeout=timeout,
-                                progress=lambda m: click.echo(m, err=True))
+                                progress=lambda m: click.echo(m, err=True),
+                                node_options=() if quota_bytes is None
+                                else ("--quota-bytes", str(quota_bytes)))
     except LaunchError as e:
         fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
     if not started:

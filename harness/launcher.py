@@ -127,9 +127,10 @@ def find_leader(ctx: zmq.Context, addresses: dict[int, str],
 # -- up / down -------------------------------------------------------------------------------
 
 def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
-                host: str = "127.0.0.1") -> ClusterState:
+                host: str = "127.0.0.1", node_options: tuple[str, ...] = ()) -> ClusterState:
     """A new cluster's record: a random cluster id, and every node's command line for
-    its first start (--new: see cluster_state.FIRST_START_FLAGS)."""
+    its first start (--new: see cluster_state.FIRST_START_FLAGS), ending in
+    `node_options` (kept for every later start)."""
     addresses = {i: f"tcp://{host}:{base_port + i}" for i in range(1, nodes + 1)}
     # Metrics ports: free ones the kernel picks now, kept in cluster.json so `up` reuses
     # them (a node whose metrics port got taken meanwhile runs on without /metrics).
@@ -148,7 +149,8 @@ def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
                                      node_argv(i, address, addresses, data_dir, fsync=fsync,
                                                voters=tuple(addresses),
                                                metrics_port=metrics[i],
-                                               cluster_id=state.cluster_id, new=True),
+                                               cluster_id=state.cluster_id, new=True,
+                                               extra=node_options),
                                      metrics_port=metrics[i], id=i,
                                      data_dir=f"data/node{i}"))
     return state
@@ -196,19 +198,21 @@ def exited_at_start(state: ClusterState, entry: ProcEntry, code: int) -> LaunchE
 
 def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
        fsync: bool = True, timeout: float = LEADER_TIMEOUT,
-       progress: Callable[[str], None] = lambda _: None) -> tuple[ClusterState, bool]:
+       progress: Callable[[str], None] = lambda _: None,
+       node_options: tuple[str, ...] = ()) -> tuple[ClusterState, bool]:
     """Bring the cluster in `cluster_dir` up. Returns (state, whether anything started).
 
     A dir without a cluster gets a new one (a random cluster id; each node's first start
     may create its data dir); a dir with one restarts whatever is not running, with its
     data, and a node whose data dir is gone refuses to start. Raises LaunchError on a
     busy port, a process that exits at start (`storage` set when a node refused its data
-    dir), or no leader in `timeout`."""
+    dir), or no leader in `timeout`. `node_options` (`raftkv node` options) go to every
+    node of a new cluster; an existing one keeps the options it was made with."""
     cluster_dir = Path(cluster_dir).resolve()
     cluster_dir.mkdir(parents=True, exist_ok=True)
     state = ClusterState.load(cluster_dir)
     if state is None:
-        state = new_cluster(cluster_dir, nodes, base_port, fsync)
+        state = new_cluster(cluster_dir, nodes, base_port, fsync, node_options=node_options)
         state.save()
     elif not state.cluster_id:
         state.adopt_cluster_id(new_cluster_id())
