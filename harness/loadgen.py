@@ -37,7 +37,7 @@ import random
 import time
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -521,23 +521,33 @@ def load_process(w: Workload, conn: Any, progress: Any) -> None:
 
 def fill_keys(ctx: zmq.Context, route: Route, key_space: int, value_size: int,
               in_flight: int = 64, batch: bool = False) -> None:
-    """Put every key of the key space once, so that gets find values. Raises
-    RuntimeError on the first refusal, or when nothing is answered for STALL_S."""
+    """Put every key of the key space once, so that gets find values. A put answered
+    UNAVAILABLE (its leader lost the leadership with it pending; it may or may not have
+    been applied) is put again: the same value twice is the same state. Raises
+    RuntimeError on any other refusal, or when nothing is answered for STALL_S."""
     pipe = Pipeline(ctx, route, batch)
+    key_of: dict[int, bytes] = {}  # outstanding put's request id -> its key
+    value = bench_value(value_size)
+
+    def put(key: bytes) -> None:
+        key_of[pipe.next_id] = key
+        pipe.send(ReqOp.PUT, key, value)
+
     try:
         pipe.open_sessions(in_flight)
-        value = bench_value(value_size)
         for key in bench_keys(key_space):
-            pipe.send(ReqOp.PUT, key, value)
-            fill_until(pipe, in_flight - 1)
-        fill_until(pipe, 0)
+            put(key)
+            fill_until(pipe, in_flight - 1, key_of, put)
+        fill_until(pipe, 0, key_of, put)
     finally:
         pipe.close()
 
 
-def fill_until(pipe: Pipeline, outstanding: int) -> None:
-    """Take answers until at most `outstanding` requests are outstanding. Raises
-    RuntimeError on a refusal, or when nothing is answered for STALL_S."""
+def fill_until(pipe: Pipeline, outstanding: int, key_of: dict[int, bytes],
+               put: Callable[[bytes], None]) -> None:
+    """Take answers until at most `outstanding` requests are outstanding, putting again
+    the key of a put answered UNAVAILABLE. Raises RuntimeError on another refusal, or
+    when nothing is answered for STALL_S."""
     answered_at = time.monotonic()
     while len(pipe.out) > outstanding:
         answers = pipe.receive(STALL_S)
@@ -546,7 +556,10 @@ def fill_until(pipe: Pipeline, outstanding: int) -> None:
         elif time.monotonic() - answered_at > STALL_S:
             raise RuntimeError(f"filling the key space: no answer within {STALL_S:g}s")
         for _, _, reply in answers:
-            if reply.code != ReplyCode.OK:
+            key = key_of.pop(reply.request_id)
+            if reply.code == ReplyCode.UNAVAILABLE:
+                put(key)
+            elif reply.code != ReplyCode.OK:
                 raise RuntimeError(f"filling the key space: PUT answered {reply}")
 
 

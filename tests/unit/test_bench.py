@@ -18,7 +18,9 @@ from harness.loadgen import (
     Route,
     Workload,
     add_counts,
+    bench_keys,
     drive,
+    fill_keys,
     parse_mix,
     per_second,
     percentile,
@@ -344,3 +346,23 @@ def test_with_no_leader_anywhere_rounds_of_re_routes_are_paced(ctx, nodes):
     bounces = sum(len(n.ops(ReqOp.GET)) for n in nodes)
     assert 3 <= bounces <= 30
     assert pipe.out  # still outstanding: no answer but OK ends a re-routed request
+
+
+def test_filling_puts_again_a_key_whose_leader_lost_the_leadership(ctx, nodes):
+    """Found filling 10 million keys: a leader change answered a pending put UNAVAILABLE
+    and the whole fill stopped. Its outcome is unknown; putting the same value again
+    leaves the same state, so the fill does that and goes on."""
+    kv, refused = FakeKV(), []
+
+    def lose_some(req: ClientRequest):
+        lost = (b"bench-key-0000002", b"bench-key-0000005")
+        if req.op == ReqOp.PUT and req.key in lost and req.key not in refused:
+            refused.append(req.key)
+            return ReplyCode.UNAVAILABLE, "leadership lost while the write was pending", 0
+        return kv(req)
+
+    nodes.append(FakeNode(ctx, lose_some))
+    fill_keys(ctx, Route((nodes[0].address,), (1,)), key_space=8, value_size=10, in_flight=3)
+    assert len(refused) == 2
+    assert sorted(k for k in kv.store.scan(b"", 100)) == sorted(
+        (k, kv.store.get(k)) for k in bench_keys(8))
