@@ -20,6 +20,7 @@ commit only then too (thesis §10.2.1).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -139,6 +140,35 @@ class _Discarder:
         self._thread.join()
 
 
+SLOW_TURN_S = 0.15  # a loop turn this long is logged: half the shortest election timeout
+
+
+class _FullCollections:
+    """Times Python's full (generation 2) garbage collections, which stop the loop for
+    as long as they take: a slow turn's warning says how much of it they were."""
+
+    def __init__(self) -> None:
+        self._began = 0.0
+        self._done: list[tuple[float, float]] = []  # (start, seconds), recent ones
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self._done = [*self._done[-7:], (self._began, time.perf_counter() - self._began)]
+
+    def take(self, since: float) -> float:
+        """Seconds of full collections that began at or after `since`."""
+        return sum(s for began, s in self._done if began >= since)
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._callback)
+
+
 class SystemClock:
     """The OS's clocks (raftkv.interfaces.Clock)."""
 
@@ -169,6 +199,8 @@ class Node:
             undo.callback(self.discarder.close)
             storage.discard_with(self.discarder)
             self.snapshot_writer = ForkSnapshotWriter()
+            self.gc_timer = _FullCollections()
+            undo.callback(self.gc_timer.close)
             self.replica = Replica(cfg, storage, self.transport, self.syncer, SYSTEM_CLOCK,
                                    snapshot_writer=self.snapshot_writer)
             undo.pop_all()
@@ -201,6 +233,7 @@ class Node:
                         replica.finish_sync()
                 if readable:
                     replica.receive(*self.transport.recv_all())
+                received = time.perf_counter()
                 now = time.monotonic()
                 if now >= next_tick:
                     replica.tick()
@@ -208,7 +241,13 @@ class Node:
                     # a burst would fire election timeouts that no real silence caused.
                     next_tick = max(next_tick + tick_s, now)
                 replica.process()
-                replica.record_turn(time.perf_counter() - started)
+                ended = time.perf_counter()
+                replica.record_turn(ended - started)
+                if ended - started > SLOW_TURN_S:
+                    log.warning("slow loop turn: %.0f ms (input %.0f ms, the rest %.0f ms; "
+                                "full garbage collections in it: %.0f ms)",
+                                (ended - started) * 1000, (received - started) * 1000,
+                                (ended - received) * 1000, self.gc_timer.take(started) * 1000)
             if replica.syncing is not None:
                 # Stopped while a Ready syncs: a failed sync ends the node with its
                 # StorageError, never as a clean stop (its acknowledgements stay unsent).
@@ -223,6 +262,7 @@ class Node:
 
     def close(self) -> None:
         self.snapshot_writer.close()
+        self.gc_timer.close()
         self.syncer.close()  # waits for a running fsync; storage.close syncs the rest
         self.transport.close()
         self.replica.storage.close()

@@ -3,6 +3,7 @@ temp dir on loopback, and its `run` loop does not run; tests call its methods.""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from raftkv.kv import encode_open_session
-from raftkv.node import Node, NodeConfig
+from raftkv.node import Node, NodeConfig, _FullCollections
 from raftkv.raft import (
     CampaignKind,
     ConfChange,
@@ -232,3 +233,16 @@ def test_election_timeout_has_at_least_ten_values_for_any_setting(tmp_path, hear
     assert election_ms - cfg.tick_ms() < min(got) <= election_ms
     assert max(got) < 2 * election_ms
     assert cfg.raft_config().heartbeat_tick * cfg.tick_ms() == heartbeat_ms
+
+
+def test_full_collections_are_timed_for_the_slow_turn_warning():
+    timer = _FullCollections()
+    try:
+        before = time.perf_counter()
+        gc.collect(1)  # not a full collection: not counted
+        assert timer.take(before) == 0
+        gc.collect(2)
+        assert timer.take(before) > 0 and timer.take(time.perf_counter()) == 0
+    finally:
+        timer.close()
+    assert timer._callback not in gc.callbacks
