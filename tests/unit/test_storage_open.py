@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.raft.types import Entry, HardState
+from raftkv.raft.types import Entry, HardState, SnapshotMeta
 from raftkv.storage import FORMAT, Storage, StorageError, StorageVersionError
 from raftkv.storage.errors import StorageIdentityError, StorageMissingError
 from raftkv.storage.fs import OsFileSystem
@@ -265,3 +265,21 @@ def test_a_disk_error_at_open_is_a_storage_error_that_changes_nothing(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     with Storage.open(tmp_path) as st:  # the lock was released
         assert st.last_index == 3
+
+
+def test_the_snapshot_open_read_and_checked_is_handed_over_not_read_again(tmp_path):
+    """At 10 million keys a restart read and checked the 1.2 GB snapshot twice: once to
+    open, once more for the state machine."""
+    with Storage.open(tmp_path) as st:
+        for i in range(1, 10):
+            st.append(ents(i, 1), HardState(1, 1, i - 1))
+        st.sync()
+        st.save_snapshot(SnapshotMeta(8, 1, (1,)), b"state at 8")
+    fs = RecordingFS()
+    with Storage.open(tmp_path, fs=fs) as st:
+        name = "snap-00000000000000000008.snap"
+        assert fs.calls.count(("read", name)) == 1
+        assert st.load_snapshot_data() == b"state at 8"
+        assert fs.calls.count(("read", name)) == 1  # handed over
+        assert st.load_snapshot_data() == b"state at 8"
+        assert fs.calls.count(("read", name)) == 2  # later calls read and check again
