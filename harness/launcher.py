@@ -51,14 +51,18 @@ class LaunchError(Exception):
         self.storage = storage
 
 
-def free_ports(n: int) -> list[int]:
+def free_ports(n: int, avoid: frozenset[int] = frozenset()) -> list[int]:
+    """`n` distinct ports free now, none of them in `avoid` (ports a caller is about to
+    give to something else: a cluster's node ports, which the kernel may hand out too)."""
     socks = []
     try:
-        for _ in range(n):
+        while len(socks) < n + len(avoid):
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            if sum(x.getsockname()[1] not in avoid for x in socks) == n:
+                break
+        return [p for s in socks if (p := s.getsockname()[1]) not in avoid][:n]
     finally:
         for s in socks:
             s.close()
@@ -134,7 +138,9 @@ def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
     addresses = {i: f"tcp://{host}:{base_port + i}" for i in range(1, nodes + 1)}
     # Metrics ports: free ones the kernel picks now, kept in cluster.json so `up` reuses
     # them (a node whose metrics port got taken meanwhile runs on without /metrics).
-    metrics = free_ports(nodes + 1)
+    # Not the cluster's own ports: a node's metrics port equal to another node's listen
+    # port left one of them without /metrics (found by CI).
+    metrics = free_ports(nodes + 1, avoid=frozenset(base_port + i for i in range(nodes + 1)))
     state = ClusterState(
         cluster_dir, fsync,
         ProcEntry(f"tcp://{host}:{base_port}", "logs/controller.log",

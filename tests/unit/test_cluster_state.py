@@ -171,3 +171,24 @@ def test_two_writers_saving_at_once_never_break_each_other(tmp_path):
     assert errors == []
     assert ClusterState.load(tmp_path) is not None
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_free_ports_skips_the_ports_it_is_told_to_avoid(monkeypatch):
+    """Found by CI: a node's metrics port, picked by the kernel, was another node's
+    listen port (base port + id), and that node ran without /metrics."""
+    import harness.launcher as launcher
+
+    handed = iter([7001, 7003, 7002, 7004])
+
+    class FakeSocket:
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(handed)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(launcher.socket, "socket", FakeSocket)
+    assert launcher.free_ports(2, avoid=frozenset({7001, 7002})) == [7003, 7004]
