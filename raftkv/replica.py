@@ -670,9 +670,12 @@ class Replica:
         leader decides before proposing, as etcd does, never the state machine, so that
         replicas whose quota differs cannot diverge; writes already in the log when the
         state reaches the quota still apply, so it may pass it by what was in flight."""
-        growth = self.kv.growth(req.key, req.value or b"")
-        size = self.kv.size
-        if growth <= 0 or size + growth <= self.cfg.quota_bytes:
+        value, size, quota = req.value or b"", self.kv.size, self.cfg.quota_bytes
+        # A write grows the state by at most a new key's whole count: below the quota by
+        # that much (almost always), no lookup of the key on the leader's request path.
+        if size + len(req.key) + len(value) + KEY_OVERHEAD <= quota:
+            return False
+        if size + self.kv.growth(req.key, value) <= quota:
             return False
         self.counters["quota_refused"] += 1
         self.transport.reply(

@@ -27,7 +27,6 @@ import ctypes
 import gc
 import os
 import signal
-import time
 from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
@@ -60,19 +59,16 @@ class ForkSnapshotWriter:
     def __init__(self) -> None:
         self.pid: int | None = None  # the child writing now, until it is reaped
         self._status: int | None = None
-        self.fork_seconds = 0.0  # how long the loop stopped for the last fork
 
     def start(self, serialize: Callable[[], bytes], write: Callable[[bytes], None]) -> None:
         if self.pid is not None:
             raise RuntimeError("a snapshot is being written already")
         parent = os.getpid()
-        t0 = time.perf_counter()
         gc.collect(1)
         gc.freeze()
         pid = os.fork()
         if pid == 0:
             _child(parent, serialize, write)  # never returns
-        self.fork_seconds = time.perf_counter() - t0
         self.pid, self._status = pid, None
 
     def done(self) -> bool:

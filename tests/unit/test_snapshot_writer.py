@@ -49,8 +49,10 @@ def test_closing_stops_a_write_in_progress(tmp_path):
     writer = ForkSnapshotWriter()
     writer.start(slow, Path(tmp_path / "never").write_bytes)
     pid = writer.pid
-    assert pid is not None and not writer.done()
-    writer.close()
+    try:
+        assert pid is not None and not writer.done()
+    finally:
+        writer.close()
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left behind
     assert not (tmp_path / "never").exists()
