@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ EXIT_OK = 0
 EXIT_NEGATIVE = 1  # the answer is "no": key not found, not swapped
 EXIT_UNAVAILABLE = 3
 EXIT_QUOTA = 5
+EXIT_REFUSED = 6
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -31,6 +33,8 @@ Exit codes:
      when a node refuses its dir, e.g. one that vanished: remove-node, then add-node)
   5  the cluster's state is at its quota (node --quota-bytes): the write was refused
      and nothing was done; delete keys to make room
+  6  the cluster refused this key: none given where one is needed, one it does not
+     admit, or a client key asking for an admin verb (see the README's security part)
 """
 
 
@@ -72,7 +76,17 @@ def load_state(cluster_dir: Path) -> Any:
     if state is None:
         fail(f"no cluster in {cluster_dir}; start one with: raftkv up --dir {cluster_dir}",
              EXIT_UNAVAILABLE)
+    use_admin_key(state)
     return state
+
+
+def use_admin_key(state: Any) -> None:
+    """The verbs speak with the admin key of --dir (raftkv.security); everything this
+    process connects, the client and its children included, takes it from the env."""
+    from raftkv.security import ADMIN, ENV_CREDENTIALS
+
+    if state.secure:
+        os.environ[ENV_CREDENTIALS] = str(state.keys_dir / f"{ADMIN}.key_secret")
 
 
 def control(state: Any, name: str, *args: Any, timeout: float = 5.0) -> Any:
@@ -81,13 +95,22 @@ def control(state: Any, name: str, *args: Any, timeout: float = 5.0) -> Any:
 
     from harness.rpc import ControlError
     from harness.rpc import control as run_control
-    from raftkv.wire import ReplyCode
 
     with zmq.Context() as ctx:
         try:
             return run_control(ctx, state.controller.address, name, *args, timeout=timeout)
         except ControlError as e:
-            fail(str(e), EXIT_USAGE if e.code == ReplyCode.BAD_REQUEST else EXIT_UNAVAILABLE)
+            fail(str(e), control_exit_code(e.code))
+
+
+def control_exit_code(code: Any) -> int:
+    """The exit code of a controller command the controller refused (code None: it did
+    not answer)."""
+    from raftkv.wire import ReplyCode
+
+    if code == ReplyCode.BAD_REQUEST:
+        return EXIT_USAGE
+    return EXIT_REFUSED if code == ReplyCode.FORBIDDEN else EXIT_UNAVAILABLE
 
 
 def with_client(cluster_dir: Path, timeout: float, fn: Callable[[Any], Any]) -> Any:
@@ -102,6 +125,8 @@ def with_client(cluster_dir: Path, timeout: float, fn: Callable[[Any], Any]) -> 
         fail(str(e), EXIT_USAGE)
     except raftkv.QuotaExceeded as e:
         fail(str(e), EXIT_QUOTA)
+    except (raftkv.Forbidden, raftkv.AuthenticationFailed) as e:
+        fail(str(e), EXIT_REFUSED)
     except (raftkv.Unavailable, raftkv.Timeout) as e:
         fail(str(e), EXIT_UNAVAILABLE)
 
@@ -129,8 +154,13 @@ def print_answer(word: str, as_json: bool, negative: bool = False) -> None:
               help="For a new cluster: every node's --quota-bytes (the state's size past "
               f"which puts are refused; default {DEFAULT_QUOTA >> 30} GiB, at most "
               f"{MAX_QUOTA >> 30} GiB). An existing cluster keeps its own.")
+@click.option("--insecure", is_flag=True,
+              help="FOR BENCHMARKS AND TEACHING ONLY, for a new cluster: no keys and no "
+              "encryption, so anyone who reaches a port may read, write, partition and "
+              "reconfigure the cluster. By default `up` makes the cluster's keys in "
+              "DIR/keys and its processes admit only those.")
 def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: float,
-       quota_bytes: int | None) -> None:
+       quota_bytes: int | None, insecure: bool) -> None:
     """Start the cluster in --dir (a new one, or the same nodes with their data) and wait
     for a leader. Idempotent: a cluster already up is left as it is.
 
@@ -145,9 +175,11 @@ def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: f
                                 fsync=not no_fsync, timeout=timeout,
                                 progress=lambda m: click.echo(m, err=True),
                                 node_options=() if quota_bytes is None
-                                else ("--quota-bytes", str(quota_bytes)))
+                                else ("--quota-bytes", str(quota_bytes)),
+                                secure=not insecure)
     except LaunchError as e:
         fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
+    use_admin_key(state)
     if not started:
         click.echo(f"cluster in {state.dir} is already up")
     wait_for_controller_leader(state, timeout)
@@ -408,13 +440,12 @@ def run_membership(fn: Callable[..., Any], *args: Any, as_json: bool = False,
 
     from harness.membership import MembershipError
     from harness.rpc import ControlError
-    from raftkv.wire import ReplyCode
 
     with zmq.Context() as ctx:
         try:
             return fn(ctx, *args, progress=lambda m: click.echo(m, err=as_json), **kwargs)
         except ControlError as e:
-            fail(str(e), EXIT_USAGE if e.code == ReplyCode.BAD_REQUEST else EXIT_UNAVAILABLE)
+            fail(str(e), control_exit_code(e.code))
         except MembershipError as e:
             fail(str(e), EXIT_UNAVAILABLE)
 

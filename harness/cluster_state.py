@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from raftkv.security import ADMIN, KEYS_SUBDIR, Credentials
+
 FILE_NAME = "cluster.json"
 FORMAT_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +57,17 @@ class ClusterState:
     # Every node is started with it (--cluster-id) and its data dir records it. 0: a
     # cluster.json of an older raftkv, until `up` gives it one (`adopt_cluster_id`).
     cluster_id: int = 0
+    # Whether the cluster's processes admit only the keys in `keys_dir` (raftkv.security).
+    # False: --insecure, or a cluster.json of an older raftkv, which has no keys.
+    secure: bool = False
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.dir / KEYS_SUBDIR
+
+    def credentials(self, name: str = ADMIN) -> Credentials | None:
+        """Key `name`'s credentials (the admin key by default); None if not secure."""
+        return Credentials.load(self.keys_dir / f"{name}.key_secret") if self.secure else None
 
     def node(self, node_id: int) -> NodeEntry:
         for n in self.nodes:
@@ -104,6 +117,7 @@ class ClusterState:
         """Write atomically: a reader sees the old file or the new one, never half."""
         data = {"version": FORMAT_VERSION, "fsync": self.fsync,
                 "cluster_id": format_cluster_id(self.cluster_id),
+                "secure": self.secure,
                 "controller": asdict(self.controller),
                 "nodes": [asdict(n) for n in self.nodes]}
         # `up` and the controller both save: each writes its own temp file, or one
@@ -131,7 +145,8 @@ class ClusterState:
             raise ValueError(f"{path} has an unreadable cluster_id: {e}") from e
         return cls(Path(cluster_dir).resolve(), bool(data["fsync"]),
                    ProcEntry(**data["controller"]),
-                   [NodeEntry(**n) for n in data["nodes"]], cluster_id)
+                   [NodeEntry(**n) for n in data["nodes"]], cluster_id,
+                   bool(data.get("secure", False)))
 
 
 def record_started(cluster_dir: Path, node_ids: Collection[int]) -> None:
@@ -174,11 +189,14 @@ def server_argv(*args: str) -> list[str]:
 def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
               *, fsync: bool = True, extra: tuple[str, ...] = (),
               voters: tuple[int, ...] | None = None, metrics_port: int = 0,
-              cluster_id: int = 0, new: bool = False) -> list[str]:
+              cluster_id: int = 0, new: bool = False, keys_dir: Path | None = None,
+              insecure: bool = False) -> list[str]:
     """The command line of one node: exactly what `raftkv node` takes. `voters`: the
     cluster's initial voters; () joins a running cluster (--join, which also lets the
     data dir be created); None leaves it to the node (itself and its peers). `new`: the
-    node's first start in a new cluster (--new). `cluster_id`: 0 leaves it unchecked."""
+    node's first start in a new cluster (--new). `cluster_id`: 0 leaves it unchecked.
+    `keys_dir` (--keys) or `insecure` (--insecure): the node needs one of them, here or
+    in `extra`."""
     argv = server_argv("node", "--id", str(node_id), "--listen", address,
                        "--data-dir", str(data_dir), *peer_options(node_id, peers))
     if voters == ():
@@ -193,6 +211,10 @@ def node_argv(node_id: int, address: str, peers: dict[int, str], data_dir: Path,
         argv.append("--no-fsync")
     if metrics_port:
         argv += ["--metrics-port", str(metrics_port)]
+    if keys_dir is not None:
+        argv += ["--keys", str(keys_dir)]
+    if insecure:
+        argv.append("--insecure")
     return argv + list(extra)
 
 

@@ -109,6 +109,15 @@ from harness.timeline import Timeline
 from raftkv import wire
 from raftkv.metrics import quantile
 from raftkv.raft import ConfOp
+from raftkv.security import (
+    ADMIN,
+    CLIENT_OPS,
+    NODE_PREFIX,
+    ROLE_ADMIN,
+    ROLE_CLIENT,
+    ServerKeys,
+    make_key,
+)
 from raftkv.transport import bind_router, connect_dealer
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
@@ -142,6 +151,7 @@ COUNTER_KEYS = (
     "commands",  # CONTROL and STATUS requests served
     "dropped_replies",  # replies not delivered: client gone or HWM reached
     "late_replies",  # node replies to requests already answered
+    "refused_role",  # requests answered FORBIDDEN: a client key asked for an admin op
 )
 
 
@@ -221,6 +231,9 @@ class Controller:
         self.children: list[tuple[int, Any]] = []
         self.timeline = Timeline()
         self.state_mtime = self.read_state_mtime()
+        # The cluster's keys (raftkv.security): the front admits only them, and the
+        # controller speaks to the nodes with the admin key. None: --insecure.
+        self.keys = ServerKeys(state.keys_dir, own=ADMIN) if state.secure else None
         self.front = self.context.socket(zmq.ROUTER)
         self.views: dict[int, NodeView] = {}
         self.poller = zmq.Poller()
@@ -233,10 +246,11 @@ class Controller:
     # ---- sockets -------------------------------------------------------------------
 
     def setup_front(self) -> None:
-        bind_router(self.front, self.state.controller.address, HWM)
+        bind_router(self.front, self.state.controller.address, HWM, self.keys)
 
     def connect_dealer(self, address: str) -> zmq.Socket:
-        return connect_dealer(self.context, address, routing_id=DEALER_ID, hwm=HWM)
+        return connect_dealer(self.context, address, routing_id=DEALER_ID, hwm=HWM,
+                              credentials=self.keys.client if self.keys else None)
 
     def add_view(self, entry: NodeEntry) -> NodeView:
         view = NodeView(entry.id, self.connect_dealer(entry.address))
@@ -268,6 +282,8 @@ class Controller:
         for v in self.views.values():
             v.dealer.close(linger=0)
         self.front.close(linger=0)
+        if self.keys is not None:
+            self.keys.close()
 
     # ---- the loop ------------------------------------------------------------------
 
@@ -300,18 +316,26 @@ class Controller:
     # ---- client side ---------------------------------------------------------------
 
     def drain_front(self) -> None:
+        # With keys, each message's frames carry its connection's role (ZAP User-Id).
+        copy = self.keys is None
         for _ in range(MAX_DRAIN):
             try:
-                parts = self.front.recv_multipart(zmq.NOBLOCK)
+                parts = self.front.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
                 return
             if len(parts) != 2:
                 self.counters["malformed"] += 1
                 continue
             self.counters["requests"] += 1
-            self.handle_request(parts[0], parts[1])
+            if copy:
+                self.handle_request(parts[0], parts[1])
+            else:
+                self.handle_request(parts[0].bytes, parts[1].bytes,
+                                    parts[1].get("User-Id"))
 
-    def handle_request(self, client: bytes, frame: bytes) -> None:
+    def handle_request(self, client: bytes, frame: bytes, role: str | None = None) -> None:
+        """Serve or route one request; `role` is its connection's (None: no keys, anyone
+        may ask anything)."""
         try:
             req = wire.decode_request(frame)
         except wire.MalformedFrame:
@@ -320,6 +344,13 @@ class Controller:
         except wire.InvalidRequest as e:
             self.counters["bad_requests"] += 1
             self.answer(client, e.request_id, ReplyCode.BAD_REQUEST, e.message)
+            return
+        if role is not None and role != ROLE_ADMIN and not (
+                role == ROLE_CLIENT and req.op in CLIENT_OPS):
+            self.counters["refused_role"] += 1
+            self.answer(client, req.request_id, ReplyCode.FORBIDDEN,
+                        f"{req.op.name} needs the admin key; this connection has "
+                        f"{'a client key' if role == ROLE_CLIENT else 'the key of ' + role}")
             return
         if req.op == ReqOp.STATUS:
             self.counters["commands"] += 1
@@ -908,6 +939,8 @@ class Controller:
         taken before the node binds it (an outgoing connection's ephemeral port): then
         the node exits, and another port is tried."""
         address = self.new_node_address(node_id)
+        if self.state.secure:  # the members admit its key once they reread the key dir
+            make_key(self.state.keys_dir, f"{NODE_PREFIX}{node_id}")
         for _ in range(JOINER_ATTEMPTS):
             # Metrics like the others': on a free port if they have them.
             metrics_port = free_ports(1)[0] if self.state.nodes[0].metrics_port else 0

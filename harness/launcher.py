@@ -35,6 +35,7 @@ from harness.cluster_state import (
     spawn,
     stop_process,
 )
+from raftkv.security import ADMIN, KEYS_SUBDIR, Credentials, make_keys
 from raftkv.server import EXIT_STORAGE
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
@@ -104,12 +105,13 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 
         time.sleep(every)
 
 
-def node_statuses(ctx: zmq.Context, addresses: dict[int, str],
-                  timeout: float = 0.5) -> dict[int, dict]:
+def node_statuses(ctx: zmq.Context, addresses: dict[int, str], timeout: float = 0.5,
+                  credentials: Credentials | None = None) -> dict[int, dict]:
     """The STATUS map of every node that answers within `timeout`."""
     found = {}
     for node_id, address in addresses.items():
-        r = rpc.call(ctx, address, ClientRequest(rpc.next_request_id(), ReqOp.STATUS), timeout)
+        r = rpc.call(ctx, address, ClientRequest(rpc.next_request_id(), ReqOp.STATUS), timeout,
+                     credentials)
         if r is not None and r.code == ReplyCode.OK:
             found[node_id] = r.value
     return found
@@ -122,19 +124,21 @@ def leader_of(statuses: dict[int, dict]) -> tuple[int, int] | None:
     return (max(claims)[1], max(claims)[0]) if claims else None
 
 
-def find_leader(ctx: zmq.Context, addresses: dict[int, str],
-                timeout: float = 0.5) -> tuple[int, int] | None:
+def find_leader(ctx: zmq.Context, addresses: dict[int, str], timeout: float = 0.5,
+                credentials: Credentials | None = None) -> tuple[int, int] | None:
     """(leader id, term) from the nodes' own STATUS answers: the highest-term claimant."""
-    return leader_of(node_statuses(ctx, addresses, timeout))
+    return leader_of(node_statuses(ctx, addresses, timeout, credentials))
 
 
 # -- up / down -------------------------------------------------------------------------------
 
 def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
-                host: str = "127.0.0.1", node_options: tuple[str, ...] = ()) -> ClusterState:
+                host: str = "127.0.0.1", node_options: tuple[str, ...] = (),
+                secure: bool = True) -> ClusterState:
     """A new cluster's record: a random cluster id, and every node's command line for
     its first start (--new: see cluster_state.FIRST_START_FLAGS), ending in
-    `node_options` (kept for every later start)."""
+    `node_options` (kept for every later start). `secure`: its keys are made in
+    DIR/keys (raftkv.security); otherwise every node runs --insecure."""
     addresses = {i: f"tcp://{host}:{base_port + i}" for i in range(1, nodes + 1)}
     # Metrics ports: free ones the kernel picks now, kept in cluster.json so `up` reuses
     # them (a node whose metrics port got taken meanwhile runs on without /metrics).
@@ -147,8 +151,10 @@ def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
                   python_argv("controller", "--dir", str(cluster_dir),
                               "--metrics-port", str(metrics[0])),
                   metrics_port=metrics[0]),
-        cluster_id=new_cluster_id(),
+        cluster_id=new_cluster_id(), secure=secure,
     )
+    if secure:
+        make_keys(state.keys_dir, list(addresses))
     for i, address in addresses.items():
         data_dir = cluster_dir / "data" / f"node{i}"
         state.nodes.append(NodeEntry(address, f"logs/node{i}.log",
@@ -156,7 +162,8 @@ def new_cluster(cluster_dir: Path, nodes: int, base_port: int, fsync: bool,
                                                voters=tuple(addresses),
                                                metrics_port=metrics[i],
                                                cluster_id=state.cluster_id, new=True,
-                                               extra=node_options),
+                                               keys_dir=state.keys_dir if secure else None,
+                                               insecure=not secure, extra=node_options),
                                      metrics_port=metrics[i], id=i,
                                      data_dir=f"data/node{i}"))
     return state
@@ -205,7 +212,7 @@ def exited_at_start(state: ClusterState, entry: ProcEntry, code: int) -> LaunchE
 def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
        fsync: bool = True, timeout: float = LEADER_TIMEOUT,
        progress: Callable[[str], None] = lambda _: None,
-       node_options: tuple[str, ...] = ()) -> tuple[ClusterState, bool]:
+       node_options: tuple[str, ...] = (), secure: bool = True) -> tuple[ClusterState, bool]:
     """Bring the cluster in `cluster_dir` up. Returns (state, whether anything started).
 
     A dir without a cluster gets a new one (a random cluster id; each node's first start
@@ -213,12 +220,14 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
     data, and a node whose data dir is gone refuses to start. Raises LaunchError on a
     busy port, a process that exits at start (`storage` set when a node refused its data
     dir), or no leader in `timeout`. `node_options` (`raftkv node` options) go to every
-    node of a new cluster; an existing one keeps the options it was made with."""
+    node of a new cluster; an existing one keeps the options it was made with, and its
+    security (`secure`: keys made in DIR/keys, or every node --insecure)."""
     cluster_dir = Path(cluster_dir).resolve()
     cluster_dir.mkdir(parents=True, exist_ok=True)
     state = ClusterState.load(cluster_dir)
     if state is None:
-        state = new_cluster(cluster_dir, nodes, base_port, fsync, node_options=node_options)
+        state = new_cluster(cluster_dir, nodes, base_port, fsync, node_options=node_options,
+                            secure=secure)
         state.save()
     elif not state.cluster_id:
         state.adopt_cluster_id(new_cluster_id())
@@ -242,7 +251,7 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
         deadline = time.monotonic() + timeout
         while True:
             check_started(state, started)  # one that exited at start is reported at once
-            statuses = node_statuses(ctx, state.addresses)
+            statuses = node_statuses(ctx, state.addresses, credentials=state.credentials())
             record_first_starts(state, statuses.keys())
             if leader_of(statuses) is not None and started_ids <= statuses.keys():
                 break
@@ -290,9 +299,15 @@ class NodeProc:
 
 class LocalCluster:
     def __init__(self, n: int, root: Path, *, fsync: bool = True,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), secure: bool = True) -> None:
         ports = free_ports(n)
         self.root = root
+        # Secure by default, as `up` is: keys in root/keys, and the admin's for our calls.
+        self.keys_dir: Path | None = root / KEYS_SUBDIR if secure else None
+        if self.keys_dir is not None:
+            make_keys(self.keys_dir, list(range(1, n + 1)))
+        self.credentials = (None if self.keys_dir is None
+                            else Credentials.load(self.keys_dir, ADMIN))
         self.fsync = fsync
         self.cluster_id = new_cluster_id()
         self.extra_args = extra_args
@@ -312,7 +327,8 @@ class LocalCluster:
         node = self.nodes[i]
         argv = node_argv(i, node.address, self.addresses, node.data_dir, fsync=self.fsync,
                          extra=self.extra_args, cluster_id=self.cluster_id,
-                         new=not node.started)
+                         new=not node.started, keys_dir=self.keys_dir,
+                         insecure=self.keys_dir is None)
         node.proc = spawn(argv, node.log_path, detach=False)
         node.started = True
 
@@ -344,11 +360,11 @@ class LocalCluster:
         self.ctx.destroy(linger=0)
 
     def call_raw(self, i: int, frame: bytes, timeout: float = 2.0) -> ClientReply | None:
-        return rpc.call_raw(self.ctx, self.nodes[i].address, frame, timeout)
+        return rpc.call_raw(self.ctx, self.nodes[i].address, frame, timeout, self.credentials)
 
     def request(self, i: int, op: ReqOp, **fields: Any) -> ClientReply | None:
         req = ClientRequest(rpc.next_request_id(), op, **fields)
-        return rpc.call(self.ctx, self.nodes[i].address, req)
+        return rpc.call(self.ctx, self.nodes[i].address, req, credentials=self.credentials)
 
     def status(self, i: int) -> dict | None:
         if not self.nodes[i].alive:
@@ -358,7 +374,7 @@ class LocalCluster:
 
     def leader(self) -> int | None:
         live = {i: n.address for i, n in self.nodes.items() if n.alive}
-        found = find_leader(self.ctx, live, timeout=2.0)
+        found = find_leader(self.ctx, live, timeout=2.0, credentials=self.credentials)
         return found[0] if found else None
 
     def wait_leader(self, timeout: float = 10.0, exclude: int | None = None) -> int:

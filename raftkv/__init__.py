@@ -6,13 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["BadRequest", "Client", "QuotaExceeded", "RaftKVError", "SessionExpired", "Timeout",
-           "Unavailable"]
+__all__ = ["AuthenticationFailed", "BadRequest", "Client", "Credentials", "Forbidden",
+           "QuotaExceeded", "RaftKVError", "SessionExpired", "Timeout", "Unavailable"]
 
 if TYPE_CHECKING:
     from raftkv.client import (
+        AuthenticationFailed,
         BadRequest,
         Client,
+        Credentials,
+        Forbidden,
         QuotaExceeded,
         RaftKVError,
         SessionExpired,

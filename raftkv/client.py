@@ -41,6 +41,17 @@ Errors (all derive from `RaftKVError`):
   applied.)
 - `BadRequest(ValueError)`: the server refused the request as invalid (over a size
   limit, ...); nothing was done. The message is the server's.
+- `QuotaExceeded`: the leader refused a put or cas at the state's quota.
+- `Forbidden`: this client's key may not ask that (a client key asked for an admin op).
+- `AuthenticationFailed`: no node took the request, and the cluster refused this
+  client's connection: no keys where the cluster needs them, a key it does not admit,
+  or the wrong server key. ZeroMQ reports the failed handshake (a socket monitor); the
+  client raises this in place of `Unavailable`.
+
+Credentials (raftkv.security). `credentials=` takes a `Credentials`, or the path of a
+cluster dir, a key dir or a `.key_secret` file (a dir's `client` key is taken); by default
+the client uses $RAFTKV_CREDENTIALS, and with neither it connects without keys, which only
+an `--insecure` cluster accepts.
 
 Sessions (kv.py, thesis §6.3). The store keeps only the last applied seq per client and
 refuses a lower one, so one session can carry one write at a time. The client keeps a
@@ -70,6 +81,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import queue
 import socket
 import threading
@@ -79,7 +91,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from raftkv.security import Credentials, credentials_from_env
 from raftkv.transport import connect_dealer
 from raftkv.wire import (
     ClientReply,
@@ -101,11 +115,20 @@ CONNECT_GRACE = 0.2  # seconds a new client waits for a connection before skippi
 CONSISTENCIES = ("linearizable", "stale")
 
 _HWM = 100_000
+# What a socket monitor reports when a connection's handshake fails (CurveZMQ, ZAP).
+_HANDSHAKE_FAILED = {
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "the handshake failed (no keys, or keys "
+    "for another cluster)",
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "the handshake failed (a security mismatch: "
+    "keys given to an --insecure cluster, or none to a secure one)",
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "the cluster does not admit this key",
+}
+_HANDSHAKE_EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED) | sum(_HANDSHAKE_FAILED)
 
 _OK = ReplyCode.OK
 _TERMINAL = frozenset(
     {ReplyCode.OK, ReplyCode.BAD_REQUEST, ReplyCode.STALE_REQUEST, ReplyCode.SESSION_EXPIRED,
-     ReplyCode.QUOTA_EXCEEDED}
+     ReplyCode.QUOTA_EXCEEDED, ReplyCode.FORBIDDEN}
 )
 # What the I/O thread hands a waiting caller: (request_id, address index, reply), where
 # reply None means the frame could not be queued (no connection to that address).
@@ -144,6 +167,16 @@ class QuotaExceeded(RaftKVError):
     Nothing was done. Deleting keys makes room."""
 
 
+class Forbidden(RaftKVError):
+    """The cluster refused the request for this client's key: a client key asked for
+    what only the admin key may (raftkv.security). Nothing was done."""
+
+
+class AuthenticationFailed(RaftKVError):
+    """The cluster refused this client's connection: no keys given where the cluster
+    requires them, a key it does not admit, or the wrong server key."""
+
+
 Key = str | bytes
 Value = str | bytes
 
@@ -160,10 +193,14 @@ class _IOThread(threading.Thread):
 
     def __init__(
         self, addresses: Sequence[str], context: zmq.Context, connect_grace: float,
-        batch: bool = False,
+        batch: bool = False, credentials: Credentials | None = None,
     ) -> None:
         super().__init__(name="raftkv-client-io", daemon=True)
         self.addresses = list(addresses)
+        self.credentials = credentials
+        # Address index -> why its last handshake failed; gone once one succeeds. The
+        # thread writes it, callers read it (single dict operations, atomic).
+        self.handshake_failures: dict[int, str] = {}
         self.batch = batch  # REQS frames: only when every address is a node's
         self.connect_grace = connect_grace
         self.context = context
@@ -205,30 +242,49 @@ class _IOThread(threading.Thread):
 
     def run(self) -> None:
         socks: list[zmq.Socket] = []
+        monitors: list[zmq.Socket] = []
         try:
             for addr in self.addresses:
-                socks.append(connect_dealer(self.context, addr, hwm=_HWM))
+                sock = connect_dealer(self.context, addr, hwm=_HWM,
+                                      credentials=self.credentials)
+                socks.append(sock)
+                monitors.append(sock.get_monitor_socket(_HANDSHAKE_EVENTS))
         except BaseException as e:
             self.error = e
-            for s in socks:
+            for s in socks + monitors:
                 s.close(linger=0)
             self.ready.set()
             return
         self.ready.set()
         try:
-            self._loop(socks)
+            self._loop(socks, monitors)
         finally:
             for s in socks:
+                s.disable_monitor()
                 s.close(linger=0)
+            for m in monitors:
+                m.close(linger=0)
             for q in list(self.pending.values()):
                 q.put(_CLOSED)
 
-    def _loop(self, socks: list[zmq.Socket]) -> None:
+    def _read_monitor(self, i: int, monitor: zmq.Socket) -> None:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            if event in _HANDSHAKE_FAILED:
+                self.handshake_failures[i] = _HANDSHAKE_FAILED[event]
+            else:
+                self.handshake_failures.pop(i, None)
+
+    def _loop(self, socks: list[zmq.Socket], monitors: list[zmq.Socket]) -> None:
         poller = zmq.Poller()
         index_of: dict[Any, int] = {}
         for i, s in enumerate(socks):
             poller.register(s, zmq.POLLIN)
             index_of[s] = i
+        monitor_of: dict[Any, int] = {}
+        for i, m in enumerate(monitors):
+            poller.register(m, zmq.POLLIN)
+            monitor_of[m] = i
         wake_fd = self._wake_r.fileno()
         poller.register(wake_fd, zmq.POLLIN)
         outbox = self.outbox
@@ -260,6 +316,9 @@ class _IOThread(threading.Thread):
             self.asleep = False
             for s, mask in events:
                 i = index_of.get(s)
+                if i is None and s in monitor_of:
+                    self._read_monitor(monitor_of[s], s)
+                    continue
                 if i is None:  # the wakeup socket
                     try:
                         while self._wake_r.recv(4096):
@@ -380,6 +439,7 @@ class Client:
     how long to wait for one node's reply before trying the next. `decode=True` returns
     str (UTF-8) instead of bytes for values and scanned keys. `context`: a ZeroMQ
     context to use (not terminated by `close`); by default the client makes its own.
+    `credentials`: see the module docstring (default: $RAFTKV_CREDENTIALS, or none).
     """
 
     def __init__(
@@ -390,7 +450,13 @@ class Client:
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         decode: bool = False,
         context: zmq.Context | None = None,
+        credentials: Credentials | str | os.PathLike[str] | None = None,
     ) -> None:
+        if credentials is None:
+            credentials = credentials_from_env()
+        elif not isinstance(credentials, Credentials):
+            credentials = Credentials.load(credentials)
+        self.credentials: Credentials | None = credentials
         addrs, index_of = _parse_addresses(addresses)
         if not addrs:
             raise ValueError("no address given")
@@ -413,7 +479,7 @@ class Client:
         self._context = zmq.Context() if context is None else context
         grace = min(CONNECT_GRACE, self.attempt_timeout / 2)
         self._io = _IOThread(addrs, self._context, grace,
-                             batch=not isinstance(addresses, str))
+                             batch=not isinstance(addresses, str), credentials=credentials)
         self._io.start()
         self._io.ready.wait()
         if self._io.error is not None:
@@ -587,6 +653,8 @@ class Client:
             return BadRequest(str(reply.value))
         if reply.code == ReplyCode.QUOTA_EXCEEDED:
             return QuotaExceeded(str(reply.value))
+        if reply.code == ReplyCode.FORBIDDEN:
+            return Forbidden(str(reply.value))
         return RaftKVError(f"{req.op.name} answered {reply.code.name}: {reply.value}")
 
     def _send(
@@ -691,6 +759,17 @@ class Client:
             )
         if closed:
             return RaftKVError(f"{what}: the client was closed. Tried {where}")
+        refused = self._io.handshake_failures
+        if refused:
+            hint = ("pass credentials= or set RAFTKV_CREDENTIALS to the cluster's dir"
+                    if self.credentials is None else
+                    "check that these keys are the cluster's (its DIR/keys)")
+            at: dict[str, list[str]] = {}
+            for i, reason in sorted(refused.items()):
+                at.setdefault(reason, []).append(self.addresses[i])
+            why = "; ".join(f"{r} at {', '.join(a)}" for r, a in at.items())
+            return AuthenticationFailed(
+                f"{what}: the cluster refused this client's connection ({why}); {hint}")
         return Unavailable(
             f"{what}: no node served it within {budget:.3g}s; it had no effect. Tried {where}"
         )

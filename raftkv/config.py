@@ -50,6 +50,9 @@ class NodeConfig:
     snapshot_chunk: int = MAX_SNAPSHOT_CHUNK  # bytes of a snapshot per transfer chunk
     segment_bytes: int = 64 << 20  # the write-ahead log rotates to a new file at this size
     metrics_port: int = 0  # Prometheus /metrics on the listen host; 0: off
+    # The cluster's key dir (raftkv.security): only its keys get in. None: no security,
+    # anyone who reaches the port is trusted (--insecure).
+    keys_dir: Path | None = None
     cluster_id: int = 0  # recorded in the data dir, which refuses another; 0: unchecked
     # Whether a missing or empty data dir may be made: only on a node's first start
     # (a new cluster, or --join). Otherwise it means lost state, and the node refuses.

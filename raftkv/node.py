@@ -34,6 +34,7 @@ import zmq
 
 from raftkv.config import NodeConfig
 from raftkv.replica import Replica, open_storage
+from raftkv.security import NODE_PREFIX, ServerKeys
 from raftkv.snapshot_writer import ForkSnapshotWriter
 from raftkv.storage import Storage, StorageError
 from raftkv.transport import Transport
@@ -190,8 +191,10 @@ class Node:
         storage = open_storage(cfg)
         with contextlib.ExitStack() as undo:  # on failure, release what was made
             undo.callback(_quietly, storage.close)
+            keys = (None if cfg.keys_dir is None
+                    else ServerKeys(cfg.keys_dir, own=f"{NODE_PREFIX}{cfg.id}"))
             self.transport = Transport(cfg.id, cfg.listen, cfg.peers, max_key=cfg.max_key,
-                                       max_value=cfg.max_value)
+                                       max_value=cfg.max_value, keys=keys)
             undo.callback(self.transport.close)
             self.syncer = _Syncer(storage)
             undo.callback(self.syncer.close)

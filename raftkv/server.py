@@ -117,31 +117,45 @@ HEX64 = Hex64()
 @click.option("--wal-segment-bytes", type=click.IntRange(min=4096),
               default=_DEFAULT["segment_bytes"],
               show_default=True, help="Size at which the write-ahead log starts a new file.")
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None,
+              help="The cluster's key dir (`raftkv up` makes DIR/keys): the node serves "
+              "CurveZMQ with the cluster's server key, presents its key node-<id> to its "
+              "peers, and admits only the public keys there, each in its role (node, admin, "
+              "client). See the README's security section.")
+@click.option("--insecure", is_flag=True,
+              help="FOR BENCHMARKS AND TEACHING ONLY: no keys, no encryption; anyone who "
+              "reaches the port may read, write, and partition or reconfigure the cluster.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @metrics_port_option
 def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, join: bool,
          new: bool, cluster_id: int, data_dir: Path, heartbeat_ms: int, election_ms: int,
          no_fsync: bool, snapshot_entries: int, snapshot_bytes: int, snapshot_jitter: float,
-         quota_bytes: int, wal_segment_bytes: int, log_level: str,
-         metrics_port: int) -> None:
+         quota_bytes: int, wal_segment_bytes: int, keys_dir: Path | None, insecure: bool,
+         log_level: str, metrics_port: int) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
 
     \b
     raftkv node --id 1 --listen tcp://127.0.0.1:7701 --new \\
-        --peer 2=tcp://127.0.0.1:7702 --peer 3=tcp://127.0.0.1:7703 --data-dir data/1
+        --peer 2=tcp://127.0.0.1:7702 --peer 3=tcp://127.0.0.1:7703 --data-dir data/1 \\
+        --keys cluster/keys
 
     --new (or --join) on the first start only: later starts leave it out, so a node
     whose data dir has vanished (an unmounted volume, a wiped disk) refuses to start.
 
     \b
+    One of --keys DIR and --insecure is required.
+
+    \b
     Exit codes:
       0  stopped by SIGTERM or SIGINT
-      2  usage error
+      2  usage error, or --keys names no usable keys
       4  the data dir is unusable: missing or empty without --new/--join, another
          node's or cluster's, damaged, or in use; the message says how to recover
     """
     from raftkv.node import run_node
+    from raftkv.security import CredentialsError
     from raftkv.storage import StorageError
 
     logging.basicConfig(level=log_level.upper(),
@@ -154,6 +168,9 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
     if new and join:
         raise click.BadParameter("--new (a new cluster) and --join (a running one) exclude "
                                  "each other")
+    if (keys_dir is None) == (not insecure):
+        raise click.BadParameter("give exactly one of --keys DIR (the cluster's key dir; "
+                                 "`raftkv up` makes DIR/keys) and --insecure")
     initial = parse_voters(voters, join)
     cfg = NodeConfig(node_id, listen, peer_map, data_dir, initial_voters=initial,
                      heartbeat_ms=heartbeat_ms,
@@ -161,11 +178,13 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
                      snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
                      snapshot_jitter=snapshot_jitter, quota_bytes=quota_bytes,
                      segment_bytes=wal_segment_bytes, metrics_port=metrics_port,
-                     cluster_id=cluster_id, create_dir=new or join)
+                     cluster_id=cluster_id, create_dir=new or join, keys_dir=keys_dir)
     try:
         run_node(cfg)
     except StorageError as e:
         fail(f"node {node_id}: {e}", EXIT_STORAGE)
+    except CredentialsError as e:
+        fail(f"node {node_id}: {e}", EXIT_USAGE)
 
 
 def parse_voters(voters: str | None, join: bool) -> tuple[int, ...] | None:

@@ -24,6 +24,14 @@ Nothing blocks: sends use NOBLOCK and a message that cannot be queued (peer not
 connected, high-water mark reached) is dropped and counted. Raft retransmits, so a
 dropped peer message costs a round; a dropped reply costs the client a retry.
 
+Security (raftkv.security). Given `ServerKeys`, the ROUTER is a CurveZMQ server that admits
+only the cluster's keys and the DEALERs present this node's key. Every message then
+carries its connection's role (the ZAP User-Id): a peer frame is taken only from the key
+of the node its `frm` names (the routing id alone proves nothing), a node key sends
+nothing else, and a client key only `CLIENT_OPS`; anything else is refused (FORBIDDEN for
+a request, dropped for a frame) and counted in `refused_role`. Without keys (--insecure)
+anyone who reaches the port is trusted.
+
 Fault filter (the harness's partitions): `set_fault(peers)` drops frames to those peers
 in `send` and from them in `recv_all`, until a new set replaces it.
 """
@@ -39,6 +47,7 @@ import zmq
 from raftkv.interfaces import Route
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from raftkv.raft.types import Message
+from raftkv.security import CLIENT_OPS, ROLE_ADMIN, ROLE_CLIENT, Credentials, ServerKeys, node_role
 from raftkv.wire import (
     ClientRequest,
     InvalidRequest,
@@ -87,14 +96,19 @@ STAT_KEYS = (
     "faults_set",  # FAULT requests served
     "batches_in",  # REQS frames received
     "batches_out",  # REPS frames sent
+    "refused_role",  # a request or frame the connection's key may not send
 )
 
 MAX_BATCHING_CLIENTS = 65_536  # routing ids remembered as taking REPS; forgotten past it
 
 
-def bind_router(router: zmq.Socket, address: str, hwm: int = DEFAULT_HWM) -> str:
-    """Set up and bind a ROUTER that clients and peers reach; returns the bound endpoint
-    (a port of 0 picks a free one)."""
+def bind_router(router: zmq.Socket, address: str, hwm: int = DEFAULT_HWM,
+                keys: ServerKeys | None = None) -> str:
+    """Set up and bind a ROUTER that clients and peers reach, a CurveZMQ server admitting
+    the keys of `keys` if given; returns the bound endpoint (a port of 0 picks a free
+    one)."""
+    if keys is not None:
+        keys.serve(router)
     router.setsockopt(zmq.LINGER, 0)
     router.setsockopt(zmq.RCVHWM, hwm)
     router.setsockopt(zmq.SNDHWM, hwm)
@@ -113,13 +127,16 @@ def bind_router(router: zmq.Socket, address: str, hwm: int = DEFAULT_HWM) -> str
 
 
 def connect_dealer(ctx: zmq.Context, address: str, *, routing_id: bytes | None = None,
-                   hwm: int = DEFAULT_HWM) -> zmq.Socket:
+                   hwm: int = DEFAULT_HWM, credentials: Credentials | None = None) -> zmq.Socket:
     """A DEALER connected to `address`, as every process here talks to a node: it queues
     only to a completed connection (IMMEDIATE), so while the node is down a send fails at
     once instead of piling up frames; it reconnects within RECONNECT_IVL_MS of the node's
-    return, and ZMTP heartbeats notice a node that vanished without closing."""
+    return, and ZMTP heartbeats notice a node that vanished without closing. With
+    `credentials` it is a CurveZMQ client."""
     d = ctx.socket(zmq.DEALER)
     try:
+        if credentials is not None:
+            credentials.apply(d)
         if routing_id is not None:
             d.setsockopt(zmq.ROUTING_ID, routing_id)
         d.setsockopt(zmq.LINGER, 0)
@@ -159,6 +176,7 @@ class Transport:
         max_value: int = MAX_VALUE_SIZE,
         hwm: int = DEFAULT_HWM,
         context: zmq.Context | None = None,
+        keys: ServerKeys | None = None,
     ) -> None:
         if node_id < 1:
             raise ValueError(f"node id must be >= 1, got {node_id}")
@@ -183,6 +201,8 @@ class Transport:
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
         self._dealers: dict[int, zmq.Socket] = {}
+        self.keys = keys
+        self._credentials = keys.client if keys is not None else None
         self.socket: zmq.Socket = self._ctx.socket(zmq.ROUTER)
         try:
             self._setup(listen, hwm)
@@ -192,10 +212,13 @@ class Transport:
 
     def _setup(self, listen: str, hwm: int) -> None:
         self._hwm = hwm
-        self.endpoint: str = bind_router(self.socket, listen, hwm)
-        me = peer_identity(self.node_id)
+        self.endpoint: str = bind_router(self.socket, listen, hwm, self.keys)
         for pid, addr in self.peers.items():
-            self._dealers[pid] = connect_dealer(self._ctx, addr, routing_id=me, hwm=hwm)
+            self._dealers[pid] = self._connect_peer(addr)
+
+    def _connect_peer(self, address: str) -> zmq.Socket:
+        return connect_dealer(self._ctx, address, routing_id=peer_identity(self.node_id),
+                              hwm=self._hwm, credentials=self._credentials)
 
     # ---- receiving -----------------------------------------------------------------
 
@@ -220,6 +243,10 @@ class Transport:
         dropped_ids = self._dropped_identities
         peer_by_identity = self._peer_by_identity
         me = self.node_id
+        # With keys, the last part is taken as a zmq.Frame, which carries the connection's
+        # role (ZAP User-Id); `role` stays None without them, and nothing is checked.
+        copy = self.keys is None
+        role: str | None = None
         n = 0
         while n < max_frames:
             try:
@@ -229,19 +256,22 @@ class Transport:
             n += 1
             # A ROUTER delivers whole messages, the sender's routing id first: at least
             # one part follows it, and no part of a started message can be missing.
-            frame = _recv(sock, _NOBLOCK)
+            frame = _recv(sock, _NOBLOCK, copy)
             route: Route = identity
             if _get(sock, _RCVMORE):
                 # A proxy (the harness's controller) relays for a client: the middle frame
                 # is the client's routing id, echoed back in the reply (ZeroMQ envelope).
-                envelope = frame
-                frame = _recv(sock, _NOBLOCK)
+                envelope = frame if copy else frame.bytes
+                frame = _recv(sock, _NOBLOCK, copy)
                 route = (identity, envelope)
                 if _get(sock, _RCVMORE):
                     while _get(sock, _RCVMORE):
                         _recv(sock, _NOBLOCK)
                     stats["dropped_malformed"] += 1
                     continue
+            if not copy:
+                role = frame.get("User-Id")
+                frame = frame.bytes
             if identity in dropped_ids:
                 stats["dropped_filtered"] += 1
                 continue
@@ -271,6 +301,9 @@ class Transport:
                     stats["bad_requests"] += 1
                     self.reply(route, e.request_id, ReplyCode.BAD_REQUEST, e.message)
                 for req in obj.requests:
+                    if role is not None and role != ROLE_ADMIN and not self.permitted(
+                            route, req, role):
+                        continue
                     if req.op < _CONTROL_OPS or not self.serve_control(route, req):
                         requests.append(req)
                 continue
@@ -281,11 +314,29 @@ class Transport:
                         or obj.to != me):
                     stats["dropped_unknown_peer"] += 1
                     continue
+                # Anyone may set a routing id; only node frm's key proves it is node frm.
+                if role is not None and role != node_role(obj.frm):
+                    stats["refused_role"] += 1
+                    continue
                 messages.append(obj)
+            elif role is not None and role != ROLE_ADMIN and not self.permitted(
+                    route, obj, role):
+                continue
             elif obj.op < _CONTROL_OPS or not self.serve_control(route, obj):
                 requests.append(obj)
         stats["frames_in"] += n
         return messages, requests
+
+    def permitted(self, route: Route, req: ClientRequest, role: str) -> bool:
+        """Whether a connection of `role` (not the admin's) may send `req`; if not, it is
+        answered FORBIDDEN and counted."""
+        if role == ROLE_CLIENT and req.op in CLIENT_OPS:
+            return True
+        self.stats["refused_role"] += 1
+        who = "a client key" if role == ROLE_CLIENT else f"the key of {role or 'nobody'}"
+        self.reply(route, req.request_id, ReplyCode.FORBIDDEN,
+                   f"{req.op.name} needs the admin key; this connection has {who}")
+        return False
 
     def serve_control(self, route: Route, req: ClientRequest) -> bool:
         """Serve FAULT and PEERS, the requests that are the transport's own; False for
@@ -390,9 +441,7 @@ class Transport:
         if node_id == self.node_id or self.peers.get(node_id) == address:
             return False
         self.remove_peer(node_id)
-        self._dealers[node_id] = connect_dealer(self._ctx, address,
-                                                routing_id=peer_identity(self.node_id),
-                                                hwm=self._hwm)
+        self._dealers[node_id] = self._connect_peer(address)
         self.peers[node_id] = address
         self._peer_by_identity[peer_identity(node_id)] = node_id
         return True
@@ -421,6 +470,8 @@ class Transport:
             d.close(linger=0)
         self._dealers.clear()
         self.socket.close(linger=0)
+        if self.keys is not None:
+            self.keys.close()
         if self._own_context and not self._ctx.closed:
             self._ctx.term()
 

@@ -78,6 +78,8 @@ Replies (a node to the requester)::
                         while the request was pending); retry, with the same seq for writes
     QUOTA_EXCEEDED  18  a PUT or CAS that would take the state past its quota
                         (--quota-bytes); nothing was done. Deletes still go through
+    FORBIDDEN       19  the connection's key may not ask this (raftkv.security: a client
+                        key asked for an admin op); nothing was done
 
 Codes 0-3 are kv.Code's. On any code other than OK, `value` is a human-readable str.
 
@@ -200,6 +202,7 @@ class ReplyCode(IntEnum):
     NOT_LEADER = 16
     UNAVAILABLE = 17
     QUOTA_EXCEEDED = 18
+    FORBIDDEN = 19
 
 
 class FrameError(Exception):

@@ -257,6 +257,7 @@ REPLIES = [
     (ReplyCode.NOT_LEADER, "ask node 3"),
     (ReplyCode.UNAVAILABLE, "no leader"),
     (ReplyCode.QUOTA_EXCEEDED, "the state holds 2,147,483,000 bytes"),
+    (ReplyCode.FORBIDDEN, "FAULT needs the admin key; this connection has a client key"),
 ]
 
 
