@@ -43,6 +43,7 @@ from harness import rpc
 from harness.cluster_state import ClusterState
 from harness.launcher import LaunchError, down, find_leader, free_base_port, up
 from raftkv import wire
+from raftkv.security import present
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
 # The default split of --clients over load processes. Measured on the 2-core machine
@@ -95,6 +96,7 @@ def bench_cluster(cfg: BenchConfig, log: Callable[[str], None]) -> Iterator[Clus
         state = ClusterState.load(Path(cfg.cluster_dir).resolve())
         if state is None:
             raise BenchError(f"no cluster in {cfg.cluster_dir}; start one with: raftkv up")
+        state.use_keys()
         yield state
         return
     tmp = Path(tempfile.mkdtemp(prefix="raftkv-bench-"))
@@ -416,6 +418,7 @@ class Writer(threading.Thread):
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for a dead peer
+        present(s)
         s.connect(address)
         return s
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -76,17 +75,8 @@ def load_state(cluster_dir: Path) -> Any:
     if state is None:
         fail(f"no cluster in {cluster_dir}; start one with: raftkv up --dir {cluster_dir}",
              EXIT_UNAVAILABLE)
-    use_admin_key(state)
+    state.use_keys()  # the verbs speak with the admin key of --dir
     return state
-
-
-def use_admin_key(state: Any) -> None:
-    """The verbs speak with the admin key of --dir (raftkv.security); everything this
-    process connects, the client and its children included, takes it from the env."""
-    from raftkv.security import ADMIN, ENV_CREDENTIALS
-
-    if state.secure:
-        os.environ[ENV_CREDENTIALS] = str(state.keys_dir / f"{ADMIN}.key_secret")
 
 
 def control(state: Any, name: str, *args: Any, timeout: float = 5.0) -> Any:
@@ -179,7 +169,6 @@ def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: f
                                 secure=not insecure)
     except LaunchError as e:
         fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
-    use_admin_key(state)
     if not started:
         click.echo(f"cluster in {state.dir} is already up")
     wait_for_controller_leader(state, timeout)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from raftkv.security import ADMIN, KEYS_SUBDIR, Credentials
+from raftkv.security import ADMIN, ENV_CREDENTIALS, KEYS_SUBDIR, Credentials
 
 FILE_NAME = "cluster.json"
 FORMAT_VERSION = 1
@@ -68,6 +68,13 @@ class ClusterState:
     def credentials(self, name: str = ADMIN) -> Credentials | None:
         """Key `name`'s credentials (the admin key by default); None if not secure."""
         return Credentials.load(self.keys_dir / f"{name}.key_secret") if self.secure else None
+
+    def use_keys(self) -> None:
+        """Name this cluster's admin key in $RAFTKV_CREDENTIALS: every client, rpc call
+        and load socket of this process and of the processes it starts then presents it
+        (the harness's tools speak for the operator). Nothing for an insecure cluster."""
+        if self.secure:
+            os.environ[ENV_CREDENTIALS] = str(self.keys_dir / f"{ADMIN}.key_secret")
 
     def node(self, node_id: int) -> NodeEntry:
         for n in self.nodes:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import socket
@@ -35,7 +36,7 @@ from harness.cluster_state import (
     spawn,
     stop_process,
 )
-from raftkv.security import ADMIN, KEYS_SUBDIR, Credentials, make_keys
+from raftkv.security import ADMIN, ENV_CREDENTIALS, KEYS_SUBDIR, Credentials, make_keys
 from raftkv.server import EXIT_STORAGE
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
@@ -221,7 +222,8 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
     busy port, a process that exits at start (`storage` set when a node refused its data
     dir), or no leader in `timeout`. `node_options` (`raftkv node` options) go to every
     node of a new cluster; an existing one keeps the options it was made with, and its
-    security (`secure`: keys made in DIR/keys, or every node --insecure)."""
+    security (`secure`: keys made in DIR/keys, or every node --insecure). From then on
+    this process speaks with the cluster's admin key (`ClusterState.use_keys`)."""
     cluster_dir = Path(cluster_dir).resolve()
     cluster_dir.mkdir(parents=True, exist_ok=True)
     state = ClusterState.load(cluster_dir)
@@ -232,6 +234,7 @@ def up(cluster_dir: Path, *, nodes: int = 3, base_port: int = DEFAULT_BASE_PORT,
     elif not state.cluster_id:
         state.adopt_cluster_id(new_cluster_id())
         state.save()
+    state.use_keys()
     # Check every port first, so a busy one leaves nothing half started.
     for entry in [*state.nodes, state.controller]:
         if live_process(entry.pid, entry.create_time) is None:
@@ -281,6 +284,14 @@ def down(cluster_dir: Path, grace: float = 5.0) -> list[str]:
     return stopped
 
 
+def restore_env(name: str, value: str | None) -> None:
+    """Put environment variable `name` back to `value` (None: unset)."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 # -- LocalCluster: child processes for tests and benchmarks ---------------------------------
 
 @dataclass
@@ -302,12 +313,16 @@ class LocalCluster:
                  extra_args: tuple[str, ...] = (), secure: bool = True) -> None:
         ports = free_ports(n)
         self.root = root
-        # Secure by default, as `up` is: keys in root/keys, and the admin's for our calls.
+        # Secure by default, as `up` is: keys in root/keys, the admin's for our calls, and
+        # $RAFTKV_CREDENTIALS names them until `close`, so that a test's clients (and
+        # processes it starts) find them as a user's do.
         self.keys_dir: Path | None = root / KEYS_SUBDIR if secure else None
+        self.credentials: Credentials | None = None
+        self._saved_env = os.environ.get(ENV_CREDENTIALS)
         if self.keys_dir is not None:
             make_keys(self.keys_dir, list(range(1, n + 1)))
-        self.credentials = (None if self.keys_dir is None
-                            else Credentials.load(self.keys_dir, ADMIN))
+            self.credentials = Credentials.load(self.keys_dir, ADMIN)
+            os.environ[ENV_CREDENTIALS] = str(self.keys_dir / f"{ADMIN}.key_secret")
         self.fsync = fsync
         self.cluster_id = new_cluster_id()
         self.extra_args = extra_args
@@ -358,6 +373,8 @@ class LocalCluster:
         for i in self.nodes:
             self.kill(i)
         self.ctx.destroy(linger=0)
+        if self.keys_dir is not None:
+            restore_env(ENV_CREDENTIALS, self._saved_env)
 
     def call_raw(self, i: int, frame: bytes, timeout: float = 2.0) -> ClientReply | None:
         return rpc.call_raw(self.ctx, self.nodes[i].address, frame, timeout, self.credentials)

@@ -45,6 +45,7 @@ import zmq
 
 from raftkv import wire
 from raftkv.client import DEFAULT_ATTEMPT_TIMEOUT, FIRST_PAUSE, MAX_PAUSE
+from raftkv.security import present
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
 STALL_S = 5.0  # opening a session, filling the key space: no answer this long is a failure
@@ -209,6 +210,7 @@ class Pipeline:
         for i, address in enumerate(route.addresses):
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            present(sock)
             sock.connect(address)
             self.socks.append(sock)
             self.index_of[sock] = i

@@ -7,7 +7,7 @@ import itertools
 import zmq
 
 from raftkv import wire
-from raftkv.security import Credentials, credentials_from_env
+from raftkv.security import Credentials, present
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
 _request_ids = itertools.count(1)
@@ -24,9 +24,7 @@ def call_raw(ctx: zmq.Context, address: str, frame: bytes, timeout: float = 2.0,
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     try:
-        credentials = credentials or credentials_from_env()
-        if credentials is not None:
-            credentials.apply(s)
+        present(s, credentials)
         s.connect(address)
         s.send(frame)
         if not s.poll(int(timeout * 1000)):

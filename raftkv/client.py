@@ -705,6 +705,9 @@ class Client:
                     _, index, reply = msg
                     if reply is None:
                         tried[addr] = "not connected"
+                        if not ambiguous and len(io.handshake_failures) == n:
+                            # ZeroMQ does not retry a refused handshake: nobody can serve.
+                            raise self._gave_up(req, budget, tried, False, False)
                         target = (target + 1) % n
                     elif reply.code in _TERMINAL:
                         if reply.code == _OK and not stale:

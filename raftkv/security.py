@@ -21,14 +21,13 @@ A key dir (`raftkv up` makes DIR/keys, files mode 0600) holds ZeroMQ certificate
 
 A node run by hand needs the server key pair, its own key pair and every public key it
 admits: a key dir with the other secrets left out will do. Public keys added later (a
-node added by `add-node`, a new client) are picked up without a restart.
+node added by `add-node`, a new client) are admitted without a restart (`KeyDir`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +45,6 @@ ROLE_ADMIN, ROLE_CLIENT = "admin", "client"
 # What a client key may ask; the admin key may ask anything, a node key only peer frames.
 CLIENT_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS, ReqOp.OPEN_SESSION, ReqOp.GET,
                         ReqOp.SCAN, ReqOp.GET_STALE, ReqOp.STATUS})
-_RESCAN_S = 1.0  # an unknown key rereads the key dir at most this often
 
 
 class CredentialsError(ValueError):
@@ -111,18 +109,35 @@ def credentials_from_env() -> Credentials | None:
     return Credentials.load(path)
 
 
+def present(sock: zmq.Socket, credentials: Credentials | None = None) -> None:
+    """Make `sock` (before it connects) present `credentials`, or those of
+    $RAFTKV_CREDENTIALS; with neither it connects without keys."""
+    credentials = credentials or credentials_from_env()
+    if credentials is not None:
+        credentials.apply(sock)
+
+
 class KeyDir:
-    """The public keys a server admits, by role, read from a key dir (and reread when an
-    unknown key knocks, so keys added later are admitted without a restart)."""
+    """The public keys a server admits, by role, read from a key dir, and read again when
+    an unknown key knocks and the dir has changed since (a key added: `add-node`, a new
+    client). A refused handshake is final for that connection (ZeroMQ does not retry an
+    authentication failure), so a key must be in the dir before it is first used."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()  # the ZAP thread reads; `rescan` may run anywhere
         self._roles: dict[bytes, str] = {}
-        self._scanned = 0.0
+        self._version = -1  # the dir's mtime (ns) when it was read
         self.rescan()
 
+    def _dir_version(self) -> int:
+        try:
+            return self.path.stat().st_mtime_ns
+        except OSError as e:
+            raise CredentialsError(f"cannot read key dir {self.path}: {e}") from e
+
     def rescan(self) -> None:
+        version = self._dir_version()
         roles: dict[bytes, str] = {}
         for f in sorted(self.path.glob("*.key")):
             role = role_of(f.stem)
@@ -131,16 +146,16 @@ class KeyDir:
             public, _ = _load_certificate(f)
             roles[public] = role
         with self._lock:
-            self._roles, self._scanned = roles, time.monotonic()
+            self._roles, self._version = roles, version
 
     def role(self, public_z85: bytes) -> str | None:
         """The role of an admitted public key (z85), or None if it is not admitted."""
         with self._lock:
-            role = self._roles.get(public_z85)
-            stale = time.monotonic() - self._scanned >= _RESCAN_S
-        if role is None and stale:
+            role, version = self._roles.get(public_z85), self._version
+        if role is None:
             try:
-                self.rescan()
+                if self._dir_version() != version:
+                    self.rescan()
             except CredentialsError:
                 return None
             with self._lock:

@@ -1,8 +1,9 @@
 """A node's sockets: one ZeroMQ ROUTER it binds, one DEALER per peer it connects.
 
 Topology. Node i binds a ROUTER at its own address. To reach peer j it connects a
-DEALER to j's ROUTER, with the DEALER's routing id set to `peer_identity(i)` (b"n<i>"),
-so j's ROUTER names the sender of every peer frame. Clients and the controller connect
+DEALER to j's ROUTER. Without keys the DEALER's routing id is `peer_identity(i)`
+(b"n<i>"), so j's ROUTER names the sender of every peer frame; with keys its key names
+it instead, and it sets no routing id (see Security). Clients and the controller connect
 their own DEALERs (any routing id not of the form b"n<int>" for a peer) to the same
 ROUTER; replies go back through the ROUTER to that routing id. DEALERs only send; the
 ROUTER receives everything and sends only replies.
@@ -194,10 +195,8 @@ class Transport:
         self._batching: set[bytes] = set()
         self._held: dict[bytes, list[bytes]] = {}
         self.peers = {pid: addr for pid, addr in peers.items() if pid != node_id}
-        # Invariant: _peer_by_identity and _dealers have exactly the ids of `peers`;
-        # _dropped_identities is the routing ids of `fault` that are peers.
+        # Invariant: _peer_by_identity and _dealers have exactly the ids of `peers`.
         self._peer_by_identity = {peer_identity(pid): pid for pid in self.peers}
-        self._dropped_identities: frozenset[bytes] = frozenset()
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
         self._dealers: dict[int, zmq.Socket] = {}
@@ -217,8 +216,12 @@ class Transport:
             self._dealers[pid] = self._connect_peer(addr)
 
     def _connect_peer(self, address: str) -> zmq.Socket:
-        return connect_dealer(self._ctx, address, routing_id=peer_identity(self.node_id),
-                              hwm=self._hwm, credentials=self._credentials)
+        # With keys the key names us, and a routing id would only be a slot another key
+        # holder could take over (ROUTER_HANDOVER) to cut our link: the peer's ROUTER
+        # picks one instead.
+        routing_id = peer_identity(self.node_id) if self._credentials is None else None
+        return connect_dealer(self._ctx, address, routing_id=routing_id, hwm=self._hwm,
+                              credentials=self._credentials)
 
     # ---- receiving -----------------------------------------------------------------
 
@@ -240,8 +243,9 @@ class Transport:
         stats = self.stats
         messages: list[Message | SnapshotChunk] = []
         requests: list[ClientRequest] = []
-        dropped_ids = self._dropped_identities
         peer_by_identity = self._peer_by_identity
+        peers = self.peers
+        fault = self.fault
         me = self.node_id
         # With keys, the last part is taken as a zmq.Frame, which carries the connection's
         # role (ZAP User-Id); `role` stays None without them, and nothing is checked.
@@ -272,9 +276,6 @@ class Transport:
             if not copy:
                 role = frame.get("User-Id")
                 frame = frame.bytes
-            if identity in dropped_ids:
-                stats["dropped_filtered"] += 1
-                continue
             try:
                 obj = decode_frame(
                     frame,
@@ -308,15 +309,19 @@ class Transport:
                         requests.append(req)
                 continue
             if type(obj) is Message or type(obj) is SnapshotChunk:
-                # The routing id is set by the sender's DEALER and names the sender; a
-                # frame claiming another sender, or meant for another node, is not ours.
-                if (route is not identity or peer_by_identity.get(identity) != obj.frm
-                        or obj.to != me):
+                # The sender is a peer of ours and the frame is meant for us. Without keys
+                # the routing id its DEALER set names it; with keys, only the key of node
+                # `frm` proves it is node `frm` (anyone may set any routing id).
+                frm = obj.frm
+                if route is not identity or obj.to != me or (
+                        peer_by_identity.get(identity) != frm if copy else frm not in peers):
                     stats["dropped_unknown_peer"] += 1
                     continue
-                # Anyone may set a routing id; only node frm's key proves it is node frm.
-                if role is not None and role != node_role(obj.frm):
+                if role is not None and role != node_role(frm):
                     stats["refused_role"] += 1
+                    continue
+                if frm in fault:
+                    stats["dropped_filtered"] += 1
                     continue
                 messages.append(obj)
             elif role is not None and role != ROLE_ADMIN and not self.permitted(
@@ -461,7 +466,6 @@ class Transport:
         """Drop all traffic to and from `drop_peers` from now on (replacing the previous
         set); an empty set heals. Ids that are not peers are kept and have no effect."""
         self.fault = frozenset(drop_peers)
-        self._dropped_identities = frozenset(peer_identity(p) for p in self.fault)
 
     def close(self) -> None:
         """Close every socket (LINGER 0: unsent frames are discarded) and the context if

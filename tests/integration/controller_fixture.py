@@ -6,6 +6,7 @@ cluster.json), is killed by pid and create time at `close`, never by name."""
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -23,8 +24,9 @@ from harness.cluster_state import (
     node_argv,
     python_argv,
 )
-from harness.launcher import free_ports, wait_for
+from harness.launcher import free_ports, restore_env, wait_for
 from raftkv import wire
+from raftkv.security import ADMIN, ENV_CREDENTIALS, KEYS_SUBDIR, make_keys
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
 N_NODES = 3
@@ -44,20 +46,23 @@ def controller_argv(cluster_dir: Path) -> list[str]:
 
 
 def write_cluster(root: Path, extra: tuple[str, ...] = ()) -> ClusterState:
-    """A new cluster's cluster.json, as `up` writes one: every node's first start."""
+    """A new cluster's cluster.json, as `up` writes one: every node's first start, and
+    the cluster's keys."""
     ports = free_ports(N_NODES + 1)
     addresses = {i: f"tcp://127.0.0.1:{ports[i]}" for i in range(1, N_NODES + 1)}
     cluster_id = new_cluster_id()
+    keys_dir = root.resolve() / KEYS_SUBDIR
+    make_keys(keys_dir, list(addresses))
     nodes = []
     for i, address in addresses.items():
         argv = node_argv(i, address, addresses, root / "data" / f"node{i}",
                          voters=tuple(addresses), extra=extra, cluster_id=cluster_id,
-                         new=True)
+                         new=True, keys_dir=keys_dir)
         nodes.append(NodeEntry(address, f"logs/node{i}.log", argv, id=i,
                                data_dir=f"data/node{i}"))
     controller_address = f"tcp://127.0.0.1:{ports[0]}"
     controller = ProcEntry(controller_address, "logs/controller.log", controller_argv(root))
-    state = ClusterState(root.resolve(), True, controller, nodes, cluster_id)
+    state = ClusterState(root.resolve(), True, controller, nodes, cluster_id, secure=True)
     state.save()
     return state
 
@@ -70,6 +75,10 @@ class ControllerCluster:
         self.controller: subprocess.Popen | None = None
         self.ctx = zmq.Context()
         self.request_ids = itertools.count(1)
+        # The admin key, named by $RAFTKV_CREDENTIALS until `close` (as LocalCluster does).
+        self.credentials = self.state.credentials()
+        self._saved_env = os.environ.get(ENV_CREDENTIALS)
+        os.environ[ENV_CREDENTIALS] = str(self.state.keys_dir / f"{ADMIN}.key_secret")
 
     @property
     def address(self) -> str:
@@ -108,12 +117,14 @@ class ControllerCluster:
         for n in fresh.nodes if fresh else []:
             cluster_state.signal_process(n.pid, n.create_time, signal.SIGKILL)
         self.ctx.destroy(linger=0)
+        restore_env(ENV_CREDENTIALS, self._saved_env)
 
     # -- raw requests to the controller ---------------------------------------------
 
     def call(self, frame: bytes, timeout: float = 12.0, address: str | None = None
              ) -> ClientReply | None:
-        return rpc.call_raw(self.ctx, address or self.address, frame, timeout)
+        return rpc.call_raw(self.ctx, address or self.address, frame, timeout,
+                            self.credentials)
 
     def request(self, op: ReqOp, timeout: float = 12.0, **fields: Any) -> ClientReply | None:
         req = ClientRequest(next(self.request_ids), op, **fields)

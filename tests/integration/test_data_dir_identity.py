@@ -28,7 +28,8 @@ def run_node(node_id: int, data_dir: Path, cluster_id: int, *flags: str
     """`raftkv node` expected to exit on its own: a refused data dir exits before the
     node listens or runs a loop."""
     address = f"tcp://127.0.0.1:{free_ports(1)[0]}"
-    argv = node_argv(node_id, address, {}, data_dir, cluster_id=cluster_id) + list(flags)
+    argv = node_argv(node_id, address, {}, data_dir, cluster_id=cluster_id,
+                     insecure=True) + list(flags)
     return subprocess.run(argv, env=child_env(), cwd=REPO, capture_output=True, text=True,
                           timeout=30)
 

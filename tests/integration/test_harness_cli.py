@@ -216,7 +216,8 @@ def test_bin_raftkv_runs_its_own_checkout_whatever_the_current_directory_holds(t
 def test_up_gives_a_new_cluster_its_quota_and_put_past_it_exits_5(cli):
     up(cli, "--quota-bytes", str(1 << 20))
     value = "x" * (100 << 10)
-    with Client(ClusterState.load(cli.dir).controller.address, timeout=10) as kv:
+    with Client(ClusterState.load(cli.dir).controller.address, timeout=10,
+                credentials=cli.dir) as kv:
         for n in range(10):  # 1 MiB holds ten 100 KiB values and their per-key count
             kv.put(f"k{n}", value)
     p = cli("put", "k10", value, check=None)

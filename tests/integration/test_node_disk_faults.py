@@ -459,7 +459,7 @@ def test_raftkv_node_exits_4_saying_what_failed_and_what_to_do(tmp_path, op, err
     """A one-voter node elects itself at once; the Ready of its election meets the fault."""
     argv = [sys.executable, "-c", _FAULTY_NODE, op, err, "node", "--id", "1",
             "--listen", "tcp://127.0.0.1:0", "--data-dir", str(tmp_path / "n1"), "--new",
-            "--heartbeat-ms", "10", "--election-ms", "20"]
+            "--heartbeat-ms", "10", "--election-ms", "20", "--insecure"]
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 4, r.stderr
     assert "Traceback" not in r.stderr
