@@ -23,6 +23,7 @@ import zmq
 import raftkv
 from harness import rpc
 from harness.cluster_state import REPO, child_env
+from harness.dashboard.app import new_token, page_url
 from harness.launcher import down, free_base_port, free_ports, up, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -37,10 +38,10 @@ def shoot(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cluster_dir = Path(tmp) / "cluster"
         state, _ = up(cluster_dir, base_port=free_base_port(3), timeout=20)
-        port = free_ports(1)[0]
+        port, token = free_ports(1)[0], new_token()
         dash = subprocess.Popen([sys.executable, "-m", "harness.cli", "dashboard", "--dir",
-                                 str(cluster_dir), "--port", str(port)], env=child_env(),
-                                cwd=REPO)
+                                 str(cluster_dir), "--port", str(port)],
+                                env=dict(child_env(), RAFTKV_DASHBOARD_TOKEN=token), cwd=REPO)
         ctx = zmq.Context()
         try:
             def control(name: str, *args: object) -> object:
@@ -65,7 +66,7 @@ def shoot(out: Path) -> None:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(f"http://127.0.0.1:{port}/")
+                page.goto(page_url("127.0.0.1", port, token))
                 page.wait_for_selector(".card.leader")
                 page.wait_for_timeout(1000)
                 page.screenshot(path=str(out / "dashboard.png"), full_page=True)
