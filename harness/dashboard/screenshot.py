@@ -45,12 +45,13 @@ def shoot(out: Path) -> None:
         ctx = zmq.Context()
         try:
             def control(name: str, *args: object) -> object:
-                return rpc.control(ctx, state.controller.address, name, *args, timeout=10)
+                return rpc.control(ctx, state.controller.address, name, *args, timeout=10,
+                                   credentials=state.credentials())
 
             def leader() -> int | None:
                 return control("status")["leader"]  # type: ignore[index]
 
-            with raftkv.Client(state.controller.address) as kv:
+            with raftkv.Client(state.controller.address, credentials=state.credentials()) as kv:
                 for i in range(12):
                     kv.put(f"k{i}", f"v{i}")
                 first = wait_for(leader, 10, "a leader")
@@ -91,7 +92,8 @@ def isolate_and_diverge(state: object, control: object, old: int) -> None:
 
     def write_to_old(i: int) -> None:
         try:
-            with raftkv.Client(address, timeout=0.5) as kv:
+            with raftkv.Client(address, timeout=0.5,
+                               credentials=state.credentials()) as kv:  # type: ignore[attr-defined]
                 kv.put(f"lost{i}", "never committed")
         except raftkv.RaftKVError:
             pass
@@ -102,7 +104,8 @@ def isolate_and_diverge(state: object, control: object, old: int) -> None:
     for t in threads:
         t.join()
     time.sleep(0.5)
-    with raftkv.Client(state.controller.address) as kv:  # type: ignore[attr-defined]
+    with raftkv.Client(state.controller.address,  # type: ignore[attr-defined]
+                       credentials=state.credentials()) as kv:  # type: ignore[attr-defined]
         for i in range(6):
             kv.put(f"after{i}", "majority")
 

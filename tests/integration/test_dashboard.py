@@ -189,7 +189,8 @@ def test_kill_leader_shows_why_the_next_election_started_and_how_it_ended(cluste
 
     def timeline() -> list[dict] | None:
         with zmq.Context() as ctx:
-            page = control(ctx, cluster.state.controller.address, "events", 0)
+            page = control(ctx, cluster.state.controller.address, "events", 0,
+                           credentials=cluster.state.credentials())
         kinds = {(e["kind"], e["node"]) for e in page["events"]}
         return page["events"] if ("election_won", second) in kinds else None
 
@@ -354,7 +355,8 @@ def settled(cluster: Cluster) -> dict:
 
 def commands_in_timeline(cluster: Cluster) -> list[dict]:
     with zmq.Context() as ctx:
-        page = control(ctx, cluster.state.controller.address, "events", 0)
+        page = control(ctx, cluster.state.controller.address, "events", 0,
+                       credentials=cluster.state.credentials())
     return [e for e in page["events"] if e["kind"] in COMMAND_KINDS]
 
 
