@@ -503,6 +503,18 @@ def heal(cluster_dir: Path, timeout: float) -> None:
 
 # -- dashboard ------------------------------------------------------------------------------
 
+def dashboard_token(value: str | None) -> str:
+    """--token checked, or a new random token when it is not given."""
+    from harness.dashboard.app import check_token, new_token
+
+    if value is None:
+        return new_token()
+    try:
+        return check_token(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
 @main.command()
 @dir_option
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -510,10 +522,18 @@ def heal(cluster_dir: Path, timeout: float) -> None:
                    "unless every user of that network may.")
 @click.option("--port", default=7780, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
-def dashboard(cluster_dir: Path, host: str, port: int, open_browser: bool) -> None:
+@click.option("--token", envvar="RAFTKV_DASHBOARD_TOKEN", show_envvar=True, metavar="TOKEN",
+              callback=lambda _ctx, _param, value: dashboard_token(value),
+              help="The token every request but the page itself must carry (header "
+                   "X-Raftkv-Token; the page takes it from the ?token= of its URL). "
+                   "Default: a new random one at each start, printed in the URL. Fix it "
+                   "for scripts; printable ASCII, no spaces; keep it secret.")
+def dashboard(cluster_dir: Path, host: str, port: int, open_browser: bool,
+              token: str) -> None:
     """Serve a live web page of the cluster: a card per node, each node's log as a strip
     coloured by term, a timeline of elections and faults, and buttons that run the same
-    controller commands as the CLI verbs. Runs until Ctrl-C."""
+    controller commands as the CLI verbs. Prints the page's URL, with the token that
+    every control request (and every view but the page) needs. Runs until Ctrl-C."""
     import webbrowser
 
     from harness.dashboard.app import run_dashboard
@@ -526,7 +546,7 @@ def dashboard(cluster_dir: Path, host: str, port: int, open_browser: bool) -> No
             webbrowser.open(url)
 
     try:
-        run_dashboard(state.controller.address, host, port, ready)
+        run_dashboard(state.controller.address, host, port, token, ready)
     except OSError as e:
         fail(f"cannot serve on {host}:{port}: {e}", EXIT_UNAVAILABLE)
 

@@ -15,18 +15,33 @@ One task polls the controller for every open page. Blocking ZeroMQ calls run in 
 threads. Requests must carry this server's own Host (no DNS rebinding) and, to change
 anything, a JSON body (a cross-site form cannot send one without a CORS preflight,
 which this server never grants).
+
+The token: every request except the page itself (`GET /`) and its static files must
+carry this server's token (`raftkv dashboard` makes a random one at each start and
+prints the page's URL with it, `/?token=...`, as Jupyter does; `--token` fixes it).
+Requests send it in the X-Raftkv-Token header; a GET may send it as `?token=` instead,
+because the page's EventSource cannot set a header. That covers every control action
+and the read-only views too (the status names pids and addresses, and `/api/get` reads
+the store), and any route added later: what is open is listed, every other route is not
+(a request no route matches gets its 404 or 405, which runs no handler).
+A request without the right token is answered 403 with a JSON error before its handler
+runs, so it changes nothing; each one is logged as a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import re
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import zmq
 from aiohttp import web
@@ -43,6 +58,21 @@ KEEP_EVENTS = 500  # timeline entries a newly opened page is sent
 COMMANDS = frozenset({"kill-leader", "kill", "restart", "pause", "resume", "partition",
                       "heal", "transfer-leader"})
 CONTROL_TIMEOUT_S = 5.0
+TOKEN_HEADER = "X-Raftkv-Token"
+TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII: fits a header and a URL
+
+
+def new_token() -> str:
+    """A token for one run of the dashboard: 32 random bytes, URL-safe base64."""
+    return secrets.token_urlsafe(32)
+
+
+def check_token(token: str) -> str:
+    """`token`, or ValueError when it cannot be one (empty, or a space, a control or a
+    non-ASCII character: the page must be able to send it in a header)."""
+    if not TOKEN_RE.fullmatch(token):
+        raise ValueError("a token is one or more printable ASCII characters, no spaces")
+    return token
 
 
 class Feed:
@@ -257,12 +287,44 @@ def host_guard(allowed: frozenset[str] | None) -> Any:
     return guard
 
 
-def make_app(controller: str, host: str, port: int) -> web.Application:
-    """The dashboard of the cluster whose controller listens at `controller`."""
+def token_guard(token: str, open_resources: set[Any]) -> Any:
+    """Refuse, with 403 and a JSON error and before its handler runs, a request for
+    anything but `open_resources` that lacks `token` (header, or `?token=` on a GET).
+    A request no route matches runs no handler: it gets its 404 or 405 (a browser asks
+    for /favicon.ico)."""
+    expected = check_token(token).encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if (request.match_info.http_exception is not None
+                or request.match_info.route.resource in open_resources):
+            return await handler(request)
+        given = request.headers.get(TOKEN_HEADER)
+        if given is None and request.method in ("GET", "HEAD"):
+            given = request.query.get("token")
+        if not given:
+            reason = "no dashboard token"
+        elif not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
+            reason = "wrong dashboard token"
+        else:
+            return await handler(request)
+        log.warning("refused %s %s from %s: %s", request.method, request.path,
+                    request.remote, reason)
+        return web.json_response(
+            {"ok": False, "error": f"{reason}: open the page at the URL `raftkv dashboard` "
+                                   f"printed (it ends in ?token=...), or send the token in "
+                                   f"the {TOKEN_HEADER} header"}, status=403)
+    return guard
+
+
+def make_app(controller: str, host: str, port: int, token: str) -> web.Application:
+    """The dashboard of the cluster whose controller listens at `controller`; every
+    request but the page and its static files must carry `token`."""
     loopback = host in ("127.0.0.1", "localhost", "::1")
     allowed = frozenset({f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]", host)}
                         ) if loopback else None
-    app = web.Application(middlewares=[host_guard(allowed)])
+    open_resources: set[Any] = set()  # filled below, once the routes exist
+    app = web.Application(middlewares=[host_guard(allowed), token_guard(token, open_resources)])
     ctx = zmq.Context()
     app["feed"] = Feed(controller, ctx)
     app["client"] = raftkv.Client(controller, timeout=CONTROL_TIMEOUT_S)
@@ -277,8 +339,8 @@ def make_app(controller: str, host: str, port: int) -> web.Application:
         ctx.destroy(linger=0)
 
     app.cleanup_ctx.append(background)
-    app.router.add_get("/", index)
-    app.router.add_static("/static/", STATIC)
+    open_resources.add(app.router.add_get("/", index).resource)
+    open_resources.add(app.router.add_static("/static/", STATIC))
     app.router.add_get("/api/stream", stream)
     app.router.add_get("/api/status", get_status)
     app.router.add_get("/api/events", get_events)
@@ -289,11 +351,18 @@ def make_app(controller: str, host: str, port: int) -> web.Application:
     return app
 
 
-def run_dashboard(controller: str, host: str, port: int,
+def page_url(host: str, port: int, token: str) -> str:
+    """The page's URL, carrying the token for the page to pick up."""
+    where = f"[{host}]" if ":" in host else host
+    return f"http://{where}:{port}/?token={quote(token, safe='')}"
+
+
+def run_dashboard(controller: str, host: str, port: int, token: str,
                   ready: Callable[[str], None] = lambda _: None) -> None:
-    """Serve until SIGINT/SIGTERM; `ready(url)` is called once the port is bound."""
-    app = make_app(controller, host, port)
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    """Serve until SIGINT/SIGTERM; `ready(url)` is called once the port is bound, with
+    the page's URL and its token."""
+    app = make_app(controller, host, port, token)
+    url = page_url(host, port, token)
     # run_app calls `print` once its sites are listening.
     web.run_app(app, host=host, port=port, print=lambda _: ready(url), shutdown_timeout=1.0,
                 handle_signals=True)

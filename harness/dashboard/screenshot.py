@@ -23,6 +23,7 @@ import zmq
 import raftkv
 from harness import rpc
 from harness.cluster_state import REPO, child_env
+from harness.dashboard.app import new_token, page_url
 from harness.launcher import down, free_base_port, free_ports, up, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -37,19 +38,20 @@ def shoot(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cluster_dir = Path(tmp) / "cluster"
         state, _ = up(cluster_dir, base_port=free_base_port(3), timeout=20)
-        port = free_ports(1)[0]
+        port, token = free_ports(1)[0], new_token()
         dash = subprocess.Popen([sys.executable, "-m", "harness.cli", "dashboard", "--dir",
-                                 str(cluster_dir), "--port", str(port)], env=child_env(),
-                                cwd=REPO)
+                                 str(cluster_dir), "--port", str(port)],
+                                env=dict(child_env(), RAFTKV_DASHBOARD_TOKEN=token), cwd=REPO)
         ctx = zmq.Context()
         try:
             def control(name: str, *args: object) -> object:
-                return rpc.control(ctx, state.controller.address, name, *args, timeout=10)
+                return rpc.control(ctx, state.controller.address, name, *args, timeout=10,
+                                   credentials=state.credentials())
 
             def leader() -> int | None:
                 return control("status")["leader"]  # type: ignore[index]
 
-            with raftkv.Client(state.controller.address) as kv:
+            with raftkv.Client(state.controller.address, credentials=state.credentials()) as kv:
                 for i in range(12):
                     kv.put(f"k{i}", f"v{i}")
                 first = wait_for(leader, 10, "a leader")
@@ -65,7 +67,7 @@ def shoot(out: Path) -> None:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(f"http://127.0.0.1:{port}/")
+                page.goto(page_url("127.0.0.1", port, token))
                 page.wait_for_selector(".card.leader")
                 page.wait_for_timeout(1000)
                 page.screenshot(path=str(out / "dashboard.png"), full_page=True)
@@ -90,7 +92,8 @@ def isolate_and_diverge(state: object, control: object, old: int) -> None:
 
     def write_to_old(i: int) -> None:
         try:
-            with raftkv.Client(address, timeout=0.5) as kv:
+            with raftkv.Client(address, timeout=0.5,
+                               credentials=state.credentials()) as kv:  # type: ignore[attr-defined]
                 kv.put(f"lost{i}", "never committed")
         except raftkv.RaftKVError:
             pass
@@ -101,7 +104,8 @@ def isolate_and_diverge(state: object, control: object, old: int) -> None:
     for t in threads:
         t.join()
     time.sleep(0.5)
-    with raftkv.Client(state.controller.address) as kv:  # type: ignore[attr-defined]
+    with raftkv.Client(state.controller.address,  # type: ignore[attr-defined]
+                       credentials=state.credentials()) as kv:  # type: ignore[attr-defined]
         for i in range(6):
             kv.put(f"after{i}", "majority")
 

@@ -1,19 +1,23 @@
 """`raftkv dashboard` against a real cluster (`launcher.up` in a temp dir, free ports),
-driven in Debian's headless chromium through Playwright; and the metrics endpoints and
-election log lines the same cluster exposes. Every process is stopped by pid and create
-time; every wait has a deadline."""
+driven in Debian's headless chromium through Playwright; its token, over plain HTTP (no
+browser needed); and the metrics endpoints and election log lines the same cluster
+exposes. Every process is stopped by pid and create time; every wait has a deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import zmq
@@ -64,12 +68,77 @@ def cluster(tmp_path) -> Iterator[Cluster]:
         c.close()
 
 
-def fetch(url: str, timeout: float = 2.0) -> str | None:
+def fetch(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None
+          ) -> str | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        req = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.read().decode()
     except (urllib.error.URLError, OSError):
         return None
+
+
+def request(url: str, body: dict | None = None, headers: dict[str, str] | None = None,
+            ) -> tuple[int, dict]:
+    """(HTTP status, JSON answer) of a GET, or of a POST of `body` as JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, json.loads(e.read())
+
+
+PRINTED_URL = re.compile(r" on (http://\S+/\?token=(\S+)) \(Ctrl-C stops\)")
+
+
+@dataclass
+class Dashboard:
+    base: str  # http://127.0.0.1:PORT/
+    url: str  # the page's URL as printed, with ?token=
+    token: str
+
+    def auth(self) -> dict[str, str]:
+        return {"X-Raftkv-Token": self.token}
+
+
+@contextlib.contextmanager
+def serve_dashboard(cluster: Cluster, tmp_path: Path, *args: str,
+                    env: dict[str, str] | None = None) -> Iterator[Dashboard]:
+    """`raftkv dashboard` on a free port, its token read from the URL it prints; stopped
+    by pid (SIGTERM, then SIGKILL) however the test ends."""
+    port = free_ports(1)[0]
+    err = tmp_path / f"dashboard-{port}.err"
+    with err.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "dashboard", "--dir",
+                                 str(cluster.dir), "--port", str(port), *args],
+                                env=env or cluster.env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=out)
+    try:
+        printed = wait_for(lambda: proc.poll() is not None or PRINTED_URL.search(
+            err.read_text()), 15, "the dashboard to print its URL")
+        assert proc.poll() is None, err.read_text()
+        dash = Dashboard(f"http://127.0.0.1:{port}/", printed[1], unquote(printed[2]))
+        assert printed[1].startswith(dash.base)
+        wait_for(lambda: fetch(dash.base + "api/status", headers=dash.auth()), 15,
+                 "the dashboard to serve")
+        yield dash
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def dashboard(cluster, tmp_path) -> Iterator[Dashboard]:
+    with serve_dashboard(cluster, tmp_path) as dash:
+        yield dash
 
 
 def metric(text: str, name: str) -> float:
@@ -120,7 +189,8 @@ def test_kill_leader_shows_why_the_next_election_started_and_how_it_ended(cluste
 
     def timeline() -> list[dict] | None:
         with zmq.Context() as ctx:
-            page = control(ctx, cluster.state.controller.address, "events", 0)
+            page = control(ctx, cluster.state.controller.address, "events", 0,
+                           credentials=cluster.state.credentials())
         kinds = {(e["kind"], e["node"]) for e in page["events"]}
         return page["events"] if ("election_won", second) in kinds else None
 
@@ -143,30 +213,21 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-@pytest.fixture
-def page(cluster, browser) -> Iterator[object]:
-    port = free_ports(1)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "dashboard", "--dir",
-                             str(cluster.dir), "--port", str(port)], env=cluster.env,
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/"
+def open_page(browser, url: str) -> Iterator[object]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
     try:
-        wait_for(lambda: proc.poll() is not None or fetch(url + "api/status"), 15,
-                 "the dashboard to serve")
-        assert proc.poll() is None, proc.stderr.read().decode()
-        ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
         pg = ctx.new_page()
         pg.set_default_timeout(10_000)
         pg.goto(url)
         yield pg
-        ctx.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        ctx.close()
+
+
+@pytest.fixture
+def page(dashboard, browser) -> Iterator[object]:
+    """The page at the URL the dashboard printed, token and all."""
+    yield from open_page(browser, dashboard.url)
 
 
 def page_leader(pg) -> int | None:
@@ -256,13 +317,141 @@ def test_put_and_get_box_go_through_the_cluster(cluster, page):
                            ".textContent === 'greeting = hello'")
 
 
-def test_dashboard_refuses_another_host_and_non_json_changes(cluster, page):
-    url = page.url
-    req = urllib.request.Request(url + "api/command", data=b"name=heal", method="POST")
+def test_dashboard_refuses_another_host_and_non_json_changes(cluster, dashboard):
+    url = dashboard.base
+    req = urllib.request.Request(url + "api/command", data=b"name=heal", method="POST",
+                                 headers=dashboard.auth())
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=5)
     assert e.value.code == 415
-    req = urllib.request.Request(url, headers={"Host": "attacker.example:80"})
-    with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(req, timeout=5)
-    assert e.value.code == 403
+    for path in ("", "api/status"):  # the right token does not make up for the Host
+        req = urllib.request.Request(url + path, headers={"Host": "attacker.example:80",
+                                                          **dashboard.auth()})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 403
+
+
+# -- the token (plain HTTP, no browser) -----------------------------------------------------
+
+CONTROLS = [  # every state-changing request the page can send
+    ("api/command", {"name": "kill-leader"}),
+    ("api/command", {"name": "kill", "args": [1]}),
+    ("api/command", {"name": "pause", "args": [2]}),
+    ("api/command", {"name": "partition", "args": ["1", "2,3"]}),
+    ("api/command", {"name": "transfer-leader", "args": [3]}),
+    ("api/membership", {"action": "add"}),
+    ("api/membership", {"action": "remove", "node": 1}),
+    ("api/put", {"key": "intruder", "value": "was here"}),
+]
+COMMAND_KINDS = {"kill-leader", "kill", "restart", "pause", "resume", "partition", "heal",
+                 "transfer-leader", "add-node", "promote", "remove-node"}
+
+
+def settled(cluster: Cluster) -> dict:
+    return wait_for(lambda: (lambda s: s if s["leader"] and all(
+        n["role"] for n in s["nodes"]) else None)(cluster.status()), 10, "a settled cluster")
+
+
+def commands_in_timeline(cluster: Cluster) -> list[dict]:
+    with zmq.Context() as ctx:
+        page = control(ctx, cluster.state.controller.address, "events", 0,
+                       credentials=cluster.state.credentials())
+    return [e for e in page["events"] if e["kind"] in COMMAND_KINDS]
+
+
+def test_control_without_the_token_or_with_a_wrong_one_is_refused_and_changes_nothing(
+        cluster, dashboard):
+    settled(cluster)
+    t = dashboard.token
+    assert len(t) >= 40  # secrets.token_urlsafe(32), new at each start
+    wrong = [{}, {"X-Raftkv-Token": ""}, {"X-Raftkv-Token": t + "x"},
+             {"X-Raftkv-Token": t[:-1]}, {"X-Raftkv-Token": t.swapcase()},
+             {"X-Raftkv-Token": "raftkv"}, {"X-Raftkv-Token": t + "é"}]
+    for path, body in CONTROLS:
+        for headers in wrong:
+            code, answer = request(dashboard.base + path, body, headers)
+            assert code == 403, (path, body, headers, answer)
+            assert answer["ok"] is False and "token" in answer["error"], answer
+        # A control request carries the token in the header; ?token= is for GETs.
+        code, answer = request(f"{dashboard.base}{path}?token={t}", body)
+        assert code == 403 and "no dashboard token" in answer["error"], answer
+    # Each request above was answered; one that got through would have acted by then.
+    st = cluster.status()
+    assert [n["id"] for n in st["nodes"]] == [1, 2, 3] and st["voters"] == [1, 2, 3]
+    assert all(n["alive"] and not n["paused"] and not n["partitioned_from"]
+               for n in st["nodes"]), st["nodes"]
+    assert commands_in_timeline(cluster) == []
+    assert [n.id for n in ClusterState.load(cluster.dir).nodes] == [1, 2, 3]
+    got = cluster.cli("get", "intruder")
+    assert got.returncode == 1, (got.stdout, got.stderr)
+
+
+def test_control_with_the_token_changes_the_cluster(cluster, dashboard):
+    st = settled(cluster)
+    follower = next(n["id"] for n in st["nodes"] if n["id"] != st["leader"])
+    code, answer = request(dashboard.base + "api/put", {"key": "k", "value": "v"},
+                           dashboard.auth())
+    assert (code, answer) == (200, {"ok": True, "result": "OK"})
+    got = cluster.cli("get", "k")
+    assert got.returncode == 0 and got.stdout == "v\n"
+    code, answer = request(dashboard.base + "api/command",
+                           {"name": "kill", "args": [follower]}, dashboard.auth())
+    assert code == 200 and answer["ok"] and answer["result"]["killed"] == follower, answer
+    node = next(n for n in cluster.status()["nodes"] if n["id"] == follower)
+    assert not node["alive"]
+    assert [e["kind"] for e in commands_in_timeline(cluster)] == ["kill"]
+
+
+def test_views_need_the_token_too_and_only_the_page_is_open(cluster, dashboard):
+    base, t = dashboard.base, dashboard.token
+    for path in ("api/status", "api/events?since=0", "api/stream"):
+        code, answer = request(base + path)
+        assert code == 403 and answer == {"ok": False, "error": answer["error"]}, answer
+        assert answer["error"].startswith("no dashboard token")
+    code, answer = request(base + "api/stream?token=not-it")
+    assert code == 403 and answer["error"].startswith("wrong dashboard token")
+    code, answer = request(base + "api/get", {"key": "k"})
+    assert code == 403
+    assert request(base + "api/status", headers=dashboard.auth())[1]["leader"] is not None
+    assert "events" in request(f"{base}api/events?since=0&token={t}")[1]
+    assert request(base + "api/get", {"key": "k"}, dashboard.auth()) == (
+        200, {"ok": True, "found": False, "value": None})
+    assert "<title>raftkv dashboard</title>" in (fetch(base) or "")
+    assert "X-Raftkv-Token" in (fetch(base + "static/app.js") or "")
+    with pytest.raises(urllib.error.HTTPError) as e:  # no route, no handler: no token needed
+        urllib.request.urlopen(base + "favicon.ico", timeout=5)
+    assert e.value.code == 404
+
+
+def test_token_fixed_by_env_var_or_option_is_the_one_printed_and_required(cluster, tmp_path):
+    fixed = "scripted-token_0123456789"
+    with serve_dashboard(cluster, tmp_path,
+                         env=dict(cluster.env, RAFTKV_DASHBOARD_TOKEN=fixed)) as dash:
+        assert dash.token == fixed and dash.url == f"{dash.base}?token={fixed}"
+        assert request(dash.base + "api/status", headers=dash.auth())[0] == 200
+    with serve_dashboard(cluster, tmp_path, "--token", "a/b+c&d",
+                         env=dict(cluster.env, RAFTKV_DASHBOARD_TOKEN=fixed)) as dash:
+        assert dash.token == "a/b+c&d" and dash.url.endswith("?token=a%2Fb%2Bc%26d")
+        assert request(dash.base + "api/status", headers={"X-Raftkv-Token": fixed})[0] == 403
+        assert request(dash.base + "api/status", headers=dash.auth())[0] == 200
+    bad = cluster.cli("dashboard", "--token", "has space")
+    assert bad.returncode == 2 and "--token" in bad.stderr
+    helped = cluster.cli("dashboard", "--help")
+    assert "--token" in helped.stdout and "RAFTKV_DASHBOARD_TOKEN" in helped.stdout
+
+
+def test_page_without_the_token_says_so_and_its_buttons_change_nothing(
+        cluster, dashboard, browser):
+    settled(cluster)
+    for url, says, refused in (
+            (dashboard.base, "no token in this page's URL", "no dashboard token"),
+            (dashboard.base + "?token=not-it", "wrong dashboard token", "wrong dashboard token")):
+        for pg in open_page(browser, url):
+            pg.wait_for_function("s => document.querySelector('[data-testid=conn]')"
+                                 ".textContent.includes(s)", arg=says)
+            pg.click("[data-testid=kill-leader]")
+            pg.wait_for_function("s => document.querySelector('[data-testid=result]')"
+                                 ".textContent.includes(s)", arg=f"failed: {refused}")
+    st = cluster.status()
+    assert all(n["alive"] for n in st["nodes"]) and commands_in_timeline(cluster) == []

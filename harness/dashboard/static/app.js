@@ -1,6 +1,13 @@
 // raftkv dashboard: renders the controller's status map and timeline as they stream in
 // (server-sent events from /api/stream); every button is one controller command.
+// Every request but the page's own files carries the token `raftkv dashboard` printed in
+// the page's URL (?token=...): in the X-Raftkv-Token header, or, for the EventSource,
+// which cannot set one, in the query.
 "use strict";
+
+const TOKEN = new URLSearchParams(location.search).get("token") || "";
+const NO_TOKEN = "no token in this page's URL: open the URL that `raftkv dashboard` " +
+  "printed (it ends in ?token=...)";
 
 const STRIP_WIDTH = 32;       // log entries shown per node
 const TIMELINE_KEEP = 300;    // rows kept on the page
@@ -36,7 +43,9 @@ function dash(v) { return v === null || v === undefined ? "–" : v; }
 
 async function post(path, body) {
   const resp = await fetch(path, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-Raftkv-Token": TOKEN },
+    body: JSON.stringify(body),
   });
   let data;
   try { data = await resp.json(); } catch { data = { ok: false, error: await resp.text() }; }
@@ -260,12 +269,27 @@ function onStatus(payload) {
 }
 
 function connect() {
-  const source = new EventSource("/api/stream");
+  if (!TOKEN) {
+    $("#conn").textContent = NO_TOKEN;
+    $("#conn").className = "conn bad";
+    return;
+  }
+  const source = new EventSource(`/api/stream?token=${encodeURIComponent(TOKEN)}`);
   source.addEventListener("status", (ev) => onStatus(JSON.parse(ev.data)));
   source.addEventListener("events", (ev) => addEvents(JSON.parse(ev.data)));
-  source.onerror = () => {
+  source.onerror = async () => {
     $("#conn").textContent = "reconnecting to the dashboard server…";
     $("#conn").className = "conn bad";
+    if (source.readyState !== EventSource.CLOSED) return;  // the browser retries itself
+    // Refused (an answer other than a stream): say why if it was the token, else retry.
+    const resp = await fetch("/api/status", { headers: { "X-Raftkv-Token": TOKEN } })
+      .catch(() => null);
+    if (resp && resp.status === 403) {
+      const data = await resp.json().catch(() => ({ error: "refused" }));
+      $("#conn").textContent = data.error;
+      return;
+    }
+    setTimeout(connect, 2000);
   };
 }
 
