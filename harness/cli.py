@@ -677,6 +677,10 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
                    "contend for the cores).")
 @click.option("--no-fsync", is_flag=True,
               help="FOR BENCHMARKS ONLY: the temp cluster's nodes skip fsync.")
+@click.option("--insecure", is_flag=True,
+              help="FOR BENCHMARKS ONLY: the temp cluster runs without keys or encryption "
+                   "(`raftkv up --insecure`); a run with and one without it, alternated, "
+                   "give the cost of security.")
 @click.option("--failover", is_flag=True,
               help="Instead of load: kill the leader (controller kill-leader) while a "
                    "writer writes, time until writes resume, restart the node; repeat.")
@@ -691,8 +695,8 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
 @json_option
 def bench(nodes: int, clients: int, duration: float, warmup: float, value_size: int,
           key_space: int, mix: str, consistency: str, via: str, processes: int,
-          no_fsync: bool, failover: bool, failover_rounds: int, cluster_dir: Path | None,
-          out: Path | None, as_json: bool) -> None:
+          no_fsync: bool, insecure: bool, failover: bool, failover_rounds: int,
+          cluster_dir: Path | None, out: Path | None, as_json: bool) -> None:
     """Benchmark a cluster: closed-loop load from client processes, then ops/s, latency
     percentiles, errors, and each node's CPU and memory. Starts its own cluster in a temp
     dir unless --dir names a running one. A progress line goes to stderr.
@@ -721,6 +725,7 @@ def bench(nodes: int, clients: int, duration: float, warmup: float, value_size: 
     cfg = BenchConfig(nodes=nodes, clients=clients, duration=duration, warmup=warmup,
                       value_size=value_size, key_space=key_space, mix=mix,
                       consistency=consistency, via=via, fsync=not no_fsync,
+                      secure=not insecure,
                       processes=processes, cluster_dir=cluster_dir, failover=failover,
                       failover_rounds=failover_rounds)
     try:

@@ -45,6 +45,7 @@ def test_bench_prints_one_json_object_with_every_figure(tmp_path):
     assert set(report["nodes"]) == {"node1", "node2", "node3"}
     assert all(n["rss_mb"] > 0 for n in report["nodes"].values())
     assert report["config"]["fsync"] is True and report["config"]["clients"] == 4
+    assert report["config"]["secure"] is True
     assert report["rerouted"] == 0 and report["errors_per_s"] == 0
     assert_timeline_adds_up(report)
 
