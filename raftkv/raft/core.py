@@ -29,6 +29,8 @@ from raftkv.raft.progress import Progress, ProgressState
 from raftkv.raft.quorum import VoteResult, committed_index, vote_result
 from raftkv.raft.types import (
     AFTER_PERSIST_TYPES,
+    MAX_INDEX,
+    MAX_TERM,
     NONE,
     Entry,
     EntryType,
@@ -68,12 +70,17 @@ def refusal_of(context: int) -> VoteRefusal:
 DROP_REASONS = (
     "ack_past_sent",  # APP_RESP at an index past what we sent that peer
     "read_ack_past_sent",  # HEARTBEAT_RESP for a read round we never started
+    "term_past_limit",  # any message whose term is past MAX_TERM
+    "index_past_limit",  # SNAP whose snapshot ends past MAX_INDEX
+    "snapshot_past_term",  # SNAP whose snapshot's last entry has a term past the message's
 )
 """Why the core dropped a peer's message that, taken, would break one of its invariants
 (`Raft.dropped` counts each). A frame from the network may be wrong; only a local
 invariant violation stops a node. The shape of an APP's entries (indexes following its
 index, terms within [log_term, term] and never decreasing) is the wire decoder's to
-check (raftkv/wire.py), once per frame: the core takes it as given."""
+check (raftkv/wire.py), once per frame: the core takes it as given. An APP needs no
+index limit: it only extends a log that already matches at its index, so with
+snapshots bounded by MAX_INDEX a log grows past it no faster than a leader's own."""
 
 
 class CampaignKind(IntEnum):
@@ -210,6 +217,10 @@ class Raft:
 
     def step(self, m: Message) -> None:
         """Feed one message from a peer (paper Figure 2, "Rules for all servers")."""
+        if m.term > MAX_TERM:
+            # Taken, our next campaign's term would not fit storage or the wire.
+            self.dropped["term_past_limit"] += 1
+            return
         if m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
                 forced = m.type == MsgType.VOTE and m.context == CAMPAIGN_TRANSFER
@@ -904,6 +915,8 @@ class Raft:
     def handle_snapshot(self, m: Message) -> None:
         """InstallSnapshot (paper §7), once the node has assembled the whole snapshot."""
         meta = m.snapshot
+        if meta is not None and self.snapshot_out_of_bounds(m, meta):
+            return
         if meta is None or meta.index <= self.log.committed:
             # Stale or duplicate: we already have everything it covers.
             self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term,
@@ -920,6 +933,19 @@ class Raft:
             self.snapshot = meta
             self.pending_snapshot = meta
         self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=meta.index))
+
+    def snapshot_out_of_bounds(self, m: Message, meta: SnapshotMeta) -> bool:
+        """Whether a snapshot from a peer must be dropped (and is counted): its last entry
+        has a term past the term it was sent in (no leader holds an entry of a later
+        term than its own, and installed it would sit under entries of lower terms,
+        breaking Log Matching, §5.3), or it ends past MAX_INDEX."""
+        if meta.term > m.term:
+            self.dropped["snapshot_past_term"] += 1
+            return True
+        if meta.index > MAX_INDEX:
+            self.dropped["index_past_limit"] += 1
+            return True
+        return False
 
     def compact(self, index: int) -> None:
         """The application saved a snapshot of its state machine up to `index` (<= the

@@ -1,0 +1,85 @@
+"""A buggy peer's message never trips the core (issue 17): a message that, taken, would
+break one of the core's invariants is dropped and counted in `Raft.dropped` (STATUS shows
+it, and the replica's `dropped_invalid` counter sums it), never raised.
+
+Each message here is well-formed: raftkv.wire's decoder lets it through, and the
+transport has checked who sent it. Cores are driven directly, Readies persisted at once.
+"""
+
+from __future__ import annotations
+
+from raftkv.raft import (
+    CampaignKind,
+    Config,
+    Entry,
+    HardState,
+    Message,
+    MsgType,
+    Raft,
+    Role,
+    SnapshotMeta,
+)
+from raftkv.wire import MAX_UINT64, encode_message
+from tests.unit.test_raft_leader import leader, persist
+
+VOTERS = (1, 2, 3)
+
+
+def follower() -> Raft:
+    """Node 1 of three, a follower in term 3 with entries 1-3 (terms 1, 2, 3), committed
+    to 2."""
+    return Raft(Config(1, VOTERS), hard_state=HardState(3, 0, 2),
+                entries=[Entry(1, 1), Entry(2, 2), Entry(3, 3)], applied=2)
+
+
+def campaign_messages(core: Raft) -> list[bytes]:
+    """The frames of an election the core starts now, as the node would send them."""
+    core.campaign(CampaignKind.ELECTION)
+    return [encode_message(m) for m in persist(core)]
+
+
+# -- terms and indexes a cluster never reaches -------------------------------------------
+
+def test_a_term_that_leaves_no_room_for_an_election_is_dropped_and_counted():
+    core = follower()
+    # Taken, the next campaign's term is 2**64, which neither the wire nor storage (both
+    # 64-bit) can hold: the node stopped at its next election, and so did every node
+    # that heard the term from it.
+    core.step(Message(MsgType.HEARTBEAT, 1, 2, MAX_UINT64, commit=2))
+    assert core.term == 3
+    assert core.dropped["term_past_limit"] == 1
+    assert core.ready().messages == []  # not answered either
+    assert len(campaign_messages(core)) == 2
+
+
+def test_a_snapshot_at_an_index_that_leaves_no_room_to_append_is_dropped_and_counted():
+    core = follower()
+    top = SnapshotMeta(MAX_UINT64, 3, VOTERS)
+    # Taken, the log restarts at 2**64 - 1: a leader's first entry would be at 2**64.
+    core.step(Message(MsgType.SNAP, 1, 2, 3, snapshot=top))
+    assert core.log.offset == 0 and core.pending_snapshot is None
+    assert core.dropped["index_past_limit"] == 1
+
+
+# -- a snapshot's term -----------------------------------------------------------------
+
+def test_a_snapshot_of_a_term_past_the_message_is_dropped_and_counted():
+    core = follower()
+    # Its last entry claims term 9 in a message of term 3: taken, the log would hold an
+    # entry of a term we have not reached, and as leader we would append entries of a
+    # lower term after it (log terms must never decrease: §5.3, Log Matching).
+    core.step(Message(MsgType.SNAP, 1, 2, 3, snapshot=SnapshotMeta(20, 9, VOTERS)))
+    assert core.log.last_index() == 3 and core.pending_snapshot is None
+    assert core.dropped["snapshot_past_term"] == 1
+    core.step(Message(MsgType.SNAP, 1, 2, 3, snapshot=SnapshotMeta(20, 3, VOTERS)))
+    assert core.pending_snapshot == SnapshotMeta(20, 3, VOTERS)
+
+
+def test_a_leader_drops_a_snapshot_past_its_term_before_stepping_down():
+    core = leader()
+    term = core.term
+    core.step(Message(MsgType.SNAP, 1, 2, term + 1,
+                      snapshot=SnapshotMeta(40, term + 2, VOTERS)))
+    assert core.role == Role.FOLLOWER and core.term == term + 1  # the term is legitimate
+    assert core.log.offset == 10 and core.dropped["snapshot_past_term"] == 1
+
