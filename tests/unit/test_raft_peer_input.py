@@ -8,18 +8,22 @@ transport has checked who sent it. Cores are driven directly, Readies persisted 
 
 from __future__ import annotations
 
+import pytest
+
 from raftkv.raft import (
     CampaignKind,
     Config,
     Entry,
+    EntryType,
     HardState,
     Message,
     MsgType,
     Raft,
     Role,
     SnapshotMeta,
+    decode_change,
 )
-from raftkv.wire import MAX_UINT64, encode_message
+from raftkv.wire import MAX_UINT64, decode_message, encode_message
 from tests.unit.test_raft_leader import leader, persist
 
 VOTERS = (1, 2, 3)
@@ -83,3 +87,27 @@ def test_a_leader_drops_a_snapshot_past_its_term_before_stepping_down():
     assert core.role == Role.FOLLOWER and core.term == term + 1  # the term is legitimate
     assert core.log.offset == 10 and core.dropped["snapshot_past_term"] == 1
 
+
+# -- a configuration change that names no real configuration -----------------------------
+
+@pytest.mark.parametrize("data", [
+    b"1 0 - 1,2,3 0",  # adds node 0 (NONE: "nobody")
+    b"3 1 - -1 -",  # leaves node -1 as the only voter
+    b"2 4 - 1,2,0 -",  # a voter 0
+    b"1 4 - 1,2,3 3,4",  # node 3 both voter and learner
+    b"1 4 - 1,2,3 -",  # adds learner 4, which the resulting membership lacks
+    b"2 4 - 1,2,3 4",  # promotes 4, still a learner after
+    b"3 2 - 1,2,3 -",  # removes 2, still a voter after
+])
+def test_a_configuration_change_naming_no_real_configuration_is_ignored(data):
+    core = follower()
+    core.step(Message(MsgType.APP, 1, 2, 3, log_term=3, index=3,
+                      entries=[Entry(3, 4, EntryType.CONF_CHANGE, data)]))
+    # The entry stays (it is the leader's log; Log Matching), but changes nothing, as
+    # any entry that is not a configuration change (the replica ignores it on apply).
+    assert core.log.last_index() == 4 and core.conf.last_index == 4
+    assert core.voters == frozenset(VOTERS) and core.learners == frozenset()
+    with pytest.raises(ValueError):
+        decode_change(data)
+    # Taken, it made us ask nodes -1 or 0 for votes: no frame can name them.
+    assert all(m.to in (2, 3) for m in [decode_message(f) for f in campaign_messages(core)])
