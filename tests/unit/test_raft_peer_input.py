@@ -111,3 +111,47 @@ def test_a_configuration_change_naming_no_real_configuration_is_ignored(data):
         decode_change(data)
     # Taken, it made us ask nodes -1 or 0 for votes: no frame can name them.
     assert all(m.to in (2, 3) for m in [decode_message(f) for f in campaign_messages(core)])
+
+
+# -- a second leader in one term ---------------------------------------------------------
+
+def following_node_2() -> Raft:
+    """A follower of node 2 in term 3: it appended and acknowledged 3-4 of term 3."""
+    core = Raft(Config(1, VOTERS), hard_state=HardState(3, 0, 2),
+                entries=[Entry(1, 1), Entry(2, 2)], applied=2)
+    core.step(Message(MsgType.APP, 1, 2, 3, log_term=2, index=2,
+                      entries=[Entry(3, 3), Entry(3, 4)], commit=2))
+    [ack] = persist(core)
+    assert (ack.type, ack.index) == (MsgType.APP_RESP, 4)
+    return core
+
+
+@pytest.mark.parametrize("t", [MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP])
+def test_a_second_leader_of_the_term_is_dropped_and_counted(t):
+    core = following_node_2()
+    # Node 3 claims term 3 too (Election Safety, Figure 3: one leader per term). Taken,
+    # its append replaced entries 3-4, which node 2 may have counted as committed.
+    core.step(Message(t, 1, 3, 3, log_term=2, index=2, entries=[Entry(2, 3)]
+                      if t == MsgType.APP else [], commit=4,
+                      snapshot=SnapshotMeta(9, 3, VOTERS) if t == MsgType.SNAP else None))
+    assert core.log.last_index() == 4 and core.log.term(3) == 3
+    assert core.log.committed == 2 and core.pending_snapshot is None and core.lead == 2
+    assert core.dropped["second_leader"] == 1
+    assert persist(core) == []
+
+
+def test_the_leader_of_the_term_is_remembered_while_not_followed():
+    core = following_node_2()
+    core.campaign(CampaignKind.PRE_ELECTION)  # its leader went quiet: lead is forgotten
+    assert core.role == Role.PRE_CANDIDATE and core.term == 3
+    core.step(Message(MsgType.HEARTBEAT, 1, 3, 3, commit=4))
+    assert core.role == Role.PRE_CANDIDATE and core.dropped["second_leader"] == 1
+    core.step(Message(MsgType.HEARTBEAT, 1, 2, 3, commit=4))
+    assert core.role == Role.FOLLOWER and core.lead == 2 and core.log.committed == 4
+
+
+def test_a_new_term_may_have_a_new_leader():
+    core = following_node_2()
+    core.step(Message(MsgType.APP, 1, 3, 4, log_term=3, index=4, entries=[Entry(4, 5)]))
+    assert core.lead == 3 and core.log.last_index() == 5
+    assert core.dropped["second_leader"] == 0
