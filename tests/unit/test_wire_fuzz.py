@@ -136,19 +136,19 @@ def test_arbitrary_bytes_raise_only_documented_errors(frame: bytes) -> None:
     decode_all(frame)
 
 
-@fuzz(examples=300)
+@fuzz(examples=200)
 @given(obj=VALUES)
 def test_arbitrary_msgpack_values_raise_only_documented_errors(obj: object) -> None:
     decode_all(pack(obj))
 
 
-@fuzz(examples=300)
+@fuzz(examples=150)
 @given(frame=headed_frames())
 def test_frames_with_a_valid_head_raise_only_documented_errors(frame: bytes) -> None:
     decode_all(frame)
 
 
-@fuzz(examples=300)
+@fuzz(examples=200)
 @given(frame=mutated_frames())
 def test_valid_frames_with_a_field_changed_raise_only_documented_errors(frame: bytes) -> None:
     decode_all(frame)
