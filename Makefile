@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint sim sim-replica demo up down status bench bench-compare chaos clean
+.PHONY: install test lint sim sim-replica fuzz demo up down status bench bench-compare chaos clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ sim: $(STAMP)
 
 sim-replica: $(STAMP)
 	RAFTKV_SIM_SEEDS=$${RAFTKV_SIM_SEEDS:-10000} $(PY) -m pytest -q tests/sim/test_replica_seeds.py
+
+# Longer Hypothesis runs of the fuzz tests (wire decoders, Raft.step under a buggy peer):
+# RAFTKV_FUZZ_EXAMPLES=N make fuzz (default 5,000 examples per test); RAFTKV_FUZZ_SEED=N
+# explores other examples and replays a failure found with that seed (tests/fuzz.py)
+fuzz: $(STAMP)
+	RAFTKV_FUZZ_EXAMPLES=$${RAFTKV_FUZZ_EXAMPLES:-5000} $(PY) -m pytest -q \
+		tests/unit/test_wire_fuzz.py tests/unit/test_core_fuzz.py
 
 # A fresh machine to a running cluster: venv, install, up, a few writes and reads,
 # kill the leader, show the data survived under the new leader. Leaves the cluster up

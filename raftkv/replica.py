@@ -761,8 +761,11 @@ class Replica:
         return {"storage": self.storage.stats(), "repair": self.storage.repair}
 
     def counter_values(self) -> dict[str, int | float]:
-        """The replica's counters with those its helpers keep."""
-        return {**self.counters, "snapshots_rejected": self.snapshot_receiver.rejected}
+        """The replica's counters with those its helpers keep. `dropped_invalid`: peer
+        messages the core dropped as impossible (a buggy peer's), every reason summed;
+        STATUS's `dropped` has them by reason (raftkv.raft.core.DROP_REASONS)."""
+        return {**self.counters, "snapshots_rejected": self.snapshot_receiver.rejected,
+                "dropped_invalid": sum(self.core.dropped.values())}
 
     def histograms(self) -> dict[str, Any]:
         return {"fsync_seconds": self.fsync_seconds.to_dict(),

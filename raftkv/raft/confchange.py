@@ -40,6 +40,9 @@ def encode_change(cc: ConfChange, after: Membership) -> bytes:
 
 
 def decode_change(data: bytes) -> tuple[ConfChange, Membership]:
+    """The change and membership `encode_change` wrote. Raises ValueError for anything
+    else, a membership no leader can have written included (see `change_problem`):
+    such an entry, if a buggy leader sends one, changes nothing (`ConfHistory.sync`)."""
     try:
         op, node, address, voters, learners = data.decode().split()
         cc = ConfChange(ConfOp(int(op)), int(node), "" if address == "-" else address)
@@ -47,7 +50,26 @@ def decode_change(data: bytes) -> tuple[ConfChange, Membership]:
                        frozenset(int(v) for v in learners.split(",") if v != "-"))
     except ValueError as e:
         raise ValueError(f"not a configuration change: {data!r:.80}") from e
+    problem = change_problem(cc, m)
+    if problem is not None:
+        raise ValueError(f"not a configuration change ({problem}): {data!r:.80}")
     return cc, m
+
+
+def change_problem(cc: ConfChange, after: Membership) -> str | None:
+    """Why `after` cannot be the membership a leader computed by applying `cc`
+    (`Membership.apply`), or None. Node ids are >= 1 (0 is NONE, "nobody"); at least one
+    voter remains; no node is both voter and learner; `cc` took effect in `after`."""
+    members = after.voters | after.learners
+    if cc.node_id < 1 or min(members) < 1:
+        return "a node id below 1"
+    if not after.voters:
+        return "no voter"
+    if after.voters & after.learners:
+        return "a node both voter and learner"
+    if not after.in_force(cc):
+        return f"node {cc.node_id} is not where {cc.op.name} puts it"
+    return None
 
 
 class ConfChangeError(RaftError):

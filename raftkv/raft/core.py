@@ -29,6 +29,8 @@ from raftkv.raft.progress import Progress, ProgressState
 from raftkv.raft.quorum import VoteResult, committed_index, vote_result
 from raftkv.raft.types import (
     AFTER_PERSIST_TYPES,
+    MAX_INDEX,
+    MAX_TERM,
     NONE,
     Entry,
     EntryType,
@@ -55,6 +57,7 @@ CAMPAIGN_TRANSFER = 1
 # For `propose`, called once per client write: on Python 3.11 each `Role.LEADER` is an
 # attribute lookup through the enum's class (~65 ns).
 _LEADER, _CONF_CHANGE = Role.LEADER, EntryType.CONF_CHANGE
+_FROM_LEADER = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP})
 
 
 def refusal_of(context: int) -> VoteRefusal:
@@ -68,12 +71,18 @@ def refusal_of(context: int) -> VoteRefusal:
 DROP_REASONS = (
     "ack_past_sent",  # APP_RESP at an index past what we sent that peer
     "read_ack_past_sent",  # HEARTBEAT_RESP for a read round we never started
+    "term_past_limit",  # any message whose term is past MAX_TERM
+    "index_past_limit",  # SNAP whose snapshot ends past MAX_INDEX
+    "snapshot_past_term",  # SNAP whose snapshot's last entry has a term past the message's
+    "second_leader",  # APP, HEARTBEAT or SNAP from a node other than our term's leader
 )
 """Why the core dropped a peer's message that, taken, would break one of its invariants
 (`Raft.dropped` counts each). A frame from the network may be wrong; only a local
 invariant violation stops a node. The shape of an APP's entries (indexes following its
 index, terms within [log_term, term] and never decreasing) is the wire decoder's to
-check (raftkv/wire.py), once per frame: the core takes it as given."""
+check (raftkv/wire.py), once per frame: the core takes it as given. An APP needs no
+index limit: it only extends a log that already matches at its index, so with
+snapshots bounded by MAX_INDEX a log grows past it no faster than a leader's own."""
 
 
 class CampaignKind(IntEnum):
@@ -180,6 +189,9 @@ class Raft:
         self.repair_point = (0, 0)
         self._repaired_pending = False  # for the next Ready's `repaired`
         self.lead = NONE
+        # Who leads `term`, once known; unlike `lead`, kept until the term changes (a
+        # term has at most one leader: Election Safety, paper Figure 3).
+        self.term_leader = NONE
         self.role = Role.FOLLOWER
         self.prs: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
@@ -210,6 +222,10 @@ class Raft:
 
     def step(self, m: Message) -> None:
         """Feed one message from a peer (paper Figure 2, "Rules for all servers")."""
+        if m.term > MAX_TERM:
+            # Taken, our next campaign's term would not fit storage or the wire.
+            self.dropped["term_past_limit"] += 1
+            return
         if m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
                 forced = m.type == MsgType.VOTE and m.context == CAMPAIGN_TRANSFER
@@ -483,6 +499,7 @@ class Raft:
         if term != self.term:
             self.term = term
             self.vote = NONE
+            self.term_leader = NONE
         self.lead = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -524,7 +541,7 @@ class Raft:
         if self.role == Role.FOLLOWER:
             raise InvariantViolation("a follower cannot become leader without an election")
         self.reset(self.term)
-        self.lead = self.id
+        self.lead = self.term_leader = self.id
         self.role = Role.LEADER
         self._step = self._step_leader
         self._tick = self._tick_heartbeat
@@ -728,20 +745,30 @@ class Raft:
 
     def _step_follower(self, m: Message) -> None:
         t = m.type
+        if t == MsgType.TIMEOUT_NOW:
+            self.campaign(CampaignKind.TRANSFER, f"leadership transfer from node {m.frm}")
+            return
+        if t not in _FROM_LEADER or self.from_second_leader(m):
+            return
+        self.election_elapsed = 0
+        self.lead = self.term_leader = m.frm
         if t == MsgType.APP:
-            self.election_elapsed = 0
-            self.lead = m.frm
             self.handle_append(m)
         elif t == MsgType.HEARTBEAT:
-            self.election_elapsed = 0
-            self.lead = m.frm
             self.handle_heartbeat(m)
-        elif t == MsgType.SNAP:
-            self.election_elapsed = 0
-            self.lead = m.frm
+        else:
             self.handle_snapshot(m)
-        elif t == MsgType.TIMEOUT_NOW:
-            self.campaign(CampaignKind.TRANSFER, f"leadership transfer from node {m.frm}")
+
+    def from_second_leader(self, m: Message) -> bool:
+        """Whether `m` (APP, HEARTBEAT or SNAP of our term) comes from a node other than
+        the one we know leads this term; if so it is dropped and counted. A term has at
+        most one leader (Election Safety, paper Figure 3): taken, a second one's append
+        could replace entries we acknowledged to the first, which may have counted them
+        toward a commit, and its heartbeat could commit entries it never matched."""
+        if self.term_leader == NONE or self.term_leader == m.frm:
+            return False
+        self.dropped["second_leader"] += 1
+        return True
 
     def _step_repairing(self, m: Message) -> None:
         """A follower whose log is being repaired: it takes the leader's appends,
@@ -749,14 +776,15 @@ class Raft:
         damage (truthful, so the leader may count it); it is not promotable, so
         TIMEOUT_NOW starts nothing."""
         self._step_follower(m)
-        if m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+        if m.type in _FROM_LEADER and self.lead == m.frm:  # taken, from our term's leader
             self.maybe_note_repair_point(m)
 
     def _step_candidate(self, m: Message) -> None:
         t = m.type
-        if t in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
-            self.become_follower(m.term, m.frm)  # a leader of our term exists (§5.2)
-            self._step_follower(m)
+        if t in _FROM_LEADER:
+            if not self.from_second_leader(m):
+                self.become_follower(m.term, m.frm)  # a leader of our term exists (§5.2)
+                self._step_follower(m)
         elif (t == MsgType.PRE_VOTE_RESP and self.role == Role.PRE_CANDIDATE) or (
             t == MsgType.VOTE_RESP and self.role == Role.CANDIDATE
         ):
@@ -904,6 +932,8 @@ class Raft:
     def handle_snapshot(self, m: Message) -> None:
         """InstallSnapshot (paper §7), once the node has assembled the whole snapshot."""
         meta = m.snapshot
+        if meta is not None and self.snapshot_out_of_bounds(m, meta):
+            return
         if meta is None or meta.index <= self.log.committed:
             # Stale or duplicate: we already have everything it covers.
             self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term,
@@ -920,6 +950,19 @@ class Raft:
             self.snapshot = meta
             self.pending_snapshot = meta
         self.send(Message(MsgType.APP_RESP, m.frm, self.id, self.term, index=meta.index))
+
+    def snapshot_out_of_bounds(self, m: Message, meta: SnapshotMeta) -> bool:
+        """Whether a snapshot from a peer must be dropped (and is counted): its last entry
+        has a term past the term it was sent in (no leader holds an entry of a later
+        term than its own, and installed it would sit under entries of lower terms,
+        breaking Log Matching, §5.3), or it ends past MAX_INDEX."""
+        if meta.term > m.term:
+            self.dropped["snapshot_past_term"] += 1
+            return True
+        if meta.index > MAX_INDEX:
+            self.dropped["index_past_limit"] += 1
+            return True
+        return False
 
     def compact(self, index: int) -> None:
         """The application saved a snapshot of its state machine up to `index` (<= the

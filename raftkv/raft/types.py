@@ -13,6 +13,15 @@ NONE = 0
 """Node id meaning "nobody" (no vote, no known leader). Real node ids are >= 1."""
 
 
+MAX_TERM = 2**63 - 1
+MAX_INDEX = 2**63 - 1
+"""The largest term, and log index, the core takes from a peer. Storage and the wire hold
+64-bit unsigned values, and the core adds to its own (a campaign's term + 1, a proposal's
+index + 1): from here, reaching 2**64 would take 2**63 elections or entries. A peer's
+term or snapshot index past these is a bug; taken, the node's next campaign or entry
+could not be written, and it would stop."""
+
+
 class Role(IntEnum):
     FOLLOWER = 0
     PRE_CANDIDATE = 1

@@ -291,3 +291,15 @@ def test_the_leader_refuses_writes_past_the_quota_and_takes_deletes():
     assert write(23, ReqOp.PUT, b"k3", b"v" * 100)[1] == ReplyCode.OK  # room again
     assert r.counters["quota_refused"] == 1
     assert r.status()["kv"]["bytes"] == r.kv.size == 3 * (KEY_OVERHEAD + 102)
+
+
+def test_a_peer_message_the_core_drops_is_counted_in_status_and_metrics():
+    """A buggy peer's message that the core drops (here a term no cluster reaches) shows
+    in the counters, so in /metrics (raftkv_dropped_invalid_total), and by reason."""
+    r = start(PowerLossFS(), 1, (1, 2, 3), {2: ADDR[2], 3: ADDR[3]})
+    r.receive([Message(MsgType.HEARTBEAT, 1, 2, 2**64 - 1)], [])
+    r.process()
+    st = r.status()
+    assert st["counters"]["dropped_invalid"] == 1
+    assert st["dropped"]["term_past_limit"] == 1
+    assert r.metrics_view()["counters"]["dropped_invalid"] == 1
