@@ -84,7 +84,7 @@ def test_split_evenly_keeps_the_total():
 
 
 def report(**extra):
-    return {"config": {"nodes": 3, "fsync": True, "via": "direct", "mix": "put",
+    return {"config": {"nodes": 3, "fsync": True, "secure": True, "via": "direct", "mix": "put",
                        "consistency": "linearizable", "clients": 4, "processes": 1,
                        "value_size": 100, "key_space": 10, "duration": 1.0, "warmup": 0.5},
             "cores": 2, "disk_fdatasync_ms": {"p50": 0.1, "p99": 0.2}, **extra}
