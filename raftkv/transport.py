@@ -98,6 +98,7 @@ STAT_KEYS = (
     "batches_in",  # REQS frames received
     "batches_out",  # REPS frames sent
     "refused_role",  # a request or frame the connection's key may not send
+    "bad_peer_address",  # a peer address ZeroMQ cannot connect to; that peer unreachable
 )
 
 MAX_BATCHING_CLIENTS = 65_536  # routing ids remembered as taking REPS; forgotten past it
@@ -442,11 +443,19 @@ class Transport:
 
     def set_peer(self, node_id: int, address: str) -> bool:
         """Reach `node_id` at `address` from now on (a member added, or one that moved);
-        returns whether anything changed. Our own id is ignored."""
+        returns whether anything changed. Our own id is ignored. An address ZeroMQ cannot
+        connect to (it came from the network: a PEERS request, a log entry) leaves the
+        node without a route to that peer, counted in `bad_peer_address`; it never
+        stops the node."""
         if node_id == self.node_id or self.peers.get(node_id) == address:
             return False
         self.remove_peer(node_id)
-        self._dealers[node_id] = self._connect_peer(address)
+        try:
+            dealer = self._connect_peer(address)
+        except zmq.ZMQError:
+            self.stats["bad_peer_address"] += 1
+            return True
+        self._dealers[node_id] = dealer
         self.peers[node_id] = address
         self._peer_by_identity[peer_identity(node_id)] = node_id
         return True

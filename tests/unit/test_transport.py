@@ -490,3 +490,13 @@ def test_request_relayed_through_a_proxy_envelope_is_answered_through_it():
         proxy.close()
         node.close()
         ctx.destroy(linger=0)
+
+
+@pytest.mark.parametrize("address", ["tcp://h", "tcp://-:1", "tcp://127.0.0.1:abc"])
+def test_a_peer_address_zeromq_cannot_use_is_counted_not_raised(address: str) -> None:
+    """Addresses come from the network (PEERS, a log entry): a bad one must not stop the
+    node. The peer is left unreachable, and counted."""
+    with Transport(1, "tcp://127.0.0.1:0", {2: "tcp://127.0.0.1:1"}) as t:
+        assert t.set_peer(2, address)
+        assert 2 not in t.peers and t.stats["bad_peer_address"] == 1
+        assert not t.send(Message(MsgType.HEARTBEAT, 2, 1, 1))
