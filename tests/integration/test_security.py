@@ -21,9 +21,11 @@ from raftkv.wire import ClientRequest, ReplyCode, ReqOp, encode_peer, encode_req
 from tests.integration.controller_fixture import ControllerCluster
 
 
-@pytest.fixture
-def cc(tmp_path):
-    c = ControllerCluster(tmp_path)
+@pytest.fixture(scope="module")
+def cc(tmp_path_factory):
+    """One cluster for the module: no test here changes its membership, and each checks
+    terms and the leader against what it saw first."""
+    c = ControllerCluster(tmp_path_factory.mktemp("secure"))
     try:
         c.start()
         c.wait_leader()
@@ -58,7 +60,7 @@ def test_without_keys_nothing_is_read_or_written_on_any_port(cc, monkeypatch):
     with Client(cc.node_addresses, credentials=cc.credentials) as kv:
         kv.put("k", "v0")
     before = terms_and_leader(cc)
-    monkeypatch.delenv(ENV_CREDENTIALS)
+    monkeypatch.delenv(ENV_CREDENTIALS, raising=False)  # a stranger: no keys at all
     for addresses in (cc.node_addresses, cc.address):
         with Client(addresses, timeout=1.5) as kv:
             with pytest.raises(AuthenticationFailed, match="refused this client's connection"):
