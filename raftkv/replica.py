@@ -441,6 +441,12 @@ class Replica:
             return
         t0 = self.clock.monotonic()
         meta = core.snapshot_meta(applied)
+        if not meta.voters:
+            # A node that joined a running cluster starts with no configuration, and
+            # learns none before the entry that added it: a snapshot below that entry
+            # would name no members, and every receiver would refuse it. It snapshots
+            # once it has applied that far.
+            return
         self.snapshotting, self.snapshot_started = meta, t0
         self.snapshot_from = applied
         self.bytes_since_snapshot = 0
