@@ -109,15 +109,7 @@ from harness.timeline import Timeline
 from raftkv import wire
 from raftkv.metrics import quantile
 from raftkv.raft import ConfOp
-from raftkv.security import (
-    ADMIN,
-    CLIENT_OPS,
-    NODE_PREFIX,
-    ROLE_ADMIN,
-    ROLE_CLIENT,
-    ServerKeys,
-    make_key,
-)
+from raftkv.security import ADMIN, NODE_PREFIX, ServerKeys, make_key, refusal
 from raftkv.transport import bind_router, connect_dealer
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
@@ -345,12 +337,10 @@ class Controller:
             self.counters["bad_requests"] += 1
             self.answer(client, e.request_id, ReplyCode.BAD_REQUEST, e.message)
             return
-        if role is not None and role != ROLE_ADMIN and not (
-                role == ROLE_CLIENT and req.op in CLIENT_OPS):
+        why = None if role is None else refusal(role, req.op)
+        if why is not None:
             self.counters["refused_role"] += 1
-            self.answer(client, req.request_id, ReplyCode.FORBIDDEN,
-                        f"{req.op.name} needs the admin key; this connection has "
-                        f"{'a client key' if role == ROLE_CLIENT else 'the key of ' + role}")
+            self.answer(client, req.request_id, ReplyCode.FORBIDDEN, why)
             return
         if req.op == ReqOp.STATUS:
             self.counters["commands"] += 1

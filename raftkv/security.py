@@ -47,6 +47,16 @@ CLIENT_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS, ReqOp.OPEN_SESSION, 
                         ReqOp.SCAN, ReqOp.GET_STALE, ReqOp.STATUS})
 
 
+def refusal(role: str, op: ReqOp) -> str | None:
+    """Why a connection of `role` (its ZAP User-Id) may not send a request of `op`, the
+    FORBIDDEN reply's text; None if it may. The admin key may send anything, a client
+    key `CLIENT_OPS`, a node key (or a role this module does not know) no request."""
+    if role == ROLE_ADMIN or role == ROLE_CLIENT and op in CLIENT_OPS:
+        return None
+    who = "a client key" if role == ROLE_CLIENT else f"the key of {role or 'nobody'}"
+    return f"{op.name} needs the admin key; this connection has {who}"
+
+
 class CredentialsError(ValueError):
     """Keys that are missing, unreadable or not ZeroMQ certificates; the message says
     which file and what to do."""

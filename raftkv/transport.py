@@ -48,7 +48,7 @@ import zmq
 from raftkv.interfaces import Route
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from raftkv.raft.types import Message
-from raftkv.security import CLIENT_OPS, ROLE_ADMIN, ROLE_CLIENT, Credentials, ServerKeys, node_role
+from raftkv.security import Credentials, ServerKeys, node_role, refusal
 from raftkv.wire import (
     ClientRequest,
     InvalidRequest,
@@ -303,8 +303,7 @@ class Transport:
                     stats["bad_requests"] += 1
                     self.reply(route, e.request_id, ReplyCode.BAD_REQUEST, e.message)
                 for req in obj.requests:
-                    if role is not None and role != ROLE_ADMIN and not self.permitted(
-                            route, req, role):
+                    if role is not None and self.forbidden(route, req, role):
                         continue
                     if req.op < _CONTROL_OPS or not self.serve_control(route, req):
                         requests.append(req)
@@ -325,24 +324,22 @@ class Transport:
                     stats["dropped_filtered"] += 1
                     continue
                 messages.append(obj)
-            elif role is not None and role != ROLE_ADMIN and not self.permitted(
-                    route, obj, role):
+            elif role is not None and self.forbidden(route, obj, role):
                 continue
             elif obj.op < _CONTROL_OPS or not self.serve_control(route, obj):
                 requests.append(obj)
         stats["frames_in"] += n
         return messages, requests
 
-    def permitted(self, route: Route, req: ClientRequest, role: str) -> bool:
-        """Whether a connection of `role` (not the admin's) may send `req`; if not, it is
-        answered FORBIDDEN and counted."""
-        if role == ROLE_CLIENT and req.op in CLIENT_OPS:
-            return True
+    def forbidden(self, route: Route, req: ClientRequest, role: str) -> bool:
+        """Whether a connection of `role` may not send `req` (security.refusal); if so,
+        it is answered FORBIDDEN and counted."""
+        why = refusal(role, req.op)
+        if why is None:
+            return False
         self.stats["refused_role"] += 1
-        who = "a client key" if role == ROLE_CLIENT else f"the key of {role or 'nobody'}"
-        self.reply(route, req.request_id, ReplyCode.FORBIDDEN,
-                   f"{req.op.name} needs the admin key; this connection has {who}")
-        return False
+        self.reply(route, req.request_id, ReplyCode.FORBIDDEN, why)
+        return True
 
     def serve_control(self, route: Route, req: ClientRequest) -> bool:
         """Serve FAULT and PEERS, the requests that are the transport's own; False for
