@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from raftkv.security import ADMIN, ENV_CREDENTIALS, KEYS_SUBDIR, Credentials
+from raftkv.security import ADMIN, KEYS_SUBDIR, Credentials, use_credentials
 
 FILE_NAME = "cluster.json"
 FORMAT_VERSION = 1
@@ -67,14 +67,13 @@ class ClusterState:
 
     def credentials(self, name: str = ADMIN) -> Credentials | None:
         """Key `name`'s credentials (the admin key by default); None if not secure."""
-        return Credentials.load(self.keys_dir / f"{name}.key_secret") if self.secure else None
+        return Credentials.load(self.keys_dir, name) if self.secure else None
 
     def use_keys(self) -> None:
-        """Name this cluster's admin key in $RAFTKV_CREDENTIALS: every client, rpc call
-        and load socket of this process and of the processes it starts then presents it
-        (the harness's tools speak for the operator). Nothing for an insecure cluster."""
+        """This process speaks with the cluster's admin key from now on
+        (security.use_credentials); nothing for an insecure cluster."""
         if self.secure:
-            os.environ[ENV_CREDENTIALS] = str(self.keys_dir / f"{ADMIN}.key_secret")
+            use_credentials(self.keys_dir)
 
     def node(self, node_id: int) -> NodeEntry:
         for n in self.nodes:

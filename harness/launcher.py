@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import socket
@@ -36,7 +35,7 @@ from harness.cluster_state import (
     spawn,
     stop_process,
 )
-from raftkv.security import ADMIN, ENV_CREDENTIALS, KEYS_SUBDIR, Credentials, make_keys
+from raftkv.security import ADMIN, KEYS_SUBDIR, Credentials, make_keys, use_credentials
 from raftkv.server import EXIT_STORAGE
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
@@ -284,14 +283,6 @@ def down(cluster_dir: Path, grace: float = 5.0) -> list[str]:
     return stopped
 
 
-def restore_env(name: str, value: str | None) -> None:
-    """Put environment variable `name` back to `value` (None: unset)."""
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-
 # -- LocalCluster: child processes for tests and benchmarks ---------------------------------
 
 @dataclass
@@ -313,16 +304,15 @@ class LocalCluster:
                  extra_args: tuple[str, ...] = (), secure: bool = True) -> None:
         ports = free_ports(n)
         self.root = root
-        # Secure by default, as `up` is: keys in root/keys, the admin's for our calls, and
-        # $RAFTKV_CREDENTIALS names them until `close`, so that a test's clients (and
-        # processes it starts) find them as a user's do.
+        # Secure by default, as `up` is: keys in root/keys, and from now on this process
+        # speaks with the admin key (as after `up`), so that a test's clients find it as
+        # a user's do.
         self.keys_dir: Path | None = root / KEYS_SUBDIR if secure else None
         self.credentials: Credentials | None = None
-        self._saved_env = os.environ.get(ENV_CREDENTIALS)
         if self.keys_dir is not None:
             make_keys(self.keys_dir, list(range(1, n + 1)))
             self.credentials = Credentials.load(self.keys_dir, ADMIN)
-            os.environ[ENV_CREDENTIALS] = str(self.keys_dir / f"{ADMIN}.key_secret")
+            use_credentials(self.keys_dir)
         self.fsync = fsync
         self.cluster_id = new_cluster_id()
         self.extra_args = extra_args
@@ -373,8 +363,6 @@ class LocalCluster:
         for i in self.nodes:
             self.kill(i)
         self.ctx.destroy(linger=0)
-        if self.keys_dir is not None:
-            restore_env(ENV_CREDENTIALS, self._saved_env)
 
     def call_raw(self, i: int, frame: bytes, timeout: float = 2.0) -> ClientReply | None:
         return rpc.call_raw(self.ctx, self.nodes[i].address, frame, timeout, self.credentials)

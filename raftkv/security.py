@@ -95,12 +95,11 @@ class Credentials:
         `name` is taken."""
         p = Path(path)
         if p.is_dir():
-            keys = p / KEYS_SUBDIR if (p / KEYS_SUBDIR).is_dir() else p
-            secret_file = keys / f"{name}.key_secret"
+            pair = secret_file(p / KEYS_SUBDIR if (p / KEYS_SUBDIR).is_dir() else p, name)
         else:
-            secret_file = p
-        public, secret = _load_pair(secret_file)
-        server_public, _ = _load_certificate(secret_file.parent / f"{SERVER}.key")
+            pair = p
+        public, secret = _load_pair(pair)
+        server_public, _ = _load_certificate(pair.parent / f"{SERVER}.key")
         return cls(public, secret, server_public)
 
     def apply(self, sock: zmq.Socket) -> None:
@@ -108,6 +107,18 @@ class Credentials:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_serverkey = self.server_public
+
+
+def secret_file(keys_dir: str | os.PathLike[str], name: str) -> Path:
+    """Where key pair `name` of a key dir is (both halves)."""
+    return Path(keys_dir) / f"{name}.key_secret"
+
+
+def use_credentials(keys_dir: str | os.PathLike[str], name: str = ADMIN) -> None:
+    """Name key `name` of `keys_dir` in $RAFTKV_CREDENTIALS: every client, rpc call and
+    load socket of this process, and of the processes it starts, presents it from then
+    on (how the harness's tools speak for the operator)."""
+    os.environ[ENV_CREDENTIALS] = str(secret_file(keys_dir, name))
 
 
 def credentials_from_env() -> Credentials | None:
@@ -183,8 +194,8 @@ class ServerKeys:
         if not self.path.is_dir():
             raise CredentialsError(f"key dir {self.path} does not exist (`raftkv up` makes "
                                    f"one in DIR/{KEYS_SUBDIR}; or pass --insecure)")
-        self.server_public, self.server_secret = _load_pair(self.path / f"{SERVER}.key_secret")
-        self.client = Credentials.load(self.path / f"{own}.key_secret")
+        self.server_public, self.server_secret = _load_pair(secret_file(self.path, SERVER))
+        self.client = Credentials.load(secret_file(self.path, own))
         self.admitted = KeyDir(self.path)
         self._auth: _Authenticator | None = None
 
@@ -232,14 +243,14 @@ def make_keys(keys_dir: Path, node_ids: list[int]) -> None:
 
 def make_key(keys_dir: Path, name: str) -> None:
     """Key pair `name` in `keys_dir` (kept if it exists), files mode 0600."""
-    if (keys_dir / f"{name}.key_secret").exists():
+    if secret_file(keys_dir, name).exists():
         return
     old = os.umask(0o077)
     try:
-        public_file, secret_file = zmq.auth.create_certificates(keys_dir, name)
+        made = zmq.auth.create_certificates(keys_dir, name)
     finally:
         os.umask(old)
-    for f in (public_file, secret_file):
+    for f in made:
         os.chmod(f, 0o600)
 
 

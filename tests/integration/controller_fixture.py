@@ -6,7 +6,6 @@ cluster.json), is killed by pid and create time at `close`, never by name."""
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -24,9 +23,9 @@ from harness.cluster_state import (
     node_argv,
     python_argv,
 )
-from harness.launcher import free_ports, restore_env, wait_for
+from harness.launcher import free_ports, wait_for
 from raftkv import wire
-from raftkv.security import ADMIN, ENV_CREDENTIALS, KEYS_SUBDIR, make_keys
+from raftkv.security import KEYS_SUBDIR, make_keys
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
 N_NODES = 3
@@ -75,10 +74,9 @@ class ControllerCluster:
         self.controller: subprocess.Popen | None = None
         self.ctx = zmq.Context()
         self.request_ids = itertools.count(1)
-        # The admin key, named by $RAFTKV_CREDENTIALS until `close` (as LocalCluster does).
+        # The admin key, for our calls and (as after `up`) everything this process starts.
         self.credentials = self.state.credentials()
-        self._saved_env = os.environ.get(ENV_CREDENTIALS)
-        os.environ[ENV_CREDENTIALS] = str(self.state.keys_dir / f"{ADMIN}.key_secret")
+        self.state.use_keys()
 
     @property
     def address(self) -> str:
@@ -117,7 +115,6 @@ class ControllerCluster:
         for n in fresh.nodes if fresh else []:
             cluster_state.signal_process(n.pid, n.create_time, signal.SIGKILL)
         self.ctx.destroy(linger=0)
-        restore_env(ENV_CREDENTIALS, self._saved_env)
 
     # -- raw requests to the controller ---------------------------------------------
 

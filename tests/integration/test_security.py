@@ -103,7 +103,7 @@ def test_a_client_key_reads_and_writes_but_cannot_administer(cc):
 
 
 def test_a_node_key_sends_peer_frames_only(cc):
-    node_key = Credentials.load(cc.root / "keys" / "node-1.key_secret")
+    node_key = Credentials.load(cc.state.keys_dir, "node-1")
     for addresses in (cc.node_addresses, cc.address):
         with Client(addresses, credentials=node_key, timeout=5) as kv:
             with pytest.raises(Forbidden, match="needs the admin key"):
@@ -130,10 +130,9 @@ def test_a_key_cannot_send_peer_frames_for_another_node(cc):
     before, leader = terms_and_leader(cc)
     follower, other = (i for i in sorted(cc.node_addresses) if i != leader)
     term = before[leader] + 1000
-    keys = cc.root / "keys"
     posers = {
-        "a client key": Credentials.load(keys / "client.key_secret"),
-        f"node {other}'s key": Credentials.load(keys / f"node-{other}.key_secret"),
+        "a client key": Credentials.load(cc.state.keys_dir, CLIENT),
+        f"node {other}'s key": Credentials.load(cc.state.keys_dir, f"node-{other}"),
     }
     for n, key in enumerate(posers.values(), start=1):
         was = refused(cc, follower), refused(cc, leader)
