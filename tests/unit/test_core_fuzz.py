@@ -39,6 +39,7 @@ from raftkv.raft.confchange import ConfChange, encode_change
 from raftkv.raft.progress import ProgressState
 from raftkv.wire import MAX_UINT64, decode_message, encode_message
 from tests.fuzz import fuzz
+from tests.unit.test_raft_leader import finish, persist
 
 MAX_STEPS = 25
 
@@ -48,30 +49,6 @@ SNAP = SnapshotMeta(10, 1, VOTERS)
 
 
 # -- the application around the core, as a node runs it ------------------------------
-
-def persist(core: Raft) -> list[Message]:
-    """Handle every Ready at once (persist, send, apply, advance); returns what the core
-    sent others. Its own vote is stepped back in."""
-    out = []
-    while core.has_ready():
-        rd = core.ready()
-        out.extend(rd.messages)
-        out.extend(finish(core, rd))
-    return out
-
-
-def finish(core: Raft, rd: Ready) -> list[Message]:
-    """`rd` is durable: its acknowledgements leave (our own vote is stepped back in), it
-    is applied, and the core advances."""
-    out = []
-    for m in rd.persisted_messages:
-        if m.to == core.id:
-            core.step(m)
-        else:
-            out.append(m)
-    core.advance(rd)
-    return out
-
 
 class App:
     """raftkv/replica.py's handling of Readies: a leader's Ready with something to sync
@@ -143,20 +120,20 @@ def learner() -> Raft:
                 entries=[Entry(1, 11), Entry(2, 12)], snapshot=snap, applied=12)
 
 
-def pre_candidate() -> Raft:
+def campaigning(kind: CampaignKind, role: Role) -> Raft:
     core = follower()
-    core.campaign(CampaignKind.PRE_ELECTION)
+    core.campaign(kind)
     persist(core)
-    assert core.role == Role.PRE_CANDIDATE
+    assert core.role == role
     return core
+
+
+def pre_candidate() -> Raft:
+    return campaigning(CampaignKind.PRE_ELECTION, Role.PRE_CANDIDATE)
 
 
 def candidate() -> Raft:
-    core = follower()
-    core.campaign(CampaignKind.ELECTION)
-    persist(core)
-    assert core.role == Role.CANDIDATE
-    return core
+    return campaigning(CampaignKind.ELECTION, Role.CANDIDATE)
 
 
 def elected(core: Raft) -> Raft:

@@ -14,6 +14,7 @@ from raftkv.raft import (
     Message,
     MsgType,
     Raft,
+    Ready,
     Role,
     SnapshotMeta,
 )
@@ -28,12 +29,20 @@ def persist(core: Raft) -> list[Message]:
     while core.has_ready():
         rd = core.ready()
         out.extend(rd.messages)
-        for m in rd.persisted_messages:
-            if m.to == core.id:
-                core.step(m)
-            else:
-                out.append(m)
-        core.advance(rd)
+        out.extend(finish(core, rd))
+    return out
+
+
+def finish(core: Raft, rd: Ready) -> list[Message]:
+    """`rd` is durable: its acknowledgements leave (our own vote is stepped back in), it
+    is applied, and the core advances. Returns the acknowledgements to others."""
+    out = []
+    for m in rd.persisted_messages:
+        if m.to == core.id:
+            core.step(m)
+        else:
+            out.append(m)
+    core.advance(rd)
     return out
 
 
