@@ -45,13 +45,12 @@ def shoot(out: Path) -> None:
         ctx = zmq.Context()
         try:
             def control(name: str, *args: object) -> object:
-                return rpc.control(ctx, state.controller.address, name, *args, timeout=10,
-                                   credentials=state.credentials())
+                return rpc.control(ctx, state.controller.address, name, *args, timeout=10)
 
             def leader() -> int | None:
                 return control("status")["leader"]  # type: ignore[index]
 
-            with raftkv.Client(state.controller.address, credentials=state.credentials()) as kv:
+            with raftkv.Client(state.controller.address) as kv:
                 for i in range(12):
                     kv.put(f"k{i}", f"v{i}")
                 first = wait_for(leader, 10, "a leader")
@@ -92,8 +91,7 @@ def isolate_and_diverge(state: object, control: object, old: int) -> None:
 
     def write_to_old(i: int) -> None:
         try:
-            with raftkv.Client(address, timeout=0.5,
-                               credentials=state.credentials()) as kv:  # type: ignore[attr-defined]
+            with raftkv.Client(address, timeout=0.5) as kv:
                 kv.put(f"lost{i}", "never committed")
         except raftkv.RaftKVError:
             pass
@@ -104,8 +102,7 @@ def isolate_and_diverge(state: object, control: object, old: int) -> None:
     for t in threads:
         t.join()
     time.sleep(0.5)
-    with raftkv.Client(state.controller.address,  # type: ignore[attr-defined]
-                       credentials=state.credentials()) as kv:  # type: ignore[attr-defined]
+    with raftkv.Client(state.controller.address) as kv:  # type: ignore[attr-defined]
         for i in range(6):
             kv.put(f"after{i}", "majority")
 
