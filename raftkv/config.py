@@ -8,6 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
+from raftkv.node_defaults import (
+    ELECTION_MS,
+    HEARTBEAT_MS,
+    SEGMENT_BYTES,
+    SNAPSHOT_BYTES,
+    SNAPSHOT_ENTRIES,
+    SNAPSHOT_JITTER,
+)
 from raftkv.quota import DEFAULT_QUOTA
 from raftkv.raft import Config
 from raftkv.storage.fs import OS_FS, FileSystem
@@ -30,8 +38,8 @@ class NodeConfig:
     initial_voters: tuple[int, ...] | None = None
     # The leader's heartbeat interval, and the minimum election timeout: each election
     # draws from [election_ms, 2 * election_ms), in steps of one tick (`tick_ms`).
-    heartbeat_ms: int = 50
-    election_ms: int = 300
+    heartbeat_ms: int = HEARTBEAT_MS
+    election_ms: int = ELECTION_MS
     fsync: bool = True
     max_key: int = MAX_KEY_SIZE
     max_value: int = MAX_VALUE_SIZE
@@ -43,12 +51,12 @@ class NodeConfig:
     # data, were applied since the last snapshot, times a factor each node draws anew
     # for each snapshot from [1, 1 + snapshot_jitter), so that the members do not all
     # snapshot at the same index. A snapshot is written by a forked child; the loop
-    # stops only for the fork and for adopting the file. 100,000 is etcd's default too.
-    snapshot_entries: int = 100_000
-    snapshot_bytes: int = 64 << 20
-    snapshot_jitter: float = 0.5
+    # stops only for the fork and for adopting the file.
+    snapshot_entries: int = SNAPSHOT_ENTRIES
+    snapshot_bytes: int = SNAPSHOT_BYTES
+    snapshot_jitter: float = SNAPSHOT_JITTER
     snapshot_chunk: int = MAX_SNAPSHOT_CHUNK  # bytes of a snapshot per transfer chunk
-    segment_bytes: int = 64 << 20  # the write-ahead log rotates to a new file at this size
+    segment_bytes: int = SEGMENT_BYTES  # the write-ahead log rotates to a new file at this size
     metrics_port: int = 0  # Prometheus /metrics on the listen host; 0: off
     # The cluster's key dir (raftkv.security): only its keys get in. None: no security,
     # anyone who reaches the port is trusted (--insecure).

@@ -7,7 +7,6 @@ The store's own entry point: `python -m raftkv.server node ...`. The harness's C
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Any
 
 import click
 
-from raftkv.config import NodeConfig
-from raftkv.quota import KEY_OVERHEAD, MAX_QUOTA
+from raftkv import node_defaults as defaults
+from raftkv.quota import DEFAULT_QUOTA, KEY_OVERHEAD, MAX_QUOTA
 
 EXIT_USAGE = 2
 EXIT_STORAGE = 4  # the data dir is unusable, or its disk failed
@@ -24,11 +23,6 @@ EXIT_STORAGE = 4  # the data dir is unusable, or its disk failed
 metrics_port_option = click.option(
     "--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
     help="Serve Prometheus metrics at http://HOST:PORT/metrics; 0: off.")
-
-
-# The node's defaults are NodeConfig's: one place states them.
-_DEFAULT = {f.name: f.default for f in dataclasses.fields(NodeConfig)
-            if f.default is not dataclasses.MISSING}
 
 
 def fail(message: str, code: int) -> None:
@@ -87,35 +81,35 @@ HEX64 = Hex64()
                    "or --join; it records this node's id and the cluster's, and another "
                    "node's or cluster's dir is refused (exit 4).")
 @click.option("--heartbeat-ms", type=click.IntRange(min=1),
-              default=_DEFAULT["heartbeat_ms"], show_default=True,
+              default=defaults.HEARTBEAT_MS, show_default=True,
               help="Leader heartbeat interval.")
 @click.option("--election-ms", type=click.IntRange(min=2),
-              default=_DEFAULT["election_ms"], show_default=True,
+              default=defaults.ELECTION_MS, show_default=True,
               help="Minimum election timeout; each election draws from [N, 2N), in at "
                    "least 10 steps (the node's clock ticks often enough for that).")
 @click.option("--no-fsync", is_flag=True,
               help="FOR BENCHMARKS ONLY: skip fsync. A crash of the machine can then lose "
                    "acknowledged writes.")
 @click.option("--snapshot-entries", type=click.IntRange(min=1),
-              default=_DEFAULT["snapshot_entries"],
+              default=defaults.SNAPSHOT_ENTRIES,
               show_default=True, help="Snapshot and compact the log after this many entries "
               "(times the node's jitter factor).")
 @click.option("--snapshot-bytes", type=click.IntRange(min=1),
-              default=_DEFAULT["snapshot_bytes"],
+              default=defaults.SNAPSHOT_BYTES,
               show_default=True, help="... or after this many bytes of entry data.")
 @click.option("--snapshot-jitter", type=click.FloatRange(min=0, max=4),
-              default=_DEFAULT["snapshot_jitter"],
+              default=defaults.SNAPSHOT_JITTER,
               show_default=True, help="Each node multiplies both thresholds by a factor it "
               "draws from [1, 1 + this) for each snapshot, so members snapshot at different "
               "indexes; 0: exactly at the thresholds.")
 @click.option("--quota-bytes", type=click.IntRange(min=1 << 20, max=MAX_QUOTA),
-              default=_DEFAULT["quota_bytes"], show_default=True,
+              default=DEFAULT_QUOTA, show_default=True,
               help="The leader refuses a put or cas that would take the state past this "
               f"size (keys, values and {KEY_OVERHEAD} bytes a key: about its memory); the "
               "CLI exits 5. Deletes still go through. Give every node the same quota. At "
               "most 8 GiB.")
 @click.option("--wal-segment-bytes", type=click.IntRange(min=4096),
-              default=_DEFAULT["segment_bytes"],
+              default=defaults.SEGMENT_BYTES,
               show_default=True, help="Size at which the write-ahead log starts a new file.")
 @click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None,
@@ -154,6 +148,7 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
       4  the data dir is unusable: missing or empty without --new/--join, another
          node's or cluster's, damaged, or in use; the message says how to recover
     """
+    from raftkv.config import NodeConfig
     from raftkv.node import run_node
     from raftkv.security import CredentialsError
     from raftkv.storage import StorageError

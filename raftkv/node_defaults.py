@@ -1,0 +1,11 @@
+"""The defaults of a node's tunables, stated once: raftkv.config.NodeConfig takes them,
+and `raftkv node` (raftkv/server.py) shows them in --help. It imports nothing, so the CLI,
+which every `bin/raftkv` verb loads, does not pay for importing the node to know them."""
+
+HEARTBEAT_MS = 50
+ELECTION_MS = 300
+# 100,000 entries is etcd's default snapshot count too.
+SNAPSHOT_ENTRIES = 100_000
+SNAPSHOT_BYTES = 64 << 20
+SNAPSHOT_JITTER = 0.5
+SEGMENT_BYTES = 64 << 20
