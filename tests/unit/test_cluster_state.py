@@ -192,3 +192,14 @@ def test_free_ports_skips_the_ports_it_is_told_to_avoid(monkeypatch):
 
     monkeypatch.setattr(launcher.socket, "socket", FakeSocket)
     assert launcher.free_ports(2, avoid=frozenset({7001, 7002})) == [7003, 7004]
+
+
+def test_free_base_port_stays_below_the_ports_outgoing_connections_take():
+    """Found by CI: a chaos run's node port, free when checked, was taken by an outgoing
+    connection's ephemeral port before the node bound it."""
+    from harness.launcher import ephemeral_ports, free_base_port
+
+    low = ephemeral_ports().start
+    for _ in range(50):
+        base = free_base_port(5)
+        assert base >= 20_000 and base + 5 < low
