@@ -75,6 +75,7 @@ class BenchConfig:
     via: str = "direct"  # direct | controller
     fsync: bool = True
     secure: bool = True  # a temp cluster with the keys `up` makes (False: --insecure)
+    state: str = "memory"  # where a temp cluster's nodes keep the state (up --state)
     processes: int = 0  # load processes; 0: see IN_FLIGHT_PER_PROCESS
     cluster_dir: Path | None = None  # a running `raftkv up` cluster instead of a temp one
     failover: bool = False
@@ -103,7 +104,8 @@ def bench_cluster(cfg: BenchConfig, log: Callable[[str], None]) -> Iterator[Clus
     tmp = Path(tempfile.mkdtemp(prefix="raftkv-bench-"))
     try:
         state, _ = up(tmp / "cluster", nodes=cfg.nodes, base_port=free_base_port(cfg.nodes),
-                      fsync=cfg.fsync, progress=log, secure=cfg.secure)
+                      fsync=cfg.fsync, progress=log, secure=cfg.secure,
+                      node_options=("--state", cfg.state))
         yield state
     except LaunchError as e:
         raise BenchError(str(e)) from e
@@ -556,6 +558,7 @@ def config_dict(cfg: BenchConfig, state: ClusterState) -> dict[str, Any]:
     d = asdict(cfg)
     d["cluster_dir"] = str(cfg.cluster_dir) if cfg.cluster_dir else None
     d["nodes"], d["fsync"], d["secure"] = len(state.nodes), state.fsync, state.secure
+    d["state"] = state.state_kind
     d["processes"] = cfg.load_processes
     return d
 
@@ -568,7 +571,8 @@ def format_report(report: dict[str, Any]) -> str:
     c = report["config"]
     disk = report["disk_fdatasync_ms"]
     lines = [f"raftkv bench: {c['nodes']} nodes, fsync {'on' if c['fsync'] else 'off'}, "
-             f"{'CurveZMQ keys' if c['secure'] else 'INSECURE'}, {report['cores']} cores, "
+             f"{'CurveZMQ keys' if c['secure'] else 'INSECURE'}, state in {c['state']}, "
+             f"{report['cores']} cores, "
              f"via {c['via']}; this disk's fdatasync now: "
              f"p50 {disk['p50']:.2f} ms, p99 {disk['p99']:.2f} ms"]
     if "failover" in report:

@@ -144,13 +144,19 @@ def print_answer(word: str, as_json: bool, negative: bool = False) -> None:
               help="For a new cluster: every node's --quota-bytes (the state's size past "
               f"which puts are refused; default {DEFAULT_QUOTA >> 30} GiB, at most "
               f"{MAX_QUOTA >> 30} GiB). An existing cluster keeps its own.")
+@click.option("--state", type=click.Choice(["memory", "lmdb"]), default=None,
+              help="For a new cluster: where every node keeps the replicated state "
+              "(`raftkv node --state`; default memory). lmdb suits a state of millions of "
+              "keys: it may grow past RAM, snapshots never copy it into memory, and a "
+              "restart after a crash goes on from it; keys are at most 510 bytes. An "
+              "existing cluster keeps its own.")
 @click.option("--insecure", is_flag=True,
               help="FOR BENCHMARKS AND TEACHING ONLY, for a new cluster: no keys and no "
               "encryption, so anyone who reaches a port may read, write, partition and "
               "reconfigure the cluster. By default `up` makes the cluster's keys in "
               "DIR/keys and its processes admit only those.")
 def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: float,
-       quota_bytes: int | None, insecure: bool) -> None:
+       quota_bytes: int | None, state: str | None, insecure: bool) -> None:
     """Start the cluster in --dir (a new one, or the same nodes with their data) and wait
     for a leader. Idempotent: a cluster already up is left as it is.
 
@@ -164,8 +170,7 @@ def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: f
         state, started = launch(cluster_dir, nodes=nodes, base_port=base_port,
                                 fsync=not no_fsync, timeout=timeout,
                                 progress=lambda m: click.echo(m, err=True),
-                                node_options=() if quota_bytes is None
-                                else ("--quota-bytes", str(quota_bytes)),
+                                node_options=node_options(quota_bytes, state),
                                 secure=not insecure)
     except LaunchError as e:
         fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
@@ -173,6 +178,16 @@ def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: f
         click.echo(f"cluster in {state.dir} is already up")
     wait_for_controller_leader(state, timeout)
     print_status_table(control(state, "status"))
+
+
+def node_options(quota_bytes: int | None, state: str | None) -> tuple[str, ...]:
+    """The `raftkv node` options a new cluster's nodes get from `up`'s."""
+    options: tuple[str, ...] = ()
+    if quota_bytes is not None:
+        options += ("--quota-bytes", str(quota_bytes))
+    if state is not None:
+        options += ("--state", state)
+    return options
 
 
 def wait_for_controller_leader(state: Any, timeout: float) -> dict:
@@ -681,6 +696,9 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
               help="FOR BENCHMARKS ONLY: the temp cluster runs without keys or encryption "
                    "(`raftkv up --insecure`); a run with and one without it, alternated, "
                    "give the cost of security.")
+@click.option("--state", type=click.Choice(["memory", "lmdb"]), default="memory",
+              show_default=True, help="Where the temp cluster's nodes keep the state "
+              "(`raftkv up --state`).")
 @click.option("--failover", is_flag=True,
               help="Instead of load: kill the leader (controller kill-leader) while a "
                    "writer writes, time until writes resume, restart the node; repeat.")
@@ -695,7 +713,7 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
 @json_option
 def bench(nodes: int, clients: int, duration: float, warmup: float, value_size: int,
           key_space: int, mix: str, consistency: str, via: str, processes: int,
-          no_fsync: bool, insecure: bool, failover: bool, failover_rounds: int,
+          no_fsync: bool, insecure: bool, state: str, failover: bool, failover_rounds: int,
           cluster_dir: Path | None, out: Path | None, as_json: bool) -> None:
     """Benchmark a cluster: closed-loop load from client processes, then ops/s, latency
     percentiles, errors, and each node's CPU and memory. Starts its own cluster in a temp
@@ -725,7 +743,7 @@ def bench(nodes: int, clients: int, duration: float, warmup: float, value_size: 
     cfg = BenchConfig(nodes=nodes, clients=clients, duration=duration, warmup=warmup,
                       value_size=value_size, key_space=key_space, mix=mix,
                       consistency=consistency, via=via, fsync=not no_fsync,
-                      secure=not insecure,
+                      secure=not insecure, state=state,
                       processes=processes, cluster_dir=cluster_dir, failover=failover,
                       failover_rounds=failover_rounds)
     try:

@@ -75,6 +75,11 @@ class ClusterState:
         if self.secure:
             use_credentials(self.keys_dir)
 
+    @property
+    def state_kind(self) -> str:
+        """Where the nodes keep the replicated state (`raftkv node --state`)."""
+        return (option_value(self.nodes[0].argv, "--state") if self.nodes else None) or "memory"
+
     def node(self, node_id: int) -> NodeEntry:
         for n in self.nodes:
             if n.id == node_id:

@@ -65,6 +65,9 @@ class NodeConfig:
     # Whether a missing or empty data dir may be made: only on a node's first start
     # (a new cluster, or --join). Otherwise it means lost state, and the node refuses.
     create_dir: bool = True
+    # Where the replicated state lives: "memory" (a dict, snapshots by a forked child) or
+    # "lmdb" (raftkv.lmdb_state: on disk in DATA_DIR/state, kept across restarts).
+    state: str = "memory"
     fs: FileSystem = OS_FS  # the file layer under storage (tests put a faulty disk here)
     # The seed of the election timer's draws; None: one from the OS, different on every
     # start. (The simulator sets it, so a run replays exactly.)

@@ -126,3 +126,21 @@ class StateMachine(Protocol):
     def snapshot(self) -> bytes: ...
 
     def restore(self, snapshot: bytes) -> None: ...
+
+    def resume(self, floor: int, ceiling: int) -> bool:
+        """Whether the state kept across the node's restart, applied to an index in
+        [floor, ceiling], goes on as it is (else it is empty, for a restore)."""
+
+    def flush(self) -> None:
+        """What was applied becomes what `capture` and a restart see."""
+
+    def capture(self) -> Callable[[], bytes]:
+        """Fix the state now; the callable returns its snapshot bytes, later, elsewhere."""
+
+    def succeed(self, old: Any) -> StateMachine:
+        """Replace `old` (closed) as the node's state; returns the state to use."""
+
+    def discard(self) -> None:
+        """Release a scratch state that is never installed."""
+
+    def close(self) -> None: ...

@@ -49,9 +49,10 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
@@ -256,6 +257,14 @@ def encode_command(
 def encode_open_session() -> bytes:
     """Entry data that opens a client session; the reply's value is the new client id."""
     return _packer.pack((int(Op.OPEN_SESSION),))
+
+
+class StateMachineLike(Protocol):
+    """What `KVStore.succeed` needs of the state it replaces."""
+
+    stats: KVStats
+
+    def close(self) -> None: ...
 
 
 class KVStore:
@@ -484,6 +493,15 @@ class KVStore:
                 f"its request {session.seq} is already applied",
             )
 
+        reply = self._write(op, key, value, expected)
+        session.seq = seq
+        session.index = index
+        session.reply = reply
+        sessions.move_to_end(client_id)
+        return reply
+
+    def _write(self, op: int, key: bytes, value: bytes | None, expected: bytes | None) -> Reply:
+        """Do a validated PUT, DELETE or CAS on the data, keeping `size`; its reply."""
         store = self._shards[hash(key) & _SHARD_MASK]
         if op == _PUT:
             old = store.get(key)
@@ -507,10 +525,6 @@ class KVStore:
                 reply = _OK_TRUE
             else:
                 reply = _OK_FALSE
-        session.seq = seq
-        session.index = index
-        session.reply = reply
-        sessions.move_to_end(client_id)
         return reply
 
     def _open_session(self, index: int) -> Reply:
@@ -525,6 +539,38 @@ class KVStore:
         self.stats.malformed += 1
         return Reply(Code.BAD_REQUEST, message)
 
+
+    # ---- the state's lifecycle, for a store kept outside memory (raftkv.lmdb_state) ----
+
+    def resume(self, floor: int, ceiling: int) -> bool:
+        """Whether this store still holds the state it had when the node stopped, at an
+        applied index in [floor, ceiling], so that the node need not restore a snapshot
+        into it. A state in memory never does."""
+        return False
+
+    def flush(self) -> None:
+        """The entries applied so far become what `capture` and a restart see. Nothing
+        to do in memory."""
+
+    def capture(self) -> Callable[[], bytes]:
+        """Fix the state as it is now; the callable returns its snapshot bytes later,
+        elsewhere. In memory `snapshot` itself: the fork of the snapshot writer fixes
+        the state, copy-on-write."""
+        return self.snapshot
+
+    def succeed(self, old: StateMachineLike) -> KVStore:
+        """Take the place of `old`, the node's state until a snapshot restored into this
+        one is installed: its local counters carry on; `old` is closed."""
+        self.stats = old.stats
+        old.close()
+        return self
+
+    def discard(self) -> None:
+        """A scratch state never installed: release it."""
+
+    def close(self) -> None:
+        """The node stops: release what the state holds open."""
+
     # ---- snapshots ---------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
@@ -537,12 +583,9 @@ class KVStore:
         which key is in which, does not matter). Version 2 had one map; version 1 no
         address map either.
         """
-        sessions = [
-            (cid, s.seq, s.index, int(s.reply.code), s.reply.value)
-            for cid, s in self._sessions.items()
-        ]
         return msgpack.packb(
-            (SNAPSHOT_VERSION, self._applied_index, self._shards, sessions, self._members),
+            (SNAPSHOT_VERSION, self._applied_index, self._shards,
+             [session_wire(cid, s) for cid, s in self._sessions.items()], self._members),
             use_bin_type=True,
         )
 
@@ -564,42 +607,61 @@ class KVStore:
         if type(applied) is not int or applied < 0:
             raise SnapshotError(f"snapshot applied index {applied!r:.40} is not an int >= 0")
         shards, size = _split(data if version == SNAPSHOT_VERSION else [data])
-        if type(raw_sessions) is not list:
-            raise SnapshotError("snapshot sessions are not an array")
-        if type(members) is not dict or not all(
-            type(k) is int and k >= 1 and type(v) is str for k, v in members.items()
-        ):
-            raise SnapshotError("snapshot member addresses are not a map of node id to str")
-        sessions: OrderedDict[int, Session] = OrderedDict()
-        last_index = 0
-        for item in raw_sessions:
-            if (
-                type(item) is not list
-                or len(item) != 5
-                or not all(type(x) is int for x in item[:4])
-                or item[1] < 0
-                or not last_index < item[2] <= applied
-                or item[0] < 1
-                or item[3] not in _CODES
-                or item[0] in sessions
-            ):
-                raise SnapshotError(f"snapshot session {item!r:.100} is malformed or out of order")
-            cid, seq, index, code, value = item
-            last_index = index
-            if code == Code.OK and value is None:  # share the constants, as `apply` does
-                reply = _OK_NONE
-            elif code == Code.OK and value is True:
-                reply = _OK_TRUE
-            elif code == Code.OK and value is False:
-                reply = _OK_FALSE
-            else:
-                reply = Reply(Code(code), value)
-            sessions[cid] = Session(seq, index, reply)
+        check_members(members)
+        sessions = parse_sessions(raw_sessions, applied)
         self._shards = shards
         self._sessions = sessions
         self._members = members
         self._applied_index = applied
         self._size = size
+
+
+def session_wire(client_id: int, s: Session) -> tuple[int, int, int, int, Any]:
+    """One session as `parse_sessions` reads it back."""
+    return (client_id, s.seq, s.index, int(s.reply.code), s.reply.value)
+
+
+def check_members(members: object) -> None:
+    """SnapshotError unless `members` is a map of node id to address, as a snapshot
+    holds the members added through the log."""
+    if type(members) is not dict or not all(
+        type(k) is int and k >= 1 and type(v) is str for k, v in members.items()
+    ):
+        raise SnapshotError("snapshot member addresses are not a map of node id to str")
+
+
+def parse_sessions(raw: object, applied: int) -> OrderedDict[int, Session]:
+    """Sessions in their wire form `[[client_id, seq, index, reply_code, reply_value],
+    ...]`, least recently used first, as a snapshot holds them. SnapshotError if one is
+    malformed, out of order, or used after `applied`."""
+    if type(raw) is not list:
+        raise SnapshotError("snapshot sessions are not an array")
+    sessions: OrderedDict[int, Session] = OrderedDict()
+    last_index = 0
+    for item in raw:
+        if (
+            type(item) is not list
+            or len(item) != 5
+            or not all(type(x) is int for x in item[:4])
+            or item[1] < 0
+            or not last_index < item[2] <= applied
+            or item[0] < 1
+            or item[3] not in _CODES
+            or item[0] in sessions
+        ):
+            raise SnapshotError(f"snapshot session {item!r:.100} is malformed or out of order")
+        cid, seq, index, code, value = item
+        last_index = index
+        if code == Code.OK and value is None:  # share the constants, as `apply` does
+            reply = _OK_NONE
+        elif code == Code.OK and value is True:
+            reply = _OK_TRUE
+        elif code == Code.OK and value is False:
+            reply = _OK_FALSE
+        else:
+            reply = Reply(Code(code), value)
+        sessions[cid] = Session(seq, index, reply)
+    return sessions
 
 
 def _split(maps: object) -> tuple[list[dict[bytes, bytes]], int]:

@@ -26,16 +26,20 @@ import math
 import os
 import queue
 import signal
+import tempfile
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from raftkv.config import NodeConfig
+from raftkv.interfaces import StateMachine
 from raftkv.replica import Replica, open_storage
 from raftkv.security import NODE_PREFIX, ServerKeys
-from raftkv.snapshot_writer import ForkSnapshotWriter
+from raftkv.snapshot_writer import ForkSnapshotWriter, ThreadSnapshotWriter
 from raftkv.storage import Storage, StorageError
 from raftkv.transport import Transport
 
@@ -201,11 +205,18 @@ class Node:
             self.discarder = _Discarder(cfg.fs, cfg.fsync)
             undo.callback(self.discarder.close)
             storage.discard_with(self.discarder)
-            self.snapshot_writer = ForkSnapshotWriter()
             self.gc_timer = _FullCollections()
             undo.callback(self.gc_timer.close)
+            if cfg.state == "lmdb":
+                self.snapshot_writer: ForkSnapshotWriter | ThreadSnapshotWriter = (
+                    ThreadSnapshotWriter())
+                new_state, open_state = lmdb_states(cfg)
+            else:
+                self.snapshot_writer = ForkSnapshotWriter()
+                new_state = open_state = None
             self.replica = Replica(cfg, storage, self.transport, self.syncer, SYSTEM_CLOCK,
-                                   snapshot_writer=self.snapshot_writer)
+                                   snapshot_writer=self.snapshot_writer,
+                                   new_state=new_state, open_state=open_state)
             undo.pop_all()
         self.stopping = False
 
@@ -265,12 +276,36 @@ class Node:
 
     def close(self) -> None:
         self.snapshot_writer.close()
+        self.replica.kv.close()
         self.gc_timer.close()
         self.syncer.close()  # waits for a running fsync; storage.close syncs the rest
         self.transport.close()
         self.replica.storage.close()
         self.discarder.close()
         log.info("stopped")
+
+
+def lmdb_states(cfg: NodeConfig) -> tuple[Callable[[], StateMachine],
+                                          Callable[[], StateMachine]]:
+    """`--state lmdb`: a scratch store to restore a received snapshot into (beside the
+    live one, which it replaces once installed), and the node's own in DATA_DIR/state.
+    The map is sized well past the quota: LMDB needs room for pages a running copy
+    still reads and for free pages it has not reused yet."""
+    from raftkv.lmdb_state import LmdbStore, remove_leftovers
+
+    map_size = 4 * cfg.quota_bytes + (1 << 30)
+    limits = {"max_key_size": cfg.max_key, "max_value_size": cfg.max_value,
+              "map_size": map_size}
+
+    def new_state() -> StateMachine:
+        return LmdbStore(Path(tempfile.mkdtemp(dir=cfg.data_dir, prefix="state.incoming-")),
+                         **limits)
+
+    def open_state() -> StateMachine:
+        remove_leftovers(cfg.data_dir)
+        return LmdbStore(cfg.data_dir / "state", **limits)
+
+    return new_state, open_state
 
 
 def _quietly(close: Any) -> None:

@@ -114,14 +114,17 @@ class Replica:
     knows the configured peers (`cfg.peers`); the replica adds the members its state
     and log name. `new_state` makes an empty state machine (a KVStore with the
     configured limits by default); it is also what a received snapshot is restored
-    into before it may replace anything. `snapshot_writer` writes local snapshots
-    (inline by default, stopping the replica while it does).
+    into before it may replace anything. `open_state` opens the node's own state
+    machine, if that is not `new_state` (a state kept on disk: raftkv.lmdb_state).
+    `snapshot_writer` writes local snapshots (inline by default, stopping the replica
+    while it does).
     """
 
     def __init__(self, cfg: NodeConfig, storage: Storage, transport: Transport,
                  syncer: Syncer, clock: Clock,
                  new_state: Callable[[], StateMachine] | None = None,
-                 snapshot_writer: SnapshotWriter | None = None) -> None:
+                 snapshot_writer: SnapshotWriter | None = None,
+                 open_state: Callable[[], StateMachine] | None = None) -> None:
         self.cfg = cfg
         self.storage = storage
         self.transport = transport
@@ -133,18 +136,24 @@ class Replica:
         repairing = storage.repair is not None
         if repairing:
             begin_repair(storage)
-        self.kv = self.new_state()
-        # The state machine starts from the newest snapshot, then re-applies the log.
+        self.kv = (open_state or self.new_state)()
+        # The state machine goes on from where it was when the node stopped if it kept
+        # that state (`--state lmdb` after kill -9), or else starts from the newest
+        # snapshot; then it re-applies the log after its applied index.
         snapshot = storage.snapshot
-        if snapshot is not None:
-            self.kv.restore(storage.load_snapshot_data())
+        floor = snapshot.index if snapshot else 0
+        resumed = self.kv.resume(floor, storage.last_index)
+        data = storage.load_snapshot_data()  # hands over the bytes storage checked
+        if data is not None and not resumed:
+            self.kv.restore(data)
+        del data
         log_tail = storage.entries_after_snapshot()  # a copy: read it once
         self.core = Raft(
             cfg.raft_config(),
             hard_state=storage.hard_state,
             entries=log_tail,
             snapshot=snapshot,
-            applied=snapshot.index if snapshot else 0,
+            applied=self.kv.applied_index if resumed else floor,
             repairing=repairing,
         )
         self.snapshot_sender = SnapshotSender(self.open_snapshot_source, cfg.snapshot_chunk)
@@ -390,20 +399,28 @@ class Replica:
         if self.core.pending_snapshot != m.snapshot:
             # The core did not take it (stale, duplicate, or its log already holds the
             # snapshot's last entry): nothing will install it, so free it now.
-            self.snapshot_receiver.drop(m.snapshot)
+            dropped = self.snapshot_receiver.drop(m.snapshot)
+            if dropped is not None:
+                dropped.discard()
 
     def restore_scratch(self, meta: SnapshotMeta, data: bytes) -> StateMachine:
         """A fresh state machine restored from a received snapshot, before the snapshot
         may replace anything. Raises SnapshotError if the bytes do not hold the state
         up to `meta.index`."""
         scratch = self.new_state()
-        scratch.restore(data)
-        # The store's index may trail meta.index, never pass it: entries that change no
-        # state (a new leader's NOOP) do not move it, and every entry after meta.index is
-        # applied after the snapshot, which the store refuses at an index it has applied.
-        if scratch.applied_index > meta.index:
-            raise SnapshotError(f"the state has applied up to index "
-                                f"{scratch.applied_index}, past the snapshot's {meta.index}")
+        try:
+            scratch.restore(data)
+            # The store's index may trail meta.index, never pass it: entries that change
+            # no state (a new leader's NOOP) do not move it, and every entry after
+            # meta.index is applied after the snapshot, which the store refuses at an
+            # index it has applied.
+            if scratch.applied_index > meta.index:
+                raise SnapshotError(f"the state has applied up to index "
+                                    f"{scratch.applied_index}, past the snapshot's "
+                                    f"{meta.index}")
+        except BaseException:
+            scratch.discard()
+            raise
         return scratch
 
     def install_snapshot(self, meta: SnapshotMeta, hard_state: HardState | None) -> None:
@@ -413,8 +430,7 @@ class Replica:
         accepted = self.snapshot_receiver.take(meta)
         data = accepted.data
         self.storage.save_snapshot(meta, data, hard_state)
-        accepted.state.stats = self.kv.stats  # local counters, not part of the state
-        self.kv = accepted.state
+        self.kv = accepted.state.succeed(self.kv)
         for node_id, address in self.kv.members.items():
             self.learn_address(node_id, address)
         self.bytes_since_snapshot = 0
@@ -451,7 +467,7 @@ class Replica:
         self.snapshot_from = applied
         self.bytes_since_snapshot = 0
         self.snapshot_scale = self.draw_snapshot_scale()
-        self.snapshot_writer.start(self.kv.snapshot,
+        self.snapshot_writer.start(self.kv.capture(),
                                    partial(self.storage.write_snapshot_file, meta))
         self.counters["last_snapshot_start_ms"] = round((self.clock.monotonic() - t0) * 1000, 3)
         if self.snapshot_writer.done():  # written inline: adopt it in this same turn
@@ -516,6 +532,7 @@ class Replica:
                 # Another leader's entry took this index: ours was never committed.
                 reply(waiter.identity, waiter.request_id, _UNAVAILABLE,
                       "leadership changed; retry with the same sequence number")
+        self.kv.flush()
 
     # -- membership (thesis §4.1) ------------------------------------------------------
 

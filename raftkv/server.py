@@ -108,6 +108,14 @@ HEX64 = Hex64()
               f"size (keys, values and {KEY_OVERHEAD} bytes a key: about its memory); the "
               "CLI exits 5. Deletes still go through. Give every node the same quota. At "
               "most 8 GiB.")
+@click.option("--state", type=click.Choice(["memory", "lmdb"]), default="memory",
+              show_default=True,
+              help="Where the replicated state lives. memory: a dict; snapshots are "
+              "written by a forked child, and a restart loads the newest one. lmdb: an "
+              "LMDB database in DATA_DIR/state, which may grow past RAM; snapshots are "
+              "copies of it made on a thread, and a restart after a crash goes on from "
+              "the database (after a power cut, from the newest snapshot). Give every "
+              "node the same.")
 @click.option("--wal-segment-bytes", type=click.IntRange(min=4096),
               default=defaults.SEGMENT_BYTES,
               show_default=True, help="Size at which the write-ahead log starts a new file.")
@@ -126,8 +134,8 @@ HEX64 = Hex64()
 def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, join: bool,
          new: bool, cluster_id: int, data_dir: Path, heartbeat_ms: int, election_ms: int,
          no_fsync: bool, snapshot_entries: int, snapshot_bytes: int, snapshot_jitter: float,
-         quota_bytes: int, wal_segment_bytes: int, keys_dir: Path | None, insecure: bool,
-         log_level: str, metrics_port: int) -> None:
+         quota_bytes: int, state: str, wal_segment_bytes: int, keys_dir: Path | None,
+         insecure: bool, log_level: str, metrics_port: int) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
 
     \b
@@ -167,13 +175,18 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
         raise click.BadParameter("give exactly one of --keys DIR (the cluster's key dir; "
                                  "`raftkv up` makes DIR/keys) and --insecure")
     initial = parse_voters(voters, join)
+    max_key = {}
+    if state == "lmdb":
+        from raftkv.lmdb_state import MAX_KEY_SIZE as LMDB_MAX_KEY
+        max_key = {"max_key": LMDB_MAX_KEY}
     cfg = NodeConfig(node_id, listen, peer_map, data_dir, initial_voters=initial,
                      heartbeat_ms=heartbeat_ms,
                      election_ms=election_ms, fsync=not no_fsync,
                      snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
                      snapshot_jitter=snapshot_jitter, quota_bytes=quota_bytes,
                      segment_bytes=wal_segment_bytes, metrics_port=metrics_port,
-                     cluster_id=cluster_id, create_dir=new or join, keys_dir=keys_dir)
+                     cluster_id=cluster_id, create_dir=new or join, keys_dir=keys_dir,
+                     state=state, **max_key)
     try:
         run_node(cfg)
     except StorageError as e:

@@ -16,6 +16,10 @@ otherwise copy from the child. Frozen objects are still freed by reference count
 only a reference cycle alive at a freeze is never collected, which is why the young
 generations are collected first.
 
+`ThreadSnapshotWriter` is the node's with `--state lmdb`: the state machine fixes its
+state itself (`LmdbStore.capture` opens a read transaction), and a thread copies it with
+the GIL released, so there is nothing to fork.
+
 `InlineSnapshotWriter` does the work inside `start`, stopping the caller for as long: for
 unit tests and tools, where there is no loop to keep going.
 """
@@ -27,6 +31,7 @@ import ctypes
 import gc
 import os
 import signal
+import threading
 from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
@@ -53,6 +58,43 @@ class InlineSnapshotWriter:
     def finish(self) -> None:
         if self._error is not None:
             raise SnapshotWriteError(f"writing the snapshot failed: {self._error}")
+
+
+class ThreadSnapshotWriter:
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self, serialize: Callable[[], bytes], write: Callable[[bytes], None]) -> None:
+        if self._thread is not None:
+            raise RuntimeError("a snapshot is being written already")
+        self._error = None
+
+        def run() -> None:
+            try:
+                write(serialize())
+            except Exception as e:  # noqa: BLE001 - finish() raises it on the loop
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="raftkv-snapshot", daemon=True)
+        self._thread.start()
+
+    def done(self) -> bool:
+        return self._thread is None or not self._thread.is_alive()
+
+    def finish(self) -> None:
+        thread, error = self._thread, self._error
+        self._thread = self._error = None
+        if thread is None or thread.is_alive():
+            raise RuntimeError("finish() before done()")
+        if error is not None:
+            raise SnapshotWriteError(f"writing the snapshot failed: {error!r}")
+
+    def close(self) -> None:
+        """Wait for a write in progress (a copy cannot be stopped halfway)."""
+        if self._thread is not None:
+            self._thread.join()
+        self._thread = self._error = None
 
 
 class ForkSnapshotWriter:

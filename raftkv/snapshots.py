@@ -234,8 +234,11 @@ class SnapshotReceiver(Generic[S]):
         self._held = None
         return held
 
-    def drop(self, meta: SnapshotMeta) -> None:
-        """The core ignored snapshot `meta` (stale or duplicate): release its bytes and
-        state now."""
-        if self.held == meta:
-            self._held = None
+    def drop(self, meta: SnapshotMeta) -> S | None:
+        """The core ignored snapshot `meta` (stale or duplicate): release its bytes now,
+        and hand back its state for the caller to discard (None if it was not held)."""
+        if self.held != meta:
+            return None
+        held, self._held = self._held, None
+        assert held is not None
+        return held.state

@@ -84,7 +84,8 @@ def test_split_evenly_keeps_the_total():
 
 
 def report(**extra):
-    return {"config": {"nodes": 3, "fsync": True, "secure": True, "via": "direct", "mix": "put",
+    return {"config": {"nodes": 3, "fsync": True, "secure": True, "state": "lmdb",
+                       "via": "direct", "mix": "put",
                        "consistency": "linearizable", "clients": 4, "processes": 1,
                        "value_size": 100, "key_space": 10, "duration": 1.0, "warmup": 0.5},
             "cores": 2, "disk_fdatasync_ms": {"p50": 0.1, "p99": 0.2}, **extra}
@@ -102,7 +103,7 @@ def test_load_report_names_every_figure():
     text = format_report(r)
     for word in ("10 ops/s", "p50 1.00", "p99.9 4.00", "max 5.00", "3 errors/s",
                  "UNAVAILABLE", "re-routed    64", "no reply", "node1", "controller",
-                 "fsync on"):
+                 "fsync on", "state in lmdb"):
         assert word in text
     # Only the interval in which something failed or nothing succeeded is listed.
     interval_rows = [line for line in text.splitlines() if line.endswith("errors/s")

@@ -1,0 +1,458 @@
+"""The replicated state kept in LMDB (`--state lmdb`), for a state that grows past what
+a dict in memory holds well.
+
+`LmdbStore` is `raftkv.kv.KVStore` with its data, sessions, member addresses, applied
+index and size in an LMDB environment (a copy-on-write B+tree in one memory-mapped file,
+etcd's bbolt is its kind): the same `apply`, the same replies, on every replica.
+
+- **Batches.** The entries of one Ready are applied in one write transaction, which
+  `flush` commits; the applied index commits with them, so the database always holds
+  the state after some whole prefix of the log.
+- **Snapshots never stop the loop.** `capture` opens a read transaction, which sees the
+  state at that instant however many writes follow (MVCC); a thread copies it,
+  compacted, while the loop applies on (py-lmdb copies with the GIL released). The
+  snapshot's bytes are that copy: an LMDB file, which a follower installs by moving it
+  into place, not by loading it into memory.
+- **Restart.** After a crash that keeps the page cache (kill -9) the database is opened
+  as it is and only the log after its applied index is replayed (`resume`). It is
+  written without fsync, so a power cut may leave it torn: a database whose `BOOT` file
+  names another boot of the machine than this one is not trusted, and is rebuilt from
+  the newest snapshot, which storage wrote synced, and the log after it.
+- **Memory.** The data lives in the file's pages, which the kernel caches and may drop;
+  the process's own memory holds the sessions and little else.
+
+Layout of the environment (a directory, `<data dir>/state`): named databases `data`
+(0x00 + key -> value: LMDB refuses an empty key, and keys past 511 bytes, so a node with
+this state takes keys of at most `MAX_KEY_SIZE` bytes), `sessions` (client id, 8 bytes
+big-endian -> msgpack [seq, index, reply code, reply value]) and `meta` (`format`,
+`applied`, `size`: 8 bytes big-endian; `members`: msgpack {node id: address}).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from raftkv.kv import (
+    MAX_SESSIONS,
+    MAX_VALUE_SIZE,
+    KVStore,
+    Reply,
+    Session,
+    SnapshotError,
+    StateMachineLike,
+    check_members,
+    parse_sessions,
+    session_wire,
+)
+from raftkv.quota import KEY_OVERHEAD
+
+FORMAT = 1
+MAX_KEY_SIZE = 510  # LMDB's 511, less the prefix byte
+_PREFIX = b"\x00"
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+# An LMDB file opens with a page header (16 bytes on 64-bit) then the meta's magic.
+_LMDB_MAGIC = struct.pack("<I", 0xBEEFC0DE)
+_LMDB_MAGIC_AT = 16
+_U64 = struct.Struct(">Q")
+_DATA, _SESSIONS, _META = b"data", b"sessions", b"meta"
+_OK_NONE = Reply(0, None)
+_OK_TRUE = Reply(0, True)
+_OK_FALSE = Reply(0, False)
+
+
+def this_boot() -> str:
+    """The machine's boot id: it changes when the machine restarts, and with it what a
+    file written without fsync may hold."""
+    try:
+        return BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def is_lmdb_image(data: bytes) -> bool:
+    """Whether snapshot bytes are an LMDB file (this module's snapshots) rather than
+    `KVStore.snapshot`'s msgpack."""
+    return data[_LMDB_MAGIC_AT:_LMDB_MAGIC_AT + 4] == _LMDB_MAGIC
+
+
+class _TrackedSessions(OrderedDict[int, Session]):
+    """The sessions, remembering which client ids changed since the last flush: `apply`
+    touches a session through exactly these three methods."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed: set[int] = set()
+
+    def move_to_end(self, key: int, last: bool = True) -> None:
+        self.changed.add(key)
+        super().move_to_end(key, last)
+
+    def __setitem__(self, key: int, value: Session) -> None:
+        self.changed.add(key)
+        super().__setitem__(key, value)
+
+    def popitem(self, last: bool = True) -> tuple[int, Session]:
+        item = super().popitem(last)
+        self.changed.add(item[0])
+        return item
+
+
+class LmdbStore(KVStore):
+    """The state machine in the LMDB environment at `path` (made if missing). Not
+    thread-safe, as KVStore: the node's loop is its only caller, and the copy a
+    `capture` returns runs on a read transaction of its own.
+
+    `map_size` bounds the file (virtual memory is reserved for it, disk only as used);
+    the quota keeps the data well below it. `boot_id` is this boot's (`this_boot`)."""
+
+    __slots__ = ("path", "map_size", "boot_id", "_env", "_data", "_sess_db", "_meta",
+                 "_writer", "_reader", "_saved_members", "_copying")
+
+    def __init__(self, path: Path, *, map_size: int = 1 << 34,
+                 max_key_size: int = MAX_KEY_SIZE, max_value_size: int = MAX_VALUE_SIZE,
+                 max_sessions: int = MAX_SESSIONS, boot_id: str | None = None) -> None:
+        if max_key_size > MAX_KEY_SIZE:
+            raise ValueError(f"max_key_size={max_key_size}: LMDB keys are at most "
+                             f"{MAX_KEY_SIZE} bytes here")
+        super().__init__(max_key_size, max_value_size, max_sessions)
+        self.path = Path(path)
+        self.map_size = map_size
+        self.boot_id = this_boot() if boot_id is None else boot_id
+        self._shards = []
+        self._writer: lmdb.Transaction | None = None
+        self._reader: lmdb.Transaction | None = None
+        self._env: lmdb.Environment | None = None
+        self._copying = threading.Lock()  # held while a capture's copy reads the env
+        self._open()
+
+    # ---- the environment ---------------------------------------------------------------
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        # sync=False: a commit is not fsynced; the log is what is durable, and a database
+        # a power cut may have torn is never used (`resume`). readahead=False: a state
+        # larger than RAM is read a page at a time, not in runs that evict the hot ones.
+        env = lmdb.open(str(self.path), map_size=self.map_size, max_dbs=3, sync=False,
+                        metasync=False, readahead=False, max_readers=16, writemap=True)
+        self._env = env
+        self._data = env.open_db(_DATA)
+        self._sess_db = env.open_db(_SESSIONS)
+        self._meta = env.open_db(_META)
+        try:
+            self._load()
+        except SnapshotError:
+            self._close_env()
+            raise
+        self._reader = env.begin(db=self._data)
+
+    def _load(self) -> None:
+        """The applied index, size, members and sessions, from the database."""
+        env = self._env
+        assert env is not None
+        with env.begin() as txn:
+            fmt = _u64(txn.get(b"format", db=self._meta), 0)
+            if fmt not in (0, FORMAT):
+                raise SnapshotError(f"state format {fmt} is not supported (want {FORMAT})")
+            applied = _u64(txn.get(b"applied", db=self._meta), 0)
+            size = _u64(txn.get(b"size", db=self._meta), 0)
+            raw_members = txn.get(b"members", db=self._meta)
+            members = {} if raw_members is None else _unpack(raw_members, "members")
+            check_members(members)
+            raw = []
+            for k, v in txn.cursor(db=self._sess_db):
+                item = _unpack(v, "session")
+                if type(item) is not list or len(k) != 8:
+                    raise SnapshotError(f"session {k!r:.40} is malformed")
+                raw.append([_U64.unpack(k)[0], *item])
+        raw.sort(key=lambda s: s[2] if len(s) > 2 and type(s[2]) is int else -1)
+        sessions = _TrackedSessions()
+        for cid, s in parse_sessions(raw, applied).items():
+            OrderedDict.__setitem__(sessions, cid, s)
+        self._sessions = sessions
+        self._members = members
+        self._saved_members = dict(members)
+        self._applied_index = applied
+        self._size = size
+
+    def _close_env(self) -> None:
+        with self._copying:  # closing the env under a running copy would crash it
+            pass
+        for txn in (self._writer, self._reader):
+            if txn is not None:
+                txn.abort()
+        self._writer = self._reader = None
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def _wipe(self) -> None:
+        """Close and delete the environment; an empty one opens in its place."""
+        self._close_env()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._open()
+
+    def _mark_boot(self) -> None:
+        """Record that this boot writes the database. Neither needs a sync: what a power
+        cut takes, it takes with a boot of its own, and then the mark names another."""
+        (self.path / "BOOT").write_text(self.boot_id)
+
+    # ---- lifecycle (KVStore's hooks) ---------------------------------------------------
+
+    def resume(self, floor: int, ceiling: int) -> bool:
+        """Keep the database if this boot wrote it (no power cut since) and its applied
+        index is in [floor, ceiling]; otherwise empty it, for the node to restore the
+        snapshot and replay the log into."""
+        try:
+            marked = (self.path / "BOOT").read_text()
+        except OSError:
+            marked = None
+        if marked == self.boot_id and floor <= self._applied_index <= ceiling:
+            return True
+        self._wipe()
+        self._mark_boot()
+        return False
+
+    def flush(self) -> None:
+        writer = self._writer
+        sessions = self._sessions
+        assert isinstance(sessions, _TrackedSessions)
+        if writer is None:
+            if not sessions.changed and self._members == self._saved_members:
+                return
+            writer = self._begin()
+        put, sess_db = writer.put, self._sess_db
+        for cid in sessions.changed:
+            s = sessions.get(cid)
+            if s is None:
+                writer.delete(_U64.pack(cid), db=sess_db)
+            else:
+                put(_U64.pack(cid), msgpack.packb(session_wire(cid, s)[1:]), db=sess_db)
+        sessions.changed.clear()
+        meta = self._meta
+        put(b"format", _U64.pack(FORMAT), db=meta)
+        put(b"applied", _U64.pack(self._applied_index), db=meta)
+        put(b"size", _U64.pack(self._size), db=meta)
+        if self._members != self._saved_members:
+            put(b"members", msgpack.packb(self._members), db=meta)
+            self._saved_members = dict(self._members)
+        writer.commit()
+        self._writer = None
+        assert self._env is not None and self._reader is not None
+        self._reader.abort()
+        self._reader = self._env.begin(db=self._data)
+
+    def apply(self, index: int, data: bytes) -> Reply:
+        if self._writer is None:
+            self._begin()
+        return super().apply(index, data)
+
+    def apply_membership(self, index: int, node_id: int, address: str | None) -> None:
+        if self._writer is None:
+            self._begin()
+        super().apply_membership(index, node_id, address)
+
+    def capture(self) -> Callable[[], bytes]:
+        self.flush()
+        assert self._env is not None
+        env, txn = self._env, self._env.begin()
+        parent, copying = self.path.parent, self._copying
+        copying.acquire()  # released by the copy, on whichever thread runs it
+
+        def copy() -> bytes:
+            try:
+                with tempfile.TemporaryDirectory(dir=parent, prefix=".state-copy-") as out:
+                    env.copy(out, compact=True, txn=txn)
+                    return (Path(out) / "data.mdb").read_bytes()
+            finally:
+                txn.abort()
+                copying.release()
+
+        return copy
+
+    def succeed(self, old: StateMachineLike) -> LmdbStore:
+        """Move this scratch store's environment to where `old`'s live one is."""
+        self.stats = old.stats
+        old.close()
+        live = old.path if isinstance(old, LmdbStore) else self.path
+        if live != self.path:
+            self._close_env()
+            shutil.rmtree(live, ignore_errors=True)
+            os.rename(self.path, live)
+            _sync_dir(live.parent)
+            self.path = live
+            self._open()
+        self._mark_boot()
+        return self
+
+    def discard(self) -> None:
+        self._close_env()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self.flush()
+        self._close_env()
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        txn = self._writer or self._reader
+        assert txn is not None
+        return txn.get(_PREFIX + key, db=self._data)
+
+    def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        if limit <= 0:
+            return []
+        txn = self._writer or self._reader
+        assert txn is not None
+        out: list[tuple[bytes, bytes]] = []
+        cursor = txn.cursor(db=self._data)
+        start = _PREFIX + prefix
+        if not cursor.set_range(start):
+            return out
+        for k, v in cursor:
+            if not k.startswith(start) or len(out) >= limit:
+                break
+            out.append((k[1:], v))
+        return out
+
+    def __len__(self) -> int:
+        txn = self._writer or self._reader
+        assert txn is not None
+        return txn.stat(self._data)["entries"]
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def _begin(self) -> lmdb.Transaction:
+        assert self._env is not None
+        self._writer = self._env.begin(write=True, db=self._data)
+        return self._writer
+
+    def _write(self, op: int, key: bytes, value: bytes | None, expected: bytes | None) -> Reply:
+        txn = self._writer
+        assert txn is not None
+        stored = _PREFIX + key
+        if op == 1:  # PUT
+            old = txn.replace(stored, value)
+            self._size += (len(value) - len(old) if old is not None
+                           else len(key) + len(value) + KEY_OVERHEAD)
+            return _OK_NONE
+        if op == 2:  # DELETE
+            old = txn.pop(stored)
+            if old is None:
+                return _OK_FALSE
+            self._size -= len(key) + len(old) + KEY_OVERHEAD
+            return _OK_TRUE
+        current = txn.get(stored)
+        if current != expected:
+            return _OK_FALSE
+        txn.put(stored, value)
+        self._size += (len(value) - len(current) if current is not None
+                       else len(key) + len(value) + KEY_OVERHEAD)
+        return _OK_TRUE
+
+    # ---- snapshots ---------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The state now, as a compacted LMDB file."""
+        return self.capture()()
+
+    def restore(self, snapshot: bytes) -> None:
+        """Replace the whole state with a snapshot's: an LMDB file this module wrote, or
+        `KVStore.snapshot`'s msgpack (a node moving from `--state memory`). The new
+        state is built beside the old one, which is replaced only once it opened and
+        read back whole: on SnapshotError nothing changes."""
+        if is_lmdb_image(snapshot):
+            staged = _stage_image(self.path, snapshot)
+        else:
+            staged = self._stage_msgpack(snapshot)
+        try:
+            probe = LmdbStore(staged, map_size=self.map_size, max_key_size=self.max_key_size,
+                              max_value_size=self.max_value_size,
+                              max_sessions=self.max_sessions, boot_id=self.boot_id)
+        except (SnapshotError, lmdb.Error) as e:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise SnapshotError(f"snapshot is not a state this store can open: {e}") from e
+        probe.close()
+        self._close_env()
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.rename(staged, self.path)
+        self._open()
+        self._mark_boot()
+
+    def _stage_msgpack(self, snapshot: bytes) -> Path:
+        loaded = KVStore(self.max_key_size, self.max_value_size, self.max_sessions)
+        loaded.restore(snapshot)  # raises SnapshotError first, before anything is made
+        staged = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=".state-restore-"))
+        env = lmdb.open(str(staged), map_size=self.map_size, max_dbs=3, sync=False,
+                        metasync=False)
+        try:
+            data, sess_db, meta = env.open_db(_DATA), env.open_db(_SESSIONS), env.open_db(_META)
+            with env.begin(write=True) as txn:
+                for shard in loaded._shards:
+                    for k, v in shard.items():
+                        if len(k) > self.max_key_size:
+                            raise SnapshotError(f"the snapshot holds a key of {len(k)} bytes;"
+                                                f" LMDB keys are at most {MAX_KEY_SIZE}")
+                        txn.put(_PREFIX + k, v, db=data)
+                for cid, s in loaded._sessions.items():
+                    txn.put(_U64.pack(cid), msgpack.packb(session_wire(cid, s)[1:]), db=sess_db)
+                txn.put(b"format", _U64.pack(FORMAT), db=meta)
+                txn.put(b"applied", _U64.pack(loaded.applied_index), db=meta)
+                txn.put(b"size", _U64.pack(loaded.size), db=meta)
+                txn.put(b"members", msgpack.packb(loaded.members), db=meta)
+        except BaseException:
+            env.close()
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        env.close()
+        return staged
+
+
+def remove_leftovers(data_dir: Path) -> None:
+    """Remove what a node stopped mid-copy or mid-restore left in its data dir."""
+    for p in data_dir.glob(".state-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in data_dir.glob("state.incoming-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _stage_image(live: Path, image: bytes) -> Path:
+    staged = Path(tempfile.mkdtemp(dir=live.parent, prefix=".state-restore-"))
+    (staged / "data.mdb").write_bytes(image)
+    return staged
+
+
+def _u64(raw: bytes | None, default: int) -> int:
+    if raw is None:
+        return default
+    if len(raw) != 8:
+        raise SnapshotError(f"state meta value {raw!r:.40} is not 8 bytes")
+    return _U64.unpack(raw)[0]
+
+
+def _unpack(raw: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(raw, strict_map_key=False)
+    except Exception as e:
+        raise SnapshotError(f"state {what} is not valid msgpack: {e}") from e
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

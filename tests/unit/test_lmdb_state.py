@@ -1,0 +1,275 @@
+"""The state machine kept in LMDB (raftkv/lmdb_state.py): the same replies as the one in
+memory, whatever it is fed; what a restart, a power cut, a capture and a restore keep.
+
+Randomized tests are seeded, as tests/unit/test_kv.py's (RAFTKV_KV_SEED replays one).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from raftkv.kv import Code, KVStore, Op, SnapshotError, encode_command, session_wire
+from raftkv.lmdb_state import LmdbStore, is_lmdb_image, remove_leftovers
+from raftkv.snapshot_writer import SnapshotWriteError, ThreadSnapshotWriter
+from tests.unit.test_kv import SEEDS, Log, Workload
+from tests.unit.test_transport import wait_until
+
+MAP = 1 << 26
+
+
+def wire(store: KVStore) -> tuple:
+    """Everything replicated, comparable across the two kinds of store."""
+    sessions = [session_wire(cid, store.session(cid)) for cid in store._sessions]
+    return (store.applied_index, store.scan(b"", 10**6), sessions,
+            sorted(store.members.items()), store.size, len(store))
+
+
+def open_store(path: Path, **kw: object) -> LmdbStore:
+    """A new store, opened as a node opens its own: `resume` first."""
+    store = LmdbStore(path, map_size=MAP, boot_id="boot-1", **kw)
+    assert not store.resume(0, 0)
+    return store
+
+
+def reopen(path: Path, **kw: object) -> LmdbStore:
+    """The store at `path` after a restart in the same boot (kill -9 keeps the page
+    cache), before `resume` decides whether to keep it."""
+    return LmdbStore(path, map_size=MAP, boot_id="boot-1", **kw)
+
+
+def feed(workload: Workload, steps: int, store: KVStore) -> list:
+    """`steps` more of the workload, flushed every few entries as a node's Readys are."""
+    replies = []
+    for i in range(steps):
+        workload.step()
+        replies.append(workload.replies[-1])
+        if i % 7 == 0:
+            store.flush()
+    store.flush()
+    return replies
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fed_the_same_entries_it_answers_and_ends_as_the_store_in_memory(
+        seed: int, tmp_path: Path) -> None:
+    lm = open_store(tmp_path / "state", max_sessions=5)
+    workload = Workload(random.Random(seed), Log(lm))
+    feed(workload, 400, lm)
+    memory = KVStore(max_sessions=5)
+    replies = [memory.apply(index, data) for index, data in workload.log.entries]
+    assert replies == workload.replies, f"seed={seed}"
+    assert wire(lm) == wire(memory), f"seed={seed}"
+    assert lm.stats == memory.stats, f"seed={seed}"
+    for prefix in (b"", b"a", b"b", b"zz"):
+        assert lm.scan(prefix, 3) == memory.scan(prefix, 3), f"seed={seed}"
+
+
+@pytest.mark.parametrize("seed", SEEDS[:10])
+def test_reopened_in_the_same_boot_it_goes_on_where_it_was(seed: int, tmp_path: Path) -> None:
+    lm = open_store(tmp_path / "state", max_sessions=5)
+    workload = Workload(random.Random(seed), Log(lm))
+    feed(workload, 200, lm)
+    lm.apply_membership(lm.applied_index + 1, 4, "tcp://127.0.0.1:9")
+    lm.flush()
+    before = wire(lm)
+    lm.close()
+    again = reopen(tmp_path / "state", max_sessions=5)
+    assert again.resume(0, before[0])
+    assert wire(again) == before, f"seed={seed}"
+    # ... and answers the same future as a store that never stopped
+    memory = KVStore(max_sessions=5)
+    for index, data in workload.log.entries:
+        memory.apply(index, data)
+    memory.apply_membership(again.applied_index, 4, "tcp://127.0.0.1:9")
+    workload.log.store = again
+    mark = len(workload.log.entries)
+    feed(workload, 200, again)
+    replies = [memory.apply(i, d) for i, d in workload.log.entries[mark:]]
+    assert replies == workload.replies[-len(replies):], f"seed={seed}"
+    assert wire(again) == wire(memory), f"seed={seed}"
+
+
+def test_what_was_applied_but_not_flushed_is_not_kept(tmp_path: Path) -> None:
+    lm = open_store(tmp_path / "state")
+    log = Log(lm)
+    cid = log.open()
+    log.put(cid, 1, b"a", b"1")
+    lm.flush()
+    log.put(cid, 2, b"b", b"2")
+    lm._close_env()  # the process dies with its transaction open: nothing of it commits
+    again = reopen(tmp_path / "state")
+    assert again.resume(0, 10)
+    assert again.applied_index == 2
+    assert again.get(b"a") == b"1" and again.get(b"b") is None
+
+
+@pytest.mark.parametrize("case", ["another boot", "no mark", "behind the snapshot",
+                                  "ahead of the log"])
+def test_a_database_it_cannot_trust_is_emptied_for_a_restore(case: str, tmp_path: Path) -> None:
+    lm = open_store(tmp_path / "state")
+    log = Log(lm)
+    cid = log.open()
+    for seq in range(1, 6):
+        log.put(cid, seq, b"k%d" % seq, b"v")
+    lm.flush()
+    lm.close()
+    floor, ceiling, boot = 0, 6, "boot-1"
+    if case == "another boot":  # a power cut in between: what the file holds is unknown
+        boot = "boot-2"
+    elif case == "no mark":
+        (tmp_path / "state" / "BOOT").unlink()
+    elif case == "behind the snapshot":  # a snapshot was installed, the swap not made
+        floor = 7
+    else:  # the log was cut shorter than what the state applied
+        ceiling = 5
+    again = LmdbStore(tmp_path / "state", map_size=MAP, boot_id=boot)
+    assert not again.resume(floor, ceiling)
+    assert (again.applied_index, len(again), again.session_count, again.size) == (0, 0, 0, 0)
+    assert (tmp_path / "state" / "BOOT").read_text() == boot
+
+
+def test_a_capture_holds_the_state_of_its_moment_while_writes_go_on(tmp_path: Path) -> None:
+    lm = open_store(tmp_path / "state")
+    log = Log(lm)
+    cid = log.open()
+    for seq in range(1, 501):
+        log.put(cid, seq, b"key-%04d" % seq, b"x" * 50)
+    lm.flush()
+    before = wire(lm)
+    copy = lm.capture()
+    for seq in range(501, 601):
+        log.put(cid, seq, b"key-%04d" % (seq - 500), b"changed")
+    log.delete(cid, 601, b"key-0100")
+    lm.flush()
+    image = copy()
+    assert is_lmdb_image(image)
+    restored = open_store(tmp_path / "other")
+    restored.restore(image)
+    assert wire(restored) == before
+    assert lm.get(b"key-0001") == b"changed"
+    assert not list(tmp_path.glob(".state-*")), "the copy's temp dir is left behind"
+
+
+def test_a_thread_writer_copies_while_the_loop_applies(tmp_path: Path) -> None:
+    lm = open_store(tmp_path / "state")
+    log = Log(lm)
+    cid = log.open()
+    for seq in range(1, 2001):
+        log.put(cid, seq, b"key-%05d" % seq, b"y" * 100)
+    lm.flush()
+    before = wire(lm)
+    written: list[bytes] = []
+    writer = ThreadSnapshotWriter()
+    writer.start(lm.capture(), written.append)
+    seq = 2001
+    while not writer.done():
+        log.put(cid, seq, b"key-%05d" % (seq % 2000), b"z")
+        lm.flush()
+        seq += 1
+    writer.finish()
+    restored = open_store(tmp_path / "copy")
+    restored.restore(written[0])
+    assert wire(restored) == before
+
+
+def test_a_failed_copy_is_reported_by_finish(tmp_path: Path) -> None:
+    writer = ThreadSnapshotWriter()
+
+    def fail(_: bytes) -> None:
+        raise OSError("disk full")
+
+    writer.start(lambda: b"", fail)
+    wait_until(writer.done, "the writer's thread to end")
+    with pytest.raises(SnapshotWriteError, match="disk full"):
+        writer.finish()
+
+
+def test_a_snapshot_of_the_store_in_memory_restores_into_lmdb(tmp_path: Path) -> None:
+    memory = KVStore(max_sessions=5)
+    workload = Workload(random.Random(7), Log(memory))
+    for _ in range(300):
+        workload.step()
+    memory.apply_membership(memory.applied_index + 1, 5, "tcp://127.0.0.1:5")
+    lm = open_store(tmp_path / "state", max_sessions=5)
+    lm.restore(memory.snapshot())
+    assert wire(lm) == wire(memory)
+
+
+@pytest.mark.parametrize("blob", [b"", b"junk", b"\x00" * 4096,
+                                  b"\x00" * 16 + b"\xde\xc0\xef\xbe" + b"\x00" * 4076])
+def test_a_bad_snapshot_is_refused_and_changes_nothing(blob: bytes, tmp_path: Path) -> None:
+    lm = open_store(tmp_path / "state")
+    log = Log(lm)
+    cid = log.open()
+    log.put(cid, 1, b"a", b"1")
+    lm.flush()
+    before = wire(lm)
+    with pytest.raises(SnapshotError):
+        lm.restore(blob)
+    assert wire(lm) == before
+    assert not list(tmp_path.glob(".state-*"))
+
+
+def test_a_scratch_store_takes_the_live_ones_place(tmp_path: Path) -> None:
+    live = open_store(tmp_path / "state")
+    log = Log(live)
+    cid = log.open()
+    log.put(cid, 1, b"old", b"1")
+    live.flush()
+    live.stats.malformed = 3
+    source = open_store(tmp_path / "elsewhere")
+    slog = Log(source)
+    scid = slog.open()
+    slog.put(scid, 1, b"new", b"2")
+    source.flush()
+    scratch = open_store(tmp_path / "state.incoming-1")
+    scratch.restore(source.snapshot())
+    installed = scratch.succeed(live)
+    assert installed.path == tmp_path / "state"
+    assert not (tmp_path / "state.incoming-1").exists()
+    assert installed.get(b"new") == b"2" and installed.get(b"old") is None
+    assert installed.stats.malformed == 3
+    installed.close()
+    again = reopen(tmp_path / "state")
+    assert again.resume(0, 100)
+    assert again.get(b"new") == b"2"
+
+
+def test_discard_and_leftovers_leave_no_dirs(tmp_path: Path) -> None:
+    scratch = open_store(tmp_path / "state.incoming-x")
+    scratch.discard()
+    assert not (tmp_path / "state.incoming-x").exists()
+    (tmp_path / ".state-copy-1").mkdir()
+    (tmp_path / "state.incoming-2").mkdir()
+    (tmp_path / "state").mkdir()
+    remove_leftovers(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["state"]
+
+
+def test_close_waits_for_a_running_copy(tmp_path: Path) -> None:
+    lm = open_store(tmp_path / "state")
+    log = Log(lm)
+    cid = log.open()
+    for seq in range(1, 3001):
+        log.put(cid, seq, b"k%05d" % seq, b"v" * 200)
+    lm.flush()
+    copy = lm.capture()
+    out: list[bytes] = []
+    t = threading.Thread(target=lambda: out.append(copy()))
+    t.start()
+    lm.close()  # must not pull the environment from under the copy
+    t.join()
+    assert is_lmdb_image(out[0])
+
+
+def test_writes_refused_by_the_sessions_leave_the_database_as_it_was(tmp_path: Path) -> None:
+    lm = open_store(tmp_path / "state")
+    log = Log(lm)
+    reply = log.append(encode_command(Op.PUT, b"a", b"1", client_id=99, seq=1))
+    assert reply.code == Code.SESSION_EXPIRED
+    lm.flush()
+    assert lm.get(b"a") is None and lm.size == 0
