@@ -69,6 +69,8 @@ _DATA, _SESSIONS, _META = b"data", b"sessions", b"meta"
 _OK_NONE = Reply(0, None)
 _OK_TRUE = Reply(0, True)
 _OK_FALSE = Reply(0, False)
+_SESSION = struct.Struct(">QQB")
+_TAGGED = (None, True, False)  # the value of an OK reply, by its tag
 
 
 def this_boot() -> str:
@@ -171,10 +173,9 @@ class LmdbStore(KVStore):
             check_members(members)
             raw = []
             for k, v in txn.cursor(db=self._sess_db):
-                item = _unpack(v, "session")
-                if type(item) is not list or len(k) != 8:
+                if len(k) != 8:
                     raise SnapshotError(f"session {k!r:.40} is malformed")
-                raw.append([_U64.unpack(k)[0], *item])
+                raw.append([_U64.unpack(k)[0], *_decode_session(v)])
         raw.sort(key=lambda s: s[2] if len(s) > 2 and type(s[2]) is int else -1)
         sessions = _TrackedSessions()
         for cid, s in parse_sessions(raw, applied).items():
@@ -182,6 +183,9 @@ class LmdbStore(KVStore):
         self._sessions = sessions
         self._members = members
         self._saved_members = dict(members)
+        if fmt == 0:
+            with env.begin(write=True) as txn:
+                txn.put(b"format", _U64.pack(FORMAT), db=self._meta)
         self._applied_index = applied
         self._size = size
 
@@ -237,10 +241,9 @@ class LmdbStore(KVStore):
             if s is None:
                 writer.delete(_U64.pack(cid), db=sess_db)
             else:
-                put(_U64.pack(cid), msgpack.packb(session_wire(cid, s)[1:]), db=sess_db)
+                put(_U64.pack(cid), _encode_session(s), db=sess_db)
         sessions.changed.clear()
         meta = self._meta
-        put(b"format", _U64.pack(FORMAT), db=meta)
         put(b"applied", _U64.pack(self._applied_index), db=meta)
         put(b"size", _U64.pack(self._size), db=meta)
         if self._members != self._saved_members:
@@ -407,7 +410,7 @@ class LmdbStore(KVStore):
                                                 f" LMDB keys are at most {MAX_KEY_SIZE}")
                         txn.put(_PREFIX + k, v, db=data)
                 for cid, s in loaded._sessions.items():
-                    txn.put(_U64.pack(cid), msgpack.packb(session_wire(cid, s)[1:]), db=sess_db)
+                    txn.put(_U64.pack(cid), _encode_session(s), db=sess_db)
                 txn.put(b"format", _U64.pack(FORMAT), db=meta)
                 txn.put(b"applied", _U64.pack(loaded.applied_index), db=meta)
                 txn.put(b"size", _U64.pack(loaded.size), db=meta)
@@ -432,6 +435,28 @@ def _stage_image(live: Path, image: bytes) -> Path:
     staged = Path(tempfile.mkdtemp(dir=live.parent, prefix=".state-restore-"))
     (staged / "data.mdb").write_bytes(image)
     return staged
+
+
+def _encode_session(s: Session) -> bytes:
+    """A session as its value in `sessions`: seq, index and the reply's tag, 17 bytes, for
+    the replies a write gets; msgpack [seq, index, code, value] for any other."""
+    code, value = s.reply
+    if code == 0 and (value is None or value is True or value is False):
+        return _SESSION.pack(s.seq, s.index, _TAGGED.index(value))
+    return msgpack.packb(session_wire(0, s)[1:])
+
+
+def _decode_session(raw: bytes) -> list[Any]:
+    """[seq, index, code, value], as `parse_sessions` checks them."""
+    if len(raw) == _SESSION.size:
+        seq, index, tag = _SESSION.unpack(raw)
+        if tag >= len(_TAGGED):
+            raise SnapshotError(f"session reply tag {tag} is unknown")
+        return [seq, index, 0, _TAGGED[tag]]
+    item = _unpack(raw, "session")
+    if type(item) is not list:
+        raise SnapshotError(f"session {raw!r:.40} is malformed")
+    return item
 
 
 def _u64(raw: bytes | None, default: int) -> int:
