@@ -11,6 +11,7 @@ replica always runs the real `raftkv.storage.Storage`; what is pluggable under i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from raftkv.kv import KVStats, Reply
@@ -18,6 +19,10 @@ from raftkv.raft.types import Message
 from raftkv.wire import SnapshotChunk
 
 Route = bytes | tuple[bytes, bytes]
+
+SnapshotData = bytes | Path
+"""A snapshot's state machine bytes, or a file holding them that is handed over
+(`LmdbStore.capture`): whoever writes the snapshot file streams it, then removes it."""
 """Where a reply goes: a client's routing id, or (proxy's id, client's id)."""
 
 
@@ -71,7 +76,8 @@ class SnapshotWriter(Protocol):
     node (raftkv/snapshot_writer.py), a later step in the simulator. The replica watches
     `done`, then calls `finish` and adopts the file. One write at a time."""
 
-    def start(self, serialize: Callable[[], bytes], write: Callable[[bytes], None]) -> None: ...
+    def start(self, serialize: Callable[[], SnapshotData],
+              write: Callable[[SnapshotData], None]) -> None: ...
 
     def done(self) -> bool:
         """Whether the write started last has finished (never blocks)."""
@@ -134,8 +140,8 @@ class StateMachine(Protocol):
     def flush(self) -> None:
         """What was applied becomes what `capture` and a restart see."""
 
-    def capture(self) -> Callable[[], bytes]:
-        """Fix the state now; the callable returns its snapshot bytes, later, elsewhere."""
+    def capture(self) -> Callable[[], SnapshotData]:
+        """Fix the state now; the callable returns its snapshot, later, elsewhere."""
 
     def succeed(self, old: Any) -> StateMachine:
         """Replace `old` (closed) as the node's state; returns the state to use."""

@@ -10,9 +10,10 @@ etcd's bbolt is its kind): the same `apply`, the same replies, on every replica.
   the state after some whole prefix of the log.
 - **Snapshots never stop the loop.** `capture` opens a read transaction, which sees the
   state at that instant however many writes follow (MVCC); a thread copies it,
-  compacted, while the loop applies on (py-lmdb copies with the GIL released). The
-  snapshot's bytes are that copy: an LMDB file, which a follower installs by moving it
-  into place, not by loading it into memory.
+  compacted, to a file while the loop applies on (py-lmdb copies with the GIL released),
+  and storage streams that file into the snapshot file. The snapshot's bytes are that
+  copy: an LMDB file, which a follower installs by moving it into place, not by loading
+  it into memory.
 - **Restart.** After a crash that keeps the page cache (kill -9) the database is opened
   as it is and only the log after its applied index is replayed (`resume`). It is
   written without fsync, so a power cut may leave it torn: a database whose `BOOT` file
@@ -265,18 +266,27 @@ class LmdbStore(KVStore):
             self._begin()
         super().apply_membership(index, node_id, address)
 
-    def capture(self) -> Callable[[], bytes]:
+    def capture(self) -> Callable[[], Path]:
+        """The callable copies the state as it is now, compacted, into a new file beside
+        the database and returns its path: the file is the caller's (storage streams it
+        into the snapshot file, then removes it)."""
         self.flush()
         assert self._env is not None
         env, txn = self._env, self._env.begin()
         parent, copying = self.path.parent, self._copying
         copying.acquire()  # released by the copy, on whichever thread runs it
 
-        def copy() -> bytes:
+        def copy() -> Path:
             try:
-                with tempfile.TemporaryDirectory(dir=parent, prefix=".state-copy-") as out:
-                    env.copy(out, compact=True, txn=txn)
-                    return (Path(out) / "data.mdb").read_bytes()
+                fd, name = tempfile.mkstemp(dir=parent, prefix=".state-copy-", suffix=".mdb")
+                try:
+                    env.copyfd(fd, compact=True, txn=txn)
+                except BaseException:
+                    os.unlink(name)
+                    raise
+                finally:
+                    os.close(fd)
+                return Path(name)
             finally:
                 txn.abort()
                 copying.release()
@@ -368,8 +378,12 @@ class LmdbStore(KVStore):
     # ---- snapshots ---------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The state now, as a compacted LMDB file."""
-        return self.capture()()
+        """The state now, as a compacted LMDB file's bytes."""
+        path = self.capture()()
+        try:
+            return path.read_bytes()
+        finally:
+            path.unlink()
 
     def restore(self, snapshot: bytes) -> None:
         """Replace the whole state with a snapshot's: an LMDB file this module wrote, or
@@ -426,7 +440,10 @@ class LmdbStore(KVStore):
 def remove_leftovers(data_dir: Path) -> None:
     """Remove what a node stopped mid-copy or mid-restore left in its data dir."""
     for p in data_dir.glob(".state-*"):
-        shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     for p in data_dir.glob("state.incoming-*"):
         shutil.rmtree(p, ignore_errors=True)
 

@@ -147,6 +147,11 @@ class Replica:
         if data is not None and not resumed:
             self.kv.restore(data)
         del data
+        # Whether the state went on from where the node stopped (STATUS shows it).
+        self.resumed_state = resumed
+        if resumed:
+            log.info("state kept across the restart: applied up to index %d, the log "
+                     "replays from there", self.kv.applied_index)
         log_tail = storage.entries_after_snapshot()  # a copy: read it once
         self.core = Raft(
             cfg.raft_config(),
@@ -768,7 +773,8 @@ class Replica:
             **self.storage_view,
             kv={"keys": len(self.kv), "sessions": self.kv.session_count,
                 "malformed": self.kv.stats.malformed, "bytes": self.kv.size,
-                "quota_bytes": self.cfg.quota_bytes},
+                "quota_bytes": self.cfg.quota_bytes, "state": self.cfg.state,
+                "resumed": self.resumed_state},
             counters=self.counter_values(),
             failpoints=sorted(self.failpoints),
             log_tail=self.core.log_tail(LOG_TAIL),

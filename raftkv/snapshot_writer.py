@@ -33,6 +33,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
@@ -45,7 +46,8 @@ class InlineSnapshotWriter:
     def __init__(self) -> None:
         self._error: BaseException | None = None
 
-    def start(self, serialize: Callable[[], bytes], write: Callable[[bytes], None]) -> None:
+    def start(self, serialize: Callable[[], bytes | Path],
+              write: Callable[[bytes | Path], None]) -> None:
         self._error = None
         try:
             write(serialize())
@@ -65,7 +67,8 @@ class ThreadSnapshotWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def start(self, serialize: Callable[[], bytes], write: Callable[[bytes], None]) -> None:
+    def start(self, serialize: Callable[[], bytes | Path],
+              write: Callable[[bytes | Path], None]) -> None:
         if self._thread is not None:
             raise RuntimeError("a snapshot is being written already")
         self._error = None
@@ -102,7 +105,8 @@ class ForkSnapshotWriter:
         self.pid: int | None = None  # the child writing now, until it is reaped
         self._status: int | None = None
 
-    def start(self, serialize: Callable[[], bytes], write: Callable[[bytes], None]) -> None:
+    def start(self, serialize: Callable[[], bytes | Path],
+              write: Callable[[bytes | Path], None]) -> None:
         if self.pid is not None:
             raise RuntimeError("a snapshot is being written already")
         parent = os.getpid()
@@ -142,7 +146,8 @@ class ForkSnapshotWriter:
         self.pid = self._status = None
 
 
-def _child(parent: int, serialize: Callable[[], bytes], write: Callable[[bytes], None]) -> None:
+def _child(parent: int, serialize: Callable[[], bytes | Path],
+           write: Callable[[bytes | Path], None]) -> None:
     """The forked child: write, then leave at once with os._exit, running no cleanup of
     the parent's (sockets, threads, atexit) that it inherited and does not own."""
     code = 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +97,7 @@ class Disk:
         temp file -> fsync -> rename -> fsync(dir). Temp files end in `.tmp`."""
         self.publish(self.write_temp(path, chunks), path)
 
-    def write_temp(self, path: Path, chunks: list[bytes], sync_every: int = 0) -> Path:
+    def write_temp(self, path: Path, chunks: Iterable[bytes], sync_every: int = 0) -> Path:
         """Write `chunks` to `path`'s temp file (its name + `.tmp`), synced; returns it.
         Nothing refers to a temp file: a crash before `publish` leaves a leftover that
         the next open removes. With `sync_every`, data is synced each time that many

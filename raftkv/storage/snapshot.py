@@ -20,10 +20,13 @@ corruption, not a torn write.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import struct
 import zlib
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import msgpack
@@ -62,14 +65,38 @@ def write_snapshot(data_dir: Path, meta: SnapshotMeta, data: bytes, disk: Disk) 
     return path
 
 
-def write_snapshot_temp(data_dir: Path, meta: SnapshotMeta, data: bytes, disk: Disk) -> Path:
-    """The snapshot file, written and synced under its temp name (`publish` names it)."""
+def write_snapshot_temp(data_dir: Path, meta: SnapshotMeta, data: bytes | Path,
+                        disk: Disk) -> Path:
+    """The snapshot file, written and synced under its temp name (`publish` names it).
+    `data` is the state machine's bytes, or a file of the OS holding them (not one of
+    `disk`'s: the state machine made it), read a range at a time, so that a state of
+    gigabytes is never in memory whole."""
+    if isinstance(data, Path):
+        size = data.stat().st_size
+        pieces: Callable[[], Iterable[bytes]] = partial(_ranges, data, size)
+    else:
+        size, pieces = len(data), partial(iter, (data,))
+    data_crc = 0
+    for piece in pieces():
+        data_crc = zlib.crc32(piece, data_crc)
     body = msgpack.packb([meta.index, meta.term, list(meta.voters), list(meta.learners),
-                          zlib.crc32(data)])
-    crc = zlib.crc32(data, zlib.crc32(body))
-    header = _HEADER.pack(MAGIC, len(body), len(data), crc)
-    return disk.write_temp(snapshot_path(data_dir, meta.index), [header, body, data],
-                           sync_every=SYNC_EVERY)
+                          data_crc])
+    crc = zlib.crc32(body)
+    for piece in pieces():
+        crc = zlib.crc32(piece, crc)
+    header = _HEADER.pack(MAGIC, len(body), size, crc)
+    return disk.write_temp(snapshot_path(data_dir, meta.index),
+                           itertools.chain((header, body), pieces()), sync_every=SYNC_EVERY)
+
+
+def _ranges(path: Path, size: int) -> Iterator[bytes]:
+    """The first `size` bytes of `path`, SYNC_EVERY at a time."""
+    with open(path, "rb") as f:
+        for offset in range(0, size, SYNC_EVERY):
+            piece = f.read(min(SYNC_EVERY, size - offset))
+            if not piece:
+                raise OSError(f"{path} ended at {offset} bytes, not {size}")
+            yield piece
 
 
 def read_snapshot(path: Path, data_dir: Path,

@@ -580,13 +580,19 @@ class Storage:
             self._hard_state = hard_state
         self._publish_snapshot(meta, tmp, keep)
 
-    def write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> None:
+    def write_snapshot_file(self, meta: SnapshotMeta, data: bytes | Path) -> None:
         """Write the snapshot of the state up to meta.index under its temp name, synced,
         for `adopt_snapshot` to take. It reads nothing of this object's state and changes
-        none (its own Disk counts what it writes), so another process may run it: a
-        forked child with a copy-on-write image of the state machine, while the loop goes
-        on (raftkv/snapshot_writer.py). Raises OSError; the caller's error to report."""
-        snapshot.write_snapshot_temp(self._dir, meta, data, Disk(self._disk.fsync, self._fs))
+        none (its own Disk counts what it writes), so another process or thread may run
+        it: a forked child with a copy-on-write image of the state machine, while the
+        loop goes on (raftkv/snapshot_writer.py). `data` is the state's bytes, or a file
+        of them handed over: streamed from, then removed whether or not the write
+        succeeded. Raises OSError; the caller's error to report."""
+        try:
+            snapshot.write_snapshot_temp(self._dir, meta, data, Disk(self._disk.fsync, self._fs))
+        finally:
+            if isinstance(data, Path):
+                data.unlink(missing_ok=True)
 
     def adopt_snapshot(self, meta: SnapshotMeta) -> bool:
         """The file `write_snapshot_file` wrote becomes the snapshot, and the log it

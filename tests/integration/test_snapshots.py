@@ -129,12 +129,14 @@ LEADER = 1
 SNAP_TERM = 3
 
 
-@pytest.fixture
-def follower(tmp_path):
-    """Node 2 of three, in a temp dir; its peers' addresses have nobody listening, so
-    what it sends is dropped. Its loop does not run: tests call its methods."""
+@pytest.fixture(params=["memory", "lmdb"])
+def follower(tmp_path, request):
+    """Node 2 of three, in a temp dir, with its state in memory or in LMDB; its peers'
+    addresses have nobody listening, so what it sends is dropped. Its loop does not run:
+    tests call its methods."""
     nowhere = "tcp://127.0.0.1:9"
-    node = Node(NodeConfig(2, "tcp://127.0.0.1:0", {1: nowhere, 3: nowhere}, tmp_path / "n2"))
+    node = Node(NodeConfig(2, "tcp://127.0.0.1:0", {1: nowhere, 3: nowhere}, tmp_path / "n2",
+                           state=request.param))
     node.replica.process_ready()
     try:
         yield node
@@ -163,8 +165,10 @@ def deliver(node: Node, chunks: list[SnapshotChunk]) -> None:
         node.replica.receive_snapshot_chunk(c)
 
 
-def files(path: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+def files(path: Path) -> dict[str, bytes | None]:
+    """The data dir: each file's bytes; a dir (LMDB's `state`) by name alone, as reads
+    write its lock file."""
+    return {p.name: p.read_bytes() if p.is_file() else None for p in sorted(path.iterdir())}
 
 
 def flip_a_byte(chunks: list[SnapshotChunk]) -> list[SnapshotChunk]:

@@ -12,9 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.kv import Code, KVStore, Op, SnapshotError, encode_command, session_wire
-from raftkv.lmdb_state import LmdbStore, is_lmdb_image, remove_leftovers
+from raftkv.kv import (
+    Code,
+    KVStore,
+    Op,
+    Reply,
+    Session,
+    SnapshotError,
+    encode_command,
+    session_wire,
+)
+from raftkv.lmdb_state import (
+    LmdbStore,
+    _decode_session,
+    _encode_session,
+    is_lmdb_image,
+    remove_leftovers,
+)
+from raftkv.raft import SnapshotMeta
+from raftkv.raft.types import Entry, HardState
 from raftkv.snapshot_writer import SnapshotWriteError, ThreadSnapshotWriter
+from raftkv.storage import Identity, Storage
 from tests.unit.test_kv import SEEDS, Log, Workload
 from tests.unit.test_transport import wait_until
 
@@ -145,13 +163,14 @@ def test_a_capture_holds_the_state_of_its_moment_while_writes_go_on(tmp_path: Pa
         log.put(cid, seq, b"key-%04d" % (seq - 500), b"changed")
     log.delete(cid, 601, b"key-0100")
     lm.flush()
-    image = copy()
+    copied = copy()
+    assert copied.parent == tmp_path and copied.name.startswith(".state-copy-")
+    image = copied.read_bytes()
     assert is_lmdb_image(image)
     restored = open_store(tmp_path / "other")
     restored.restore(image)
     assert wire(restored) == before
     assert lm.get(b"key-0001") == b"changed"
-    assert not list(tmp_path.glob(".state-*")), "the copy's temp dir is left behind"
 
 
 def test_a_thread_writer_copies_while_the_loop_applies(tmp_path: Path) -> None:
@@ -164,7 +183,7 @@ def test_a_thread_writer_copies_while_the_loop_applies(tmp_path: Path) -> None:
     before = wire(lm)
     written: list[bytes] = []
     writer = ThreadSnapshotWriter()
-    writer.start(lm.capture(), written.append)
+    writer.start(lm.capture(), lambda copied: written.append(copied.read_bytes()))
     seq = 2001
     while not writer.done():
         log.put(cid, seq, b"key-%05d" % (seq % 2000), b"z")
@@ -244,6 +263,7 @@ def test_discard_and_leftovers_leave_no_dirs(tmp_path: Path) -> None:
     scratch.discard()
     assert not (tmp_path / "state.incoming-x").exists()
     (tmp_path / ".state-copy-1").mkdir()
+    (tmp_path / ".state-copy-2.mdb").write_bytes(b"a copy a crash left")
     (tmp_path / "state.incoming-2").mkdir()
     (tmp_path / "state").mkdir()
     remove_leftovers(tmp_path)
@@ -258,12 +278,43 @@ def test_close_waits_for_a_running_copy(tmp_path: Path) -> None:
         log.put(cid, seq, b"k%05d" % seq, b"v" * 200)
     lm.flush()
     copy = lm.capture()
-    out: list[bytes] = []
+    out: list[Path] = []
     t = threading.Thread(target=lambda: out.append(copy()))
     t.start()
     lm.close()  # must not pull the environment from under the copy
     t.join()
-    assert is_lmdb_image(out[0])
+    assert is_lmdb_image(out[0].read_bytes())
+
+
+def test_storage_streams_a_copy_into_the_snapshot_file_and_removes_it(tmp_path: Path) -> None:
+
+    lm = open_store(tmp_path / "state")
+    log = Log(lm)
+    cid = log.open()
+    for seq in range(1, 3001):
+        log.put(cid, seq, b"k%05d" % seq, b"v" * 2000)  # about 6 MB: several ranges
+    lm.flush()
+    st = Storage.open(tmp_path / "wal", identity=Identity(1, 1), create=True)
+    try:
+        st.append([Entry(1, i) for i in range(1, 3003)], HardState(1, 0, 3002))
+        st.sync()
+        meta = SnapshotMeta(3002, 1, (1,))
+        copied = lm.capture()()
+        expected = copied.read_bytes()
+        st.write_snapshot_file(meta, copied)
+        assert not copied.exists()
+        assert st.adopt_snapshot(meta)
+        assert st.load_snapshot_data() == expected
+    finally:
+        st.close()
+
+
+def test_snapshot_bytes_session_encoding_takes_any_reply() -> None:
+    for reply in (Reply(Code.OK, None), Reply(Code.OK, True), Reply(Code.OK, False),
+                  Reply(Code.OK, 1), Reply(Code.BAD_REQUEST, "why")):
+        raw = _encode_session(Session(7, 9, reply))
+        assert _decode_session(raw) == [7, 9, int(reply.code), reply.value]
+        assert type(_decode_session(raw)[3]) is type(reply.value)
 
 
 def test_writes_refused_by_the_sessions_leave_the_database_as_it_was(tmp_path: Path) -> None:
