@@ -141,7 +141,10 @@ def load_route(cfg: BenchConfig, state: ClusterState, leader: int, process: int 
 # -- sampling ------------------------------------------------------------------------------------
 
 class ProcessSampler:
-    """CPU% (mean of the samples) and peak RSS of labelled processes, via psutil."""
+    """CPU% (mean of the samples), peak RSS and peak private memory of labelled processes,
+    via psutil. Private is RSS less what is shared with files (Linux's RssFile and
+    RssShmem): with `--state lmdb` the data is in the database's mapped pages, which
+    count in RSS but are page cache the kernel may drop."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.procs: dict[str, psutil.Process] = {}
@@ -150,6 +153,7 @@ class ProcessSampler:
                 self.procs[label] = psutil.Process(pid)
         self.cpu: dict[str, list[float]] = {label: [] for label in self.procs}
         self.rss: dict[str, int] = dict.fromkeys(self.procs, 0)
+        self.private: dict[str, int] = dict.fromkeys(self.procs, 0)
 
     def start(self) -> None:
         """Begin the first interval (psutil's first cpu_percent means nothing)."""
@@ -161,12 +165,16 @@ class ProcessSampler:
         for label, p in self.procs.items():
             with contextlib.suppress(psutil.Error), p.oneshot():
                 self.cpu[label].append(p.cpu_percent())
-                self.rss[label] = max(self.rss[label], p.memory_info().rss)
+                mem = p.memory_info()
+                self.rss[label] = max(self.rss[label], mem.rss)
+                self.private[label] = max(self.private[label],
+                                          mem.rss - getattr(mem, "shared", 0))
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {label: {"cpu_percent": round(statistics.fmean(self.cpu[label]), 1)
                         if self.cpu[label] else 0.0,
-                        "rss_mb": round(self.rss[label] / 2**20, 1)}
+                        "rss_mb": round(self.rss[label] / 2**20, 1),
+                        "private_mb": round(self.private[label] / 2**20, 1)}
                 for label in self.procs}
 
 
@@ -594,7 +602,8 @@ def format_report(report: dict[str, Any]) -> str:
                      + "  (requests sent again to another node, answered apart)")
     lines += format_timeline(report)
     for label, u in report["nodes"].items():
-        lines.append(f"{label:<12} cpu {u['cpu_percent']:5.1f}%  rss {u['rss_mb']:.1f} MB")
+        lines.append(f"{label:<12} cpu {u['cpu_percent']:5.1f}%  rss {u['rss_mb']:.1f} MB"
+                     f"  (private {u.get('private_mb', 0.0):.1f} MB)")
     if report["controller"]:
         u = report["controller"]
         lines.append(f"{'controller':<12} cpu {u['cpu_percent']:5.1f}%  rss {u['rss_mb']:.1f} MB")

@@ -95,7 +95,7 @@ def test_load_report_names_every_figure():
     r = report(ops=10, seconds=1.0, ops_per_s=10.0, errors=3, errors_per_s=3.0,
                error_kinds={"UNAVAILABLE": 3}, rerouted=64, reroute_kinds={"no reply": 64},
                latency_ms={"p50": 1.0, "p90": 2.0, "p99": 3.0, "p999": 4.0, "max": 5.0},
-               nodes={"node1": {"cpu_percent": 50.0, "rss_mb": 30.0}},
+               nodes={"node1": {"cpu_percent": 50.0, "rss_mb": 30.0, "private_mb": 12.0}},
                controller={"cpu_percent": 1.0, "rss_mb": 20.0},
                load_processes={"count": 1, "cpu_percent": 10.0},
                timeline_ops_per_s=[20.0, 0.0], timeline_errors_per_s=[0.0, 6.0],
@@ -103,7 +103,7 @@ def test_load_report_names_every_figure():
     text = format_report(r)
     for word in ("10 ops/s", "p50 1.00", "p99.9 4.00", "max 5.00", "3 errors/s",
                  "UNAVAILABLE", "re-routed    64", "no reply", "node1", "controller",
-                 "fsync on", "state in lmdb"):
+                 "fsync on", "state in lmdb", "private 12.0 MB"):
         assert word in text
     # Only the interval in which something failed or nothing succeeded is listed.
     interval_rows = [line for line in text.splitlines() if line.endswith("errors/s")
@@ -367,3 +367,15 @@ def test_filling_puts_again_a_key_whose_leader_lost_the_leadership(ctx, nodes):
     assert len(refused) == 2
     assert sorted(k for k in kv.store.scan(b"", 100)) == sorted(
         (k, kv.store.get(k)) for k in bench_keys(8))
+
+
+def test_the_sampler_reports_private_memory_within_rss():
+    import os
+
+    from harness.bench import ProcessSampler
+
+    sampler = ProcessSampler({"me": os.getpid()})
+    sampler.start()
+    sampler.sample()
+    me = sampler.summary()["me"]
+    assert 0 < me["private_mb"] <= me["rss_mb"]
