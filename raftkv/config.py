@@ -11,6 +11,7 @@ from raftkv.kv import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from raftkv.node_defaults import (
     ELECTION_MS,
     HEARTBEAT_MS,
+    LMDB_MAX_KEY_SIZE,
     SEGMENT_BYTES,
     SNAPSHOT_BYTES,
     SNAPSHOT_ENTRIES,
@@ -66,12 +67,19 @@ class NodeConfig:
     # (a new cluster, or --join). Otherwise it means lost state, and the node refuses.
     create_dir: bool = True
     # Where the replicated state lives: "memory" (a dict, snapshots by a forked child) or
-    # "lmdb" (raftkv.lmdb_state: on disk in DATA_DIR/state, kept across restarts).
+    # "lmdb" (raftkv.lmdb_state: on disk in DATA_DIR/state, kept across restarts; keys
+    # of at most LMDB_MAX_KEY_SIZE bytes, so max_key is lowered to that).
     state: str = "memory"
     fs: FileSystem = OS_FS  # the file layer under storage (tests put a faulty disk here)
     # The seed of the election timer's draws; None: one from the OS, different on every
     # start. (The simulator sets it, so a run replays exactly.)
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in ("memory", "lmdb"):
+            raise ValueError(f"state {self.state!r}: memory or lmdb")
+        if self.state == "lmdb":
+            self.max_key = min(self.max_key, LMDB_MAX_KEY_SIZE)
 
     def ticks_per_heartbeat(self) -> int:
         """How many times the node's clock ticks per heartbeat: the fewest that give the

@@ -31,6 +31,7 @@ big-endian -> msgpack [seq, index, reply code, reply value]) and `meta` (`format
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
@@ -56,10 +57,13 @@ from raftkv.kv import (
     parse_sessions,
     session_wire,
 )
+from raftkv.node_defaults import LMDB_MAX_KEY_SIZE
 from raftkv.quota import KEY_OVERHEAD
 
+log = logging.getLogger("raftkv.lmdb_state")
+
 FORMAT = 1
-MAX_KEY_SIZE = 510  # LMDB's 511, less the prefix byte
+MAX_KEY_SIZE = LMDB_MAX_KEY_SIZE
 _PREFIX = b"\x00"
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 # An LMDB file opens with a page header (16 bytes on 64-bit) then the meta's magic.
@@ -138,6 +142,25 @@ class LmdbStore(KVStore):
         self._env: lmdb.Environment | None = None
         self._copying = threading.Lock()  # held while a capture's copy reads the env
         self._open()
+
+    @classmethod
+    def open_live(cls, path: Path, **kw: Any) -> LmdbStore:
+        """The node's own store at `path`, as a restart finds it. A database another boot
+        wrote (a power cut since) is removed unopened: LMDB trusts its file, and a torn
+        one may not even open. One this boot wrote that cannot be read is reported and
+        removed. Either way the store opens empty, and `resume` says so."""
+        boot_id = kw.get("boot_id") or this_boot()
+        kw["boot_id"] = boot_id
+        if _boot_mark(path) != boot_id:
+            shutil.rmtree(path, ignore_errors=True)
+            return cls(path, **kw)
+        try:
+            return cls(path, **kw)
+        except (lmdb.Error, SnapshotError) as e:
+            log.error("the state database in %s cannot be read (%s): it is removed, and "
+                      "the state rebuilt from the newest snapshot and the log", path, e)
+            shutil.rmtree(path, ignore_errors=True)
+            return cls(path, **kw)
 
     # ---- the environment ---------------------------------------------------------------
 
@@ -218,11 +241,7 @@ class LmdbStore(KVStore):
         """Keep the database if this boot wrote it (no power cut since) and its applied
         index is in [floor, ceiling]; otherwise empty it, for the node to restore the
         snapshot and replay the log into."""
-        try:
-            marked = (self.path / "BOOT").read_text()
-        except OSError:
-            marked = None
-        if marked == self.boot_id and floor <= self._applied_index <= ceiling:
+        if _boot_mark(self.path) == self.boot_id and floor <= self._applied_index <= ceiling:
             return True
         self._wipe()
         self._mark_boot()
@@ -474,6 +493,14 @@ def _decode_session(raw: bytes) -> list[Any]:
     if type(item) is not list:
         raise SnapshotError(f"session {raw!r:.40} is malformed")
     return item
+
+
+def _boot_mark(path: Path) -> str | None:
+    """The boot that wrote the database at `path`, if it says."""
+    try:
+        return (path / "BOOT").read_text()
+    except OSError:
+        return None
 
 
 def _u64(raw: bytes | None, default: int) -> int:

@@ -303,7 +303,7 @@ def lmdb_states(cfg: NodeConfig) -> tuple[Callable[[], StateMachine],
 
     def open_state() -> StateMachine:
         remove_leftovers(cfg.data_dir)
-        return LmdbStore(cfg.data_dir / "state", **limits)
+        return LmdbStore.open_live(cfg.data_dir / "state", **limits)
 
     return new_state, open_state
 

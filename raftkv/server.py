@@ -175,10 +175,6 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
         raise click.BadParameter("give exactly one of --keys DIR (the cluster's key dir; "
                                  "`raftkv up` makes DIR/keys) and --insecure")
     initial = parse_voters(voters, join)
-    max_key = {}
-    if state == "lmdb":
-        from raftkv.lmdb_state import MAX_KEY_SIZE as LMDB_MAX_KEY
-        max_key = {"max_key": LMDB_MAX_KEY}
     cfg = NodeConfig(node_id, listen, peer_map, data_dir, initial_voters=initial,
                      heartbeat_ms=heartbeat_ms,
                      election_ms=election_ms, fsync=not no_fsync,
@@ -186,7 +182,7 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
                      snapshot_jitter=snapshot_jitter, quota_bytes=quota_bytes,
                      segment_bytes=wal_segment_bytes, metrics_port=metrics_port,
                      cluster_id=cluster_id, create_dir=new or join, keys_dir=keys_dir,
-                     state=state, **max_key)
+                     state=state)
     try:
         run_node(cfg)
     except StorageError as e:

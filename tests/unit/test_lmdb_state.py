@@ -144,10 +144,30 @@ def test_a_database_it_cannot_trust_is_emptied_for_a_restore(case: str, tmp_path
         floor = 7
     else:  # the log was cut shorter than what the state applied
         ceiling = 5
-    again = LmdbStore(tmp_path / "state", map_size=MAP, boot_id=boot)
+    again = LmdbStore.open_live(tmp_path / "state", map_size=MAP, boot_id=boot)
     assert not again.resume(floor, ceiling)
     assert (again.applied_index, len(again), again.session_count, again.size) == (0, 0, 0, 0)
     assert (tmp_path / "state" / "BOOT").read_text() == boot
+
+
+@pytest.mark.parametrize("boot", ["boot-1", "boot-2"], ids=["this boot", "another boot"])
+def test_a_torn_database_opens_empty(boot: str, tmp_path: Path, caplog) -> None:
+    """A database another boot wrote is removed unopened (a power cut may have torn it
+    so that LMDB cannot even open it); one this boot wrote that cannot be read is
+    reported, then removed."""
+    lm = open_store(tmp_path / "state")
+    log = Log(lm)
+    cid = log.open()
+    for seq in range(1, 200):
+        log.put(cid, seq, b"k%d" % seq, b"v" * 300)
+    lm.flush()
+    lm.close()
+    with open(tmp_path / "state" / "data.mdb", "r+b") as f:
+        f.write(b"\xa5" * 65536)
+    again = LmdbStore.open_live(tmp_path / "state", map_size=MAP, boot_id=boot)
+    assert not again.resume(0, 1000)
+    assert (again.applied_index, len(again)) == (0, 0)
+    assert ("cannot be read" in caplog.text) == (boot == "boot-1")
 
 
 def test_a_capture_holds_the_state_of_its_moment_while_writes_go_on(tmp_path: Path) -> None:
