@@ -95,6 +95,7 @@ class ChaosConfig:
     run_dir: Path | None = None
     check_timeout: float = 60.0
     preload: int = 0  # filler keys (PRELOAD_VALUE bytes each) written before the faults
+    state: str = "memory"  # where the nodes keep the state (raftkv node --state)
 
 
 @dataclass
@@ -121,11 +122,12 @@ def run_chaos(cfg: ChaosConfig, log: Callable[[str], None] = print) -> ChaosRepo
     run_dir = run_dir.resolve()
     report = ChaosReport(run_dir=str(run_dir))
     log(f"chaos: seed {cfg.seed}, {cfg.nodes} nodes, {cfg.clients} clients, {cfg.keys} keys, "
-        f"{cfg.run_time:g}s, nemesis {','.join(cfg.nemesis)}; run dir {run_dir}")
+        f"{cfg.run_time:g}s, nemesis {','.join(cfg.nemesis)}, state in {cfg.state}; "
+        f"run dir {run_dir}")
     cluster_dir = run_dir / "cluster"
     try:
         state, _ = up(cluster_dir, nodes=cfg.nodes, base_port=free_base_port(cfg.nodes),
-                      progress=log)
+                      progress=log, node_options=("--state", cfg.state))
         if cfg.preload:
             preload(state, cfg.preload, log)
         history = drive(cfg, state, run_dir, report, log)

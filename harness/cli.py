@@ -638,9 +638,11 @@ def controller(cluster_dir: Path, log_level: str, metrics_port: int) -> None:
               help="Filler keys (100-byte values) written before the faults start, which "
               "the checks ignore: a large state for nodes to snapshot, restart from and "
               "send while faults come (a snapshot every 100,000 entries).")
+@click.option("--state", type=click.Choice(["memory", "lmdb"]), default="memory",
+              show_default=True, help="Where the nodes keep the state (`raftkv up --state`).")
 def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
           seed: int | None, run_dir: Path | None, check_timeout: float,
-          preload: int) -> None:
+          preload: int, state: str) -> None:
     """Run a cluster under random faults and check what clients saw was linearizable.
 
     \b
@@ -659,7 +661,8 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
                                  f"{', '.join(KINDS)}", param_hint="--nemesis")
     seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
     report = run_chaos(ChaosConfig(nodes, run_time, clients, keys, kinds, seed, run_dir,
-                                   check_timeout, preload), log=lambda m: click.echo(m))
+                                   check_timeout, preload, state),
+                       log=lambda m: click.echo(m))
     sys.exit(report.exit_code)
 
 

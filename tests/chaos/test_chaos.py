@@ -18,11 +18,12 @@ from raftkv.failpoints import ENV as FAILPOINTS_ENV
 RUN_TIME = float(os.environ.get("RAFTKV_CHAOS_TIME", "15"))
 
 
-def chaos(tmp_path, nemesis: tuple[str, ...], seed: int, nodes: int = 5, preload: int = 0):
+def chaos(tmp_path, nemesis: tuple[str, ...], seed: int, nodes: int = 5, preload: int = 0,
+          state: str = "memory"):
     lines: list[str] = []
     report = run_chaos(ChaosConfig(nodes=nodes, run_time=RUN_TIME, clients=4, keys=5,
                                    nemesis=nemesis, seed=seed, run_dir=tmp_path,
-                                   check_timeout=120, preload=preload),
+                                   check_timeout=120, preload=preload, state=state),
                        log=lines.append)
     return report, "\n".join(lines)
 
@@ -48,12 +49,15 @@ def test_membership_churn_under_load_stays_linearizable(tmp_path):
     assert len(members) == 3 and len(set(members) - {1, 2, 3}) >= 2, (members, log)
 
 
-def test_a_large_state_under_kills_and_restarts_stays_linearizable(tmp_path):
+@pytest.mark.parametrize("state", ["memory", "lmdb"])
+def test_a_large_state_under_kills_and_restarts_stays_linearizable(tmp_path, state):
     """Issue 16: 200,000 filler keys first (every node snapshots at least once, at its
     own index between 100,000 and 150,000), then kill -9 and restart-all while the
-    clients run: nodes come back from a 20 MB snapshot and a long log tail, and the
-    history still checks out. Failure model: process kills (the page cache survives)."""
-    report, log = chaos(tmp_path, ("kill", "restart-all"), seed=16, nodes=3, preload=200_000)
+    clients run: nodes come back from a 20 MB snapshot and a long log tail (in memory),
+    or from their database (lmdb), and the history still checks out. Failure model:
+    process kills (the page cache survives)."""
+    report, log = chaos(tmp_path, ("kill", "restart-all"), seed=16, nodes=3, preload=200_000,
+                        state=state)
     assert report.exit_code == EXIT_OK, log
     assert "preloaded 200,000 keys" in log, log
     assert report.faults.get("kill", 0) + report.faults.get("restart-all", 0) >= 1, log
