@@ -9,6 +9,7 @@ an unrelated process after ours died is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -357,22 +358,23 @@ def signal_process(pid: int, created: float, sig: int) -> bool:
 
 
 def stop_process(pid: int, created: float, grace: float = 5.0) -> bool:
-    """SIGTERM, then SIGKILL after `grace` seconds. Returns whether it had been running."""
+    """SIGTERM, then SIGKILL after `grace` seconds. Returns whether it had been running.
+
+    A process that exited counts as gone while still a zombie: one whose parent is not
+    this process is reaped by its own parent (or init) whenever that gets to it."""
     p = live_process(pid, created)
     if p is None:
         return False
     try:
         p.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
         p.terminate()
-        p.wait(timeout=grace)
-    except psutil.TimeoutExpired:
-        try:
+        if not wait_gone(pid, created, grace):
             p.kill()
-            p.wait(timeout=grace)
-        except psutil.Error:
-            pass
+            wait_gone(pid, created, grace)
     except psutil.Error:
         pass
+    with contextlib.suppress(psutil.Error):
+        p.wait(timeout=0)  # reaps it if it is our child
     return True
 
 

@@ -4,18 +4,24 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
+
+import psutil
 
 from harness.cluster_state import (
     ClusterState,
     ProcEntry,
+    create_time,
     is_first_start,
     joiner_argv,
     node_argv,
     option_value,
     record_started,
     settled_argv,
+    stop_process,
     with_peers,
 )
 
@@ -203,3 +209,29 @@ def test_free_base_port_stays_below_the_ports_outgoing_connections_take():
     for _ in range(50):
         base = free_base_port(5)
         assert base >= 20_000 and base + 5 < low
+
+
+def test_stop_process_counts_a_zombie_another_parent_has_not_reaped_as_stopped() -> None:
+    """`down` stops processes it did not start; one that exited is a zombie until its
+    parent (here a process that never reaps it; in a container, a slow init) gets to
+    it. psutil's wait took such a zombie for alive until the grace period ran out,
+    SIGKILLed it and waited again: `down` spent 2 s a process."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         "p = subprocess.Popen(['sleep', '60'])\n"
+         "print(p.pid, flush=True)\n"
+         "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        created = create_time(pid)
+        done = threading.Event()
+        result: list[bool] = []
+        t = threading.Thread(target=lambda: (result.append(stop_process(pid, created, 60)),
+                                             done.set()), daemon=True)
+        t.start()
+        assert done.wait(timeout=30), "stop_process waited out its grace on a zombie"
+        assert result == [True]
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        parent.kill()
+        parent.wait()
