@@ -1,32 +1,23 @@
-"""Nodes with `--state lmdb` (raftkv/lmdb_state.py), as real processes: snapshots while
-writes go on, a restart after kill -9 that goes on from the database, and a restart after
-a power cut that must not trust it."""
+"""Nodes with `--state lmdb` (raftkv/lmdb_state.py), as real processes: a restart after
+kill -9 that goes on from the database, one after a power cut that must not trust it,
+catch-up by the leader's copy. (Snapshots under load: test_snapshots.py, both states.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import zmq
 
 from harness.launcher import LocalCluster, wait_for
-from harness.loadgen import Route, fill_keys
 from raftkv import Client
 from raftkv.wire import ReqOp
-
-LMDB = ("--state", "lmdb")
-SMALL = (*LMDB, "--snapshot-entries", "300", "--snapshot-jitter", "0",
-         "--wal-segment-bytes", "65536")
+from tests.integration.test_snapshots import running
 
 
 @pytest.fixture
 def cluster(tmp_path: Path):
-    c = LocalCluster(3, tmp_path, extra_args=SMALL)
-    c.start_all()
-    try:
+    with running(tmp_path, "--state", "lmdb") as c:
         yield c
-    finally:
-        c.close()
 
 
 def write(c: LocalCluster, n: int, tag: str = "v") -> None:
@@ -104,37 +95,6 @@ def test_a_follower_that_missed_compacted_entries_installs_the_leaders_copy(
     leftovers = [p.name for p in c.nodes[follower].data_dir.iterdir()
                  if p.name.startswith(("state.incoming-", ".state-"))]
     assert leftovers == []
-
-
-def test_snapshots_of_a_large_state_stop_no_loop_and_cost_no_election(tmp_path: Path):
-    """Issue 16, with the state in LMDB: about 48 MB written with a snapshot every
-    4,000 entries; a snapshot is a copy made on a thread, so no turn of any node's loop
-    comes near half the shortest election timeout. Failure model: none; a healthy
-    cluster under steady writes."""
-    c = LocalCluster(3, tmp_path, extra_args=(*LMDB, "--snapshot-entries", "4000"))
-    c.start_all()
-    ctx = zmq.Context()
-    try:
-        leader = c.wait_leader()
-        term = c.status(leader)["term"]
-        ids = tuple(c.addresses)
-        route = Route(tuple(c.addresses[i] for i in ids), ids, ids.index(leader))
-        fill_keys(ctx, route, key_space=48_000, value_size=1000)
-        commit = c.status(leader)["commit_index"]
-        wait_for(lambda: all(c.status(i)["applied_index"] >= commit for i in c.nodes), 20,
-                 "every node to apply the writes")
-        statuses = {i: c.status(i) for i in c.nodes}
-        for i, st in statuses.items():
-            counters = st["counters"]
-            assert counters["snapshots_taken"] >= 3, (i, counters)
-            assert counters["snapshots_failed"] == 0, (i, counters)
-            assert st["term"] == term, f"node {i}: an election happened ({st['term']})"
-            assert counters["longest_turn_ms"] < 150, (i, counters)
-            assert counters["last_snapshot_start_ms"] < 50, (i, counters)
-        assert {st["kv"]["keys"] for st in statuses.values()} == {48_000}
-    finally:
-        ctx.destroy(linger=0)
-        c.close()
 
 
 def test_a_key_past_lmdbs_limit_is_refused_before_the_log(cluster: LocalCluster):

@@ -59,6 +59,19 @@ def reopen(path: Path, **kw: object) -> LmdbStore:
     return LmdbStore(path, map_size=MAP, boot_id="boot-1", **kw)
 
 
+def filled(path: Path, puts: int, value: bytes, key: bytes = b"k%05d"
+           ) -> tuple[LmdbStore, Log, int]:
+    """A new store with one session's `puts` puts (keys `key % seq`, or `key` itself if
+    it has no format), flushed; the store, its log and the session's client id."""
+    store = open_store(path)
+    log = Log(store)
+    cid = log.open()
+    for seq in range(1, puts + 1):
+        log.put(cid, seq, key % seq if b"%" in key else key, value)
+    store.flush()
+    return store, log, cid
+
+
 def feed(workload: Workload, steps: int, store: KVStore) -> list:
     """`steps` more of the workload, flushed every few entries as a node's Readys are."""
     replies = []
@@ -112,11 +125,7 @@ def test_reopened_in_the_same_boot_it_goes_on_where_it_was(seed: int, tmp_path: 
 
 
 def test_what_was_applied_but_not_flushed_is_not_kept(tmp_path: Path) -> None:
-    lm = open_store(tmp_path / "state")
-    log = Log(lm)
-    cid = log.open()
-    log.put(cid, 1, b"a", b"1")
-    lm.flush()
+    lm, log, cid = filled(tmp_path / "state", 1, b"1", b"a")
     log.put(cid, 2, b"b", b"2")
     lm._close_env()  # the process dies with its transaction open: nothing of it commits
     again = reopen(tmp_path / "state")
@@ -128,12 +137,7 @@ def test_what_was_applied_but_not_flushed_is_not_kept(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", ["another boot", "no mark", "behind the snapshot",
                                   "ahead of the log"])
 def test_a_database_it_cannot_trust_is_emptied_for_a_restore(case: str, tmp_path: Path) -> None:
-    lm = open_store(tmp_path / "state")
-    log = Log(lm)
-    cid = log.open()
-    for seq in range(1, 6):
-        log.put(cid, seq, b"k%d" % seq, b"v")
-    lm.flush()
+    lm, _, _ = filled(tmp_path / "state", 5, b"v", b"k%d")
     lm.close()
     floor, ceiling, boot = 0, 6, "boot-1"
     if case == "another boot":  # a power cut in between: what the file holds is unknown
@@ -155,12 +159,7 @@ def test_a_torn_database_opens_empty(boot: str, tmp_path: Path, caplog) -> None:
     """A database another boot wrote is removed unopened (a power cut may have torn it
     so that LMDB cannot even open it); one this boot wrote that cannot be read is
     reported, then removed."""
-    lm = open_store(tmp_path / "state")
-    log = Log(lm)
-    cid = log.open()
-    for seq in range(1, 200):
-        log.put(cid, seq, b"k%d" % seq, b"v" * 300)
-    lm.flush()
+    lm, _, _ = filled(tmp_path / "state", 199, b"v" * 300, b"k%d")
     lm.close()
     with open(tmp_path / "state" / "data.mdb", "r+b") as f:
         f.write(b"\xa5" * 65536)
@@ -171,12 +170,7 @@ def test_a_torn_database_opens_empty(boot: str, tmp_path: Path, caplog) -> None:
 
 
 def test_a_capture_holds_the_state_of_its_moment_while_writes_go_on(tmp_path: Path) -> None:
-    lm = open_store(tmp_path / "state")
-    log = Log(lm)
-    cid = log.open()
-    for seq in range(1, 501):
-        log.put(cid, seq, b"key-%04d" % seq, b"x" * 50)
-    lm.flush()
+    lm, log, cid = filled(tmp_path / "state", 500, b"x" * 50, b"key-%04d")
     before = wire(lm)
     copy = lm.capture()
     for seq in range(501, 601):
@@ -194,12 +188,7 @@ def test_a_capture_holds_the_state_of_its_moment_while_writes_go_on(tmp_path: Pa
 
 
 def test_a_thread_writer_copies_while_the_loop_applies(tmp_path: Path) -> None:
-    lm = open_store(tmp_path / "state")
-    log = Log(lm)
-    cid = log.open()
-    for seq in range(1, 2001):
-        log.put(cid, seq, b"key-%05d" % seq, b"y" * 100)
-    lm.flush()
+    lm, log, cid = filled(tmp_path / "state", 2000, b"y" * 100, b"key-%05d")
     before = wire(lm)
     written: list[bytes] = []
     writer = ThreadSnapshotWriter()
@@ -241,11 +230,7 @@ def test_a_snapshot_of_the_store_in_memory_restores_into_lmdb(tmp_path: Path) ->
 @pytest.mark.parametrize("blob", [b"", b"junk", b"\x00" * 4096,
                                   b"\x00" * 16 + b"\xde\xc0\xef\xbe" + b"\x00" * 4076])
 def test_a_bad_snapshot_is_refused_and_changes_nothing(blob: bytes, tmp_path: Path) -> None:
-    lm = open_store(tmp_path / "state")
-    log = Log(lm)
-    cid = log.open()
-    log.put(cid, 1, b"a", b"1")
-    lm.flush()
+    lm, _, _ = filled(tmp_path / "state", 1, b"1", b"a")
     before = wire(lm)
     with pytest.raises(SnapshotError):
         lm.restore(blob)
@@ -254,11 +239,7 @@ def test_a_bad_snapshot_is_refused_and_changes_nothing(blob: bytes, tmp_path: Pa
 
 
 def test_a_scratch_store_takes_the_live_ones_place(tmp_path: Path) -> None:
-    live = open_store(tmp_path / "state")
-    log = Log(live)
-    cid = log.open()
-    log.put(cid, 1, b"old", b"1")
-    live.flush()
+    live, _, _ = filled(tmp_path / "state", 1, b"1", b"old")
     live.stats.malformed = 3
     source = open_store(tmp_path / "elsewhere")
     slog = Log(source)
@@ -291,12 +272,7 @@ def test_discard_and_leftovers_leave_no_dirs(tmp_path: Path) -> None:
 
 
 def test_close_waits_for_a_running_copy(tmp_path: Path) -> None:
-    lm = open_store(tmp_path / "state")
-    log = Log(lm)
-    cid = log.open()
-    for seq in range(1, 3001):
-        log.put(cid, seq, b"k%05d" % seq, b"v" * 200)
-    lm.flush()
+    lm, _, _ = filled(tmp_path / "state", 3000, b"v" * 200)
     copy = lm.capture()
     out: list[Path] = []
     t = threading.Thread(target=lambda: out.append(copy()))
@@ -307,13 +283,7 @@ def test_close_waits_for_a_running_copy(tmp_path: Path) -> None:
 
 
 def test_storage_streams_a_copy_into_the_snapshot_file_and_removes_it(tmp_path: Path) -> None:
-
-    lm = open_store(tmp_path / "state")
-    log = Log(lm)
-    cid = log.open()
-    for seq in range(1, 3001):
-        log.put(cid, seq, b"k%05d" % seq, b"v" * 2000)  # about 6 MB: several ranges
-    lm.flush()
+    lm, _, _ = filled(tmp_path / "state", 3000, b"v" * 2000)  # about 6 MB: several ranges
     st = Storage.open(tmp_path / "wal", identity=Identity(1, 1), create=True)
     try:
         st.append([Entry(1, i) for i in range(1, 3003)], HardState(1, 0, 3002))
