@@ -72,8 +72,9 @@ bench: $(STAMP)
 	bin/raftkv bench --clients 64 --mix get
 	bin/raftkv bench --failover
 
-# raftkv beside PySyncObj (installed here as the optional `compare` extra), alternating,
-# medians of 3 rounds each.
+# raftkv beside PySyncObj (installed here as the optional `compare` extra) and, when
+# `etcd` is on PATH, etcd (apt-get install etcd-server golang-go golang-etcd-server-dev:
+# its load generator is Go), taking turns, medians of 3 rounds each.
 bench-compare: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[compare]'
 	$(PY) -m harness.bench_compare

@@ -1,6 +1,6 @@
-"""`python -m harness.bench_compare` (`make bench-compare`): raftkv beside PySyncObj.
+"""`python -m harness.bench_compare` (`make bench-compare`): raftkv beside PySyncObj and etcd.
 
-The same shape of work on both, on this machine, in the same run: a 3-node replicated
+The same shape of work on each, on this machine, in the same run: a 3-node replicated
 key/value map on loopback, 100-byte values, closed-loop writes with N in flight,
 warm-up then a counted window. raftkv: `raftkv bench` (harness/bench.py) on a temp
 cluster, fsync on, linearizable. PySyncObj 0.3.17 (the `compare` extra; never a runtime
@@ -9,8 +9,32 @@ driven from the leader's own process through the callback API, so no client hop 
 counted against it. Its journal stays in memory with no fsync (its default; its file
 journal does not fsync either), and its reads are local, stale reads.
 
-Each system runs each of its settings once per round, the systems taking turns (which
-goes first alternates), and the table shows the median of the rounds.
+etcd, when `etcd` is on PATH (Debian's etcd-server, 3.4.23; never a dependency): a new
+3-member cluster per run, on free loopback ports with its data dirs in a temp dir, every
+setting etcd's default, so durable as raftkv is: a member fsyncs its WAL before it
+acknowledges, the leader before it applies. The load comes from harness/etcdload/main.go,
+a Go program on the clientv3 of Debian's golang-etcd-server-dev (built here with Debian's
+golang-go, GOPATH mode, ~15 s the first time, ~1 s from then on): N goroutines, each one
+put at a time, straight to the leader as raftkv's load goes to its leader, over one gRPC
+connection at 1 in flight and ETCD_CONNS at N. Without etcd, go or those sources there
+are no etcd rows and a line says what to install.
+
+Why Go: a Python client would be part of what is measured. At 64 in flight, each on a
+new cluster, 5 s windows, the four in turn for four rounds (three of them while another
+benchmark loaded this 2-core machine, load average 5-10), puts/s and the generator's CPU
+over its run:
+  Go clientv3, 4 connections  4,496  4,527  10,411  5,118  (17-33% of a core)
+  Go clientv3, 1 connection   3,719  4,134  11,594  4,161  (16-34%)
+  `etcd3` 0.12.0 from PyPI    2,178  2,596   4,273  2,446  (35-60%; gRPC, 64 threads,
+                                                            protobuf < 4: pure Python)
+  aiohttp, etcd's JSON API    1,983  1,789   1,816  1,861  (27-30%; /v3/kv/put, 64 tasks)
+Per put the Python generators spent 4-5x the Go one's CPU, on the cores the three members
+need, and drove at most 57% of its rate. Four connections beat one in three rounds of four,
+so the N row uses ETCD_CONNS. One put at a time, p50: Go 0.83 and 1.13 ms, aiohttp 1.60,
+etcd3 2.14 (one loaded run each).
+
+Each system runs each of its settings once per round, the systems taking turns to go first,
+and the table shows the median of the rounds.
 """
 
 from __future__ import annotations
@@ -21,13 +45,18 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.launcher import free_ports
@@ -38,12 +67,12 @@ START_TIMEOUT_S = 20.0
 
 @dataclass(frozen=True)
 class Setting:
-    system: str  # raftkv | PySyncObj
+    system: str  # raftkv | PySyncObj | etcd
     in_flight: int
     label: str
     durability: str
     reads: str
-    # PySyncObj: SyncObjConf arguments; raftkv: BenchConfig fields
+    # PySyncObj: SyncObjConf arguments; raftkv: BenchConfig fields; etcd: etcdload flags
     options: tuple[tuple[str, Any], ...] = ()
 
 
@@ -51,16 +80,23 @@ RAFTKV_DURABILITY = "WAL fsync on a majority before OK"
 PYSYNCOBJ_DURABILITY = "in-memory journal, no fsync"
 RAFTKV_READS = "linearizable (ReadIndex)"
 PYSYNCOBJ_READS = "stale (local)"
+SYSTEMS = ("raftkv", "PySyncObj", "etcd")
 
 
-def settings(in_flight: int) -> list[Setting]:
+def settings(in_flight: int, etcd: bool = False) -> list[Setting]:
     """raftkv at 1 and `in_flight` requests, and without fsync (PySyncObj's durability,
     for reference; the ratio uses the durable row). PySyncObj at its fastest single request
     (batching off, 1 ms tick), and at `in_flight` and 1,000 in flight with appends sent
     every 1 ms instead of every 100 ms (its default; batched writes wait for it): the
-    settings that gave it the most writes/s here."""
+    settings that gave it the most writes/s here. With `etcd`, etcd at 1 and `in_flight`
+    (the latter over ETCD_CONNS connections), as it comes."""
     tick = (("autoTickPeriod", 0.001),)
     fast_appends = (*tick, ("appendEntriesPeriod", 0.001))
+    etcd_rows = [
+        Setting("etcd", 1, "1 in flight, Go clientv3", ETCD_DURABILITY, ETCD_READS),
+        Setting("etcd", in_flight, f"{in_flight} in flight, Go clientv3, {ETCD_CONNS} conns",
+                ETCD_DURABILITY, ETCD_READS, (("conns", ETCD_CONNS),)),
+    ] if etcd else []
     return [
         Setting("raftkv", 1, "1 in flight", RAFTKV_DURABILITY, RAFTKV_READS),
         Setting("raftkv", in_flight, f"{in_flight} in flight", RAFTKV_DURABILITY, RAFTKV_READS),
@@ -72,6 +108,7 @@ def settings(in_flight: int) -> list[Setting]:
                 PYSYNCOBJ_DURABILITY, PYSYNCOBJ_READS, fast_appends),
         Setting("PySyncObj", 1000, "1000 in flight, 1 ms tick, 1 ms appends",
                 PYSYNCOBJ_DURABILITY, PYSYNCOBJ_READS, fast_appends),
+        *etcd_rows,
     ]
 
 
@@ -215,28 +252,182 @@ def receive(conn: Any, what: str, timeout: float = START_TIMEOUT_S) -> Any:
     return conn.recv()
 
 
+# -- etcd --------------------------------------------------------------------------------------
+
+# etcd's defaults, unchanged: a member fsyncs its WAL before it acknowledges entries, and
+# the leader fsyncs its own before it applies what a majority acknowledged.
+ETCD_DURABILITY = RAFTKV_DURABILITY
+ETCD_READS = "linearizable (ReadIndex)"
+ETCD_LOAD_SOURCE = Path(__file__).with_name("etcdload") / "main.go"
+# Where Debian's golang-etcd-server-dev installs clientv3 and its dependencies (GOPATH
+# layout: Go 1.19 builds against it with GO111MODULE=off, no module download).
+DEBIAN_GOPATH = Path("/usr/share/gocode")
+ETCD_INSTALL = "apt-get install etcd-server golang-go golang-etcd-server-dev"
+ETCD_CONNS = 4  # etcdload -conns at more than one in flight (see the module docstring)
+# A follower exits at once on SIGTERM; the leader first tries to hand over leadership, and
+# with its followers stopping too it waits ~7 s for that to fail. The data is thrown away,
+# so it is killed instead.
+ETCD_STOP_GRACE_S = 1.0
+
+
+def etcd_missing() -> str | None:
+    """Why the etcd rows cannot run on this machine, or None if they can."""
+    if shutil.which("etcd") is None:
+        return "etcd is not on PATH"
+    if shutil.which("go") is None:
+        return "go (to build the etcd load generator) is not on PATH"
+    if not (DEBIAN_GOPATH / "src/go.etcd.io/etcd/clientv3").is_dir():
+        return f"etcd's Go client sources are not under {DEBIAN_GOPATH}"
+    return None
+
+
+def etcd_version() -> str:
+    """`etcd --version`'s first line ("etcd Version: 3.4.23") and where etcd is."""
+    out = subprocess.run(["etcd", "--version"], capture_output=True, text=True, timeout=10)
+    return f"{(out.stdout.splitlines() or ['?'])[0]} ({shutil.which('etcd')})"
+
+
+def build_etcd_load(out_dir: Path) -> Path:
+    """Compile harness/etcdload/main.go to `out_dir`/etcdload (about 15 s on 2 cores the
+    first time, then about 1 s from Go's build cache)."""
+    binary = out_dir / "etcdload"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(DEBIAN_GOPATH), "GOFLAGS": ""}
+    if not any(env.get(v) for v in ("GOCACHE", "XDG_CACHE_HOME", "HOME")):
+        env["GOCACHE"] = str(out_dir / "go-build")  # go refuses to build with no cache dir
+    proc = subprocess.run(["go", "build", "-o", str(binary), str(ETCD_LOAD_SOURCE)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"etcd: building {ETCD_LOAD_SOURCE} failed:\n{proc.stderr}")
+    return binary
+
+
+def etcd_commands(root: Path, ports: list[int]) -> list[list[str]]:
+    """One etcd command line per member: member i (from 1) listens for clients on
+    ports[i - 1] and for peers on ports[nodes + i - 1], all on 127.0.0.1, and keeps its
+    data in root/e<i>. No flag touches durability."""
+    nodes = len(ports) // 2
+    if nodes < 1 or len(ports) != 2 * nodes or len(set(ports)) != len(ports):
+        raise ValueError(f"etcd: need two distinct ports per member, got {ports}")
+    url = "http://127.0.0.1:{}".format
+    initial = ",".join(f"e{i + 1}={url(p)}" for i, p in enumerate(ports[nodes:]))
+    return [["etcd", "--name", f"e{i + 1}", "--data-dir", str(root / f"e{i + 1}"),
+             "--listen-client-urls", url(client), "--advertise-client-urls", url(client),
+             "--listen-peer-urls", url(peer), "--initial-advertise-peer-urls", url(peer),
+             "--initial-cluster", initial, "--initial-cluster-state", "new",
+             "--initial-cluster-token", "raftkv-compare", "--logger", "zap",
+             "--log-outputs", "stderr"]
+            for i, (client, peer) in enumerate(zip(ports[:nodes], ports[nodes:], strict=True))]
+
+
+def client_url(command: list[str]) -> str:
+    return command[command.index("--listen-client-urls") + 1]
+
+
+def etcd_healthy(url: str) -> bool:
+    """Whether the member at `url` says it is healthy: it has a leader and a quorum read
+    through it succeeds (etcd 3.4's /health)."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1.0) as reply:
+            return json.load(reply).get("health") == "true"
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def etcd_cluster(nodes: int = 3) -> Iterator[list[str]]:
+    """A new etcd cluster of `nodes` members on free loopback ports, in a temp dir; yields
+    the client URLs once every member is healthy. On exit every member started is sent
+    SIGTERM, then SIGKILL if still running after ETCD_STOP_GRACE_S, and waited for; then
+    the dir is removed."""
+    root = Path(tempfile.mkdtemp(prefix="raftkv-compare-etcd-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        commands = etcd_commands(root, free_ports(2 * nodes))
+        for i, command in enumerate(commands):
+            with open(root / f"e{i + 1}.log", "wb") as log:
+                procs.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                              stderr=subprocess.STDOUT))
+        urls = [client_url(c) for c in commands]
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not all(etcd_healthy(u) for u in urls):
+            exited = [i for i, p in enumerate(procs) if p.poll() is not None]
+            if exited or time.monotonic() > deadline:
+                i = exited[0] if exited else 0
+                tail = (root / f"e{i + 1}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"etcd: the cluster was not healthy within "
+                                   f"{START_TIMEOUT_S:g}s; member e{i + 1}'s log ends:\n{tail}")
+            time.sleep(0.1)
+        yield urls
+    finally:
+        for p in procs:
+            p.terminate()
+        deadline = time.monotonic() + ETCD_STOP_GRACE_S
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_etcd(s: Setting, duration: float, warmup: float, value_size: int, load: Path,
+             key_space: int = 10_000) -> Measured:
+    """A new 3-member cluster; `load` (build_etcd_load) drives the setting on its leader."""
+    with etcd_cluster() as urls:
+        command = [str(load), "-endpoints", ",".join(urls), "-in-flight", str(s.in_flight),
+                   "-warmup", f"{warmup}s", "-duration", f"{duration}s",
+                   "-value-size", str(value_size), "-key-space", str(key_space),
+                   *(f"-{name}={value}" for name, value in s.options)]
+        proc = subprocess.run(command, capture_output=True, text=True,
+                              timeout=warmup + duration + START_TIMEOUT_S + 30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"etcd: the load generator failed: {proc.stderr.strip()}")
+    return parse_etcd_load(proc.stdout, duration)
+
+
+def parse_etcd_load(out: str, duration: float) -> Measured:
+    """etcdload's JSON as a Measured: OK puts in the window per second, their latency
+    percentiles; errors are failed puts plus puts still unanswered when their time ran out."""
+    report = json.loads(out)
+    latencies = array("d", report["latencies_ms"])
+    summary = summarize(latencies)
+    return Measured(round(len(latencies) / duration, 1), summary.p50, summary.p99,
+                    sum(report["errors"].values()) + report["unanswered"])
+
+
 # -- the comparison ---------------------------------------------------------------------------
 
 def compare(rounds: int, duration: float, warmup: float, in_flight: int, value_size: int,
-            log: Any = print, pysyncobj_log: str = os.devnull
-            ) -> list[tuple[Setting, list[Measured]]]:
-    """Every setting once per round, the systems alternating which goes first.
-    PySyncObj's nodes write their standard error to `pysyncobj_log`."""
-    table = settings(in_flight)
+            log: Any = print, pysyncobj_log: str = os.devnull, etcd_load: Path | None = None,
+            systems: tuple[str, ...] = SYSTEMS) -> list[tuple[Setting, list[Measured]]]:
+    """Every setting of `systems` once per round, the systems taking turns to go first.
+    PySyncObj's nodes write their standard error to `pysyncobj_log`. etcd runs only given
+    `etcd_load`, its load generator (build_etcd_load)."""
+    table = [s for s in settings(in_flight, etcd=etcd_load is not None) if s.system in systems]
+    present = [system for system in SYSTEMS if any(s.system == system for s in table)]
     runs: dict[Setting, list[Measured]] = {s: [] for s in table}
     for r in range(rounds):
-        order = ["raftkv", "PySyncObj"] if r % 2 == 0 else ["PySyncObj", "raftkv"]
-        for system in order:
+        for system in rotated(present, r):
             for s in (s for s in table if s.system == system):
                 if system == "raftkv":
                     m = run_raftkv(s, duration, warmup, value_size)
-                else:
+                elif system == "PySyncObj":
                     m = run_pysyncobj(s, duration, warmup, value_size, log_path=pysyncobj_log)
+                else:
+                    assert etcd_load is not None  # etcd's settings exist only with it
+                    m = run_etcd(s, duration, warmup, value_size, etcd_load)
                 runs[s].append(m)
                 log(f"round {r + 1}/{rounds}: {system} {s.label}: {m.writes_per_s:,.0f} "
                     f"writes/s, p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms, "
                     f"{m.errors} errors")
     return list(runs.items())
+
+
+def rotated(systems: list[str], r: int) -> list[str]:
+    """The order of round `r`: each system goes first in turn (two systems alternate)."""
+    k = r % len(systems) if systems else 0
+    return systems[k:] + systems[:k]
 
 
 def medians(runs: list[Measured]) -> Measured:
@@ -254,17 +445,37 @@ def format_table(rows: list[tuple[Setting, Measured]], rounds: int) -> str:
              for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join([f"medians of {rounds} alternating rounds, 3 nodes on loopback, "
-                      f"same machine", *lines, ratio_line(rows)])
+                      f"same machine", *lines, *ratio_lines(rows)])
 
 
-def ratio_line(rows: list[tuple[Setting, Measured]]) -> str:
-    ours = max((m for s, m in rows
-                if s.system == "raftkv" and s.in_flight > 1 and s.durability == RAFTKV_DURABILITY),
-               key=lambda m: m.writes_per_s)
-    best_s, best = max(((s, m) for s, m in rows if s.system == "PySyncObj"),
-                       key=lambda sm: sm[1].writes_per_s)
-    return (f"raftkv durable linearizable writes/s / PySyncObj's best ({best_s.label}): "
-            f"{ours.writes_per_s / max(best.writes_per_s, 1e-9):.2f}x")
+def ratio_lines(rows: list[tuple[Setting, Measured]]) -> list[str]:
+    """raftkv's durable writes/s at more than one in flight over PySyncObj's best; over
+    etcd's at the same number in flight; one client's put p50 on both. A line only when
+    the table has the rows it needs."""
+    durable = [(s, m) for s, m in rows
+               if s.system == "raftkv" and s.durability == RAFTKV_DURABILITY]
+    ours = [m for s, m in durable if s.in_flight > 1]
+    peers = [(s, m) for s, m in rows if s.system == "PySyncObj"]
+    lines = []
+    if ours and peers:
+        best_s, best = max(peers, key=lambda sm: sm[1].writes_per_s)
+        top = max(m.writes_per_s for m in ours)
+        lines.append(f"raftkv durable linearizable writes/s / PySyncObj's best "
+                     f"({best_s.label}): {ratio(top, best.writes_per_s)}")
+    for e, em in ((s, m) for s, m in rows if s.system == "etcd"):
+        same = [m for s, m in durable if s.in_flight == e.in_flight]
+        if same and e.in_flight > 1:
+            lines.append(f"raftkv / etcd, puts/s at {e.in_flight} in flight, both durable: "
+                         f"{ratio(same[0].writes_per_s, em.writes_per_s)}")
+        elif same:
+            lines.append(f"one client's put p50: raftkv {same[0].p50_ms:.2f} ms, etcd "
+                         f"{em.p50_ms:.2f} ms (raftkv's / etcd's: "
+                         f"{ratio(same[0].p50_ms, em.p50_ms)})")
+    return lines
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / max(b, 1e-9):.2f}x"
 
 
 def pysyncobj_installed() -> bool:
@@ -296,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in-flight", type=int, default=64, help="the shared offered load")
     ap.add_argument("--value-size", type=int, default=100)
     ap.add_argument("--json", action="store_true", help="print the medians as JSON")
+    ap.add_argument("--no-etcd", action="store_true", help="no etcd rows even if it is here")
     args = ap.parse_args(argv)
     if not pysyncobj_installed():
         print("PySyncObj is not installed: pip install -e '.[compare]' (make bench-compare)",
@@ -303,9 +515,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fd, pysyncobj_log = tempfile.mkstemp(prefix="raftkv-compare-pysyncobj-", suffix=".log")
     os.close(fd)
-    runs = compare(args.rounds, args.duration, args.warmup, args.in_flight, args.value_size,
-                   log=lambda m: print(m, file=sys.stderr, flush=True),
-                   pysyncobj_log=pysyncobj_log)
+    with tempfile.TemporaryDirectory(prefix="raftkv-compare-etcdload-") as build_dir:
+        etcd_load = None
+        if not args.no_etcd and (why := etcd_missing()):
+            print(f"no etcd rows: {why} ({ETCD_INSTALL})", file=sys.stderr)
+        elif not args.no_etcd:
+            print(f"etcd: {etcd_version()}; load: {ETCD_LOAD_SOURCE} (Go clientv3)",
+                  file=sys.stderr)
+            etcd_load = build_etcd_load(Path(build_dir))
+        runs = compare(args.rounds, args.duration, args.warmup, args.in_flight,
+                       args.value_size, log=lambda m: print(m, file=sys.stderr, flush=True),
+                       pysyncobj_log=pysyncobj_log, etcd_load=etcd_load)
     print(describe_log(pysyncobj_log), file=sys.stderr)
     rows = [(s, medians(ms)) for s, ms in runs]
     if args.json:

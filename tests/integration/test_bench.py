@@ -132,3 +132,36 @@ def test_pysyncobj_side_of_the_comparison_measures_writes():
     fastest_single = settings(4)[2]
     m = run_pysyncobj(fastest_single, duration=0.5, warmup=0.2, value_size=100, key_space=10)
     assert m.errors == 0 and m.writes_per_s > 0
+
+
+def test_etcd_side_of_the_comparison_measures_puts_and_leaves_nothing_behind(tmp_path,
+                                                                             monkeypatch):
+    import tempfile
+
+    import psutil
+
+    from harness.bench_compare import (
+        ETCD_INSTALL,
+        build_etcd_load,
+        compare,
+        etcd_missing,
+        format_table,
+        medians,
+    )
+
+    if why := etcd_missing():
+        pytest.skip(f"{why} ({ETCD_INSTALL})")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the clusters' dirs go here
+    load = build_etcd_load(tmp_path)
+    runs = compare(1, duration=0.5, warmup=0.3, in_flight=4, value_size=100,
+                   log=lambda _: None, etcd_load=load, systems=("etcd",))
+    assert [(s.system, s.in_flight) for s, _ in runs] == [("etcd", 1), ("etcd", 4)]
+    for _, ms in runs:
+        assert len(ms) == 1 and ms[0].errors == 0
+        assert ms[0].writes_per_s > 0 and 0 < ms[0].p50_ms <= ms[0].p99_ms
+    table = format_table([(s, medians(ms)) for s, ms in runs], 1)
+    assert sum(line.startswith("etcd ") for line in table.splitlines()) == 2
+    assert not list(tmp_path.glob("raftkv-compare-etcd-*"))
+    left = [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(str(tmp_path) in arg for arg in p.info["cmdline"] or ())]
+    assert not left, left

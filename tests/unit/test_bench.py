@@ -379,3 +379,88 @@ def test_the_sampler_reports_private_memory_within_rss():
     sampler.sample()
     me = sampler.summary()["me"]
     assert 0 < me["private_mb"] <= me["rss_mb"]
+
+
+def test_compare_has_etcd_rows_only_when_asked_at_1_and_n_in_flight_as_it_comes():
+    from harness.bench_compare import ETCD_CONNS, RAFTKV_DURABILITY, settings
+
+    assert all(s.system != "etcd" for s in settings(64))
+    etcd = [s for s in settings(64, etcd=True) if s.system == "etcd"]
+    assert [s.in_flight for s in etcd] == [1, 64]
+    assert etcd[0].options == () and etcd[1].options == (("conns", ETCD_CONNS),)
+    assert all(s.durability == RAFTKV_DURABILITY and "linearizable" in s.reads for s in etcd)
+    assert settings(64, etcd=True)[:6] == settings(64)
+
+
+def test_etcd_members_listen_on_their_own_loopback_ports_and_list_each_other(tmp_path):
+    from harness.bench_compare import client_url, etcd_commands
+
+    commands = etcd_commands(tmp_path, [2001, 2002, 2003, 3001, 3002, 3003])
+    assert [client_url(c) for c in commands] == [f"http://127.0.0.1:{p}"
+                                                 for p in (2001, 2002, 2003)]
+    for i, c in enumerate(commands, 1):
+        flags = dict(zip(c[1::2], c[2::2], strict=True))
+        assert c[0] == "etcd" and flags["--name"] == f"e{i}"
+        assert flags["--data-dir"] == str(tmp_path / f"e{i}")
+        assert flags["--listen-peer-urls"] == f"http://127.0.0.1:{3000 + i}"
+        assert flags["--initial-cluster"] == ("e1=http://127.0.0.1:3001,"
+                                              "e2=http://127.0.0.1:3002,e3=http://127.0.0.1:3003")
+        assert not any("unsafe" in f or "fsync" in f for f in flags)  # etcd's durability
+    with pytest.raises(ValueError):
+        etcd_commands(tmp_path, [2001, 2001, 3001, 3002])
+    with pytest.raises(ValueError):
+        etcd_commands(tmp_path, [2001, 2002, 3001])
+
+
+def test_etcd_load_report_counts_ok_puts_per_second_and_every_failure():
+    from harness.bench_compare import parse_etcd_load
+
+    out = json.dumps({"leader": "http://127.0.0.1:2001", "latencies_ms": [3.0, 1.0, 2.0, 4.0],
+                      "errors": {"timeout": 2, "Unavailable": 1}, "unanswered": 4})
+    m = parse_etcd_load(out + "\n", duration=2.0)
+    assert (m.writes_per_s, m.p50_ms, m.p99_ms, m.errors) == (2.0, 2.0, 4.0, 7)
+    empty = parse_etcd_load(json.dumps({"leader": "", "latencies_ms": [], "errors": {},
+                                        "unanswered": 0}), duration=1.0)
+    assert (empty.writes_per_s, empty.p50_ms, empty.errors) == (0.0, 0.0, 0)
+
+
+def test_each_system_goes_first_in_turn():
+    from harness.bench_compare import rotated
+
+    three = ["raftkv", "PySyncObj", "etcd"]
+    assert [rotated(three, r)[0] for r in range(4)] == ["raftkv", "PySyncObj", "etcd", "raftkv"]
+    assert all(sorted(rotated(three, r)) == sorted(three) for r in range(3))
+    assert [rotated(["raftkv", "PySyncObj"], r) for r in range(2)] == [
+        ["raftkv", "PySyncObj"], ["PySyncObj", "raftkv"]]
+
+
+def test_compare_table_sets_raftkv_against_etcd_at_n_in_flight_and_one_clients_p50():
+    from harness.bench_compare import Measured, format_table, settings
+
+    table = settings(64, etcd=True)
+    figures = {("raftkv", 1): Measured(1_500, 0.6, 1.4, 0),
+               ("raftkv", 64): Measured(50_000, 1.1, 2.6, 0),
+               ("etcd", 1): Measured(900, 1.2, 3.0, 0),
+               ("etcd", 64): Measured(20_000, 3.0, 9.0, 0)}
+    ours_1, ours_64, *_, etcd_1, etcd_64 = table
+    rows = [(s, figures[s.system, s.in_flight]) for s in (ours_1, ours_64, etcd_1, etcd_64)]
+    lines = format_table(rows, 3).splitlines()
+    assert sum(line.startswith("etcd ") for line in lines) == 2
+    assert lines[-2:] == [
+        "one client's put p50: raftkv 0.60 ms, etcd 1.20 ms (raftkv's / etcd's: 0.50x)",
+        "raftkv / etcd, puts/s at 64 in flight, both durable: 2.50x"]
+    assert not any("PySyncObj" in line for line in lines)  # no PySyncObj rows, no ratio
+
+
+def test_etcd_rows_need_etcd_go_and_the_client_sources(tmp_path, monkeypatch):
+    from harness import bench_compare
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert bench_compare.etcd_missing() == "etcd is not on PATH"
+    for name in ("etcd", "go"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setattr(bench_compare, "DEBIAN_GOPATH", tmp_path / "gocode")
+    assert "sources" in bench_compare.etcd_missing()
+    (tmp_path / "gocode/src/go.etcd.io/etcd/clientv3").mkdir(parents=True)
+    assert bench_compare.etcd_missing() is None
