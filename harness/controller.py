@@ -144,6 +144,7 @@ COUNTER_KEYS = (
     "dropped_replies",  # replies not delivered: client gone or HWM reached
     "late_replies",  # node replies to requests already answered
     "refused_role",  # requests answered FORBIDDEN: a client key asked for an admin op
+    "batches",  # REQS frames sent to nodes: one client's requests of one drain together
 )
 
 
@@ -215,6 +216,11 @@ class Controller:
         self.started = time.monotonic()
         self.counters = dict.fromkeys(COUNTER_KEYS, 0)
         self.pending: dict[tuple[bytes, int], Pending] = {}
+        # While the front is drained, what is dispatched waits here, by (node, client),
+        # and leaves as one REQS frame per pair when the drain ends (`send_outbox`): a
+        # node serves a batch in one turn where it took one frame a request. None: send
+        # at once (sweeps, redirects).
+        self.outbox: dict[tuple[int, bytes], list[Pending]] | None = None
         self.own: dict[int, OwnRequest] = {}
         self.own_ids = itertools.count(1)
         self.leader = 0  # the node requests go to; 0: none known
@@ -308,6 +314,14 @@ class Controller:
     # ---- client side ---------------------------------------------------------------
 
     def drain_front(self) -> None:
+        self.outbox = {}
+        try:
+            self.take_front()
+        finally:
+            outbox, self.outbox = self.outbox, None
+            self.send_outbox(outbox, time.monotonic())
+
+    def take_front(self) -> None:
         # With keys, each message's frames carry its connection's role (ZAP User-Id).
         copy = self.keys is None
         for _ in range(MAX_DRAIN):
@@ -380,15 +394,34 @@ class Controller:
         entry.node = 0
         if not target:
             return
+        if self.outbox is not None:
+            self.outbox.setdefault((target, entry.client), []).append(entry)
+            return
+        self.send_batch(target, entry.client, [entry], now)
+
+    def send_outbox(self, outbox: dict[tuple[int, bytes], list[Pending]], now: float) -> None:
+        for (target, client), entries in outbox.items():
+            if target in self.views:
+                self.send_batch(target, client, entries, now)
+
+    def send_batch(self, target: int, client: bytes, entries: list[Pending], now: float) -> None:
+        """Send `entries`, all of one client, to node `target`: a lone request as its own
+        frame, several as one REQS frame (the node answers each with its own REP)."""
+        frame = (entries[0].frame if len(entries) == 1
+                 else wire.encode_requests([e.frame for e in entries]))
         try:
-            self.views[target].dealer.send_multipart((entry.client, entry.frame), zmq.NOBLOCK)
+            self.views[target].dealer.send_multipart((client, frame), zmq.NOBLOCK)
         except zmq.Again:  # no connection to that node (down) or its queue is full
-            entry.avoid = target
+            for entry in entries:
+                entry.avoid = target
             if target == self.leader:
                 self.set_leader(0, now)
             return
-        entry.node = target
-        entry.sent_at = now
+        if len(entries) > 1:
+            self.counters["batches"] += 1
+        for entry in entries:
+            entry.node = target
+            entry.sent_at = now
 
     def pick_target(self, entry: Pending, now: float) -> int:
         if self.leader and self.believable(self.views[self.leader], now):
@@ -415,14 +448,18 @@ class Controller:
                 continue
             envelope, frame = parts
             try:
-                reply = wire.decode_reply(frame)
+                replies = wire.decode_replies(frame)
             except wire.MalformedFrame:
                 self.counters["malformed"] += 1
                 continue
-            if envelope == OWN_ENVELOPE:
-                self.handle_own_reply(view, reply)
-            else:
-                self.handle_relayed_reply(view, envelope, frame, reply)
+            for reply in replies:
+                if envelope == OWN_ENVELOPE:
+                    self.handle_own_reply(view, reply)
+                else:
+                    # A client of ours sent no REQS, so it takes each reply as a REP.
+                    one = frame if len(replies) == 1 else wire.encode_reply(
+                        reply.request_id, reply.code, reply.value, reply.leader_hint)
+                    self.handle_relayed_reply(view, envelope, one, reply)
 
     def handle_relayed_reply(
         self, view: NodeView, client: bytes, frame: bytes, reply: wire.ClientReply

@@ -191,10 +191,11 @@ class Transport:
         # makes itself (bad requests, FAULT). The node keeps it current.
         self.leader_hint = 0
         self.fault: frozenset[int] = frozenset()
-        # Routing ids of clients that sent REQS (so they take REPS), and the replies held
-        # for them until `flush`.
-        self._batching: set[bytes] = set()
-        self._held: dict[bytes, list[bytes]] = {}
+        # Routes of clients that sent REQS (so they take REPS), and the replies held for
+        # them until `flush`. A route through a proxy (the controller) batches as a
+        # direct client does: the proxy sent REQS for that client, so it takes REPS.
+        self._batching: set[Route] = set()
+        self._held: dict[Route, list[bytes]] = {}
         self.peers = {pid: addr for pid, addr in peers.items() if pid != node_id}
         # Invariant: _peer_by_identity and _dealers have exactly the ids of `peers`.
         self._peer_by_identity = {peer_identity(pid): pid for pid in self.peers}
@@ -294,10 +295,10 @@ class Transport:
                 continue
             if type(obj) is RequestBatch:
                 stats["batches_in"] += 1
-                if route is identity:
+                if route not in self._batching:
                     if len(self._batching) >= MAX_BATCHING_CLIENTS:
                         self._batching.clear()  # safe: they all take plain REP frames too
-                    self._batching.add(identity)
+                    self._batching.add(route)
                 stats["dropped_malformed"] += obj.malformed
                 for e in obj.invalid:
                     stats["bad_requests"] += 1
@@ -395,7 +396,7 @@ class Transport:
         frame = encode_reply(
             request_id, code, value, self.leader_hint if leader_hint is None else leader_hint
         )
-        if type(identity) is bytes and identity in self._batching:
+        if identity in self._batching:
             held = self._held.get(identity)
             if held is None:
                 self._held[identity] = [frame]

@@ -6,13 +6,15 @@ import signal
 
 import msgpack
 import pytest
+import zmq
 
 from harness import cluster_state
 from harness.cluster_state import ClusterState
 from harness.launcher import wait_for
 from raftkv import Client
 from raftkv.client import Unavailable
-from raftkv.wire import ClientRequest, ReplyCode, ReqOp, encode_request
+from raftkv.security import present
+from raftkv.wire import ClientRequest, ReplyCode, ReqOp, decode_reply, encode_request
 from tests.integration.controller_fixture import ControllerCluster
 
 NODE_FIELDS = {
@@ -68,6 +70,40 @@ def test_put_and_get_through_the_controller(cc):
         assert kv.get("user:1") is None
         assert kv.get("absent", consistency="stale") is None
     assert cc.status()["controller"]["relayed"] >= 6
+
+
+def test_a_clients_requests_of_one_turn_reach_the_leader_as_one_batch(cc):
+    """What one client sent while the controller was busy leaves for the leader as one
+    REQS frame; the leader answers it with one REPS, which the controller splits into
+    the client's REP frames. Stopping the controller (SIGSTOP) makes "at once" sure."""
+    leader = cc.wait_leader()
+    with Client(cc.address, timeout=10) as kv:
+        kv.put("k", "v")
+    sock = cc.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    present(sock, cc.credentials)
+    sock.connect(cc.address)
+    try:
+        cc.call(encode_request(ClientRequest(1, ReqOp.STATUS)))  # the controller is up
+        cc.controller.send_signal(signal.SIGSTOP)
+        try:
+            for rid in range(1, 21):
+                sock.send(encode_request(ClientRequest(rid, ReqOp.GET, key=b"k")))
+        finally:
+            cc.controller.send_signal(signal.SIGCONT)
+        replies = []
+        while len(replies) < 20:
+            assert sock.poll(10_000), f"{len(replies)} of 20 replies came"
+            replies.append(decode_reply(sock.recv()))
+        assert sorted(r.request_id for r in replies) == list(range(1, 21))
+        assert {(r.code, r.value) for r in replies} == {(ReplyCode.OK, b"v")}
+    finally:
+        sock.close()
+    assert cc.status()["controller"]["batches"] >= 1
+    at_leader = cc.call(encode_request(ClientRequest(1, ReqOp.STATUS)), 2.0,
+                        cc.node_addresses[leader])
+    assert at_leader.value["transport"]["batches_in"] >= 1
+    assert at_leader.value["transport"]["batches_out"] >= 1
 
 
 def test_status_map_reports_every_node(cc):

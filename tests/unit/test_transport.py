@@ -492,6 +492,40 @@ def test_request_relayed_through_a_proxy_envelope_is_answered_through_it():
         ctx.destroy(linger=0)
 
 
+def test_a_batch_relayed_through_a_proxy_is_answered_with_one_batch_per_flush():
+    """The controller forwards a client's requests of one turn as one REQS frame under
+    that client's envelope; the node holds the replies to that route and sends them as
+    one REPS frame, as it does for a client that batches itself."""
+    ctx = zmq.Context()
+    node = Transport(1, "tcp://127.0.0.1:0", {}, context=ctx)
+    proxy = ctx.socket(zmq.DEALER)
+    proxy.setsockopt(zmq.LINGER, 0)
+    try:
+        proxy.connect(node.endpoint)
+        proxy.send_multipart([b"client-7", encode_requests(
+            [encode_request(ClientRequest(i, ReqOp.GET, key=b"k")) for i in (1, 2, 3)])])
+        deadline = time.monotonic() + 5
+        requests = []
+        while len(requests) < 3 and time.monotonic() < deadline:
+            node.poll(100)
+            requests += node.recv_all()[1]
+        assert {r.identity[1] for r in requests} == {b"client-7"}
+        for r in requests:
+            node.reply(r.identity, r.request_id, wire.ReplyCode.OK, b"v%d" % r.request_id)
+        assert not proxy.poll(50)  # held until the turn ends
+        node.flush()
+        assert proxy.poll(5000)
+        envelope, frame = proxy.recv_multipart()
+        assert envelope == b"client-7"
+        assert decode_replies(frame) == [
+            ClientReply(i, wire.ReplyCode.OK, b"v%d" % i, 0) for i in (1, 2, 3)]
+        assert node.stats["batches_in"] == 1 and node.stats["batches_out"] == 1
+    finally:
+        proxy.close()
+        node.close()
+        ctx.destroy(linger=0)
+
+
 @pytest.mark.parametrize("address", ["tcp://h", "tcp://-:1", "tcp://127.0.0.1:abc"])
 def test_a_peer_address_zeromq_cannot_use_is_counted_not_raised(address: str) -> None:
     """Addresses come from the network (PEERS, a log entry): a bad one must not stop the
