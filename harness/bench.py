@@ -268,7 +268,7 @@ def run_load(cfg: BenchConfig, routes: list[load.Route], pids: dict[str, int],
     for i, share in enumerate(shares):
         w = load.Workload(routes[i % len(routes)], share, load.parse_mix(cfg.mix),
                           cfg.consistency == "stale", cfg.value_size, cfg.key_space,
-                          batch=cfg.via == "direct")
+                          batch=True)
         ours, theirs = mp.Pipe()
         counter = mp.Array("q", 2, lock=False)  # OK answers, failures: see load.drive
         proc = mp.Process(target=load.load_process, args=(w, theirs, counter), daemon=True)
@@ -553,7 +553,7 @@ def run_bench(cfg: BenchConfig, err: TextIO = sys.stderr) -> dict[str, Any]:
             log(f"filling {cfg.key_space} keys ...")
             try:
                 load.fill_keys(ctx, load_route(cfg, state, leader), cfg.key_space,
-                               cfg.value_size, batch=cfg.via == "direct")
+                               cfg.value_size, batch=True)
             except RuntimeError as e:
                 raise BenchError(str(e)) from e
         result, latencies = run_load(cfg, routes, cluster_pids(state), err)

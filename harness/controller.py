@@ -130,6 +130,7 @@ DEALER_ID = b"ctl"
 HWM = 10_000
 MAX_HOPS = 3  # NOT_LEADER redirects followed at once before waiting for a sweep
 MAX_DRAIN = 1_000  # messages taken off one socket per loop turn
+MAX_BATCHING_CLIENTS = 65_536  # clients remembered as taking REPS; forgotten past it
 
 COUNTER_KEYS = (
     "requests",  # client requests received (any op)
@@ -221,6 +222,9 @@ class Controller:
         # node serves a batch in one turn where it took one frame a request. None: send
         # at once (sweeps, redirects).
         self.outbox: dict[tuple[int, bytes], list[Pending]] | None = None
+        # Clients that sent REQS, and their replies held until the turn ends (flush_held).
+        self.batching: set[bytes] = set()
+        self.held: dict[bytes, list[bytes]] = {}
         self.own: dict[int, OwnRequest] = {}
         self.own_ids = itertools.count(1)
         self.leader = 0  # the node requests go to; 0: none known
@@ -307,6 +311,7 @@ class Controller:
             if now >= next_health:
                 next_health = now + HEALTH_S
                 self.sample_health()
+            self.flush_held()
 
     def stop(self, *_: Any) -> None:
         self.stopping = True
@@ -340,10 +345,10 @@ class Controller:
                                     parts[1].get("User-Id"))
 
     def handle_request(self, client: bytes, frame: bytes, role: str | None = None) -> None:
-        """Serve or route one request; `role` is its connection's (None: no keys, anyone
-        may ask anything)."""
+        """Serve or route one request, or each of a REQS frame's; `role` is its
+        connection's (None: no keys, anyone may ask anything)."""
         try:
-            req = wire.decode_request(frame)
+            obj = wire.decode_frame(frame)
         except wire.MalformedFrame:
             self.counters["malformed"] += 1
             return
@@ -351,6 +356,25 @@ class Controller:
             self.counters["bad_requests"] += 1
             self.answer(client, e.request_id, ReplyCode.BAD_REQUEST, e.message)
             return
+        if type(obj) is wire.RequestBatch:
+            # A client that sends REQS takes REPS: its replies of a turn leave together.
+            if client not in self.batching:
+                if len(self.batching) >= MAX_BATCHING_CLIENTS:
+                    self.batching.clear()  # safe: they all take plain REP frames too
+                self.batching.add(client)
+            self.counters["requests"] += len(obj.requests) - 1
+            self.counters["malformed"] += obj.malformed
+            for e in obj.invalid:
+                self.counters["bad_requests"] += 1
+                self.answer(client, e.request_id, ReplyCode.BAD_REQUEST, e.message)
+            for req in obj.requests:
+                self.serve(client, req, wire.encode_request(req), role)
+        elif type(obj) is wire.ClientRequest:
+            self.serve(client, obj, frame, role)
+        else:  # a peer's frame: the controller is no node
+            self.counters["malformed"] += 1
+
+    def serve(self, client: bytes, req: ClientRequest, frame: bytes, role: str | None) -> None:
         why = None if role is None else refusal(role, req.op)
         if why is not None:
             self.counters["refused_role"] += 1
@@ -371,6 +395,20 @@ class Controller:
         self.send_to_client(client, wire.encode_reply(request_id, code, value, self.leader))
 
     def send_to_client(self, client: bytes, frame: bytes) -> None:
+        if client in self.batching:
+            self.held.setdefault(client, []).append(frame)
+            return
+        self.send_frame(client, frame)
+
+    def flush_held(self) -> None:
+        """Send the replies held for clients that batch: one REPS frame each (a lone
+        reply as a REP). Once a loop turn, as a node does."""
+        held, self.held = self.held, {}
+        for client, frames in held.items():
+            self.send_frame(client, frames[0] if len(frames) == 1
+                            else wire.encode_replies(frames))
+
+    def send_frame(self, client: bytes, frame: bytes) -> None:
         try:
             self.front.send_multipart((client, frame), zmq.NOBLOCK)
         except zmq.Again:

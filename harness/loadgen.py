@@ -168,7 +168,7 @@ class Workload:
     stale: bool = False  # GET_STALE instead of linearizable GET
     value_size: int = 100
     key_space: int = 10_000
-    batch: bool = False  # REQS/REPS frames: only when the route's addresses are nodes'
+    batch: bool = False  # REQS/REPS frames (nodes and the controller both take them)
 
 
 def bench_keys(key_space: int) -> list[bytes]:

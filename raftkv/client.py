@@ -67,11 +67,9 @@ sockets are not thread-safe). A caller encodes its frame, puts it on a queue, wa
 I/O thread through a socket pair only if it is asleep in its poll, and waits on its own
 queue; the I/O thread sends, receives and routes each reply by request id. Under load
 the I/O thread rarely sleeps, so most requests cost no wakeup, and it drains and sends
-many frames per turn over one connection per node. Given node addresses (a list or a
-mapping), it packs the frames it sends to one node in one turn into one REQS frame, and
-the node answers with REPS frames (raftkv.wire: batches); a single address may be the
-controller, which relays REQ frames only, so there every request is its own frame.
-Replies may come either way. Sockets owned per calling thread
+many frames per turn over one connection per node. It packs the frames it sends to one
+address in one turn into one REQS frame, and the node, or the controller, answers with
+REPS frames (raftkv.wire: batches). Replies may come either way. Sockets owned per calling thread
 were about a quarter faster in a bare 64-thread loop, but cost 64 x N connections, leak
 with the threads that made them, and cannot be closed safely by `close()` while another
 thread is using them; one owner thread makes `close()` exact.
@@ -201,7 +199,7 @@ class _IOThread(threading.Thread):
         # Address index -> why its last handshake failed; gone once one succeeds. The
         # thread writes it, callers read it (single dict operations, atomic).
         self.handshake_failures: dict[int, str] = {}
-        self.batch = batch  # REQS frames: only when every address is a node's
+        self.batch = batch  # REQS frames (nodes and the controller take them)
         self.connect_grace = connect_grace
         self.context = context
         # request id -> the caller's queue. Callers add and remove their own ids; the
@@ -479,7 +477,7 @@ class Client:
         self._context = zmq.Context() if context is None else context
         grace = min(CONNECT_GRACE, self.attempt_timeout / 2)
         self._io = _IOThread(addrs, self._context, grace,
-                             batch=not isinstance(addresses, str), credentials=credentials)
+                             batch=True, credentials=credentials)
         self._io.start()
         self._io.ready.wait()
         if self._io.error is not None:

@@ -14,7 +14,15 @@ from harness.launcher import wait_for
 from raftkv import Client
 from raftkv.client import Unavailable
 from raftkv.security import present
-from raftkv.wire import ClientRequest, ReplyCode, ReqOp, decode_reply, encode_request
+from raftkv.wire import (
+    ClientRequest,
+    ReplyCode,
+    ReqOp,
+    decode_replies,
+    decode_reply,
+    encode_request,
+    encode_requests,
+)
 from tests.integration.controller_fixture import ControllerCluster
 
 NODE_FIELDS = {
@@ -104,6 +112,31 @@ def test_a_clients_requests_of_one_turn_reach_the_leader_as_one_batch(cc):
                         cc.node_addresses[leader])
     assert at_leader.value["transport"]["batches_in"] >= 1
     assert at_leader.value["transport"]["batches_out"] >= 1
+
+
+def test_a_client_that_sends_reqs_to_the_controller_takes_reps(cc):
+    """raftkv.Client batches toward the controller as toward nodes: a REQS frame is
+    served request by request, and the replies of a turn go back as one REPS."""
+    cc.wait_leader()
+    with Client(cc.address, timeout=10) as kv:
+        kv.put("k", "v")
+    sock = cc.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    present(sock, cc.credentials)
+    sock.connect(cc.address)
+    try:
+        sock.send(encode_requests([encode_request(ClientRequest(rid, ReqOp.GET, key=b"k"))
+                                   for rid in range(1, 11)]))
+        replies, frames = [], 0
+        while len(replies) < 10:
+            assert sock.poll(10_000), f"{len(replies)} of 10 replies came"
+            replies += decode_replies(sock.recv())
+            frames += 1
+        assert sorted(r.request_id for r in replies) == list(range(1, 11))
+        assert {(r.code, r.value) for r in replies} == {(ReplyCode.OK, b"v")}
+        assert frames < 10  # some came together, in a REPS frame
+    finally:
+        sock.close()
 
 
 def test_status_map_reports_every_node(cc):

@@ -473,11 +473,12 @@ def test_concurrent_threads_share_one_client(node, client) -> None:
     assert kv.scan("t") == []
 
 
-def test_given_node_addresses_it_batches_requests_and_takes_batched_replies(
-        node, client) -> None:
+@pytest.mark.parametrize("as_list", [True, False], ids=["node addresses", "one address"])
+def test_it_batches_requests_and_takes_batched_replies(node, client, as_list) -> None:
+    """Node addresses, or a single one (the controller's, which takes REQS too)."""
     kv_handler = FakeKV()
     fake = node(kv_handler)
-    kv = client([fake.address])  # a list: node addresses, so REQS frames
+    kv = client([fake.address] if as_list else fake.address)
     errors: list[BaseException] = []
 
     def worker(t: int) -> None:
@@ -497,18 +498,6 @@ def test_given_node_addresses_it_batches_requests_and_takes_batched_replies(
     assert len(fake.ops(ReqOp.PUT)) == 16 * 20
     assert fake.batches >= 1  # 16 threads at once: some turns had several frames
     assert kv._io.stats["malformed"] == 0
-
-
-def test_a_single_address_gets_one_frame_per_request(node, client) -> None:
-    fake = node(FakeKV())
-    kv = client(fake.address)  # may be the controller, which relays REQ frames only
-    threads = [threading.Thread(target=kv.get, args=(f"k{t}",)) for t in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(DEADLINE)
-    assert len(fake.ops(ReqOp.GET)) == 16
-    assert fake.batches == 0
 
 
 def test_close_stops_the_io_thread(node, client) -> None:
