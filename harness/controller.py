@@ -337,18 +337,36 @@ class Controller:
             if len(parts) != 2:
                 self.counters["malformed"] += 1
                 continue
-            self.counters["requests"] += 1
             if copy:
-                self.handle_request(parts[0], parts[1])
+                self.handle_frame(parts[0], parts[1])
             else:
-                self.handle_request(parts[0].bytes, parts[1].bytes,
-                                    parts[1].get("User-Id"))
+                self.handle_frame(parts[0].bytes, parts[1].bytes, parts[1].get("User-Id"))
+
+    def handle_frame(self, client: bytes, frame: bytes, role: str | None = None) -> None:
+        """A REQ frame, or a REQS frame whose requests are served one by one, each passed
+        on as the bytes it came as; `role` is the connection's (None: no keys)."""
+        try:
+            batch = wire.split_batch(frame, wire.Kind.REQS)
+        except wire.MalformedFrame:
+            self.counters["malformed"] += 1
+            return
+        if batch is None:
+            self.handle_request(client, frame, role)
+            return
+        # A client that sends REQS takes REPS: its replies of a turn leave together.
+        if client not in self.batching:
+            if len(self.batching) >= MAX_BATCHING_CLIENTS:
+                self.batching.clear()  # safe: they all take plain REP frames too
+            self.batching.add(client)
+        for one in batch:
+            self.handle_request(client, one, role)
 
     def handle_request(self, client: bytes, frame: bytes, role: str | None = None) -> None:
-        """Serve or route one request, or each of a REQS frame's; `role` is its
-        connection's (None: no keys, anyone may ask anything)."""
+        """Serve or route one request; `role` is its connection's (None: no keys, anyone
+        may ask anything)."""
+        self.counters["requests"] += 1
         try:
-            obj = wire.decode_frame(frame)
+            req = wire.decode_request(frame)
         except wire.MalformedFrame:
             self.counters["malformed"] += 1
             return
@@ -356,23 +374,7 @@ class Controller:
             self.counters["bad_requests"] += 1
             self.answer(client, e.request_id, ReplyCode.BAD_REQUEST, e.message)
             return
-        if type(obj) is wire.RequestBatch:
-            # A client that sends REQS takes REPS: its replies of a turn leave together.
-            if client not in self.batching:
-                if len(self.batching) >= MAX_BATCHING_CLIENTS:
-                    self.batching.clear()  # safe: they all take plain REP frames too
-                self.batching.add(client)
-            self.counters["requests"] += len(obj.requests) - 1
-            self.counters["malformed"] += obj.malformed
-            for e in obj.invalid:
-                self.counters["bad_requests"] += 1
-                self.answer(client, e.request_id, ReplyCode.BAD_REQUEST, e.message)
-            for req in obj.requests:
-                self.serve(client, req, wire.encode_request(req), role)
-        elif type(obj) is wire.ClientRequest:
-            self.serve(client, obj, frame, role)
-        else:  # a peer's frame: the controller is no node
-            self.counters["malformed"] += 1
+        self.serve(client, req, frame, role)
 
     def serve(self, client: bytes, req: ClientRequest, frame: bytes, role: str | None) -> None:
         why = None if role is None else refusal(role, req.op)
@@ -486,17 +488,19 @@ class Controller:
                 continue
             envelope, frame = parts
             try:
-                replies = wire.decode_replies(frame)
+                batch = wire.split_batch(frame, wire.Kind.REPS)
             except wire.MalformedFrame:
                 self.counters["malformed"] += 1
                 continue
-            for reply in replies:
+            for one in (frame,) if batch is None else batch:
+                try:
+                    reply = wire.decode_reply(one)
+                except wire.MalformedFrame:
+                    self.counters["malformed"] += 1
+                    continue
                 if envelope == OWN_ENVELOPE:
                     self.handle_own_reply(view, reply)
                 else:
-                    # A client of ours sent no REQS, so it takes each reply as a REP.
-                    one = frame if len(replies) == 1 else wire.encode_reply(
-                        reply.request_id, reply.code, reply.value, reply.leader_hint)
                     self.handle_relayed_reply(view, envelope, one, reply)
 
     def handle_relayed_reply(

@@ -454,6 +454,41 @@ def encode_replies(frames: list[bytes]) -> bytes:
 
 # ---- decoding ----------------------------------------------------------------------
 
+
+def split_batch(data: bytes, kind: Kind) -> list[bytes] | None:
+    """The elements of a REQS or REPS frame (`kind`) as the bytes each was encoded to, a
+    REQ or REP frame apiece, for a proxy to pass on without decoding and encoding them
+    again; None if `data` is not a batch of that kind. Raises MalformedFrame if it is one
+    but broken. Only the framing is read: each element is for `decode_request` or
+    `decode_reply` to check."""
+    if type(data) is not bytes or len(data) < 4 or data[0] != 0x93 or data[2] != kind:
+        return None
+    if data[1] != VERSION:
+        raise MalformedFrame(f"protocol version {data[1]} is not {VERSION}")
+    unpacker = msgpack.Unpacker(max_buffer_size=len(data))
+    unpacker.feed(data)
+    try:
+        unpacker.read_array_header()
+        unpacker.skip()  # the version and the kind, read above
+        unpacker.skip()
+        n = unpacker.read_array_header()
+        if n > MAX_BATCH:
+            raise MalformedFrame(f"batch of {n} elements, more than {MAX_BATCH}")
+        elements, start = [], unpacker.tell()
+        for _ in range(n):
+            unpacker.skip()
+            end = unpacker.tell()
+            elements.append(data[start:end])
+            start = end
+    except MalformedFrame:
+        raise
+    except Exception as e:  # msgpack's errors for truncated or non-array input
+        raise MalformedFrame(f"batch frame is not [version, kind, [frame, ...]]: {e}") from e
+    if start != len(data):
+        raise MalformedFrame(f"{len(data) - start} bytes after the batch")
+    return elements
+
+
 _unpackb = msgpack.unpackb
 _MSG_TYPES: dict[int, MsgType] = {int(t): t for t in MsgType}
 _ENTRY_TYPES: dict[int, EntryType] = {int(t): t for t in EntryType}

@@ -464,66 +464,56 @@ def test_port_zero_binds_a_free_port() -> None:
         assert not t.endpoint.endswith(":0") and t.endpoint.startswith("tcp://127.0.0.1:")
 
 
-def test_request_relayed_through_a_proxy_envelope_is_answered_through_it():
-    """The controller relays [client id, frame] on its DEALER; the reply carries the
-    client id back so the proxy can route it without decoding the payload."""
+@pytest.fixture
+def proxied():
+    """A node's transport, and a DEALER connected to it as the controller's is."""
     ctx = zmq.Context()
     node = Transport(1, "tcp://127.0.0.1:0", {}, context=ctx)
     proxy = ctx.socket(zmq.DEALER)
     proxy.setsockopt(zmq.LINGER, 0)
+    proxy.connect(node.endpoint)
     try:
-        proxy.connect(node.endpoint)
-        frame = wire.encode_request(ClientRequest(9, ReqOp.GET, key=b"k"))
-        proxy.send_multipart([b"client-7", frame])
-        deadline = time.monotonic() + 5
-        requests = []
-        while not requests and time.monotonic() < deadline:
-            node.poll(100)
-            requests += node.recv_all()[1]
-        [req] = requests
-        assert req.identity[1] == b"client-7"
-        node.reply(req.identity, req.request_id, wire.ReplyCode.OK, b"v")
-        assert proxy.poll(5000)
-        envelope, reply = proxy.recv_multipart()
-        assert envelope == b"client-7" and wire.decode_reply(reply).value == b"v"
+        yield node, proxy
     finally:
         proxy.close()
         node.close()
         ctx.destroy(linger=0)
 
 
-def test_a_batch_relayed_through_a_proxy_is_answered_with_one_batch_per_flush():
+def test_request_relayed_through_a_proxy_envelope_is_answered_through_it(proxied):
+    """The controller relays [client id, frame] on its DEALER; the reply carries the
+    client id back so the proxy can route it without decoding the payload."""
+    node, proxy = proxied
+    proxy.send_multipart([b"client-7",
+                          wire.encode_request(ClientRequest(9, ReqOp.GET, key=b"k"))])
+    req = Inbox(node).wait_request()
+    assert req.identity[1] == b"client-7"
+    node.reply(req.identity, req.request_id, wire.ReplyCode.OK, b"v")
+    assert proxy.poll(5000)
+    envelope, reply = proxy.recv_multipart()
+    assert envelope == b"client-7" and wire.decode_reply(reply).value == b"v"
+
+
+def test_a_batch_relayed_through_a_proxy_is_answered_with_one_batch_per_flush(proxied):
     """The controller forwards a client's requests of one turn as one REQS frame under
     that client's envelope; the node holds the replies to that route and sends them as
     one REPS frame, as it does for a client that batches itself."""
-    ctx = zmq.Context()
-    node = Transport(1, "tcp://127.0.0.1:0", {}, context=ctx)
-    proxy = ctx.socket(zmq.DEALER)
-    proxy.setsockopt(zmq.LINGER, 0)
-    try:
-        proxy.connect(node.endpoint)
-        proxy.send_multipart([b"client-7", encode_requests(
-            [encode_request(ClientRequest(i, ReqOp.GET, key=b"k")) for i in (1, 2, 3)])])
-        deadline = time.monotonic() + 5
-        requests = []
-        while len(requests) < 3 and time.monotonic() < deadline:
-            node.poll(100)
-            requests += node.recv_all()[1]
-        assert {r.identity[1] for r in requests} == {b"client-7"}
-        for r in requests:
-            node.reply(r.identity, r.request_id, wire.ReplyCode.OK, b"v%d" % r.request_id)
-        assert not proxy.poll(50)  # held until the turn ends
-        node.flush()
-        assert proxy.poll(5000)
-        envelope, frame = proxy.recv_multipart()
-        assert envelope == b"client-7"
-        assert decode_replies(frame) == [
-            ClientReply(i, wire.ReplyCode.OK, b"v%d" % i, 0) for i in (1, 2, 3)]
-        assert node.stats["batches_in"] == 1 and node.stats["batches_out"] == 1
-    finally:
-        proxy.close()
-        node.close()
-        ctx.destroy(linger=0)
+    node, proxy = proxied
+    proxy.send_multipart([b"client-7", encode_requests(
+        [encode_request(ClientRequest(i, ReqOp.GET, key=b"k")) for i in (1, 2, 3)])])
+    inbox = Inbox(node)
+    requests = [inbox.wait_request() for _ in range(3)]
+    assert {r.identity[1] for r in requests} == {b"client-7"}
+    for r in requests:
+        node.reply(r.identity, r.request_id, wire.ReplyCode.OK, b"v%d" % r.request_id)
+    assert not proxy.poll(50)  # held until the turn ends
+    node.flush()
+    assert proxy.poll(5000)
+    envelope, frame = proxy.recv_multipart()
+    assert envelope == b"client-7"
+    assert decode_replies(frame) == [
+        ClientReply(i, wire.ReplyCode.OK, b"v%d" % i, 0) for i in (1, 2, 3)]
+    assert node.stats["batches_in"] == 1 and node.stats["batches_out"] == 1
 
 
 @pytest.mark.parametrize("address", ["tcp://h", "tcp://-:1", "tcp://127.0.0.1:abc"])

@@ -44,6 +44,7 @@ from raftkv.wire import (
     encode_requests,
     encode_snapshot_chunk,
     max_entry_size,
+    split_batch,
 )
 
 SEEDS = [int(os.environ["RAFTKV_WIRE_SEED"])] if os.environ.get("RAFTKV_WIRE_SEED") else range(8)
@@ -565,3 +566,32 @@ def test_snapshot_chunk_checksum_must_be_a_crc32(checksum: object) -> None:
     obj = [VERSION, 4, 2, 1, 7, 100, 6, [1, 2, 3], [], 0, 10, checksum, b"x"]
     with pytest.raises(MalformedFrame):
         decode_frame(pack(obj))
+
+
+# ---- splitting a batch, for a proxy ----------------------------------------------------
+
+
+def test_split_batch_gives_back_each_element_as_it_was_encoded() -> None:
+    reqs = [encode_request(ClientRequest(i, ReqOp.GET, key=b"k%d" % i)) for i in range(20)]
+    reps = [encode_reply(i, ReplyCode.OK, b"v" * i, 2) for i in range(3)]
+    assert split_batch(encode_requests(reqs), Kind.REQS) == reqs
+    assert split_batch(encode_replies(reps), Kind.REPS) == reps
+    assert split_batch(encode_requests([]), Kind.REQS) == []
+
+
+def test_split_batch_leaves_what_is_not_a_batch_of_its_kind() -> None:
+    req = encode_request(ClientRequest(1, ReqOp.GET, key=b"k"))
+    assert split_batch(req, Kind.REQS) is None
+    assert split_batch(encode_requests([req]), Kind.REPS) is None
+    assert split_batch(b"", Kind.REQS) is None
+
+
+@pytest.mark.parametrize("frame", [
+    encode_requests([encode_request(ClientRequest(1, ReqOp.GET, key=b"k"))])[:-1],
+    encode_requests([encode_request(ClientRequest(1, ReqOp.GET, key=b"k"))]) + b"\x00",
+    b"\x93\x01\x05\x01",  # the third element is no array
+    b"\x93\x02\x05\x90",  # another protocol version
+], ids=["truncated", "trailing bytes", "not an array", "version"])
+def test_split_batch_refuses_a_broken_batch(frame: bytes) -> None:
+    with pytest.raises(MalformedFrame):
+        split_batch(frame, Kind.REQS)
