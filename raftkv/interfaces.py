@@ -19,11 +19,11 @@ from raftkv.raft.types import Message
 from raftkv.wire import SnapshotChunk
 
 Route = bytes | tuple[bytes, bytes]
+"""Where a reply goes: a client's routing id, or (proxy's id, client's id)."""
 
 SnapshotData = bytes | Path
 """A snapshot's state machine bytes, or a file holding them that is handed over
 (`LmdbStore.capture`): whoever writes the snapshot file streams it, then removes it."""
-"""Where a reply goes: a client's routing id, or (proxy's id, client's id)."""
 
 
 class Transport(Protocol):

@@ -344,10 +344,7 @@ class KVStore:
 
     def growth(self, key: bytes, value: bytes) -> int:
         """How much `size` grows if `key` is set to `value` now (negative: it shrinks)."""
-        old = self.get(key)
-        if old is None:
-            return len(key) + len(value) + KEY_OVERHEAD
-        return len(value) - len(old)
+        return _growth(key, self.get(key), value)
 
     @property
     def session_count(self) -> int:
@@ -501,31 +498,37 @@ class KVStore:
         return reply
 
     def _write(self, op: int, key: bytes, value: bytes | None, expected: bytes | None) -> Reply:
-        """Do a validated PUT, DELETE or CAS on the data, keeping `size`; its reply."""
-        store = self._shards[hash(key) & _SHARD_MASK]
+        """Do a validated PUT, DELETE or CAS on the data, keeping `size`; its reply. The
+        data is reached through `get`, `_swap` and `_take` only, which a store kept
+        elsewhere replaces (raftkv.lmdb_state)."""
         if op == _PUT:
-            old = store.get(key)
-            store[key] = value
-            self._size += (len(value) - len(old) if old is not None
-                           else len(key) + len(value) + KEY_OVERHEAD)
+            old = self._swap(key, value)
             reply = _OK_NONE
         elif op == _DELETE:
-            old = store.pop(key, None)
+            old = self._take(key)
             if old is None:
-                reply = _OK_FALSE
-            else:
-                self._size -= len(key) + len(old) + KEY_OVERHEAD
-                reply = _OK_TRUE
+                return _OK_FALSE
+            self._size -= len(key) + len(old) + KEY_OVERHEAD
+            return _OK_TRUE
         else:
-            current = store.get(key)
-            if current == expected:  # None == None: "expected absent" and it is
-                store[key] = value
-                self._size += (len(value) - len(current) if current is not None
-                               else len(key) + len(value) + KEY_OVERHEAD)
-                reply = _OK_TRUE
-            else:
-                reply = _OK_FALSE
+            old = self.get(key)
+            if old != expected:  # None == None: "expected absent" and it is
+                return _OK_FALSE
+            self._swap(key, value)
+            reply = _OK_TRUE
+        self._size += _growth(key, old, value)
         return reply
+
+    def _swap(self, key: bytes, value: bytes) -> bytes | None:
+        """Set `key` to `value`; its value before (None: it was absent)."""
+        store = self._shards[hash(key) & _SHARD_MASK]
+        old = store.get(key)
+        store[key] = value
+        return old
+
+    def _take(self, key: bytes) -> bytes | None:
+        """Remove `key`; its value (None: it was absent)."""
+        return self._shards[hash(key) & _SHARD_MASK].pop(key, None)
 
     def _open_session(self, index: int) -> Reply:
         sessions = self._sessions
@@ -614,6 +617,13 @@ class KVStore:
         self._members = members
         self._applied_index = applied
         self._size = size
+
+
+def _growth(key: bytes, old: bytes | None, value: bytes) -> int:
+    """How `size` moves when `key` goes from `old` (None: absent) to `value`."""
+    if old is None:
+        return len(key) + len(value) + KEY_OVERHEAD
+    return len(value) - len(old)
 
 
 def session_wire(client_id: int, s: Session) -> tuple[int, int, int, int, Any]:

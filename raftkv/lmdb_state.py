@@ -58,7 +58,7 @@ from raftkv.kv import (
     session_wire,
 )
 from raftkv.node_defaults import LMDB_MAX_KEY_SIZE
-from raftkv.quota import KEY_OVERHEAD
+from raftkv.storage.fs import OS_FS
 
 log = logging.getLogger("raftkv.lmdb_state")
 
@@ -71,9 +71,6 @@ _LMDB_MAGIC = struct.pack("<I", 0xBEEFC0DE)
 _LMDB_MAGIC_AT = 16
 _U64 = struct.Struct(">Q")
 _DATA, _SESSIONS, _META = b"data", b"sessions", b"meta"
-_OK_NONE = Reply(0, None)
-_OK_TRUE = Reply(0, True)
-_OK_FALSE = Reply(0, False)
 _SESSION = struct.Struct(">QQB")
 _TAGGED = (None, True, False)  # the value of an OK reply, by its tag
 
@@ -124,7 +121,7 @@ class LmdbStore(KVStore):
     the quota keeps the data well below it. `boot_id` is this boot's (`this_boot`)."""
 
     __slots__ = ("path", "map_size", "boot_id", "_env", "_data", "_sess_db", "_meta",
-                 "_writer", "_reader", "_saved_members", "_copying")
+                 "_writer", "_reader", "_copying")
 
     def __init__(self, path: Path, *, map_size: int = 1 << 34,
                  max_key_size: int = MAX_KEY_SIZE, max_value_size: int = MAX_VALUE_SIZE,
@@ -206,7 +203,6 @@ class LmdbStore(KVStore):
             OrderedDict.__setitem__(sessions, cid, s)
         self._sessions = sessions
         self._members = members
-        self._saved_members = dict(members)
         if fmt == 0:
             with env.begin(write=True) as txn:
                 txn.put(b"format", _U64.pack(FORMAT), db=self._meta)
@@ -249,26 +245,19 @@ class LmdbStore(KVStore):
 
     def flush(self) -> None:
         writer = self._writer
+        if writer is None:  # nothing applied since the last flush
+            return
         sessions = self._sessions
         assert isinstance(sessions, _TrackedSessions)
-        if writer is None:
-            if not sessions.changed and self._members == self._saved_members:
-                return
-            writer = self._begin()
-        put, sess_db = writer.put, self._sess_db
         for cid in sessions.changed:
             s = sessions.get(cid)
             if s is None:
-                writer.delete(_U64.pack(cid), db=sess_db)
+                writer.delete(_U64.pack(cid), db=self._sess_db)
             else:
-                put(_U64.pack(cid), _encode_session(s), db=sess_db)
+                writer.put(_U64.pack(cid), _encode_session(s), db=self._sess_db)
         sessions.changed.clear()
-        meta = self._meta
-        put(b"applied", _U64.pack(self._applied_index), db=meta)
-        put(b"size", _U64.pack(self._size), db=meta)
-        if self._members != self._saved_members:
-            put(b"members", msgpack.packb(self._members), db=meta)
-            self._saved_members = dict(self._members)
+        writer.put(b"applied", _U64.pack(self._applied_index), db=self._meta)
+        writer.put(b"size", _U64.pack(self._size), db=self._meta)
         writer.commit()
         self._writer = None
         assert self._env is not None and self._reader is not None
@@ -281,9 +270,9 @@ class LmdbStore(KVStore):
         return super().apply(index, data)
 
     def apply_membership(self, index: int, node_id: int, address: str | None) -> None:
-        if self._writer is None:
-            self._begin()
+        writer = self._writer or self._begin()
         super().apply_membership(index, node_id, address)
+        writer.put(b"members", msgpack.packb(self._members), db=self._meta)
 
     def capture(self) -> Callable[[], Path]:
         """The callable copies the state as it is now, compacted, into a new file beside
@@ -313,17 +302,17 @@ class LmdbStore(KVStore):
         return copy
 
     def succeed(self, old: StateMachineLike) -> LmdbStore:
-        """Move this scratch store's environment to where `old`'s live one is."""
+        """Move this scratch store's environment to where `old`, the live one, is."""
+        assert isinstance(old, LmdbStore), "a node's states are all of one kind"
         self.stats = old.stats
         old.close()
-        live = old.path if isinstance(old, LmdbStore) else self.path
-        if live != self.path:
-            self._close_env()
-            shutil.rmtree(live, ignore_errors=True)
-            os.rename(self.path, live)
-            _sync_dir(live.parent)
-            self.path = live
-            self._open()
+        live = old.path
+        self._close_env()
+        shutil.rmtree(live, ignore_errors=True)
+        os.rename(self.path, live)
+        OS_FS.fsync_dir(live.parent)
+        self.path = live
+        self._open()
         self._mark_boot()
         return self
 
@@ -371,28 +360,13 @@ class LmdbStore(KVStore):
         self._writer = self._env.begin(write=True, db=self._data)
         return self._writer
 
-    def _write(self, op: int, key: bytes, value: bytes | None, expected: bytes | None) -> Reply:
-        txn = self._writer
-        assert txn is not None
-        stored = _PREFIX + key
-        if op == 1:  # PUT
-            old = txn.replace(stored, value)
-            self._size += (len(value) - len(old) if old is not None
-                           else len(key) + len(value) + KEY_OVERHEAD)
-            return _OK_NONE
-        if op == 2:  # DELETE
-            old = txn.pop(stored)
-            if old is None:
-                return _OK_FALSE
-            self._size -= len(key) + len(old) + KEY_OVERHEAD
-            return _OK_TRUE
-        current = txn.get(stored)
-        if current != expected:
-            return _OK_FALSE
-        txn.put(stored, value)
-        self._size += (len(value) - len(current) if current is not None
-                       else len(key) + len(value) + KEY_OVERHEAD)
-        return _OK_TRUE
+    def _swap(self, key: bytes, value: bytes) -> bytes | None:
+        assert self._writer is not None
+        return self._writer.replace(_PREFIX + key, value)
+
+    def _take(self, key: bytes) -> bytes | None:
+        assert self._writer is not None
+        return self._writer.pop(_PREFIX + key)
 
     # ---- snapshots ---------------------------------------------------------------------
 
@@ -516,12 +490,3 @@ def _unpack(raw: bytes, what: str) -> Any:
         return msgpack.unpackb(raw, strict_map_key=False)
     except Exception as e:
         raise SnapshotError(f"state {what} is not valid msgpack: {e}") from e
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

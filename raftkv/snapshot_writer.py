@@ -33,7 +33,10 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raftkv.interfaces import SnapshotData
 
 _PR_SET_PDEATHSIG = 1
 
@@ -46,8 +49,8 @@ class InlineSnapshotWriter:
     def __init__(self) -> None:
         self._error: BaseException | None = None
 
-    def start(self, serialize: Callable[[], bytes | Path],
-              write: Callable[[bytes | Path], None]) -> None:
+    def start(self, serialize: Callable[[], SnapshotData],
+              write: Callable[[SnapshotData], None]) -> None:
         self._error = None
         try:
             write(serialize())
@@ -67,8 +70,8 @@ class ThreadSnapshotWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def start(self, serialize: Callable[[], bytes | Path],
-              write: Callable[[bytes | Path], None]) -> None:
+    def start(self, serialize: Callable[[], SnapshotData],
+              write: Callable[[SnapshotData], None]) -> None:
         if self._thread is not None:
             raise RuntimeError("a snapshot is being written already")
         self._error = None
@@ -105,8 +108,8 @@ class ForkSnapshotWriter:
         self.pid: int | None = None  # the child writing now, until it is reaped
         self._status: int | None = None
 
-    def start(self, serialize: Callable[[], bytes | Path],
-              write: Callable[[bytes | Path], None]) -> None:
+    def start(self, serialize: Callable[[], SnapshotData],
+              write: Callable[[SnapshotData], None]) -> None:
         if self.pid is not None:
             raise RuntimeError("a snapshot is being written already")
         parent = os.getpid()
@@ -146,8 +149,8 @@ class ForkSnapshotWriter:
         self.pid = self._status = None
 
 
-def _child(parent: int, serialize: Callable[[], bytes | Path],
-           write: Callable[[bytes | Path], None]) -> None:
+def _child(parent: int, serialize: Callable[[], SnapshotData],
+           write: Callable[[SnapshotData], None]) -> None:
     """The forked child: write, then leave at once with os._exit, running no cleanup of
     the parent's (sockets, threads, atexit) that it inherited and does not own."""
     code = 1
