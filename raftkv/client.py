@@ -191,7 +191,7 @@ class _IOThread(threading.Thread):
 
     def __init__(
         self, addresses: Sequence[str], context: zmq.Context, connect_grace: float,
-        batch: bool = False, credentials: Credentials | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         super().__init__(name="raftkv-client-io", daemon=True)
         self.addresses = list(addresses)
@@ -199,7 +199,6 @@ class _IOThread(threading.Thread):
         # Address index -> why its last handshake failed; gone once one succeeds. The
         # thread writes it, callers read it (single dict operations, atomic).
         self.handshake_failures: dict[int, str] = {}
-        self.batch = batch  # REQS frames (nodes and the controller take them)
         self.connect_grace = connect_grace
         self.context = context
         # request id -> the caller's queue. Callers add and remove their own ids; the
@@ -355,10 +354,7 @@ class _IOThread(threading.Thread):
                     i, rid, frame, q = outbox.get_nowait()
                 except queue.Empty:
                     break
-                if self.batch:
-                    by_socket.setdefault(i, []).append((rid, frame, q))
-                else:
-                    self._send(socks, i, rid, frame, q, parked, poller, grace_end)
+                by_socket.setdefault(i, []).append((rid, frame, q))
             for i, items in by_socket.items():
                 if len(items) > 1 and i not in parked:
                     try:
@@ -477,7 +473,7 @@ class Client:
         self._context = zmq.Context() if context is None else context
         grace = min(CONNECT_GRACE, self.attempt_timeout / 2)
         self._io = _IOThread(addrs, self._context, grace,
-                             batch=True, credentials=credentials)
+                             credentials=credentials)
         self._io.start()
         self._io.ready.wait()
         if self._io.error is not None:

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -221,6 +224,7 @@ def test_stop_process_counts_a_zombie_another_parent_has_not_reaped_as_stopped()
          "p = subprocess.Popen(['sleep', '60'])\n"
          "print(p.pid, flush=True)\n"
          "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    pid = 0
     try:
         pid = int(parent.stdout.readline())
         created = create_time(pid)
@@ -233,5 +237,8 @@ def test_stop_process_counts_a_zombie_another_parent_has_not_reaped_as_stopped()
         assert result == [True]
         assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     finally:
+        if pid:  # the grandchild, had stop_process not got to it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         parent.kill()
         parent.wait()
