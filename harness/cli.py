@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from raftkv.node_defaults import STATES
 from raftkv.quota import DEFAULT_QUOTA, MAX_QUOTA
 from raftkv.server import EXIT_STORAGE, EXIT_USAGE, fail, metrics_port_option
 from raftkv.server import node as node_command_
@@ -144,7 +145,7 @@ def print_answer(word: str, as_json: bool, negative: bool = False) -> None:
               help="For a new cluster: every node's --quota-bytes (the state's size past "
               f"which puts are refused; default {DEFAULT_QUOTA >> 30} GiB, at most "
               f"{MAX_QUOTA >> 30} GiB). An existing cluster keeps its own.")
-@click.option("--state", type=click.Choice(["memory", "lmdb"]), default=None,
+@click.option("--state", type=click.Choice(STATES), default=None,
               help="For a new cluster: where every node keeps the replicated state "
               "(`raftkv node --state`; default memory). lmdb suits a state of millions of "
               "keys: it may grow past RAM, snapshots never copy it into memory, and a "
@@ -638,7 +639,7 @@ def controller(cluster_dir: Path, log_level: str, metrics_port: int) -> None:
               help="Filler keys (100-byte values) written before the faults start, which "
               "the checks ignore: a large state for nodes to snapshot, restart from and "
               "send while faults come (a snapshot every 100,000 entries).")
-@click.option("--state", type=click.Choice(["memory", "lmdb"]), default="memory",
+@click.option("--state", type=click.Choice(STATES), default="memory",
               show_default=True, help="Where the nodes keep the state (`raftkv up --state`).")
 def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
           seed: int | None, run_dir: Path | None, check_timeout: float,
@@ -699,7 +700,7 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
               help="FOR BENCHMARKS ONLY: the temp cluster runs without keys or encryption "
                    "(`raftkv up --insecure`); a run with and one without it, alternated, "
                    "give the cost of security.")
-@click.option("--state", type=click.Choice(["memory", "lmdb"]), default="memory",
+@click.option("--state", type=click.Choice(STATES), default="memory",
               show_default=True, help="Where the temp cluster's nodes keep the state "
               "(`raftkv up --state`).")
 @click.option("--failover", is_flag=True,

@@ -16,6 +16,7 @@ from raftkv.node_defaults import (
     SNAPSHOT_BYTES,
     SNAPSHOT_ENTRIES,
     SNAPSHOT_JITTER,
+    STATES,
 )
 from raftkv.quota import DEFAULT_QUOTA
 from raftkv.raft import Config
@@ -76,8 +77,8 @@ class NodeConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.state not in ("memory", "lmdb"):
-            raise ValueError(f"state {self.state!r}: memory or lmdb")
+        if self.state not in STATES:
+            raise ValueError(f"state {self.state!r}: one of {', '.join(STATES)}")
         if self.state == "lmdb":
             self.max_key = min(self.max_key, LMDB_MAX_KEY_SIZE)
 

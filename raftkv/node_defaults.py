@@ -10,3 +10,4 @@ SNAPSHOT_BYTES = 64 << 20
 SNAPSHOT_JITTER = 0.5
 SEGMENT_BYTES = 64 << 20
 LMDB_MAX_KEY_SIZE = 510  # --state lmdb: LMDB's 511-byte keys, less raftkv.lmdb_state's prefix
+STATES = ("memory", "lmdb")  # where a node may keep the replicated state (--state)

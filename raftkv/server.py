@@ -108,7 +108,7 @@ HEX64 = Hex64()
               f"size (keys, values and {KEY_OVERHEAD} bytes a key: about its memory); the "
               "CLI exits 5. Deletes still go through. Give every node the same quota. At "
               "most 8 GiB.")
-@click.option("--state", type=click.Choice(["memory", "lmdb"]), default="memory",
+@click.option("--state", type=click.Choice(defaults.STATES), default="memory",
               show_default=True,
               help="Where the replicated state lives. memory: a dict; snapshots are "
               "written by a forked child, and a restart loads the newest one. lmdb: an "
