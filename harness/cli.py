@@ -22,6 +22,7 @@ EXIT_NEGATIVE = 1  # the answer is "no": key not found, not swapped
 EXIT_UNAVAILABLE = 3
 EXIT_QUOTA = 5
 EXIT_REFUSED = 6
+EXIT_UNKNOWN = 7  # a write was sent and not answered: it may or may not have been applied
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -35,6 +36,9 @@ Exit codes:
      and nothing was done; delete keys to make room
   6  the cluster refused this key: none given where one is needed, one it does not
      admit, or a client key asking for an admin verb (see the README's security part)
+  7  a write's outcome is unknown: it was sent and not answered in --timeout (the
+     leader died or lost leadership), so it may or may not have been applied; get the
+     key to find out. A write with --exactly-once rides out a leader change instead
 """
 
 
@@ -46,6 +50,12 @@ timeout_option = click.option(
     "--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
     help="Seconds to wait for the cluster before giving up (exit 3).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+exactly_once_option = click.option(
+    "--exactly-once", is_flag=True,
+    help="Open a client session first (one more log entry and round trip), so the write "
+         "can be resent safely until --timeout and rides out a leader change. Without it "
+         "the write is sent at most once: one entry, one round trip, and exit 7 if it "
+         "went unanswered.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
@@ -118,7 +128,9 @@ def with_client(cluster_dir: Path, timeout: float, fn: Callable[[Any], Any]) -> 
         fail(str(e), EXIT_QUOTA)
     except (raftkv.Forbidden, raftkv.AuthenticationFailed) as e:
         fail(str(e), EXIT_REFUSED)
-    except (raftkv.Unavailable, raftkv.Timeout) as e:
+    except raftkv.Timeout as e:
+        fail(str(e), EXIT_UNKNOWN)
+    except raftkv.Unavailable as e:
         fail(str(e), EXIT_UNAVAILABLE)
 
 
@@ -296,9 +308,12 @@ def _dash(v: Any) -> Any:
 @dir_option
 @timeout_option
 @json_option
-def put(key: str, value: str, cluster_dir: Path, timeout: float, as_json: bool) -> None:
+@exactly_once_option
+def put(key: str, value: str, cluster_dir: Path, timeout: float, as_json: bool,
+        exactly_once: bool) -> None:
     """Set KEY to VALUE. OK means it is durable on a majority."""
-    with_client(cluster_dir, timeout, lambda kv: kv.put(key, value))
+    with_client(cluster_dir, timeout,
+                lambda kv: kv.put(key, value, at_most_once=not exactly_once))
     print_answer("OK", as_json)
 
 
@@ -331,9 +346,12 @@ def get(key: str, cluster_dir: Path, timeout: float, as_json: bool, stale: bool)
 @dir_option
 @timeout_option
 @json_option
-def delete(key: str, cluster_dir: Path, timeout: float, as_json: bool) -> None:
+@exactly_once_option
+def delete(key: str, cluster_dir: Path, timeout: float, as_json: bool,
+           exactly_once: bool) -> None:
     """Delete KEY: prints OK, or NOT FOUND (exit 1) when it did not exist."""
-    existed = with_client(cluster_dir, timeout, lambda kv: kv.delete(key))
+    existed = with_client(cluster_dir, timeout,
+                          lambda kv: kv.delete(key, at_most_once=not exactly_once))
     print_answer("OK" if existed else "NOT FOUND", as_json, negative=not existed)
 
 
@@ -344,14 +362,15 @@ def delete(key: str, cluster_dir: Path, timeout: float, as_json: bool) -> None:
 @dir_option
 @timeout_option
 @json_option
+@exactly_once_option
 @click.option("--absent", is_flag=True,
               help="Swap only if KEY does not exist (EXPECTED is then ignored; pass '').")
 def cas(key: str, expected: str, new: str, cluster_dir: Path, timeout: float, as_json: bool,
-        absent: bool) -> None:
+        exactly_once: bool, absent: bool) -> None:
     """Set KEY to NEW only if it now holds EXPECTED: SWAPPED, or NOT SWAPPED (exit 1)."""
     want = None if absent else expected
     swapped = with_client(cluster_dir, timeout,
-                          lambda kv: kv.cas(key, want, new))
+                          lambda kv: kv.cas(key, want, new, at_most_once=not exactly_once))
     print_answer("SWAPPED" if swapped else "NOT SWAPPED", as_json, negative=not swapped)
 
 

@@ -58,8 +58,17 @@ refuses a lower one, so one session can carry one write at a time. The client ke
 pool of sessions, opened lazily (an OPEN_SESSION request, itself retried until the
 deadline): a write takes a free session, or opens one if none is free, and uses seq + 1.
 So a client holds as many sessions as it ever had writes in flight at once. Reads
-carry no session. Reads are linearizable unless `get(..., consistency="stale")` asks for
-any node's applied state (GET_STALE).
+carry no session.
+
+At most once. `put`, `delete` and `cas` take `at_most_once=True` for a one-shot writer
+(the CLI's `put`): the write carries no session, so it needs no OPEN_SESSION first (one
+log entry and one round trip, not two), but a second copy of it would apply again. So
+it is sent again only after a refusal that proves it never reached the log (NOT_LEADER,
+not connected); once sent, it is waited for until the deadline, and no answer, or
+UNAVAILABLE, raises Timeout: its outcome is unknown.
+
+Reads are linearizable unless `get(..., consistency="stale")` asks for any node's
+applied state (GET_STALE).
 
 Threading. A `Client` is safe to share between threads, with many requests in flight at
 once. One background I/O thread owns every ZeroMQ socket (one DEALER per address; ZeroMQ
@@ -483,11 +492,14 @@ class Client:
 
     # ---- public API ----------------------------------------------------------------
 
-    def put(self, key: Key, value: Value, *, timeout: float | None = None) -> None:
-        """Set `key` to `value`. Raises Timeout if the outcome is unknown (see Timeout)."""
+    def put(
+        self, key: Key, value: Value, *, timeout: float | None = None, at_most_once: bool = False
+    ) -> None:
+        """Set `key` to `value`. Raises Timeout if the outcome is unknown (see Timeout;
+        `at_most_once`: see the module docstring)."""
         req = ClientRequest(0, ReqOp.PUT, key=_to_bytes(key, "key"))
         req.value = _to_bytes(value, "value")
-        self._write(req, timeout)
+        self._write(req, timeout, at_most_once)
 
     def get(
         self, key: Key, *, consistency: str = "linearizable", timeout: float | None = None
@@ -520,9 +532,11 @@ class Client:
         new: Value,
         *,
         timeout: float | None = None,
+        at_most_once: bool = False,
     ) -> bool:
         """Set `key` to `new` if its value is `expected` (None: if it is absent); True if
-        it was swapped. Raises Timeout if the outcome is unknown (see Timeout)."""
+        it was swapped. Raises Timeout if the outcome is unknown (see Timeout;
+        `at_most_once`: see the module docstring)."""
         req = ClientRequest(
             0,
             ReqOp.CAS,
@@ -530,13 +544,16 @@ class Client:
             value=_to_bytes(new, "new value"),
             expected=None if expected is None else _to_bytes(expected, "expected value"),
         )
-        return bool(self._write(req, timeout))
+        return bool(self._write(req, timeout, at_most_once))
 
-    def delete(self, key: Key, *, timeout: float | None = None) -> bool:
+    def delete(
+        self, key: Key, *, timeout: float | None = None, at_most_once: bool = False
+    ) -> bool:
         """Remove `key`; True if it existed. Raises Timeout if the outcome is unknown
-        (see Timeout); a retried delete that was applied still answers its first reply."""
+        (see Timeout); a retried delete that was applied still answers its first reply
+        (`at_most_once`: see the module docstring)."""
         req = ClientRequest(0, ReqOp.DELETE, key=_to_bytes(key, "key"))
-        return bool(self._write(req, timeout))
+        return bool(self._write(req, timeout, at_most_once))
 
     def scan(
         self,
@@ -594,9 +611,15 @@ class Client:
             raise self._refused(req, reply)
         return reply
 
-    def _write(self, req: ClientRequest, timeout: float | None) -> Any:
+    def _write(self, req: ClientRequest, timeout: float | None, at_most_once: bool) -> Any:
         budget = self._budget(timeout)
         deadline = time.monotonic() + budget
+        if at_most_once:
+            req.client_id = req.seq = 0
+            reply, _ = self._send(req, deadline, budget, write=True, once=True)
+            if reply.code != _OK:
+                raise self._refused(req, reply)
+            return reply.value
         session: _Session | None = self._take_session(deadline, budget)
         try:
             while True:
@@ -652,12 +675,16 @@ class Client:
         return RaftKVError(f"{req.op.name} answered {reply.code.name}: {reply.value}")
 
     def _send(
-        self, req: ClientRequest, deadline: float, budget: float, *, write: bool
+        self, req: ClientRequest, deadline: float, budget: float, *, write: bool,
+        once: bool = False,
     ) -> tuple[ClientReply, bool]:
         """Deliver `req` until a node answers it for good (OK, BAD_REQUEST,
         STALE_REQUEST, SESSION_EXPIRED) or `deadline` passes. Returns that reply and
         whether an earlier attempt of this write went unanswered (its fate unknown).
-        Raises Unavailable, or Timeout for a write that may have been applied."""
+        Raises Unavailable, or Timeout for a write that may have been applied.
+        `once`: the request may reach the log only once, so it is sent again only after
+        a refusal that proves it did not (NOT_LEADER, not connected); one that may have
+        is waited for until the deadline, and UNAVAILABLE raises Timeout at once."""
         if self._closed:
             raise RaftKVError("the client is closed")
         io = self._io
@@ -687,7 +714,7 @@ class Client:
                 request_ids.append(rid)
                 io.submit(target, rid, frame, q)
                 addr = self.addresses[target]
-                msg = _wait(q, rid, min(now + attempt_timeout, deadline))
+                msg = _wait(q, rid, deadline if once else min(now + attempt_timeout, deadline))
                 if msg is None:
                     ambiguous = True
                     tried[addr] = f"no reply in {attempt_timeout:.3g}s"
@@ -713,6 +740,11 @@ class Client:
                         if reply.code == ReplyCode.UNAVAILABLE:
                             ambiguous = True
                             tried[addr] = f"UNAVAILABLE: {reply.value}"
+                            if once:
+                                raise Timeout(
+                                    f"{req.op.name} (at most once): {addr} answered "
+                                    f"UNAVAILABLE ({reply.value}) after the write was sent; "
+                                    "it may or may not have been applied, and is not resent")
                         elif hint and hinted is None:
                             tried[addr] = (
                                 f"NOT_LEADER: leader is node {hint}, whose address this "

@@ -35,6 +35,12 @@ last applied seq and its reply:
   its request was applied; it opens a new session and must treat that request as
   indeterminate.
 
+A write whose client_id and seq are both 0 has no session: it is applied when its entry
+is, with no deduplication, so a resent copy would apply again. It saves a one-shot
+writer the OPEN_SESSION entry (one log entry and one round trip instead of two), and it
+is for a writer that sends it once and, if no answer comes, reports the outcome unknown
+(raftkv.client: `at_most_once`).
+
 Sessions are ordered by the log index of their last use; opening a session beyond
 `max_sessions` evicts the least recently used one. Letting a client name its own id
 would make an evicted client indistinguishable from a new one, so its retry would apply
@@ -160,6 +166,7 @@ class KVStats:
     stale: int = 0
     expired: int = 0
     evicted: int = 0
+    sessionless: int = 0  # writes applied without a session (at most once)
 
 
 def _problem(
@@ -195,9 +202,15 @@ def _problem(
     return None
 
 
-def _id_problem(name: str, x: object) -> str | None:
-    if type(x) is not int or not 1 <= x <= _MAX_ID:
-        return f"{name} must be an int in [1, 2**64), not {x!r:.40}"
+def session_problem(client_id: object, seq: object) -> str | None:
+    """What is wrong with a write's (client_id, seq), or None: both in [1, 2**64) (a
+    session's write), or both 0 (a write without a session, applied at most once)."""
+    if type(client_id) is int and type(seq) is int and client_id == 0 and seq == 0:
+        return None
+    for name, x in (("client_id", client_id), ("seq", seq)):
+        if type(x) is not int or not 1 <= x <= _MAX_ID:
+            return (f"{name} must be an int in [1, 2**64) (or client_id and seq both 0: "
+                    f"a write without a session), not {x!r:.40}")
     return None
 
 
@@ -240,7 +253,7 @@ def encode_command(
     checked here: call `KVStore.validate_request` first; `apply` rechecks them with the
     store's limits, deterministically, and answers BAD_REQUEST if they are exceeded.
     """
-    problem = _id_problem("client_id", client_id) or _id_problem("seq", seq)
+    problem = session_problem(client_id, seq)
     if problem is None and op not in WRITE_OPS:
         problem = f"{op!r:.40} is not a write: only PUT, DELETE and CAS go through the log"
     if problem is None:
@@ -457,15 +470,18 @@ class KVStore:
             not valid
             or type(client_id) is not int
             or type(seq) is not int
-            or client_id <= 0
-            or seq <= 0
+            or (client_id <= 0 or seq <= 0) and (client_id or seq)
         ):
             return self._malformed(
-                _id_problem("client_id", client_id)
-                or _id_problem("seq", seq)
+                session_problem(client_id, seq)
                 or _problem(op, key, value, expected, None, max_key, max_value)
                 or "invalid command"
             )
+        if not client_id:
+            # No session: applied as it comes, so a resend would apply again. The client
+            # sends it once (raftkv.client: at_most_once).
+            self.stats.sessionless += 1
+            return self._write(op, key, value, expected)
 
         # Exactly-once (thesis §6.3): decided before touching the data.
         sessions = self._sessions

@@ -46,7 +46,8 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.CONTROL,      name, [arg, ...]]
 
 Keys and values are bin; `expected` is bin or nil (nil: "the key is absent"); client ids
-come from OPEN_SESSION (see raftkv/kv.py: sessions). The data ops share kv.Op's numbers.
+come from OPEN_SESSION (see raftkv/kv.py: sessions), and a write whose client_id and seq
+are both 0 has no session (applied at most once: kv.py). The data ops share kv.Op's numbers.
 FAULT replaces the set of peers whose traffic the node drops, both ways (the harness's
 partitions); an empty list heals. TRANSFER asks the leader to hand leadership to
 `target_id` (thesis §3.10); OK means the transfer started. CONF_CHANGE asks the leader
@@ -236,7 +237,7 @@ class ClientRequest:
     key: bytes = b""  # GET, PUT, DELETE, CAS: the key; SCAN: the prefix
     value: bytes | None = None  # PUT: the value; CAS: the new value
     expected: bytes | None = None  # CAS: the value required now (None: absent)
-    client_id: int = 0  # writes: session id from OPEN_SESSION
+    client_id: int = 0  # writes: session id from OPEN_SESSION; 0 (and seq 0): none
     seq: int = 0  # writes: per-client sequence number
     limit: int = 0  # SCAN: at most this many pairs
     peers: frozenset[int] = frozenset()  # FAULT: peers to cut off
@@ -633,7 +634,7 @@ def _decode_request(
         # The hot path: a PUT checked inline (kv.validate_request's rules, without building
         # enums) and its command packed once, for the log, the WAL and the appends.
         _, _, _, _, cid, seq, key, value = obj
-        if (type(cid) is int and cid >= 1 and type(seq) is int and seq >= 1
+        if (type(cid) is int and type(seq) is int and (cid >= 1 and seq >= 1 or cid == seq == 0)
                 and type(key) is bytes and len(key) <= max_key
                 and type(value) is bytes and len(value) <= max_value):
             return ClientRequest(rid, _PUT, key, value, None, cid, seq,
@@ -651,9 +652,9 @@ def _decode_request(
     req = ClientRequest(rid, op, identity=identity)
     if op in WRITE_OPS:
         req.client_id, req.seq = args[0], args[1]
-        for name, x in (("client_id", req.client_id), ("seq", req.seq)):
-            if type(x) is not int or x < 1:
-                raise InvalidRequest(rid, f"{name} must be an int in [1, 2**64), not {x!r:.40}")
+        problem = kv.session_problem(req.client_id, req.seq)
+        if problem is not None:
+            raise InvalidRequest(rid, problem)
         req.key = args[2]
         if op == ReqOp.PUT:
             req.value = args[3]

@@ -96,12 +96,32 @@ def test_partitioned_leader_steps_down_and_the_majority_serves(cli):
     leader = cli.status()["leader"]
     others = [i for i in (1, 2, 3) if i != leader]
     cli("partition", str(leader), ",".join(map(str, others)))
-    cli("put", "during", "2", "--timeout", "10")
+    # The isolated leader takes the write, then steps down with it pending: only a write
+    # in a session may be resent to the new leader (without, it would exit 7, unknown).
+    cli("put", "during", "2", "--timeout", "10", "--exactly-once")
     wait_for(lambda: next(n for n in cli.status()["nodes"] if n["id"] == leader)["role"]
              != "leader", 10, "the isolated leader to step down")
     assert cli.status()["leader"] in others
     cli("heal")
     assert cli("get", "during").stdout == "2\n"
+
+
+def test_a_one_shot_write_is_one_log_entry_and_a_session_adds_one(cli):
+    up(cli)
+    cli("put", "warm", "0")  # the leader's first-term entry is behind us
+
+    def leader_last_index() -> int:
+        st = cli.status()
+        return next(n for n in st["nodes"] if n["id"] == st["leader"])["last_index"]
+
+    before = leader_last_index()
+    cli("put", "k", "1")
+    assert cli("cas", "k", "1", "2").stdout.strip() == "SWAPPED"
+    cli("del", "k")
+    assert leader_last_index() == before + 3
+    cli("put", "k", "3", "--exactly-once")  # OPEN_SESSION, then the PUT
+    assert leader_last_index() == before + 5
+    assert cli("get", "k").stdout == "3\n"
 
 
 def test_paused_follower_does_not_stop_writes(cli):

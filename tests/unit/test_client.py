@@ -437,6 +437,44 @@ def test_session_expired_during_retry_is_ambiguous(node, client) -> None:
     assert kv.get("k") == b"w"
 
 
+def test_at_most_once_write_opens_no_session(node, client) -> None:
+    kv_handler = FakeKV()
+    fake = node(kv_handler)
+    kv = client(fake.address)
+    kv.put("k", "v", at_most_once=True)
+    assert kv.cas("k", "v", "w", at_most_once=True) is True
+    assert kv.delete("k", at_most_once=True) is True
+    assert [r.op for r in fake.requests] == [ReqOp.PUT, ReqOp.CAS, ReqOp.DELETE]
+    assert all(r.client_id == 0 and r.seq == 0 for r in fake.requests)
+    assert kv_handler.index == 3 and kv_handler.store.stats.sessionless == 3
+
+
+def test_at_most_once_write_unanswered_is_never_resent(node, client) -> None:
+    fake = node(drop)
+    kv = client([fake.address, node(FakeKV()).address], attempt_timeout=0.05)
+    with pytest.raises(Timeout, match="may or may not have been applied"):
+        kv.put("k", "v", timeout=0.4, at_most_once=True)
+    assert len(fake.requests) == 1  # waited for to the deadline, not tried elsewhere
+
+
+def test_at_most_once_write_unavailable_is_timeout_at_once(node, client) -> None:
+    fake = node(lambda req: (ReplyCode.UNAVAILABLE, "leadership lost", 0))
+    kv = client(fake.address)
+    start = time.monotonic()
+    with pytest.raises(Timeout, match="not resent"):
+        kv.put("k", "v", timeout=DEADLINE, at_most_once=True)
+    assert time.monotonic() - start < DEADLINE / 2 and len(fake.requests) == 1
+
+
+def test_at_most_once_write_follows_a_refusal(node, client) -> None:
+    kv_handler = FakeKV()
+    follower, leader = node(not_leader(2)), node(kv_handler)
+    kv = client([follower.address, leader.address])
+    kv.put("k", "v", at_most_once=True)  # NOT_LEADER: never proposed, safe to resend
+    assert len(follower.requests) == 1 and len(leader.requests) == 1
+    assert kv_handler.store.get(b"k") == b"v"
+
+
 # ---- threads and lifecycle ---------------------------------------------------------
 
 

@@ -273,6 +273,21 @@ def test_write_from_a_client_without_session_is_refused_as_expired(log: Log) -> 
     assert log.store.stats.expired == 1
 
 
+def test_write_without_session_applies_every_copy_and_opens_none(log: Log) -> None:
+    assert log.cas(0, 0, b"k", None, b"v") == Reply(Code.OK, True)
+    assert log.cas(0, 0, b"k", None, b"v") == Reply(Code.OK, False)  # applied again: no dedup
+    assert log.put(0, 0, b"k", b"w").ok and log.delete(0, 0, b"k") == Reply(Code.OK, True)
+    assert log.store.get(b"k") is None
+    assert log.store.session_count == 0 and log.store.stats.sessionless == 4
+
+
+@pytest.mark.parametrize(("cid", "seq"), [(0, 1), (1, 0), (0, -1)])
+def test_only_both_zero_means_no_session(log: Log, cid: int, seq: int) -> None:
+    reply = log.append(pack(Op.PUT, cid, seq, b"k", b"v"))
+    assert reply.code == Code.BAD_REQUEST and "both 0" in reply.value
+    assert log.store.get(b"k") is None and log.store.stats.sessionless == 0
+
+
 def test_opening_sessions_beyond_the_limit_evicts_the_least_recently_used() -> None:
     log = Log(KVStore(max_sessions=3))
     a, b, c = log.open(), log.open(), log.open()
@@ -409,7 +424,8 @@ def test_malformed_reply_says_what_is_wrong(log: Log) -> None:
     assert log.append(pack(Op.OPEN_SESSION, 1)).value == "op OPEN_SESSION with 1 arguments, not 0"
     assert log.append(pack(Op.GET, cid, 1, b"k")).value == "op GET is a read: reads are not applied"
     assert log.append(pack(Op.PUT, cid, 0, b"k", b"v")).value == (
-        "seq must be an int in [1, 2**64), not 0"
+        "seq must be an int in [1, 2**64) (or client_id and seq both 0: a write without a "
+        "session), not 0"
     )
 
 
@@ -686,14 +702,16 @@ class Workload:
             reply = log.append(encode_open_session(), gap=gap)
             self.clients[reply.value] = (0, b"")
         elif roll < 0.75:
-            cid = rng.choice(list(self.clients))
-            seq = self.clients[cid][0] + rng.choice((1, 1, 1, 2))
+            sessionless = rng.random() < 0.1  # client_id = seq = 0: applied at most once
+            cid = 0 if sessionless else rng.choice(list(self.clients))
+            seq = 0 if sessionless else self.clients[cid][0] + rng.choice((1, 1, 1, 2))
             op = rng.choice((Op.PUT, Op.DELETE, Op.CAS))
             key = rng.choice(self.KEYS)
             value = rng.choice(self.VALUES)
             expected = rng.choice([None, *self.VALUES])
             data = encode_command(op, key, value, expected, client_id=cid, seq=seq)
-            self.clients[cid] = (seq, data)
+            if not sessionless:
+                self.clients[cid] = (seq, data)
             reply = log.append(data, gap=gap)
         elif roll < 0.85:  # a retry of the client's last request
             cid = rng.choice(list(self.clients))

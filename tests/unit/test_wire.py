@@ -188,6 +188,10 @@ REQUESTS = [
     ClientRequest(9, ReqOp.FAULT, peers=frozenset({2, 3})),
     ClientRequest(10, ReqOp.FAULT),
     ClientRequest(2**64 - 1, ReqOp.GET, key=b""),
+    # client_id = seq = 0: a write without a session (kv.py: applied at most once)
+    ClientRequest(11, ReqOp.PUT, key=b"k", value=b"v"),
+    ClientRequest(12, ReqOp.DELETE, key=b"k"),
+    ClientRequest(13, ReqOp.CAS, key=b"k", expected=None, value=b"w"),
 ]
 
 
@@ -355,6 +359,8 @@ def invalid(obj: list) -> InvalidRequest:
         ([ReqOp.PUT, 1, 1, b"k", None], "value must be bytes"),
         ([ReqOp.PUT, 0, 1, b"k", b"v"], "client_id must be an int"),
         ([ReqOp.PUT, 1, -1, b"k", b"v"], "seq must be an int"),
+        ([ReqOp.PUT, 1, 0, b"k", b"v"], "both 0"),
+        ([ReqOp.DELETE, 0, 3, b"k"], "both 0"),
         ([ReqOp.PUT, 1, True, b"k", b"v"], "seq must be an int"),
         ([ReqOp.CAS, 1, 1, b"k", b"e" * 17, b"v"], "expected value of 17 bytes"),
         ([ReqOp.CAS, 1, 1, b"k", 3, b"v"], "expected value must be bytes or None"),
