@@ -32,7 +32,7 @@ from raftkv.security import ADMIN, ServerKeys
 
 log = logging.getLogger("raftkv.controller")
 
-JOIN_S = 30.0  # how long closing waits for the supervisor to finish its command
+JOIN_S = 3.0  # how long closing waits for the supervisor to finish its command
 
 
 class Controller:
@@ -63,7 +63,8 @@ class Controller:
             self.router.stop_supervisor()
             self.thread.join(JOIN_S)
         self.router.close()
-        self.supervisor.close()
+        if not self.thread.is_alive():  # else still in a command: its sockets stay its own
+            self.supervisor.close()
         if self.keys is not None:
             self.keys.close()
 
