@@ -7,8 +7,8 @@ measured. Each process pipelines its share of requests (`Pipeline`): it sends it
 request as soon as one is answered, so the Python client's retry machinery does not hide
 the server's speed. Straight to nodes it packs the requests it sends at one moment into
 one REQS frame and takes REPS frames back (raftkv.wire: batches), as a pipelining client
-would; through the controller, which relays single requests only, it sends one frame per
-request. Writes carry one session per request in flight (OPEN_SESSION), as
+would, the same through the controller, which forwards a REQS frame whole to the leader
+and passes the REPS back unopened. Writes carry one session per request in flight (OPEN_SESSION), as
 `raftkv.Client` does: a session carries one write at a time, its next write the next
 sequence number. The store keeps each session's last sequence number only, so a write
 re-sent after the writes behind it were applied would be STALE_REQUEST on a shared

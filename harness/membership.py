@@ -25,7 +25,7 @@ import zmq
 
 from harness.rpc import ControlError, control
 
-CHANGE_TIMEOUT = 15.0  # the controller holds a change up to 10 s while no leader is known
+CHANGE_TIMEOUT = 15.0  # the supervisor asks for a change up to 10 s while no leader is known
 
 
 class MembershipError(Exception):

@@ -9,22 +9,28 @@
         kv.delete("user:1")                       # True: the key existed
         kv.scan("user:", limit=100)               # [(key, value), ...] sorted by key
 
-Addresses. One address (a str: typically the controller, which routes to the leader), a
+Addresses. One address (a str: typically the controller, which forwards to the leader), a
 list of node addresses (node ids are taken to be 1..N in list order, the ids the nodes
 were started with), or a mapping {node_id: address}. A node that does not lead answers
 NOT_LEADER with the leader's node id; the client maps that id to an address, so with a
 list the order must match the cluster's ids. An id it cannot map, or no hint at all,
 sends the request to the next address.
 
-Retries. Every request is retried, with the same (client_id, seq) for a write, until it
-gets an answer or its deadline (`timeout`, 5 s by default) passes: after NOT_LEADER
-(to the hinted node), UNAVAILABLE, a node that is not connected, or no reply within the
-attempt timeout (0.5 s, growing by half after each miss up to 2 s). A node with no
+Retries. The client is the one party that retries, whatever address it was given: the
+controller forwards each request once and does not retry (harness/router.py), so routed
+and direct requests take one code path under the one deadline the caller set, and no
+resend sits duplicated in the controller. Every
+request is retried, with the same (client_id, seq) for a write, until it gets an answer
+or its deadline (`timeout`, 5 s by default, the one deadline a request has) passes:
+after NOT_LEADER (to the hinted node; the controller's own NOT_LEADER, with no hint,
+says it knows no leader now), UNAVAILABLE, a node that is not connected, or no reply
+within the attempt timeout (0.5 s, growing by half after each miss up to 2 s). A node with no
 connection is skipped at once, except in the client's first 0.2 s (CONNECT_GRACE), while
 its connections are still being made. After every round of as many fruitless attempts as
 there are addresses, the client pauses (10 ms, doubling up to 200 ms) so an election is
-not hammered. A reply that arrives late from an earlier attempt still completes the
-request: it answers the same (client_id, seq).
+not hammered; with the controller's address alone, that is after every refusal. A reply
+that arrives late from an earlier attempt still completes the request: it answers the
+same (client_id, seq).
 
 Errors (all derive from `RaftKVError`):
 
@@ -78,10 +84,11 @@ queue; the I/O thread sends, receives and routes each reply by request id. Under
 the I/O thread rarely sleeps, so most requests cost no wakeup, and it drains and sends
 many frames per turn over one connection per node. It packs the frames it sends to one
 address in one turn into one REQS frame, and the node, or the controller, answers with
-REPS frames (raftkv.wire: batches). Replies may come either way. Sockets owned per calling thread
-were about a quarter faster in a bare 64-thread loop, but cost 64 x N connections, leak
-with the threads that made them, and cannot be closed safely by `close()` while another
-thread is using them; one owner thread makes `close()` exact.
+REPS frames (raftkv.wire: batches; the controller forwards a REQS frame to the leader
+whole and passes its REPS back unopened). Replies may come either way. Sockets owned per
+calling thread were about a quarter faster in a bare 64-thread loop, but cost 64 x N
+connections, leak with the threads that made them, and cannot be closed safely by
+`close()` while another thread is using them; one owner thread makes `close()` exact.
 """
 
 from __future__ import annotations

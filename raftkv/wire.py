@@ -96,7 +96,9 @@ sends REQS only ever gets REP frames, so older clients are unaffected. At most
 MAX_BATCH requests per REQS frame; an element that is not a request frame is dropped and
 counted, one that is invalid is answered BAD_REQUEST, the rest are served. Since each
 element is a complete frame, `encode_requests` and `encode_replies` only prepend an array
-header to frames already encoded. The harness's controller relays REQ frames only.
+header to frames already encoded, and `split_batch` cuts one into its frames unread. A
+proxy (the harness's router) reads no further than a request's header (`peek_request`)
+and passes replies on unopened.
 
 Errors: anything that is not a frame of this protocol raises `MalformedFrame`; the
 transport counts and drops it. A well-formed request that cannot be served as asked
@@ -758,6 +760,54 @@ def decode_replies(data: bytes) -> list[ClientReply]:
             raise MalformedFrame("REPS element is not a reply")
         out.append(_decode_reply(r))
     return out
+
+
+# The bytes after a uint64's msgpack type byte: how a header is read without unpacking.
+_UINT_WIDTH = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_NOT_LEADER_CODE = int(ReplyCode.NOT_LEADER)
+
+
+def _after_uint(data: bytes, at: int) -> tuple[int, int]:
+    """The uint64 whose msgpack encoding starts at `at`, and where the next value starts;
+    (0, 0) if there is none there."""
+    b = data[at]
+    if b < 0x80:
+        return b, at + 1
+    width = _UINT_WIDTH.get(b, 0)
+    if not width or at + 1 + width > len(data):
+        return 0, 0
+    return int.from_bytes(data[at + 1:at + 1 + width], "big"), at + 1 + width
+
+
+def peek_request(data: bytes) -> tuple[int, ReqOp]:
+    """The request id and op of a REQ frame, read from its header bytes alone: what a
+    proxy needs to route a request, leaving the rest for the node to check. Raises what
+    `decode_request` raises for a header it cannot read (another version, an unknown op,
+    not a request): such a frame is decoded whole to say why."""
+    if type(data) is bytes and len(data) > 4 and 0x94 <= data[0] <= 0x9F \
+            and data[1] == VERSION and data[2] == _REQ:
+        rid, at = _after_uint(data, 3)
+        if at and at < len(data):
+            op = _REQ_OPS.get(data[at])  # every op is a positive fixint: its own byte
+            if op is not None:
+                return rid, op
+    req = decode_request(data)
+    return req.request_id, req.op
+
+
+def not_leader_hint(data: bytes) -> int | None:
+    """The leader hint of a REP frame that answers NOT_LEADER; None for any other frame
+    (a REPS included). Only a NOT_LEADER reply, small, is decoded: the code is read from
+    the header bytes."""
+    if type(data) is not bytes or len(data) < 7 or data[0] != 0x96 or data[2] != _REP:
+        return None
+    _, at = _after_uint(data, 3)
+    if not at or at >= len(data) or data[at] != _NOT_LEADER_CODE:
+        return None
+    try:
+        return decode_reply(data).leader_hint
+    except MalformedFrame:
+        return None
 
 
 def _decode_reply(obj: list[Any]) -> ClientReply:

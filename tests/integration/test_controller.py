@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 
 import msgpack
 import pytest
@@ -10,7 +11,9 @@ import zmq
 
 from harness import cluster_state
 from harness.cluster_state import ClusterState
+from harness.controller import Controller
 from harness.launcher import wait_for
+from harness.router import COUNTER_KEYS
 from raftkv import Client
 from raftkv.client import Unavailable
 from raftkv.security import present
@@ -19,6 +22,7 @@ from raftkv.wire import (
     ReplyCode,
     ReqOp,
     decode_replies,
+    decode_reply,
     encode_request,
     encode_requests,
 )
@@ -109,9 +113,9 @@ def gets_of_k(sock: zmq.Socket, n: int) -> int:
 
 
 def test_a_clients_requests_of_one_turn_reach_the_leader_as_one_batch(cc, raw):
-    """What one client sent while the controller was busy leaves for the leader as one
-    REQS frame; the leader answers it with one REPS, which the controller splits into
-    the client's REP frames. Stopping the controller (SIGSTOP) makes "at once" sure."""
+    """What one client sent while the router was busy leaves for the leader as one REQS
+    frame; the leader answers that route with REPS, which the router passes back
+    unopened. Stopping the controller (SIGSTOP) makes "at once" sure."""
     leader = cc.wait_leader()
     cc.call(encode_request(ClientRequest(1, ReqOp.STATUS)))  # the controller is up
     cc.controller.send_signal(signal.SIGSTOP)
@@ -120,7 +124,7 @@ def test_a_clients_requests_of_one_turn_reach_the_leader_as_one_batch(cc, raw):
             raw.send(encode_request(ClientRequest(rid, ReqOp.GET, key=b"k")))
     finally:
         cc.controller.send_signal(signal.SIGCONT)
-    assert gets_of_k(raw, 20) == 20  # it sent REQ frames, so it takes REP frames
+    assert gets_of_k(raw, 20) < 20  # the leader's REPS, as it came
     assert cc.status()["controller"]["batches"] >= 1
     at_leader = cc.call(encode_request(ClientRequest(1, ReqOp.STATUS)), 2.0,
                         cc.node_addresses[leader])
@@ -128,12 +132,35 @@ def test_a_clients_requests_of_one_turn_reach_the_leader_as_one_batch(cc, raw):
     assert at_leader.value["transport"]["batches_out"] >= 1
 
 
-def test_a_client_that_sends_reqs_to_the_controller_takes_reps(cc, raw):
-    """raftkv.Client batches toward the controller as toward nodes: a REQS frame is
-    served request by request, and the replies of a turn go back as one REPS."""
+def test_a_reqs_frame_of_plain_requests_is_forwarded_whole(cc, raw):
+    """raftkv.Client batches toward the controller as toward nodes: a REQS frame of
+    requests for the leader leaves as the one frame it came as, and the leader's REPS
+    comes back unopened."""
+    before = cc.status()["controller"]
     raw.send(encode_requests([encode_request(ClientRequest(rid, ReqOp.GET, key=b"k"))
                               for rid in range(1, 11)]))
     assert gets_of_k(raw, 10) < 10  # some came together, in a REPS frame
+    after = cc.status()["controller"]
+    assert after["forwarded"] - before["forwarded"] == 1
+    assert after["requests"] - before["requests"] == 10 + 1  # and the STATUS that asked
+    assert after["batches"] == before["batches"]  # not re-made: forwarded as it came
+
+
+def test_a_reqs_frame_with_a_status_in_it_is_split(cc, raw):
+    """A STATUS is the router's to answer, so a batch holding one is served request by
+    request: the GETs still reach the leader, the STATUS is answered here."""
+    raw.send(encode_requests([
+        encode_request(ClientRequest(1, ReqOp.GET, key=b"k")),
+        encode_request(ClientRequest(2, ReqOp.STATUS)),
+        encode_request(ClientRequest(3, ReqOp.GET, key=b"k")),
+    ]))
+    replies = {}
+    while len(replies) < 3:
+        assert raw.poll(10_000), f"{len(replies)} of 3 replies came"
+        replies.update((r.request_id, r) for r in decode_replies(raw.recv()))
+    assert (replies[1].code, replies[1].value) == (ReplyCode.OK, b"v")
+    assert (replies[3].code, replies[3].value) == (ReplyCode.OK, b"v")
+    assert replies[2].code == ReplyCode.OK and "controller" in replies[2].value
 
 
 def test_status_map_reports_every_node(cc):
@@ -155,24 +182,23 @@ def test_status_map_reports_every_node(cc):
         assert n["rss_bytes"] > 1_000_000 and n["open_files"] >= 1 and n["uptime_s"] > 0
         assert n["dropped_malformed"] == 0 and n["partitioned_from"] == []
         assert n["exit_code"] is None and n["repair"] is None
-    assert {"relayed", "redirects", "timeouts", "malformed"} <= set(st["controller"])
+    assert set(st["controller"]) == {*COUNTER_KEYS, "commands_running", "uptime_s"}
     plain = cc.request(ReqOp.STATUS)  # a plain STATUS gets the same map
     assert plain.code == ReplyCode.OK and plain.value["leader"] == leader
 
 
-def test_write_during_kill_leader_reaches_the_new_leader_without_redirects(cc):
+def test_a_client_write_during_kill_leader_reaches_the_new_leader(cc):
+    """The router forwards once; raftkv.Client retries (a NOT_LEADER with no hint while
+    no leader is known, a request lost with the killed leader) until the new leader
+    takes the write."""
     leader = cc.wait_leader()
-    session = cc.request(ReqOp.OPEN_SESSION)
-    assert session.code == ReplyCode.OK
-    killed = cc.command("kill-leader")
-    assert killed.code == ReplyCode.OK
-    assert killed.value["killed"] == leader and killed.value["term"] >= 1
-    # Sent before any new leader exists: the controller holds it and routes it; the
-    # only answer the client gets is the final one.
-    put = cc.request(ReqOp.PUT, client_id=session.value, seq=1, key=b"k", value=b"after")
-    assert put.code == ReplyCode.OK, put
-    got = cc.request(ReqOp.GET, key=b"k")
-    assert (got.code, got.value) == (ReplyCode.OK, b"after")
+    with Client(cc.address, timeout=10) as kv:
+        kv.put("k", "before")
+        killed = cc.command("kill-leader")
+        assert killed.code == ReplyCode.OK
+        assert killed.value["killed"] == leader and killed.value["term"] >= 1
+        kv.put("k", "after")
+        assert kv.get("k") == b"after"
     assert cc.wait_leader(exclude=leader) != leader
     assert cc.node(leader)["alive"] is False
 
@@ -210,19 +236,37 @@ def test_writes_continue_while_a_follower_is_paused(cc):
     wait_caught_up(cc, follower)
 
 
-def test_write_at_a_paused_leader_is_resent_to_the_next_one(cc):
+def test_a_request_at_a_paused_leader_is_forwarded_once(cc):
+    """The router does not re-send: a write it passed to a leader that froze waits
+    there, while raftkv.Client's own retry reaches the next leader. Once the old leader
+    runs again its refusal comes back to the raw client as the node sent it."""
     leader = cc.wait_leader()
     session = cc.request(ReqOp.OPEN_SESSION)
-    assert cc.command("pause", leader).value == {"paused": leader}
-    # The controller still believes in the frozen leader for up to a second, so this
-    # write may sit there unanswered; it is re-sent once another node leads.
-    put = cc.request(ReqOp.PUT, client_id=session.value, seq=1, key=b"k", value=b"v")
-    assert put.code == ReplyCode.OK, put
-    assert cc.wait_leader(exclude=leader) != leader
-    assert cc.command("resume", leader).value == {"resumed": leader}
+    sock = cc.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    present(sock, cc.credentials)
+    sock.connect(cc.address)
+    try:
+        assert cc.command("pause", leader).value == {"paused": leader}
+        sock.send(encode_request(ClientRequest(
+            1, ReqOp.PUT, client_id=session.value, seq=1, key=b"k", value=b"raw")))
+        with Client(cc.address, timeout=10) as kv:
+            kv.put("k", "v")  # retried by the client until a new leader takes it
+        new_leader = cc.wait_leader(exclude=leader)
+        sock.send(encode_request(ClientRequest(2, ReqOp.GET, key=b"k")))
+        assert sock.poll(10_000)
+        got = decode_reply(sock.recv())
+        assert (got.request_id, got.code, got.value) == (2, ReplyCode.OK, b"v")
+        assert not sock.poll(0)  # the PUT sits at the frozen node, sent there once
+        assert cc.command("resume", leader).value == {"resumed": leader}
+        assert sock.poll(10_000)
+        refused = decode_reply(sock.recv())
+        assert refused.request_id == 1
+        assert refused.code in (ReplyCode.NOT_LEADER, ReplyCode.UNAVAILABLE), refused
+    finally:
+        sock.close()
     cc.wait_node(leader, "rejoins as a follower", lambda n: n["role"] == "follower")
-    got = cc.request(ReqOp.GET, key=b"k")
-    assert (got.code, got.value) == (ReplyCode.OK, b"v")
+    assert cc.wait_leader() == new_leader
 
 
 def test_partitioned_leader_steps_down_and_the_majority_serves(cc):
@@ -296,15 +340,20 @@ def test_bad_commands_get_a_clear_bad_request(cc):
     assert st["controller"]["bad_requests"] >= len(cases) + 1
 
 
-def test_no_leader_to_kill_without_a_quorum(cc):
+def test_no_leader_known_is_answered_at_once_not_leader_with_no_hint(cc):
     leader = cc.wait_leader()
     for f in followers(cc, leader):
         cc.command("kill", f)
     wait_for(lambda: cc.status()["leader"] is None, 10, "the lone node to step down")
     reply = cc.command("kill-leader")
     assert (reply.code, reply.value) == (ReplyCode.UNAVAILABLE, "no leader to kill")
+    # A refusal before the log: the client may count it as certainly not applied.
+    refused = cc.request(ReqOp.GET, timeout=2.0, key=b"k")
+    assert refused is not None and refused.code == ReplyCode.NOT_LEADER
+    assert refused.leader_hint == 0
+    assert cc.status()["controller"]["no_leader"] >= 1
     with Client(cc.address, timeout=1) as kv, pytest.raises(Unavailable):
-        kv.get("k")
+        kv.put("k", "v")
 
 
 def test_workers_outlive_the_controller_and_a_new_one_finds_the_leader(cc):
@@ -326,3 +375,51 @@ def test_sigterm_stops_the_controller(cc):
     cc.wait_leader()
     cc.controller.send_signal(signal.SIGTERM)
     assert cc.controller.wait(timeout=5) == 0
+
+
+def test_clients_are_served_while_the_supervisor_runs_a_slow_command(tmp_path):
+    """A command blocks the supervisor's thread only: puts through the router complete
+    while one is running. The controller runs in this process, so a command of the
+    test's own can hold the supervisor until the test lets it go."""
+    cc = ControllerCluster(tmp_path)
+    ctx = zmq.Context()
+    gate, started = threading.Event(), threading.Event()
+
+    def slow(_supervisor: object, args: tuple) -> dict:
+        started.set()
+        assert gate.wait(30)
+        return {"slow": list(args)}
+
+    runner = None
+    try:
+        cc.start_nodes()
+        controller = Controller(ClusterState.load(cc.root), ctx)
+        controller.supervisor.commands["slow"] = slow
+        runner = threading.Thread(target=controller.run, name="controller")
+        runner.start()
+        cc.wait_leader()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        present(sock, cc.credentials)
+        sock.connect(cc.address)
+        sock.send(encode_request(ClientRequest(1, ReqOp.CONTROL, name="slow", args=(7,))))
+        assert started.wait(10), "the supervisor never started the command"
+        with Client(cc.address, timeout=10) as kv:
+            for n in range(20):
+                kv.put(f"k{n}", "v")
+            assert kv.get("k19") == b"v"
+        assert cc.status()["controller"]["commands_running"] == 1
+        assert not sock.poll(0)  # still running
+        gate.set()
+        assert sock.poll(10_000)
+        done = decode_reply(sock.recv())
+        assert (done.code, done.value) == (ReplyCode.OK, {"slow": [7]})
+        sock.close()
+    finally:
+        gate.set()
+        if runner is not None:
+            controller.stop()
+            runner.join(10)
+            controller.close()
+        cc.close()
+        ctx.destroy(linger=0)

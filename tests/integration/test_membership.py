@@ -53,7 +53,8 @@ def stale_get(cc: ControllerCluster, address: str, key: str) -> bytes | None:
 
 class Writer:
     """A client writing k0, k1, ... through the controller until stopped; every write
-    must succeed (the controller hides elections and redirects)."""
+    must succeed (raftkv.Client retries through elections and redirects; the controller
+    forwards each attempt once, and keeps forwarding while a membership command runs)."""
 
     def __init__(self, address: str) -> None:
         self.address = address

@@ -388,6 +388,25 @@ def test_write_refused_everywhere_is_unavailable(node, client) -> None:
         kv.put("k", "v", timeout=0.3)
 
 
+def test_one_address_that_knows_no_leader_yet_is_retried_until_it_routes(node, client) -> None:
+    """What the controller answers while it knows no leader (NOT_LEADER, hint 0): the
+    client, given that one address, retries it (pausing after each refusal) and the
+    write goes through once the controller routes again. The client owns the retries."""
+    kv_handler = FakeKV()
+    refused: list[ReqOp] = []
+
+    def router(req: ClientRequest) -> Answer:
+        if len(refused) < 5:
+            refused.append(req.op)
+            return ReplyCode.NOT_LEADER, "no leader known; retry", 0
+        return kv_handler(req)
+
+    kv = client(node(router).address)
+    kv.put("k", "v", timeout=5)
+    assert kv.get("k") == b"v"
+    assert len(refused) == 5
+
+
 def test_write_sent_but_never_answered_is_timeout(node, client) -> None:
     kv_handler = FakeKV()
 

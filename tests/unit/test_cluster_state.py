@@ -77,8 +77,8 @@ def test_wait_listening_tells_a_started_node_from_one_that_exited() -> None:
     import subprocess
     import sys
 
-    from harness.controller import wait_listening
     from harness.launcher import free_ports
+    from harness.supervisor import wait_listening
 
     port = free_ports(1)[0]
     listener = subprocess.Popen([sys.executable, "-c", (

@@ -15,7 +15,7 @@ import time
 import msgpack
 import pytest
 
-from raftkv import kv
+from raftkv import kv, wire
 from raftkv.raft.types import Entry, EntryType, Message, MsgType, SnapshotMeta
 from raftkv.wire import (
     MAX_BATCH,
@@ -601,3 +601,42 @@ def test_split_batch_leaves_what_is_not_a_batch_of_its_kind() -> None:
 def test_split_batch_refuses_a_broken_batch(frame: bytes) -> None:
     with pytest.raises(MalformedFrame):
         split_batch(frame, Kind.REQS)
+
+
+# ---- what a proxy reads of a frame ---------------------------------------------------
+
+
+@pytest.mark.parametrize("rid", [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2**32, 2**64 - 1])
+@pytest.mark.parametrize("req", [
+    ClientRequest(0, ReqOp.PUT, b"k", b"v", client_id=3, seq=4),
+    ClientRequest(0, ReqOp.GET, b"k"),
+    ClientRequest(0, ReqOp.OPEN_SESSION),
+    ClientRequest(0, ReqOp.STATUS),
+    ClientRequest(0, ReqOp.CONTROL, name="kill", args=(1,)),
+])
+def test_peek_request_reads_the_id_and_op_from_the_header(rid, req):
+    req.request_id = rid
+    assert wire.peek_request(encode_request(req)) == (rid, req.op)
+
+
+def test_peek_request_raises_what_decode_request_raises_for_a_header_it_cannot_read():
+    with pytest.raises(wire.InvalidRequest, match="unknown op") as e:
+        wire.peek_request(msgpack.packb([1, 2, 77, 99]))
+    assert e.value.request_id == 77
+    with pytest.raises(wire.InvalidRequest, match="version"):
+        wire.peek_request(msgpack.packb([9, 2, 5, 5, b"k"]))
+    for junk in (b"", b"\xc1garbage", msgpack.packb([1, 3, 5, 0, None, 0])):
+        with pytest.raises(wire.MalformedFrame):
+            wire.peek_request(junk)
+
+
+def test_not_leader_hint_is_read_from_a_lone_not_leader_reply_only():
+    for rid in (1, 300, 2**40):
+        frame = encode_reply(rid, ReplyCode.NOT_LEADER, "not the leader", 3)
+        assert wire.not_leader_hint(frame) == 3
+    assert wire.not_leader_hint(encode_reply(1, ReplyCode.NOT_LEADER, "x", 0)) == 0
+    assert wire.not_leader_hint(encode_reply(1, ReplyCode.OK, b"v", 3)) is None
+    assert wire.not_leader_hint(encode_reply(1, ReplyCode.UNAVAILABLE, "x", 3)) is None
+    batch = wire.encode_replies([encode_reply(1, ReplyCode.NOT_LEADER, "x", 3)])
+    assert wire.not_leader_hint(batch) is None  # a REPS is not opened
+    assert wire.not_leader_hint(b"\x96\x01\x03\x01\x10") is None  # cut short
