@@ -97,16 +97,20 @@ class Disk:
         temp file -> fsync -> rename -> fsync(dir). Temp files end in `.tmp`."""
         self.publish(self.write_temp(path, chunks), path)
 
-    def write_temp(self, path: Path, chunks: Iterable[bytes], sync_every: int = 0) -> Path:
+    def write_temp(self, path: Path, chunks: Iterable[bytes], sync_every: int = 0,
+                   header: Callable[[], bytes] | None = None, header_size: int = 0) -> Path:
         """Write `chunks` to `path`'s temp file (its name + `.tmp`), synced; returns it.
         Nothing refers to a temp file: a crash before `publish` leaves a leftover that
         the next open removes. With `sync_every`, data is synced each time that many
         bytes were written, so that a large file never leaves the disk so much to flush
-        at once that the WAL's fsyncs queue behind it (Redis's incremental fsync)."""
+        at once that the WAL's fsyncs queue behind it (Redis's incremental fsync).
+        `header`: the chunks start at `header_size`, and once they are all written
+        `header()`, exactly `header_size` bytes, fills the file's start (a header that
+        sums up what follows, made in the same pass)."""
         tmp = temp_path(path)
         fd = self.fs.open(tmp, create=True, truncate=True)
         try:
-            off = 0
+            off = header_size
             for chunk in chunks:
                 view = memoryview(chunk)
                 step = sync_every or len(view) or 1
@@ -116,6 +120,11 @@ class Disk:
                     off += len(piece)
                     if sync_every and len(piece) == step:
                         self.sync_data(fd)
+            if header is not None:
+                head = header()
+                if len(head) != header_size:
+                    raise ValueError(f"header of {len(head)} bytes, not {header_size}")
+                self.write_all(fd, head, 0)
             self.sync_file(fd)
         finally:
             self.fs.close(fd)

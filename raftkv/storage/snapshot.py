@@ -20,13 +20,11 @@ corruption, not a torn write.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from functools import partial
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import msgpack
@@ -73,20 +71,77 @@ def write_snapshot_temp(data_dir: Path, meta: SnapshotMeta, data: bytes | Path,
     gigabytes is never in memory whole."""
     if isinstance(data, Path):
         size = data.stat().st_size
-        pieces: Callable[[], Iterable[bytes]] = partial(_ranges, data, size)
+        pieces: Iterable[bytes] = _ranges(data, size)
     else:
-        size, pieces = len(data), partial(iter, (data,))
+        size, pieces = len(data), (data,)
     data_crc = 0
-    for piece in pieces():
-        data_crc = zlib.crc32(piece, data_crc)
-    body = msgpack.packb([meta.index, meta.term, list(meta.voters), list(meta.learners),
-                          data_crc])
-    crc = zlib.crc32(body)
-    for piece in pieces():
-        crc = zlib.crc32(piece, crc)
-    header = _HEADER.pack(MAGIC, len(body), size, crc)
-    return disk.write_temp(snapshot_path(data_dir, meta.index),
-                           itertools.chain((header, body), pieces()), sync_every=SYNC_EVERY)
+
+    def summed() -> Iterator[bytes]:
+        nonlocal data_crc
+        for piece in pieces:
+            data_crc = zlib.crc32(piece, data_crc)
+            yield piece
+
+    def header() -> bytes:
+        body = _meta_body(meta, data_crc)
+        crc = crc32_combine(zlib.crc32(body), data_crc, size)
+        return _HEADER.pack(MAGIC, len(body), size, crc) + body
+
+    # One pass over the data: written after room for the header, which is filled in
+    # last (the meta's fixed width makes its size known before the data crc is).
+    return disk.write_temp(snapshot_path(data_dir, meta.index), summed(),
+                           sync_every=SYNC_EVERY, header=header,
+                           header_size=_HEADER.size + len(_meta_body(meta, 0)))
+
+
+def _meta_body(meta: SnapshotMeta, data_crc: int) -> bytes:
+    """The meta as msgpack, its data crc always 5 bytes wide (uint32), so that the
+    body's length does not depend on the crc."""
+    fields = (meta.index, meta.term, list(meta.voters), list(meta.learners))
+    return b"\x95" + b"".join(msgpack.packb(f) for f in fields) + b"\xce" + _U32.pack(data_crc)
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """zlib.crc32 of A + B from crc1 = crc32(A), crc2 = crc32(B) and len(B), without
+    reading either: crc1 is carried through len2 zero bytes by squaring the GF(2) matrix
+    of one zero bit (the method of zlib's crc32_combine), then crc2 is added."""
+    if len2 <= 0:
+        return crc1
+    odd = [_CRC_POLY] + [1 << n for n in range(31)]  # one zero bit
+    even = _gf2_square(odd)  # two
+    odd = _gf2_square(even)  # four
+    while True:
+        even = _gf2_square(odd)
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+_CRC_POLY = 0xEDB88320  # zlib's CRC-32, reflected
+_U32 = struct.Struct(">I")
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, i = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, row) for row in matrix]
 
 
 def _ranges(path: Path, size: int) -> Iterator[bytes]:

@@ -13,7 +13,7 @@ from raftkv.raft.types import Entry, HardState, SnapshotMeta
 from raftkv.storage import Storage, StorageCorruptError
 from raftkv.storage.disk import Disk
 from raftkv.storage.record import entries_record, frame
-from raftkv.storage.snapshot import MAGIC, write_snapshot
+from raftkv.storage.snapshot import MAGIC, crc32_combine, write_snapshot, write_snapshot_temp
 from tests.unit.wal_files import segments
 
 
@@ -295,3 +295,28 @@ def test_a_snapshot_file_from_before_the_data_crc_is_streamed_too(tmp_path):
         assert st.snapshot == meta and st.load_snapshot_data() == data
         source = st.snapshot_source(meta)
         assert source.checksum == zlib.crc32(data) and source.read(0, 10**6) == data
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_crc32_combine_is_the_crc_of_the_concatenation(seed):
+    rng = __import__("random").Random(seed)
+    a = rng.randbytes(rng.randrange(0, 300))
+    b = rng.randbytes(rng.choice([0, 1, 7, rng.randrange(1, 5000)]))
+    assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+def test_a_snapshot_file_is_written_in_one_pass_with_its_header_last(tmp_path):
+    """The data is read once (summed as it is written) and the header is filled in
+    after it; the file is the documented layout, whatever the crc's value."""
+    meta = SnapshotMeta(7, 2, (1, 2), (3,))
+    for data in (b"", b"x", bytes(range(256)) * 40):
+        disk = Disk()
+        tmp = write_snapshot_temp(tmp_path, meta, data, disk)
+        buf = tmp.read_bytes()
+        magic, meta_len, data_len, crc = struct.unpack_from("<8sIQI", buf)
+        body = buf[24:24 + meta_len]
+        assert (magic, data_len, buf[24 + meta_len:]) == (MAGIC, len(data), data)
+        assert crc == zlib.crc32(data, zlib.crc32(body))
+        assert msgpack.unpackb(body) == [7, 2, [1, 2], [3], zlib.crc32(data)]
+        assert disk.bytes_written == len(buf)  # every byte written once
+        tmp.unlink()
