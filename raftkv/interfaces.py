@@ -131,7 +131,9 @@ class StateMachine(Protocol):
 
     def snapshot(self) -> bytes: ...
 
-    def restore(self, snapshot: bytes) -> None: ...
+    def restore(self, snapshot: SnapshotData) -> None:
+        """Replace the state with a snapshot's: its bytes, or a file of them that stays
+        the caller's."""
 
     def resume(self, floor: int, ceiling: int) -> bool:
         """Whether the state kept across the node's restart, applied to an index in

@@ -58,6 +58,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import msgpack
@@ -608,8 +609,11 @@ class KVStore:
             use_bin_type=True,
         )
 
-    def restore(self, snapshot: bytes) -> None:
-        """Replace the whole state with a snapshot's. On SnapshotError nothing changes."""
+    def restore(self, snapshot: bytes | Path) -> None:
+        """Replace the whole state with a snapshot's (its bytes, or a file of them). On
+        SnapshotError nothing changes."""
+        if isinstance(snapshot, Path):
+            snapshot = snapshot.read_bytes()  # this state lives in memory whole anyway
         try:
             obj = msgpack.unpackb(snapshot, strict_map_key=False)
         except Exception as e:

@@ -378,12 +378,19 @@ class LmdbStore(KVStore):
         finally:
             path.unlink()
 
-    def restore(self, snapshot: bytes) -> None:
-        """Replace the whole state with a snapshot's: an LMDB file this module wrote, or
-        `KVStore.snapshot`'s msgpack (a node moving from `--state memory`). The new
-        state is built beside the old one, which is replaced only once it opened and
-        read back whole: on SnapshotError nothing changes."""
-        if is_lmdb_image(snapshot):
+    def restore(self, snapshot: bytes | Path) -> None:
+        """Replace the whole state with a snapshot's (its bytes, or a file of them that
+        stays the caller's): an LMDB file this module wrote, or `KVStore.snapshot`'s
+        msgpack (a node moving from `--state memory`). The new state is built beside the
+        old one, which is replaced only once it opened and read back whole: on
+        SnapshotError nothing changes. A file is copied by the kernel, never read into
+        memory whole."""
+        if isinstance(snapshot, Path):
+            with open(snapshot, "rb") as f:
+                head = f.read(_LMDB_MAGIC_AT + len(_LMDB_MAGIC))
+            staged = (_stage_image(self.path, snapshot) if is_lmdb_image(head)
+                      else self._stage_msgpack(snapshot.read_bytes()))
+        elif is_lmdb_image(snapshot):
             staged = _stage_image(self.path, snapshot)
         else:
             staged = self._stage_msgpack(snapshot)
@@ -441,9 +448,12 @@ def remove_leftovers(data_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _stage_image(live: Path, image: bytes) -> Path:
+def _stage_image(live: Path, image: bytes | Path) -> Path:
     staged = Path(tempfile.mkdtemp(dir=live.parent, prefix=".state-restore-"))
-    (staged / "data.mdb").write_bytes(image)
+    if isinstance(image, Path):
+        shutil.copyfile(image, staged / "data.mdb")  # copy_file_range: in the kernel
+    else:
+        (staged / "data.mdb").write_bytes(image)
     return staged
 
 

@@ -27,13 +27,22 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from raftkv import failpoints
 from raftkv.config import NodeConfig
 from raftkv.eventlog import COUNTER_KEYS as EVENT_COUNTERS
 from raftkv.eventlog import EventLog
-from raftkv.interfaces import Clock, Route, SnapshotWriter, StateMachine, Syncer, Transport
+from raftkv.interfaces import (
+    Clock,
+    Route,
+    SnapshotData,
+    SnapshotWriter,
+    StateMachine,
+    Syncer,
+    Transport,
+)
 from raftkv.kv import KVStore, SnapshotError
 from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, TURN_BOUNDS_S, Buckets
 from raftkv.quota import KEY_OVERHEAD
@@ -59,8 +68,17 @@ from raftkv.raft import (
     decode_change,
 )
 from raftkv.snapshot_writer import InlineSnapshotWriter, SnapshotWriteError
-from raftkv.snapshots import ChunkSource, SnapshotReceiver, SnapshotSender
+from raftkv.snapshots import (
+    ChunkSource,
+    MemoryPieces,
+    Pieces,
+    SnapshotReceiver,
+    SnapshotSender,
+    SpooledPieces,
+    discard_data,
+)
 from raftkv.storage import Identity, Storage
+from raftkv.storage.fs import OS_FS
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 
 log = logging.getLogger("raftkv.node")
@@ -162,7 +180,8 @@ class Replica:
             repairing=repairing,
         )
         self.snapshot_sender = SnapshotSender(self.open_snapshot_source, cfg.snapshot_chunk)
-        self.snapshot_receiver = SnapshotReceiver(self.restore_scratch)
+        self.snapshot_receiver = SnapshotReceiver(self.restore_scratch,
+                                                  self.new_snapshot_pieces)
         self.bytes_since_snapshot = 0
         # The local snapshot being written, and when it started; None when none is.
         self.snapshotting: SnapshotMeta | None = None
@@ -408,7 +427,17 @@ class Replica:
             if dropped is not None:
                 dropped.discard()
 
-    def restore_scratch(self, meta: SnapshotMeta, data: bytes) -> StateMachine:
+    def new_snapshot_pieces(self, c: SnapshotChunk) -> Pieces:
+        """Where a snapshot from the leader waits until it is whole: a temp file in the
+        data dir (removed at the next open if a crash leaves it), never in memory whole,
+        on the OS's file system; in memory on another (the simulator's)."""
+        storage = self.storage
+        if storage.fs is not OS_FS:
+            return MemoryPieces()
+        name = f"snap-incoming-{c.frm}-{c.meta.index:020d}.tmp"
+        return SpooledPieces(OS_FS, storage.dir / name)
+
+    def restore_scratch(self, meta: SnapshotMeta, data: SnapshotData) -> StateMachine:
         """A fresh state machine restored from a received snapshot, before the snapshot
         may replace anything. Raises SnapshotError if the bytes do not hold the state
         up to `meta.index`."""
@@ -434,7 +463,11 @@ class Replica:
         (`restore_scratch`) is swapped in."""
         accepted = self.snapshot_receiver.take(meta)
         data = accepted.data
-        self.storage.save_snapshot(meta, data, hard_state)
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        try:
+            self.storage.save_snapshot(meta, data, hard_state)
+        finally:
+            discard_data(data)
         self.kv = accepted.state.succeed(self.kv)
         for node_id, address in self.kv.members.items():
             self.learn_address(node_id, address)
@@ -442,7 +475,7 @@ class Replica:
         self.snapshot_from = meta.index
         self.counters["snapshots_installed"] += 1
         log.info("installed snapshot at index %d (term %d, %d bytes)", meta.index, meta.term,
-                 len(data))
+                 size)
 
     def draw_snapshot_scale(self) -> float:
         """This node's factor on the snapshot thresholds, until its next snapshot:

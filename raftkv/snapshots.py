@@ -11,6 +11,11 @@ after its wait times out; nothing received of that snapshot is thrown away meanw
 whole snapshot reaches the core only once its bytes match the checksum and the node's
 check of them (a restore into a scratch state machine) passed: storage and the state
 machine are replaced only by a snapshot known to be good.
+
+Where the pieces wait is the receiver's `Pieces`: in memory (`MemoryPieces`), or in a
+temp file beside the node's log (`SpooledPieces`), so that a snapshot of gigabytes is
+never in memory whole: a node's own file system hands the whole snapshot over as that
+file, which the state machine restores from and storage copies into the snapshot file.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from raftkv.kv import SnapshotError
 from raftkv.raft import InvariantViolation, Message, MsgType, SnapshotMeta
+from raftkv.storage.fs import OS_FS, FileSystem
 from raftkv.wire import MAX_SNAPSHOT_CHUNK, SnapshotChunk
+
+if TYPE_CHECKING:
+    from raftkv.interfaces import SnapshotData
 
 log = logging.getLogger("raftkv.snapshots")
 
@@ -114,19 +124,134 @@ class AcceptedSnapshot(Generic[S]):
     """A whole snapshot whose bytes matched their checksum and passed `validate`."""
 
     meta: SnapshotMeta
-    data: bytes
+    data: SnapshotData  # bytes, or a file that is the taker's to remove
     state: S  # what `validate` built from `data` (the node: a restored scratch KVStore)
 
 
-@dataclass(slots=True)
+class Pieces(Protocol):
+    """Where the chunks of one transfer wait, by offset."""
+
+    held: int  # bytes put so far
+
+    def put(self, offset: int, data: bytes) -> None:
+        """Keep `data` at `offset`; the receiver puts each offset once."""
+
+    def has(self, offset: int) -> bool: ...
+
+    def lengths(self) -> list[tuple[int, int]]:
+        """(offset, length) of every piece, sorted by offset."""
+
+    def crc32(self) -> int:
+        """zlib.crc32 of the pieces in offset order."""
+
+    def whole(self) -> SnapshotData:
+        """The pieces joined; they are the caller's from then on."""
+
+    def discard(self) -> None:
+        """Free what the pieces hold; nothing else is called after."""
+
+
+class MemoryPieces:
+    def __init__(self) -> None:
+        self.pieces: dict[int, bytes] = {}
+        self.held = 0
+
+    def put(self, offset: int, data: bytes) -> None:
+        self.pieces[offset] = data
+        self.held += len(data)
+
+    def has(self, offset: int) -> bool:
+        return offset in self.pieces
+
+    def lengths(self) -> list[tuple[int, int]]:
+        return sorted((o, len(d)) for o, d in self.pieces.items())
+
+    def crc32(self) -> int:
+        crc = 0
+        for _, data in sorted(self.pieces.items()):
+            crc = zlib.crc32(data, crc)
+        return crc
+
+    def whole(self) -> bytes:
+        return b"".join(data for _, data in sorted(self.pieces.items()))
+
+    def discard(self) -> None:
+        self.pieces.clear()
+
+
+SPOOL_READ = 4 << 20  # bytes of a spooled snapshot read at a time for its checksum
+
+
+class SpooledPieces:
+    """The pieces written at their offsets into the temp file `path` through `fs`; in
+    memory, only their offsets. `whole` hands the file over on the OS's file system (a
+    node), its bytes on another (the simulator's). The name ends in `.tmp`, so a file
+    a crash left behind is removed when storage next opens the dir."""
+
+    def __init__(self, fs: FileSystem, path: Path) -> None:
+        self.fs, self.path = fs, path
+        self.fd: int | None = fs.open(path, create=True, truncate=True)
+        self.offsets: dict[int, int] = {}  # offset -> length
+        self.held = 0
+
+    def put(self, offset: int, data: bytes) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        at = offset
+        while view:
+            n = self.fs.pwrite(self.fd, view, at)
+            view, at = view[n:], at + n
+        self.offsets[offset] = len(data)
+        self.held += len(data)
+
+    def has(self, offset: int) -> bool:
+        return offset in self.offsets
+
+    def lengths(self) -> list[tuple[int, int]]:
+        return sorted(self.offsets.items())
+
+    def crc32(self) -> int:
+        crc = 0
+        for at in range(0, self.held, SPOOL_READ):
+            crc = zlib.crc32(self.fs.read_range(self.path, at, min(SPOOL_READ,
+                                                                  self.held - at)), crc)
+        return crc
+
+    def whole(self) -> SnapshotData:
+        self._close()
+        if self.fs is OS_FS:
+            return self.path
+        data = self.fs.read(self.path)
+        self.fs.unlink(self.path)
+        return data
+
+    def discard(self) -> None:
+        self._close()
+        if self.fs.exists(self.path):
+            self.fs.unlink(self.path)
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            self.fs.close(self.fd)
+            self.fd = None
+
+
+def discard_data(data: SnapshotData) -> None:
+    """Free snapshot data that nothing will use: remove a handed-over file."""
+    if isinstance(data, Path):
+        data.unlink(missing_ok=True)
+
+
 class _Partial:
     """The pieces of one snapshot received so far from one sender. Every chunk of a
     transfer carries the same (meta, total, checksum); its sends may interleave."""
 
-    first: SnapshotChunk  # the transfer's identity
-    term: int  # the highest term the sender sent it in
-    pieces: dict[int, bytes] = field(default_factory=dict)  # offset -> data
-    held: int = 0  # bytes in `pieces`
+    __slots__ = ("first", "term", "pieces")
+
+    def __init__(self, first: SnapshotChunk, pieces: Pieces) -> None:
+        self.first = first  # the transfer's identity
+        self.term = first.term  # the highest term the sender sent it in
+        self.pieces = pieces
 
     def same_transfer(self, c: SnapshotChunk) -> bool:
         return c.meta == self.first.meta and c.total == self.first.total
@@ -146,8 +271,11 @@ class SnapshotReceiver(Generic[S]):
     an older one is ignored, unless it comes from a later term of the sender).
     """
 
-    def __init__(self, validate: Callable[[SnapshotMeta, bytes], S]) -> None:
+    def __init__(self, validate: Callable[[SnapshotMeta, SnapshotData], S],
+                 new_pieces: Callable[[SnapshotChunk], Pieces] = lambda _: MemoryPieces(),
+                 ) -> None:
         self.validate = validate
+        self.new_pieces = new_pieces
         self._partial: dict[int, _Partial] = {}  # sender -> progress
         self._held: AcceptedSnapshot[S] | None = None
         self.restarts = 0  # partial transfers given up for a newer one
@@ -164,58 +292,64 @@ class SnapshotReceiver(Generic[S]):
         assembled = self._assemble(c)
         if assembled is None:
             return None
-        data, term = assembled
+        pieces, term = assembled
         if self._held is not None:
+            pieces.discard()
             log.info("snapshot at index %d from node %d dropped: the one at index %d is "
                      "not installed yet", c.meta.index, c.frm, self._held.meta.index)
             return None
-        self._held = self._accept(c, data)
+        self._held = self._accept(c, pieces)
         if self._held is None:
             return None
         return Message(MsgType.SNAP, c.to, c.frm, term, snapshot=c.meta)
 
-    def _assemble(self, c: SnapshotChunk) -> tuple[bytes, int] | None:
-        """The whole snapshot, and the highest term it was sent in, once `c` completes
-        it; None before, or if `c` ends the transfer (a checksum that contradicts the
-        transfer's, pieces that do not fit together)."""
+    def _assemble(self, c: SnapshotChunk) -> tuple[Pieces, int] | None:
+        """The whole snapshot's pieces, and the highest term it was sent in, once `c`
+        completes it; None before, or if `c` ends the transfer (a checksum that
+        contradicts the transfer's, pieces that do not fit together)."""
         p = self._partial.get(c.frm)
         if p is None or not p.same_transfer(c):
             if p is not None:
                 if c.meta.index < p.first.meta.index and c.term <= p.term:
                     return None  # a late chunk of a transfer the sender moved on from
                 self.restarts += 1
-            p = self._partial[c.frm] = _Partial(c, c.term)
+                p.pieces.discard()
+            p = self._partial[c.frm] = _Partial(c, self.new_pieces(c))
         elif c.checksum != p.first.checksum:
             del self._partial[c.frm]
+            p.pieces.discard()
             self._reject(c, f"the chunk at offset {c.offset} carries checksum "
                             f"{c.checksum:#010x}, the first one {p.first.checksum:#010x}")
             return None
         p.term = max(p.term, c.term)
-        if c.offset in p.pieces or c.offset + len(c.data) > c.total:
+        pieces = p.pieces
+        if pieces.has(c.offset) or c.offset + len(c.data) > c.total:
             return None  # a duplicate, or not a piece of these bytes
-        p.pieces[c.offset] = c.data
-        p.held += len(c.data)
-        if p.held < c.total:
+        pieces.put(c.offset, c.data)
+        if pieces.held < c.total:
             return None
         del self._partial[c.frm]
-        pieces = sorted(p.pieces.items())
         end = 0
-        for offset, data in pieces:
+        for offset, length in pieces.lengths():
             if offset != end:
                 self.restarts += 1  # overlapping pieces: sent with another chunk size
+                pieces.discard()
                 return None
-            end += len(data)
-        return b"".join(data for _, data in pieces), p.term
+            end += length
+        return pieces, p.term
 
-    def _accept(self, c: SnapshotChunk, data: bytes) -> AcceptedSnapshot[S] | None:
-        crc = zlib.crc32(data)
+    def _accept(self, c: SnapshotChunk, pieces: Pieces) -> AcceptedSnapshot[S] | None:
+        crc = pieces.crc32()
         if crc != c.checksum:
-            self._reject(c, f"its {len(data)} bytes have CRC32 {crc:#010x}, the sender's "
+            pieces.discard()
+            self._reject(c, f"its {c.total} bytes have CRC32 {crc:#010x}, the sender's "
                             f"is {c.checksum:#010x}")
             return None
+        data = pieces.whole()
         try:
             state = self.validate(c.meta, data)
         except SnapshotError as e:
+            discard_data(data)
             self._reject(c, str(e))
             return None
         return AcceptedSnapshot(c.meta, data, state)
@@ -241,4 +375,5 @@ class SnapshotReceiver(Generic[S]):
             return None
         held, self._held = self._held, None
         assert held is not None
+        discard_data(held.data)
         return held.state

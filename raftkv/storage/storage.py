@@ -435,6 +435,14 @@ class Storage:
     def identity(self) -> Identity:
         return self._wal.identity
 
+    @property
+    def dir(self) -> Path:
+        return self._dir
+
+    @property
+    def fs(self) -> FileSystem:
+        return self._fs
+
     def load_snapshot_data(self) -> bytes | None:
         """The newest snapshot's state machine bytes; None if none. The first call after
         open hands over the bytes open read and checked; later ones read and check the
@@ -540,7 +548,7 @@ class Storage:
         except OSError as exc:
             raise self._disk_failed("sync", exc) from exc
 
-    def save_snapshot(self, meta: SnapshotMeta, data: bytes,
+    def save_snapshot(self, meta: SnapshotMeta, data: bytes | Path,
                       hard_state: HardState | None = None) -> None:
         """Durably store a snapshot (with `hard_state`, if given; with the snapshot's term
         and no vote if that is above the stored term and none is given), then drop the

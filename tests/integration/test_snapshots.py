@@ -222,14 +222,19 @@ def test_a_good_snapshot_is_installed_from_the_state_restored_on_arrival(
     r = follower.replica
     restores = []
     real_restore = KVStore.restore
-    monkeypatch.setattr(KVStore, "restore",
-                        lambda kv, data: restores.append(data) or real_restore(kv, data))
+    # A snapshot from the leader waits in a file in the data dir, never in memory whole:
+    # the state is restored from that file, and storage copies it into the snapshot.
+    # (An LmdbStore reads the msgpack of a memory state's snapshot into a plain KVStore.)
+    monkeypatch.setattr(KVStore, "restore", lambda kv, data: restores.append(
+        data if isinstance(data, bytes) else data.read_bytes()) or real_restore(kv, data))
     data, stats = leader_state(40), r.kv.stats
     chunks = snapshot_chunks(40 + trailing, data)
     deliver(follower, chunks)
     meta = chunks[0].meta
     assert r.core.pending_snapshot == meta and r.snapshot_receiver.held == meta
     assert r.storage.snapshot is None  # checked and stepped, not yet written
+    assert [p.name for p in follower.cfg.data_dir.glob("snap-incoming-*")] == [
+        f"snap-incoming-{LEADER}-{meta.index:020d}.tmp"]  # held in a file, not in memory
     r.process_ready()
     assert r.storage.snapshot == meta
     assert r.storage.load_snapshot_data() == data
@@ -237,6 +242,7 @@ def test_a_good_snapshot_is_installed_from_the_state_restored_on_arrival(
     assert r.kv.stats is stats
     assert restores == [data]  # restored once, on arrival
     assert r.snapshot_receiver.held is None
+    assert not list(follower.cfg.data_dir.glob("snap-incoming-*"))
     assert r.status()["counters"]["snapshots_installed"] == 1
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import zlib
+from pathlib import Path
 
 import pytest
 
 from raftkv.kv import SnapshotError
 from raftkv.raft import InvariantViolation, Message, MsgType, SnapshotMeta
-from raftkv.snapshots import SnapshotReceiver, SnapshotSender
+from raftkv.snapshots import SnapshotReceiver, SnapshotSender, SpooledPieces, discard_data
+from raftkv.storage.fs import OS_FS
 from raftkv.wire import SnapshotChunk
 
 META = SnapshotMeta(50, 3, (1, 2, 3))
@@ -230,3 +232,65 @@ def test_a_snapshot_the_core_ignored_is_released_at_once():
     with pytest.raises(InvariantViolation):
         r.take(META)
     assert feed(r, chunks()) is not None  # and the next one is accepted
+
+
+# ---- spooled to a file: a snapshot of any size is never in memory whole ---------------
+
+
+class FileValidator:
+    """Reads what a spooled transfer hands over (a file); refuses `refuse`."""
+
+    def __init__(self, refuse: bytes | None = None) -> None:
+        self.refuse = refuse
+        self.seen: list[object] = []
+
+    def __call__(self, meta: SnapshotMeta, data: object) -> str:
+        self.seen.append(data)
+        assert isinstance(data, Path)
+        if data.read_bytes() == self.refuse:
+            raise SnapshotError("not a snapshot this store can load")
+        return f"state of {data.stat().st_size} bytes"
+
+
+def spooled(tmp_path: Path, validate: FileValidator) -> SnapshotReceiver:
+    return SnapshotReceiver(validate, lambda c: SpooledPieces(
+        OS_FS, tmp_path / f"snap-incoming-{c.frm}-{c.meta.index}.tmp"))
+
+
+def test_a_spooled_snapshot_is_handed_over_as_its_file(tmp_path):
+    parts = chunks()
+    shuffled = [parts[3], parts[0], parts[3], parts[10], *reversed(parts[4:10]), parts[1],
+                parts[0], parts[2]]
+    validate = FileValidator()
+    r = spooled(tmp_path, validate)
+    assert feed(r, shuffled) is not None
+    accepted = r.take(META)
+    assert isinstance(accepted.data, Path) and accepted.data.read_bytes() == DATA
+    assert validate.seen == [accepted.data] and accepted.state == "state of 10240 bytes"
+    discard_data(accepted.data)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["bad checksum", "refused", "replaced", "dropped",
+                                 "another held"])
+def test_a_spooled_snapshot_nobody_takes_leaves_no_file(tmp_path, how):
+    parts = chunks()
+    r = spooled(tmp_path, FileValidator(refuse=DATA if how == "refused" else None))
+    if how == "bad checksum":
+        parts = [dataclasses.replace(p, checksum=p.checksum ^ 1) for p in parts]
+        assert feed(r, parts) is None and r.rejected == 1
+    elif how == "refused":
+        assert feed(r, parts) is None and r.rejected == 1
+    elif how == "replaced":
+        r.receive(chunks(SnapshotMeta(40, 3, (1, 2, 3)))[0])
+        assert len(list(tmp_path.iterdir())) == 1
+        assert feed(r, parts) is not None
+        discard_data(r.take(META).data)
+    elif how == "dropped":
+        assert feed(r, parts) is not None
+        assert r.drop(META) == "state of 10240 bytes"
+    else:
+        assert feed(r, parts) is not None
+        assert feed(r, chunks(SnapshotMeta(60, 3, (1, 2, 3)), frm=3)) is None
+        discard_data(r.take(META).data)
+    assert list(tmp_path.iterdir()) == []
