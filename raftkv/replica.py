@@ -161,10 +161,13 @@ class Replica:
         snapshot = storage.snapshot
         floor = snapshot.index if snapshot else 0
         resumed = self.kv.resume(floor, storage.last_index)
-        data = storage.load_snapshot_data()  # hands over the bytes storage checked
-        if data is not None and not resumed:
-            self.kv.restore(data)
-        del data
+        if not resumed and snapshot is not None:
+            data = storage.snapshot_data()
+            assert data is not None
+            try:
+                self.kv.restore(data)
+            finally:
+                discard_data(data)
         # Whether the state went on from where the node stopped (STATUS shows it).
         self.resumed_state = resumed
         if resumed:

@@ -57,10 +57,15 @@ class Disk:
         self.fsyncs += 1
 
     def read_verified(self, path: Path) -> bytes:
-        """The file's bytes as the disk holds them: whatever only the page cache held is
-        synced first (an error there refuses the open), and the cache is dropped, so
-        nothing read here counts as durable without being so. After kill -9 the cache
-        holds writes never synced; after a failed fsync, pages the disk never got."""
+        """The file's bytes as the disk holds them (`as_on_disk`)."""
+        self.as_on_disk(path)
+        return self.fs.read(path)
+
+    def as_on_disk(self, path: Path) -> None:
+        """From now on reads of `path` see what the disk holds: whatever only the page
+        cache held is synced first (an error there refuses the open), and the cache is
+        dropped, so nothing read counts as durable without being so. After kill -9 the
+        cache holds writes never synced; after a failed fsync, pages the disk never got."""
         try:
             self.sync_path(path)
             self.fs.drop_cache(path)
@@ -69,7 +74,6 @@ class Disk:
                                "the disk may have lost writes that were never synced. "
                                "Nothing was changed: restart once the disk is repaired"
                                ) from exc
-        return self.fs.read(path)
 
     def discard(self, paths: list[Path], directory: Path) -> None:
         """Delete `paths` in `directory`, in order, and sync the directory: files nothing

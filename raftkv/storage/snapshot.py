@@ -21,6 +21,7 @@ corruption, not a torn write.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import struct
 import zlib
@@ -183,6 +184,54 @@ def parse_snapshot(path: Path, buf: bytes, data_dir: Path) -> tuple[SnapshotMeta
     if path != snapshot_path(path.parent, meta.index):
         raise corrupt(start, f"snapshot file name does not match its index {meta.index}")
     return meta, data
+
+
+def check_snapshot(path: Path, data_dir: Path, fs: FileSystem = OS_FS) -> SnapshotMeta:
+    """The meta of the snapshot file `path`, checked as `parse_snapshot` checks it but
+    read a range at a time, so that a snapshot of gigabytes is never in memory whole;
+    StorageCorruptError if any check fails."""
+
+    def corrupt(offset: int, problem: str) -> StorageCorruptError:
+        return StorageCorruptError(path, offset, problem, data_dir)
+
+    head = fs.read_range(path, 0, _HEADER.size)
+    if len(head) < _HEADER.size:
+        raise corrupt(0, f"snapshot file shorter than its {_HEADER.size}-byte header")
+    magic, meta_len, data_len, crc = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise corrupt(0, f"bad snapshot magic {magic!r}")
+    start = _HEADER.size
+    body = fs.read_range(path, start, meta_len)
+    running, at, end = zlib.crc32(body), start + len(body), start + meta_len + data_len
+    while len(body) == meta_len and at < end:
+        piece = fs.read_range(path, at, min(SYNC_EVERY, end - at))
+        if not piece:
+            break
+        running = zlib.crc32(piece, running)
+        at += len(piece)
+    if at < end or fs.read_range(path, end, 1):
+        size = at if at < end else f"more than {end}"
+        raise corrupt(start, f"snapshot file has {size} bytes, its header says {end}")
+    if running != crc:
+        raise corrupt(start, f"snapshot CRC mismatch over bytes {start}..{end}")
+    meta, _ = _decode_meta(body, corrupt(start, "undecodable snapshot meta"))
+    if path != snapshot_path(path.parent, meta.index):
+        raise corrupt(start, f"snapshot file name does not match its index {meta.index}")
+    return meta
+
+
+def copy_snapshot_data(path: Path, to: Path) -> None:
+    """The data of the snapshot file `path` (checked before) into a new file `to`,
+    copied by the kernel (copy_file_range), never through memory."""
+    with open(path, "rb") as src:
+        magic, meta_len, data_len, _ = _HEADER.unpack(src.read(_HEADER.size))
+        at, left = _HEADER.size + meta_len, data_len
+        with open(to, "wb") as dst:
+            while left:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), min(left, 1 << 30), at)
+                if n == 0:
+                    raise OSError(f"{path} ended {left} bytes short of its data")
+                at, left = at + n, left - n
 
 
 def _decode_meta(body: bytes, error: StorageCorruptError) -> tuple[SnapshotMeta, int | None]:

@@ -124,7 +124,6 @@ class Storage:
         self._snapshot: SnapshotMeta | None = None
         # The newest snapshot's data as open read and checked it, until it is taken
         # (`load_snapshot_data`): at 10 million keys a second read and check cost seconds.
-        self._opened_data: bytes | None = None
         self._failed: BaseException | None = None
         self._vote: VoteFile | None = None
         self.repair: str | None = None  # why the log was cut, while a repair is on
@@ -198,8 +197,8 @@ class Storage:
         snaps = snapshot.list_snapshots(self._dir, self._fs)
         if snaps:
             path = snaps[-1][1]
-            self._snapshot, self._opened_data = snapshot.parse_snapshot(
-                path, self._disk.read_verified(path), self._dir)
+            self._disk.as_on_disk(path)
+            self._snapshot = snapshot.check_snapshot(path, self._dir, self._fs)
             if not self._wal.segments:
                 raise StorageCorruptError(self._dir, 0, "snapshot present but no WAL", self._dir)
         snap_index = self._snapshot.index if self._snapshot else 0
@@ -444,18 +443,31 @@ class Storage:
         return self._fs
 
     def load_snapshot_data(self) -> bytes | None:
-        """The newest snapshot's state machine bytes; None if none. The first call after
-        open hands over the bytes open read and checked; later ones read and check the
-        file again."""
+        """The newest snapshot's state machine bytes, read and checked; None if none."""
         if self._snapshot is None:
             return None
-        if self._opened_data is not None:
-            data, self._opened_data = self._opened_data, None
-            return data
         _, data = snapshot.read_snapshot(
             snapshot.snapshot_path(self._dir, self._snapshot.index), self._dir, self._fs
         )
         return data
+
+    def snapshot_data(self) -> bytes | Path | None:
+        """The newest snapshot's state machine bytes for a restore (None if none): on
+        the OS's file system a new temp file in the data dir holding them, copied by the
+        kernel, which is the caller's to remove (a state of gigabytes never passes
+        through memory); on another (the simulator's) the bytes."""
+        if self._snapshot is None:
+            return None
+        if self._fs is not OS_FS:
+            return self.load_snapshot_data()
+        to = self._dir / "snap-restore.tmp"
+        try:
+            snapshot.copy_snapshot_data(
+                snapshot.snapshot_path(self._dir, self._snapshot.index), to)
+        except OSError as exc:
+            to.unlink(missing_ok=True)
+            raise self._disk_failed("reading the snapshot", exc) from exc
+        return to
 
     def snapshot_source(self, meta: SnapshotMeta) -> snapshot.SnapshotSource:
         """The data of the newest snapshot, which must be `meta`, to read in ranges
@@ -638,7 +650,6 @@ class Storage:
         except OSError as exc:
             raise self._disk_failed("writing snapshot", exc) from exc
         self._snapshot = meta
-        self._opened_data = None
         last_before = self._log.last
         self._log.compact(meta.index, keep)
         self._record_snapshot(meta, keep, last_before)

@@ -7,9 +7,14 @@ import pytest
 
 from raftkv.raft.types import Entry, HardState, SnapshotMeta
 from raftkv.storage import FORMAT, Storage, StorageError, StorageVersionError
-from raftkv.storage.errors import StorageIdentityError, StorageMissingError
+from raftkv.storage.errors import (
+    StorageCorruptError,
+    StorageIdentityError,
+    StorageMissingError,
+)
 from raftkv.storage.fs import OsFileSystem
 from raftkv.storage.record import RecordType, decode_entries, decode_hard_state, read_frame
+from raftkv.storage.snapshot import SYNC_EVERY
 from raftkv.storage.wal import Identity, SegmentHeader
 from tests.unit.wal_files import record_offsets, records_end, segments
 
@@ -267,19 +272,56 @@ def test_a_disk_error_at_open_is_a_storage_error_that_changes_nothing(tmp_path):
         assert st.last_index == 3
 
 
-def test_the_snapshot_open_read_and_checked_is_handed_over_not_read_again(tmp_path):
-    """At 10 million keys a restart read and checked the 1.2 GB snapshot twice: once to
-    open, once more for the state machine."""
+def test_the_snapshot_is_checked_a_range_at_a_time_and_read_only_when_restored(tmp_path):
+    """At 10 million keys a restart read the 1.2 GB snapshot whole into memory to check
+    it, and kept it there even when the state went on without it (--state lmdb after
+    kill -9). Open now checks it in ranges after syncing it and dropping its cache; its
+    bytes are read only for a restore, and handed over as a file on a real disk."""
+    data = bytes(range(256)) * 40
     with Storage.open(tmp_path) as st:
         for i in range(1, 10):
             st.append(ents(i, 1), HardState(1, 1, i - 1))
         st.sync()
-        st.save_snapshot(SnapshotMeta(8, 1, (1,)), b"state at 8")
-    fs = RecordingFS()
+        st.save_snapshot(SnapshotMeta(8, 1, (1,)), data)
+    fs = RangeRecordingFS()
+    name = "snap-00000000000000000008.snap"
     with Storage.open(tmp_path, fs=fs) as st:
-        name = "snap-00000000000000000008.snap"
-        assert fs.calls.count(("read", name)) == 1
-        assert st.load_snapshot_data() == b"state at 8"
-        assert fs.calls.count(("read", name)) == 1  # handed over
-        assert st.load_snapshot_data() == b"state at 8"
-        assert fs.calls.count(("read", name)) == 2  # later calls read and check again
+        assert ("read", name) not in fs.calls
+        ranges = [n for call, n in fs.calls if call == "read_range " + name]
+        assert sum(ranges) >= len(data) and max(ranges) <= SYNC_EVERY
+        first = fs.calls.index(("read_range " + name, 24))
+        assert {("fsync", name), ("drop_cache", name)} <= set(fs.calls[:first])
+        assert st.load_snapshot_data() == data
+        assert st.snapshot_data() == data  # not the OS's file system: the bytes
+    with Storage.open(tmp_path) as st:
+        restore = st.snapshot_data()
+        assert restore == tmp_path / "snap-restore.tmp" and restore.read_bytes() == data
+        restore.unlink()
+
+
+@pytest.mark.parametrize("damage", ["short", "longer", "flipped"])
+def test_a_snapshot_checked_in_ranges_is_corruption_when_damaged(tmp_path, damage):
+    with Storage.open(tmp_path) as st:
+        for i in range(1, 10):
+            st.append(ents(i, 1), HardState(1, 1, i - 1))
+        st.sync()
+        st.save_snapshot(SnapshotMeta(8, 1, (1,)), b"x" * 5000)
+    path = tmp_path / "snap-00000000000000000008.snap"
+    buf = bytearray(path.read_bytes())
+    if damage == "short":
+        del buf[-10:]
+    elif damage == "longer":
+        buf += b"!"
+    else:
+        buf[3000] ^= 1
+    path.write_bytes(bytes(buf))
+    with pytest.raises(StorageCorruptError, match="header says|CRC mismatch") as e:
+        Storage.open(tmp_path)
+    assert path.name in str(e.value)
+
+
+class RangeRecordingFS(RecordingFS):
+    def read_range(self, path: Path, offset: int, size: int) -> bytes:
+        data = super().read_range(path, offset, size)
+        self.calls.append(("read_range " + Path(path).name, len(data)))
+        return data
