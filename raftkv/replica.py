@@ -22,6 +22,7 @@ toward a commit only once it is durable (thesis §10.2.1).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -183,6 +184,7 @@ class Replica:
             repairing=repairing,
         )
         self.snapshot_sender = SnapshotSender(self.open_snapshot_source, cfg.snapshot_chunk)
+        self.spool_names = itertools.count(1)
         self.snapshot_receiver = SnapshotReceiver(self.restore_scratch,
                                                   self.new_snapshot_pieces)
         self.bytes_since_snapshot = 0
@@ -437,7 +439,9 @@ class Replica:
         storage = self.storage
         if storage.fs is not OS_FS:
             return MemoryPieces()
-        name = f"snap-incoming-{c.frm}-{c.meta.index:020d}.tmp"
+        # A name of its own per transfer: a resend of a snapshot must never write into
+        # the file of one accepted and not yet installed.
+        name = f"snap-incoming-{c.frm}-{c.meta.index:020d}-{next(self.spool_names)}.tmp"
         return SpooledPieces(OS_FS, storage.dir / name)
 
     def restore_scratch(self, meta: SnapshotMeta, data: SnapshotData) -> StateMachine:

@@ -289,6 +289,8 @@ class SnapshotReceiver(Generic[S]):
     def receive(self, c: SnapshotChunk) -> Message | None:
         """Take one chunk; returns the SNAP message to step once the snapshot is whole
         and accepted."""
+        if self._held is not None and c.meta == self._held.meta:
+            return None  # a resend of the snapshot already accepted: nothing to add
         assembled = self._assemble(c)
         if assembled is None:
             return None

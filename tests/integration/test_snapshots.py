@@ -234,7 +234,7 @@ def test_a_good_snapshot_is_installed_from_the_state_restored_on_arrival(
     assert r.core.pending_snapshot == meta and r.snapshot_receiver.held == meta
     assert r.storage.snapshot is None  # checked and stepped, not yet written
     assert [p.name for p in follower.cfg.data_dir.glob("snap-incoming-*")] == [
-        f"snap-incoming-{LEADER}-{meta.index:020d}.tmp"]  # held in a file, not in memory
+        f"snap-incoming-{LEADER}-{meta.index:020d}-1.tmp"]  # held in a file, not in memory
     r.process_ready()
     assert r.storage.snapshot == meta
     assert r.storage.load_snapshot_data() == data

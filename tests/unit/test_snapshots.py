@@ -294,3 +294,17 @@ def test_a_spooled_snapshot_nobody_takes_leaves_no_file(tmp_path, how):
         assert feed(r, chunks(SnapshotMeta(60, 3, (1, 2, 3)), frm=3)) is None
         discard_data(r.take(META).data)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resend_of_the_held_snapshot_leaves_its_file_whole(tmp_path):
+    """Found at 10M keys: the leader sent the same snapshot again before the follower
+    installed it, the new transfer's spool took the same name and truncated the held
+    one's file, and storage then copied 480 MiB of a 1.37 GB snapshot."""
+    r = spooled(tmp_path, FileValidator())
+    assert feed(r, chunks()) is not None
+    for p in chunks()[:5]:  # the resend, cut short by the install
+        assert r.receive(p) is None
+    accepted = r.take(META)
+    assert accepted.data.read_bytes() == DATA
+    discard_data(accepted.data)
+    assert list(tmp_path.iterdir()) == []  # the resend kept nothing either
