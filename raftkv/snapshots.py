@@ -20,6 +20,7 @@ file, which the state machine restores from and storage copies into the snapshot
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zlib
 from collections.abc import Callable
@@ -226,14 +227,15 @@ class SpooledPieces:
         return data
 
     def discard(self) -> None:
-        self._close()
-        if self.fs.exists(self.path):
+        with contextlib.suppress(OSError):
+            self._close()
+        with contextlib.suppress(OSError):
             self.fs.unlink(self.path)
 
     def _close(self) -> None:
-        if self.fd is not None:
-            self.fs.close(self.fd)
-            self.fd = None
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            self.fs.close(fd)
 
 
 def discard_data(data: SnapshotData) -> None:
@@ -291,7 +293,14 @@ class SnapshotReceiver(Generic[S]):
         and accepted."""
         if self._held is not None and c.meta == self._held.meta:
             return None  # a resend of the snapshot already accepted: nothing to add
-        assembled = self._assemble(c)
+        try:
+            assembled = self._assemble(c)
+        except OSError as e:  # the spool's disk (full, failing): this transfer only
+            p = self._partial.pop(c.frm, None)
+            if p is not None:
+                p.pieces.discard()
+            self._reject(c, f"its chunks could not be kept: {e}")
+            return None
         if assembled is None:
             return None
         pieces, term = assembled
@@ -341,13 +350,21 @@ class SnapshotReceiver(Generic[S]):
         return pieces, p.term
 
     def _accept(self, c: SnapshotChunk, pieces: Pieces) -> AcceptedSnapshot[S] | None:
-        crc = pieces.crc32()
-        if crc != c.checksum:
+        try:
+            crc = pieces.crc32()
+            data = pieces.whole()
+        except OSError as e:
             pieces.discard()
+            self._reject(c, f"its chunks could not be read back: {e}")
+            return None
+        if crc != c.checksum:
+            discard_data(data)
             self._reject(c, f"its {c.total} bytes have CRC32 {crc:#010x}, the sender's "
                             f"is {c.checksum:#010x}")
             return None
-        data = pieces.whole()
+        return self._validated(c, data)
+
+    def _validated(self, c: SnapshotChunk, data: SnapshotData) -> AcceptedSnapshot[S] | None:
         try:
             state = self.validate(c.meta, data)
         except SnapshotError as e:

@@ -308,3 +308,27 @@ def test_a_resend_of_the_held_snapshot_leaves_its_file_whole(tmp_path):
     assert accepted.data.read_bytes() == DATA
     discard_data(accepted.data)
     assert list(tmp_path.iterdir()) == []  # the resend kept nothing either
+
+
+class FailingPieces(SpooledPieces):
+    """A spool whose disk fails (full) once `fail` is set."""
+
+    fail = False
+
+    def put(self, offset: int, data: bytes) -> None:
+        if FailingPieces.fail:
+            raise OSError(28, "No space left on device")
+        super().put(offset, data)
+
+
+def test_a_spool_whose_disk_fails_rejects_that_transfer_only(tmp_path, monkeypatch):
+    r = SnapshotReceiver(FileValidator(), lambda c: FailingPieces(
+        OS_FS, tmp_path / f"snap-incoming-{c.frm}-{c.meta.index}.tmp"))
+    parts = chunks()
+    r.receive(parts[0])
+    monkeypatch.setattr(FailingPieces, "fail", True)
+    assert r.receive(parts[1]) is None and r.rejected == 1
+    assert list(tmp_path.iterdir()) == []  # its partial file went with it
+    monkeypatch.setattr(FailingPieces, "fail", False)
+    assert feed(r, chunks()) is not None  # the leader's next send goes through
+    discard_data(r.take(META).data)
