@@ -25,7 +25,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import msgpack
@@ -194,14 +194,8 @@ def check_snapshot(path: Path, data_dir: Path, fs: FileSystem = OS_FS) -> Snapsh
     def corrupt(offset: int, problem: str) -> StorageCorruptError:
         return StorageCorruptError(path, offset, problem, data_dir)
 
-    head = fs.read_range(path, 0, _HEADER.size)
-    if len(head) < _HEADER.size:
-        raise corrupt(0, f"snapshot file shorter than its {_HEADER.size}-byte header")
-    magic, meta_len, data_len, crc = _HEADER.unpack(head)
-    if magic != MAGIC:
-        raise corrupt(0, f"bad snapshot magic {magic!r}")
+    meta_len, data_len, crc, body = _read_head(path, fs, corrupt)
     start = _HEADER.size
-    body = fs.read_range(path, start, meta_len)
     running, at, end = zlib.crc32(body), start + len(body), start + meta_len + data_len
     while len(body) == meta_len and at < end:
         piece = fs.read_range(path, at, min(SYNC_EVERY, end - at))
@@ -218,6 +212,19 @@ def check_snapshot(path: Path, data_dir: Path, fs: FileSystem = OS_FS) -> Snapsh
     if path != snapshot_path(path.parent, meta.index):
         raise corrupt(start, f"snapshot file name does not match its index {meta.index}")
     return meta
+
+
+def _read_head(path: Path, fs: FileSystem, corrupt: Callable[[int, str], StorageCorruptError]
+               ) -> tuple[int, int, int, bytes]:
+    """The header's meta length, data length and crc, and the meta's bytes (as many of
+    them as the file has)."""
+    head = fs.read_range(path, 0, _HEADER.size)
+    if len(head) < _HEADER.size:
+        raise corrupt(0, f"snapshot file shorter than its {_HEADER.size}-byte header")
+    magic, meta_len, data_len, crc = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise corrupt(0, f"bad snapshot magic {magic!r}")
+    return meta_len, data_len, crc, fs.read_range(path, _HEADER.size, meta_len)
 
 
 def copy_snapshot_data(path: Path, to: Path) -> None:
@@ -268,13 +275,7 @@ def snapshot_source(path: Path, meta: SnapshotMeta, data_dir: Path,
     def corrupt(offset: int, problem: str) -> StorageCorruptError:
         return StorageCorruptError(path, offset, problem, data_dir)
 
-    head = fs.read_range(path, 0, _HEADER.size)
-    if len(head) < _HEADER.size:
-        raise corrupt(0, f"snapshot file shorter than its {_HEADER.size}-byte header")
-    magic, meta_len, data_len, _ = _HEADER.unpack(head)
-    if magic != MAGIC:
-        raise corrupt(0, f"bad snapshot magic {magic!r}")
-    body = fs.read_range(path, _HEADER.size, meta_len)
+    meta_len, data_len, _, body = _read_head(path, fs, corrupt)
     found, crc = _decode_meta(body, corrupt(_HEADER.size, "undecodable snapshot meta"))
     if found != meta:
         raise corrupt(_HEADER.size, f"snapshot file holds {found}, not {meta}")
