@@ -48,7 +48,8 @@ dir_option = click.option(
     help="The cluster's directory (env RAFTKV_DIR).")
 timeout_option = click.option(
     "--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
-    help="Seconds to wait for the cluster before giving up (exit 3).")
+    help="Seconds to wait for the cluster before giving up (exit 3; 7 for a write that "
+         "was sent and not answered: its outcome is unknown).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 exactly_once_option = click.option(
     "--exactly-once", is_flag=True,
