@@ -114,13 +114,19 @@ def test_a_one_shot_write_is_one_log_entry_and_a_session_adds_one(cli):
         st = cli.status()
         return next(n for n in st["nodes"] if n["id"] == st["leader"])["last_index"]
 
-    before = leader_last_index()
+    def settled() -> int:
+        # The controller's view is its last STATUS poll (every 0.2 s): two reads a CLI
+        # start apart (more than a poll) that agree are current, as nothing else writes.
+        return wait_for(lambda: (a := leader_last_index()) == leader_last_index() and a,
+                        10, "the controller's view of the leader's log to settle")
+
+    before = settled()
     cli("put", "k", "1")
     assert cli("cas", "k", "1", "2").stdout.strip() == "SWAPPED"
     cli("del", "k")
-    assert leader_last_index() == before + 3
+    assert settled() == before + 3
     cli("put", "k", "3", "--exactly-once")  # OPEN_SESSION, then the PUT
-    assert leader_last_index() == before + 5
+    assert settled() == before + 5
     assert cli("get", "k").stdout == "3\n"
 
 
