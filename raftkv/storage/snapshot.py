@@ -26,6 +26,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import msgpack
@@ -104,26 +105,19 @@ def _meta_body(meta: SnapshotMeta, data_crc: int) -> bytes:
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """zlib.crc32 of A + B from crc1 = crc32(A), crc2 = crc32(B) and len(B), without
-    reading either: crc1 is carried through len2 zero bytes by squaring the GF(2) matrix
-    of one zero bit (the method of zlib's crc32_combine), then crc2 is added."""
-    if len2 <= 0:
-        return crc1
-    odd = [_CRC_POLY] + [1 << n for n in range(31)]  # one zero bit
-    even = _gf2_square(odd)  # two
-    odd = _gf2_square(even)  # four
-    while True:
-        even = _gf2_square(odd)
-        if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
-        len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
+    reading either: crc1 is carried through len2 zero bytes by the GF(2) matrices of
+    2**k zero bytes, squared from that of one zero bit (zlib's crc32_combine's method),
+    then crc2 is added."""
+    zero_byte = [_CRC_POLY] + [1 << n for n in range(31)]  # the matrix of one zero bit
+    for _ in range(3):
+        zero_byte = _gf2_square(zero_byte)  # of 2, 4, then 8 zero bits
+    zeros, n = zero_byte, len2  # invariant: `zeros` is the matrix of 2**k zero bytes
+    while n > 0:
+        if n & 1:
+            crc1 = _gf2_times(zeros, crc1)
+        n >>= 1
+        if n:
+            zeros = _gf2_square(zeros)
     return crc1 ^ crc2
 
 
@@ -163,47 +157,37 @@ def read_snapshot(path: Path, data_dir: Path,
 
 def parse_snapshot(path: Path, buf: bytes, data_dir: Path) -> tuple[SnapshotMeta, bytes]:
     """The snapshot file `path` whose bytes are `buf`, checked."""
-
-    def corrupt(offset: int, problem: str) -> StorageCorruptError:
-        return StorageCorruptError(path, offset, problem, data_dir)
-
-    if len(buf) < _HEADER.size:
-        raise corrupt(0, f"snapshot file shorter than its {_HEADER.size}-byte header")
-    magic, meta_len, data_len, crc = _HEADER.unpack_from(buf)
-    if magic != MAGIC:
-        raise corrupt(0, f"bad snapshot magic {magic!r}")
-    start = _HEADER.size
-    if start + meta_len + data_len != len(buf):
-        want = start + meta_len + data_len
-        raise corrupt(start, f"snapshot file has {len(buf)} bytes, its header says {want}")
-    body = buf[start : start + meta_len]
-    data = buf[start + meta_len :]
-    if zlib.crc32(data, zlib.crc32(body)) != crc:
-        raise corrupt(start, f"snapshot CRC mismatch over bytes {start}..{len(buf)}")
-    meta, _ = _decode_meta(body, corrupt(start, "undecodable snapshot meta"))
-    if path != snapshot_path(path.parent, meta.index):
-        raise corrupt(start, f"snapshot file name does not match its index {meta.index}")
-    return meta, data
+    meta, data_at = _checked(path, data_dir, lambda at, n: buf[at:at + n])
+    return meta, buf[data_at:]
 
 
 def check_snapshot(path: Path, data_dir: Path, fs: FileSystem = OS_FS) -> SnapshotMeta:
     """The meta of the snapshot file `path`, checked as `parse_snapshot` checks it but
     read a range at a time, so that a snapshot of gigabytes is never in memory whole;
     StorageCorruptError if any check fails."""
+    return _checked(path, data_dir, partial(fs.read_range, path))[0]
+
+
+ReadRange = Callable[[int, int], bytes]  # (offset, size) -> up to size bytes from there
+
+
+def _checked(path: Path, data_dir: Path, read: ReadRange) -> tuple[SnapshotMeta, int]:
+    """The meta of snapshot file `path`, read through `read`, and where its data starts,
+    once its size, CRC and name check; StorageCorruptError otherwise."""
 
     def corrupt(offset: int, problem: str) -> StorageCorruptError:
         return StorageCorruptError(path, offset, problem, data_dir)
 
-    meta_len, data_len, crc, body = _read_head(path, fs, corrupt)
+    meta_len, data_len, crc, body = _read_head(read, corrupt)
     start = _HEADER.size
     running, at, end = zlib.crc32(body), start + len(body), start + meta_len + data_len
     while len(body) == meta_len and at < end:
-        piece = fs.read_range(path, at, min(SYNC_EVERY, end - at))
+        piece = read(at, min(SYNC_EVERY, end - at))
         if not piece:
             break
         running = zlib.crc32(piece, running)
         at += len(piece)
-    if at < end or fs.read_range(path, end, 1):
+    if at < end or read(end, 1):
         size = at if at < end else f"more than {end}"
         raise corrupt(start, f"snapshot file has {size} bytes, its header says {end}")
     if running != crc:
@@ -211,20 +195,20 @@ def check_snapshot(path: Path, data_dir: Path, fs: FileSystem = OS_FS) -> Snapsh
     meta, _ = _decode_meta(body, corrupt(start, "undecodable snapshot meta"))
     if path != snapshot_path(path.parent, meta.index):
         raise corrupt(start, f"snapshot file name does not match its index {meta.index}")
-    return meta
+    return meta, start + meta_len
 
 
-def _read_head(path: Path, fs: FileSystem, corrupt: Callable[[int, str], StorageCorruptError]
+def _read_head(read: ReadRange, corrupt: Callable[[int, str], StorageCorruptError]
                ) -> tuple[int, int, int, bytes]:
     """The header's meta length, data length and crc, and the meta's bytes (as many of
     them as the file has)."""
-    head = fs.read_range(path, 0, _HEADER.size)
+    head = read(0, _HEADER.size)
     if len(head) < _HEADER.size:
         raise corrupt(0, f"snapshot file shorter than its {_HEADER.size}-byte header")
     magic, meta_len, data_len, crc = _HEADER.unpack(head)
     if magic != MAGIC:
         raise corrupt(0, f"bad snapshot magic {magic!r}")
-    return meta_len, data_len, crc, fs.read_range(path, _HEADER.size, meta_len)
+    return meta_len, data_len, crc, read(_HEADER.size, meta_len)
 
 
 def copy_snapshot_data(path: Path, to: Path) -> None:
@@ -275,7 +259,7 @@ def snapshot_source(path: Path, meta: SnapshotMeta, data_dir: Path,
     def corrupt(offset: int, problem: str) -> StorageCorruptError:
         return StorageCorruptError(path, offset, problem, data_dir)
 
-    meta_len, data_len, _, body = _read_head(path, fs, corrupt)
+    meta_len, data_len, _, body = _read_head(partial(fs.read_range, path), corrupt)
     found, crc = _decode_meta(body, corrupt(_HEADER.size, "undecodable snapshot meta"))
     if found != meta:
         raise corrupt(_HEADER.size, f"snapshot file holds {found}, not {meta}")

@@ -122,8 +122,6 @@ class Storage:
         self._hard_state = HardState()
         self._hs_at: tuple[Path, int] = (data_dir, 0)  # where the hard state was read
         self._snapshot: SnapshotMeta | None = None
-        # The newest snapshot's data as open read and checked it, until it is taken
-        # (`load_snapshot_data`): at 10 million keys a second read and check cost seconds.
         self._failed: BaseException | None = None
         self._vote: VoteFile | None = None
         self.repair: str | None = None  # why the log was cut, while a repair is on
