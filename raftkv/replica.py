@@ -442,7 +442,7 @@ class Replica:
         # A name of its own per transfer: a resend of a snapshot must never write into
         # the file of one accepted and not yet installed.
         name = f"snap-incoming-{c.frm}-{c.meta.index:020d}-{next(self.spool_names)}.tmp"
-        return SpooledPieces(OS_FS, storage.dir / name)
+        return SpooledPieces(storage.dir / name)
 
     def restore_scratch(self, meta: SnapshotMeta, data: SnapshotData) -> StateMachine:
         """A fresh state machine restored from a received snapshot, before the snapshot

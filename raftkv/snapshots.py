@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from raftkv.kv import SnapshotError
 from raftkv.raft import InvariantViolation, Message, MsgType, SnapshotMeta
-from raftkv.storage.fs import OS_FS, FileSystem
+from raftkv.storage.fs import OS_FS
 from raftkv.wire import MAX_SNAPSHOT_CHUNK, SnapshotChunk
 
 if TYPE_CHECKING:
@@ -184,26 +184,31 @@ SPOOL_READ = 4 << 20  # bytes of a spooled snapshot read at a time for its check
 
 
 class SpooledPieces:
-    """The pieces written at their offsets into the temp file `path` through `fs`; in
-    memory, only their offsets. `whole` hands the file over on the OS's file system (a
-    node), its bytes on another (the simulator's). The name ends in `.tmp`, so a file
-    a crash left behind is removed when storage next opens the dir."""
+    """The pieces written at their offsets into the temp file `path` (the OS's file
+    system: a node's); in memory, only their offsets. The CRC is summed as pieces come
+    in order, and only what came out of order is read back for it. `whole` hands the
+    file over. The name ends in `.tmp`, so a file a crash left behind is removed when
+    storage next opens the dir."""
 
-    def __init__(self, fs: FileSystem, path: Path) -> None:
-        self.fs, self.path = fs, path
-        self.fd: int | None = fs.open(path, create=True, truncate=True)
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = OS_FS.open(path, create=True, truncate=True)
         self.offsets: dict[int, int] = {}  # offset -> length
         self.held = 0
+        self.summed, self.crc = 0, 0  # invariant: crc is zlib.crc32 of [0, summed)
 
     def put(self, offset: int, data: bytes) -> None:
         assert self.fd is not None
         view = memoryview(data)
         at = offset
         while view:
-            n = self.fs.pwrite(self.fd, view, at)
+            n = OS_FS.pwrite(self.fd, view, at)
             view, at = view[n:], at + n
         self.offsets[offset] = len(data)
         self.held += len(data)
+        if offset == self.summed:
+            self.crc = zlib.crc32(data, self.crc)
+            self.summed += len(data)
 
     def has(self, offset: int) -> bool:
         return offset in self.offsets
@@ -212,30 +217,26 @@ class SpooledPieces:
         return sorted(self.offsets.items())
 
     def crc32(self) -> int:
-        crc = 0
-        for at in range(0, self.held, SPOOL_READ):
-            crc = zlib.crc32(self.fs.read_range(self.path, at, min(SPOOL_READ,
-                                                                  self.held - at)), crc)
+        crc = self.crc
+        for at in range(self.summed, self.held, SPOOL_READ):
+            crc = zlib.crc32(OS_FS.read_range(self.path, at, min(SPOOL_READ,
+                                                                self.held - at)), crc)
         return crc
 
-    def whole(self) -> SnapshotData:
+    def whole(self) -> Path:
         self._close()
-        if self.fs is OS_FS:
-            return self.path
-        data = self.fs.read(self.path)
-        self.fs.unlink(self.path)
-        return data
+        return self.path
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
             self._close()
         with contextlib.suppress(OSError):
-            self.fs.unlink(self.path)
+            OS_FS.unlink(self.path)
 
     def _close(self) -> None:
         fd, self.fd = self.fd, None
         if fd is not None:
-            self.fs.close(fd)
+            OS_FS.close(fd)
 
 
 def discard_data(data: SnapshotData) -> None:

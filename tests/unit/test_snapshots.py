@@ -254,7 +254,7 @@ class FileValidator:
 
 def spooled(tmp_path: Path, validate: FileValidator) -> SnapshotReceiver:
     return SnapshotReceiver(validate, lambda c: SpooledPieces(
-        OS_FS, tmp_path / f"snap-incoming-{c.frm}-{c.meta.index}.tmp"))
+        tmp_path / f"snap-incoming-{c.frm}-{c.meta.index}.tmp"))
 
 
 def test_a_spooled_snapshot_is_handed_over_as_its_file(tmp_path):
@@ -323,7 +323,7 @@ class FailingPieces(SpooledPieces):
 
 def test_a_spool_whose_disk_fails_rejects_that_transfer_only(tmp_path, monkeypatch):
     r = SnapshotReceiver(FileValidator(), lambda c: FailingPieces(
-        OS_FS, tmp_path / f"snap-incoming-{c.frm}-{c.meta.index}.tmp"))
+        tmp_path / f"snap-incoming-{c.frm}-{c.meta.index}.tmp"))
     parts = chunks()
     r.receive(parts[0])
     monkeypatch.setattr(FailingPieces, "fail", True)
@@ -332,3 +332,21 @@ def test_a_spool_whose_disk_fails_rejects_that_transfer_only(tmp_path, monkeypat
     monkeypatch.setattr(FailingPieces, "fail", False)
     assert feed(r, chunks()) is not None  # the leader's next send goes through
     discard_data(r.take(META).data)
+
+
+def test_a_spool_sums_pieces_that_come_in_order_and_reads_back_only_the_rest(
+        tmp_path, monkeypatch):
+    reads: list[int] = []
+    real = OS_FS.read_range
+    monkeypatch.setattr(OS_FS, "read_range",
+                        lambda path, at, n: reads.append(n) or real(path, at, n))
+    parts = chunks()
+    # parts[3] last: summed through it, then 4,000 on read back (its successors came early)
+    for order, read_back in ((parts, 0), ([*parts[:3], *parts[4:], parts[3]], 6 * 1000 + 240)):
+        reads.clear()
+        r = spooled(tmp_path, FileValidator())
+        assert feed(r, order) is not None
+        assert sum(reads) == read_back
+        accepted = r.take(META)
+        assert accepted.data.read_bytes() == DATA
+        discard_data(accepted.data)
