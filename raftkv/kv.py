@@ -471,7 +471,7 @@ class KVStore:
             not valid
             or type(client_id) is not int
             or type(seq) is not int
-            or (client_id <= 0 or seq <= 0) and (client_id or seq)
+            or not (client_id > 0 and seq > 0 or client_id == seq == 0)
         ):
             return self._malformed(
                 session_problem(client_id, seq)
