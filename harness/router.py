@@ -86,8 +86,9 @@ import errno
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -100,6 +101,7 @@ from raftkv.transport import bind_router, connect_dealer
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 
 log = logging.getLogger("raftkv.controller")
+T = TypeVar("T")
 
 POLL_S = 0.2  # STATUS to every node, and FAULT re-sends, this often
 STALE_AFTER_S = 1.0  # a node that leaves a STATUS poll unanswered this long is not believed
@@ -304,15 +306,10 @@ class Router:
     def handle_request(self, client: bytes, frame: bytes, role: str | None,
                        outbox: dict[bytes, list[tuple[int, bytes]]]) -> None:
         self.counters["requests"] += 1
-        try:
-            rid, op = wire.peek_request(frame)
-        except wire.MalformedFrame:
-            self.counters["malformed"] += 1
+        peeked = self.read_request(client, frame, wire.peek_request)
+        if peeked is None:
             return
-        except wire.InvalidRequest as e:
-            self.counters["bad_requests"] += 1
-            self.answer(client, e.request_id, ReplyCode.BAD_REQUEST, e.message)
-            return
+        rid, op = peeked
         why = None if role is None else refusal(role, op)
         if why is not None:
             self.counters["refused_role"] += 1
@@ -325,6 +322,18 @@ class Router:
             self.take_command(client, frame)
         else:
             outbox.setdefault(client, []).append((rid, frame))
+
+    def read_request(self, client: bytes, frame: bytes, read: Callable[[bytes], T]) -> T | None:
+        """`read(frame)`; None once a frame it cannot read is counted and dropped
+        (malformed) or answered BAD_REQUEST (invalid)."""
+        try:
+            return read(frame)
+        except wire.MalformedFrame:
+            self.counters["malformed"] += 1
+        except wire.InvalidRequest as e:
+            self.counters["bad_requests"] += 1
+            self.answer(client, e.request_id, ReplyCode.BAD_REQUEST, e.message)
+        return None
 
     def answer(self, client: bytes, request_id: int, code: ReplyCode, value: Any = None) -> None:
         """Reply from the router itself; the hint is the leader it routes to (0 in a
@@ -432,14 +441,8 @@ class Router:
     # ---- the supervisor ------------------------------------------------------------
 
     def take_command(self, client: bytes, frame: bytes) -> None:
-        try:
-            req = wire.decode_request(frame)
-        except wire.MalformedFrame:
-            self.counters["malformed"] += 1
-            return
-        except wire.InvalidRequest as e:
-            self.counters["bad_requests"] += 1
-            self.answer(client, e.request_id, ReplyCode.BAD_REQUEST, e.message)
+        req = self.read_request(client, frame, wire.decode_request)
+        if req is None:
             return
         if req.name in LOCAL_COMMANDS:
             self.serve_local(client, req)
