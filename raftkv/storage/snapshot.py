@@ -12,7 +12,11 @@ File layout (`snap-<index, 20 digits>.snap`)::
 `data crc` (zlib.crc32 of the data alone, what a transfer's chunks carry) lets a leader
 stream the data to a follower from the file, a piece per loop turn, without reading it
 whole first (`snapshot_source`). Files written before it existed have a 4-element meta;
-their data crc is computed by reading the data once.
+their data crc is computed by reading the data once. The writer always encodes `data
+crc` as a msgpack uint32 (5 bytes), so the meta's length is known before the data is
+read, and the file is written in one pass: the data first, after room for the header
+and meta, which are filled in last (the whole-file crc from `crc32_combine`). Readers
+take any msgpack int there, so files of either width read alike.
 
 A file under its final name was fsynced before the rename, so any check failure in it is
 corruption, not a torn write.
