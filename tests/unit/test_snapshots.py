@@ -42,17 +42,21 @@ def chunks(meta: SnapshotMeta = META, data: bytes = DATA, chunk_size: int = 1000
 
 
 class Validator:
-    """Records what it was asked to check; refuses the bytes in `refuse`."""
+    """Records what it was asked to check (`calls`: the metas, `seen`: the data as
+    handed over, bytes or a spooled file); refuses the bytes in `refuse`."""
 
     def __init__(self, refuse: bytes | None = None) -> None:
         self.refuse = refuse
         self.calls: list[SnapshotMeta] = []
+        self.seen: list[object] = []
 
-    def __call__(self, meta: SnapshotMeta, data: bytes) -> str:
+    def __call__(self, meta: SnapshotMeta, data: bytes | Path) -> str:
         self.calls.append(meta)
-        if data == self.refuse:
+        self.seen.append(data)
+        raw = data.read_bytes() if isinstance(data, Path) else data
+        if raw == self.refuse:
             raise SnapshotError("not a snapshot this store can load")
-        return f"state of {len(data)} bytes"
+        return f"state of {len(raw)} bytes"
 
 
 def feed(r: SnapshotReceiver, parts: list[SnapshotChunk]) -> Message | None:
@@ -237,22 +241,7 @@ def test_a_snapshot_the_core_ignored_is_released_at_once():
 # ---- spooled to a file: a snapshot of any size is never in memory whole ---------------
 
 
-class FileValidator:
-    """Reads what a spooled transfer hands over (a file); refuses `refuse`."""
-
-    def __init__(self, refuse: bytes | None = None) -> None:
-        self.refuse = refuse
-        self.seen: list[object] = []
-
-    def __call__(self, meta: SnapshotMeta, data: object) -> str:
-        self.seen.append(data)
-        assert isinstance(data, Path)
-        if data.read_bytes() == self.refuse:
-            raise SnapshotError("not a snapshot this store can load")
-        return f"state of {data.stat().st_size} bytes"
-
-
-def spooled(tmp_path: Path, validate: FileValidator) -> SnapshotReceiver:
+def spooled(tmp_path: Path, validate: Validator) -> SnapshotReceiver:
     return SnapshotReceiver(validate, lambda c: SpooledPieces(
         tmp_path / f"snap-incoming-{c.frm}-{c.meta.index}.tmp"))
 
@@ -261,7 +250,7 @@ def test_a_spooled_snapshot_is_handed_over_as_its_file(tmp_path):
     parts = chunks()
     shuffled = [parts[3], parts[0], parts[3], parts[10], *reversed(parts[4:10]), parts[1],
                 parts[0], parts[2]]
-    validate = FileValidator()
+    validate = Validator()
     r = spooled(tmp_path, validate)
     assert feed(r, shuffled) is not None
     accepted = r.take(META)
@@ -275,7 +264,7 @@ def test_a_spooled_snapshot_is_handed_over_as_its_file(tmp_path):
                                  "another held"])
 def test_a_spooled_snapshot_nobody_takes_leaves_no_file(tmp_path, how):
     parts = chunks()
-    r = spooled(tmp_path, FileValidator(refuse=DATA if how == "refused" else None))
+    r = spooled(tmp_path, Validator(refuse=DATA if how == "refused" else None))
     if how == "bad checksum":
         parts = [dataclasses.replace(p, checksum=p.checksum ^ 1) for p in parts]
         assert feed(r, parts) is None and r.rejected == 1
@@ -300,7 +289,7 @@ def test_a_resend_of_the_held_snapshot_leaves_its_file_whole(tmp_path):
     """Found at 10M keys: the leader sent the same snapshot again before the follower
     installed it, the new transfer's spool took the same name and truncated the held
     one's file, and storage then copied 480 MiB of a 1.37 GB snapshot."""
-    r = spooled(tmp_path, FileValidator())
+    r = spooled(tmp_path, Validator())
     assert feed(r, chunks()) is not None
     for p in chunks()[:5]:  # the resend, cut short by the install
         assert r.receive(p) is None
@@ -322,7 +311,7 @@ class FailingPieces(SpooledPieces):
 
 
 def test_a_spool_whose_disk_fails_rejects_that_transfer_only(tmp_path, monkeypatch):
-    r = SnapshotReceiver(FileValidator(), lambda c: FailingPieces(
+    r = SnapshotReceiver(Validator(), lambda c: FailingPieces(
         tmp_path / f"snap-incoming-{c.frm}-{c.meta.index}.tmp"))
     parts = chunks()
     r.receive(parts[0])
@@ -344,7 +333,7 @@ def test_a_spool_sums_pieces_that_come_in_order_and_reads_back_only_the_rest(
     # parts[3] last: summed through it, then 4,000 on read back (its successors came early)
     for order, read_back in ((parts, 0), ([*parts[:3], *parts[4:], parts[3]], 6 * 1000 + 240)):
         reads.clear()
-        r = spooled(tmp_path, FileValidator())
+        r = spooled(tmp_path, Validator())
         assert feed(r, order) is not None
         assert sum(reads) == read_back
         accepted = r.take(META)
