@@ -10,14 +10,34 @@ Writes go through the log; reads are served by the node outside it (ReadIndex, t
 
 Wire form of a command (`Entry.data`), a msgpack array whose first element is the op::
 
-    [Op.PUT,          client_id, seq, key, value]          -> Reply(OK, None)
+    [Op.PUT,          client_id, seq, key, value]          -> Reply(OK, revision: int)
     [Op.DELETE,       client_id, seq, key]                 -> Reply(OK, existed: bool)
     [Op.CAS,          client_id, seq, key, expected, new]  -> Reply(OK, swapped: bool)
     [Op.OPEN_SESSION]                                      -> Reply(OK, client_id: int)
+    [Op.TXN,          client_id, seq, compares, success, failure]
+                                                           -> Reply(OK, [succeeded, results])
 
 `key`, `value`, `new` are msgpack bin (Python bytes); `expected` is bin or nil, nil
 meaning "the key is absent". An empty `data` is a no-op (an empty normal entry is a
 common leader no-op) and answers Reply(OK, None).
+
+Revisions (etcd's). The revision of a write is the log index of its entry, so it grows
+with every write and all replicas agree on it. Each key carries three numbers beside its
+value (`KeyValue`): `create_revision`, the revision of the put that created it (since
+its last delete); `mod_revision`, of its last change; `version`, how many puts since it
+was created (1 at creation). A key that is absent has all three at 0, as in etcd.
+
+A transaction (TXN) is one log entry, so it applies whole or not at all (etcd's Txn): if
+every compare holds, the `success` ops run in order, otherwise the `failure` ops::
+
+    compare = [target, key, cmp, operand]   target: Target.VALUE (operand bin or nil,
+              nil: absent), MOD / CREATE / VERSION (operand int >= 0); cmp: Cmp
+    op      = [Op.PUT, key, value] -> revision | [Op.DELETE, key] -> existed
+            | [Op.GET, key] -> [value, create_revision, mod_revision, version] or nil
+
+A GET in a transaction sees the writes before it in the same transaction. A key is
+written at most once in each branch, and each list holds at most MAX_TXN_OPS items
+(etcd's default --max-txn-ops).
 
 Wire form of a reply: `Reply` is a NamedTuple, so msgpack packs it as the array
 `[code, value]`; `Reply.from_wire` turns the unpacked array back into a `Reply`. On an
@@ -54,6 +74,7 @@ Applying an index <= `applied_index` is a caller bug and raises `OutOfOrderApply
 from __future__ import annotations
 
 import heapq
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +89,13 @@ from raftkv.quota import KEY_OVERHEAD
 MAX_KEY_SIZE = 1024
 MAX_VALUE_SIZE = 1024 * 1024
 MAX_SESSIONS = 10_000
-SNAPSHOT_VERSION = 3  # 3: the data as a list of maps; 2 added the member addresses
+# 4: each value is a record, revisions then value (`_REV`); 3: the data as a list of
+# maps; 2 added the member addresses
+SNAPSHOT_VERSION = 4
+MAX_TXN_OPS = 128  # compares, and ops in each branch, of one transaction (etcd's default)
+# A key's record in the data: create_revision, mod_revision, version, then the value.
+_REV = struct.Struct(">QQQ")
+REV_SIZE = _REV.size
 # The data is split over this many dicts by the key's hash, so that a dict growing past
 # its size, which copies it whole (CPython doubles a dict's table: 190 ms at 2.8 million
 # keys, 430 ms at 5.6 million), copies one part at a time: that stop is what lost the
@@ -86,9 +113,37 @@ class Op(IntEnum):
     # Reads never enter the log; they have codes so `validate_request` can check them.
     GET = 5
     SCAN = 6
+    TXN = 8
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
+
+
+class Target(IntEnum):
+    """What a transaction's compare looks at."""
+
+    VALUE = 0
+    MOD = 1  # mod_revision
+    CREATE = 2  # create_revision
+    VERSION = 3
+
+
+class Cmp(IntEnum):
+    """How a transaction's compare tests it."""
+
+    EQ = 0
+    NE = 1
+    LT = 2
+    GT = 3
+
+
+class KeyValue(NamedTuple):
+    """A key's value and revisions (`KVStore.get_kv`)."""
+
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
 
 
 class Code(IntEnum):
@@ -126,6 +181,9 @@ class Reply(NamedTuple):
 
 # Plain ints for the hot path: comparing with an enum member costs an attribute lookup.
 _PUT, _DELETE, _CAS, _OPEN_SESSION = int(Op.PUT), int(Op.DELETE), int(Op.CAS), int(Op.OPEN_SESSION)
+_GET_OP, _TXN = int(Op.GET), int(Op.TXN)
+_TARGETS = frozenset(int(t) for t in Target)
+_CMPS = frozenset(int(c) for c in Cmp)
 _CODES = frozenset(int(c) for c in Code)
 _OPS = frozenset(int(op) for op in Op)
 _OK_NONE = Reply(Code.OK, None)
@@ -273,6 +331,63 @@ def encode_open_session() -> bytes:
     return _packer.pack((int(Op.OPEN_SESSION),))
 
 
+def txn_problem(compares: object, success: object, failure: object, max_key: int,
+                max_value: int) -> str | None:
+    """What is wrong with a transaction's three lists (the module docstring's forms),
+    or None. Deterministic, as `_problem`."""
+    if type(compares) is not list or type(success) is not list or type(failure) is not list:
+        return "a transaction is three lists: compares, success ops, failure ops"
+    if max(len(compares), len(success), len(failure)) > MAX_TXN_OPS:
+        return f"a transaction holds at most {MAX_TXN_OPS} compares and ops in each branch"
+    for c in compares:
+        if type(c) is not list or len(c) != 4:
+            return f"compare {c!r:.60} is not [target, key, cmp, operand]"
+        target, key, cmp, operand = c
+        if type(target) is not int or target not in _TARGETS:
+            return f"compare target {target!r:.40} is not one of {sorted(_TARGETS)}"
+        if type(cmp) is not int or cmp not in _CMPS:
+            return f"compare op {cmp!r:.40} is not one of {sorted(_CMPS)}"
+        if type(key) is not bytes or len(key) > max_key:
+            return f"compare key must be bytes of at most {max_key}, not {key!r:.40}"
+        if target == Target.VALUE:
+            if operand is not None and (type(operand) is not bytes
+                                        or len(operand) > max_value):
+                return f"a value compare takes bytes of at most {max_value} or nil"
+        elif type(operand) is not int or not 0 <= operand <= _MAX_ID:
+            return f"a revision or version compare takes an int >= 0, not {operand!r:.40}"
+    for branch in (success, failure):
+        written: set[bytes] = set()
+        for op in branch:
+            if type(op) is not list or not op or type(op[0]) is not int:
+                return f"transaction op {op!r:.60} is not [op, key, ...]"
+            kind = op[0]
+            if kind == _PUT and len(op) == 3:
+                problem = _problem(Op.PUT, op[1], op[2], None, None, max_key, max_value)
+            elif kind in (_DELETE, _GET_OP) and len(op) == 2:
+                problem = _problem(Op.DELETE, op[1], None, None, None, max_key, max_value)
+            else:
+                return (f"transaction op {op!r:.60} is not [PUT, key, value], [DELETE, key] "
+                        "or [GET, key]")
+            if problem is not None:
+                return problem
+            if kind != _GET_OP:
+                if op[1] in written:
+                    return f"key {op[1]!r:.40} is written twice in one transaction branch"
+                written.add(op[1])
+    return None
+
+
+def encode_txn(compares: list, success: list, failure: list, *, client_id: int,
+               seq: int) -> bytes:
+    """Entry data of a transaction (the module docstring's form). Raises BadRequest on a
+    malformed one; sizes are the caller's to check, as for `encode_command`."""
+    problem = session_problem(client_id, seq) or txn_problem(
+        compares, success, failure, _MAX_ID, _MAX_ID)
+    if problem is not None:
+        raise BadRequest(problem)
+    return _packer.pack((_TXN, client_id, seq, compares, success, failure))
+
+
 class StateMachineLike(Protocol):
     """What `KVStore.succeed` needs of the state it replaces."""
 
@@ -336,7 +451,12 @@ class KVStore:
         return self._applied_index
 
     def get(self, key: bytes) -> bytes | None:
-        return self._shards[hash(key) & _SHARD_MASK].get(key)
+        rec = self._shards[hash(key) & _SHARD_MASK].get(key)
+        return None if rec is None else rec[REV_SIZE:]
+
+    def get_kv(self, key: bytes) -> KeyValue | None:
+        """The key's value and revisions, or None if it is absent."""
+        return record_kv(self._rec(key))
 
     def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         """Up to `limit` (key, value) pairs whose key starts with `prefix`, sorted by key."""
@@ -345,7 +465,7 @@ class KVStore:
         keys = [k for shard in self._shards for k in shard
                 if not prefix or k.startswith(prefix)]
         keys = sorted(keys) if len(keys) <= limit else heapq.nsmallest(limit, keys)
-        return [(k, self.get(k)) for k in keys]
+        return [(k, self._rec(k)[REV_SIZE:]) for k in keys]
 
     def __len__(self) -> int:
         return sum(map(len, self._shards))
@@ -457,10 +577,16 @@ class KVStore:
             )
         elif op == _OPEN_SESSION and n == 1:
             return self._open_session(index)
+        elif op == _TXN and n == 6:
+            key = value = expected = None
+            problem = txn_problem(cmd[3], cmd[4], cmd[5], max_key, max_value)
+            if problem is not None:
+                return self._malformed(problem)
+            valid = True
         elif op in _OPS:
             if op == Op.GET or op == Op.SCAN:
                 return self._malformed(f"op {Op(op).name} is a read: reads are not applied")
-            want = {Op.PUT: 4, Op.DELETE: 3, Op.CAS: 5, Op.OPEN_SESSION: 0}[Op(op)]
+            want = {Op.PUT: 4, Op.DELETE: 3, Op.CAS: 5, Op.OPEN_SESSION: 0, Op.TXN: 5}[Op(op)]
             return self._malformed(f"op {Op(op).name} with {n - 1} arguments, not {want}")
         else:
             return self._malformed(f"unknown op {op!r:.40}")
@@ -482,7 +608,9 @@ class KVStore:
             # No session: applied as it comes, so a resend would apply again. The client
             # sends it once (raftkv.client: at_most_once).
             self.stats.sessionless += 1
-            return self._write(op, key, value, expected)
+            if op == _TXN:
+                return self._txn(index, cmd[3], cmd[4], cmd[5])
+            return self._write(index, op, key, value, expected)
 
         # Exactly-once (thesis §6.3): decided before touching the data.
         sessions = self._sessions
@@ -507,44 +635,90 @@ class KVStore:
                 f"its request {session.seq} is already applied",
             )
 
-        reply = self._write(op, key, value, expected)
+        if op == _TXN:
+            reply = self._txn(index, cmd[3], cmd[4], cmd[5])
+        else:
+            reply = self._write(index, op, key, value, expected)
         session.seq = seq
         session.index = index
         session.reply = reply
         sessions.move_to_end(client_id)
         return reply
 
-    def _write(self, op: int, key: bytes, value: bytes | None, expected: bytes | None) -> Reply:
-        """Do a validated PUT, DELETE or CAS on the data, keeping `size`; its reply. The
-        data is reached through `get`, `_swap` and `_take` only, which a store kept
-        elsewhere replaces (raftkv.lmdb_state)."""
+    def _write(self, index: int, op: int, key: bytes, value: bytes | None,
+               expected: bytes | None) -> Reply:
+        """Do a validated PUT, DELETE or CAS at revision `index` on the data, keeping
+        `size`; its reply. The data is reached through `_rec`, `_set` and `_take` only,
+        which a store kept elsewhere replaces (raftkv.lmdb_state)."""
         if op == _PUT:
-            old = self._swap(key, value)
-            reply = _OK_NONE
+            old = self._rec(key)
+            self._set(key, _record(old, index, value))
+            reply = Reply(Code.OK, index)
         elif op == _DELETE:
             old = self._take(key)
             if old is None:
                 return _OK_FALSE
-            self._size -= len(key) + len(old) + KEY_OVERHEAD
+            self._size -= len(key) + len(old) - REV_SIZE + KEY_OVERHEAD
             return _OK_TRUE
         else:
-            old = self.get(key)
-            if old != expected:  # None == None: "expected absent" and it is
-                return _OK_FALSE
-            self._swap(key, value)
+            old = self._rec(key)
+            if (None if old is None else old[REV_SIZE:]) != expected:
+                return _OK_FALSE  # None == None: "expected absent" and it is
+            self._set(key, _record(old, index, value))
             reply = _OK_TRUE
-        self._size += _growth(key, old, value)
+        self._size += _growth(key, None if old is None else old[REV_SIZE:], value)
         return reply
 
-    def _swap(self, key: bytes, value: bytes) -> bytes | None:
-        """Set `key` to `value`; its value before (None: it was absent)."""
-        store = self._shards[hash(key) & _SHARD_MASK]
-        old = store.get(key)
-        store[key] = value
-        return old
+    def _txn(self, index: int, compares: list, success: list, failure: list) -> Reply:
+        """Apply a validated transaction at revision `index`: [succeeded, results]."""
+        succeeded = all(self._holds(c) for c in compares)
+        results: list[Any] = []
+        for op in success if succeeded else failure:
+            kind, key = op[0], op[1]
+            if kind == _GET_OP:
+                kv = self.get_kv(key)
+                results.append(None if kv is None else list(kv))
+            else:
+                results.append(self._write(index, kind, key, op[2] if kind == _PUT else None,
+                                           None).value)
+        return Reply(Code.OK, [succeeded, results])
+
+    def _holds(self, compare: list) -> bool:
+        """Whether a validated compare holds now. An absent key's value is nil and its
+        revisions and version are 0 (etcd's rule); nil is neither less nor greater than
+        a value."""
+        target, key, cmp, operand = compare
+        kv = self.get_kv(key)
+        have: Any
+        if target == Target.VALUE:
+            have = None if kv is None else kv.value
+            if (have is None or operand is None) and cmp != Cmp.EQ and cmp != Cmp.NE:
+                return False
+        elif kv is None:
+            have = 0
+        elif target == Target.MOD:
+            have = kv.mod_revision
+        elif target == Target.CREATE:
+            have = kv.create_revision
+        else:
+            have = kv.version
+        if cmp == Cmp.EQ:
+            return have == operand
+        if cmp == Cmp.NE:
+            return have != operand
+        if cmp == Cmp.LT:
+            return have < operand
+        return have > operand
+
+    def _rec(self, key: bytes) -> bytes | None:
+        """The key's record (`_REV` then the value), or None."""
+        return self._shards[hash(key) & _SHARD_MASK].get(key)
+
+    def _set(self, key: bytes, rec: bytes) -> None:
+        self._shards[hash(key) & _SHARD_MASK][key] = rec
 
     def _take(self, key: bytes) -> bytes | None:
-        """Remove `key`; its value (None: it was absent)."""
+        """Remove `key`; its record (None: it was absent)."""
         return self._shards[hash(key) & _SHARD_MASK].pop(key, None)
 
     def _open_session(self, index: int) -> Reply:
@@ -597,11 +771,12 @@ class KVStore:
         """The whole replicated state: data, sessions (in eviction order), applied index,
         and the addresses of members added through the log.
 
-        Wire form: msgpack [SNAPSHOT_VERSION, applied_index, [{key: value, ...}, ...],
+        Wire form: msgpack [SNAPSHOT_VERSION, applied_index, [{key: record, ...}, ...],
         [[client_id, seq, index, reply_code, reply_value], ...], {node_id: address, ...}].
         The data is a list of maps, which together hold every key once (how many, and
-        which key is in which, does not matter). Version 2 had one map; version 1 no
-        address map either.
+        which key is in which, does not matter); a record is the key's create_revision,
+        mod_revision and version (uint64 big-endian each) then its value. Versions 1-3
+        held bare values, and are refused (`restore`).
         """
         return msgpack.packb(
             (SNAPSHOT_VERSION, self._applied_index, self._shards,
@@ -622,14 +797,20 @@ class KVStore:
             raise SnapshotError("snapshot is not a 4- or 5-element array")
         version, applied, data, raw_sessions = obj[:4]
         members = obj[4] if len(obj) == 5 else {}
-        if type(version) is not int or version not in (1, 2, SNAPSHOT_VERSION) or (
-                len(obj) != (4 if version == 1 else 5)):
+        if version in (1, 2, 3):
+            # Its keys' revisions are unknown, and would be made up differently on each
+            # replica (each restores a snapshot of its own index, then replays the log).
+            raise SnapshotError(
+                f"snapshot version {version} is from before revisions (raftkv 0.1): this "
+                "build cannot give its keys revisions every replica agrees on; copy the "
+                "data out with the build that wrote it (raftkv scan) into a new cluster")
+        if version != SNAPSHOT_VERSION or len(obj) != 5:
             raise SnapshotError(
                 f"snapshot version {version!r:.40} is not supported (want {SNAPSHOT_VERSION})"
             )
         if type(applied) is not int or applied < 0:
             raise SnapshotError(f"snapshot applied index {applied!r:.40} is not an int >= 0")
-        shards, size = _split(data if version == SNAPSHOT_VERSION else [data])
+        shards, size = _split(data)
         check_members(members)
         sessions = parse_sessions(raw_sessions, applied)
         self._shards = shards
@@ -696,7 +877,8 @@ def parse_sessions(raw: object, applied: int) -> OrderedDict[int, Session]:
 
 def _split(maps: object) -> tuple[list[dict[bytes, bytes]], int]:
     """A snapshot's data, split over this process's shards, and its size as the quota
-    counts it. SnapshotError if it is not maps of bytes to bytes holding each key once."""
+    counts it. SnapshotError if it is not maps of bytes to records (`_REV` then the
+    value) holding each key once."""
     if type(maps) is not list or not all(type(m) is dict for m in maps):
         raise SnapshotError("snapshot data is not a list of maps")
     shards: list[dict[bytes, bytes]] = [{} for _ in range(SHARDS)]
@@ -705,9 +887,39 @@ def _split(maps: object) -> tuple[list[dict[bytes, bytes]], int]:
         for k, v in m.items():
             if type(k) is not bytes or type(v) is not bytes:
                 raise SnapshotError("snapshot data is not a map of bytes to bytes")
+            problem = record_problem(v)
+            if problem is not None:
+                raise SnapshotError(f"snapshot record of key {k!r:.40}: {problem}")
             shards[hash(k) & _SHARD_MASK][k] = v
-            size += len(k) + len(v)
+            size += len(k) + len(v) - REV_SIZE
         count += len(m)
     if sum(map(len, shards)) != count:
         raise SnapshotError("snapshot data holds a key twice")
     return shards, size + KEY_OVERHEAD * count
+
+
+def _record(old: bytes | None, index: int, value: bytes) -> bytes:
+    """The record of a key set to `value` at revision `index`, `old` its record before."""
+    if old is None:
+        return _REV.pack(index, index, 1) + value
+    create, _, version = _REV.unpack_from(old)
+    return _REV.pack(create, index, version + 1) + value
+
+
+def record_kv(rec: bytes | None) -> KeyValue | None:
+    """A record as the KeyValue it holds (None stays None)."""
+    if rec is None:
+        return None
+    create, mod, version = _REV.unpack_from(rec)
+    return KeyValue(rec[REV_SIZE:], create, mod, version)
+
+
+def record_problem(rec: bytes) -> str | None:
+    """What is wrong with a stored record, or None: too short, or revisions out of
+    order (0 < create <= mod, version >= 1)."""
+    if len(rec) < REV_SIZE:
+        return f"{len(rec)} bytes, shorter than its revisions"
+    create, mod, version = _REV.unpack_from(rec)
+    if not 0 < create <= mod or version < 1:
+        return f"revisions out of order (create {create}, mod {mod}, version {version})"
+    return None

@@ -23,10 +23,12 @@ etcd's bbolt is its kind): the same `apply`, the same replies, on every replica.
   the process's own memory holds the sessions and little else.
 
 Layout of the environment (a directory, `<data dir>/state`): named databases `data`
-(0x00 + key -> value: LMDB refuses an empty key, and keys past 511 bytes, so a node with
-this state takes keys of at most `MAX_KEY_SIZE` bytes), `sessions` (client id, 8 bytes
-big-endian -> msgpack [seq, index, reply code, reply value]) and `meta` (`format`,
-`applied`, `size`: 8 bytes big-endian; `members`: msgpack {node id: address}).
+(0x00 + key -> the key's record, revisions then value, as `raftkv.kv` keeps it: LMDB
+refuses an empty key, and keys past 511 bytes, so a node with this state takes keys of
+at most `MAX_KEY_SIZE` bytes), `sessions` (client id, 8 bytes big-endian -> the session,
+`_encode_session`) and `meta` (`format`, `applied`, `size`: 8 bytes big-endian;
+`members`: msgpack {node id: address}). Format 1 held bare values, from before
+revisions, and is refused as `KVStore.restore` refuses snapshots of then.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import msgpack
 from raftkv.kv import (
     MAX_SESSIONS,
     MAX_VALUE_SIZE,
+    REV_SIZE,
     KVStore,
     Reply,
     Session,
@@ -62,7 +65,7 @@ from raftkv.storage.fs import OS_FS
 
 log = logging.getLogger("raftkv.lmdb_state")
 
-FORMAT = 1
+FORMAT = 2  # 2: records with revisions, tagged sessions
 MAX_KEY_SIZE = LMDB_MAX_KEY_SIZE
 _PREFIX = b"\x00"
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
@@ -71,7 +74,12 @@ _LMDB_MAGIC = struct.pack("<I", 0xBEEFC0DE)
 _LMDB_MAGIC_AT = 16
 _U64 = struct.Struct(">Q")
 _DATA, _SESSIONS, _META = b"data", b"sessions", b"meta"
-_SESSION = struct.Struct(">QQB")
+# A session's value: a kind byte, then for _TAGGED seq, index and the OK reply's value
+# by its tag; for _REVISION seq, index and the OK reply's int (a put's revision); for
+# _PACKED msgpack [seq, index, code, value].
+_TAGGED_SESSION = struct.Struct(">BQQB")
+_REVISION_SESSION = struct.Struct(">BQQQ")
+_KIND_TAGGED, _KIND_REVISION, _KIND_PACKED = 0, 1, 2
 _TAGGED = (None, True, False)  # the value of an OK reply, by its tag
 
 
@@ -185,6 +193,10 @@ class LmdbStore(KVStore):
         assert env is not None
         with env.begin() as txn:
             fmt = _u64(txn.get(b"format", db=self._meta), 0)
+            if fmt == 1:
+                raise SnapshotError("the state is from before revisions (format 1): this "
+                                    "build cannot give its keys revisions every replica "
+                                    "agrees on")
             if fmt not in (0, FORMAT):
                 raise SnapshotError(f"state format {fmt} is not supported (want {FORMAT})")
             applied = _u64(txn.get(b"applied", db=self._meta), 0)
@@ -330,7 +342,8 @@ class LmdbStore(KVStore):
     def get(self, key: bytes) -> bytes | None:
         txn = self._writer or self._reader
         assert txn is not None
-        return txn.get(_PREFIX + key, db=self._data)
+        rec = txn.get(_PREFIX + key, db=self._data)
+        return None if rec is None else rec[REV_SIZE:]
 
     def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         if limit <= 0:
@@ -345,7 +358,7 @@ class LmdbStore(KVStore):
         for k, v in cursor:
             if not k.startswith(start) or len(out) >= limit:
                 break
-            out.append((k[1:], v))
+            out.append((k[1:], v[REV_SIZE:]))
         return out
 
     def __len__(self) -> int:
@@ -360,9 +373,14 @@ class LmdbStore(KVStore):
         self._writer = self._env.begin(write=True, db=self._data)
         return self._writer
 
-    def _swap(self, key: bytes, value: bytes) -> bytes | None:
+    def _rec(self, key: bytes) -> bytes | None:
+        txn = self._writer or self._reader
+        assert txn is not None
+        return txn.get(_PREFIX + key, db=self._data)
+
+    def _set(self, key: bytes, rec: bytes) -> None:
         assert self._writer is not None
-        return self._writer.replace(_PREFIX + key, value)
+        self._writer.put(_PREFIX + key, rec)
 
     def _take(self, key: bytes) -> bytes | None:
         assert self._writer is not None
@@ -458,22 +476,28 @@ def _stage_image(live: Path, image: bytes | Path) -> Path:
 
 
 def _encode_session(s: Session) -> bytes:
-    """A session as its value in `sessions`: seq, index and the reply's tag, 17 bytes, for
-    the replies a write gets; msgpack [seq, index, code, value] for any other."""
+    """A session as its value in `sessions`: a kind byte, then seq, index and the reply,
+    in 18 or 25 bytes for the replies a put, delete or cas gets, msgpack for any other."""
     code, value = s.reply
     if code == 0 and (value is None or value is True or value is False):
-        return _SESSION.pack(s.seq, s.index, _TAGGED.index(value))
-    return msgpack.packb(session_wire(0, s)[1:])
+        return _TAGGED_SESSION.pack(_KIND_TAGGED, s.seq, s.index, _TAGGED.index(value))
+    if code == 0 and type(value) is int and 0 <= value <= 0xFFFF_FFFF_FFFF_FFFF:
+        return _REVISION_SESSION.pack(_KIND_REVISION, s.seq, s.index, value)
+    return bytes((_KIND_PACKED,)) + msgpack.packb(session_wire(0, s)[1:])
 
 
 def _decode_session(raw: bytes) -> list[Any]:
     """[seq, index, code, value], as `parse_sessions` checks them."""
-    if len(raw) == _SESSION.size:
-        seq, index, tag = _SESSION.unpack(raw)
+    kind = raw[0] if raw else None
+    if kind == _KIND_TAGGED and len(raw) == _TAGGED_SESSION.size:
+        _, seq, index, tag = _TAGGED_SESSION.unpack(raw)
         if tag >= len(_TAGGED):
             raise SnapshotError(f"session reply tag {tag} is unknown")
         return [seq, index, 0, _TAGGED[tag]]
-    item = _unpack(raw, "session")
+    if kind == _KIND_REVISION and len(raw) == _REVISION_SESSION.size:
+        _, seq, index, revision = _REVISION_SESSION.unpack(raw)
+        return [seq, index, 0, revision]
+    item = _unpack(raw[1:], "session") if kind == _KIND_PACKED else None
     if type(item) is not list:
         raise SnapshotError(f"session {raw!r:.40} is malformed")
     return item

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 
 import msgpack
 import pytest
@@ -17,15 +18,20 @@ from raftkv.kv import (
     MAX_VALUE_SIZE,
     SHARDS,
     SNAPSHOT_VERSION,
+    MAX_TXN_OPS,
     BadRequest,
+    Cmp,
     Code,
+    KeyValue,
     KVStore,
     Op,
     OutOfOrderApply,
     Reply,
     SnapshotError,
+    Target,
     encode_command,
     encode_open_session,
+    encode_txn,
     validate_request,
 )
 from raftkv.quota import KEY_OVERHEAD
@@ -59,6 +65,11 @@ class Log:
     def cas(self, cid: int, seq: int, key: bytes, expected: bytes | None, new: bytes) -> Reply:
         return self.append(encode_command(Op.CAS, key, new, expected, client_id=cid, seq=seq))
 
+    def txn(self, compares: list, success: list, failure: list = (), *, cid: int = 0,
+            seq: int = 0) -> Reply:
+        return self.append(encode_txn(compares, success, list(failure), client_id=cid,
+                                      seq=seq))
+
 
 def state(store: KVStore) -> tuple:
     """Everything replicated, in a form that compares (and prints) well."""
@@ -76,9 +87,81 @@ def log() -> Log:
 # ---- commands and their replies ----------------------------------------------------------
 
 
-def test_put_answers_ok_none_and_get_returns_the_value(log: Log) -> None:
+def test_each_key_keeps_its_create_and_mod_revision_and_version(log: Log) -> None:
+    cid = log.open()  # 1
+    assert log.store.get_kv(b"k") is None
+    log.put(cid, 1, b"k", b"a")  # 2
+    log.put(cid, 2, b"other", b"x")  # 3
+    assert log.store.get_kv(b"k") == KeyValue(b"a", 2, 2, 1)
+    log.put(cid, 3, b"k", b"b")  # 4
+    assert log.cas(cid, 4, b"k", b"b", b"c") == Reply(Code.OK, True)  # 5
+    assert log.store.get_kv(b"k") == KeyValue(b"c", 2, 5, 3)
+    assert log.cas(cid, 5, b"k", b"zz", b"d").value is False  # 6: no change, no revision
+    assert log.store.get_kv(b"k") == KeyValue(b"c", 2, 5, 3)
+    log.delete(cid, 6, b"k")  # 7
+    log.put(cid, 7, b"k", b"again")  # 8: created anew
+    assert log.store.get_kv(b"k") == KeyValue(b"again", 8, 8, 1)
+    assert log.store.get(b"k") == b"again" and log.store.scan(b"k", 5) == [(b"k", b"again")]
+    assert log.store.size == len(b"kagain") + len(b"otherx") + 2 * KEY_OVERHEAD
+
+
+def test_a_txn_runs_success_when_every_compare_holds_else_failure(log: Log) -> None:
+    cid = log.open()  # 1
+    log.put(cid, 1, b"lock", b"me")  # 2
+    M, V, C, VER = (int(t) for t in (Target.MOD, Target.VALUE, Target.CREATE, Target.VERSION))
+    EQ, NE, LT, GT = (int(c) for c in Cmp)
+    put, get, delete = int(Op.PUT), int(Op.GET), int(Op.DELETE)
+    reply = log.txn([[M, b"lock", EQ, 2], [V, b"lock", EQ, b"me"], [C, b"lock", LT, 3],
+                     [VER, b"lock", GT, 0], [V, b"none", EQ, None], [M, b"none", EQ, 0]],
+                    [[put, b"a", b"1"], [get, b"a"], [delete, b"lock"], [get, b"lock"]],
+                    [[put, b"b", b"2"]])  # 3
+    assert reply == Reply(Code.OK, [True, [3, [b"1", 3, 3, 1], True, None]])
+    assert log.store.get(b"lock") is None and log.store.get(b"b") is None
+    reply = log.txn([[M, b"a", EQ, 2]], [[put, b"a", b"no"]], [[get, b"a"], [put, b"b", b"2"]])
+    assert reply == Reply(Code.OK, [False, [[b"1", 3, 3, 1], 4]])  # 4
+    # nil is neither less nor greater than a value; NE holds between nil and a value
+    for cmp, holds in ((LT, False), (GT, False), (NE, True), (EQ, False)):
+        assert log.txn([[V, b"none", cmp, b"x"]], []).value[0] is holds
+    assert log.store.get_kv(b"b") == KeyValue(b"2", 4, 4, 1)
+
+
+def test_a_txn_in_a_session_is_applied_once(log: Log) -> None:
     cid = log.open()
-    assert log.put(cid, 1, b"k", b"v") == Reply(Code.OK, None)
+    ops = [[int(Op.PUT), b"n", b"1"]]
+    first = log.txn([[int(Target.VERSION), b"n", int(Cmp.EQ), 0]], ops, cid=cid, seq=1)
+    assert first == Reply(Code.OK, [True, [2]])
+    again = log.txn([[int(Target.VERSION), b"n", int(Cmp.EQ), 0]], ops, cid=cid, seq=1)
+    assert again == first and log.store.get_kv(b"n").version == 1
+
+
+@pytest.mark.parametrize("compares,success,failure,why", [
+    ([[9, b"k", 0, 1]], [], [], "compare target"),
+    ([[1, b"k", 7, 1]], [], [], "compare op"),
+    ([[1, b"k", 0, b"x"]], [], [], "revision or version compare"),
+    ([[0, b"k", 0, 5]], [], [], "value compare"),
+    ([[0, "k", 0, None]], [], [], "compare key"),
+    ([], [[1, b"k", b"1"], [2, b"k"]], [], "written twice"),
+    ([], [[1, b"k"]], [], "is not [PUT, key, value]"),
+    ([], [[3, b"k", b"x", b"y"]], [], "is not [PUT, key, value]"),
+    ([], [[1, b"k", "str"]], [], "value must be bytes"),
+    ([], [[1, b"k", b"1"]] * (MAX_TXN_OPS + 1), [], f"at most {MAX_TXN_OPS}"),
+    ({}, [], [], "three lists"),
+])
+def test_a_malformed_txn_is_refused_saying_why_and_changes_nothing(
+        log: Log, compares: object, success: object, failure: object, why: str) -> None:
+    cid = log.open()
+    log.put(cid, 1, b"k", b"v")
+    before = state(log.store)
+    reply = log.append(msgpack.packb([int(Op.TXN), 0, 0, compares, success, failure]))
+    assert reply.code == Code.BAD_REQUEST and why in reply.value
+    with pytest.raises(BadRequest, match=why.split()[0]):
+        encode_txn(compares, success, failure, client_id=0, seq=0)
+    assert state(log.store)[1:] == before[1:]
+
+
+def test_put_answers_its_revision_and_get_returns_the_value(log: Log) -> None:
+    cid = log.open()  # index 1
+    assert log.put(cid, 1, b"k", b"v") == Reply(Code.OK, 2)  # its revision: its index
     assert log.store.get(b"k") == b"v"
     assert log.store.get(b"other") is None
 
@@ -205,9 +288,9 @@ def test_applying_an_already_applied_index_raises(log: Log, index: int) -> None:
 
 def test_retried_put_is_applied_once_and_answered_with_original_reply(log: Log) -> None:
     a, b = log.open(), log.open()
-    assert log.put(a, 1, b"k", b"from a").ok
+    assert log.put(a, 1, b"k", b"from a") == Reply(Code.OK, 3)
     log.put(b, 1, b"k", b"from b")
-    assert log.put(a, 1, b"k", b"from a") == Reply(Code.OK, None)
+    assert log.put(a, 1, b"k", b"from a") == Reply(Code.OK, 3)  # the first put's revision
     assert log.store.get(b"k") == b"from b"
     assert log.store.stats.duplicates == 1
 
@@ -410,7 +493,7 @@ def test_malformed_command_answers_bad_request_counted_and_changes_nothing(data:
     assert after[0] == before[0] + 1  # the entry is applied, as a no-op
     assert after[1:] == before[1:]
     # the session is untouched: the client's next request still applies, its last retries
-    assert log.put(cid, 1, b"k", b"v") == Reply(Code.OK, None)
+    assert log.put(cid, 1, b"k", b"v") == Reply(Code.OK, 2)  # the saved reply: revision 2
     assert log.put(cid, 2, b"k", b"w").ok
 
 
@@ -610,7 +693,11 @@ def test_restore_replaces_the_previous_state(log: Log) -> None:
     [
         b"",
         b"\xc1",
-        msgpack.packb([4, 0, [], [], {}]),  # unknown version
+        msgpack.packb([5, 0, [], [], {}]),  # unknown version
+        msgpack.packb([4, 9, [{b"k": b"short"}], [], {}]),  # a record without revisions
+        msgpack.packb([4, 9, [{b"k": bytes(24) + b"v"}], [], {}]),  # revisions 0
+        # created after it was last changed
+        msgpack.packb([4, 9, [{b"k": struct.pack(">QQQ", 5, 4, 1) + b"v"}], [], {}]),
         msgpack.packb([3, 0, {}, [], {}]),  # version 3 with one map, not a list of them
         msgpack.packb([3, 0, [{b"k": b"1"}, {b"k": b"2"}], [], {}]),  # a key twice
         msgpack.packb([3, 0, [{b"k": 1}], [], {}]),  # a value not bytes
@@ -651,11 +738,20 @@ def test_members_added_through_the_log_survive_a_snapshot(log: Log) -> None:
         store.apply_membership(4, 6, "tcp://127.0.0.1:7706")
 
 
-def test_a_version_2_snapshot_is_still_read(log: Log) -> None:
-    log.store.restore(msgpack.packb([2, 7, {b"k": b"v", b"j": b"w"}, [], {4: "tcp://h:1"}]))
-    assert log.store.get(b"k") == b"v" and len(log.store) == 2
-    assert log.store.size == 4 + 2 * KEY_OVERHEAD
-    assert log.store.members == {4: "tcp://h:1"}
+@pytest.mark.parametrize("old", [
+    [1, 7, {b"k": b"v"}, []],
+    [2, 7, {b"k": b"v", b"j": b"w"}, [], {4: "tcp://h:1"}],
+    [3, 7, [{b"k": b"v"}], [], {}],
+])
+def test_a_snapshot_from_before_revisions_is_refused_saying_why(log: Log, old: list) -> None:
+    """Each replica restores its own snapshot's index then replays the log: revisions made
+    up for its keys would differ between replicas, and a compare on them would diverge."""
+    cid = log.open()
+    log.put(cid, 1, b"mine", b"1")
+    before = state(log.store)
+    with pytest.raises(SnapshotError, match="before revisions"):
+        log.store.restore(msgpack.packb(old))
+    assert state(log.store) == before
 
 
 def test_the_data_is_split_over_shards_and_a_snapshot_restores_it_anywhere(log: Log) -> None:
@@ -672,13 +768,6 @@ def test_the_data_is_split_over_shards_and_a_snapshot_restores_it_anywhere(log: 
     again.restore(msgpack.packb([SNAPSHOT_VERSION, log.store.applied_index, shuffled, [], {}]))
     assert len(again) == 2000 and again.get(b"key-77") == b"v"
     assert again.size == log.store.size
-
-
-def test_a_version_1_snapshot_is_still_read(log: Log) -> None:
-    log.store.restore(msgpack.packb([1, 7, {b"k": b"v"}, []]))
-    assert log.store.get(b"k") == b"v"
-    assert log.store.applied_index == 7
-    assert log.store.members == {}
 
 
 class Workload:
@@ -705,11 +794,14 @@ class Workload:
             sessionless = rng.random() < 0.1  # client_id = seq = 0: applied at most once
             cid = 0 if sessionless else rng.choice(list(self.clients))
             seq = 0 if sessionless else self.clients[cid][0] + rng.choice((1, 1, 1, 2))
-            op = rng.choice((Op.PUT, Op.DELETE, Op.CAS))
+            op = rng.choice((Op.PUT, Op.DELETE, Op.CAS, Op.TXN))
             key = rng.choice(self.KEYS)
             value = rng.choice(self.VALUES)
             expected = rng.choice([None, *self.VALUES])
-            data = encode_command(op, key, value, expected, client_id=cid, seq=seq)
+            if op == Op.TXN:
+                data = encode_txn(*self.txn(), client_id=cid, seq=seq)
+            else:
+                data = encode_command(op, key, value, expected, client_id=cid, seq=seq)
             if not sessionless:
                 self.clients[cid] = (seq, data)
             reply = log.append(data, gap=gap)
@@ -726,6 +818,32 @@ class Workload:
             reply = log.append(pack(Op.PUT, rng.choice(list(self.clients)), 10**6, b"a", 3))
         self.replies.append(reply)
 
+    def txn(self) -> tuple[list, list, list]:
+        """A random transaction on the workload's keys: compares on every target, and
+        branches of puts, deletes and gets (a key written at most once in each)."""
+        rng = self.rng
+        compares = []
+        for _ in range(rng.randrange(3)):
+            target = rng.choice(list(Target))
+            operand = (rng.choice([None, *self.VALUES]) if target == Target.VALUE
+                       else rng.randrange(self.log.store.applied_index + 2))
+            compares.append([int(target), rng.choice(self.KEYS), int(rng.choice(list(Cmp))),
+                             operand])
+        branches = []
+        for _ in range(2):
+            ops, written = [], set()
+            for key in rng.sample(self.KEYS, rng.randrange(4)):
+                kind = rng.choice((Op.PUT, Op.DELETE, Op.GET))
+                if kind == Op.GET and key in written:
+                    continue
+                ops.append([int(kind), key, rng.choice(self.VALUES)] if kind == Op.PUT
+                           else [int(kind), key])
+                if rng.random() < 0.3:
+                    ops.append([int(Op.GET), key])  # sees the write before it
+                written.add(key)
+            branches.append(ops)
+        return compares, branches[0], branches[1]
+
 
 def run_workload(seed: int, steps: int, store: KVStore) -> Workload:
     workload = Workload(random.Random(seed), Log(store))
@@ -740,6 +858,8 @@ def test_random_workload_restored_snapshot_is_indistinguishable(seed: int) -> No
     original = workload.log.store
     stats = original.stats
     assert stats.duplicates and stats.evicted and stats.malformed, f"seed={seed}: weak workload"
+    assert any(type(r.value) is list and r.value[0] for r in workload.replies), "no txn succeeded"
+    assert any(type(r.value) is list and not r.value[0] for r in workload.replies), "none failed"
     restored = KVStore(max_sessions=5)
     restored.restore(original.snapshot())
     assert state(restored) == state(original), f"seed={seed}"

@@ -42,7 +42,8 @@ MAP = 1 << 26
 def wire(store: KVStore) -> tuple:
     """Everything replicated, comparable across the two kinds of store."""
     sessions = [session_wire(cid, store.session(cid)) for cid in store._sessions]
-    return (store.applied_index, store.scan(b"", 10**6), sessions,
+    pairs = store.scan(b"", 10**6)
+    return (store.applied_index, pairs, [store.get_kv(k) for k, _ in pairs], sessions,
             sorted(store.members.items()), store.size, len(store))
 
 
@@ -301,7 +302,8 @@ def test_storage_streams_a_copy_into_the_snapshot_file_and_removes_it(tmp_path: 
 
 def test_snapshot_bytes_session_encoding_takes_any_reply() -> None:
     for reply in (Reply(Code.OK, None), Reply(Code.OK, True), Reply(Code.OK, False),
-                  Reply(Code.OK, 1), Reply(Code.BAD_REQUEST, "why")):
+                  Reply(Code.OK, 1), Reply(Code.OK, 2**64 - 1), Reply(Code.OK, [True, [5]]),
+                  Reply(Code.OK, -1), Reply(Code.BAD_REQUEST, "why")):
         raw = _encode_session(Session(7, 9, reply))
         assert _decode_session(raw) == [7, 9, int(reply.code), reply.value]
         assert type(_decode_session(raw)[3]) is type(reply.value)
@@ -314,3 +316,12 @@ def test_writes_refused_by_the_sessions_leave_the_database_as_it_was(tmp_path: P
     assert reply.code == Code.SESSION_EXPIRED
     lm.flush()
     assert lm.get(b"a") is None and lm.size == 0
+
+
+def test_a_database_from_before_revisions_is_refused(tmp_path: Path) -> None:
+    store, _, _ = filled(tmp_path / "state", 3, b"v")
+    with store._env.begin(write=True) as txn:
+        txn.put(b"format", (1).to_bytes(8, "big"), db=store._meta)
+    store.close()
+    with pytest.raises(SnapshotError, match="before revisions"):
+        reopen(tmp_path / "state")
