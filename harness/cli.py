@@ -135,8 +135,9 @@ def with_client(cluster_dir: Path, timeout: float, fn: Callable[[Any], Any]) -> 
         fail(str(e), EXIT_UNAVAILABLE)
 
 
-def print_answer(word: str, as_json: bool, negative: bool = False) -> None:
-    click.echo(json.dumps({"result": word}) if as_json else word)
+def print_answer(word: str, as_json: bool, negative: bool = False, **extra: Any) -> None:
+    """WORD, or with --json {"result": WORD, **extra}; exit 1 when `negative`."""
+    click.echo(json.dumps({"result": word, **extra}) if as_json else word)
     if negative:
         sys.exit(EXIT_NEGATIVE)
 
@@ -312,10 +313,11 @@ def _dash(v: Any) -> Any:
 @exactly_once_option
 def put(key: str, value: str, cluster_dir: Path, timeout: float, as_json: bool,
         exactly_once: bool) -> None:
-    """Set KEY to VALUE. OK means it is durable on a majority."""
-    with_client(cluster_dir, timeout,
-                lambda kv: kv.put(key, value, at_most_once=not exactly_once))
-    print_answer("OK", as_json)
+    """Set KEY to VALUE. OK means it is durable on a majority; --json adds the write's
+    revision (its log index, now KEY's mod_revision)."""
+    revision = with_client(cluster_dir, timeout,
+                           lambda kv: kv.put(key, value, at_most_once=not exactly_once))
+    print_answer("OK", as_json, revision=revision)
 
 
 @main.command()
@@ -326,13 +328,22 @@ def put(key: str, value: str, cluster_dir: Path, timeout: float, as_json: bool,
 @click.option("--stale", is_flag=True, help="Read from any node's applied state (faster, may "
               "be out of date) instead of a linearizable read.")
 def get(key: str, cluster_dir: Path, timeout: float, as_json: bool, stale: bool) -> None:
-    """Print KEY's value. A missing key prints nothing, says so on stderr, exits 1."""
-    value = with_client(cluster_dir, timeout, lambda kv: kv.get(
-        key, consistency="stale" if stale else "linearizable"))
+    """Print KEY's value. A missing key prints nothing, says so on stderr, exits 1.
+    --json adds its create_revision, mod_revision and version (not with --stale)."""
+    if as_json and not stale:
+        item = with_client(cluster_dir, timeout, lambda kv: kv.get_kv(key))
+        value = None if item is None else item.value
+    else:
+        item = None
+        value = with_client(cluster_dir, timeout, lambda kv: kv.get(
+            key, consistency="stale" if stale else "linearizable"))
     if as_json:
-        click.echo(json.dumps({"key": key, "found": value is not None,
-                               "value": None if value is None else
-                               value.decode("utf-8", "backslashreplace")}))
+        out = {"key": key, "found": value is not None,
+               "value": None if value is None else value.decode("utf-8", "backslashreplace")}
+        if item is not None:
+            out.update(create_revision=item.create_revision,
+                       mod_revision=item.mod_revision, version=item.version)
+        click.echo(json.dumps(out))
     elif value is not None:
         sys.stdout.buffer.write(value + b"\n")
         sys.stdout.flush()
@@ -366,12 +377,16 @@ def delete(key: str, cluster_dir: Path, timeout: float, as_json: bool,
 @exactly_once_option
 @click.option("--absent", is_flag=True,
               help="Swap only if KEY does not exist (EXPECTED is then ignored; pass '').")
+@click.option("--mod-revision", type=click.IntRange(min=0), default=None,
+              help="Swap only if KEY's mod_revision is this (0: absent) instead of comparing "
+              "its value, which a value put back since cannot fool (EXPECTED is then "
+              "ignored; pass ''). `get --json` shows it.")
 def cas(key: str, expected: str, new: str, cluster_dir: Path, timeout: float, as_json: bool,
-        exactly_once: bool, absent: bool) -> None:
+        exactly_once: bool, absent: bool, mod_revision: int | None) -> None:
     """Set KEY to NEW only if it now holds EXPECTED: SWAPPED, or NOT SWAPPED (exit 1)."""
-    want = None if absent else expected
-    swapped = with_client(cluster_dir, timeout,
-                          lambda kv: kv.cas(key, want, new, at_most_once=not exactly_once))
+    want = None if absent or mod_revision is not None else expected
+    swapped = with_client(cluster_dir, timeout, lambda kv: kv.cas(
+        key, want, new, mod_revision=mod_revision, at_most_once=not exactly_once))
     print_answer("SWAPPED" if swapped else "NOT SWAPPED", as_json, negative=not swapped)
 
 

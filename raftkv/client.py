@@ -107,8 +107,21 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from raftkv.kv import KeyValue
 from raftkv.security import Credentials, credentials_from_env
 from raftkv.transport import connect_dealer
+from raftkv.txn import (
+    Compare,
+    Key,
+    Put,
+    TxnOp,
+    TxnResult,
+    Value,
+    parse_kv,
+    parse_result,
+    to_bytes,
+    txn_wire,
+)
 from raftkv.wire import (
     ClientReply,
     ClientRequest,
@@ -189,10 +202,6 @@ class Forbidden(RaftKVError):
 class AuthenticationFailed(RaftKVError):
     """The cluster refused this client's connection: no keys given where the cluster
     requires them, a key it does not admit, or the wrong server key."""
-
-
-Key = str | bytes
-Value = str | bytes
 
 
 @dataclass(slots=True)
@@ -429,16 +438,6 @@ def _parse_addresses(
     return addrs, {i + 1: i for i in range(len(addrs))}
 
 
-def _to_bytes(x: Key, what: str) -> bytes:
-    if type(x) is bytes:
-        return x
-    if isinstance(x, str):
-        return x.encode()
-    if isinstance(x, bytes | bytearray | memoryview):
-        return bytes(x)
-    raise TypeError(f"{what} must be str or bytes, not {type(x).__name__}")
-
-
 class Client:
     """A connection to a raftkv cluster; see the module docstring for addressing,
     retries, errors and threading.
@@ -501,12 +500,46 @@ class Client:
 
     def put(
         self, key: Key, value: Value, *, timeout: float | None = None, at_most_once: bool = False
-    ) -> None:
-        """Set `key` to `value`. Raises Timeout if the outcome is unknown (see Timeout;
+    ) -> int:
+        """Set `key` to `value`; the write's revision (its log index: it becomes the
+        key's mod_revision). Raises Timeout if the outcome is unknown (see Timeout;
         `at_most_once`: see the module docstring)."""
-        req = ClientRequest(0, ReqOp.PUT, key=_to_bytes(key, "key"))
-        req.value = _to_bytes(value, "value")
-        self._write(req, timeout, at_most_once)
+        req = ClientRequest(0, ReqOp.PUT, key=to_bytes(key, "key"))
+        req.value = to_bytes(value, "value")
+        revision = self._write(req, timeout, at_most_once)
+        if type(revision) is not int:
+            raise RaftKVError(f"PUT answered {revision!r:.40}, not a revision")
+        return revision
+
+    def get_kv(self, key: Key, *, timeout: float | None = None) -> KeyValue | None:
+        """The value of `key` with its revisions (`KeyValue`: value, create_revision,
+        mod_revision, version), or None if it is absent. Linearizable, as `get`."""
+        reply = self._read(ClientRequest(0, ReqOp.GET_KV, key=to_bytes(key, "key")), timeout)
+        try:
+            return parse_kv(reply.value, self.decode)
+        except ValueError as e:
+            raise RaftKVError(f"GET_KV answered {e}") from None
+
+    def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+        *,
+        timeout: float | None = None,
+        at_most_once: bool = False,
+    ) -> TxnResult:
+        """Run `success` if every compare holds, else `failure`, as one log entry (see
+        raftkv.txn): `TxnResult(succeeded, results)`, a result per op of the branch that
+        ran (Put: its revision; Delete: whether the key existed; Get: a KeyValue or
+        None). Raises Timeout if the outcome is unknown, as a put does."""
+        success, failure = list(success), list(failure)
+        req = ClientRequest(0, ReqOp.TXN, txn=txn_wire(list(compare), success, failure))
+        raw = self._write(req, timeout, at_most_once)
+        try:
+            return parse_result(raw, success, failure, self.decode)
+        except ValueError as e:
+            raise RaftKVError(f"TXN answered {e}") from None
 
     def get(
         self, key: Key, *, consistency: str = "linearizable", timeout: float | None = None
@@ -524,7 +557,7 @@ class Client:
             op = ReqOp.GET_STALE
         else:
             raise ValueError(f"consistency must be one of {CONSISTENCIES}, not {consistency!r}")
-        reply = self._read(ClientRequest(0, op, key=_to_bytes(key, "key")), timeout)
+        reply = self._read(ClientRequest(0, op, key=to_bytes(key, "key")), timeout)
         value = reply.value
         if value is None:
             return None
@@ -538,18 +571,26 @@ class Client:
         expected: Value | None,
         new: Value,
         *,
+        mod_revision: int | None = None,
         timeout: float | None = None,
         at_most_once: bool = False,
     ) -> bool:
         """Set `key` to `new` if its value is `expected` (None: if it is absent); True if
-        it was swapped. Raises Timeout if the outcome is unknown (see Timeout;
-        `at_most_once`: see the module docstring)."""
+        it was swapped. With `mod_revision`, compare that instead of the value (0: the
+        key is absent; `expected` must then be None), which a value put back since
+        cannot fool (the ABA problem). Raises Timeout if the outcome is unknown (see
+        Timeout; `at_most_once`: see the module docstring)."""
+        if mod_revision is not None:
+            if expected is not None:
+                raise ValueError("give cas either an expected value or a mod_revision")
+            return self.txn([Compare.mod(key) == mod_revision], [Put(key, new)],
+                            timeout=timeout, at_most_once=at_most_once).succeeded
         req = ClientRequest(
             0,
             ReqOp.CAS,
-            key=_to_bytes(key, "key"),
-            value=_to_bytes(new, "new value"),
-            expected=None if expected is None else _to_bytes(expected, "expected value"),
+            key=to_bytes(key, "key"),
+            value=to_bytes(new, "new value"),
+            expected=None if expected is None else to_bytes(expected, "expected value"),
         )
         return bool(self._write(req, timeout, at_most_once))
 
@@ -559,7 +600,7 @@ class Client:
         """Remove `key`; True if it existed. Raises Timeout if the outcome is unknown
         (see Timeout); a retried delete that was applied still answers its first reply
         (`at_most_once`: see the module docstring)."""
-        req = ClientRequest(0, ReqOp.DELETE, key=_to_bytes(key, "key"))
+        req = ClientRequest(0, ReqOp.DELETE, key=to_bytes(key, "key"))
         return bool(self._write(req, timeout, at_most_once))
 
     def scan(
@@ -574,7 +615,7 @@ class Client:
         (10,000 pairs); limit 0 asks for the cap."""
         if type(limit) is not int or limit < 0:
             raise ValueError(f"limit must be an int >= 0, not {limit!r}")
-        req = ClientRequest(0, ReqOp.SCAN, key=_to_bytes(prefix, "prefix"), limit=limit)
+        req = ClientRequest(0, ReqOp.SCAN, key=to_bytes(prefix, "prefix"), limit=limit)
         pairs = self._read(req, timeout).value
         if type(pairs) is not list:
             raise RaftKVError(f"SCAN reply value is {type(pairs).__name__}, not a list")

@@ -93,12 +93,12 @@ _INLINE_SYNC_MAX = 4
 # 3.11 each `ReqOp.GET` is an attribute lookup through the enum's class (~65 ns), and
 # with several per request they cost the leader's request loop 16 us per 64 gets, 2 us
 # bound like this.
-_GET, _GET_STALE, _SCAN = ReqOp.GET, ReqOp.GET_STALE, ReqOp.SCAN
+_GET, _GET_STALE, _SCAN, _GET_KV = ReqOp.GET, ReqOp.GET_STALE, ReqOp.SCAN, ReqOp.GET_KV
 _TRANSFER, _CONF_CHANGE_OP, _CONTROL, _STATUS = (ReqOp.TRANSFER, ReqOp.CONF_CHANGE,
                                                  ReqOp.CONTROL, ReqOp.STATUS)
 _NORMAL, _CONF_CHANGE_ENTRY = EntryType.NORMAL, EntryType.CONF_CHANGE
 _OK, _UNAVAILABLE = ReplyCode.OK, ReplyCode.UNAVAILABLE
-_GROWING = frozenset({ReqOp.PUT, ReqOp.CAS})  # the writes a quota may refuse
+_GROWING = frozenset({ReqOp.PUT, ReqOp.CAS, ReqOp.TXN})  # the writes a quota may refuse
 _SNAPSHOT_CHUNKS_PER_TURN = 4  # a turn streams this many chunks of snapshot to followers
 
 
@@ -694,7 +694,7 @@ class Replica:
             op = req.op
             if op == _GET and read_local:
                 op = _GET_STALE  # the deliberate bug: no ReadIndex
-            if op in (_GET, _SCAN):
+            if op in (_GET, _SCAN, _GET_KV):
                 if batch is None:
                     batch = _ReadBatch()
                 batch.requests.append(req)
@@ -738,12 +738,14 @@ class Replica:
         leader decides before proposing, as etcd does, never the state machine, so that
         replicas whose quota differs cannot diverge; writes already in the log when the
         state reaches the quota still apply, so it may pass it by what was in flight."""
-        value, size, quota = req.value or b"", self.kv.size, self.cfg.quota_bytes
+        size, quota = self.kv.size, self.cfg.quota_bytes
+        puts = ([(req.key, req.value or b"")] if req.txn is None else
+                [(op[1], op[2]) for ops in req.txn[1:] for op in ops if op[0] == ReqOp.PUT])
         # A write grows the state by at most a new key's whole count: below the quota by
         # that much (almost always), no lookup of the key on the leader's request path.
-        if size + len(req.key) + len(value) + KEY_OVERHEAD <= quota:
+        if size + sum(len(k) + len(v) + KEY_OVERHEAD for k, v in puts) <= quota:
             return False
-        if size + self.kv.growth(req.key, value) <= quota:
+        if size + sum(self.kv.growth(k, v) for k, v in puts) <= quota:
             return False
         self.counters["quota_refused"] += 1
         self.transport.reply(
@@ -789,6 +791,9 @@ class Replica:
             for req in batch.requests:
                 if req.op == _GET:
                     value: Any = get(req.key)
+                elif req.op == _GET_KV:
+                    kv = self.kv.get_kv(req.key)
+                    value = None if kv is None else list(kv)
                 else:
                     limit = min(req.limit or MAX_SCAN, MAX_SCAN)
                     value = [list(kv) for kv in self.kv.scan(req.key, limit)]

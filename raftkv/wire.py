@@ -37,6 +37,9 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.PUT,          client_id, seq, key, value]
     [VERSION, Kind.REQ, request_id, ReqOp.DELETE,       client_id, seq, key]
     [VERSION, Kind.REQ, request_id, ReqOp.CAS,          client_id, seq, key, expected, new]
+    [VERSION, Kind.REQ, request_id, ReqOp.TXN,          client_id, seq, compares, success,
+                                                        failure]
+    [VERSION, Kind.REQ, request_id, ReqOp.GET_KV,       key]
     [VERSION, Kind.REQ, request_id, ReqOp.OPEN_SESSION]
     [VERSION, Kind.REQ, request_id, ReqOp.STATUS]
     [VERSION, Kind.REQ, request_id, ReqOp.FAULT,        [peer_id, ...]]
@@ -48,6 +51,8 @@ the sender and echoed in the reply::
 Keys and values are bin; `expected` is bin or nil (nil: "the key is absent"); client ids
 come from OPEN_SESSION (see raftkv/kv.py: sessions), and a write whose client_id and seq
 are both 0 has no session (applied at most once: kv.py). The data ops share kv.Op's numbers.
+TXN's lists are kv.py's transaction forms; the whole command must fit one log entry
+(`max_entry_size`). GET_KV reads as GET does (ReadIndex) and answers the revisions too.
 FAULT replaces the set of peers whose traffic the node drops, both ways (the harness's
 partitions); an empty list heals. TRANSFER asks the leader to hand leadership to
 `target_id` (thesis §3.10); OK means the transfer started. CONF_CHANGE asks the leader
@@ -68,7 +73,9 @@ Replies (a node to the requester)::
 `leader_hint` is the node id this node believes leads (0: unknown). `code` is a ReplyCode:
 
     OK               0  value: GET, GET_STALE -> bin or nil (absent); SCAN -> [[key, value], ...];
-                        PUT -> nil; DELETE -> existed (bool); CAS -> swapped (bool);
+                        GET_KV -> [value, create_revision, mod_revision, version] or nil;
+                        PUT -> its revision; DELETE -> existed (bool); CAS -> swapped (bool);
+                        TXN -> [succeeded (bool), [result per op]] (kv.py);
                         OPEN_SESSION -> client_id; STATUS -> map; FAULT -> [peer_id, ...]
     BAD_REQUEST      1  the request is invalid (unknown op, wrong types, over a limit);
                         nothing was done. value: message naming the problem
@@ -184,6 +191,8 @@ class ReqOp(IntEnum):
     GET = 5
     SCAN = 6
     GET_STALE = 7  # any node answers from its applied state: no ReadIndex, may be stale
+    TXN = 8
+    GET_KV = 9  # GET, answering the key's revisions with its value
     STATUS = 32  # control: the node's status map
     FAULT = 33  # control: set the peers whose traffic is dropped both ways
     TRANSFER = 34  # control: leader, hand leadership to a node
@@ -192,7 +201,7 @@ class ReqOp(IntEnum):
     CONTROL = 40  # a command for the controller process (harness), not for nodes
 
 
-WRITE_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS})
+WRITE_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS})  # one key's writes
 
 
 class ReplyCode(IntEnum):
@@ -249,6 +258,7 @@ class ClientRequest:
     addresses: dict[int, str] | None = None  # PEERS: node id -> address
     name: str = ""  # CONTROL: the command
     args: tuple = ()  # CONTROL: its arguments (ints and strs)
+    txn: tuple[list, list, list] | None = None  # TXN: compares, success ops, failure ops
     # Where the reply goes, filled in by the transport: the sender's routing id, or
     # (proxy id, client id) for a request relayed by the controller.
     identity: bytes | tuple[bytes, bytes] = b""
@@ -263,6 +273,8 @@ class ClientRequest:
             return self.data
         if self.op == ReqOp.OPEN_SESSION:
             return kv.encode_open_session()
+        if self.op == ReqOp.TXN and self.txn is not None:
+            return kv.encode_txn(*self.txn, client_id=self.client_id, seq=self.seq)
         if self.op not in WRITE_OPS:
             raise kv.BadRequest(f"{self.op.name} does not go through the log")
         return kv.encode_command(
@@ -399,7 +411,7 @@ def encode_request(req: ClientRequest) -> bytes:
     if op == ReqOp.GET:
         return encode_get(req.request_id, req.key)
     head = (VERSION, _REQ, req.request_id, int(op))
-    if op == ReqOp.GET_STALE:
+    if op == ReqOp.GET_STALE or op == ReqOp.GET_KV:
         body: tuple[Any, ...] = (req.key,)
     elif op == ReqOp.SCAN:
         body = (req.key, req.limit)
@@ -407,6 +419,8 @@ def encode_request(req: ClientRequest) -> bytes:
         body = (req.client_id, req.seq, req.key)
     elif op == ReqOp.CAS:
         body = (req.client_id, req.seq, req.key, req.expected, req.value)
+    elif op == ReqOp.TXN:
+        body = (req.client_id, req.seq, *(req.txn or ([], [], [])))
     elif op == ReqOp.OPEN_SESSION or op == ReqOp.STATUS:
         body = ()
     elif op == ReqOp.FAULT:
@@ -507,6 +521,8 @@ _ARGC = {
     ReqOp.PUT: 4,
     ReqOp.DELETE: 3,
     ReqOp.CAS: 5,
+    ReqOp.TXN: 5,
+    ReqOp.GET_KV: 1,
     ReqOp.OPEN_SESSION: 0,
     ReqOp.STATUS: 0,
     ReqOp.FAULT: 1,
@@ -662,8 +678,10 @@ def _decode_request(
             req.value = args[3]
         elif op == ReqOp.CAS:
             req.expected, req.value = args[3], args[4]
-    elif op == ReqOp.GET or op == ReqOp.GET_STALE:
+    elif op == ReqOp.GET or op == ReqOp.GET_STALE or op == ReqOp.GET_KV:
         req.key = args[0]
+    elif op == ReqOp.TXN:
+        return _decode_txn(req, args, max_key, max_value)
     elif op == ReqOp.SCAN:
         req.key, req.limit = args
     elif op == ReqOp.FAULT:
@@ -721,7 +739,7 @@ def _decode_request(
         return req
     try:
         kv.validate_request(
-            kv.Op.GET if op == ReqOp.GET_STALE else kv.Op(int(op)),
+            kv.Op.GET if op == ReqOp.GET_STALE or op == ReqOp.GET_KV else kv.Op(int(op)),
             req.key,
             req.value,
             req.expected,
@@ -731,6 +749,25 @@ def _decode_request(
         )
     except kv.BadRequest as e:
         raise InvalidRequest(rid, str(e)) from None
+    return req
+
+
+def _decode_txn(req: ClientRequest, args: list[Any], max_key: int,
+                max_value: int) -> ClientRequest:
+    """A TXN's arguments, checked as `apply` will check them, and its command packed once
+    and bounded to what a log entry may hold."""
+    client_id, seq, compares, success, failure = args
+    problem = kv.session_problem(client_id, seq) or kv.txn_problem(
+        compares, success, failure, max_key, max_value)
+    if problem is not None:
+        raise InvalidRequest(req.request_id, problem)
+    req.client_id, req.seq, req.txn = client_id, seq, (compares, success, failure)
+    req.data = req.command()
+    limit = max_entry_size(max_key, max_value)
+    if len(req.data) > limit:
+        raise InvalidRequest(req.request_id, f"the transaction takes {len(req.data):,} bytes "
+                             f"as a log entry, over the limit of {limit:,} (one key and two "
+                             "values at their limits): split it")
     return req
 
 

@@ -21,7 +21,8 @@ from raftkv.client import (
     Timeout,
     Unavailable,
 )
-from raftkv.kv import KVStore
+from raftkv.kv import KeyValue, KVStore
+from raftkv.txn import Compare, Delete, Get, Put, TxnResult
 from raftkv.wire import (
     ClientRequest,
     InvalidRequest,
@@ -113,6 +114,9 @@ class FakeKV:
             return ReplyCode.OK, self.store.get(req.key), 0
         if req.op == ReqOp.SCAN:
             return ReplyCode.OK, [list(p) for p in self.store.scan(req.key, req.limit)], 0
+        if req.op == ReqOp.GET_KV:
+            kv = self.store.get_kv(req.key)
+            return ReplyCode.OK, None if kv is None else list(kv), 0
         return self.apply(req.command())
 
 
@@ -187,19 +191,45 @@ def client() -> Iterator[Callable[..., Client]]:
 def test_round_trip_of_every_operation(node, client) -> None:
     kv = client(node(FakeKV()).address)
     assert kv.get("user:1") is None
-    assert kv.put("user:1", "alice") is None
+    assert kv.put("user:1", "alice") == 2  # its revision: OPEN_SESSION took index 1
     assert kv.get("user:1") == b"alice"
     assert kv.get(b"user:1") == b"alice"
     assert kv.cas("user:1", "bob", "carol") is False
     assert kv.cas("user:1", b"alice", b"bob") is True
     assert kv.cas("user:2", None, "dave") is True  # None: expected absent
-    assert kv.put(b"other", b"\x00\xff") is None
+    assert kv.put(b"other", b"\x00\xff") == 6
     assert kv.scan("user:", limit=100) == [(b"user:1", b"bob"), (b"user:2", b"dave")]
     assert kv.scan("user:", limit=1) == [(b"user:1", b"bob")]
     assert kv.delete("user:1") is True
     assert kv.delete("user:1") is False
     assert kv.get("user:1") is None
     assert kv.get(b"other") == b"\x00\xff"
+
+
+def test_revisions_a_txn_and_a_cas_on_the_mod_revision(node, client) -> None:
+    kv = client(node(FakeKV()).address)
+    assert kv.get_kv("cfg") is None
+    first = kv.put("cfg", "v1")
+    assert kv.get_kv("cfg") == KeyValue(b"v1", first, first, 1)
+    kv.put("cfg", "v2")
+    again = kv.put("cfg", "v1")  # the value is back: a value compare cannot tell
+    assert kv.cas("cfg", None, "mine", mod_revision=first) is False  # ABA caught
+    assert kv.cas("cfg", None, "mine", mod_revision=again) is True
+    assert kv.get_kv("cfg").version == 4
+    assert kv.cas("new", None, "x", mod_revision=0) is True  # 0: absent
+    with pytest.raises(ValueError, match="either"):
+        kv.cas("cfg", "mine", "x", mod_revision=again)
+    r = kv.txn(compare=[Compare.value("cfg") == "mine", Compare.version("cfg") > 3],
+               success=[Put("a", "1"), Get("a"), Delete("new")], failure=[Get("cfg")])
+    assert r.succeeded and r.results[0] == r.results[1].mod_revision and r.results[2] is True
+    r = kv.txn(compare=[Compare.create("cfg") < first], failure=[Get("cfg"), Get("absent")])
+    assert r == TxnResult(False, [kv.get_kv("cfg"), None])
+    with pytest.raises(TypeError, match="Compare"):
+        kv.txn(compare=[("cfg", "==", "x")])
+    with pytest.raises(TypeError, match="int"):
+        Compare.mod("cfg") == "x"  # noqa: B015 (builds the compare, which refuses)
+    with pytest.raises(BadRequest, match="written twice"):
+        kv.txn(success=[Put("k", "1"), Delete("k")])
 
 
 def test_decode_returns_str(node, client) -> None:

@@ -192,6 +192,11 @@ REQUESTS = [
     ClientRequest(11, ReqOp.PUT, key=b"k", value=b"v"),
     ClientRequest(12, ReqOp.DELETE, key=b"k"),
     ClientRequest(13, ReqOp.CAS, key=b"k", expected=None, value=b"w"),
+    ClientRequest(14, ReqOp.TXN, client_id=5, seq=5,
+                  txn=([[1, b"k", 0, 3], [0, b"j", 1, None]], [[1, b"k", b"v"], [5, b"k"]],
+                       [[2, b"k"]])),
+    ClientRequest(15, ReqOp.TXN, txn=([], [], [])),
+    ClientRequest(16, ReqOp.GET_KV, key=b"k"),
 ]
 
 
@@ -383,6 +388,15 @@ def invalid(obj: list) -> InvalidRequest:
         ([ReqOp.CONTROL, "", []], "command name"),
         ([ReqOp.CONTROL, "kill", [1.5]], "ints or strs"),
         ([ReqOp.CONTROL, "kill", 2], "ints or strs"),
+        ([ReqOp.GET_KV, b"k" * 9], "key of 9 bytes exceeds the limit of 8"),
+        ([ReqOp.TXN, 1, 1, [], []], "takes 5 arguments"),
+        ([ReqOp.TXN, 0, 1, [], [], []], "client_id must be an int"),
+        ([ReqOp.TXN, 1, 1, [[1, b"k" * 9, 0, 1]], [], []], "compare key"),
+        ([ReqOp.TXN, 1, 1, [], [[1, b"k", b"v" * 17]], []], "value of 17 bytes"),
+        ([ReqOp.TXN, 1, 1, [], [[1, b"k", b"1"], [1, b"k", b"2"]], []], "written twice"),
+        # each op fits the limits, but not the whole in one log entry (max_entry_size)
+        ([ReqOp.TXN, 1, 1, [], [[1, b"k%d" % i, b"v" * 16] for i in range(6)], []],
+         "over the limit"),
         ([], "no op"),
     ],
 )
