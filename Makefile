@@ -4,12 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint sim sim-replica fuzz demo up down status bench bench-compare chaos clean
+.PHONY: install test lint api-docs sim sim-replica fuzz demo up down status bench bench-compare chaos clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[server,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,7 +18,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check raftkv harness tests
+	$(PY) -m ruff check raftkv harness tests tools
+
+# docs/API.md from the public API's docstrings (tools/api_docs.py); a test fails when it
+# is out of date, so run this after changing a docstring or a signature of raftkv.Client
+api-docs: $(STAMP)
+	$(PY) tools/api_docs.py
 
 # Soak both deterministic simulators, the cores' and the real replicas':
 # RAFTKV_SIM_SEEDS=N make sim (default 10,000 seeds each); replay one failing seed:

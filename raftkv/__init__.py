@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: setup.cfg reads it into the metadata (--version)
 
 __all__ = ["AuthenticationFailed", "BadRequest", "Client", "Compare", "Credentials", "Delete",
            "Forbidden", "Get", "KeyValue", "Put", "QuotaExceeded", "RaftKVError",
