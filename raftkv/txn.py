@@ -66,6 +66,7 @@ class Compare:
         return _Operand(Target.VERSION, to_bytes(key, "key"))
 
     def wire(self) -> list[Any]:
+        """The compare as the TXN command holds it (raftkv/kv.py)."""
         return [int(self.target), self.key, int(self.cmp), self.operand]
 
 
@@ -108,6 +109,7 @@ class Put:
     value: Value
 
     def wire(self) -> list[Any]:
+        """The op as the TXN command holds it (raftkv/kv.py)."""
         return [int(Op.PUT), to_bytes(self.key, "key"), to_bytes(self.value, "value")]
 
 
@@ -118,6 +120,7 @@ class Delete:
     key: Key
 
     def wire(self) -> list[Any]:
+        """The op as the TXN command holds it (raftkv/kv.py)."""
         return [int(Op.DELETE), to_bytes(self.key, "key")]
 
 
@@ -129,6 +132,7 @@ class Get:
     key: Key
 
     def wire(self) -> list[Any]:
+        """The op as the TXN command holds it (raftkv/kv.py)."""
         return [int(Op.GET), to_bytes(self.key, "key")]
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from harness.cluster_state import REPO, ClusterState, live_process, signal_process
 from harness.launcher import free_base_port, port_in_use, wait_for
-from raftkv import Client
+from raftkv import Client, Compare, Get, Put
 
 
 class CLI:
@@ -130,6 +130,30 @@ def test_a_one_shot_write_is_one_log_entry_and_a_session_adds_one(cli):
     assert leader_last_index() == before + 5
     assert cli.status()["leader"] == leader  # no election added an entry meanwhile
     assert cli("get", "k").stdout == "3\n"
+
+
+@pytest.mark.parametrize("state", ["memory", "lmdb"])
+def test_revisions_and_a_transaction_hold_across_a_leader_kill(cli, state):
+    up(cli, "--state", state)
+    first = json.loads(cli("put", "cfg", "v1", "--json").stdout)["revision"]
+    assert json.loads(cli("get", "cfg", "--json").stdout) == {
+        "key": "cfg", "found": True, "value": "v1", "create_revision": first,
+        "mod_revision": first, "version": 1}
+    with Client(ClusterState.load(cli.dir).controller.address, timeout=10,
+                credentials=cli.dir) as kv:
+        second = kv.put("cfg", "v2")
+        r = kv.txn([Compare.mod("cfg") == second], [Put("cfg", "v3"), Put("other", "x")],
+                   [Get("cfg")])
+    assert second > first and r.succeeded and r.results[0] == r.results[1] > second
+    cli("kill-leader", "--timeout", "5")
+    assert json.loads(cli("get", "cfg", "--json").stdout) == {  # as the new leader has it
+        "key": "cfg", "found": True, "value": "v3", "create_revision": first,
+        "mod_revision": r.results[0], "version": 3}
+    p = cli("cas", "cfg", "", "v4", "--mod-revision", str(second), check=1)
+    assert p.stdout.strip() == "NOT SWAPPED"
+    assert cli("cas", "cfg", "", "v4", "--mod-revision", str(r.results[0])).stdout.strip() \
+        == "SWAPPED"
+    assert cli("get", "cfg").stdout == "v4\n"
 
 
 def test_paused_follower_does_not_stop_writes(cli):
