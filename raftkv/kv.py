@@ -95,6 +95,7 @@ SNAPSHOT_VERSION = 4
 MAX_TXN_OPS = 128  # compares, and ops in each branch, of one transaction (etcd's default)
 # A key's record in the data: create_revision, mod_revision, version, then the value.
 _REV = struct.Struct(">QQQ")
+_pack_rev, _unpack_rev = _REV.pack, _REV.unpack_from
 REV_SIZE = _REV.size
 # The data is split over this many dicts by the key's hash, so that a dict growing past
 # its size, which copies it whole (CPython doubles a dict's table: 190 ms at 2.8 million
@@ -187,6 +188,9 @@ _CMPS = frozenset(int(c) for c in Cmp)
 _CODES = frozenset(int(c) for c in Code)
 _OPS = frozenset(int(op) for op in Op)
 _OK_NONE = Reply(Code.OK, None)
+# A reply built on the hot path: NamedTuple's own __new__ is Python code, 3x slower.
+_new_reply = tuple.__new__
+_CODE_OK = Code.OK
 _OK_TRUE = Reply(Code.OK, True)
 _OK_FALSE = Reply(Code.OK, False)
 
@@ -478,7 +482,7 @@ class KVStore:
 
     def growth(self, key: bytes, value: bytes) -> int:
         """How much `size` grows if `key` is set to `value` now (negative: it shrinks)."""
-        return _growth(key, self.get(key), value)
+        return record_growth(key, self._rec(key), value)
 
     @property
     def session_count(self) -> int:
@@ -651,23 +655,20 @@ class KVStore:
         `size`; its reply. The data is reached through `_rec`, `_set` and `_take` only,
         which a store kept elsewhere replaces (raftkv.lmdb_state)."""
         if op == _PUT:
-            old = self._rec(key)
-            self._set(key, _record(old, index, value))
-            reply = Reply(Code.OK, index)
-        elif op == _DELETE:
+            self._size += self._put(index, key, value)
+            return _new_reply(Reply, (_CODE_OK, index))
+        if op == _DELETE:
             old = self._take(key)
             if old is None:
                 return _OK_FALSE
             self._size -= len(key) + len(old) - REV_SIZE + KEY_OVERHEAD
             return _OK_TRUE
-        else:
-            old = self._rec(key)
-            if (None if old is None else old[REV_SIZE:]) != expected:
-                return _OK_FALSE  # None == None: "expected absent" and it is
-            self._set(key, _record(old, index, value))
-            reply = _OK_TRUE
-        self._size += _growth(key, None if old is None else old[REV_SIZE:], value)
-        return reply
+        old = self._rec(key)
+        if (None if old is None else old[REV_SIZE:]) != expected:
+            return _OK_FALSE  # None == None: "expected absent" and it is
+        self._set(key, next_record(old, index, value))
+        self._size += record_growth(key, old, value)
+        return _OK_TRUE
 
     def _txn(self, index: int, compares: list, success: list, failure: list) -> Reply:
         """Apply a validated transaction at revision `index`: [succeeded, results]."""
@@ -709,6 +710,14 @@ class KVStore:
         if cmp == Cmp.LT:
             return have < operand
         return have > operand
+
+    def _put(self, index: int, key: bytes, value: bytes) -> int:
+        """Set `key` to `value` at revision `index`; how much `size` grows. (`_rec` and
+        `_set` in one call: the hot path.)"""
+        shard = self._shards[hash(key) & _SHARD_MASK]
+        old = shard.get(key)
+        shard[key] = next_record(old, index, value)
+        return record_growth(key, old, value)
 
     def _rec(self, key: bytes) -> bytes | None:
         """The key's record (`_REV` then the value), or None."""
@@ -820,13 +829,6 @@ class KVStore:
         self._size = size
 
 
-def _growth(key: bytes, old: bytes | None, value: bytes) -> int:
-    """How `size` moves when `key` goes from `old` (None: absent) to `value`."""
-    if old is None:
-        return len(key) + len(value) + KEY_OVERHEAD
-    return len(value) - len(old)
-
-
 def session_wire(client_id: int, s: Session) -> tuple[int, int, int, int, Any]:
     """One session as `parse_sessions` reads it back."""
     return (client_id, s.seq, s.index, int(s.reply.code), s.reply.value)
@@ -898,12 +900,20 @@ def _split(maps: object) -> tuple[list[dict[bytes, bytes]], int]:
     return shards, size + KEY_OVERHEAD * count
 
 
-def _record(old: bytes | None, index: int, value: bytes) -> bytes:
+def next_record(old: bytes | None, index: int, value: bytes) -> bytes:
     """The record of a key set to `value` at revision `index`, `old` its record before."""
     if old is None:
-        return _REV.pack(index, index, 1) + value
-    create, _, version = _REV.unpack_from(old)
-    return _REV.pack(create, index, version + 1) + value
+        return _pack_rev(index, index, 1) + value
+    create, _, version = _unpack_rev(old)
+    return _pack_rev(create, index, version + 1) + value
+
+
+def record_growth(key: bytes, old: bytes | None, value: bytes) -> int:
+    """How `size` moves when `key` goes from the record `old` (None: absent) to
+    `value`."""
+    if old is None:
+        return len(key) + len(value) + KEY_OVERHEAD
+    return len(value) - len(old) + REV_SIZE
 
 
 def record_kv(rec: bytes | None) -> KeyValue | None:

@@ -57,7 +57,9 @@ from raftkv.kv import (
     SnapshotError,
     StateMachineLike,
     check_members,
+    next_record,
     parse_sessions,
+    record_growth,
     session_wire,
 )
 from raftkv.node_defaults import LMDB_MAX_KEY_SIZE
@@ -372,6 +374,13 @@ class LmdbStore(KVStore):
         assert self._env is not None
         self._writer = self._env.begin(write=True, db=self._data)
         return self._writer
+
+    def _put(self, index: int, key: bytes, value: bytes) -> int:
+        writer = self._writer
+        assert writer is not None
+        old = writer.get(_PREFIX + key)
+        writer.put(_PREFIX + key, next_record(old, index, value))
+        return record_growth(key, old, value)
 
     def _rec(self, key: bytes) -> bytes | None:
         txn = self._writer or self._reader

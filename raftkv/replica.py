@@ -739,14 +739,18 @@ class Replica:
         replicas whose quota differs cannot diverge; writes already in the log when the
         state reaches the quota still apply, so it may pass it by what was in flight."""
         size, quota = self.kv.size, self.cfg.quota_bytes
-        puts = ([(req.key, req.value or b"")] if req.txn is None else
-                [(op[1], op[2]) for ops in req.txn[1:] for op in ops if op[0] == ReqOp.PUT])
-        # A write grows the state by at most a new key's whole count: below the quota by
-        # that much (almost always), no lookup of the key on the leader's request path.
-        if size + sum(len(k) + len(v) + KEY_OVERHEAD for k, v in puts) <= quota:
-            return False
-        if size + sum(self.kv.growth(k, v) for k, v in puts) <= quota:
-            return False
+        if req.txn is None:
+            # A write grows the state by at most a new key's whole count: below the quota
+            # by that much (almost always), no lookup of the key on the request path.
+            value = req.value or b""
+            if (size + len(req.key) + len(value) + KEY_OVERHEAD <= quota
+                    or size + self.kv.growth(req.key, value) <= quota):
+                return False
+        else:  # the puts of both branches, as if both ran
+            puts = [(op[1], op[2]) for ops in req.txn[1:] for op in ops if op[0] == ReqOp.PUT]
+            if (size + sum(len(k) + len(v) + KEY_OVERHEAD for k, v in puts) <= quota
+                    or size + sum(self.kv.growth(k, v) for k, v in puts) <= quota):
+                return False
         self.counters["quota_refused"] += 1
         self.transport.reply(
             req.identity, req.request_id, ReplyCode.QUOTA_EXCEEDED,

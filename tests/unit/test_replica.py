@@ -292,6 +292,18 @@ def test_the_leader_refuses_writes_past_the_quota_and_takes_deletes():
     assert r.counters["quota_refused"] == 1
     assert r.status()["kv"]["bytes"] == r.kv.size == 3 * (KEY_OVERHEAD + 102)
 
+    def txn(rid: int, success: list, failure: list = ()) -> tuple:
+        r.handle_requests([ClientRequest(rid, ReqOp.TXN, client_id=cid, seq=rid,
+                                         txn=([], success, list(failure)))])
+        r.process()
+        return r.transport.replies[-1]
+
+    put = int(ReqOp.PUT)
+    assert txn(30, [[put, b"k0", b"x" * 100]])[1] == ReplyCode.OK  # no growth: taken
+    # a new key in either branch would pass the quota: refused, as if both ran
+    assert txn(31, [], [[put, b"k9", b"v"]])[1] == ReplyCode.QUOTA_EXCEEDED
+    assert r.kv.get(b"k9") is None and r.counters["quota_refused"] == 2
+
 
 def test_a_peer_message_the_core_drops_is_counted_in_status_and_metrics():
     """A buggy peer's message that the core drops (here a term no cluster reaches) shows
