@@ -313,10 +313,11 @@ def _dash(v: Any) -> Any:
 @exactly_once_option
 def put(key: str, value: str, cluster_dir: Path, timeout: float, as_json: bool,
         exactly_once: bool) -> None:
-    """Set KEY to VALUE. OK means it is durable on a majority; --json adds the write's
-    revision (its log index, now KEY's mod_revision)."""
+    """Set KEY to VALUE (-: the bytes on stdin, as they are). OK means it is durable on a
+    majority; --json adds the write's revision (its log index, now KEY's mod_revision)."""
+    data: str | bytes = sys.stdin.buffer.read() if value == "-" else value
     revision = with_client(cluster_dir, timeout,
-                           lambda kv: kv.put(key, value, at_most_once=not exactly_once))
+                           lambda kv: kv.put(key, data, at_most_once=not exactly_once))
     print_answer("OK", as_json, revision=revision)
 
 
@@ -395,10 +396,18 @@ def cas(key: str, expected: str, new: str, cluster_dir: Path, timeout: float, as
 @dir_option
 @timeout_option
 @json_option
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
-def scan(prefix: str, cluster_dir: Path, timeout: float, as_json: bool, limit: int) -> None:
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000),
+              help="At most this many pairs (one request).")
+@click.option("--start", default=None, help="Skip keys below this one (page on with the "
+              "last key printed, plus a zero byte; or use --all).")
+@click.option("--all", "every", is_flag=True,
+              help="Every matching key, in pages of --limit (each page read on its own).")
+def scan(prefix: str, cluster_dir: Path, timeout: float, as_json: bool, limit: int,
+         start: str | None, every: bool) -> None:
     """List keys starting with PREFIX, in key order, with their values."""
-    pairs = with_client(cluster_dir, timeout, lambda kv: kv.scan(prefix, limit))
+    pairs = with_client(cluster_dir, timeout, lambda kv: list(
+        kv.scan_iter(prefix, start=start, page=limit) if every
+        else kv.scan(prefix, limit, start=start)))
     if as_json:
         click.echo(json.dumps([[k.decode("utf-8", "backslashreplace"),
                                 v.decode("utf-8", "backslashreplace")] for k, v in pairs]))

@@ -100,7 +100,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,7 @@ from raftkv.txn import (
     txn_wire,
 )
 from raftkv.wire import (
+    MAX_SCAN,
     ClientReply,
     ClientRequest,
     MalformedFrame,
@@ -608,20 +609,48 @@ class Client:
         prefix: Key = b"",
         limit: int = 100,
         *,
+        start: Key | None = None,
         timeout: float | None = None,
     ) -> list[tuple[bytes, bytes]] | list[tuple[str, str]]:
-        """Up to `limit` (key, value) pairs whose key starts with `prefix`, sorted by
-        key; linearizable (the protocol has no stale scan). A node caps one reply
-        (10,000 pairs); limit 0 asks for the cap."""
+        """Up to `limit` (key, value) pairs whose key starts with `prefix` and is not
+        below `start`, sorted by key; linearizable (the protocol has no stale scan). A
+        node caps one reply (10,000 pairs); limit 0 asks for the cap. To page on, pass
+        the last key you got plus a zero byte as `start`, or use `scan_iter`."""
         if type(limit) is not int or limit < 0:
             raise ValueError(f"limit must be an int >= 0, not {limit!r}")
-        req = ClientRequest(0, ReqOp.SCAN, key=to_bytes(prefix, "prefix"), limit=limit)
+        req = ClientRequest(0, ReqOp.SCAN, key=to_bytes(prefix, "prefix"), limit=limit,
+                            start=b"" if start is None else to_bytes(start, "start"))
         pairs = self._read(req, timeout).value
         if type(pairs) is not list:
             raise RaftKVError(f"SCAN reply value is {type(pairs).__name__}, not a list")
         if self.decode:
             return [(k.decode(), v.decode()) for k, v in pairs]
         return [(k, v) for k, v in pairs]
+
+    def scan_iter(
+        self,
+        prefix: Key = b"",
+        *,
+        start: Key | None = None,
+        page: int = 1000,
+        timeout: float | None = None,
+    ) -> Iterator[tuple[bytes, bytes]] | Iterator[tuple[str, str]]:
+        """Every (key, value) pair whose key starts with `prefix` (and is not below
+        `start`), in key order, fetched `page` pairs a request. Each page is a
+        linearizable read of its own, not one snapshot: a key written between two pages
+        shows as the page that reached it saw it."""
+        if type(page) is not int or not 1 <= page <= MAX_SCAN:
+            raise ValueError(f"page must be an int in [1, {MAX_SCAN}], not {page!r}")
+        cursor = b"" if start is None else to_bytes(start, "start")
+        while True:
+            pairs = self.scan(prefix, page, start=cursor, timeout=timeout)
+            keys = [k.encode() if isinstance(k, str) else k for k, _ in pairs]
+            if keys and keys[0] < cursor:  # a node ignoring the cursor would loop forever
+                raise RaftKVError(f"SCAN from {cursor!r:.40} answered {keys[0]!r:.40}")
+            yield from pairs  # type: ignore[misc]
+            if len(pairs) < page:
+                return
+            cursor = keys[-1] + b"\x00"
 
     def close(self) -> None:
         """Stop the I/O thread and close the sockets (unsent frames are dropped).

@@ -260,6 +260,8 @@ def _problem(
     elif op == Op.SCAN:
         if type(limit) is not int or limit < 0:
             return f"scan limit must be an int >= 0, not {limit!r:.40}"
+        if value is not None and (type(value) is not bytes or len(value) > max_key):
+            return f"scan start must be bytes of at most {max_key} bytes, not {value!r:.40}"
     elif op != Op.DELETE and op != Op.GET:
         return f"unknown op {op!r:.40}"
     return None
@@ -288,7 +290,8 @@ def validate_request(
     max_value_size: int = MAX_VALUE_SIZE,
 ) -> None:
     """Raise BadRequest if the store would refuse this request (GET, SCAN, PUT, DELETE
-    or CAS; for SCAN `key` is the prefix, for CAS `value` is the new value).
+    or CAS; for SCAN `key` is the prefix and `value` the start key, None for the first;
+    for CAS `value` is the new value).
 
     The node calls it before proposing, so a bad request is answered at once instead of
     going through the log. Use `KVStore.validate_request` for a store's own limits.
@@ -462,12 +465,13 @@ class KVStore:
         """The key's value and revisions, or None if it is absent."""
         return record_kv(self._rec(key))
 
-    def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
-        """Up to `limit` (key, value) pairs whose key starts with `prefix`, sorted by key."""
+    def scan(self, prefix: bytes, limit: int, start: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (key, value) pairs whose key starts with `prefix` and is not
+        below `start` (a cursor: the key after the last one a page held), sorted by key."""
         if limit <= 0:
             return []
         keys = [k for shard in self._shards for k in shard
-                if not prefix or k.startswith(prefix)]
+                if (not prefix or k.startswith(prefix)) and (not start or k >= start)]
         keys = sorted(keys) if len(keys) <= limit else heapq.nsmallest(limit, keys)
         return [(k, self._rec(k)[REV_SIZE:]) for k in keys]
 

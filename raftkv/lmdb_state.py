@@ -347,18 +347,18 @@ class LmdbStore(KVStore):
         rec = txn.get(_PREFIX + key, db=self._data)
         return None if rec is None else rec[REV_SIZE:]
 
-    def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+    def scan(self, prefix: bytes, limit: int, start: bytes = b"") -> list[tuple[bytes, bytes]]:
         if limit <= 0:
             return []
         txn = self._writer or self._reader
         assert txn is not None
         out: list[tuple[bytes, bytes]] = []
         cursor = txn.cursor(db=self._data)
-        start = _PREFIX + prefix
-        if not cursor.set_range(start):
+        within = _PREFIX + prefix
+        if not cursor.set_range(_PREFIX + max(prefix, start)):
             return out
         for k, v in cursor:
-            if not k.startswith(start) or len(out) >= limit:
+            if not k.startswith(within) or len(out) >= limit:
                 break
             out.append((k[1:], v[REV_SIZE:]))
         return out

@@ -80,11 +80,10 @@ from raftkv.snapshots import (
 )
 from raftkv.storage import Identity, Storage
 from raftkv.storage.fs import OS_FS
-from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
+from raftkv.wire import MAX_SCAN, ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 
 log = logging.getLogger("raftkv.node")
 
-MAX_SCAN = 10_000  # bounds the size of one SCAN reply
 LOG_TAIL = 32  # [index, term] pairs of the log's end in STATUS (the dashboard's strips)
 # A leader's Ready with at most this many committed entries, and no input waiting, is
 # synced on the loop's own thread, as a follower's always is (see process_ready).
@@ -800,7 +799,7 @@ class Replica:
                     value = None if kv is None else list(kv)
                 else:
                     limit = min(req.limit or MAX_SCAN, MAX_SCAN)
-                    value = [list(kv) for kv in self.kv.scan(req.key, limit)]
+                    value = [list(kv) for kv in self.kv.scan(req.key, limit, req.start)]
                 reply(req.identity, req.request_id, _OK, value)
 
     def fail_reads(self, requests: list[ClientRequest], why: str) -> None:

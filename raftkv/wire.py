@@ -34,6 +34,7 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.GET,          key]
     [VERSION, Kind.REQ, request_id, ReqOp.GET_STALE,    key]
     [VERSION, Kind.REQ, request_id, ReqOp.SCAN,         prefix, limit]
+    [VERSION, Kind.REQ, request_id, ReqOp.SCAN,         prefix, limit, start]
     [VERSION, Kind.REQ, request_id, ReqOp.PUT,          client_id, seq, key, value]
     [VERSION, Kind.REQ, request_id, ReqOp.DELETE,       client_id, seq, key]
     [VERSION, Kind.REQ, request_id, ReqOp.CAS,          client_id, seq, key, expected, new]
@@ -51,8 +52,10 @@ the sender and echoed in the reply::
 Keys and values are bin; `expected` is bin or nil (nil: "the key is absent"); client ids
 come from OPEN_SESSION (see raftkv/kv.py: sessions), and a write whose client_id and seq
 are both 0 has no session (applied at most once: kv.py). The data ops share kv.Op's numbers.
-TXN's lists are kv.py's transaction forms; the whole command must fit one log entry
-(`max_entry_size`). GET_KV reads as GET does (ReadIndex) and answers the revisions too.
+SCAN's `start` (bin) is a cursor: keys below it are skipped (a client pages on with the
+key after the last it got). TXN's lists are kv.py's transaction forms; the whole command
+must fit one log entry (`max_entry_size`). GET_KV reads as GET does (ReadIndex) and
+answers the revisions too.
 FAULT replaces the set of peers whose traffic the node drops, both ways (the harness's
 partitions); an empty list heals. TRANSFER asks the leader to hand leadership to
 `target_id` (thesis §3.10); OK means the transfer started. CONF_CHANGE asks the leader
@@ -157,6 +160,7 @@ class Kind(IntEnum):
 
 
 MAX_BATCH = 4096  # requests in one REQS frame
+MAX_SCAN = 10_000  # pairs in one SCAN reply: a node answers no more
 
 
 MAX_SNAPSHOT_CHUNK = 1 << 20  # bytes of snapshot data in one frame
@@ -251,6 +255,7 @@ class ClientRequest:
     client_id: int = 0  # writes: session id from OPEN_SESSION; 0 (and seq 0): none
     seq: int = 0  # writes: per-client sequence number
     limit: int = 0  # SCAN: at most this many pairs
+    start: bytes = b""  # SCAN: no key below this one (b"": from the first)
     peers: frozenset[int] = frozenset()  # FAULT: peers to cut off
     target: int = 0  # TRANSFER: the node to hand leadership to; CONF_CHANGE: the node
     conf_op: int = 0  # CONF_CHANGE: a raft.ConfOp
@@ -414,7 +419,7 @@ def encode_request(req: ClientRequest) -> bytes:
     if op == ReqOp.GET_STALE or op == ReqOp.GET_KV:
         body: tuple[Any, ...] = (req.key,)
     elif op == ReqOp.SCAN:
-        body = (req.key, req.limit)
+        body = (req.key, req.limit, req.start) if req.start else (req.key, req.limit)
     elif op == ReqOp.DELETE:
         body = (req.client_id, req.seq, req.key)
     elif op == ReqOp.CAS:
@@ -665,8 +670,9 @@ def _decode_request(
     if op is None:
         raise InvalidRequest(rid, f"unknown op {raw_op!r:.40}")
     args = obj[4:]
-    if len(args) != _ARGC[op]:
-        raise InvalidRequest(rid, f"{op.name} takes {_ARGC[op]} arguments, not {len(args)}")
+    if len(args) != _ARGC[op] and not (op == ReqOp.SCAN and len(args) == 3):
+        takes = "2 or 3" if op == ReqOp.SCAN else _ARGC[op]
+        raise InvalidRequest(rid, f"{op.name} takes {takes} arguments, not {len(args)}")
     req = ClientRequest(rid, op, identity=identity)
     if op in WRITE_OPS:
         req.client_id, req.seq = args[0], args[1]
@@ -683,7 +689,11 @@ def _decode_request(
     elif op == ReqOp.TXN:
         return _decode_txn(req, args, max_key, max_value)
     elif op == ReqOp.SCAN:
-        req.key, req.limit = args
+        req.key, req.limit = args[:2]
+        if len(args) == 3:
+            if type(args[2]) is not bytes:
+                raise InvalidRequest(rid, f"scan start must be bytes, not {args[2]!r:.40}")
+            req.start = args[2]
     elif op == ReqOp.FAULT:
         peers = args[0]
         if (
@@ -741,7 +751,7 @@ def _decode_request(
         kv.validate_request(
             kv.Op.GET if op == ReqOp.GET_STALE or op == ReqOp.GET_KV else kv.Op(int(op)),
             req.key,
-            req.value,
+            req.start if op == ReqOp.SCAN else req.value,
             req.expected,
             req.limit if op == ReqOp.SCAN else None,
             max_key_size=max_key,

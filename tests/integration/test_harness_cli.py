@@ -25,9 +25,11 @@ class CLI:
         self.base_port = base_port
         self.env = dict(os.environ, RAFTKV_DIR=str(cluster_dir), PYTHONPATH=str(REPO))
 
-    def __call__(self, *args: str, check: int | None = 0, timeout: float = 60):
+    def __call__(self, *args: str, check: int | None = 0, timeout: float = 60,
+                 stdin: str | None = None):
         p = subprocess.run([sys.executable, "-m", "harness.cli", *args], env=self.env,
-                           cwd=REPO, capture_output=True, text=True, timeout=timeout)
+                           cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                           input=stdin)
         if check is not None:
             assert p.returncode == check, (
                 f"raftkv {' '.join(args)} exited {p.returncode}, want {check}\n"
@@ -154,6 +156,12 @@ def test_revisions_and_a_transaction_hold_across_a_leader_kill(cli, state):
     assert cli("cas", "cfg", "", "v4", "--mod-revision", str(r.results[0])).stdout.strip() \
         == "SWAPPED"
     assert cli("get", "cfg").stdout == "v4\n"
+    cli("put", "multi", "-", stdin="two\nlines\n")  # -: the value is stdin, as it is
+    assert cli("get", "multi").stdout == "two\nlines\n\n"
+    for key in ("p1", "p2", "p3"):
+        cli("put", key, key.upper())
+    assert cli("scan", "p", "--all", "--limit", "2").stdout == "p1\tP1\np2\tP2\np3\tP3\n"
+    assert cli("scan", "p", "--start", "p2").stdout == "p2\tP2\np3\tP3\n"
 
 
 def test_paused_follower_does_not_stop_writes(cli):

@@ -113,7 +113,8 @@ class FakeKV:
         if req.op == ReqOp.GET or req.op == ReqOp.GET_STALE:
             return ReplyCode.OK, self.store.get(req.key), 0
         if req.op == ReqOp.SCAN:
-            return ReplyCode.OK, [list(p) for p in self.store.scan(req.key, req.limit)], 0
+            pairs = self.store.scan(req.key, req.limit, req.start)
+            return ReplyCode.OK, [list(p) for p in pairs], 0
         if req.op == ReqOp.GET_KV:
             kv = self.store.get_kv(req.key)
             return ReplyCode.OK, None if kv is None else list(kv), 0
@@ -230,6 +231,33 @@ def test_revisions_a_txn_and_a_cas_on_the_mod_revision(node, client) -> None:
         Compare.mod("cfg") == "x"  # noqa: B015 (builds the compare, which refuses)
     with pytest.raises(BadRequest, match="written twice"):
         kv.txn(success=[Put("k", "1"), Delete("k")])
+
+
+def test_scan_iter_pages_through_every_key_in_order(node, client) -> None:
+    kv = client(node(FakeKV()).address)
+    keys = [f"k{i:02d}".encode() for i in range(7)]
+    for k in reversed(keys):
+        kv.put(k, k + b"!")
+    kv.put("other", "x")
+    assert list(kv.scan_iter("k", page=2)) == [(k, k + b"!") for k in keys]
+    assert list(kv.scan_iter("k", page=7)) == [(k, k + b"!") for k in keys]  # a full last page
+    assert list(kv.scan_iter("k", start="k05", page=3)) == [(k, k + b"!") for k in keys[5:]]
+    assert kv.scan("k", 2, start="k03") == [(b"k03", b"k03!"), (b"k04", b"k04!")]
+    with pytest.raises(ValueError, match="page"):
+        next(kv.scan_iter("k", page=0))
+
+
+def test_scan_iter_stops_with_an_error_when_a_node_ignores_the_cursor(node, client) -> None:
+    class NoCursor(FakeKV):
+        def __call__(self, req: ClientRequest) -> Answer:
+            req.start = b""  # a node of a build before cursors, or a broken one
+            return super().__call__(req)
+
+    kv = client(node(NoCursor()).address)
+    for i in range(3):
+        kv.put(f"k{i}", "v")
+    with pytest.raises(RaftKVError, match="SCAN from"):
+        list(kv.scan_iter("k", page=2))
 
 
 def test_decode_returns_str(node, client) -> None:

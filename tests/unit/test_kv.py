@@ -15,10 +15,10 @@ import pytest
 
 from raftkv.kv import (
     MAX_KEY_SIZE,
+    MAX_TXN_OPS,
     MAX_VALUE_SIZE,
     SHARDS,
     SNAPSHOT_VERSION,
-    MAX_TXN_OPS,
     BadRequest,
     Cmp,
     Code,
@@ -123,6 +123,17 @@ def test_a_txn_runs_success_when_every_compare_holds_else_failure(log: Log) -> N
     for cmp, holds in ((LT, False), (GT, False), (NE, True), (EQ, False)):
         assert log.txn([[V, b"none", cmp, b"x"]], []).value[0] is holds
     assert log.store.get_kv(b"b") == KeyValue(b"2", 4, 4, 1)
+
+
+def test_scan_pages_on_from_a_start_key(log: Log) -> None:
+    cid = log.open()
+    for seq, key in enumerate((b"a", b"b1", b"b2", b"b3", b"c"), 1):
+        log.put(cid, seq, key, key.upper())
+    assert log.store.scan(b"b", 2) == [(b"b1", b"B1"), (b"b2", b"B2")]
+    assert log.store.scan(b"b", 2, b"b2\x00") == [(b"b3", b"B3")]
+    assert log.store.scan(b"", 10, b"b3") == [(b"b3", b"B3"), (b"c", b"C")]
+    assert log.store.scan(b"b", 10, b"a") == log.store.scan(b"b", 10)  # below the prefix
+    assert log.store.scan(b"b", 10, b"c") == []
 
 
 def test_a_txn_in_a_session_is_applied_once(log: Log) -> None:

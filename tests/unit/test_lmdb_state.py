@@ -97,7 +97,8 @@ def test_fed_the_same_entries_it_answers_and_ends_as_the_store_in_memory(
     assert wire(lm) == wire(memory), f"seed={seed}"
     assert lm.stats == memory.stats, f"seed={seed}"
     for prefix in (b"", b"a", b"b", b"zz"):
-        assert lm.scan(prefix, 3) == memory.scan(prefix, 3), f"seed={seed}"
+        for start in (b"", b"a", b"ab\x00", b"b", b"zz"):
+            assert lm.scan(prefix, 3, start) == memory.scan(prefix, 3, start), f"seed={seed}"
 
 
 @pytest.mark.parametrize("seed", SEEDS[:10])

@@ -197,6 +197,7 @@ REQUESTS = [
                        [[2, b"k"]])),
     ClientRequest(15, ReqOp.TXN, txn=([], [], [])),
     ClientRequest(16, ReqOp.GET_KV, key=b"k"),
+    ClientRequest(17, ReqOp.SCAN, key=b"pre", limit=10, start=b"pre-7\x00"),
 ]
 
 
@@ -371,6 +372,9 @@ def invalid(obj: list) -> InvalidRequest:
         ([ReqOp.CAS, 1, 1, b"k", 3, b"v"], "expected value must be bytes or None"),
         ([ReqOp.SCAN, b"p", -1], "scan limit"),
         ([ReqOp.SCAN, b"p", "all"], "scan limit"),
+        ([ReqOp.SCAN, b"p", 5, None], "scan start must be bytes"),
+        ([ReqOp.SCAN, b"p", 5, b"s" * 9], "scan start must be bytes of at most 8"),
+        ([ReqOp.SCAN, b"p", 5, b"s", b"t"], "takes 2 or 3 arguments, not 4"),
         ([ReqOp.FAULT, [0]], "node ids >= 1"),
         ([ReqOp.FAULT, 2], "node ids >= 1"),
         ([ReqOp.FAULT, list(range(1, 2000))], "at most 1024"),
