@@ -6,10 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"  # the one place: setup.cfg reads it into the metadata (--version)
 
-__all__ = ["AuthenticationFailed", "BadRequest", "Client", "Compare", "Credentials", "Delete",
-           "Forbidden", "Get", "KeyValue", "Put", "QuotaExceeded", "RaftKVError",
-           "SessionExpired", "Timeout", "TxnResult", "Unavailable"]
-# What `raftkv.txn` and `raftkv.kv` give the API; the rest comes from raftkv.client.
+__all__ = ["AuthenticationFailed", "BadRequest", "Client", "Compacted", "Compare",
+           "Credentials", "Delete", "Event", "Forbidden", "Get", "KeyValue", "Put",
+           "QuotaExceeded", "RaftKVError", "SessionExpired", "Timeout", "TxnResult",
+           "Unavailable", "Watch"]
+# What `raftkv.txn` gives the API; KeyValue and Event come from raftkv.kv and
+# raftkv.watch, the rest from raftkv.client.
 _FROM_TXN = frozenset({"Compare", "Delete", "Get", "Put", "TxnResult"})
 
 if TYPE_CHECKING:
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
         AuthenticationFailed,
         BadRequest,
         Client,
+        Compacted,
         Credentials,
         Forbidden,
         QuotaExceeded,
@@ -24,9 +27,11 @@ if TYPE_CHECKING:
         SessionExpired,
         Timeout,
         Unavailable,
+        Watch,
     )
     from raftkv.kv import KeyValue
     from raftkv.txn import Compare, Delete, Get, Put, TxnResult
+    from raftkv.watch import Event
 
 
 def __getattr__(name: str) -> Any:
@@ -39,6 +44,10 @@ def __getattr__(name: str) -> Any:
         from raftkv.kv import KeyValue
 
         return KeyValue
+    if name == "Event":
+        from raftkv.watch import Event
+
+        return Event
     if name in __all__:
         from raftkv import client
 

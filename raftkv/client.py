@@ -100,6 +100,7 @@ import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,8 +123,10 @@ from raftkv.txn import (
     to_bytes,
     txn_wire,
 )
+from raftkv.watch import DELETE, PUT, Event
 from raftkv.wire import (
     MAX_SCAN,
+    MAX_WATCH_WAIT_MS,
     ClientReply,
     ClientRequest,
     MalformedFrame,
@@ -156,8 +159,9 @@ _HANDSHAKE_EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED) | sum(_HANDSHAKE_FAILED)
 _OK = ReplyCode.OK
 _TERMINAL = frozenset(
     {ReplyCode.OK, ReplyCode.BAD_REQUEST, ReplyCode.STALE_REQUEST, ReplyCode.SESSION_EXPIRED,
-     ReplyCode.QUOTA_EXCEEDED, ReplyCode.FORBIDDEN}
+     ReplyCode.QUOTA_EXCEEDED, ReplyCode.FORBIDDEN, ReplyCode.COMPACTED}
 )
+DEFAULT_WATCH_WAIT = 1.0  # seconds a node holds a watch with no event before answering
 # What the I/O thread hands a waiting caller: (request_id, address index, reply), where
 # reply None means the frame could not be queued (no connection to that address).
 _Message = tuple[int, int, ClientReply | None]
@@ -183,6 +187,17 @@ class Timeout(RaftKVError):
 class SessionExpired(Timeout):
     """The server forgot the client's session while a write was being retried: the
     write's outcome is unknown, as for `Timeout`. The next write opens a new session."""
+
+
+class Compacted(RaftKVError):
+    """A watch asked for revisions the node no longer keeps (its watch history is
+    bounded: `raftkv node --watch-history-bytes`). `oldest` is the first revision it can
+    answer from: read the state again (get, scan), then watch from the revision that
+    read saw, plus one."""
+
+    def __init__(self, message: str, oldest: int) -> None:
+        super().__init__(message)
+        self.oldest = oldest
 
 
 class BadRequest(RaftKVError, ValueError):
@@ -652,6 +667,33 @@ class Client:
                 return
             cursor = keys[-1] + b"\x00"
 
+    def watch(
+        self,
+        key: Key,
+        *,
+        prefix: bool = False,
+        start_revision: int | None = None,
+        wait: float = DEFAULT_WATCH_WAIT,
+    ) -> Watch:
+        """The puts and deletes of `key` (or of every key starting with it, if
+        `prefix`), from `start_revision` on (None: from the next write), as an iterator
+        of `Event`s in revision order. It never misses or repeats one, across leader
+        changes and reconnects: each request asks from the revision after the last
+        delivered. Raises `Compacted` when the node no longer keeps the revisions asked
+        for. `wait`: how long a node holds one request with no event to give."""
+        if start_revision is not None and (type(start_revision) is not int
+                                           or start_revision < 1):
+            raise ValueError(f"start_revision must be an int >= 1, not {start_revision!r}")
+        if not 0 < wait <= MAX_WATCH_WAIT_MS / 1000:
+            raise ValueError(f"wait must be in (0, {MAX_WATCH_WAIT_MS / 1000:g}] s")
+        return Watch(self, to_bytes(key, "key"), prefix, start_revision or 0, wait)
+
+    def _watch_poll(self, req: ClientRequest, wait: float) -> ClientReply:
+        """One WATCH request, whose attempts may each be held `wait` seconds."""
+        budget = self.timeout + wait
+        reply, _ = self._send(req, time.monotonic() + budget, budget, write=False, wait=wait)
+        return reply
+
     def close(self) -> None:
         """Stop the I/O thread and close the sockets (unsent frames are dropped).
         Calls in flight fail; later calls raise RaftKVError. Idempotent."""
@@ -753,7 +795,7 @@ class Client:
 
     def _send(
         self, req: ClientRequest, deadline: float, budget: float, *, write: bool,
-        once: bool = False,
+        once: bool = False, wait: float = 0.0,
     ) -> tuple[ClientReply, bool]:
         """Deliver `req` until a node answers it for good (OK, BAD_REQUEST,
         STALE_REQUEST, SESSION_EXPIRED) or `deadline` passes. Returns that reply and
@@ -761,7 +803,9 @@ class Client:
         Raises Unavailable, or Timeout for a write that may have been applied.
         `once`: the request may reach the log only once, so it is sent again only after
         a refusal that proves it did not (NOT_LEADER, not connected); one that may have
-        is waited for until the deadline, and UNAVAILABLE raises Timeout at once."""
+        is waited for until the deadline, and UNAVAILABLE raises Timeout at once.
+        `wait`: how long a node may hold the request before answering (a WATCH), added
+        to each attempt's timeout."""
         if self._closed:
             raise RaftKVError("the client is closed")
         io = self._io
@@ -775,8 +819,8 @@ class Client:
         # the leader from their answers.
         stale = req.op == ReqOp.GET_STALE
         target = next(self._spread) % n if stale else self._leader
-        attempt_timeout = self.attempt_timeout
-        max_attempt_timeout = max(MAX_ATTEMPT_TIMEOUT, attempt_timeout)
+        attempt_timeout = self.attempt_timeout + wait
+        max_attempt_timeout = max(MAX_ATTEMPT_TIMEOUT + wait, attempt_timeout)
         pause = 0.0
         misses = 0
         try:
@@ -895,3 +939,84 @@ def _wait(q: queue.SimpleQueue[_Message], rid: int, until: float) -> _Message | 
         reply = msg[2]
         if msg[0] == rid or msg is _CLOSED or (reply is not None and reply.code in _TERMINAL):
             return msg
+
+
+class Watch:
+    """An iterator of the events a `Client.watch` asked for; `close` (or leaving its
+    `with` block) ends it. Not thread-safe: one consumer."""
+
+    def __init__(self, client: Client, key: bytes, prefix: bool, start: int,
+                 wait: float) -> None:
+        self._client = client
+        self.key, self.prefix, self.wait = key, prefix, wait
+        # The revision the next request asks from (0: the node's next write).
+        self.next_revision = start
+        self._buffer: deque[Event] = deque()
+        self._closed = False
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> Event:
+        while not self._buffer:
+            if self._closed or self._client._closed:
+                raise StopIteration
+            self.poll()
+        return self._buffer.popleft()
+
+    def poll(self) -> list[Event]:
+        """One request: the events there are now, waiting up to `wait` for one; they
+        are also queued for iteration. Gives [] when no node answered in time (the
+        next poll asks from the same revision)."""
+        req = ClientRequest(0, ReqOp.WATCH, key=self.key, prefix=self.prefix,
+                            revision=self.next_revision, wait_ms=round(self.wait * 1000))
+        try:
+            reply = self._client._watch_poll(req, self.wait)
+        except Unavailable:
+            return []
+        if reply.code == ReplyCode.COMPACTED:
+            raise Compacted(f"revision {self.next_revision} is no longer kept; the oldest "
+                            f"is {reply.value}", reply.value if type(reply.value) is int else 0)
+        if reply.code != _OK:
+            raise self._client._refused(req, reply)
+        try:
+            next_revision, events = _parse_watch(reply.value, self._client.decode)
+        except ValueError as e:
+            raise RaftKVError(f"WATCH answered {e}") from None
+        # Never repeat one: a node answers from the revision asked, but is not trusted to.
+        fresh = [e for e in events if e.revision >= self.next_revision]
+        self.next_revision = max(self.next_revision, next_revision)
+        self._buffer.extend(fresh)
+        return fresh
+
+    def close(self) -> None:
+        """End the iteration (after the events already received)."""
+        self._closed = True
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _parse_watch(raw: object, decode: bool) -> tuple[int, list[Event]]:
+    """A WATCH reply's value: the next revision and the events; ValueError if not."""
+    if (type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int
+            or type(raw[1]) is not list):
+        raise ValueError(f"not [next_revision, events]: {raw!r:.80}")
+    events = []
+    last = 0
+    for e in raw[1]:
+        if (type(e) is not list or len(e) != 4 or type(e[0]) is not int or e[0] < last
+                or e[1] not in (PUT, DELETE) or type(e[2]) is not bytes
+                or (type(e[3]) is not bytes if e[1] == PUT else e[3] is not None)):
+            raise ValueError(f"not an event in order: {e!r:.80}")
+        last = e[0]
+        key, value = e[2], e[3]
+        if decode:
+            key, value = key.decode(), None if value is None else value.decode()
+        events.append(Event(e[0], e[1], key, value))
+    if events and raw[0] <= last:
+        raise ValueError(f"next revision {raw[0]} is not past the events'")
+    return raw[0], events

@@ -17,6 +17,7 @@ from raftkv.node_defaults import (
     SNAPSHOT_ENTRIES,
     SNAPSHOT_JITTER,
     STATES,
+    WATCH_BYTES,
 )
 from raftkv.quota import DEFAULT_QUOTA
 from raftkv.raft import Config
@@ -58,6 +59,9 @@ class NodeConfig:
     snapshot_bytes: int = SNAPSHOT_BYTES
     snapshot_jitter: float = SNAPSHOT_JITTER
     snapshot_chunk: int = MAX_SNAPSHOT_CHUNK  # bytes of a snapshot per transfer chunk
+    # The watch history's bound: the newest events' keys and values, and an overhead
+    # each (raftkv/watch.py); 0: no history, WATCH refused.
+    watch_bytes: int = WATCH_BYTES
     segment_bytes: int = SEGMENT_BYTES  # the write-ahead log rotates to a new file at this size
     metrics_port: int = 0  # Prometheus /metrics on the listen host; 0: off
     # The cluster's key dir (raftkv.security): only its keys get in. None: no security,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from raftkv.kv import KVStats, Reply
+from raftkv.kv import KeyValue, KVStats, Reply
 from raftkv.raft.types import Message
 from raftkv.wire import SnapshotChunk
 
@@ -88,7 +88,8 @@ class SnapshotWriter(Protocol):
 
 class Clock(Protocol):
     """Time as the replica reads it: never for a protocol decision (the core counts
-    ticks), only for what it reports (uptime, how long a snapshot or an fsync took)."""
+    ticks), only for what it reports (uptime, how long a snapshot or an fsync took) and
+    for how long a WATCH is held waiting for an event."""
 
     def monotonic(self) -> float:
         """Seconds that never go back."""
@@ -102,6 +103,9 @@ class StateMachine(Protocol):
     applied, in log order (thesis §3.1)."""
 
     stats: KVStats  # local counters, not replicated
+    # Each applied put and delete as (revision, kind, key, value), for the node's watch
+    # history to take (raftkv/watch.py); None: not recorded.
+    events: list[tuple[int, int, bytes, bytes | None]] | None
 
     @property
     def applied_index(self) -> int: ...
@@ -127,7 +131,10 @@ class StateMachine(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]: ...
+    def get_kv(self, key: bytes) -> KeyValue | None: ...
+
+    def scan(self, prefix: bytes, limit: int, start: bytes = b"") -> list[tuple[bytes, bytes]]:
+        ...
 
     def snapshot(self) -> bytes: ...
 

@@ -419,6 +419,7 @@ class KVStore:
         "_members",
         "_applied_index",
         "_size",
+        "events",
     )
 
     def __init__(
@@ -449,6 +450,9 @@ class KVStore:
         self._members: dict[int, str] = {}
         self._applied_index = 0
         self._size = 0  # sum over keys of len(key) + len(value) + KEY_OVERHEAD
+        # Where each applied put and delete is recorded, as (revision, kind, key, value)
+        # (raftkv.watch), for the node to take after each batch; None: not recorded.
+        self.events: list[tuple[int, int, bytes, bytes | None]] | None = None
 
     # ---- reads (served outside the log) ------------------------------------------------
 
@@ -658,20 +662,27 @@ class KVStore:
         """Do a validated PUT, DELETE or CAS at revision `index` on the data, keeping
         `size`; its reply. The data is reached through `_rec`, `_set` and `_take` only,
         which a store kept elsewhere replaces (raftkv.lmdb_state)."""
+        events = self.events
         if op == _PUT:
             self._size += self._put(index, key, value)
+            if events is not None:
+                events.append((index, _PUT, key, value))
             return _new_reply(Reply, (_CODE_OK, index))
         if op == _DELETE:
             old = self._take(key)
             if old is None:
                 return _OK_FALSE
             self._size -= len(key) + len(old) - REV_SIZE + KEY_OVERHEAD
+            if events is not None:
+                events.append((index, _DELETE, key, None))
             return _OK_TRUE
         old = self._rec(key)
         if (None if old is None else old[REV_SIZE:]) != expected:
             return _OK_FALSE  # None == None: "expected absent" and it is
         self._set(key, next_record(old, index, value))
         self._size += record_growth(key, old, value)
+        if events is not None:
+            events.append((index, _PUT, key, value))
         return _OK_TRUE
 
     def _txn(self, index: int, compares: list, success: list, failure: list) -> Reply:

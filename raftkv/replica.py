@@ -80,6 +80,7 @@ from raftkv.snapshots import (
 )
 from raftkv.storage import Identity, Storage
 from raftkv.storage.fs import OS_FS
+from raftkv.watch import Compacted, WatchHistory
 from raftkv.wire import MAX_SCAN, ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 
 log = logging.getLogger("raftkv.node")
@@ -93,12 +94,22 @@ _INLINE_SYNC_MAX = 4
 # with several per request they cost the leader's request loop 16 us per 64 gets, 2 us
 # bound like this.
 _GET, _GET_STALE, _SCAN, _GET_KV = ReqOp.GET, ReqOp.GET_STALE, ReqOp.SCAN, ReqOp.GET_KV
+_WATCH = ReqOp.WATCH
 _TRANSFER, _CONF_CHANGE_OP, _CONTROL, _STATUS = (ReqOp.TRANSFER, ReqOp.CONF_CHANGE,
                                                  ReqOp.CONTROL, ReqOp.STATUS)
 _NORMAL, _CONF_CHANGE_ENTRY = EntryType.NORMAL, EntryType.CONF_CHANGE
 _OK, _UNAVAILABLE = ReplyCode.OK, ReplyCode.UNAVAILABLE
 _GROWING = frozenset({ReqOp.PUT, ReqOp.CAS, ReqOp.TXN})  # the writes a quota may refuse
 _SNAPSHOT_CHUNKS_PER_TURN = 4  # a turn streams this many chunks of snapshot to followers
+MAX_WATCHERS = 10_000  # WATCH requests a node holds waiting for events
+
+
+@dataclass(slots=True)
+class _Watcher:
+    """A WATCH request waiting for an event, until `deadline` (the clock's)."""
+
+    req: ClientRequest
+    deadline: float
 
 
 @dataclass(slots=True)
@@ -173,6 +184,11 @@ class Replica:
         if resumed:
             log.info("state kept across the restart: applied up to index %d, the log "
                      "replays from there", self.kv.applied_index)
+        # The events of the writes replayed and applied from here on (raftkv/watch.py).
+        self.watch_history = WatchHistory(cfg.watch_bytes,
+                                          self.kv.applied_index if resumed else floor)
+        self.kv.events = [] if cfg.watch_bytes else None
+        self.watchers: list[_Watcher] = []
         log_tail = storage.entries_after_snapshot()  # a copy: read it once
         self.core = Raft(
             cfg.raft_config(),
@@ -229,6 +245,7 @@ class Replica:
                          "last_snapshot_ms": 0, "last_snapshot_start_ms": 0,
                          "last_snapshot_adopt_ms": 0,
                          "longest_turn_ms": 0, "quota_refused": 0,
+                         "watchers": 0, "watch_events": 0, "watch_compacted": 0,
                          **dict.fromkeys(EVENT_COUNTERS, 0)}
         self.events = EventLog(clock.time)
         self.fsync_seconds = Buckets(FSYNC_BOUNDS_S)
@@ -253,6 +270,8 @@ class Replica:
 
     def tick(self) -> None:
         self.core.tick()
+        if self.watchers:
+            self.expire_watchers()
 
     def process(self) -> None:
         """The end of a turn: while a Ready syncs, send what may leave before it is
@@ -475,6 +494,9 @@ class Replica:
         finally:
             discard_data(data)
         self.kv = accepted.state.succeed(self.kv)
+        self.kv.events = [] if self.cfg.watch_bytes else None
+        self.watch_history.reset(meta.index)  # the events before it are not ours to give
+        self.wake_watchers()
         for node_id, address in self.kv.members.items():
             self.learn_address(node_id, address)
         self.bytes_since_snapshot = 0
@@ -577,6 +599,12 @@ class Replica:
                 reply(waiter.identity, waiter.request_id, _UNAVAILABLE,
                       "leadership changed; retry with the same sequence number")
         self.kv.flush()
+        events = self.kv.events
+        if events:
+            self.watch_history.extend(events)
+            events.clear()
+            if self.watchers:
+                self.wake_watchers()
 
     # -- membership (thesis §4.1) ------------------------------------------------------
 
@@ -701,6 +729,8 @@ class Replica:
                 # Any role answers from what it has applied: fast, possibly stale.
                 self.counters["reads"] += 1
                 self.transport.reply(req.identity, req.request_id, _OK, self.kv.get(req.key))
+            elif op == _WATCH:
+                self.watch(req)
             elif op == _TRANSFER:
                 self.transfer(req)
             elif op == _CONF_CHANGE_OP:
@@ -801,6 +831,61 @@ class Replica:
                     limit = min(req.limit or MAX_SCAN, MAX_SCAN)
                     value = [list(kv) for kv in self.kv.scan(req.key, limit, req.start)]
                 reply(req.identity, req.request_id, _OK, value)
+
+    # -- watches (raftkv/watch.py) -------------------------------------------------------
+
+    def watch(self, req: ClientRequest) -> None:
+        """Answer a WATCH with the events it asks for now, or hold it until some come
+        or its wait is over. Any role answers: the events are those of the log it
+        applied, the same at the same revision on every node."""
+        if not self.cfg.watch_bytes:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.BAD_REQUEST,
+                                 f"node {self.cfg.id} keeps no watch history "
+                                 "(--watch-history-bytes 0)")
+            return
+        if not req.revision:
+            req.revision = self.kv.applied_index + 1  # from the next write on
+        if self.answer_watch(req) or not req.wait_ms:
+            return
+        if len(self.watchers) >= MAX_WATCHERS:
+            self.transport.reply(req.identity, req.request_id, ReplyCode.UNAVAILABLE,
+                                 f"node {self.cfg.id} holds {MAX_WATCHERS} watches already")
+            return
+        self.watchers.append(_Watcher(req, self.clock.monotonic() + req.wait_ms / 1000))
+        self.counters["watchers"] = len(self.watchers)
+
+    def answer_watch(self, req: ClientRequest, *, even_if_none: bool = False) -> bool:
+        """Reply to a WATCH if it has events (or `even_if_none`), or COMPACTED if the
+        history no longer reaches its revision; whether it was answered."""
+        try:
+            events, next_revision = self.watch_history.since(
+                req.revision, req.key, req.prefix, self.kv.applied_index)
+        except Compacted as e:
+            self.counters["watch_compacted"] += 1
+            self.transport.reply(req.identity, req.request_id, ReplyCode.COMPACTED, e.oldest)
+            return True
+        if not events and not even_if_none:
+            return False
+        self.counters["watch_events"] += len(events)
+        self.transport.reply(req.identity, req.request_id, _OK,
+                             [next_revision, [list(e) for e in events]])
+        return True
+
+    def wake_watchers(self) -> None:
+        """New events (or a history started anew): answer the watches they concern."""
+        self.watchers = [w for w in self.watchers if not self.answer_watch(w.req)]
+        self.counters["watchers"] = len(self.watchers)
+
+    def expire_watchers(self) -> None:
+        """Answer the watches whose wait is over, with no events."""
+        now, waiting = self.clock.monotonic(), []
+        for w in self.watchers:
+            if w.deadline <= now:
+                self.answer_watch(w.req, even_if_none=True)
+            else:
+                waiting.append(w)
+        self.watchers = waiting
+        self.counters["watchers"] = len(waiting)
 
     def fail_reads(self, requests: list[ClientRequest], why: str) -> None:
         for req in requests:

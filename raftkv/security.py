@@ -44,7 +44,8 @@ NODE_PREFIX = "node-"
 ROLE_ADMIN, ROLE_CLIENT = "admin", "client"
 # What a client key may ask; the admin key may ask anything, a node key only peer frames.
 CLIENT_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS, ReqOp.TXN, ReqOp.OPEN_SESSION,
-                        ReqOp.GET, ReqOp.GET_KV, ReqOp.SCAN, ReqOp.GET_STALE, ReqOp.STATUS})
+                        ReqOp.GET, ReqOp.GET_KV, ReqOp.WATCH, ReqOp.SCAN, ReqOp.GET_STALE,
+                        ReqOp.STATUS})
 
 
 def refusal(role: str, op: ReqOp) -> str | None:

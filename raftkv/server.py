@@ -108,6 +108,11 @@ HEX64 = Hex64()
               f"size (keys, values and {KEY_OVERHEAD} bytes a key: about its memory); the "
               "CLI exits 5. Deletes still go through. Give every node the same quota. At "
               "most 8 GiB.")
+@click.option("--watch-history-bytes", type=click.IntRange(min=0),
+              default=defaults.WATCH_BYTES, show_default=True,
+              help="Keep the newest puts and deletes, up to this many bytes of keys and "
+              "values, for watches; a watch from an older revision is answered COMPACTED "
+              "with the oldest one kept. 0: keep none and refuse watches.")
 @click.option("--state", type=click.Choice(defaults.STATES), default="memory",
               show_default=True,
               help="Where the replicated state lives. memory: a dict; snapshots are "
@@ -134,8 +139,8 @@ HEX64 = Hex64()
 def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, join: bool,
          new: bool, cluster_id: int, data_dir: Path, heartbeat_ms: int, election_ms: int,
          no_fsync: bool, snapshot_entries: int, snapshot_bytes: int, snapshot_jitter: float,
-         quota_bytes: int, state: str, wal_segment_bytes: int, keys_dir: Path | None,
-         insecure: bool, log_level: str, metrics_port: int) -> None:
+         quota_bytes: int, watch_history_bytes: int, state: str, wal_segment_bytes: int,
+         keys_dir: Path | None, insecure: bool, log_level: str, metrics_port: int) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
 
     \b
@@ -180,7 +185,8 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
                      election_ms=election_ms, fsync=not no_fsync,
                      snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
                      snapshot_jitter=snapshot_jitter, quota_bytes=quota_bytes,
-                     segment_bytes=wal_segment_bytes, metrics_port=metrics_port,
+                     watch_bytes=watch_history_bytes, segment_bytes=wal_segment_bytes,
+                     metrics_port=metrics_port,
                      cluster_id=cluster_id, create_dir=new or join, keys_dir=keys_dir,
                      state=state)
     try:

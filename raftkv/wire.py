@@ -41,6 +41,7 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.TXN,          client_id, seq, compares, success,
                                                         failure]
     [VERSION, Kind.REQ, request_id, ReqOp.GET_KV,       key]
+    [VERSION, Kind.REQ, request_id, ReqOp.WATCH,        key, prefix, start_revision, wait_ms]
     [VERSION, Kind.REQ, request_id, ReqOp.OPEN_SESSION]
     [VERSION, Kind.REQ, request_id, ReqOp.STATUS]
     [VERSION, Kind.REQ, request_id, ReqOp.FAULT,        [peer_id, ...]]
@@ -55,7 +56,10 @@ are both 0 has no session (applied at most once: kv.py). The data ops share kv.O
 SCAN's `start` (bin) is a cursor: keys below it are skipped (a client pages on with the
 key after the last it got). TXN's lists are kv.py's transaction forms; the whole command
 must fit one log entry (`max_entry_size`). GET_KV reads as GET does (ReadIndex) and
-answers the revisions too.
+answers the revisions too. WATCH (any node answers, from its applied log: raftkv/watch.py)
+asks for the puts and deletes of `key` (or of the keys it starts with, `prefix` a bool)
+from `start_revision` on (0: from the node's next write); with none yet, the node waits
+up to `wait_ms` (at most MAX_WATCH_WAIT_MS) for one before it answers.
 FAULT replaces the set of peers whose traffic the node drops, both ways (the harness's
 partitions); an empty list heals. TRANSFER asks the leader to hand leadership to
 `target_id` (thesis §3.10); OK means the transfer started. CONF_CHANGE asks the leader
@@ -79,6 +83,8 @@ Replies (a node to the requester)::
                         GET_KV -> [value, create_revision, mod_revision, version] or nil;
                         PUT -> its revision; DELETE -> existed (bool); CAS -> swapped (bool);
                         TXN -> [succeeded (bool), [result per op]] (kv.py);
+                        WATCH -> [next_revision, [[revision, kind, key, value], ...]]
+                        (kind 1 put, 2 delete with value nil; ask from next_revision on);
                         OPEN_SESSION -> client_id; STATUS -> map; FAULT -> [peer_id, ...]
     BAD_REQUEST      1  the request is invalid (unknown op, wrong types, over a limit);
                         nothing was done. value: message naming the problem
@@ -88,6 +94,8 @@ Replies (a node to the requester)::
     UNAVAILABLE     17  cannot serve now (no leader, transfer under way, leadership lost
                         while the request was pending); retry, with the same seq for writes
     QUOTA_EXCEEDED  18  a PUT or CAS that would take the state past its quota
+    COMPACTED       20  WATCH from a revision the node no longer keeps; value: the
+                        oldest revision it can answer from
                         (--quota-bytes); nothing was done. Deletes still go through
     FORBIDDEN       19  the connection's key may not ask this (raftkv.security: a client
                         key asked for an admin op); nothing was done
@@ -161,6 +169,7 @@ class Kind(IntEnum):
 
 MAX_BATCH = 4096  # requests in one REQS frame
 MAX_SCAN = 10_000  # pairs in one SCAN reply: a node answers no more
+MAX_WATCH_WAIT_MS = 60_000
 
 
 MAX_SNAPSHOT_CHUNK = 1 << 20  # bytes of snapshot data in one frame
@@ -197,6 +206,7 @@ class ReqOp(IntEnum):
     GET_STALE = 7  # any node answers from its applied state: no ReadIndex, may be stale
     TXN = 8
     GET_KV = 9  # GET, answering the key's revisions with its value
+    WATCH = 10  # the puts and deletes of a key or prefix from a revision on (long poll)
     STATUS = 32  # control: the node's status map
     FAULT = 33  # control: set the peers whose traffic is dropped both ways
     TRANSFER = 34  # control: leader, hand leadership to a node
@@ -206,6 +216,7 @@ class ReqOp(IntEnum):
 
 
 WRITE_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS})  # one key's writes
+_KEY_READS = frozenset({ReqOp.GET_STALE, ReqOp.GET_KV, ReqOp.WATCH})  # checked as a GET
 
 
 class ReplyCode(IntEnum):
@@ -219,6 +230,7 @@ class ReplyCode(IntEnum):
     UNAVAILABLE = 17
     QUOTA_EXCEEDED = 18
     FORBIDDEN = 19
+    COMPACTED = 20
 
 
 class FrameError(Exception):
@@ -264,6 +276,9 @@ class ClientRequest:
     name: str = ""  # CONTROL: the command
     args: tuple = ()  # CONTROL: its arguments (ints and strs)
     txn: tuple[list, list, list] | None = None  # TXN: compares, success ops, failure ops
+    prefix: bool = False  # WATCH: `key` is a prefix
+    revision: int = 0  # WATCH: the first revision wanted (0: the node's next)
+    wait_ms: int = 0  # WATCH: how long to wait for an event
     # Where the reply goes, filled in by the transport: the sender's routing id, or
     # (proxy id, client id) for a request relayed by the controller.
     identity: bytes | tuple[bytes, bytes] = b""
@@ -426,6 +441,8 @@ def encode_request(req: ClientRequest) -> bytes:
         body = (req.client_id, req.seq, req.key, req.expected, req.value)
     elif op == ReqOp.TXN:
         body = (req.client_id, req.seq, *(req.txn or ([], [], [])))
+    elif op == ReqOp.WATCH:
+        body = (req.key, req.prefix, req.revision, req.wait_ms)
     elif op == ReqOp.OPEN_SESSION or op == ReqOp.STATUS:
         body = ()
     elif op == ReqOp.FAULT:
@@ -528,6 +545,7 @@ _ARGC = {
     ReqOp.CAS: 5,
     ReqOp.TXN: 5,
     ReqOp.GET_KV: 1,
+    ReqOp.WATCH: 4,
     ReqOp.OPEN_SESSION: 0,
     ReqOp.STATUS: 0,
     ReqOp.FAULT: 1,
@@ -688,6 +706,14 @@ def _decode_request(
         req.key = args[0]
     elif op == ReqOp.TXN:
         return _decode_txn(req, args, max_key, max_value)
+    elif op == ReqOp.WATCH:
+        key, prefix, revision, wait_ms = args
+        if (type(prefix) is not bool or type(revision) is not int
+                or not 0 <= revision <= MAX_UINT64 or type(wait_ms) is not int
+                or not 0 <= wait_ms <= MAX_WATCH_WAIT_MS):
+            raise InvalidRequest(rid, "WATCH takes a key, prefix (bool), a start revision "
+                                 f"(int >= 0) and a wait of 0-{MAX_WATCH_WAIT_MS} ms")
+        req.key, req.prefix, req.revision, req.wait_ms = key, prefix, revision, wait_ms
     elif op == ReqOp.SCAN:
         req.key, req.limit = args[:2]
         if len(args) == 3:
@@ -749,7 +775,7 @@ def _decode_request(
         return req
     try:
         kv.validate_request(
-            kv.Op.GET if op == ReqOp.GET_STALE or op == ReqOp.GET_KV else kv.Op(int(op)),
+            kv.Op.GET if op in _KEY_READS else kv.Op(int(op)),
             req.key,
             req.start if op == ReqOp.SCAN else req.value,
             req.expected,

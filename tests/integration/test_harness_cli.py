@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -162,6 +163,36 @@ def test_revisions_and_a_transaction_hold_across_a_leader_kill(cli, state):
         cli("put", key, key.upper())
     assert cli("scan", "p", "--all", "--limit", "2").stdout == "p1\tP1\np2\tP2\np3\tP3\n"
     assert cli("scan", "p", "--start", "p2").stdout == "p2\tP2\np3\tP3\n"
+
+
+def test_a_watch_sees_every_write_once_and_in_order_across_a_leader_kill(cli):
+    up(cli)
+    address = ClusterState.load(cli.dir).controller.address
+    seen: list[tuple[int, str, bytes | None]] = []
+
+    def watcher(start: int) -> None:
+        with Client(address, timeout=10, credentials=cli.dir) as kv:
+            for event in kv.watch("w/", prefix=True, start_revision=start, wait=0.5):
+                seen.append((event.revision, event.type, event.value))
+                if event.value == b"end":
+                    return
+
+    with Client(address, timeout=10, credentials=cli.dir) as kv:
+        revisions = [kv.put("w/0", "0")]
+        consumer = threading.Thread(target=watcher, args=(revisions[0],), daemon=True)
+        consumer.start()
+        for i in range(1, 30):
+            revisions.append(kv.put(f"w/{i % 7}", str(i)))
+            if i == 15:
+                cli("kill-leader", "--timeout", "5")
+        kv.delete("w/1")
+        revisions.append(kv.put("w/end", "end"))
+    consumer.join(timeout=60)
+    assert not consumer.is_alive(), f"the watch stopped short at {seen[-1:]}"
+    puts = [(r, v) for r, kind, v in seen if kind == "put"]
+    assert [r for r, _ in puts] == revisions  # each once, in order: none missed
+    assert [v for _, v in puts] == [b"0", *(str(i).encode() for i in range(1, 30)), b"end"]
+    assert [kind for _, kind, _ in seen].count("delete") == 1
 
 
 def test_paused_follower_does_not_stop_writes(cli):

@@ -198,6 +198,8 @@ REQUESTS = [
     ClientRequest(15, ReqOp.TXN, txn=([], [], [])),
     ClientRequest(16, ReqOp.GET_KV, key=b"k"),
     ClientRequest(17, ReqOp.SCAN, key=b"pre", limit=10, start=b"pre-7\x00"),
+    ClientRequest(18, ReqOp.WATCH, key=b"cfg/", prefix=True, revision=7, wait_ms=1000),
+    ClientRequest(19, ReqOp.WATCH, key=b"k"),
 ]
 
 
@@ -269,6 +271,8 @@ REPLIES = [
     (ReplyCode.UNAVAILABLE, "no leader"),
     (ReplyCode.QUOTA_EXCEEDED, "the state holds 2,147,483,000 bytes"),
     (ReplyCode.FORBIDDEN, "FAULT needs the admin key; this connection has a client key"),
+    (ReplyCode.COMPACTED, 42),
+    (ReplyCode.OK, [9, [[7, 1, b"k", b"v"], [8, 2, b"k", None]]]),  # WATCH's events
 ]
 
 
@@ -375,6 +379,10 @@ def invalid(obj: list) -> InvalidRequest:
         ([ReqOp.SCAN, b"p", 5, None], "scan start must be bytes"),
         ([ReqOp.SCAN, b"p", 5, b"s" * 9], "scan start must be bytes of at most 8"),
         ([ReqOp.SCAN, b"p", 5, b"s", b"t"], "takes 2 or 3 arguments, not 4"),
+        ([ReqOp.WATCH, b"k", 1, 0, 0], "prefix (bool)"),
+        ([ReqOp.WATCH, b"k", False, -1, 0], "start revision"),
+        ([ReqOp.WATCH, b"k", False, 0, 60_001], "wait of 0-60000 ms"),
+        ([ReqOp.WATCH, b"k" * 9, False, 0, 0], "key of 9 bytes"),
         ([ReqOp.FAULT, [0]], "node ids >= 1"),
         ([ReqOp.FAULT, 2], "node ids >= 1"),
         ([ReqOp.FAULT, list(range(1, 2000))], "at most 1024"),

@@ -1,0 +1,118 @@
+"""The watch history a node keeps: the recent writes, as events, for WATCH requests.
+
+Every applied put and delete is an event (revision, kind, key, value), the state
+machine's own record of it (`KVStore.events`), so every replica has the same events at
+the same revisions. A node keeps the newest of them, at most `max_bytes` of keys and
+values (and EVENT_OVERHEAD an event), in memory; a client that watches from a revision
+older than what is kept gets COMPACTED, with the oldest revision still there, and
+re-reads the state before watching on (etcd's rule after a compaction).
+
+What is kept starts where the node's state started: a restart keeps the events replayed
+from the log after its snapshot (or its resumed state), a snapshot installed from the
+leader starts them anew at its index. `floor` is the last revision the history cannot
+answer for: a watch from `floor + 1` on never misses an event.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any, NamedTuple
+
+from raftkv.node_defaults import WATCH_BYTES
+
+PUT, DELETE = 1, 2  # an event's kind; kv.Op's numbers
+EVENT_OVERHEAD = 64  # bytes an event takes beyond its key and value, about
+MAX_WATCH_EVENTS = 1000  # events in one WATCH reply, about (a revision is never split)
+
+
+class Event(NamedTuple):
+    """One applied write: a put (value) or a delete (value None)."""
+
+    revision: int
+    kind: int  # PUT or DELETE
+    key: bytes | str  # str from a client made with decode=True
+    value: bytes | str | None
+
+    @property
+    def type(self) -> str:
+        """"put" or "delete"."""
+        return "put" if self.kind == PUT else "delete"
+
+
+class Compacted(Exception):
+    """The history no longer holds the revisions asked for; `oldest` is the first
+    revision it can answer from."""
+
+    def __init__(self, oldest: int) -> None:
+        super().__init__(f"revisions before {oldest} are no longer kept")
+        self.oldest = oldest
+
+
+class WatchHistory:
+    """The newest events, in revision order, within `max_bytes`."""
+
+    __slots__ = ("max_bytes", "floor", "_events", "_revisions", "_head", "_bytes")
+
+    def __init__(self, max_bytes: int = WATCH_BYTES, floor: int = 0) -> None:
+        self.max_bytes = max_bytes
+        self.reset(floor)
+
+    def reset(self, floor: int) -> None:
+        """Forget every event: the history answers from `floor + 1` on."""
+        self.floor = floor
+        self._events: list[Event] = []
+        self._revisions: list[int] = []
+        self._head = 0  # events before it are dropped
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._events) - self._head
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def extend(self, events: list[Any]) -> None:
+        """Add events (tuples of Event's fields, in revision order, after every event
+        held), then drop the oldest whole revisions past `max_bytes`."""
+        for e in events:
+            self._events.append(Event(*e))
+            self._revisions.append(e[0])
+            self._bytes += _size(e)
+        events_, head = self._events, self._head
+        while self._bytes > self.max_bytes and head < len(events_):
+            revision = events_[head].revision
+            while head < len(events_) and events_[head].revision == revision:
+                self._bytes -= _size(events_[head])
+                head += 1
+            self.floor = revision
+        if head > 4096 and head * 2 > len(events_):
+            del events_[:head], self._revisions[:head]
+            head = 0
+        self._head = head
+
+    def since(self, start: int, key: bytes, prefix: bool, applied: int,
+              limit: int = MAX_WATCH_EVENTS) -> tuple[list[Event], int]:
+        """The events from revision `start` on whose key is `key` (or starts with it,
+        if `prefix`), at most about `limit` (never splitting a revision), and the
+        revision to ask from next. `applied` is the state's applied index: with no
+        event left to give, the next revision is past it. Raises Compacted if `start`
+        is at or below `floor`."""
+        if start <= self.floor:
+            raise Compacted(self.floor + 1)
+        events, revisions = self._events, self._revisions
+        i = bisect.bisect_left(revisions, start, self._head)
+        out: list[Event] = []
+        n = len(events)
+        while i < n:
+            e = events[i]
+            if len(out) >= limit and e.revision != out[-1].revision:
+                return out, e.revision
+            if e.key == key or prefix and e.key.startswith(key):
+                out.append(e)
+            i += 1
+        return out, max(start, applied + 1)
+
+
+def _size(e: Any) -> int:
+    return len(e[2]) + (len(e[3]) if e[3] is not None else 0) + EVENT_OVERHEAD
