@@ -695,7 +695,8 @@ class Replica:
             w = self.pending_writes.get(e.index)
             if w is not None and w.op == ReqOp.PUT and w.term == e.term:
                 del self.pending_writes[e.index]
-                self.transport.reply(w.identity, w.request_id, ReplyCode.OK, None)
+                # what the put would answer once applied: its revision
+                self.transport.reply(w.identity, w.request_id, ReplyCode.OK, e.index)
 
     def on_role_change(self, rd: Ready) -> None:
         ss = rd.soft_state
