@@ -113,7 +113,7 @@ def test_a_held_watch_is_answered_by_the_next_write_of_its_key_or_by_its_wait() 
 
 
 def test_a_watch_past_the_history_is_compacted_and_none_is_kept_with_the_bound_0() -> None:
-    r = leader(watch_bytes=2 * (3 + 2 + 64))
+    r = leader(watch_bytes=2 * (2 + 2 + EVENT_OVERHEAD))  # two events of k<i> = vv
     revisions = [put(r, i, b"k%d" % i, b"vv") for i in range(1, 5)]
     watch(r, 9, b"k", revision=revisions[0], prefix=True)
     assert r.transport.replies[-1] == (9, ReplyCode.COMPACTED, revisions[2])
