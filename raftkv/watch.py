@@ -17,7 +17,8 @@ answer for: a watch from `floor + 1` on never misses an event.
 from __future__ import annotations
 
 import bisect
-from typing import Any, NamedTuple
+from operator import itemgetter
+from typing import NamedTuple
 
 from raftkv.node_defaults import WATCH_BYTES
 
@@ -55,7 +56,7 @@ class Compacted(Exception):
 class WatchHistory:
     """The newest events, in revision order, within `max_bytes`."""
 
-    __slots__ = ("max_bytes", "floor", "_events", "_revisions", "_head", "_bytes")
+    __slots__ = ("max_bytes", "floor", "_events", "_ends", "_head")
 
     def __init__(self, max_bytes: int = WATCH_BYTES, floor: int = 0) -> None:
         self.max_bytes = max_bytes
@@ -65,38 +66,43 @@ class WatchHistory:
         """Forget every event: the history answers from `floor + 1` on."""
         self.floor = floor
         self._events: list[tuple[int, int, bytes, bytes | None]] = []
-        self._revisions: list[int] = []
-        self._head = 0  # events before it are dropped
-        self._bytes = 0
+        # _ends[i]: the bytes of events[0..i], counted as `max_bytes` counts them; the
+        # events before `_head` are dropped.
+        self._ends: list[int] = []
+        self._head = 0
 
     def __len__(self) -> int:
         return len(self._events) - self._head
 
     @property
     def bytes(self) -> int:
-        return self._bytes
+        ends, head = self._ends, self._head
+        return ends[-1] - ends[head - 1] if ends and head else (ends[-1] if ends else 0)
 
     def extend(self, events: list[tuple[int, int, bytes, bytes | None]]) -> None:
         """Add events (tuples of Event's fields, in revision order, after every event
         held), then drop the oldest whole revisions past `max_bytes`. Held as the
         tuples they came as: an Event is made only for a reply (the hot path is here)."""
-        held, revisions = self._events, self._revisions
+        held, ends = self._events, self._ends
         held.extend(events)
-        added = EVENT_OVERHEAD * len(events)
+        total = ends[-1] if ends else 0
+        append = ends.append
         for e in events:
-            revisions.append(e[0])
-            added += len(e[2]) if e[3] is None else len(e[2]) + len(e[3])
-        self._bytes += added
+            total += (len(e[2]) + EVENT_OVERHEAD if e[3] is None
+                      else len(e[2]) + len(e[3]) + EVENT_OVERHEAD)
+            append(total)
         head = self._head
-        while self._bytes > self.max_bytes and head < len(held):
-            revision = held[head][0]
+        dropped = ends[head - 1] if head else 0
+        if total - dropped > self.max_bytes:
+            # The first event to keep: past the last whose end leaves the rest in bounds.
+            head = bisect.bisect_left(ends, total - self.max_bytes, head)
+            head = min(head + 1, len(held))
+            revision = held[head - 1][0]
             while head < len(held) and held[head][0] == revision:
-                self._bytes -= _size(held[head])
-                head += 1
+                head += 1  # a revision goes whole
             self.floor = revision
-        events_ = held
-        if head > 4096 and head * 2 > len(events_):
-            del events_[:head], self._revisions[:head]
+        if head > 4096 and head * 2 > len(held):
+            del held[:head], ends[:head]
             head = 0
         self._head = head
 
@@ -109,8 +115,8 @@ class WatchHistory:
         is at or below `floor`."""
         if start <= self.floor:
             raise Compacted(self.floor + 1)
-        events, revisions = self._events, self._revisions
-        i = bisect.bisect_left(revisions, start, self._head)
+        events = self._events
+        i = bisect.bisect_left(events, start, self._head, key=_revision)
         out: list[Event] = []
         n = len(events)
         while i < n:
@@ -123,5 +129,4 @@ class WatchHistory:
         return out, max(start, applied + 1)
 
 
-def _size(e: Any) -> int:
-    return len(e[2]) + (len(e[3]) if e[3] is not None else 0) + EVENT_OVERHEAD
+_revision = itemgetter(0)
