@@ -103,9 +103,10 @@ class StateMachine(Protocol):
     applied, in log order (thesis §3.1)."""
 
     stats: KVStats  # local counters, not replicated
-    # Each applied put and delete as (revision, kind, key, value), for the node's watch
-    # history to take (raftkv/watch.py); None: not recorded.
-    events: list[tuple[int, int, bytes, bytes | None]] | None
+    # Each applied put and delete as four items, revision, kind, key, value (b"" for a
+    # delete), for the
+    # node's watch history to take (raftkv/watch.py); None: not recorded.
+    events: list[Any] | None
 
     @property
     def applied_index(self) -> int: ...

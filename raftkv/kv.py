@@ -190,7 +190,9 @@ _OPS = frozenset(int(op) for op in Op)
 _OK_NONE = Reply(Code.OK, None)
 # A reply built on the hot path: NamedTuple's own __new__ is Python code, 3x slower.
 _new_reply = tuple.__new__
-_CODE_OK = Code.OK
+# A put's reply with its code as a plain int: a tuple of ints the garbage collector stops
+# tracking, where an enum member in it kept each one tracked while its session held it.
+_CODE_OK = int(Code.OK)
 _OK_TRUE = Reply(Code.OK, True)
 _OK_FALSE = Reply(Code.OK, False)
 
@@ -450,9 +452,11 @@ class KVStore:
         self._members: dict[int, str] = {}
         self._applied_index = 0
         self._size = 0  # sum over keys of len(key) + len(value) + KEY_OVERHEAD
-        # Where each applied put and delete is recorded, as (revision, kind, key, value)
-        # (raftkv.watch), for the node to take after each batch; None: not recorded.
-        self.events: list[tuple[int, int, bytes, bytes | None]] | None = None
+        # Where each applied put and delete is recorded, as four items: revision, kind,
+        # key, value (b"" for a delete) (raftkv.watch), for the node to take after each
+        # batch; None: not recorded. Flat, so that no container is left for the garbage
+        # collector to track.
+        self.events: list[Any] | None = None
 
     # ---- reads (served outside the log) ------------------------------------------------
 
@@ -666,7 +670,7 @@ class KVStore:
         if op == _PUT:
             self._size += self._put(index, key, value)
             if events is not None:
-                events.append((index, _PUT, key, value))
+                events += (index, _PUT, key, value)
             return _new_reply(Reply, (_CODE_OK, index))
         if op == _DELETE:
             old = self._take(key)
@@ -674,7 +678,7 @@ class KVStore:
                 return _OK_FALSE
             self._size -= len(key) + len(old) - REV_SIZE + KEY_OVERHEAD
             if events is not None:
-                events.append((index, _DELETE, key, None))
+                events += (index, _DELETE, key, b"")
             return _OK_TRUE
         old = self._rec(key)
         if (None if old is None else old[REV_SIZE:]) != expected:
@@ -682,7 +686,7 @@ class KVStore:
         self._set(key, next_record(old, index, value))
         self._size += record_growth(key, old, value)
         if events is not None:
-            events.append((index, _PUT, key, value))
+            events += (index, _PUT, key, value)
         return _OK_TRUE
 
     def _txn(self, index: int, compares: list, success: list, failure: list) -> Reply:

@@ -17,8 +17,9 @@ answer for: a watch from `floor + 1` on never misses an event.
 from __future__ import annotations
 
 import bisect
-from operator import itemgetter
-from typing import NamedTuple
+from itertools import accumulate
+from operator import add
+from typing import Any, NamedTuple
 
 from raftkv.node_defaults import WATCH_BYTES
 
@@ -54,9 +55,12 @@ class Compacted(Exception):
 
 
 class WatchHistory:
-    """The newest events, in revision order, within `max_bytes`."""
+    """The newest events, in revision order, within `max_bytes`. Held flat, four items
+    an event (revision, kind, key, value), as `KVStore.events` records them: ints and
+    bytes in lists, nothing the garbage collector tracks (a tuple an event, tracked until
+    a collection passed it, made the collector run every 700 puts)."""
 
-    __slots__ = ("max_bytes", "floor", "_events", "_ends", "_head")
+    __slots__ = ("max_bytes", "floor", "_flat", "_revisions", "_ends", "_head")
 
     def __init__(self, max_bytes: int = WATCH_BYTES, floor: int = 0) -> None:
         self.max_bytes = max_bytes
@@ -65,44 +69,46 @@ class WatchHistory:
     def reset(self, floor: int) -> None:
         """Forget every event: the history answers from `floor + 1` on."""
         self.floor = floor
-        self._events: list[tuple[int, int, bytes, bytes | None]] = []
-        # _ends[i]: the bytes of events[0..i], counted as `max_bytes` counts them; the
+        self._flat: list[Any] = []
+        self._revisions: list[int] = []
+        # _ends[i]: the bytes of events 0..i, counted as `max_bytes` counts them; the
         # events before `_head` are dropped.
         self._ends: list[int] = []
         self._head = 0
 
     def __len__(self) -> int:
-        return len(self._events) - self._head
+        return len(self._revisions) - self._head
 
     @property
     def bytes(self) -> int:
         ends, head = self._ends, self._head
-        return ends[-1] - ends[head - 1] if ends and head else (ends[-1] if ends else 0)
+        if not ends:
+            return 0
+        return ends[-1] - ends[head - 1] if head else ends[-1]
 
-    def extend(self, events: list[tuple[int, int, bytes, bytes | None]]) -> None:
-        """Add events (tuples of Event's fields, in revision order, after every event
-        held), then drop the oldest whole revisions past `max_bytes`. Held as the
-        tuples they came as: an Event is made only for a reply (the hot path is here)."""
-        held, ends = self._events, self._ends
-        held.extend(events)
+    def extend(self, flat: list[Any]) -> None:
+        """Add events, four items each (revision, kind, key, value: b"" for a delete),
+        in revision order and after every event held; then drop the oldest whole
+        revisions past `max_bytes`. (No Python loop an event: the apply path.)"""
+        revisions, ends = self._revisions, self._ends
+        self._flat += flat
+        revisions += flat[0::4]
+        sizes = map(EVENT_OVERHEAD.__add__, map(add, map(len, flat[2::4]), map(len, flat[3::4])))
+        running = accumulate(sizes, initial=ends[-1] if ends else 0)
+        next(running)
+        ends += running
         total = ends[-1] if ends else 0
-        append = ends.append
-        for e in events:
-            total += (len(e[2]) + EVENT_OVERHEAD if e[3] is None
-                      else len(e[2]) + len(e[3]) + EVENT_OVERHEAD)
-            append(total)
         head = self._head
-        dropped = ends[head - 1] if head else 0
-        if total - dropped > self.max_bytes:
+        if total - (ends[head - 1] if head else 0) > self.max_bytes:
             # The first event to keep: past the last whose end leaves the rest in bounds.
-            head = bisect.bisect_left(ends, total - self.max_bytes, head)
-            head = min(head + 1, len(held))
-            revision = held[head - 1][0]
-            while head < len(held) and held[head][0] == revision:
+            head = min(bisect.bisect_left(ends, total - self.max_bytes, head) + 1,
+                       len(revisions))
+            revision = revisions[head - 1]
+            while head < len(revisions) and revisions[head] == revision:
                 head += 1  # a revision goes whole
             self.floor = revision
-        if head > 4096 and head * 2 > len(held):
-            del held[:head], ends[:head]
+        if head > 4096 and head * 2 > len(revisions):
+            del self._flat[:4 * head], revisions[:head], ends[:head]
             head = 0
         self._head = head
 
@@ -115,18 +121,17 @@ class WatchHistory:
         is at or below `floor`."""
         if start <= self.floor:
             raise Compacted(self.floor + 1)
-        events = self._events
-        i = bisect.bisect_left(events, start, self._head, key=_revision)
+        flat, revisions = self._flat, self._revisions
+        i = bisect.bisect_left(revisions, start, self._head)
         out: list[Event] = []
-        n = len(events)
+        n = len(revisions)
         while i < n:
-            e = events[i]
-            if len(out) >= limit and e[0] != out[-1].revision:
-                return out, e[0]
-            if e[2] == key or prefix and e[2].startswith(key):
-                out.append(Event(*e))
+            if len(out) >= limit and revisions[i] != out[-1].revision:
+                return out, revisions[i]
+            k = flat[4 * i + 2]
+            if k == key or prefix and k.startswith(key):
+                kind = flat[4 * i + 1]
+                out.append(Event(revisions[i], kind, k, None if kind == DELETE
+                                 else flat[4 * i + 3]))
             i += 1
         return out, max(start, applied + 1)
-
-
-_revision = itemgetter(0)

@@ -16,10 +16,15 @@ from tests.powerloss import PowerLossFS
 from tests.unit.test_replica import ADDR, InlineSyncer, Recorder
 
 
+def flat(events: list[tuple]) -> list:
+    """Events as KVStore.events records them: four items each, b"" for a delete's value."""
+    return [x if x is not None else b"" for e in events for x in e]
+
+
 def test_since_gives_the_events_of_a_key_or_prefix_from_a_revision_on() -> None:
     h = WatchHistory(floor=3)
-    h.extend([(4, PUT, b"a", b"1"), (5, PUT, b"ab", b"2"), (6, DELETE, b"a", None),
-              (7, PUT, b"b", b"3")])
+    h.extend(flat([(4, PUT, b"a", b"1"), (5, PUT, b"ab", b"2"), (6, DELETE, b"a", None),
+              (7, PUT, b"b", b"3")]))
     assert h.since(4, b"a", False, 7) == ([Event(4, PUT, b"a", b"1"),
                                            Event(6, DELETE, b"a", None)], 8)
     assert h.since(5, b"a", True, 7) == ([Event(5, PUT, b"ab", b"2"),
@@ -33,8 +38,8 @@ def test_since_gives_the_events_of_a_key_or_prefix_from_a_revision_on() -> None:
 
 def test_a_reply_stops_at_the_limit_but_never_inside_a_revision() -> None:
     h = WatchHistory()
-    h.extend([(2, PUT, b"k", b"1"), (3, PUT, b"k", b"2"), (3, PUT, b"k2", b"x"),
-              (4, PUT, b"k", b"3")])
+    h.extend(flat([(2, PUT, b"k", b"1"), (3, PUT, b"k", b"2"), (3, PUT, b"k2", b"x"),
+              (4, PUT, b"k", b"3")]))
     events, following = h.since(1, b"k", True, 4, limit=2)
     assert [e.revision for e in events] == [2, 3, 3] and following == 4
     assert h.since(following, b"k", True, 4, limit=2) == ([Event(4, PUT, b"k", b"3")], 5)
@@ -43,10 +48,10 @@ def test_a_reply_stops_at_the_limit_but_never_inside_a_revision() -> None:
 def test_the_oldest_whole_revisions_go_past_the_bound_and_the_floor_follows() -> None:
     one = 1 + 1 + EVENT_OVERHEAD
     h = WatchHistory(max_bytes=3 * one)
-    h.extend([(2, PUT, b"a", b"1"), (3, PUT, b"a", b"2"), (3, PUT, b"b", b"2")])
-    h.extend([(5, PUT, b"a", b"3")])  # four events: revision 2 goes; 3 stays whole
+    h.extend(flat([(2, PUT, b"a", b"1"), (3, PUT, b"a", b"2"), (3, PUT, b"b", b"2")]))
+    h.extend(flat([(5, PUT, b"a", b"3")]))  # four events: revision 2 goes; 3 stays whole
     assert h.floor == 2 and len(h) == 3 and h.bytes == 3 * one
-    h.extend([(6, PUT, b"a", b"4")])  # both events of revision 3 go together
+    h.extend(flat([(6, PUT, b"a", b"4")]))  # both events of revision 3 go together
     assert h.floor == 3 and len(h) == 2
     with pytest.raises(Compacted, match="before 4"):
         h.since(3, b"a", False, 6)
