@@ -417,6 +417,50 @@ def scan(prefix: str, cluster_dir: Path, timeout: float, as_json: bool, limit: i
     sys.stdout.flush()
 
 
+@main.command()
+@click.argument("key")
+@dir_option
+@json_option
+@click.option("--prefix", is_flag=True, help="Every key starting with KEY.")
+@click.option("--rev", "start", type=click.IntRange(min=1), default=None,
+              help="From this revision on (default: from the next write).")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Exit after this many events (default: until Ctrl-C).")
+def watch(key: str, cluster_dir: Path, as_json: bool, prefix: bool, start: int | None,
+          count: int | None) -> None:
+    """Print KEY's puts and deletes as they are applied, one line each: revision, PUT or
+    DELETE, key and value, tab-separated (--json: an object a line). Rides out leader
+    changes without missing or repeating one. A revision the cluster no longer keeps
+    exits 1, naming the oldest it has."""
+    import raftkv
+
+    def follow(kv: raftkv.Client) -> None:
+        seen = 0
+        try:
+            for event in kv.watch(key, prefix=prefix, start_revision=start):
+                value = event.value or b""
+                if as_json:
+                    click.echo(json.dumps({
+                        "revision": event.revision, "type": event.type,
+                        "key": event.key.decode("utf-8", "backslashreplace"),
+                        "value": None if event.value is None
+                        else value.decode("utf-8", "backslashreplace")}))
+                else:
+                    sys.stdout.buffer.write(b"%d\t%s\t%s\t%s\n" % (
+                        event.revision, event.type.upper().encode(), event.key, value))
+                    sys.stdout.flush()
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+        except raftkv.Compacted as e:
+            fail(f"{e}: read the state again (get, scan), then watch with --rev after it",
+                 EXIT_NEGATIVE)
+        except KeyboardInterrupt:
+            pass
+
+    with_client(cluster_dir, 5.0, follow)
+
+
 # -- faults ---------------------------------------------------------------------------------
 
 @main.command(name="kill-leader")

@@ -163,6 +163,12 @@ def test_revisions_and_a_transaction_hold_across_a_leader_kill(cli, state):
         cli("put", key, key.upper())
     assert cli("scan", "p", "--all", "--limit", "2").stdout == "p1\tP1\np2\tP2\np3\tP3\n"
     assert cli("scan", "p", "--start", "p2").stdout == "p2\tP2\np3\tP3\n"
+    out = cli("watch", "p", "--prefix", "--rev", str(first), "--count", "3").stdout
+    assert [line.split("\t")[1:] for line in out.splitlines()] == [
+        ["PUT", "p1", "P1"], ["PUT", "p2", "P2"], ["PUT", "p3", "P3"]]
+    events = cli("watch", "cfg", "--rev", str(first), "--count", "4", "--json").stdout
+    assert [json.loads(line)["value"] for line in events.splitlines()] == [
+        "v1", "v2", "v3", "v4"]
 
 
 def test_a_watch_sees_every_write_once_and_in_order_across_a_leader_kill(cli):

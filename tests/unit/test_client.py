@@ -16,6 +16,7 @@ import raftkv
 from raftkv.client import (
     BadRequest,
     Client,
+    Compacted,
     RaftKVError,
     SessionExpired,
     Timeout,
@@ -258,6 +259,39 @@ def test_scan_iter_stops_with_an_error_when_a_node_ignores_the_cursor(node, clie
         kv.put(f"k{i}", "v")
     with pytest.raises(RaftKVError, match="SCAN from"):
         list(kv.scan_iter("k", page=2))
+
+
+def test_a_watch_asks_from_the_revision_after_the_last_event_and_never_repeats_one(
+        node, client) -> None:
+    asked: list[int] = []
+    answers = iter([
+        [5, [[3, 1, b"k", b"a"], [4, 2, b"k", None]]],
+        [6, [[4, 2, b"k", None], [5, 1, b"k", b"b"]]],  # a node repeating revision 4
+        [9, []],
+        [10, [[9, 1, b"k", b"c"]]],
+    ])
+
+    def watch_node(req: ClientRequest) -> Answer:
+        asked.append(req.revision)
+        return ReplyCode.OK, next(answers), 0
+
+    kv = client(node(watch_node).address)
+    w = kv.watch("k", start_revision=3)
+    got = [next(w) for _ in range(4)]
+    assert [(e.revision, e.type, e.value) for e in got] == [
+        (3, "put", b"a"), (4, "delete", None), (5, "put", b"b"), (9, "put", b"c")]
+    assert asked == [3, 5, 6, 9] and w.next_revision == 10
+    w.close()
+    assert list(w) == []
+
+
+def test_a_watch_past_what_the_node_keeps_raises_compacted(node, client) -> None:
+    kv = client(node(lambda req: (ReplyCode.COMPACTED, 42, 0)).address)
+    with pytest.raises(Compacted) as e:
+        kv.watch("k", start_revision=7).poll()
+    assert e.value.oldest == 42 and "42" in str(e.value)
+    with pytest.raises(ValueError, match="start_revision"):
+        kv.watch("k", start_revision=0)
 
 
 def test_decode_returns_str(node, client) -> None:
