@@ -9,7 +9,10 @@ injects faults from a seeded schedule (nemesis.py), heals, waits for recovery, t
 1. checks the recorded history for linearizability (checker.py);
 2. checks that every acknowledged write is present or was legally overwritten;
 3. checks that every node converged to the same applied state;
-4. prints a summary and writes history.jsonl and the node logs under the run dir.
+4. checks what a watcher of every client key saw through the faults (`Watcher`): each
+   acknowledged put once, at the revision its put answered, and no event twice;
+5. prints a summary and writes history.jsonl, watch.jsonl and the node logs under the
+   run dir.
 
 Exit codes: 0 every check passed; 1 a violation; 3 the cluster never recovered.
 """
@@ -67,7 +70,7 @@ def client_worker(worker: int, addresses: dict[int, str] | str, keys: int, stop_
                 if kind == "get":
                     op["output"] = seen[key] = kv.get(key)
                 elif kind == "put":
-                    kv.put(key, value)
+                    op["revision"] = kv.put(key, value)
                 elif kind == "delete":
                     op["output"] = kv.delete(key)
                 else:
@@ -80,6 +83,91 @@ def client_worker(worker: int, addresses: dict[int, str] | str, keys: int, stop_
                 op["status"], op["complete"] = "fail", time.monotonic_ns()  # did not happen
             out.write(json.dumps(op) + "\n")
             out.flush()
+
+
+# -- the watcher -----------------------------------------------------------------------------
+
+WATCH_PREFIX = "k"  # the client keys, k0 .. k<keys-1>, and the end marker below
+WATCH_END_KEY = "k:watch-end"
+
+
+class Watcher:
+    """A thread watching every client key from `start` on, through the faults, as an
+    application would (raftkv.Client.watch: it resumes from the revision after the last
+    event it delivered, whichever node answers). It stops at the first event at or past
+    `end` (set once the run is over), or when a node answers COMPACTED (`compacted`: the
+    revision the watch had asked from, which that node no longer kept: a node's history
+    starts where its state did at its last start), the documented answer, not a
+    violation."""
+
+    def __init__(self, addresses: dict[int, str] | str, start: int) -> None:
+        self.addresses, self.start = addresses, start
+        self.events: list[tuple[int, str, str, str | None]] = []
+        self.end: int | None = None
+        self.compacted: int | None = None
+        self.error: str | None = None
+        self._watch = None
+        self._thread = threading.Thread(target=self._run, name="chaos-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from raftkv import Client, Compacted, RaftKVError
+
+        try:
+            with Client(self.addresses, timeout=OP_TIMEOUT, decode=True) as kv:
+                self._watch = kv.watch(WATCH_PREFIX, prefix=True, start_revision=self.start,
+                                       wait=0.5)
+                for e in self._watch:
+                    self.events.append((e.revision, e.type, e.key, e.value))
+                    if self.end is not None and e.revision >= self.end:
+                        return
+        except Compacted:
+            self.compacted = self._watch.next_revision if self._watch else self.start
+        except RaftKVError as e:
+            self.error = str(e)
+
+    def finish(self, end: int, timeout: float) -> bool:
+        """Wait until the watch delivered revision `end` (or stopped), then end it;
+        whether it got there within `timeout`."""
+        self.end = end
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and not self.reached(end):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if self._watch is not None:
+            self._watch.close()  # its next poll, at most `wait` away, ends the thread
+        self._thread.join(5)
+        return self.reached(end) or self.compacted is not None
+
+    def reached(self, revision: int) -> bool:
+        return bool(self.events) and self.events[-1][0] >= revision
+
+
+def watch_problems(watcher: Watcher, history: list[dict]) -> list[str]:
+    """Never repeat: no (revision, key) twice, and revisions in order. Never miss: each
+    acknowledged put is there, at the revision its put answered, with its value (below
+    the revision a COMPACTED answer stopped the watch at)."""
+    problems = []
+    seen = [(r, key) for r, _, key, _ in watcher.events]
+    if len(set(seen)) != len(seen):
+        twice = sorted({x for x in seen if seen.count(x) > 1})[:5]
+        problems.append(f"watch repeated events: {twice}")
+    revisions = [r for r, *_ in watcher.events]
+    if revisions != sorted(revisions):
+        problems.append("watch events out of revision order")
+    got = {(r, key): (kind, value) for r, kind, key, value in watcher.events}
+    limit = watcher.compacted or float("inf")
+    for op in history:
+        r = op.get("revision")
+        if op["op"] != "put" or op["status"] != "ok" or r is None or r >= limit:
+            continue
+        if got.get((r, op["key"])) != ("put", op["input"]):
+            problems.append(f"watch missed the put {op['key']}={op['input']!r} at revision "
+                            f"{r} (client {op['client']}): saw {got.get((r, op['key']))}")
+    if watcher.error:
+        problems.append(f"watch failed: {watcher.error}")
+    return problems
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -175,6 +263,7 @@ def drive(cfg: ChaosConfig, state, run_dir: Path, report: ChaosReport,
     # controller, the one address that stays.
     addresses = (state.controller.address if "membership" in cfg.nemesis
                  else state.addresses)
+    watcher = Watcher(addresses, start_revision(addresses))
     workers = [mp.Process(target=client_worker,
                           args=(w, addresses, cfg.keys, stop_at,
                                 str(run_dir / f"client{w}.jsonl"), cfg.seed))
@@ -216,7 +305,36 @@ def drive(cfg: ChaosConfig, state, run_dir: Path, report: ChaosReport,
     with open(run_dir / "history.jsonl", "w") as f:
         for op in history:
             f.write(json.dumps(op) + "\n")
+    end = end_revision(state.addresses)
+    if not watcher.finish(end, RECOVERY_TIMEOUT):
+        report.problems.append(f"the watch did not reach revision {end} within "
+                               f"{RECOVERY_TIMEOUT:g}s after recovery (it got to "
+                               f"{watcher.events[-1][0] if watcher.events else None})")
+    with open(run_dir / "watch.jsonl", "w") as f:
+        for event in watcher.events:
+            f.write(json.dumps(event) + "\n")
+    if watcher.compacted:
+        log(f"watch: COMPACTED asking from {watcher.compacted}; checked the events below "
+            "it")
+    log(f"watch: {len(watcher.events)} events")
+    report.problems += watch_problems(watcher, history)
     return history
+
+
+def start_revision(addresses: dict[int, str] | str) -> int:
+    """A revision to watch from: the one after a write made now."""
+    from raftkv import Client
+
+    with Client(addresses, timeout=RECOVERY_TIMEOUT) as kv:
+        return kv.put("chaos:watch-start", "") + 1
+
+
+def end_revision(addresses: dict[int, str]) -> int:
+    """The revision of a write to a watched key made once the run is over."""
+    from raftkv import Client
+
+    with Client(addresses, timeout=RECOVERY_TIMEOUT) as kv:
+        return kv.put(WATCH_END_KEY, "end")
 
 
 def recover(cfg: ChaosConfig, state, nemesis, log: Callable[[str], None]) -> list[dict]:
