@@ -1,52 +1,18 @@
-"""`python -m raftkv`, the `raftkv` console script and `bin/raftkv`: the command line of
-harness/cli.py, once the `server` extra is known to be installed.
-
-A client-only install (`pip install raftkv`, no `server` extra) has the `raftkv` script
-too, since console scripts cannot depend on an extra; there it prints one line naming
-what is missing and exits with EXIT_NOT_INSTALLED instead of an ImportError's traceback.
-
-This is the one module of raftkv that imports the harness: an entry point, run and never
-imported by the store, handing the command line up to the layer above
-(tests/unit/test_layering.py allows it `harness.cli` and nothing else)."""
+"""`python -m raftkv`: the store's own command line, raftkv/server.py (`node` runs one
+node), once the `server` extra is known to be installed (raftkv/extras.py). The harness's
+command line (`raftkv`, `bin/raftkv`: up, put, chaos, ...) is the layer above's:
+harness/__main__.py."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
-EXIT_NOT_INSTALLED = 8  # the README's exit codes: the server extra is not installed
-
-# The modules of the `server` extra's packages (setup.cfg); tests/unit/test_packaging.py
-# keeps the two lists equal. The CLI loads some only for some verbs (aiohttp for
-# `dashboard`), so all are checked before any verb runs, not at the first import.
-SERVER_MODULES = ("aiohttp", "click", "lmdb", "prometheus_client", "psutil")
-
-
-def missing_server_modules() -> list[str]:
-    """The SERVER_MODULES that cannot be imported (found without importing them)."""
-    missing = []
-    for name in SERVER_MODULES:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ValueError:  # already imported, without a spec: present
-            found = True
-        except ImportError:  # a finder refused it
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
+from raftkv.extras import require_server_extra
 
 
 def main() -> None:
-    missing = missing_server_modules()
-    if missing:
-        print(f"raftkv: the command line needs the server extra, and {', '.join(missing)} "
-              f"{'is' if len(missing) == 1 else 'are'} not installed: "
-              "pip install 'raftkv[server]' (in a checkout: make install)", file=sys.stderr)
-        sys.exit(EXIT_NOT_INSTALLED)
-    from harness.cli import main as cli
+    require_server_extra()
+    from raftkv.server import main as server
 
-    cli(prog_name="raftkv")
+    server(prog_name="python -m raftkv")
 
 
 if __name__ == "__main__":

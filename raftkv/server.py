@@ -224,6 +224,7 @@ def parse_peer(value: str) -> tuple[int, str]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="raftkv")
 def main() -> None:
     """raftkv's server side: `node` runs one node."""
 

@@ -1,7 +1,8 @@
 """The layers import downward only (docs/ARCHITECTURE.md: Layers): the Raft core knows
 nothing else in the project, storage knows only the core's types, and the store never
-imports the harness (but for its entry point, raftkv/__main__.py, which hands the command
-line to harness.cli). Every import is counted, including those inside functions."""
+imports the harness, not even from its entry point (`python -m raftkv` runs the store's
+own command line; the harness's is harness/__main__.py). Every import is counted,
+including those inside functions."""
 
 from __future__ import annotations
 
@@ -36,26 +37,9 @@ def under(name: str, allowed: tuple[str, ...]) -> bool:
     return any(name == a or name.startswith(a + ".") for a in allowed)
 
 
-def offending(package: str, allowed: tuple[str, ...], root: Path = ROOT,
-              entry_points: dict[str, tuple[str, ...]] | None = None) -> list[str]:
-    """`entry_points`: module file -> what it may import besides `allowed`."""
-    extra = entry_points or {}
+def offending(package: str, allowed: tuple[str, ...], root: Path = ROOT) -> list[str]:
     return sorted(f"{mod}: {name}" for mod, names in imports_of(package, root).items()
-                  for name in names if not under(name, allowed + extra.get(mod, ())))
-
-
-# The one exception to "the store never imports the harness": raftkv/__main__.py is
-# `python -m raftkv` and the `raftkv` console script, an entry point that is run and never
-# imported, handing the command line up to harness.cli (issue 19). It may import that
-# and nothing else of the harness, and no module of raftkv may import it, so nothing the
-# store loads ever reaches the harness.
-ENTRY_POINTS = {"raftkv/__main__.py": ("harness.cli",)}
-
-
-def store_offences(root: Path = ROOT) -> list[str]:
-    found = offending("raftkv", ("raftkv",), root, ENTRY_POINTS)
-    return found + sorted(f"{mod}: {name}" for mod, names in imports_of("raftkv", root).items()
-                          for name in names if under(name, ("raftkv.__main__",)))
+                  for name in names if not under(name, allowed))
 
 
 def test_the_raft_core_imports_nothing_else_of_the_project():
@@ -67,22 +51,14 @@ def test_storage_imports_only_itself_and_the_cores_types():
 
 
 def test_the_store_never_imports_the_harness():
-    assert store_offences() == []
+    assert offending("raftkv", ("raftkv",)) == []
 
 
-@pytest.mark.parametrize(("module", "source"), [
-    ("__main__.py", "def main():\n    from harness.launcher import up\n"),
-    ("client.py", "def f():\n    from harness.cli import main\n"),
-    ("client.py", "import raftkv.__main__\n"),
-])
-def test_the_entry_points_exception_is_narrow(tmp_path, module, source):
-    """raftkv/__main__.py may import harness.cli alone; no other module may import the
-    harness, nor import raftkv/__main__.py to reach it."""
+def test_an_entry_point_of_the_store_importing_the_harness_is_refused_too(tmp_path):
     (tmp_path / "raftkv").mkdir()
-    (tmp_path / "raftkv" / "__main__.py").write_text("from harness.cli import main\n")
-    assert store_offences(tmp_path) == []
-    (tmp_path / "raftkv" / module).write_text(source)
-    assert store_offences(tmp_path)
+    (tmp_path / "raftkv" / "__main__.py").write_text("def main():\n    from harness import cli\n")
+    assert offending("raftkv", ("raftkv",), tmp_path) == [
+        "raftkv/__main__.py: harness", "raftkv/__main__.py: harness.cli"]
 
 
 @pytest.mark.parametrize("source", ["def f():\n    from harness import cli\n",

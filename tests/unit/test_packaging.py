@@ -1,7 +1,8 @@
 """How raftkv installs (issue 19): a client-only install (`pip install raftkv`) pulls
 pyzmq and msgpack alone, and the client runs with nothing else; the server's packages are
-the `server` extra, and the `raftkv` command says so when they are missing; `python -m
-raftkv` is the command line; the version is stated once; py.typed ships.
+the `server` extra, and the command lines say so when they are missing; `python -m
+raftkv` is the store's own command line (a node) and `raftkv` the harness's; the version
+is stated once; py.typed ships.
 
 The client-only tests run Python in a subprocess with a meta-path finder that refuses the
 imports such an install could not satisfy, so they prove the install works, not merely
@@ -18,10 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import zmq
 
 import raftkv
-from raftkv.__main__ import EXIT_NOT_INSTALLED, SERVER_MODULES
+from raftkv.extras import EXIT_NOT_INSTALLED, SERVER_MODULES
 from tests.unit.test_client import FakeKV, FakeNode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,14 +105,17 @@ print(json.dumps({"value": value.decode(), "refused": finder.refused,
     assert tried & SERVER_EXTRA == {"click"}, out["refused"]
 
 
-def test_the_command_on_a_client_only_install_says_to_install_the_server_extra(tmp_path):
+@pytest.mark.parametrize("module", ["harness", "raftkv"])
+def test_the_command_on_a_client_only_install_says_to_install_the_server_extra(
+        tmp_path, module):
+    """`raftkv` (harness/__main__.py) and `python -m raftkv` alike."""
     code = """
 sys.meta_path.insert(0, Refuse(lambda top: top in ARGS["server"]))
 import runpy
 sys.argv = ["raftkv", "get", "user:1"]
-runpy.run_module("raftkv", run_name="__main__", alter_sys=True)
+runpy.run_module(ARGS["module"], run_name="__main__", alter_sys=True)
 """
-    p = run_child(code, {"server": sorted(SERVER_EXTRA)}, tmp_path)
+    p = run_child(code, {"server": sorted(SERVER_EXTRA), "module": module}, tmp_path)
     assert p.returncode == EXIT_NOT_INSTALLED == 8, p.stderr
     assert "Traceback" not in p.stderr and p.stdout == ""
     [line] = p.stderr.splitlines()
@@ -119,19 +124,26 @@ runpy.run_module("raftkv", run_name="__main__", alter_sys=True)
 
 
 def test_the_entry_point_checks_exactly_the_server_extras_modules():
+    scripts = setup_cfg()["options.entry_points"]["console_scripts"]
+    assert "raftkv = harness.__main__:main" in scripts
     assert set(SERVER_MODULES) == SERVER_EXTRA
     assert not CLIENT_MODULES & SERVER_EXTRA
 
 
-def test_python_m_raftkv_is_the_command_line(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "raftkv", "--help"], cwd=tmp_path,
+@pytest.mark.parametrize(("module", "usage", "verbs"), [
+    ("harness", "Usage: raftkv [OPTIONS] COMMAND", ("up", "put", "node")),
+    ("raftkv", "Usage: python -m raftkv [OPTIONS] COMMAND", ("node",)),
+])
+def test_the_command_lines_answer_help_and_version(tmp_path, module, usage, verbs):
+    """The harness's (the `raftkv` script's entry) and the store's own, which runs a node."""
+    p = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith("Usage: raftkv [OPTIONS] COMMAND")
-    assert all(re.search(rf"^  {verb}\s", p.stdout, re.M) for verb in ("up", "put", "node"))
-    p = subprocess.run([sys.executable, "-m", "raftkv", "--version"], cwd=tmp_path,
+    assert p.stdout.startswith(usage), p.stdout
+    assert all(re.search(rf"^  {verb}\s", p.stdout, re.M) for verb in verbs)
+    p = subprocess.run([sys.executable, "-m", module, "--version"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0 and p.stdout == f"raftkv, version {raftkv.__version__}\n"
+    assert p.returncode == 0 and p.stdout.endswith(f"version {raftkv.__version__}\n")
 
 
 def test_the_version_is_stated_once_and_the_metadata_carries_it():
