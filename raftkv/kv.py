@@ -664,7 +664,7 @@ class KVStore:
     def _write(self, index: int, op: int, key: bytes, value: bytes | None,
                expected: bytes | None) -> Reply:
         """Do a validated PUT, DELETE or CAS at revision `index` on the data, keeping
-        `size`; its reply. The data is reached through `_rec`, `_set` and `_take` only,
+        `size`; its reply. The data is reached through `_rec`, `_put` and `_take` only,
         which a store kept elsewhere replaces (raftkv.lmdb_state)."""
         events = self.events
         if op == _PUT:
@@ -683,8 +683,7 @@ class KVStore:
         old = self._rec(key)
         if (None if old is None else old[REV_SIZE:]) != expected:
             return _OK_FALSE  # None == None: "expected absent" and it is
-        self._set(key, next_record(old, index, value))
-        self._size += record_growth(key, old, value)
+        self._size += self._put(index, key, value)
         if events is not None:
             events += (index, _PUT, key, value)
         return _OK_TRUE
@@ -731,8 +730,7 @@ class KVStore:
         return have > operand
 
     def _put(self, index: int, key: bytes, value: bytes) -> int:
-        """Set `key` to `value` at revision `index`; how much `size` grows. (`_rec` and
-        `_set` in one call: the hot path.)"""
+        """Set `key` to `value` at revision `index`; how much `size` grows."""
         shard = self._shards[hash(key) & _SHARD_MASK]
         old = shard.get(key)
         shard[key] = next_record(old, index, value)
@@ -741,9 +739,6 @@ class KVStore:
     def _rec(self, key: bytes) -> bytes | None:
         """The key's record (`_REV` then the value), or None."""
         return self._shards[hash(key) & _SHARD_MASK].get(key)
-
-    def _set(self, key: bytes, rec: bytes) -> None:
-        self._shards[hash(key) & _SHARD_MASK][key] = rec
 
     def _take(self, key: bytes) -> bytes | None:
         """Remove `key`; its record (None: it was absent)."""
@@ -939,7 +934,7 @@ def record_kv(rec: bytes | None) -> KeyValue | None:
     """A record as the KeyValue it holds (None stays None)."""
     if rec is None:
         return None
-    create, mod, version = _REV.unpack_from(rec)
+    create, mod, version = _unpack_rev(rec)
     return KeyValue(rec[REV_SIZE:], create, mod, version)
 
 
@@ -948,7 +943,7 @@ def record_problem(rec: bytes) -> str | None:
     order (0 < create <= mod, version >= 1)."""
     if len(rec) < REV_SIZE:
         return f"{len(rec)} bytes, shorter than its revisions"
-    create, mod, version = _REV.unpack_from(rec)
+    create, mod, version = _unpack_rev(rec)
     if not 0 < create <= mod or version < 1:
         return f"revisions out of order (create {create}, mod {mod}, version {version})"
     return None

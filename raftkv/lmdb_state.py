@@ -378,18 +378,15 @@ class LmdbStore(KVStore):
     def _put(self, index: int, key: bytes, value: bytes) -> int:
         writer = self._writer
         assert writer is not None
-        old = writer.get(_PREFIX + key)
-        writer.put(_PREFIX + key, next_record(old, index, value))
+        stored = _PREFIX + key
+        old = writer.get(stored)
+        writer.put(stored, next_record(old, index, value))
         return record_growth(key, old, value)
 
     def _rec(self, key: bytes) -> bytes | None:
         txn = self._writer or self._reader
         assert txn is not None
         return txn.get(_PREFIX + key, db=self._data)
-
-    def _set(self, key: bytes, rec: bytes) -> None:
-        assert self._writer is not None
-        self._writer.put(_PREFIX + key, rec)
 
     def _take(self, key: bytes) -> bytes | None:
         assert self._writer is not None
