@@ -342,6 +342,7 @@ _SNAP_CHUNK = int(Kind.SNAP_CHUNK)
 _REQS = int(Kind.REQS)
 _REPS = int(Kind.REPS)
 _PUT_OP = int(ReqOp.PUT)
+_TXN_OP = int(ReqOp.TXN)
 _GET_OP = int(ReqOp.GET)
 _PUT, _GET = ReqOp.PUT, ReqOp.GET  # bound once: enum attribute lookups are slow on 3.11
 
@@ -554,6 +555,7 @@ _ARGC = {
     ReqOp.PEERS: 1,
     ReqOp.CONTROL: 2,
 }
+_OPTIONAL_ARGS = {ReqOp.SCAN: 1}  # trailing arguments an op may leave out (SCAN's start)
 
 
 def _unpack(data: bytes, strict_map_key: bool = True) -> Any:
@@ -688,8 +690,9 @@ def _decode_request(
     if op is None:
         raise InvalidRequest(rid, f"unknown op {raw_op!r:.40}")
     args = obj[4:]
-    if len(args) != _ARGC[op] and not (op == ReqOp.SCAN and len(args) == 3):
-        takes = "2 or 3" if op == ReqOp.SCAN else _ARGC[op]
+    least, most = _ARGC[op], _ARGC[op] + _OPTIONAL_ARGS.get(op, 0)
+    if not least <= len(args) <= most:
+        takes = least if least == most else f"{least} or {most}"
         raise InvalidRequest(rid, f"{op.name} takes {takes} arguments, not {len(args)}")
     req = ClientRequest(rid, op, identity=identity)
     if op in WRITE_OPS:
@@ -798,7 +801,7 @@ def _decode_txn(req: ClientRequest, args: list[Any], max_key: int,
     if problem is not None:
         raise InvalidRequest(req.request_id, problem)
     req.client_id, req.seq, req.txn = client_id, seq, (compares, success, failure)
-    req.data = req.command()
+    req.data = _pack((_TXN_OP, client_id, seq, compares, success, failure))  # kv's form
     limit = max_entry_size(max_key, max_value)
     if len(req.data) > limit:
         raise InvalidRequest(req.request_id, f"the transaction takes {len(req.data):,} bytes "
