@@ -107,6 +107,7 @@ class Watcher:
         self.compacted: int | None = None
         self.error: str | None = None
         self._watch = None
+        self._done = threading.Event()  # set once the watch delivered `end`, or stopped
         self._thread = threading.Thread(target=self._run, name="chaos-watcher", daemon=True)
         self._thread.start()
 
@@ -125,16 +126,16 @@ class Watcher:
             self.compacted = self._watch.next_revision if self._watch else self.start
         except RaftKVError as e:
             self.error = str(e)
+        finally:
+            self._done.set()
 
     def finish(self, end: int, timeout: float) -> bool:
         """Wait until the watch delivered revision `end` (or stopped), then end it;
         whether it got there within `timeout`."""
         self.end = end
-        deadline = time.monotonic() + timeout
-        while self._thread.is_alive() and not self.reached(end):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        # Delivered before `end` was set, the thread did not see it: look, then wait.
+        if not self.reached(end):
+            self._done.wait(timeout)
         if self._watch is not None:
             self._watch.close()  # its next poll, at most `wait` away, ends the thread
         self._thread.join(5)
