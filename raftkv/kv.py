@@ -11,11 +11,14 @@ Writes go through the log; reads are served by the node outside it (ReadIndex, t
 Wire form of a command (`Entry.data`), a msgpack array whose first element is the op::
 
     [Op.PUT,          client_id, seq, key, value]          -> Reply(OK, revision: int)
+    [Op.PUT,          client_id, seq, key, value, lease]   -> Reply(OK, revision: int)
     [Op.DELETE,       client_id, seq, key]                 -> Reply(OK, existed: bool)
     [Op.CAS,          client_id, seq, key, expected, new]  -> Reply(OK, swapped: bool)
     [Op.OPEN_SESSION]                                      -> Reply(OK, client_id: int)
     [Op.TXN,          client_id, seq, compares, success, failure]
                                                            -> Reply(OK, [succeeded, results])
+    [Op.LEASE_GRANT,  client_id, seq, ttl_ms]              -> Reply(OK, lease_id: int)
+    [Op.LEASE_REVOKE, client_id, seq, lease_id]            -> Reply(OK, existed: bool)
 
 `key`, `value`, `new` are msgpack bin (Python bytes); `expected` is bin or nil, nil
 meaning "the key is absent". An empty `data` is a no-op (an empty normal entry is a
@@ -32,12 +35,21 @@ every compare holds, the `success` ops run in order, otherwise the `failure` ops
 
     compare = [target, key, cmp, operand]   target: Target.VALUE (operand bin or nil,
               nil: absent), MOD / CREATE / VERSION (operand int >= 0); cmp: Cmp
-    op      = [Op.PUT, key, value] -> revision | [Op.DELETE, key] -> existed
+    op      = [Op.PUT, key, value] or [Op.PUT, key, value, lease] -> revision
+            | [Op.DELETE, key] -> existed
             | [Op.GET, key] -> [value, create_revision, mod_revision, version] or nil
 
 A GET in a transaction sees the writes before it in the same transaction. A key is
 written at most once in each branch, and each list holds at most MAX_TXN_OPS items
 (etcd's default --max-txn-ops).
+
+Leases (raftkv/leases.py; etcd's). LEASE_GRANT makes a lease whose id is the entry's
+index, with a TTL in milliseconds that only the leader's clock measures: the state
+machine keeps the TTL and never looks at a clock. A put that names a lease attaches the
+key to it (a put without one detaches it: etcd's rule); a lease that does not exist
+answers NOT_FOUND and nothing is written (in a transaction, nothing at all). Revoking a
+lease deletes every key it holds, each a delete event at the revoke's revision; the
+leader proposes the revoke when the TTL ran out on its clock (raftkv/lease_timer.py).
 
 Wire form of a reply: `Reply` is a NamedTuple, so msgpack packs it as the array
 `[code, value]`; `Reply.from_wire` turns the unpacked array back into a `Reply`. On an
@@ -84,6 +96,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
+from raftkv.leases import MAX_LEASE_TTL_MS, LeaseError, LeaseTable
 from raftkv.quota import KEY_OVERHEAD
 
 MAX_KEY_SIZE = 1024
@@ -91,7 +104,7 @@ MAX_VALUE_SIZE = 1024 * 1024
 MAX_SESSIONS = 10_000
 # 4: each value is a record, revisions then value (`_REV`); 3: the data as a list of
 # maps; 2 added the member addresses
-SNAPSHOT_VERSION = 4
+SNAPSHOT_VERSION = 5  # 5: leases; 4 (without) still restores
 MAX_TXN_OPS = 128  # compares, and ops in each branch, of one transaction (etcd's default)
 # A key's record in the data: create_revision, mod_revision, version, then the value.
 _REV = struct.Struct(">QQQ")
@@ -115,6 +128,8 @@ class Op(IntEnum):
     GET = 5
     SCAN = 6
     TXN = 8
+    LEASE_GRANT = 11
+    LEASE_REVOKE = 12
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
@@ -154,6 +169,7 @@ class Code(IntEnum):
     BAD_REQUEST = 1  # malformed or over a limit; nothing applied
     STALE_REQUEST = 2  # seq below the client's last applied seq; nothing applied
     SESSION_EXPIRED = 3  # unknown (evicted or never opened) client id; nothing applied
+    NOT_FOUND = 4  # the lease a write names does not exist (expired or revoked); nothing applied
 
 
 class Reply(NamedTuple):
@@ -183,6 +199,9 @@ class Reply(NamedTuple):
 # Plain ints for the hot path: comparing with an enum member costs an attribute lookup.
 _PUT, _DELETE, _CAS, _OPEN_SESSION = int(Op.PUT), int(Op.DELETE), int(Op.CAS), int(Op.OPEN_SESSION)
 _GET_OP, _TXN = int(Op.GET), int(Op.TXN)
+_LEASE_GRANT, _LEASE_REVOKE = int(Op.LEASE_GRANT), int(Op.LEASE_REVOKE)
+_KEY_WRITES = frozenset({_PUT, _DELETE, _CAS})
+_LEASE_OPS = frozenset({_LEASE_GRANT, _LEASE_REVOKE})
 _TARGETS = frozenset(int(t) for t in Target)
 _CMPS = frozenset(int(c) for c in Cmp)
 _CODES = frozenset(int(c) for c in Code)
@@ -314,8 +333,10 @@ def encode_command(
     *,
     client_id: int,
     seq: int,
+    lease: int = 0,
 ) -> bytes:
-    """Encode a write (PUT, DELETE or CAS; for CAS `value` is the new value) as entry data.
+    """Encode a write (PUT, DELETE or CAS; for CAS `value` is the new value) as entry data;
+    a PUT with `lease` attaches the key to it.
 
     Raises BadRequest on a read op, a wrong type or an id/seq out of range. Sizes are not
     checked here: call `KVStore.validate_request` first; `apply` rechecks them with the
@@ -326,9 +347,13 @@ def encode_command(
         problem = f"{op!r:.40} is not a write: only PUT, DELETE and CAS go through the log"
     if problem is None:
         problem = _problem(op, key, value, expected, None, _MAX_ID, _MAX_ID)
+    if problem is None and lease and (op != Op.PUT or not _is_id(lease)):
+        problem = f"only a PUT takes a lease, an id >= 1 (not {lease!r:.40})"
     if problem is not None:
         raise BadRequest(problem)
     if op == Op.PUT:
+        if lease:
+            return _packer.pack((int(op), client_id, seq, key, value, lease))
         return _packer.pack((int(op), client_id, seq, key, value))
     if op == Op.DELETE:
         return _packer.pack((int(op), client_id, seq, key))
@@ -370,13 +395,15 @@ def txn_problem(compares: object, success: object, failure: object, max_key: int
             if type(op) is not list or not op or type(op[0]) is not int:
                 return f"transaction op {op!r:.60} is not [op, key, ...]"
             kind = op[0]
-            if kind == _PUT and len(op) == 3:
+            if kind == _PUT and len(op) in (3, 4):
                 problem = _problem(Op.PUT, op[1], op[2], None, None, max_key, max_value)
+                if problem is None and len(op) == 4 and not _is_id(op[3]):
+                    problem = f"a put's lease must be an id >= 1, not {op[3]!r:.40}"
             elif kind in (_DELETE, _GET_OP) and len(op) == 2:
                 problem = _problem(Op.DELETE, op[1], None, None, None, max_key, max_value)
             else:
-                return (f"transaction op {op!r:.60} is not [PUT, key, value], [DELETE, key] "
-                        "or [GET, key]")
+                return (f"transaction op {op!r:.60} is not [PUT, key, value] (a put may add "
+                        "a lease), [DELETE, key] or [GET, key]")
             if problem is not None:
                 return problem
             if kind != _GET_OP:
@@ -384,6 +411,32 @@ def txn_problem(compares: object, success: object, failure: object, max_key: int
                     return f"key {op[1]!r:.40} is written twice in one transaction branch"
                 written.add(op[1])
     return None
+
+
+def _is_id(x: object) -> bool:
+    """Whether `x` is a uint64 id >= 1 (a lease, a client)."""
+    return type(x) is int and 1 <= x <= _MAX_ID
+
+
+def lease_problem(op: int, arg: object) -> str | None:
+    """What is wrong with LEASE_GRANT's TTL (ms) or LEASE_REVOKE's lease id, or None."""
+    if op == _LEASE_GRANT:
+        if type(arg) is not int or not 1 <= arg <= MAX_LEASE_TTL_MS:
+            return f"a lease's TTL must be an int of ms in [1, {MAX_LEASE_TTL_MS}], not {arg!r:.40}"
+        return None
+    return None if _is_id(arg) else f"a lease id must be an int >= 1, not {arg!r:.40}"
+
+
+def encode_lease(op: Op, arg: int, *, client_id: int, seq: int) -> bytes:
+    """Entry data of LEASE_GRANT (`arg` the TTL in ms) or LEASE_REVOKE (`arg` the lease
+    id). Raises BadRequest on a bad one."""
+    problem = session_problem(client_id, seq)
+    if problem is None and op not in (Op.LEASE_GRANT, Op.LEASE_REVOKE):
+        problem = f"{op!r:.40} is not a lease op"
+    problem = problem or lease_problem(int(op), arg)
+    if problem is not None:
+        raise BadRequest(problem)
+    return _packer.pack((int(op), client_id, seq, arg))
 
 
 def encode_txn(compares: list, success: list, failure: list, *, client_id: int,
@@ -421,6 +474,8 @@ class KVStore:
         "_members",
         "_applied_index",
         "_size",
+        "_leases",
+        "_owner",
         "events",
     )
 
@@ -452,6 +507,8 @@ class KVStore:
         self._members: dict[int, str] = {}
         self._applied_index = 0
         self._size = 0  # sum over keys of len(key) + len(value) + KEY_OVERHEAD
+        self._leases = LeaseTable()
+        self._owner = self._leases.owner  # key -> its lease, read on every write
         # Where each applied put and delete is recorded, as four items: revision, kind,
         # key, value (b"" for a delete) (raftkv.watch), for the node to take after each
         # batch; None: not recorded. Flat, so that no container is left for the garbage
@@ -519,6 +576,25 @@ class KVStore:
             raise BadRequest(problem)
 
     @property
+    def lease_ttls(self) -> dict[int, int]:
+        """Lease id -> TTL in ms, of every lease that exists (the table's own dict: do
+        not change it)."""
+        return self._leases.ttl
+
+    @property
+    def lease_epoch(self) -> int:
+        """A local count of grants and revokes: when it moved, `lease_ttls` did."""
+        return self._leases.epoch
+
+    def lease(self, lease_id: int) -> list[Any] | None:
+        """A lease's [ttl_ms, [key, ...]], or None if it does not exist."""
+        return self._leases.entry(lease_id)
+
+    def _install_leases(self, table: LeaseTable) -> None:
+        self._leases = table
+        self._owner = table.owner
+
+    @property
     def members(self) -> dict[int, str]:
         """Node id -> address of every member added through the log and not removed."""
         return dict(self._members)
@@ -566,15 +642,19 @@ class KVStore:
         max_value = self.max_value_size
         if type(op) is not int:  # True == 1 and 1.0 == 1, but neither is an op
             return self._malformed(f"unknown op {op!r:.40}")
-        if op == _PUT and n == 5:
+        lease = 0
+        if op == _PUT and (n == 5 or n == 6):
             key = cmd[3]
             value = cmd[4]
             expected = None
+            if n == 6:
+                lease = cmd[5]
             valid = (
                 type(key) is bytes
                 and len(key) <= max_key
                 and type(value) is bytes
                 and len(value) <= max_value
+                and (n == 5 or _is_id(lease))
             )
         elif op == _DELETE and n == 4:
             key = cmd[3]
@@ -593,6 +673,12 @@ class KVStore:
             )
         elif op == _OPEN_SESSION and n == 1:
             return self._open_session(index)
+        elif op in _LEASE_OPS and n == 4:
+            problem = lease_problem(op, cmd[3])
+            if problem is not None:
+                return self._malformed(problem)
+            key = value = expected = None
+            valid = True
         elif op == _TXN and n == 6:
             key = value = expected = None
             problem = txn_problem(cmd[3], cmd[4], cmd[5], max_key, max_value)
@@ -602,7 +688,8 @@ class KVStore:
         elif op in _OPS:
             if op == Op.GET or op == Op.SCAN:
                 return self._malformed(f"op {Op(op).name} is a read: reads are not applied")
-            want = {Op.PUT: 4, Op.DELETE: 3, Op.CAS: 5, Op.OPEN_SESSION: 0, Op.TXN: 5}[Op(op)]
+            want = {Op.PUT: "4 or 5", Op.DELETE: 3, Op.CAS: 5, Op.OPEN_SESSION: 0, Op.TXN: 5,
+                    Op.LEASE_GRANT: 3, Op.LEASE_REVOKE: 3}[Op(op)]
             return self._malformed(f"op {Op(op).name} with {n - 1} arguments, not {want}")
         else:
             return self._malformed(f"unknown op {op!r:.40}")
@@ -624,9 +711,9 @@ class KVStore:
             # No session: applied as it comes, so a resend would apply again. The client
             # sends it once (raftkv.client: at_most_once).
             self.stats.sessionless += 1
-            if op == _TXN:
-                return self._txn(index, cmd[3], cmd[4], cmd[5])
-            return self._write(index, op, key, value, expected)
+            if op in _KEY_WRITES:
+                return self._write(index, op, key, value, expected, lease)
+            return self._other(index, op, cmd)
 
         # Exactly-once (thesis §6.3): decided before touching the data.
         sessions = self._sessions
@@ -651,10 +738,10 @@ class KVStore:
                 f"its request {session.seq} is already applied",
             )
 
-        if op == _TXN:
-            reply = self._txn(index, cmd[3], cmd[4], cmd[5])
+        if op in _KEY_WRITES:
+            reply = self._write(index, op, key, value, expected, lease)
         else:
-            reply = self._write(index, op, key, value, expected)
+            reply = self._other(index, op, cmd)
         session.seq = seq
         session.index = index
         session.reply = reply
@@ -662,44 +749,74 @@ class KVStore:
         return reply
 
     def _write(self, index: int, op: int, key: bytes, value: bytes | None,
-               expected: bytes | None) -> Reply:
+               expected: bytes | None, lease: int = 0) -> Reply:
         """Do a validated PUT, DELETE or CAS at revision `index` on the data, keeping
-        `size`; its reply. The data is reached through `_rec`, `_put` and `_take` only,
-        which a store kept elsewhere replaces (raftkv.lmdb_state)."""
+        `size` and the key's lease; its reply. The data is reached through `_rec`, `_put`
+        and `_take` only, which a store kept elsewhere replaces (raftkv.lmdb_state)."""
         events = self.events
         if op == _PUT:
+            if lease or self._owner:
+                if lease and lease not in self._leases:
+                    return _lease_not_found(lease)
+                self._leases.attach(key, lease)
             self._size += self._put(index, key, value)
             if events is not None:
                 events += (index, _PUT, key, value)
             return _new_reply(Reply, (_CODE_OK, index))
         if op == _DELETE:
-            old = self._take(key)
-            if old is None:
-                return _OK_FALSE
-            self._size -= len(key) + len(old) - REV_SIZE + KEY_OVERHEAD
-            if events is not None:
-                events += (index, _DELETE, key, b"")
-            return _OK_TRUE
+            return _OK_TRUE if self._delete(index, key) else _OK_FALSE
         old = self._rec(key)
         if (None if old is None else old[REV_SIZE:]) != expected:
             return _OK_FALSE  # None == None: "expected absent" and it is
+        if self._owner:
+            self._leases.attach(key, 0)
         self._size += self._put(index, key, value)
         if events is not None:
             events += (index, _PUT, key, value)
         return _OK_TRUE
 
+    def _delete(self, index: int, key: bytes) -> bool:
+        """Delete `key` at revision `index`; whether it existed."""
+        old = self._take(key)
+        if old is None:
+            return False
+        self._size -= len(key) + len(old) - REV_SIZE + KEY_OVERHEAD
+        if self._owner:
+            self._leases.attach(key, 0)
+        if self.events is not None:
+            self.events += (index, _DELETE, key, b"")
+        return True
+
+    def _other(self, index: int, op: int, cmd: list) -> Reply:
+        """A validated TXN, LEASE_GRANT or LEASE_REVOKE at revision `index`."""
+        if op == _TXN:
+            return self._txn(index, cmd[3], cmd[4], cmd[5])
+        if op == _LEASE_GRANT:
+            self._leases.grant(index, cmd[3])
+            return Reply(Code.OK, index)
+        keys = self._leases.revoke(cmd[3])
+        if keys is None:
+            return _OK_FALSE
+        for key in sorted(keys):  # the same event order on every replica
+            self._delete(index, key)
+        return _OK_TRUE
+
     def _txn(self, index: int, compares: list, success: list, failure: list) -> Reply:
         """Apply a validated transaction at revision `index`: [succeeded, results]."""
         succeeded = all(self._holds(c) for c in compares)
+        ops = success if succeeded else failure
+        for op in ops:  # a lease missing refuses the whole transaction, before any write
+            if len(op) == 4 and op[3] not in self._leases:
+                return _lease_not_found(op[3])
         results: list[Any] = []
-        for op in success if succeeded else failure:
+        for op in ops:
             kind, key = op[0], op[1]
             if kind == _GET_OP:
                 kv = self.get_kv(key)
                 results.append(None if kv is None else list(kv))
             else:
                 results.append(self._write(index, kind, key, op[2] if kind == _PUT else None,
-                                           None).value)
+                                           None, op[3] if len(op) == 4 else 0).value)
         return Reply(Code.OK, [succeeded, results])
 
     def _holds(self, compare: list) -> bool:
@@ -766,8 +883,10 @@ class KVStore:
         return False
 
     def flush(self) -> None:
-        """The entries applied so far become what `capture` and a restart see. Nothing
-        to do in memory."""
+        """The entries applied so far become what `capture` and a restart see. In
+        memory only the leases' change marks go."""
+        if self._leases.changed:
+            self._leases.changed.clear()
 
     def capture(self) -> Callable[[], bytes]:
         """Fix the state as it is now; the callable returns its snapshot bytes later,
@@ -792,10 +911,11 @@ class KVStore:
 
     def snapshot(self) -> bytes:
         """The whole replicated state: data, sessions (in eviction order), applied index,
-        and the addresses of members added through the log.
+        the addresses of members added through the log, and the leases.
 
         Wire form: msgpack [SNAPSHOT_VERSION, applied_index, [{key: record, ...}, ...],
-        [[client_id, seq, index, reply_code, reply_value], ...], {node_id: address, ...}].
+        [[client_id, seq, index, reply_code, reply_value], ...], {node_id: address, ...},
+        [[lease_id, ttl_ms, [key, ...]], ...]] (version 4 had no leases).
         The data is a list of maps, which together hold every key once (how many, and
         which key is in which, does not matter); a record is the key's create_revision,
         mod_revision and version (uint64 big-endian each) then its value. Versions 1-3
@@ -803,7 +923,8 @@ class KVStore:
         """
         return msgpack.packb(
             (SNAPSHOT_VERSION, self._applied_index, self._shards,
-             [session_wire(cid, s) for cid, s in self._sessions.items()], self._members),
+             [session_wire(cid, s) for cid, s in self._sessions.items()], self._members,
+             self._leases.wire()),
             use_bin_type=True,
         )
 
@@ -816,10 +937,10 @@ class KVStore:
             obj = msgpack.unpackb(snapshot, strict_map_key=False)
         except Exception as e:
             raise SnapshotError(f"snapshot is not valid msgpack: {e}") from e
-        if type(obj) is not list or len(obj) not in (4, 5):
-            raise SnapshotError("snapshot is not a 4- or 5-element array")
+        if type(obj) is not list or len(obj) not in (4, 5, 6):
+            raise SnapshotError("snapshot is not an array of 4 to 6 elements")
         version, applied, data, raw_sessions = obj[:4]
-        members = obj[4] if len(obj) == 5 else {}
+        members = obj[4] if len(obj) >= 5 else {}
         if version in (1, 2, 3):
             # Its keys' revisions are unknown, and would be made up differently on each
             # replica (each restores a snapshot of its own index, then replays the log).
@@ -827,7 +948,7 @@ class KVStore:
                 f"snapshot version {version} is from before revisions (raftkv 0.1): this "
                 "build cannot give its keys revisions every replica agrees on; copy the "
                 "data out with the build that wrote it (raftkv scan) into a new cluster")
-        if version != SNAPSHOT_VERSION or len(obj) != 5:
+        if (version, len(obj)) not in ((4, 5), (SNAPSHOT_VERSION, 6)):
             raise SnapshotError(
                 f"snapshot version {version!r:.40} is not supported (want {SNAPSHOT_VERSION})"
             )
@@ -836,11 +957,32 @@ class KVStore:
         shards, size = _split(data)
         check_members(members)
         sessions = parse_sessions(raw_sessions, applied)
+        leases = parse_leases_in(obj[5] if len(obj) == 6 else [], applied,
+                                 lambda k: k in shards[hash(k) & _SHARD_MASK])
+        self._install_leases(leases)
         self._shards = shards
         self._sessions = sessions
         self._members = members
         self._applied_index = applied
         self._size = size
+
+
+def _lease_not_found(lease_id: int) -> Reply:
+    return Reply(Code.NOT_FOUND, f"lease {lease_id} not found: it expired or was revoked, "
+                 "or was never granted; nothing was written")
+
+
+def parse_leases_in(raw: object, applied: int, has: Callable[[bytes], bool]) -> LeaseTable:
+    """A state's leases (`LeaseTable.wire`'s form); SnapshotError if malformed or
+    holding a key the data lacks (`has`)."""
+    try:
+        table = LeaseTable.from_wire(raw, applied)
+    except LeaseError as e:
+        raise SnapshotError(f"leases: {e}") from None
+    for k in table.owner:
+        if not has(k):
+            raise SnapshotError(f"a lease holds key {k!r:.40}, which the data lacks")
+    return table
 
 
 def session_wire(client_id: int, s: Session) -> tuple[int, int, int, int, Any]:

@@ -27,7 +27,9 @@ Layout of the environment (a directory, `<data dir>/state`): named databases `da
 refuses an empty key, and keys past 511 bytes, so a node with this state takes keys of
 at most `MAX_KEY_SIZE` bytes), `sessions` (client id, 8 bytes big-endian -> the session,
 `_encode_session`) and `meta` (`format`, `applied`, `size`: 8 bytes big-endian;
-`members`: msgpack {node id: address}). Format 1 held bare values, from before
+`members`: msgpack {node id: address}; `lease:` + lease id, 8 bytes big-endian ->
+msgpack [ttl_ms, [key, ...]], one a lease, written when it changed). Format 2 had no
+leases, and opens as format 3 with none; format 1 held bare values, from before
 revisions, and is refused as `KVStore.restore` refuses snapshots of then.
 """
 
@@ -58,6 +60,7 @@ from raftkv.kv import (
     StateMachineLike,
     check_members,
     next_record,
+    parse_leases_in,
     parse_sessions,
     record_growth,
     session_wire,
@@ -67,7 +70,7 @@ from raftkv.storage.fs import OS_FS
 
 log = logging.getLogger("raftkv.lmdb_state")
 
-FORMAT = 2  # 2: records with revisions, tagged sessions
+FORMAT = 3  # 3: leases; 2: records with revisions, tagged sessions
 MAX_KEY_SIZE = LMDB_MAX_KEY_SIZE
 _PREFIX = b"\x00"
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
@@ -76,6 +79,7 @@ _LMDB_MAGIC = struct.pack("<I", 0xBEEFC0DE)
 _LMDB_MAGIC_AT = 16
 _U64 = struct.Struct(">Q")
 _DATA, _SESSIONS, _META = b"data", b"sessions", b"meta"
+_LEASE = b"lease:"  # meta: a lease's entry, by its id
 # A session's value: a kind byte, then for _TAGGED seq, index and the OK reply's value
 # by its tag; for _REVISION seq, index and the OK reply's int (a put's revision); for
 # _PACKED msgpack [seq, index, code, value].
@@ -199,7 +203,7 @@ class LmdbStore(KVStore):
                 raise SnapshotError("the state is from before revisions (format 1): this "
                                     "build cannot give its keys revisions every replica "
                                     "agrees on")
-            if fmt not in (0, FORMAT):
+            if fmt not in (0, 2, FORMAT):
                 raise SnapshotError(f"state format {fmt} is not supported (want {FORMAT})")
             applied = _u64(txn.get(b"applied", db=self._meta), 0)
             size = _u64(txn.get(b"size", db=self._meta), 0)
@@ -211,13 +215,26 @@ class LmdbStore(KVStore):
                 if len(k) != 8:
                     raise SnapshotError(f"session {k!r:.40} is malformed")
                 raw.append([_U64.unpack(k)[0], *_decode_session(v)])
+            raw_leases = []
+            cursor = txn.cursor(db=self._meta)
+            if cursor.set_range(_LEASE):
+                for k, v in cursor:
+                    if not k.startswith(_LEASE):
+                        break
+                    if len(k) != len(_LEASE) + 8:
+                        raise SnapshotError(f"lease {k!r:.40} is malformed")
+                    raw_leases.append([_U64.unpack(k[len(_LEASE):])[0],
+                                       *_unpack(v, "a lease")])
+            leases = parse_leases_in(raw_leases, applied,
+                                     lambda k: txn.get(_PREFIX + k, db=self._data) is not None)
         raw.sort(key=lambda s: s[2] if len(s) > 2 and type(s[2]) is int else -1)
         sessions = _TrackedSessions()
         for cid, s in parse_sessions(raw, applied).items():
             OrderedDict.__setitem__(sessions, cid, s)
         self._sessions = sessions
         self._members = members
-        if fmt == 0:
+        self._install_leases(leases)
+        if fmt != FORMAT:
             with env.begin(write=True) as txn:
                 txn.put(b"format", _U64.pack(FORMAT), db=self._meta)
         self._applied_index = applied
@@ -270,6 +287,14 @@ class LmdbStore(KVStore):
             else:
                 writer.put(_U64.pack(cid), _encode_session(s), db=self._sess_db)
         sessions.changed.clear()
+        leases = self._leases
+        for lid in leases.changed:
+            entry = leases.entry(lid)
+            if entry is None:
+                writer.delete(_LEASE + _U64.pack(lid), db=self._meta)
+            else:
+                writer.put(_LEASE + _U64.pack(lid), msgpack.packb(entry), db=self._meta)
+        leases.changed.clear()
         writer.put(b"applied", _U64.pack(self._applied_index), db=self._meta)
         writer.put(b"size", _U64.pack(self._size), db=self._meta)
         writer.commit()
@@ -453,6 +478,8 @@ class LmdbStore(KVStore):
                 txn.put(b"applied", _U64.pack(loaded.applied_index), db=meta)
                 txn.put(b"size", _U64.pack(loaded.size), db=meta)
                 txn.put(b"members", msgpack.packb(loaded.members), db=meta)
+                for lid in loaded.lease_ttls:
+                    txn.put(_LEASE + _U64.pack(lid), msgpack.packb(loaded.lease(lid)), db=meta)
         except BaseException:
             env.close()
             shutil.rmtree(staged, ignore_errors=True)

@@ -30,6 +30,7 @@ from raftkv.kv import (
     SnapshotError,
     Target,
     encode_command,
+    encode_lease,
     encode_open_session,
     encode_txn,
     validate_request,
@@ -73,10 +74,10 @@ class Log:
 
 def state(store: KVStore) -> tuple:
     """Everything replicated, in a form that compares (and prints) well."""
-    version, applied, maps, sessions, members = msgpack.unpackb(store.snapshot(),
-                                                               strict_map_key=False)
+    version, applied, maps, sessions, members, leases = msgpack.unpackb(
+        store.snapshot(), strict_map_key=False)
     data = [kv for m in maps for kv in m.items()]
-    return applied, sorted(data), sessions, sorted(members.items())
+    return applied, sorted(data), sessions, sorted(members.items()), leases
 
 
 @pytest.fixture
@@ -776,9 +777,114 @@ def test_the_data_is_split_over_shards_and_a_snapshot_restores_it_anywhere(log: 
     maps = msgpack.unpackb(log.store.snapshot())[2]
     shuffled = [dict(kv) for kv in (list(m.items()) for m in maps[::-1])]  # any split will do
     again = KVStore()
-    again.restore(msgpack.packb([SNAPSHOT_VERSION, log.store.applied_index, shuffled, [], {}]))
+    again.restore(msgpack.packb([SNAPSHOT_VERSION, log.store.applied_index, shuffled, [], {}, []]))
     assert len(again) == 2000 and again.get(b"key-77") == b"v"
     assert again.size == log.store.size
+
+
+# ---- leases -------------------------------------------------------------------------
+
+
+def grant(log: Log, ttl_ms: int = 5000) -> int:
+    reply = log.append(encode_lease(Op.LEASE_GRANT, ttl_ms, client_id=0, seq=0))
+    assert reply.code == Code.OK
+    return reply.value
+
+
+def revoke(log: Log, lease: int) -> Reply:
+    return log.append(encode_lease(Op.LEASE_REVOKE, lease, client_id=0, seq=0))
+
+
+def put_leased(log: Log, key: bytes, value: bytes, lease: int) -> Reply:
+    return log.append(encode_command(Op.PUT, key, value, client_id=0, seq=0, lease=lease))
+
+
+def test_a_lease_is_named_by_its_grant_index_and_its_revoke_deletes_what_it_holds() -> None:
+    log = Log(KVStore())
+    log.store.events = []
+    lease = grant(log, 3000)
+    assert lease == log.store.applied_index and log.store.lease_ttls == {lease: 3000}
+    put_leased(log, b"b", b"2", lease)
+    put_leased(log, b"a", b"1", lease)
+    log.txn([], [[int(Op.PUT), b"c", b"3", lease]])
+    log.put(0, 0, b"free", b"x")
+    assert log.store.lease(lease) == [3000, [b"a", b"b", b"c"]]
+    log.store.events.clear()
+    assert revoke(log, lease) == Reply(Code.OK, True)
+    at = log.store.applied_index
+    assert [log.store.get(k) for k in (b"a", b"b", b"c", b"free")] == [None, None, None, b"x"]
+    # one delete event a key, at the revoke's revision, in key order on every replica
+    assert log.store.events == [at, Op.DELETE, b"a", b"", at, Op.DELETE, b"b", b"",
+                                at, Op.DELETE, b"c", b""]
+    assert log.store.lease(lease) is None and log.store.size == len(b"free") + 1 + KEY_OVERHEAD
+    assert revoke(log, lease) == Reply(Code.OK, False)  # gone: a second revoke finds nothing
+
+
+def test_a_put_without_the_lease_or_a_delete_takes_the_key_out_of_it() -> None:
+    log = Log(KVStore())
+    lease = grant(log)
+    for k in (b"moved", b"plain", b"cas", b"gone"):
+        put_leased(log, k, b"v", lease)
+    other = grant(log)
+    put_leased(log, b"moved", b"v2", other)
+    log.put(0, 0, b"plain", b"v2")  # etcd: a put without a lease detaches the key
+    log.cas(0, 0, b"cas", b"v", b"v2")
+    log.delete(0, 0, b"gone")
+    assert log.store.lease(lease) == [5000, []]
+    revoke(log, lease)
+    assert [log.store.get(k) for k in (b"moved", b"plain", b"cas")] == [b"v2"] * 3
+    revoke(log, other)
+    assert log.store.get(b"moved") is None
+
+
+def test_a_write_naming_a_lease_that_is_gone_writes_nothing() -> None:
+    log = Log(KVStore())
+    lease = grant(log)
+    revoke(log, lease)
+    before = state(log.store)
+    reply = put_leased(log, b"k", b"v", lease)
+    assert reply.code == Code.NOT_FOUND and f"lease {lease} not found" in reply.value
+    # a transaction is refused whole, the puts before the bad one included
+    reply = log.txn([], [[int(Op.PUT), b"a", b"1"], [int(Op.PUT), b"k", b"v", lease]])
+    assert reply.code == Code.NOT_FOUND
+    assert state(log.store)[1:] == before[1:]
+
+
+@pytest.mark.parametrize("bad", [
+    encode_lease(Op.LEASE_GRANT, 1, client_id=0, seq=0)[:-1] + b"\x00",  # ttl 0
+    msgpack.packb([int(Op.LEASE_GRANT), 0, 0, -5]),
+    msgpack.packb([int(Op.LEASE_REVOKE), 0, 0, "1"]),
+    msgpack.packb([int(Op.LEASE_REVOKE), 0, 0]),
+    msgpack.packb([int(Op.PUT), 0, 0, b"k", b"v", 0]),
+    msgpack.packb([int(Op.TXN), 0, 0, [], [[int(Op.PUT), b"k", b"v", True]], []]),
+])
+def test_a_malformed_lease_command_is_refused_and_changes_nothing(bad: bytes) -> None:
+    log = Log(KVStore())
+    grant(log)
+    before = state(log.store)
+    reply = log.append(bad)
+    assert reply.code == Code.BAD_REQUEST
+    assert state(log.store)[1:] == before[1:]
+
+
+def test_leases_survive_a_snapshot_and_a_version_4_snapshot_restores_without_any() -> None:
+    log = Log(KVStore())
+    lease = grant(log, 1234)
+    put_leased(log, b"k", b"v", lease)
+    again = KVStore()
+    again.restore(log.store.snapshot())
+    assert again.lease(lease) == [1234, [b"k"]] and again.snapshot() == log.store.snapshot()
+    revoke(Log(again), lease)
+    assert again.get(b"k") is None
+    v4 = msgpack.unpackb(log.store.snapshot())
+    v4[0] = 4
+    old = KVStore()
+    old.restore(msgpack.packb(v4[:5]))
+    assert old.get(b"k") == b"v" and old.lease_ttls == {}
+    v4[0] = SNAPSHOT_VERSION
+    v4[5] = [[lease, 1234, [b"not-in-the-data"]]]
+    with pytest.raises(SnapshotError, match="lacks"):
+        KVStore().restore(msgpack.packb(v4))
 
 
 class Workload:
@@ -793,6 +899,11 @@ class Workload:
         self.log = log
         self.clients: dict[int, tuple[int, bytes]] = {}  # client -> (last seq, last command)
         self.replies: list[Reply] = []
+        self.leases: list[int] = [999_999]  # granted ids, and one that never was
+
+    def lease(self) -> int:
+        """A lease for a put: none mostly, else a granted one (maybe revoked since)."""
+        return self.rng.choice(self.leases) if self.rng.random() < 0.3 else 0
 
     def step(self) -> None:
         rng, log = self.rng, self.log
@@ -805,17 +916,26 @@ class Workload:
             sessionless = rng.random() < 0.1  # client_id = seq = 0: applied at most once
             cid = 0 if sessionless else rng.choice(list(self.clients))
             seq = 0 if sessionless else self.clients[cid][0] + rng.choice((1, 1, 1, 2))
-            op = rng.choice((Op.PUT, Op.DELETE, Op.CAS, Op.TXN))
+            op = rng.choice((Op.PUT, Op.DELETE, Op.CAS, Op.TXN, Op.LEASE_GRANT,
+                             Op.LEASE_REVOKE))
             key = rng.choice(self.KEYS)
             value = rng.choice(self.VALUES)
             expected = rng.choice([None, *self.VALUES])
             if op == Op.TXN:
                 data = encode_txn(*self.txn(), client_id=cid, seq=seq)
+            elif op == Op.LEASE_GRANT:
+                data = encode_lease(op, rng.randrange(1, 10_000), client_id=cid, seq=seq)
+            elif op == Op.LEASE_REVOKE:
+                data = encode_lease(op, rng.choice(self.leases), client_id=cid, seq=seq)
+            elif op == Op.PUT:
+                data = encode_command(op, key, value, client_id=cid, seq=seq, lease=self.lease())
             else:
                 data = encode_command(op, key, value, expected, client_id=cid, seq=seq)
             if not sessionless:
                 self.clients[cid] = (seq, data)
             reply = log.append(data, gap=gap)
+            if op == Op.LEASE_GRANT and type(reply.value) is int:  # (a retry may answer another op)
+                self.leases.append(reply.value)
         elif roll < 0.85:  # a retry of the client's last request
             cid = rng.choice(list(self.clients))
             data = self.clients[cid][1] or encode_command(Op.DELETE, b"a", client_id=cid, seq=1)
@@ -847,8 +967,9 @@ class Workload:
                 kind = rng.choice((Op.PUT, Op.DELETE, Op.GET))
                 if kind == Op.GET and key in written:
                     continue
-                ops.append([int(kind), key, rng.choice(self.VALUES)] if kind == Op.PUT
-                           else [int(kind), key])
+                lease = self.lease()
+                ops.append([int(kind), key, rng.choice(self.VALUES), *([lease] if lease else [])]
+                           if kind == Op.PUT else [int(kind), key])
                 if rng.random() < 0.3:
                     ops.append([int(Op.GET), key])  # sees the write before it
                 written.add(key)

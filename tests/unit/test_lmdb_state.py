@@ -44,7 +44,8 @@ def wire(store: KVStore) -> tuple:
     sessions = [session_wire(cid, store.session(cid)) for cid in store._sessions]
     pairs = store.scan(b"", 10**6)
     return (store.applied_index, pairs, [store.get_kv(k) for k, _ in pairs], sessions,
-            sorted(store.members.items()), store.size, len(store))
+            sorted(store.members.items()), store.size, len(store),
+            [(lid, store.lease(lid)) for lid in sorted(store.lease_ttls)])
 
 
 def open_store(path: Path, **kw: object) -> LmdbStore:
