@@ -45,7 +45,8 @@ ROLE_ADMIN, ROLE_CLIENT = "admin", "client"
 # What a client key may ask; the admin key may ask anything, a node key only peer frames.
 CLIENT_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS, ReqOp.TXN, ReqOp.OPEN_SESSION,
                         ReqOp.GET, ReqOp.GET_KV, ReqOp.WATCH, ReqOp.SCAN, ReqOp.GET_STALE,
-                        ReqOp.STATUS})
+                        ReqOp.STATUS, ReqOp.LEASE_GRANT, ReqOp.LEASE_REVOKE,
+                        ReqOp.LEASE_KEEPALIVE, ReqOp.LEASE_INFO})
 
 
 def refusal(role: str, op: ReqOp) -> str | None:

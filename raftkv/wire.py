@@ -36,12 +36,17 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.SCAN,         prefix, limit]
     [VERSION, Kind.REQ, request_id, ReqOp.SCAN,         prefix, limit, start]
     [VERSION, Kind.REQ, request_id, ReqOp.PUT,          client_id, seq, key, value]
+    [VERSION, Kind.REQ, request_id, ReqOp.PUT,          client_id, seq, key, value, lease]
     [VERSION, Kind.REQ, request_id, ReqOp.DELETE,       client_id, seq, key]
     [VERSION, Kind.REQ, request_id, ReqOp.CAS,          client_id, seq, key, expected, new]
     [VERSION, Kind.REQ, request_id, ReqOp.TXN,          client_id, seq, compares, success,
                                                         failure]
     [VERSION, Kind.REQ, request_id, ReqOp.GET_KV,       key]
     [VERSION, Kind.REQ, request_id, ReqOp.WATCH,        key, prefix, start_revision, wait_ms]
+    [VERSION, Kind.REQ, request_id, ReqOp.LEASE_GRANT,  client_id, seq, ttl_ms]
+    [VERSION, Kind.REQ, request_id, ReqOp.LEASE_REVOKE, client_id, seq, lease_id]
+    [VERSION, Kind.REQ, request_id, ReqOp.LEASE_KEEPALIVE, lease_id]
+    [VERSION, Kind.REQ, request_id, ReqOp.LEASE_INFO,   lease_id]
     [VERSION, Kind.REQ, request_id, ReqOp.OPEN_SESSION]
     [VERSION, Kind.REQ, request_id, ReqOp.STATUS]
     [VERSION, Kind.REQ, request_id, ReqOp.FAULT,        [peer_id, ...]]
@@ -60,6 +65,9 @@ answers the revisions too. WATCH (any node answers, from its applied log: raftkv
 asks for the puts and deletes of `key` (or of the keys it starts with, `prefix` a bool)
 from `start_revision` on (0: from the node's next write); with none yet, the node waits
 up to `wait_ms` (at most MAX_WATCH_WAIT_MS) for one before it answers.
+Leases (kv.py, raftkv/lease_timer.py): GRANT and REVOKE go through the log; a PUT naming
+a `lease` attaches its key to it. KEEPALIVE and INFO are served by the leader after a
+ReadIndex round (so a deposed leader cannot answer them), from its own clock.
 FAULT replaces the set of peers whose traffic the node drops, both ways (the harness's
 partitions); an empty list heals. TRANSFER asks the leader to hand leadership to
 `target_id` (thesis §3.10); OK means the transfer started. CONF_CHANGE asks the leader
@@ -85,11 +93,16 @@ Replies (a node to the requester)::
                         TXN -> [succeeded (bool), [result per op]] (kv.py);
                         WATCH -> [next_revision, [[revision, kind, key, value], ...]]
                         (kind 1 put, 2 delete with value nil; ask from next_revision on);
-                        OPEN_SESSION -> client_id; STATUS -> map; FAULT -> [peer_id, ...]
+                        OPEN_SESSION -> client_id; STATUS -> map; FAULT -> [peer_id, ...];
+                        LEASE_GRANT -> lease_id; LEASE_REVOKE -> existed (bool);
+                        LEASE_KEEPALIVE -> the TTL restarted (ms);
+                        LEASE_INFO -> [ttl_ms, remaining_ms, [key, ...]]
     BAD_REQUEST      1  the request is invalid (unknown op, wrong types, over a limit);
                         nothing was done. value: message naming the problem
     STALE_REQUEST    2  seq below the client's last applied seq (kv.Code)
     SESSION_EXPIRED  3  unknown client id; the outcome is unknown (kv.Code)
+    NOT_FOUND        4  the lease named does not exist (expired, revoked, never granted);
+                        nothing was done (kv.Code)
     NOT_LEADER      16  this node does not lead; retry at `leader_hint` (0: unknown)
     UNAVAILABLE     17  cannot serve now (no leader, transfer under way, leadership lost
                         while the request was pending); retry, with the same seq for writes
@@ -100,7 +113,7 @@ Replies (a node to the requester)::
     FORBIDDEN       19  the connection's key may not ask this (raftkv.security: a client
                         key asked for an admin op); nothing was done
 
-Codes 0-3 are kv.Code's. On any code other than OK, `value` is a human-readable str.
+Codes 0-4 are kv.Code's. On any code other than OK, `value` is a human-readable str.
 
 Batches (a client that keeps many requests in flight on one connection to a node)::
 
@@ -207,6 +220,10 @@ class ReqOp(IntEnum):
     TXN = 8
     GET_KV = 9  # GET, answering the key's revisions with its value
     WATCH = 10  # the puts and deletes of a key or prefix from a revision on (long poll)
+    LEASE_GRANT = 11
+    LEASE_REVOKE = 12
+    LEASE_KEEPALIVE = 13  # leader: restart a lease's TTL on its clock (not in the log)
+    LEASE_INFO = 14  # leader: a lease's TTL, what is left of it, and its keys
     STATUS = 32  # control: the node's status map
     FAULT = 33  # control: set the peers whose traffic is dropped both ways
     TRANSFER = 34  # control: leader, hand leadership to a node
@@ -216,6 +233,8 @@ class ReqOp(IntEnum):
 
 
 WRITE_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS})  # one key's writes
+_LEASE_OPS = frozenset({ReqOp.LEASE_GRANT, ReqOp.LEASE_REVOKE, ReqOp.LEASE_KEEPALIVE,
+                        ReqOp.LEASE_INFO})
 _KEY_READS = frozenset({ReqOp.GET_STALE, ReqOp.GET_KV, ReqOp.WATCH})  # checked as a GET
 
 
@@ -226,6 +245,7 @@ class ReplyCode(IntEnum):
     BAD_REQUEST = 1
     STALE_REQUEST = 2
     SESSION_EXPIRED = 3
+    NOT_FOUND = 4
     NOT_LEADER = 16
     UNAVAILABLE = 17
     QUOTA_EXCEEDED = 18
@@ -279,6 +299,8 @@ class ClientRequest:
     prefix: bool = False  # WATCH: `key` is a prefix
     revision: int = 0  # WATCH: the first revision wanted (0: the node's next)
     wait_ms: int = 0  # WATCH: how long to wait for an event
+    lease: int = 0  # PUT: the lease to attach the key to (0: none); LEASE_*: the lease
+    ttl_ms: int = 0  # LEASE_GRANT: the lease's TTL
     # Where the reply goes, filled in by the transport: the sender's routing id, or
     # (proxy id, client id) for a request relayed by the controller.
     identity: bytes | tuple[bytes, bytes] = b""
@@ -295,6 +317,10 @@ class ClientRequest:
             return kv.encode_open_session()
         if self.op == ReqOp.TXN and self.txn is not None:
             return kv.encode_txn(*self.txn, client_id=self.client_id, seq=self.seq)
+        if self.op == ReqOp.LEASE_GRANT or self.op == ReqOp.LEASE_REVOKE:
+            return kv.encode_lease(
+                kv.Op(int(self.op)), self.ttl_ms if self.op == ReqOp.LEASE_GRANT else self.lease,
+                client_id=self.client_id, seq=self.seq)
         if self.op not in WRITE_OPS:
             raise kv.BadRequest(f"{self.op.name} does not go through the log")
         return kv.encode_command(
@@ -304,6 +330,7 @@ class ClientRequest:
             self.expected,
             client_id=self.client_id,
             seq=self.seq,
+            lease=self.lease,
         )
 
 
@@ -427,7 +454,7 @@ def encode_request(req: ClientRequest) -> bytes:
     """A client request frame. Raises ValueError if `req` does not fit its op's layout
     (the decoder's limits are not applied: the node is the judge of those)."""
     op = req.op
-    if op == ReqOp.PUT:
+    if op == ReqOp.PUT and not req.lease:
         return encode_put(req.request_id, req.client_id, req.seq, req.key, req.value)
     if op == ReqOp.GET:
         return encode_get(req.request_id, req.key)
@@ -436,8 +463,16 @@ def encode_request(req: ClientRequest) -> bytes:
         body: tuple[Any, ...] = (req.key,)
     elif op == ReqOp.SCAN:
         body = (req.key, req.limit, req.start) if req.start else (req.key, req.limit)
+    elif op == ReqOp.PUT:
+        body = (req.client_id, req.seq, req.key, req.value, req.lease)
     elif op == ReqOp.DELETE:
         body = (req.client_id, req.seq, req.key)
+    elif op == ReqOp.LEASE_GRANT:
+        body = (req.client_id, req.seq, req.ttl_ms)
+    elif op == ReqOp.LEASE_REVOKE:
+        body = (req.client_id, req.seq, req.lease)
+    elif op == ReqOp.LEASE_KEEPALIVE or op == ReqOp.LEASE_INFO:
+        body = (req.lease,)
     elif op == ReqOp.CAS:
         body = (req.client_id, req.seq, req.key, req.expected, req.value)
     elif op == ReqOp.TXN:
@@ -547,6 +582,10 @@ _ARGC = {
     ReqOp.TXN: 5,
     ReqOp.GET_KV: 1,
     ReqOp.WATCH: 4,
+    ReqOp.LEASE_GRANT: 3,
+    ReqOp.LEASE_REVOKE: 3,
+    ReqOp.LEASE_KEEPALIVE: 1,
+    ReqOp.LEASE_INFO: 1,
     ReqOp.OPEN_SESSION: 0,
     ReqOp.STATUS: 0,
     ReqOp.FAULT: 1,
@@ -555,7 +594,8 @@ _ARGC = {
     ReqOp.PEERS: 1,
     ReqOp.CONTROL: 2,
 }
-_OPTIONAL_ARGS = {ReqOp.SCAN: 1}  # trailing arguments an op may leave out (SCAN's start)
+# Trailing arguments an op may leave out: SCAN's start, PUT's lease.
+_OPTIONAL_ARGS = {ReqOp.SCAN: 1, ReqOp.PUT: 1}
 
 
 def _unpack(data: bytes, strict_map_key: bool = True) -> Any:
@@ -703,12 +743,19 @@ def _decode_request(
         req.key = args[2]
         if op == ReqOp.PUT:
             req.value = args[3]
+            if len(args) == 5:
+                if type(args[4]) is not int or not 1 <= args[4] <= MAX_UINT64:
+                    raise InvalidRequest(rid, f"a put's lease must be an id >= 1, not "
+                                         f"{args[4]!r:.40}")
+                req.lease = args[4]
         elif op == ReqOp.CAS:
             req.expected, req.value = args[3], args[4]
     elif op == ReqOp.GET or op == ReqOp.GET_STALE or op == ReqOp.GET_KV:
         req.key = args[0]
     elif op == ReqOp.TXN:
         return _decode_txn(req, args, max_key, max_value)
+    elif op in _LEASE_OPS:
+        return _decode_lease(req, args)
     elif op == ReqOp.WATCH:
         key, prefix, revision, wait_ms = args
         if (type(prefix) is not bool or type(revision) is not int
@@ -788,6 +835,28 @@ def _decode_request(
         )
     except kv.BadRequest as e:
         raise InvalidRequest(rid, str(e)) from None
+    return req
+
+
+def _decode_lease(req: ClientRequest, args: list[Any]) -> ClientRequest:
+    """GRANT and REVOKE: a session and a TTL or lease id, checked as `apply` will;
+    KEEPALIVE and INFO: a lease id."""
+    op = req.op
+    if op == ReqOp.LEASE_GRANT or op == ReqOp.LEASE_REVOKE:
+        client_id, seq, arg = args
+        problem = kv.session_problem(client_id, seq) or kv.lease_problem(int(op), arg)
+        if problem is not None:
+            raise InvalidRequest(req.request_id, problem)
+        req.client_id, req.seq = client_id, seq
+        if op == ReqOp.LEASE_GRANT:
+            req.ttl_ms = arg
+        else:
+            req.lease = arg
+        return req
+    problem = kv.lease_problem(int(kv.Op.LEASE_REVOKE), args[0])
+    if problem is not None:
+        raise InvalidRequest(req.request_id, problem)
+    req.lease = args[0]
     return req
 
 

@@ -200,7 +200,32 @@ REQUESTS = [
     ClientRequest(17, ReqOp.SCAN, key=b"pre", limit=10, start=b"pre-7\x00"),
     ClientRequest(18, ReqOp.WATCH, key=b"cfg/", prefix=True, revision=7, wait_ms=1000),
     ClientRequest(19, ReqOp.WATCH, key=b"k"),
+    ClientRequest(20, ReqOp.PUT, key=b"k", value=b"v", client_id=5, seq=6, lease=77),
+    ClientRequest(21, ReqOp.LEASE_GRANT, client_id=5, seq=7, ttl_ms=3000),
+    ClientRequest(22, ReqOp.LEASE_REVOKE, lease=77),
+    ClientRequest(23, ReqOp.LEASE_KEEPALIVE, lease=77),
+    ClientRequest(24, ReqOp.LEASE_INFO, lease=2**64 - 1),
 ]
+
+
+@pytest.mark.parametrize("args", [
+    [ReqOp.LEASE_GRANT, 0, 0, 0], [ReqOp.LEASE_GRANT, 0, 0, 2**41], [ReqOp.LEASE_GRANT, 1, 0, 5],
+    [ReqOp.LEASE_REVOKE, 0, 0, 0], [ReqOp.LEASE_KEEPALIVE, "1"], [ReqOp.LEASE_INFO, True],
+    [ReqOp.PUT, 5, 1, b"k", b"v", 0], [ReqOp.PUT, 5, 1, b"k", b"v", None],
+])
+def test_a_lease_request_out_of_range_is_answered_not_served(args: list) -> None:
+    with pytest.raises(InvalidRequest) as e:
+        decode_request(pack([VERSION, Kind.REQ, 9, *args]))
+    assert e.value.request_id == 9
+
+
+def test_a_leased_put_and_a_lease_grant_propose_what_kv_applies() -> None:
+    put = decode_request(encode_request(REQUESTS[-5]))
+    assert msgpack.unpackb(put.command()) == [kv.Op.PUT, 5, 6, b"k", b"v", 77]
+    grant = decode_request(encode_request(ClientRequest(1, ReqOp.LEASE_GRANT, ttl_ms=3000)))
+    store = kv.KVStore()
+    assert store.apply(42, grant.command()) == kv.Reply(kv.Code.OK, 42)
+    assert store.lease_ttls == {42: 3000}
 
 
 @pytest.mark.parametrize("req", REQUESTS, ids=lambda r: f"{r.op.name}-{r.request_id}")
@@ -267,6 +292,7 @@ REPLIES = [
     (ReplyCode.BAD_REQUEST, "value of 5 bytes exceeds the limit of 4"),
     (ReplyCode.STALE_REQUEST, "stale"),
     (ReplyCode.SESSION_EXPIRED, "expired"),
+    (ReplyCode.NOT_FOUND, "lease 7 not found"),
     (ReplyCode.NOT_LEADER, "ask node 3"),
     (ReplyCode.UNAVAILABLE, "no leader"),
     (ReplyCode.QUOTA_EXCEEDED, "the state holds 2,147,483,000 bytes"),
