@@ -44,7 +44,8 @@ from raftkv.interfaces import (
     Syncer,
     Transport,
 )
-from raftkv.kv import KVStore, SnapshotError
+from raftkv.kv import KVStore, Op, SnapshotError, encode_lease
+from raftkv.lease_timer import LeaseTimer
 from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, TURN_BOUNDS_S, Buckets
 from raftkv.quota import KEY_OVERHEAD
 from raftkv.raft import (
@@ -95,6 +96,8 @@ _INLINE_SYNC_MAX = 4
 # bound like this.
 _GET, _GET_STALE, _SCAN, _GET_KV = ReqOp.GET, ReqOp.GET_STALE, ReqOp.SCAN, ReqOp.GET_KV
 _WATCH = ReqOp.WATCH
+_KEEPALIVE, _LEASE_INFO = ReqOp.LEASE_KEEPALIVE, ReqOp.LEASE_INFO
+_LEADER_READS = frozenset({_GET, _SCAN, _GET_KV, _KEEPALIVE, _LEASE_INFO})  # after ReadIndex
 _TRANSFER, _CONF_CHANGE_OP, _CONTROL, _STATUS = (ReqOp.TRANSFER, ReqOp.CONF_CHANGE,
                                                  ReqOp.CONTROL, ReqOp.STATUS)
 _NORMAL, _CONF_CHANGE_ENTRY = EntryType.NORMAL, EntryType.CONF_CHANGE
@@ -189,6 +192,8 @@ class Replica:
                                           self.kv.applied_index if resumed else floor)
         self.kv.events = [] if cfg.watch_bytes else None
         self.watchers: list[_Watcher] = []
+        # The leader's clock over the leases (raftkv/lease_timer.py); idle on a follower.
+        self.lease_timer = LeaseTimer()
         log_tail = storage.entries_after_snapshot()  # a copy: read it once
         self.core = Raft(
             cfg.raft_config(),
@@ -246,6 +251,7 @@ class Replica:
                          "last_snapshot_adopt_ms": 0,
                          "longest_turn_ms": 0, "quota_refused": 0,
                          "watchers": 0, "watch_events": 0, "watch_compacted": 0,
+                         "leases_expired": 0,
                          **dict.fromkeys(EVENT_COUNTERS, 0)}
         self.events = EventLog(clock.time)
         self.fsync_seconds = Buckets(FSYNC_BOUNDS_S)
@@ -272,6 +278,8 @@ class Replica:
         self.core.tick()
         if self.watchers:
             self.expire_watchers()
+        if self.lease_timer.deadlines:
+            self.maybe_revoke_leases()
 
     def process(self) -> None:
         """The end of a turn: while a Ready syncs, send what may leave before it is
@@ -599,6 +607,9 @@ class Replica:
                 reply(waiter.identity, waiter.request_id, _UNAVAILABLE,
                       "leadership changed; retry with the same sequence number")
         self.kv.flush()
+        if self.lease_timer.leading:
+            self.lease_timer.reconcile(self.kv.lease_ttls, self.kv.lease_epoch,
+                                       self.clock.monotonic())
         events = self.kv.events
         if events:
             self.watch_history.extend(events)
@@ -704,7 +715,11 @@ class Replica:
         log.info("now %s; leader %s", ss.role.name.lower(), ss.lead or "unknown")
         if ss.role == Role.LEADER:
             self.counters["elections_won"] += 1
-        elif self.pending_writes:
+            self.lease_timer.start(self.kv.lease_ttls, self.kv.lease_epoch,
+                                   self.clock.monotonic())
+            return
+        self.lease_timer.stop()
+        if self.pending_writes:
             # Our proposals may still commit under the next leader, or be overwritten:
             # the outcome is unknown, and a retry with the same seq is answered once.
             for w in self.pending_writes.values():
@@ -722,7 +737,7 @@ class Replica:
             op = req.op
             if op == _GET and read_local:
                 op = _GET_STALE  # the deliberate bug: no ReadIndex
-            if op in (_GET, _SCAN, _GET_KV):
+            if op in _LEADER_READS:
                 if batch is None:
                     batch = _ReadBatch()
                 batch.requests.append(req)
@@ -825,6 +840,9 @@ class Replica:
             for req in batch.requests:
                 if req.op == _GET:
                     value: Any = get(req.key)
+                elif req.op == _KEEPALIVE or req.op == _LEASE_INFO:
+                    self.serve_lease(req)
+                    continue
                 elif req.op == _GET_KV:
                     kv = self.kv.get_kv(req.key)
                     value = None if kv is None else list(kv)
@@ -832,6 +850,47 @@ class Replica:
                     limit = min(req.limit or MAX_SCAN, MAX_SCAN)
                     value = [list(kv) for kv in self.kv.scan(req.key, limit, req.start)]
                 reply(req.identity, req.request_id, _OK, value)
+
+    # -- leases (raftkv/lease_timer.py) ---------------------------------------------------
+
+    def maybe_revoke_leases(self) -> None:
+        """Propose the revoke of each lease whose TTL ran out on this leader's clock.
+        The revoke carries no session: a second copy finds the lease gone and does
+        nothing."""
+        for lease_id in self.lease_timer.due(self.clock.monotonic()):
+            try:
+                self.core.propose(encode_lease(Op.LEASE_REVOKE, lease_id, client_id=0, seq=0))
+            except (NotLeader, ProposalDropped):
+                return  # `due` hands it out again after its retry, if this node still leads
+            self.counters["leases_expired"] += 1
+            log.info("lease %d expired (TTL %d ms): revoke proposed", lease_id,
+                     self.kv.lease_ttls.get(lease_id, 0))
+
+    def serve_lease(self, req: ClientRequest) -> None:
+        """KEEPALIVE or LEASE_INFO, after its ReadIndex round: only the leader times
+        leases, so only it answers."""
+        reply, timer = self.transport.reply, self.lease_timer
+        if not timer.leading:
+            self.counters["not_leader"] += 1
+            reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
+                  f"node {self.cfg.id} is not the leader", self.core.lead)
+            return
+        now = self.clock.monotonic()
+        timer.reconcile(self.kv.lease_ttls, self.kv.lease_epoch, now)
+        ttl = self.kv.lease_ttls.get(req.lease)
+        if ttl is None:
+            reply(req.identity, req.request_id, ReplyCode.NOT_FOUND,
+                  f"lease {req.lease} not found: it expired or was revoked, or was never "
+                  "granted")
+        elif req.op == _LEASE_INFO:
+            entry = self.kv.lease(req.lease)
+            left = timer.remaining(req.lease, now) or 0.0
+            reply(req.identity, req.request_id, _OK, [ttl, round(left * 1000), entry[1]])
+        elif timer.renew(req.lease, ttl, now):
+            reply(req.identity, req.request_id, _OK, ttl)
+        else:
+            reply(req.identity, req.request_id, ReplyCode.NOT_FOUND,
+                  f"lease {req.lease} expired: its TTL ran out and its revoke is under way")
 
     # -- watches (raftkv/watch.py) -------------------------------------------------------
 
