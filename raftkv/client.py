@@ -103,12 +103,13 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from raftkv.kv import KeyValue
+from raftkv.leases import MAX_LEASE_TTL_MS
 from raftkv.security import Credentials, credentials_from_env
 from raftkv.transport import connect_dealer
 from raftkv.txn import (
@@ -118,6 +119,7 @@ from raftkv.txn import (
     TxnOp,
     TxnResult,
     Value,
+    lease_id,
     parse_kv,
     parse_result,
     to_bytes,
@@ -137,6 +139,10 @@ from raftkv.wire import (
     encode_requests,
 )
 
+if TYPE_CHECKING:
+    from raftkv.concurrency import Election, Lease, Lock
+
+MAX_TTL = MAX_LEASE_TTL_MS / 1000  # seconds
 DEFAULT_TIMEOUT = 5.0  # seconds: a request's whole budget, retries included
 DEFAULT_ATTEMPT_TIMEOUT = 0.5  # seconds without a reply before trying another address
 MAX_ATTEMPT_TIMEOUT = 2.0
@@ -159,7 +165,8 @@ _HANDSHAKE_EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED) | sum(_HANDSHAKE_FAILED)
 _OK = ReplyCode.OK
 _TERMINAL = frozenset(
     {ReplyCode.OK, ReplyCode.BAD_REQUEST, ReplyCode.STALE_REQUEST, ReplyCode.SESSION_EXPIRED,
-     ReplyCode.QUOTA_EXCEEDED, ReplyCode.FORBIDDEN, ReplyCode.COMPACTED}
+     ReplyCode.QUOTA_EXCEEDED, ReplyCode.FORBIDDEN, ReplyCode.COMPACTED,
+     ReplyCode.NOT_FOUND}
 )
 DEFAULT_WATCH_WAIT = 1.0  # seconds a node holds a watch with no event before answering
 # What the I/O thread hands a waiting caller: (request_id, address index, reply), where
@@ -198,6 +205,11 @@ class Compacted(RaftKVError):
     def __init__(self, message: str, oldest: int) -> None:
         super().__init__(message)
         self.oldest = oldest
+
+
+class LeaseNotFound(RaftKVError):
+    """The lease a request named does not exist: it expired or was revoked (or was never
+    granted). Nothing was written; a keepalive of it is too late."""
 
 
 class BadRequest(RaftKVError, ValueError):
@@ -515,13 +527,19 @@ class Client:
     # ---- public API ----------------------------------------------------------------
 
     def put(
-        self, key: Key, value: Value, *, timeout: float | None = None, at_most_once: bool = False
+        self, key: Key, value: Value, *, lease: int | Lease | None = None,
+        timeout: float | None = None, at_most_once: bool = False
     ) -> int:
         """Set `key` to `value`; the write's revision (its log index: it becomes the
-        key's mod_revision). Raises Timeout if the outcome is unknown (see Timeout;
-        `at_most_once`: see the module docstring)."""
+        key's mod_revision). With `lease` (an id from `grant`, or a `Lease`) the key is
+        deleted when the lease expires or is revoked; a put without one takes the key out
+        of any lease it had (etcd's rule). Raises LeaseNotFound if the lease is gone, and
+        Timeout if the outcome is unknown (see Timeout; `at_most_once`: see the module
+        docstring)."""
         req = ClientRequest(0, ReqOp.PUT, key=to_bytes(key, "key"))
         req.value = to_bytes(value, "value")
+        if lease:
+            req.lease = lease_id(lease)
         revision = self._write(req, timeout, at_most_once)
         if type(revision) is not int:
             raise RaftKVError(f"PUT answered {revision!r:.40}, not a revision")
@@ -688,6 +706,69 @@ class Client:
             raise ValueError(f"wait must be in (0, {MAX_WATCH_WAIT_MS / 1000:g}] s")
         return Watch(self, to_bytes(key, "key"), prefix, start_revision or 0, wait)
 
+    # ---- leases, locks and elections (raftkv/concurrency.py) ---------------------------
+
+    def grant(self, ttl: float, *, timeout: float | None = None) -> int:
+        """A new lease of `ttl` seconds (at least 0.001); its id. The leader times it:
+        unless kept alive (`keepalive`) within each `ttl`, it expires and every key put
+        with it is deleted. A new leader restarts every lease at its full TTL, so a
+        failover never shortens one. `lease(ttl)` keeps one alive for you."""
+        req = ClientRequest(0, ReqOp.LEASE_GRANT, ttl_ms=_ttl_ms(ttl))
+        lid = self._write(req, timeout, False)
+        if type(lid) is not int or lid < 1:
+            raise RaftKVError(f"LEASE_GRANT answered {lid!r:.40}, not a lease id")
+        return lid
+
+    def revoke(self, lease: int | Lease, *, timeout: float | None = None) -> bool:
+        """End a lease now and delete the keys it holds; False if it was gone already."""
+        return bool(self._write(ClientRequest(0, ReqOp.LEASE_REVOKE, lease=lease_id(lease)),
+                                timeout, False))
+
+    def keepalive(self, lease: int | Lease, *, timeout: float | None = None) -> float:
+        """Restart the lease's TTL on the leader's clock; the TTL, in seconds. Raises
+        LeaseNotFound once it expired (or was revoked): too late, its keys are gone or
+        going."""
+        req = ClientRequest(0, ReqOp.LEASE_KEEPALIVE, lease=lease_id(lease))
+        ttl_ms = self._read(req, timeout).value
+        if type(ttl_ms) is not int:
+            raise RaftKVError(f"LEASE_KEEPALIVE answered {ttl_ms!r:.40}, not a TTL")
+        return ttl_ms / 1000
+
+    def lease_info(self, lease: int | Lease, *, timeout: float | None = None) -> LeaseInfo:
+        """The lease's TTL, the seconds left of it on the leader's clock, and the keys it
+        holds. Raises LeaseNotFound if it is gone."""
+        req = ClientRequest(0, ReqOp.LEASE_INFO, lease=lease_id(lease))
+        raw = self._read(req, timeout).value
+        if (type(raw) is not list or len(raw) != 3 or type(raw[0]) is not int
+                or type(raw[1]) is not int or type(raw[2]) is not list):
+            raise RaftKVError(f"LEASE_INFO answered {raw!r:.60}")
+        keys = [k.decode() if self.decode else k for k in raw[2]]
+        return LeaseInfo(lease_id(lease), raw[0] / 1000, raw[1] / 1000, keys)
+
+    def lease(self, ttl: float, *, keepalive: bool = True) -> Lease:
+        """Grant a lease of `ttl` seconds and, with `keepalive`, keep it alive from a
+        background thread (every ttl/3) until `close()` or the end of a `with` block,
+        which revoke it. See `raftkv.concurrency.Lease`."""
+        from raftkv.concurrency import Lease
+
+        return Lease(self, ttl, keepalive=keepalive)
+
+    def lock(self, name: Key, ttl: float = 10.0) -> Lock:
+        """A distributed lock (etcd's mutex: raftkv.concurrency.Lock); acquire it with
+        `with kv.lock("jobs"):` or `.acquire(timeout=)`. Held on a lease of `ttl`
+        seconds kept alive meanwhile: a holder that dies releases it within `ttl`. Its
+        `revision` is a fencing token: it grows with each holder."""
+        from raftkv.concurrency import Lock
+
+        return Lock(self, name, ttl)
+
+    def election(self, name: Key, ttl: float = 10.0) -> Election:
+        """A leader election (etcd's: raftkv.concurrency.Election): `campaign(value)`,
+        `leader()`, `observe()`, `resign()`."""
+        from raftkv.concurrency import Election
+
+        return Election(self, name, ttl)
+
     def _watch_poll(self, req: ClientRequest, wait: float) -> ClientReply:
         """One WATCH request, whose attempts may each be held `wait` seconds."""
         budget = self.timeout + wait
@@ -791,6 +872,8 @@ class Client:
             return QuotaExceeded(str(reply.value))
         if reply.code == ReplyCode.FORBIDDEN:
             return Forbidden(str(reply.value))
+        if reply.code == ReplyCode.NOT_FOUND:
+            return LeaseNotFound(str(reply.value))
         return RaftKVError(f"{req.op.name} answered {reply.code.name}: {reply.value}")
 
     def _send(
@@ -923,6 +1006,22 @@ class Client:
         return Unavailable(
             f"{what}: no node served it within {budget:.3g}s; it had no effect. Tried {where}"
         )
+
+
+def _ttl_ms(ttl: float) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0.001 <= ttl <= MAX_TTL:
+        raise ValueError(f"a lease's ttl is in seconds, in [0.001, {MAX_TTL:g}], not {ttl!r:.40}")
+    return round(ttl * 1000)
+
+
+class LeaseInfo(NamedTuple):
+    """What `Client.lease_info` answers: the TTL and what is left of it on the leader's
+    clock (seconds), and the keys the lease holds."""
+
+    id: int
+    ttl: float
+    remaining: float
+    keys: list[bytes] | list[str]
 
 
 def _wait(q: queue.SimpleQueue[_Message], rid: int, until: float) -> _Message | None:

@@ -35,6 +35,14 @@ def to_bytes(x: object, what: str) -> bytes:
     raise TypeError(f"{what} must be str or bytes, not {type(x).__name__}")
 
 
+def lease_id(lease: object) -> int:
+    """A lease as its id: an int >= 1, or anything with an int `id` (a `Lease`)."""
+    lid = getattr(lease, "id", lease)
+    if type(lid) is not int or lid < 1:
+        raise TypeError(f"a lease is an id >= 1 or a Lease, not {lease!r:.40}")
+    return lid
+
+
 @dataclass(frozen=True, slots=True)
 class Compare:
     """One compare of a transaction: `target` of `key` `cmp` `operand`. Built with
@@ -103,14 +111,21 @@ class _Operand:
 
 @dataclass(frozen=True, slots=True)
 class Put:
-    """Set `key` to `value`; its result is the write's revision."""
+    """Set `key` to `value`; its result is the write's revision. `lease`: a lease id
+    the key is attached to (deleted when the lease is revoked or expires); 0 or None:
+    none (a put without a lease takes the key out of any lease, as in etcd). A lease
+    that does not exist refuses the whole transaction (`LeaseNotFound`)."""
 
     key: Key
     value: Value
+    lease: int | None = None
 
     def wire(self) -> list[Any]:
         """The op as the TXN command holds it (raftkv/kv.py)."""
-        return [int(Op.PUT), to_bytes(self.key, "key"), to_bytes(self.value, "value")]
+        op = [int(Op.PUT), to_bytes(self.key, "key"), to_bytes(self.value, "value")]
+        if self.lease:
+            op.append(lease_id(self.lease))
+        return op
 
 
 @dataclass(frozen=True, slots=True)
