@@ -23,6 +23,7 @@ EXIT_UNAVAILABLE = 3
 EXIT_QUOTA = 5
 EXIT_REFUSED = 6
 EXIT_UNKNOWN = 7  # a write was sent and not answered: it may or may not have been applied
+# 8: raftkv/extras.py's EXIT_NOT_INSTALLED; 9: harness/cli_coord.py's EXIT_LOST
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -39,6 +40,8 @@ Exit codes:
   7  a write's outcome is unknown: it was sent and not answered in --timeout (the
      leader died or lost leadership), so it may or may not have been applied; get the
      key to find out. A write with --exactly-once rides out a leader change instead
+  8  the server's packages are not installed (pip install 'raftkv[server]')
+  9  a lock or a leadership was lost while held: its lease expired (lock, elect)
 """
 
 
@@ -311,13 +314,24 @@ def _dash(v: Any) -> Any:
 @timeout_option
 @json_option
 @exactly_once_option
+@click.option("--lease", "lease_id", type=click.IntRange(min=1), default=None,
+              help="Attach KEY to this lease (raftkv lease grant): it is deleted when the "
+                   "lease ends. Exit 1 if the lease is gone.")
 def put(key: str, value: str, cluster_dir: Path, timeout: float, as_json: bool,
-        exactly_once: bool) -> None:
+        exactly_once: bool, lease_id: int | None) -> None:
     """Set KEY to VALUE (-: the bytes on stdin, as they are). OK means it is durable on a
     majority; --json adds the write's revision (its log index, now KEY's mod_revision)."""
+    import raftkv.client
+
     data: str | bytes = sys.stdin.buffer.read() if value == "-" else value
-    revision = with_client(cluster_dir, timeout,
-                           lambda kv: kv.put(key, data, at_most_once=not exactly_once))
+
+    def write(kv: Any) -> int:
+        try:
+            return kv.put(key, data, lease=lease_id, at_most_once=not exactly_once)
+        except raftkv.client.LeaseNotFound as e:
+            fail(str(e), EXIT_NEGATIVE)
+
+    revision = with_client(cluster_dir, timeout, write)
     print_answer("OK", as_json, revision=revision)
 
 
@@ -849,5 +863,19 @@ def bench(nodes: int, clients: int, duration: float, warmup: float, value_size: 
 
 main.add_command(node_command_)
 
+
+def _add_coordination_verbs() -> None:
+    from harness.cli_coord import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
 if __name__ == "__main__":
-    main(prog_name="raftkv")
+    # Run as `python -m harness.cli`: the verbs' modules import `harness.cli`, a second
+    # copy of this file under its own name, so that copy's group is the whole CLI.
+    from harness.cli import main as whole
+
+    whole(prog_name="raftkv")
+else:
+    _add_coordination_verbs()

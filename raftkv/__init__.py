@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"  # the one place: setup.cfg reads it into the metadata (--version)
 
 __all__ = ["AuthenticationFailed", "BadRequest", "Client", "Compacted", "Compare",
-           "Credentials", "Delete", "Event", "Forbidden", "Get", "KeyValue", "Put",
+           "Credentials", "Delete", "Election", "Event", "Forbidden", "Get", "KeyValue",
+           "Lease", "LeaseLost", "LeaseNotFound", "Lock", "NotAcquired", "Put",
            "QuotaExceeded", "RaftKVError", "SessionExpired", "Timeout", "TxnResult",
            "Unavailable", "Watch"]
-# What `raftkv.txn` gives the API; KeyValue and Event come from raftkv.kv and
-# raftkv.watch, the rest from raftkv.client.
+# What `raftkv.txn` and `raftkv.concurrency` give the API; KeyValue and Event come from
+# raftkv.kv and raftkv.watch, the rest from raftkv.client.
 _FROM_TXN = frozenset({"Compare", "Delete", "Get", "Put", "TxnResult"})
+_FROM_CONCURRENCY = frozenset({"Election", "Lease", "LeaseLost", "Lock", "NotAcquired"})
 
 if TYPE_CHECKING:
     from raftkv.client import (
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
         Compacted,
         Credentials,
         Forbidden,
+        LeaseNotFound,
         QuotaExceeded,
         RaftKVError,
         SessionExpired,
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
         Unavailable,
         Watch,
     )
+    from raftkv.concurrency import Election, Lease, LeaseLost, Lock, NotAcquired
     from raftkv.kv import KeyValue
     from raftkv.txn import Compare, Delete, Get, Put, TxnResult
     from raftkv.watch import Event
@@ -40,6 +44,10 @@ def __getattr__(name: str) -> Any:
         from raftkv import txn
 
         return getattr(txn, name)
+    if name in _FROM_CONCURRENCY:
+        from raftkv import concurrency
+
+        return getattr(concurrency, name)
     if name == "KeyValue":
         from raftkv.kv import KeyValue
 

@@ -297,6 +297,10 @@ class Election:
         """Our candidacy's create_revision (0: not campaigning)."""
         return self._q.revision
 
+    @property
+    def lease(self) -> Lease | None:
+        return self._q.lease
+
     def campaign(self, value: Value, timeout: float | None = None) -> int:
         """Stand with `value` and block until elected (or raise NotAcquired after
         `timeout`); the leadership's revision, a fencing token like a lock's."""

@@ -324,3 +324,53 @@ def test_up_gives_a_new_cluster_its_quota_and_put_past_it_exits_5(cli):
     cli("down")
     up(cli, "--quota-bytes", str(8 << 20))  # an existing cluster keeps its own quota
     assert cli("put", "more", value, check=None).returncode == 5
+
+
+def test_lease_lock_and_elect_verbs(cli):
+    up(cli)
+    lease = int(cli("lease", "grant", "30").stdout)
+    cli("put", "svc/a", "up", "--lease", str(lease))
+    info = json.loads(cli("lease", "info", str(lease), "--json").stdout)
+    assert info["keys"] == ["svc/a"] and info["ttl"] == 30 and 0 < info["remaining"] <= 30
+    assert "kept alive" in cli("lease", "keepalive", str(lease), "--once").stdout
+    cli("lease", "revoke", str(lease))
+    cli("get", "svc/a", check=1)
+    cli("lease", "revoke", str(lease), check=1)  # gone already
+    cli("put", "svc/b", "x", "--lease", str(lease), check=1)
+
+    base = [sys.executable, "-m", "harness.cli"]
+    hold = subprocess.Popen([*base, "lock", "nightly", "--", sys.executable, "-c",
+                             "import os, time; print(os.environ['RAFTKV_LOCK_TOKEN'], "
+                             "flush=True); time.sleep(2)"],
+                            env=cli.env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        token = int(hold.stdout.readline())
+        assert token > lease
+        cli("lock", "nightly", "--wait", "0.3", "--", "true", check=1)  # held by the other
+        assert hold.wait(timeout=30) == 0
+        again = cli("lock", "nightly", "--wait", "10", "--", sys.executable, "-c",
+                    "import os, sys; sys.exit(int(os.environ['RAFTKV_LOCK_TOKEN']) % 7)",
+                    check=None)
+        assert again.returncode not in (1, 9)  # COMMAND's own code: its token mod 7
+    finally:
+        hold.kill()
+        hold.wait()
+
+    leader = subprocess.Popen([*base, "elect", "sched", "host-a", "--json"], env=cli.env,
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    listen = subprocess.Popen([*base, "elect", "sched", "--listen", "--json"], env=cli.env,
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(leader.stdout.readline())["value"] == "host-a"
+        first = json.loads(listen.stdout.readline())
+        if first["leader"] is None:  # the listener started before the candidate won
+            first = json.loads(listen.stdout.readline())
+        assert first["leader"] == "host-a" and first["revision"] > 0
+        leader.send_signal(signal.SIGTERM)  # resigns on the way out
+        assert leader.wait(timeout=30) == 0
+        assert json.loads(listen.stdout.readline())["leader"] is None
+    finally:
+        for p in (leader, listen):
+            p.kill()
+            p.wait()
+    cli("elect", "sched", check=2)  # neither VALUE nor --listen
