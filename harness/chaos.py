@@ -11,6 +11,8 @@ injects faults from a seeded schedule (nemesis.py), heals, waits for recovery, t
 3. checks that every node converged to the same applied state;
 4. checks what a watcher of every client key saw through the faults (`Watcher`): each
    acknowledged put once, at the revision its put answered, and no event twice;
+   with --coordination, also that a lock never had two live holders and its fencing
+   tokens grew, and that no lease was revoked before its TTL ran (chaos_coord.py);
 5. prints a summary and writes history.jsonl, watch.jsonl and the node logs under the
    run dir.
 
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import zmq
 
+from harness.chaos_coord import Coordination
 from harness.cluster_state import ClusterState
 
 EXIT_OK, EXIT_VIOLATION, EXIT_UNRECOVERED = 0, 1, 3
@@ -185,6 +188,7 @@ class ChaosConfig:
     check_timeout: float = 60.0
     preload: int = 0  # filler keys (PRELOAD_VALUE bytes each) written before the faults
     state: str = "memory"  # where the nodes keep the state (raftkv node --state)
+    coordination: bool = False  # also run the lock and lease workloads (chaos_coord.py)
 
 
 @dataclass
@@ -265,6 +269,7 @@ def drive(cfg: ChaosConfig, state, run_dir: Path, report: ChaosReport,
     addresses = (state.controller.address if "membership" in cfg.nemesis
                  else state.addresses)
     watcher = Watcher(addresses, start_revision(addresses))
+    coordination = Coordination(addresses, cfg.seed) if cfg.coordination else None
     workers = [mp.Process(target=client_worker,
                           args=(w, addresses, cfg.keys, stop_at,
                                 str(run_dir / f"client{w}.jsonl"), cfg.seed))
@@ -288,6 +293,8 @@ def drive(cfg: ChaosConfig, state, run_dir: Path, report: ChaosReport,
                 w.kill()
                 w.join()
         nemesis.heal_all()
+        if coordination is not None:
+            coordination.stop()
     report.faults = dict(nemesis.injected)
     state = ClusterState.load(state.dir) or state  # the members now, after any change
     try:
@@ -319,6 +326,8 @@ def drive(cfg: ChaosConfig, state, run_dir: Path, report: ChaosReport,
             "it")
     log(f"watch: {len(watcher.events)} events")
     report.problems += watch_problems(watcher, history)
+    if coordination is not None:
+        report.problems += coordination.problems(run_dir, log)
     return history
 
 

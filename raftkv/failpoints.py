@@ -16,6 +16,7 @@ KNOWN = {
                   "ReadIndex, leader or not (stale reads)",
     "ack-before-commit": "the leader acknowledges a put as soon as its own disk has it, "
                          "before a majority does (lost writes when it dies)",
+    "lease-half-ttl": "the leader times every lease at half its TTL (revoked early)",
 }
 
 

@@ -29,14 +29,15 @@ REVOKE_RETRY = 1.0  # seconds before a revoke not yet applied is proposed again
 class LeaseTimer:
     """Lease id -> the leader's deadline (monotonic seconds)."""
 
-    __slots__ = ("deadlines", "revoking", "epoch", "retry")
+    __slots__ = ("deadlines", "revoking", "epoch", "retry", "scale")
 
-    def __init__(self, retry: float = REVOKE_RETRY) -> None:
+    def __init__(self, retry: float = REVOKE_RETRY, *, scale: float = 1.0) -> None:
         self.deadlines: dict[int, float] = {}
         # Leases whose revoke was proposed -> when to propose it again.
         self.revoking: dict[int, float] = {}
         self.epoch = -1  # the state's lease_epoch when last reconciled; -1: not leading
         self.retry = retry
+        self.scale = scale / 1000  # ms of TTL -> seconds; below 1/1000 only for a failpoint
 
     @property
     def leading(self) -> bool:
@@ -44,7 +45,7 @@ class LeaseTimer:
 
     def start(self, ttls: Mapping[int, int], epoch: int, now: float) -> None:
         """This node became leader: every lease starts anew at its full TTL."""
-        self.deadlines = {lid: now + ttl / 1000 for lid, ttl in ttls.items()}
+        self.deadlines = {lid: now + ttl * self.scale for lid, ttl in ttls.items()}
         self.revoking = {}
         self.epoch = epoch
 
@@ -65,7 +66,7 @@ class LeaseTimer:
             self.revoking.pop(lid, None)
         for lid, ttl in ttls.items():
             if lid not in deadlines:
-                deadlines[lid] = now + ttl / 1000
+                deadlines[lid] = now + ttl * self.scale
         self.epoch = epoch
 
     def renew(self, lease_id: int, ttl_ms: int, now: float) -> bool:
@@ -74,7 +75,7 @@ class LeaseTimer:
         deadline = self.deadlines.get(lease_id)
         if lease_id in self.revoking or deadline is not None and deadline <= now:
             return False
-        self.deadlines[lease_id] = now + ttl_ms / 1000
+        self.deadlines[lease_id] = now + ttl_ms * self.scale
         return True
 
     def remaining(self, lease_id: int, now: float) -> float | None:

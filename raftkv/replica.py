@@ -242,6 +242,8 @@ class Replica:
         self.storage_view = self.storage_status()
         self.started = clock.monotonic()
         self.failpoints = failpoints.enabled()
+        if "lease-half-ttl" in self.failpoints:
+            self.lease_timer.scale /= 2  # the deliberate bug: leases expire early
         for name in sorted(self.failpoints):
             log.warning("FAILPOINT %s is ON: %s", name, failpoints.KNOWN[name])
         self.counters = {"proposals": 0, "reads": 0, "fsyncs": 0, "elections_won": 0,

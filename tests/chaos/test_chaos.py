@@ -21,11 +21,12 @@ RUN_TIME = float(os.environ.get("RAFTKV_CHAOS_TIME", "10"))
 
 
 def chaos(tmp_path, nemesis: tuple[str, ...], seed: int, nodes: int = 5, preload: int = 0,
-          state: str = "memory"):
+          state: str = "memory", coordination: bool = False):
     lines: list[str] = []
     report = run_chaos(ChaosConfig(nodes=nodes, run_time=RUN_TIME, clients=4, keys=5,
                                    nemesis=nemesis, seed=seed, run_dir=tmp_path,
-                                   check_timeout=120, preload=preload, state=state),
+                                   check_timeout=120, preload=preload, state=state,
+                                   coordination=coordination),
                        log=lines.append)
     return report, "\n".join(lines)
 
@@ -33,10 +34,17 @@ def chaos(tmp_path, nemesis: tuple[str, ...], seed: int, nodes: int = 5, preload
 @pytest.mark.parametrize("nemesis", ["kill", "pause", "partition", "leader-partition",
                                      "restart-all"])
 def test_chaos_run_passes_under(tmp_path, nemesis):
-    report, log = chaos(tmp_path, (nemesis,), seed=sum(map(ord, nemesis)))
+    """Under kill, pause and partition (issue 19) the lock and lease workloads run too."""
+    coordination = nemesis in ("kill", "pause", "partition")
+    report, log = chaos(tmp_path, (nemesis,), seed=sum(map(ord, nemesis)),
+                        coordination=coordination)
     assert report.exit_code == EXIT_OK, log
     assert report.faults.get(nemesis, 0) >= 1, log
     assert report.ops["ok"] > 100, log
+    if coordination:
+        holds, leases = (re.search(r"locks: (\d+) holds.*leases: (\d+) granted, (\d+) seen",
+                                   log).groups()[i] for i in (0, 2))
+        assert int(holds) >= 5 and int(leases) >= 5, log
 
 
 def test_membership_churn_under_load_stays_linearizable(tmp_path):
@@ -80,3 +88,10 @@ def test_acknowledging_before_commit_is_caught_as_a_lost_write(tmp_path, monkeyp
     monkeypatch.setenv(FAILPOINTS_ENV, "ack-before-commit")
     report, log = chaos(tmp_path, ("kill",), seed=3, nodes=3)
     assert report.exit_code == EXIT_VIOLATION, log
+
+
+def test_a_leader_that_times_leases_at_half_their_ttl_is_caught(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAILPOINTS_ENV, "lease-half-ttl")
+    report, log = chaos(tmp_path, ("pause",), seed=5, nodes=3, coordination=True)
+    assert report.exit_code == EXIT_VIOLATION, log
+    assert any("revoked before its TTL" in p for p in report.problems), log
