@@ -35,7 +35,8 @@ Exit codes:
   3  cluster unavailable: no cluster in --dir, controller down, no leader in --timeout,
      no node of --endpoints answering
   4  a node's data directory is unusable, or its disk failed (node; up and restart
-     when a node refuses its dir, e.g. one that vanished: remove-node, then add-node)
+     when a node refuses its dir, e.g. one that vanished: remove-node, then add-node;
+     snapshot restore into a dir that is not empty)
   5  the cluster's state is at its quota (node --quota-bytes): the write was refused
      and nothing was done; delete keys to make room
   6  the cluster refused this key: none given where one is needed, one it does not
@@ -79,6 +80,17 @@ def main() -> None:
     raftkv kill-leader        SIGKILL the leader; a new one takes over
     raftkv status             who leads, terms, indexes, cpu and memory
     raftkv down               stop everything; `up` brings it back with its data
+
+    Nodes run by hand (`raftkv node` on each machine): give the data verbs and the
+    endpoint, member and snapshot verbs --endpoints HOST:PORT,... (env RAFTKV_ENDPOINTS)
+    instead of --dir, and --credentials KEYS for a cluster with keys.
+
+    \b
+    raftkv get KEY --endpoints h1:7701,h2:7702,h3:7703
+    raftkv endpoint status    each node's role, term, indexes, state size
+    raftkv endpoint health    a linearizable read through each node (exit 1 if one fails)
+    raftkv member list|add|remove
+    raftkv snapshot save FILE / snapshot restore FILE --data-dir D --id N --voters 1,2,3
     """
 
 
@@ -901,6 +913,10 @@ def bench(nodes: int, clients: int, duration: float, warmup: float, value_size: 
 
 
 main.add_command(node_command_)
+
+# The verbs that work on any deployment (endpoint, member, snapshot) register themselves
+# on `main`; imported last, since they use what this module defines.
+import harness.cli_cluster  # noqa: E402,F401
 
 if __name__ == "__main__":
     # `python -m harness.cli` runs this file as __main__, a copy apart from harness.cli,
