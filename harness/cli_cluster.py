@@ -44,17 +44,18 @@ SAVE_ATTEMPTS = 3  # `snapshot save` starts over this often when leadership move
 
 # -- asking the nodes ------------------------------------------------------------------------
 
-def ask(target: ClusterTarget, address: str, op: ReqOp, timeout: float,
+def ask(cluster: ClusterTarget, address: str, op: ReqOp, timeout: float, /,
         **fields: Any) -> ClientReply | None:
-    """One request to the node at `address`, with the target's keys; None if it did not
-    answer within `timeout` (down, unreachable, or refusing our keys)."""
+    """One request to the node at `address`, with the cluster's keys; None if it did not
+    answer within `timeout` (down, unreachable, or refusing our keys). `fields` are the
+    request's (a CONF_CHANGE's or TRANSFER's `target` is a node id)."""
     import zmq
 
     from harness import rpc
 
     with zmq.Context() as ctx:
         return rpc.call(ctx, address, ClientRequest(rpc.next_request_id(), op, **fields),
-                        timeout, target.credentials)
+                        timeout, cluster.credentials)
 
 
 def statuses(target: ClusterTarget, timeout: float) -> dict[int, dict[str, Any] | str]:
@@ -103,20 +104,20 @@ def refused(reply: ClientReply) -> None:
     fail(f"{reply.code.name}: {reply.value}", EXIT_USAGE)
 
 
-def leader_request(target: ClusterTarget, op: ReqOp, timeout: float,
+def leader_request(cluster: ClusterTarget, op: ReqOp, timeout: float, /,
                    **fields: Any) -> Any:
     """Have the leader serve a request, following NOT_LEADER hints and waiting out
     elections until `timeout`; its OK answer's value. Only for requests a retry cannot
     apply twice (CONF_CHANGE answers OK for a change already in force; TRANSFER)."""
     deadline = time.monotonic() + timeout
-    addresses = dict(target.nodes)
+    addresses = dict(cluster.nodes)
     order = list(addresses)
     turn, hint, last = 0, 0, "no node answered"
     while time.monotonic() < deadline:
         node_id = hint if hint in addresses else order[turn % len(order)]
         turn += hint not in addresses
         attempt = max(0.1, min(2.0, deadline - time.monotonic()))
-        reply = ask(target, addresses[node_id], op, attempt, **fields)
+        reply = ask(cluster, addresses[node_id], op, attempt, **fields)
         hint = 0
         if reply is None:
             last = f"node {node_id} did not answer"
@@ -436,8 +437,11 @@ def move_leadership(target: ClusterTarget, away_from: int, timeout: float,
     while time.monotonic() < deadline:
         if time.monotonic() - asked_at > 1.0:  # a transfer that fails ends in an election
             asked_at = time.monotonic()
-            ask(target, target.nodes.get(away_from) or addresses_known(target, found)[away_from],
-                ReqOp.TRANSFER, 1.0, target=best)
+            reply = ask(target, addresses_known(target, found)[away_from], ReqOp.TRANSFER,
+                        1.0, target=best)
+            if reply is not None and reply.code in (ReplyCode.FORBIDDEN,
+                                                    ReplyCode.BAD_REQUEST):
+                refused(reply)
         now = leader_of(statuses(target, 1.0))
         if now is not None and now[0] != away_from:
             click.echo(f"node {now[0]} leads now", err=as_json)
