@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -37,9 +38,24 @@ from raftkv.raft import ConfOp
 from raftkv.server import EXIT_STORAGE, EXIT_USAGE, HEX64, fail, parse_voters
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
+F = TypeVar("F", bound=Callable[..., Any])
 HEALTH_KEY = b"health"  # what `endpoint health` reads (etcd's choice); it need not exist
 RETRY_PAUSE_S = 0.05  # between attempts at a request the cluster cannot serve yet
 SAVE_ATTEMPTS = 3  # `snapshot save` starts over this often when leadership moves
+
+
+def cluster_options(timeout: float | None = None, what: str = "") -> Callable[[F], F]:
+    """--dir or --endpoints (with --credentials), --timeout (the CLI's usual one, or
+    `timeout` seconds for `what`) and --json."""
+    wait = timeout_option if timeout is None else click.option(
+        "--timeout", default=timeout, show_default=True, type=click.FloatRange(min=1),
+        help=f"Seconds for {what}.")
+
+    def decorate(f: F) -> F:
+        for option in (json_option, wait, target_options, dir_option):
+            f = option(f)
+        return f
+    return decorate
 
 
 # -- asking the nodes ------------------------------------------------------------------------
@@ -114,22 +130,22 @@ def leader_request(cluster: ClusterTarget, op: ReqOp, timeout: float, /,
     order = list(addresses)
     turn, hint, last = 0, 0, "no node answered"
     while time.monotonic() < deadline:
-        node_id = hint if hint in addresses else order[turn % len(order)]
-        turn += hint not in addresses
+        # A hint names the node to ask next; without one, the next in turn.
+        if hint in addresses:
+            node_id = hint
+        else:
+            node_id = order[turn % len(order)]
+            turn += 1
         attempt = max(0.1, min(2.0, deadline - time.monotonic()))
         reply = ask(cluster, addresses[node_id], op, attempt, **fields)
         hint = 0
         if reply is None:
             last = f"node {node_id} did not answer"
-            turn += 1
             continue
         if reply.code == ReplyCode.OK:
             return reply.value
         if reply.code == ReplyCode.NOT_LEADER:
-            hint = reply.leader_hint
-            if hint == node_id or not hint:
-                hint = 0
-                turn += 1
+            hint = reply.leader_hint if reply.leader_hint != node_id else 0
             last = f"node {node_id} does not lead"
         elif reply.code == ReplyCode.UNAVAILABLE:
             last = f"node {node_id}: {reply.value}"
@@ -152,10 +168,7 @@ def endpoint() -> None:
 
 
 @endpoint.command(name="status")
-@dir_option
-@target_options
-@timeout_option
-@json_option
+@cluster_options()
 def endpoint_status(cluster_dir: Path, timeout: float, as_json: bool) -> None:
     """Per endpoint, from its own STATUS: node id, role, term, the leader it knows, log,
     commit and applied index, keys, state size against its quota, snapshot index. An
@@ -169,7 +182,7 @@ def endpoint_status(cluster_dir: Path, timeout: float, as_json: bool) -> None:
     else:
         print_table(rows, ("id", "address", "role", "term", "leader", "last_index",
                            "commit_index", "applied_index", "keys", "db_bytes",
-                           "quota_bytes", "snapshot_index"), error_key="error")
+                           "quota_bytes", "snapshot_index"))
     if all("error" in r for r in rows):
         sys.exit(EXIT_UNAVAILABLE)
 
@@ -188,8 +201,10 @@ def endpoint_row(node_id: int, address: str, st: dict[str, Any] | str) -> dict[s
             "learners": st.get("learners"), "uptime_s": st.get("uptime_s")}
 
 
-def print_table(rows: list[dict[str, Any]], cols: tuple[str, ...], error_key: str) -> None:
-    """Rows under upper-cased column names; a row with `error_key` shows only that."""
+def print_table(rows: list[dict[str, Any]], cols: tuple[str, ...],
+                error_key: str = "error") -> None:
+    """Rows under upper-cased column names; a row with `error_key` (why the node gave
+    no figures) is listed after the table, with its reason."""
     heads = tuple(c.upper().replace("_INDEX", "").replace("_", " ") for c in cols)
     cells = [tuple("-" if r.get(c) is None else str(r[c]) for c in cols) for r in rows
              if error_key not in r]
@@ -202,10 +217,7 @@ def print_table(rows: list[dict[str, Any]], cols: tuple[str, ...], error_key: st
 
 
 @endpoint.command(name="health")
-@dir_option
-@target_options
-@timeout_option
-@json_option
+@cluster_options()
 def endpoint_health(cluster_dir: Path, timeout: float, as_json: bool) -> None:
     """Per endpoint: healthy if within --timeout it answers, names a leader, and a
     linearizable read (ReadIndex) sent to it, or to the leader it names, is served.
@@ -289,10 +301,7 @@ def leader_status(target: ClusterTarget, timeout: float) -> tuple[int, dict[str,
 
 
 @member.command(name="list")
-@dir_option
-@target_options
-@timeout_option
-@json_option
+@cluster_options()
 def member_list(cluster_dir: Path, timeout: float, as_json: bool) -> None:
     """The members in force on the leader: id, address, voter or learner, and each
     one's role as it answers (- if it does not)."""
@@ -310,7 +319,7 @@ def member_list(cluster_dir: Path, timeout: float, as_json: bool) -> None:
         click.echo(json.dumps({"leader": leader, "term": st["term"], "members": rows}))
         return
     click.echo(f"leader: {leader}   term: {st['term']}")
-    print_table(rows, ("id", "address", "member", "role"), error_key="-")
+    print_table(rows, ("id", "address", "member", "role"))
 
 
 def address_argument(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -325,11 +334,7 @@ def address_argument(_ctx: click.Context, _param: click.Parameter, value: str) -
 @click.argument("address", metavar="HOST:PORT", callback=address_argument)
 @click.option("--learner", is_flag=True, help="Leave it a learner (no vote); `member "
               "promote ID` later.")
-@dir_option
-@target_options
-@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=1),
-              help="Seconds for the whole change, catching up included.")
-@json_option
+@cluster_options(60.0, "the whole change, catching up included")
 def member_add(node_id: int, address: str, learner: bool, cluster_dir: Path,
                timeout: float, as_json: bool) -> None:
     """Add node ID, listening at HOST:PORT, as a learner; once it has applied what was
@@ -382,10 +387,7 @@ def promote(target: ClusterTarget, node_id: int, timeout: float,
 
 @member.command(name="promote")
 @click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
-@dir_option
-@target_options
-@timeout_option
-@json_option
+@cluster_options()
 def member_promote(node_id: int, cluster_dir: Path, timeout: float, as_json: bool) -> None:
     """Make learner ID a voter (check first, with `endpoint status`, that it has caught
     up)."""
@@ -396,11 +398,7 @@ def member_promote(node_id: int, cluster_dir: Path, timeout: float, as_json: boo
 
 @member.command(name="remove")
 @click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
-@dir_option
-@target_options
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=1),
-              help="Seconds for the whole change, moving leadership included.")
-@json_option
+@cluster_options(30.0, "the whole change, moving leadership included")
 def member_remove(node_id: int, cluster_dir: Path, timeout: float, as_json: bool) -> None:
     """Remove node ID from the cluster. If it leads, leadership is handed to the most
     caught-up other voter first (thesis §3.10). Its process keeps running, out of the
@@ -466,11 +464,7 @@ def snapshot() -> None:
 
 @snapshot.command(name="save")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@dir_option
-@target_options
-@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=1),
-              help="Seconds for the whole backup.")
-@json_option
+@cluster_options(60.0, "the whole backup")
 def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) -> None:
     """Write every key and value, as of one revision, to FILE (whole or not at all).
 

@@ -77,7 +77,8 @@ def test_up_kill_leader_restart_down_up_keeps_the_data(cli):
     st = cli.status()
     assert st["leader"] not in (None, first["leader"])
     assert cli("get", "k19").stdout == "v19\n"
-    cli("restart", str(first["leader"]))
+    back = json.loads(cli("restart", str(first["leader"]), "--json").stdout)
+    assert back["restarted"] == first["leader"] and back["role"] in ("follower", "candidate")
     target = next(n for n in st["nodes"] if n["id"] == st["leader"])["commit_index"]
 
     def old_leader_caught_up() -> bool:
@@ -100,15 +101,20 @@ def test_partitioned_leader_steps_down_and_the_majority_serves(cli):
     cli("put", "before", "1")
     leader = cli.status()["leader"]
     others = [i for i in (1, 2, 3) if i != leader]
-    cli("partition", str(leader), ",".join(map(str, others)))
+    assert cli("partition", str(leader), ",".join(map(str, others))).stdout == (
+        f"partitioned: {leader} | {','.join(map(str, others))}\n")
     # The isolated leader takes the write, then steps down with it pending: only a write
     # in a session may be resent to the new leader (without, it would exit 7, unknown).
     cli("put", "during", "2", "--timeout", "10", "--exactly-once")
     wait_for(lambda: next(n for n in cli.status()["nodes"] if n["id"] == leader)["role"]
              != "leader", 10, "the isolated leader to step down")
     assert cli.status()["leader"] in others
-    cli("heal")
+    assert json.loads(cli("heal", "--json").stdout) == {"healed": [1, 2, 3]}
     assert cli("get", "during").stdout == "2\n"
+    killed = json.loads(cli("kill-leader", "--json").stdout)  # one object, on stdout
+    assert killed["leader"] != killed["killed"] and killed["leader_term"] > killed["term"]
+    assert json.loads(cli("kill", str(killed["killed"]), "--json").stdout) == {
+        "not_running": killed["killed"]}
 
 
 def test_a_one_shot_write_is_one_log_entry_and_a_session_adds_one(cli):
