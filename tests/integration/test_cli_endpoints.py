@@ -152,7 +152,9 @@ def test_data_verbs_status_and_health_without_a_harness_dir(hand, env, keys):
              .returncode == 0, 20, "every endpoint healthy again")
 
 
-def test_naming_the_cluster_twice_or_badly_is_a_usage_error(tmp_path, env):
+def test_naming_the_cluster_twice_or_badly_is_a_usage_error(tmp_path):
+    env = dict({k: v for k, v in os.environ.items() if not k.startswith("RAFTKV_")},
+               PYTHONPATH=str(REPO), RAFTKV_ENDPOINTS="127.0.0.1:1")
     both = run("get", "k", "--dir", str(tmp_path), "--endpoints", "127.0.0.1:1", env=env,
                check=2)
     assert "both --dir and --endpoints" in both.stderr

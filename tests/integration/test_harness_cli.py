@@ -94,6 +94,16 @@ def test_up_kill_leader_restart_down_up_keeps_the_data(cli):
     up(cli)
     assert cli("get", "k0").stdout == "v0\n"
     assert cli("get", "k19").stdout == "v19\n"
+    # The verbs of any deployment, on a harness dir: they ask the nodes of cluster.json.
+    assert [r["id"] for r in json.loads(cli("endpoint", "status", "--json").stdout)] == [
+        1, 2, 3]
+    wait_for(lambda: cli("endpoint", "health", check=None).returncode == 0, 10,
+             "every endpoint healthy")
+    members = json.loads(cli("member", "list", "--json").stdout)["members"]
+    assert [(m["id"], m["member"]) for m in members] == [(1, "voter"), (2, "voter"),
+                                                         (3, "voter")]
+    saved = json.loads(cli("snapshot", "save", str(cli.dir.parent / "b.rkv"), "--json").stdout)
+    assert saved["keys"] == 20
 
 
 def test_partitioned_leader_steps_down_and_the_majority_serves(cli):
