@@ -176,10 +176,12 @@ def print_answer(word: str, as_json: bool, negative: bool = False, **extra: Any)
               "encryption, so anyone who reaches a port may read, write, partition and "
               "reconfigure the cluster. By default `up` makes the cluster's keys in "
               "DIR/keys and its processes admit only those.")
+@json_option
 def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: float,
-       quota_bytes: int | None, state: str | None, insecure: bool) -> None:
+       quota_bytes: int | None, state: str | None, insecure: bool, as_json: bool) -> None:
     """Start the cluster in --dir (a new one, or the same nodes with their data) and wait
-    for a leader. Idempotent: a cluster already up is left as it is.
+    for a leader. Idempotent: a cluster already up is left as it is. --json: the status
+    map (`status --json`) with "started" (false if it was up already).
 
     A new cluster gets a random cluster id, and each node may create its data dir on its
     first start only: a node whose dir has vanished since refuses to start, and `up`
@@ -196,9 +198,13 @@ def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: f
     except LaunchError as e:
         fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
     if not started:
-        click.echo(f"cluster in {state.dir} is already up")
+        say(f"cluster in {state.dir} is already up", as_json)
     wait_for_controller_leader(state, timeout)
-    print_status_table(control(state, "status"))
+    st = control(state, "status")
+    if as_json:
+        click.echo(json.dumps({**st, "started": bool(started)}))
+        return
+    print_status_table(st)
 
 
 def node_options(quota_bytes: int | None, state: str | None) -> tuple[str, ...]:

@@ -68,6 +68,8 @@ def test_up_kill_leader_restart_down_up_keeps_the_data(cli):
     p = up(cli)
     assert "leader:" in p.stdout
     assert "already up" in up(cli).stdout  # idempotent
+    again = json.loads(up(cli, "--json").stdout)
+    assert again["started"] is False and again["leader"] is not None
     for n in range(20):
         cli("put", f"k{n}", f"v{n}")
     assert cli("get", "k7").stdout == "v7\n"
