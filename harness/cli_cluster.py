@@ -74,8 +74,12 @@ def ask(cluster: ClusterTarget, address: str, op: ReqOp, timeout: float, /,
                         timeout, cluster.credentials)
 
 
-def statuses(target: ClusterTarget, timeout: float) -> dict[int, dict[str, Any] | str]:
-    """Every node's STATUS map, asked all at once, or why there is none."""
+def statuses(target: ClusterTarget, timeout: float,
+             nodes: dict[int, str] | None = None) -> dict[int, dict[str, Any] | str]:
+    """Every node's STATUS map (the target's nodes, or `nodes`), asked all at once, or
+    why there is none."""
+    nodes = target.nodes if nodes is None else nodes
+
     def one(address: str) -> dict[str, Any] | str:
         reply = ask(target, address, ReqOp.STATUS, timeout)
         if reply is None:
@@ -84,8 +88,8 @@ def statuses(target: ClusterTarget, timeout: float) -> dict[int, dict[str, Any] 
             return f"{reply.code.name}: {reply.value}"
         return reply.value
 
-    with ThreadPoolExecutor(max_workers=min(16, len(target.nodes))) as pool:
-        found = dict(zip(target.nodes, pool.map(one, target.nodes.values()), strict=True))
+    with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+        found = dict(zip(nodes, pool.map(one, nodes.values()), strict=True))
     return found
 
 
@@ -146,6 +150,8 @@ def leader_request(cluster: ClusterTarget, op: ReqOp, timeout: float, /,
             return reply.value
         if reply.code == ReplyCode.NOT_LEADER:
             hint = reply.leader_hint if reply.leader_hint != node_id else 0
+            if hint and hint not in addresses:  # a member added since: the nodes know it
+                addresses.update(addresses_known(cluster, statuses(cluster, 1.0)))
             last = f"node {node_id} does not lead"
         elif reply.code == ReplyCode.UNAVAILABLE:
             last = f"node {node_id}: {reply.value}"
@@ -471,7 +477,8 @@ def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) 
     The state is a true point in time: the keys are read in linearizable pages (SCAN),
     and the writes applied while they were read (WATCH from before the first page to
     the commit index after the last) are laid over them, giving the state at that
-    commit index. The leader must lead throughout (else it starts over, up to 3 times).
+    commit index. The leader must lead throughout, a majority of the voters answering in its
+    term afterwards (else it starts over, up to 3 times).
     Key revisions are not kept (see `snapshot restore`). Exit 3 if the cluster cannot
     serve it in --timeout."""
     from raftkv.backup import write_backup
@@ -481,13 +488,11 @@ def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) 
     for attempt in range(1, SAVE_ATTEMPTS + 1):
         state = with_client(cluster_dir, max(1.0, deadline - time.monotonic()),
                             lambda kv: read_state(target, kv, deadline))
-        if state is not None:
+        if not isinstance(state, str):
             break
-        click.echo(f"leadership moved during the backup; starting over ({attempt} of "
-                   f"{SAVE_ATTEMPTS})", err=True)
+        click.echo(f"{state}; starting over ({attempt} of {SAVE_ATTEMPTS})", err=True)
     else:
-        fail(f"leadership kept moving: no backup in {SAVE_ATTEMPTS} attempts",
-             EXIT_UNAVAILABLE)
+        fail(f"no backup in {SAVE_ATTEMPTS} attempts: {state}", EXIT_UNAVAILABLE)
     revision, data = state
     backup = write_backup(file, revision, data.items())
     result = {"file": str(file), "revision": revision, "keys": len(backup.pairs),
@@ -498,23 +503,30 @@ def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) 
 
 
 def read_state(target: ClusterTarget, kv: Any,
-               deadline: float) -> tuple[int, dict[bytes, bytes]] | None:
-    """(revision R, every key's value at R), or None if leadership moved meanwhile.
+               deadline: float) -> tuple[int, dict[bytes, bytes]] | str:
+    """(revision R, every key's value at R), or why the pages may not be one leader's.
 
     Invariant: a linearizable page reads the state at some index between `start` (the
     leader's applied index before the first page) and R (its commit index after the
-    last, the same leader in the same term having served every page), so laying every
-    event of (start, R] over the pages, in revision order, leaves each key as the last
-    write at or before R left it."""
+    last), because one leader in one term served every page: a majority of the voters
+    still being in that term afterwards proves no later term elected anyone (a deposed
+    leader that has not heard yet would still claim to lead). So laying every event of
+    (start, R] over the pages, in revision order, leaves each key as the last write at
+    or before R left it."""
     import raftkv
 
-    leader, before, _ = leader_status(target, max(1.0, deadline - time.monotonic()))
-    start = before["applied_index"]
+    leader, before, found = leader_status(target, max(1.0, deadline - time.monotonic()))
+    start, term, voters = before["applied_index"], before["term"], before["voters"]
+    everyone = addresses_known(target, found)  # voters the endpoints do not name too
     data = dict(kv.scan_iter(b"", page=1000))
-    after = statuses(target, 2.0).get(leader)
-    if not isinstance(after, dict) or (after["role"], after["term"]) != ("leader",
-                                                                         before["term"]):
-        return None
+    found = statuses(target, 2.0, everyone)
+    after = found.get(leader)
+    if not isinstance(after, dict) or (after["role"], after["term"]) != ("leader", term):
+        return f"node {leader} no longer leads in term {term}"
+    in_term = [i for i in voters if isinstance(st := found.get(i), dict) and st["term"] == term]
+    if len(in_term) <= len(voters) // 2:
+        return (f"only voters {in_term} of {voters} answered in term {term}: not a "
+                "majority, so a later term may have a leader")
     end = after["commit_index"]
     watch = kv.watch(b"", prefix=True, start_revision=start + 1, wait=0.2)
     try:
