@@ -32,7 +32,7 @@ from pathlib import Path
 
 import msgpack
 
-from raftkv.kv import SNAPSHOT_VERSION, KVStore
+from raftkv.kv import KVStore
 from raftkv.raft.types import SnapshotMeta
 from raftkv.storage import Identity, Storage, StorageError
 
@@ -40,6 +40,7 @@ MAGIC = b"RAFTKV-BACKUP\n"
 VERSION = 1
 _LENGTH = struct.Struct(">I")
 _RECORD = struct.Struct(">QQQ")  # create_revision, mod_revision, version (kv.py's records)
+_BUILT_FORMAT = 4  # kv.py's snapshot format 4: [4, applied, [{key: record}], sessions, members]
 RESTORED_TERM = 1  # the snapshot's term: the first a new cluster's log can have
 
 
@@ -103,13 +104,16 @@ def read_backup(path: Path) -> Backup:
 
 
 def snapshot_data(backup: Backup, index: int) -> bytes:
-    """The state machine's snapshot (kv.py's format) of `backup`'s keys at `index`, each
-    key created and last modified at `index`, version 1; checked by restoring it."""
+    """The state machine's snapshot of `backup`'s keys at `index`, each key created and
+    last modified at `index`, version 1, in the format kv.py writes now: built in
+    format 4 (data, sessions, members), which KVStore.restore reads, and written again
+    by KVStore.snapshot, so a newer format's parts take their empty values."""
     record = _RECORD.pack(index, index, 1)
-    data = msgpack.packb((SNAPSHOT_VERSION, index, [{k: record + v for k, v in backup.pairs}],
-                          [], {}), use_bin_type=True)
-    KVStore().restore(data)  # raises SnapshotError if this module and kv.py disagree
-    return data
+    built = msgpack.packb((_BUILT_FORMAT, index, [{k: record + v for k, v in backup.pairs}],
+                           [], {}), use_bin_type=True)
+    state = KVStore()
+    state.restore(built)  # SnapshotError if kv.py no longer reads format 4
+    return state.snapshot()
 
 
 def seed_data_dir(backup: Backup, data_dir: Path, node_id: int, cluster_id: int,
