@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from harness.cluster_target import EXIT_UNAVAILABLE, cluster_target, load_state, target_options
+from raftkv.extras import EXIT_NOT_INSTALLED
 from raftkv.node_defaults import STATES
 from raftkv.quota import DEFAULT_QUOTA, MAX_QUOTA
 from raftkv.server import EXIT_STORAGE, EXIT_USAGE, fail, metrics_port_option
@@ -19,20 +21,23 @@ from raftkv.server import node as node_command_
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1  # the answer is "no": key not found, not swapped
-EXIT_UNAVAILABLE = 3
 EXIT_QUOTA = 5
 EXIT_REFUSED = 6
 EXIT_UNKNOWN = 7  # a write was sent and not answered: it may or may not have been applied
-# 8: raftkv/extras.py's EXIT_NOT_INSTALLED; 9: harness/cli_coord.py's EXIT_LOST
+# 9: harness/cli_coord.py's EXIT_LOST
 
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  success
-  1  a negative answer: key not found (get, del), not swapped (cas)
-  2  usage error or a request the cluster refused as invalid
-  3  cluster unavailable: no cluster in --dir, controller down, no leader in --timeout
+  1  a negative answer: key not found (get, del), not swapped (cas), an endpoint
+     unhealthy (endpoint health)
+  2  usage error (also: --dir and --endpoints both given, a malformed endpoint) or a
+     request the cluster refused as invalid
+  3  cluster unavailable: no cluster in --dir, controller down, no leader in --timeout,
+     no node of --endpoints answering
   4  a node's data directory is unusable, or its disk failed (node; up and restart
-     when a node refuses its dir, e.g. one that vanished: remove-node, then add-node)
+     when a node refuses its dir, e.g. one that vanished: remove-node, then add-node;
+     snapshot restore into a dir that is not empty)
   5  the cluster's state is at its quota (node --quota-bytes): the write was refused
      and nothing was done; delete keys to make room
   6  the cluster refused this key: none given where one is needed, one it does not
@@ -40,7 +45,9 @@ Exit codes:
   7  a write's outcome is unknown: it was sent and not answered in --timeout (the
      leader died or lost leadership), so it may or may not have been applied; get the
      key to find out. A write with --exactly-once rides out a leader change instead
-  8  the server's packages are not installed (pip install 'raftkv[server]')
+""" + f"""\
+  {EXIT_NOT_INSTALLED}  the command line is not installed: a client-only install lacks the
+     server extra's packages (pip install 'raftkv[server]')
   9  a lock or a leadership was lost while held: its lease expired (lock, elect)
 """
 
@@ -75,24 +82,21 @@ def main() -> None:
     raftkv kill-leader        SIGKILL the leader; a new one takes over
     raftkv status             who leads, terms, indexes, cpu and memory
     raftkv down               stop everything; `up` brings it back with its data
+
+    Nodes run by hand (`raftkv node` on each machine): give the data verbs and the
+    endpoint, member and snapshot verbs --endpoints HOST:PORT,... (env RAFTKV_ENDPOINTS)
+    instead of --dir, and --credentials KEYS for a cluster with keys.
+
+    \b
+    raftkv get KEY --endpoints h1:7701,h2:7702,h3:7703
+    raftkv endpoint status    each node's role, term, indexes, state size
+    raftkv endpoint health    a linearizable read through each node (exit 1 if one fails)
+    raftkv member list|add|remove
+    raftkv snapshot save FILE / snapshot restore FILE --data-dir D --id N --voters 1,2,3
     """
 
 
 # -- talking to the cluster -----------------------------------------------------------------
-
-def load_state(cluster_dir: Path) -> Any:
-    from harness.cluster_state import ClusterState
-
-    try:
-        state = ClusterState.load(cluster_dir)
-    except ValueError as e:
-        fail(str(e), EXIT_UNAVAILABLE)
-    if state is None:
-        fail(f"no cluster in {cluster_dir}; start one with: raftkv up --dir {cluster_dir}",
-             EXIT_UNAVAILABLE)
-    state.use_keys()  # the verbs speak with the admin key of --dir
-    return state
-
 
 def control(state: Any, name: str, *args: Any, timeout: float = 5.0) -> Any:
     """Run a controller command; exits with the documented code when it fails."""
@@ -119,12 +123,13 @@ def control_exit_code(code: Any) -> int:
 
 
 def with_client(cluster_dir: Path, timeout: float, fn: Callable[[Any], Any]) -> Any:
-    """Run `fn(client)` against the cluster's controller, mapping errors to exit codes."""
+    """Run `fn(client)` against the cluster the verb names (--endpoints: the nodes; --dir:
+    its controller), mapping errors to exit codes."""
     import raftkv
 
-    state = load_state(cluster_dir)
+    target = cluster_target(cluster_dir)
     try:
-        with raftkv.Client(state.controller.address, timeout=timeout) as kv:
+        with target.client(timeout) as kv:
             return fn(kv)
     except raftkv.BadRequest as e:
         fail(str(e), EXIT_USAGE)
@@ -173,10 +178,12 @@ def print_answer(word: str, as_json: bool, negative: bool = False, **extra: Any)
               "encryption, so anyone who reaches a port may read, write, partition and "
               "reconfigure the cluster. By default `up` makes the cluster's keys in "
               "DIR/keys and its processes admit only those.")
+@json_option
 def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: float,
-       quota_bytes: int | None, state: str | None, insecure: bool) -> None:
+       quota_bytes: int | None, state: str | None, insecure: bool, as_json: bool) -> None:
     """Start the cluster in --dir (a new one, or the same nodes with their data) and wait
-    for a leader. Idempotent: a cluster already up is left as it is.
+    for a leader. Idempotent: a cluster already up is left as it is. --json: the status
+    map (`status --json`) with "started" (false if it was up already).
 
     A new cluster gets a random cluster id, and each node may create its data dir on its
     first start only: a node whose dir has vanished since refuses to start, and `up`
@@ -193,9 +200,13 @@ def up(cluster_dir: Path, nodes: int, base_port: int, no_fsync: bool, timeout: f
     except LaunchError as e:
         fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
     if not started:
-        click.echo(f"cluster in {state.dir} is already up")
+        say(f"cluster in {state.dir} is already up", as_json)
     wait_for_controller_leader(state, timeout)
-    print_status_table(control(state, "status"))
+    st = control(state, "status")
+    if as_json:
+        click.echo(json.dumps({**st, "started": bool(started)}))
+        return
+    print_status_table(st)
 
 
 def node_options(quota_bytes: int | None, state: str | None) -> tuple[str, ...]:
@@ -221,11 +232,16 @@ def wait_for_controller_leader(state: Any, timeout: float) -> dict:
 @dir_option
 @click.option("--grace", default=5.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between SIGTERM and SIGKILL.")
-def down(cluster_dir: Path, grace: float) -> None:
-    """Stop the controller and every node. Data stays on disk; `up` brings it back."""
+@json_option
+def down(cluster_dir: Path, grace: float, as_json: bool) -> None:
+    """Stop the controller and every node. Data stays on disk; `up` brings it back.
+    --json: {"stopped": [name, ...]}."""
     from harness.launcher import down as stop_all
 
     stopped = stop_all(cluster_dir, grace)
+    if as_json:
+        click.echo(json.dumps({"stopped": stopped}))
+        return
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -311,6 +327,7 @@ def _dash(v: Any) -> Any:
 @click.argument("key")
 @click.argument("value")
 @dir_option
+@target_options
 @timeout_option
 @json_option
 @exactly_once_option
@@ -338,6 +355,7 @@ def put(key: str, value: str, cluster_dir: Path, timeout: float, as_json: bool,
 @main.command()
 @click.argument("key")
 @dir_option
+@target_options
 @timeout_option
 @json_option
 @click.option("--stale", is_flag=True, help="Read from any node's applied state (faster, may "
@@ -371,6 +389,7 @@ def get(key: str, cluster_dir: Path, timeout: float, as_json: bool, stale: bool)
 @main.command(name="del")
 @click.argument("key")
 @dir_option
+@target_options
 @timeout_option
 @json_option
 @exactly_once_option
@@ -387,6 +406,7 @@ def delete(key: str, cluster_dir: Path, timeout: float, as_json: bool,
 @click.argument("expected")
 @click.argument("new")
 @dir_option
+@target_options
 @timeout_option
 @json_option
 @exactly_once_option
@@ -408,6 +428,7 @@ def cas(key: str, expected: str, new: str, cluster_dir: Path, timeout: float, as
 @main.command()
 @click.argument("prefix", default="")
 @dir_option
+@target_options
 @timeout_option
 @json_option
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000),
@@ -434,6 +455,7 @@ def scan(prefix: str, cluster_dir: Path, timeout: float, as_json: bool, limit: i
 @main.command()
 @click.argument("key")
 @dir_option
+@target_options
 @json_option
 @click.option("--prefix", is_flag=True, help="Every key starting with KEY.")
 @click.option("--rev", "start", type=click.IntRange(min=1), default=None,
@@ -481,19 +503,55 @@ def watch(key: str, cluster_dir: Path, as_json: bool, prefix: bool, start: int |
 @dir_option
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds to wait for the new leader (exit 3 after).")
-def kill_leader(cluster_dir: Path, timeout: float) -> None:
-    """SIGKILL the leader's process, then wait for and print the new leader."""
+@json_option
+def kill_leader(cluster_dir: Path, timeout: float, as_json: bool) -> None:
+    """SIGKILL the leader's process, then wait for and print the new leader (--json: one
+    object, {"killed", "term", "leader", "leader_term"})."""
     state = load_state(cluster_dir)
     killed = control(state, "kill-leader", timeout=timeout)
-    click.echo(f"killed node {killed['killed']}, the leader of term {killed['term']}")
+    say(f"killed node {killed['killed']}, the leader of term {killed['term']}", as_json)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = control(state, "status", timeout=timeout)
         if st.get("leader") not in (None, killed["killed"]):
-            click.echo(f"node {st['leader']} is the new leader (term {st['term']})")
+            say(f"node {st['leader']} is the new leader (term {st['term']})", as_json)
+            if as_json:
+                click.echo(json.dumps({**killed, "leader": st["leader"],
+                                       "leader_term": st["term"]}))
             return
         time.sleep(0.05)
     fail(f"no new leader within {timeout:g}s", EXIT_UNAVAILABLE)
+
+
+def say(line: str, as_json: bool) -> None:
+    """A line of progress: stdout, or stderr when stdout carries --json's one object."""
+    click.echo(line, err=as_json)
+
+
+# What each controller command's answer says, as text (--json prints the answer).
+_DONE_TEXT: dict[str, Callable[[dict], str]] = {
+    "killed": lambda r: f"killed node {r['killed']}",
+    "not_running": lambda r: f"node {r['not_running']} was not running",
+    "restarted": lambda r: f"started node {r['restarted']} (pid {r['pid']})",
+    "already_running": lambda r: f"node {r['already_running']} is already running",
+    "paused": lambda r: f"paused node {r['paused']}",
+    "resumed": lambda r: f"resumed node {r['resumed']}",
+    "transferring_to": lambda r: (f"node {r['from']} is handing leadership to node "
+                                  f"{r['transferring_to']}"),
+    "groups": lambda r: "partitioned: " + " | ".join(",".join(map(str, g))
+                                                     for g in r["groups"]),
+    "healed": lambda r: f"healed: nodes {', '.join(map(str, r['healed']))} talk freely",
+}
+
+
+def print_done(result: Any, as_json: bool) -> None:
+    """A controller command's answer: JSON with --json, else a sentence."""
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    text = next((f(result) for k, f in _DONE_TEXT.items()
+                 if isinstance(result, dict) and k in result), None)
+    click.echo(text if text is not None else json.dumps(result))
 
 
 def node_command(name: str, doc: str) -> None:
@@ -501,17 +559,25 @@ def node_command(name: str, doc: str) -> None:
     @click.argument("node_id", metavar="NODE", type=click.IntRange(min=1))
     @dir_option
     @timeout_option
-    def command(node_id: int, cluster_dir: Path, timeout: float) -> None:
+    @json_option
+    def command(node_id: int, cluster_dir: Path, timeout: float, as_json: bool) -> None:
         state = load_state(cluster_dir)
         result = control(state, name, node_id, timeout=timeout)
-        click.echo(json.dumps(result) if not isinstance(result, str) else result)
         if name == "restart":
-            wait_until_rejoined(state, node_id, timeout)
+            say(_DONE_TEXT["restarted"](result) if "restarted" in result
+                else _DONE_TEXT["already_running"](result), as_json)
+            back = wait_until_rejoined(state, node_id, timeout, as_json)
+            result = {**result, "role": back["role"], "term": back["term"]}
+            if as_json:
+                click.echo(json.dumps(result))
+            return
+        print_done(result, as_json)
 
 
-def wait_until_rejoined(state: Any, node_id: int, timeout: float) -> None:
-    """Wait until the restarted node answers; fail with its exit code and log tail if
-    it exits first (exit 4 when it refused its data dir)."""
+def wait_until_rejoined(state: Any, node_id: int, timeout: float,
+                        as_json: bool = False) -> dict:
+    """Wait until the restarted node answers (its status entry); fail with its exit code
+    and log tail if it exits first (exit 4 when it refused its data dir)."""
     from harness.launcher import exited_at_start
 
     deadline = time.monotonic() + timeout
@@ -519,14 +585,15 @@ def wait_until_rejoined(state: Any, node_id: int, timeout: float) -> None:
         st = control(state, "status", timeout=timeout)
         node = next(n for n in st["nodes"] if n["id"] == node_id)
         if node.get("role") is not None:
-            click.echo(f"node {node_id} is back: {node['role']} in term {node['term']}")
-            return
+            say(f"node {node_id} is back: {node['role']} in term {node['term']}", as_json)
+            return node
         if node.get("exit_code") is not None:
             e = exited_at_start(state, state.node(node_id), node["exit_code"])
             fail(str(e), EXIT_STORAGE if e.storage else EXIT_UNAVAILABLE)
         time.sleep(0.05)
     fail(f"node {node_id} did not answer within {timeout:g}s; see `raftkv logs {node_id}`",
          EXIT_UNAVAILABLE)
+    raise AssertionError  # fail exits
 
 
 node_command("kill", "SIGKILL node NODE's process.")
@@ -601,22 +668,25 @@ def remove_node(node_id: int, cluster_dir: Path, timeout: float, as_json: bool) 
 @click.argument("groups", nargs=-1, required=True)
 @dir_option
 @timeout_option
-def partition(groups: tuple[str, ...], cluster_dir: Path, timeout: float) -> None:
+@json_option
+def partition(groups: tuple[str, ...], cluster_dir: Path, timeout: float,
+              as_json: bool) -> None:
     """Split the cluster: GROUPS like `1,2 3` cannot talk to each other (nodes not named
-    form one more group). Lasts until `heal`."""
+    form one more group). Lasts until `heal`. --json: {"groups": [[id, ...], ...]}."""
     for g in groups:
         if not all(part.strip().isdigit() for part in g.split(",")):
             raise click.BadParameter(f"{g!r}: a group is node ids separated by commas, e.g. 1,2")
-    result = control(load_state(cluster_dir), "partition", *groups, timeout=timeout)
-    click.echo(json.dumps(result))
+    print_done(control(load_state(cluster_dir), "partition", *groups, timeout=timeout),
+               as_json)
 
 
 @main.command()
 @dir_option
 @timeout_option
-def heal(cluster_dir: Path, timeout: float) -> None:
-    """Remove every partition."""
-    click.echo(json.dumps(control(load_state(cluster_dir), "heal", timeout=timeout)))
+@json_option
+def heal(cluster_dir: Path, timeout: float, as_json: bool) -> None:
+    """Remove every partition. --json: {"healed": [id, ...]}."""
+    print_done(control(load_state(cluster_dir), "heal", timeout=timeout), as_json)
 
 
 # -- dashboard ------------------------------------------------------------------------------
@@ -868,19 +938,15 @@ def bench(nodes: int, clients: int, duration: float, warmup: float, value_size: 
 
 main.add_command(node_command_)
 
-
-def _add_coordination_verbs() -> None:
-    from harness.cli_coord import COMMANDS
-
-    for command in COMMANDS:
-        main.add_command(command)
-
+# The verbs of other modules register themselves on `main`: those that work on any
+# deployment (endpoint, member, snapshot) and the coordination verbs (lease, lock,
+# elect). Imported last, since they use what this module defines.
+import harness.cli_cluster  # noqa: E402,F401
+import harness.cli_coord  # noqa: E402,F401
 
 if __name__ == "__main__":
-    # Run as `python -m harness.cli`: the verbs' modules import `harness.cli`, a second
-    # copy of this file under its own name, so that copy's group is the whole CLI.
-    from harness.cli import main as whole
+    # `python -m harness.cli` runs this file as __main__, a copy apart from harness.cli,
+    # on whose `main` the other modules' verbs registered: run that one.
+    from harness.cli import main as registered
 
-    whole(prog_name="raftkv")
-else:
-    _add_coordination_verbs()
+    registered(prog_name="raftkv")

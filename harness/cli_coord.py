@@ -1,5 +1,5 @@
-"""The CLI's coordination verbs: `lease`, `lock` and `elect` (raftkv.concurrency).
-harness/cli.py adds them to `raftkv`."""
+"""The CLI's coordination verbs: `lease`, `lock` and `elect` (raftkv.concurrency). They
+register on harness.cli's `main` when harness/cli.py imports this module."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ from harness.cli import (
     EXIT_NEGATIVE,
     dir_option,
     json_option,
+    main,
     print_answer,
     timeout_option,
     with_client,
 )
+from harness.cluster_target import target_options
 from raftkv.server import EXIT_USAGE, fail
 
 EXIT_LOST = 9  # the lock (or leadership) was lost while held: its lease expired
@@ -62,6 +64,7 @@ def lease() -> None:
 @lease.command(name="grant")
 @click.argument("ttl", type=click.FloatRange(min=0.001))
 @dir_option
+@target_options
 @timeout_option
 @json_option
 def lease_grant(ttl: float, cluster_dir: Path, timeout: float, as_json: bool) -> None:
@@ -73,6 +76,7 @@ def lease_grant(ttl: float, cluster_dir: Path, timeout: float, as_json: bool) ->
 @lease.command(name="revoke")
 @click.argument("lease_id", metavar="ID", type=click.IntRange(min=1))
 @dir_option
+@target_options
 @timeout_option
 @json_option
 def lease_revoke(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool) -> None:
@@ -85,6 +89,7 @@ def lease_revoke(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool
 @lease.command(name="info")
 @click.argument("lease_id", metavar="ID", type=click.IntRange(min=1))
 @dir_option
+@target_options
 @timeout_option
 @json_option
 def lease_info(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool) -> None:
@@ -111,6 +116,7 @@ def lease_info(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool) 
 @lease.command(name="keepalive")
 @click.argument("lease_id", metavar="ID", type=click.IntRange(min=1))
 @dir_option
+@target_options
 @timeout_option
 @json_option
 @click.option("--once", is_flag=True, help="One keepalive, then exit.")
@@ -142,6 +148,7 @@ def lease_keepalive(lease_id: int, cluster_dir: Path, timeout: float, as_json: b
 @click.argument("name")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @dir_option
+@target_options
 @json_option
 @click.option("--ttl", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds the lock outlives this process if it dies holding it.")
@@ -205,6 +212,7 @@ def lock(name: str, command: tuple[str, ...], cluster_dir: Path, as_json: bool, 
 @click.argument("name")
 @click.argument("value", required=False)
 @dir_option
+@target_options
 @json_option
 @click.option("--ttl", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds the leadership outlives this process if it dies leading.")
@@ -248,4 +256,5 @@ def elect(name: str, value: str | None, cluster_dir: Path, as_json: bool, ttl: f
     with_client(cluster_dir, 10.0, follow if listen else campaign)
 
 
-COMMANDS = (lease, lock, elect)
+for _command in (lease, lock, elect):
+    main.add_command(_command)

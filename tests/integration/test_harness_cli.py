@@ -68,6 +68,8 @@ def test_up_kill_leader_restart_down_up_keeps_the_data(cli):
     p = up(cli)
     assert "leader:" in p.stdout
     assert "already up" in up(cli).stdout  # idempotent
+    again = json.loads(up(cli, "--json").stdout)
+    assert again["started"] is False and again["leader"] is not None
     for n in range(20):
         cli("put", f"k{n}", f"v{n}")
     assert cli("get", "k7").stdout == "v7\n"
@@ -77,7 +79,8 @@ def test_up_kill_leader_restart_down_up_keeps_the_data(cli):
     st = cli.status()
     assert st["leader"] not in (None, first["leader"])
     assert cli("get", "k19").stdout == "v19\n"
-    cli("restart", str(first["leader"]))
+    back = json.loads(cli("restart", str(first["leader"]), "--json").stdout)
+    assert back["restarted"] == first["leader"] and back["role"] in ("follower", "candidate")
     target = next(n for n in st["nodes"] if n["id"] == st["leader"])["commit_index"]
 
     def old_leader_caught_up() -> bool:
@@ -93,6 +96,16 @@ def test_up_kill_leader_restart_down_up_keeps_the_data(cli):
     up(cli)
     assert cli("get", "k0").stdout == "v0\n"
     assert cli("get", "k19").stdout == "v19\n"
+    # The verbs of any deployment, on a harness dir: they ask the nodes of cluster.json.
+    assert [r["id"] for r in json.loads(cli("endpoint", "status", "--json").stdout)] == [
+        1, 2, 3]
+    wait_for(lambda: cli("endpoint", "health", check=None).returncode == 0, 10,
+             "every endpoint healthy")
+    members = json.loads(cli("member", "list", "--json").stdout)["members"]
+    assert [(m["id"], m["member"]) for m in members] == [(1, "voter"), (2, "voter"),
+                                                         (3, "voter")]
+    saved = json.loads(cli("snapshot", "save", str(cli.dir.parent / "b.rkv"), "--json").stdout)
+    assert saved["keys"] == 20
 
 
 def test_partitioned_leader_steps_down_and_the_majority_serves(cli):
@@ -100,15 +113,20 @@ def test_partitioned_leader_steps_down_and_the_majority_serves(cli):
     cli("put", "before", "1")
     leader = cli.status()["leader"]
     others = [i for i in (1, 2, 3) if i != leader]
-    cli("partition", str(leader), ",".join(map(str, others)))
+    assert cli("partition", str(leader), ",".join(map(str, others))).stdout == (
+        f"partitioned: {leader} | {','.join(map(str, others))}\n")
     # The isolated leader takes the write, then steps down with it pending: only a write
     # in a session may be resent to the new leader (without, it would exit 7, unknown).
     cli("put", "during", "2", "--timeout", "10", "--exactly-once")
     wait_for(lambda: next(n for n in cli.status()["nodes"] if n["id"] == leader)["role"]
              != "leader", 10, "the isolated leader to step down")
     assert cli.status()["leader"] in others
-    cli("heal")
+    assert json.loads(cli("heal", "--json").stdout) == {"healed": [1, 2, 3]}
     assert cli("get", "during").stdout == "2\n"
+    killed = json.loads(cli("kill-leader", "--json").stdout)  # one object, on stdout
+    assert killed["leader"] != killed["killed"] and killed["leader_term"] > killed["term"]
+    assert json.loads(cli("kill", str(killed["killed"]), "--json").stdout) == {
+        "not_running": killed["killed"]}
 
 
 def test_a_one_shot_write_is_one_log_entry_and_a_session_adds_one(cli):

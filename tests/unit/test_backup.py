@@ -1,0 +1,67 @@
+"""Backup files and seeding a data dir from one (raftkv/backup.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from raftkv.backup import BackupError, read_backup, seed_data_dir, write_backup
+from raftkv.kv import KVStore
+from raftkv.storage import Identity, Storage, StorageError, StorageIdentityError
+
+
+def test_a_backup_reads_back_in_key_order(tmp_path):
+    path = tmp_path / "b.rkv"
+    write_backup(path, 17, [(b"b", b"2"), (b"a", b""), (b"\x00", b"\xff" * 10)])
+    backup = read_backup(path)
+    assert backup.revision == 17
+    assert backup.pairs == [(b"\x00", b"\xff" * 10), (b"a", b""), (b"b", b"2")]
+    assert backup.created
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda b: b"x" + b[1:], "not a raftkv backup"),
+    (lambda b: b[:-1], "damaged or cut short"),
+    (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "damaged or cut short"),
+    (lambda b: b[:16], "damaged"),
+])
+def test_a_damaged_backup_is_refused(tmp_path, damage, says):
+    path = tmp_path / "b.rkv"
+    write_backup(path, 3, [(b"k%d" % i, b"v" * i) for i in range(50)])
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(BackupError, match=says):
+        read_backup(path)
+
+
+def test_a_seeded_dir_opens_as_a_compacted_node_with_the_state(tmp_path):
+    path = tmp_path / "b.rkv"
+    backup = write_backup(path, 40, [(b"k1", b"one"), (b"k2", b"two")])
+    meta = seed_data_dir(backup, tmp_path / "d", 2, 0xBEEF, (3, 1, 2))
+    assert (meta.index, meta.term, meta.voters) == (40, 1, (1, 2, 3))
+    with Storage.open(tmp_path / "d", identity=Identity(0xBEEF, 2), create=False) as st:
+        assert st.snapshot == meta and st.last_index == 40
+        kv = KVStore()
+        kv.restore(st.load_snapshot_data())
+    assert kv.applied_index == 40
+    item = kv.get_kv(b"k2")
+    assert item is not None and item.value == b"two"
+    assert (item.create_revision, item.mod_revision, item.version) == (40, 40, 1)
+    with pytest.raises(StorageIdentityError):  # the dir is node 2's of cluster beef
+        Storage.open(tmp_path / "d", identity=Identity(0xBEEF, 1), create=False)
+
+
+def test_an_empty_backup_still_seeds_a_snapshot_at_index_one(tmp_path):
+    backup = write_backup(tmp_path / "b.rkv", 0, [])
+    assert seed_data_dir(backup, tmp_path / "d", 1, 0, (1,)).index == 1
+
+
+def test_seeding_refuses_a_dir_that_holds_anything(tmp_path):
+    backup = write_backup(tmp_path / "b.rkv", 5, [(b"k", b"v")])
+    (tmp_path / "d").mkdir()
+    (tmp_path / "empty").mkdir()
+    seed_data_dir(backup, tmp_path / "empty", 1, 0, (1,))  # an empty dir will do
+    (tmp_path / "d" / "wal-1.log").write_bytes(b"x")
+    with pytest.raises(StorageError, match="not empty"):
+        seed_data_dir(backup, tmp_path / "d", 1, 0, (1,))
+    with pytest.raises(ValueError):
+        seed_data_dir(backup, tmp_path / "e", 1, 0, ())
