@@ -8,10 +8,11 @@ __version__ = "0.1.0"  # the one place: setup.cfg reads it into the metadata (--
 
 __all__ = ["AuthenticationFailed", "BadRequest", "Client", "Compacted", "Compare",
            "Credentials", "Delete", "Event", "Forbidden", "Get", "KeyValue", "Put",
-           "QuotaExceeded", "RaftKVError", "SessionExpired", "Timeout", "TxnResult",
+           "QuotaExceeded", "RaftKVError", "Retry", "SessionExpired", "Timeout", "TxnResult",
            "Unavailable", "Watch"]
 # What `raftkv.txn` gives the API; KeyValue and Event come from raftkv.kv and
-# raftkv.watch, the rest from raftkv.client.
+# raftkv.watch, Retry from raftkv.retry, the rest from raftkv.client. The asyncio
+# client is raftkv.aio.Client.
 _FROM_TXN = frozenset({"Compare", "Delete", "Get", "Put", "TxnResult"})
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
         Watch,
     )
     from raftkv.kv import KeyValue
+    from raftkv.retry import Retry
     from raftkv.txn import Compare, Delete, Get, Put, TxnResult
     from raftkv.watch import Event
 
@@ -44,6 +46,10 @@ def __getattr__(name: str) -> Any:
         from raftkv.kv import KeyValue
 
         return KeyValue
+    if name == "Retry":
+        from raftkv.retry import Retry
+
+        return Retry
     if name == "Event":
         from raftkv.watch import Event
 
