@@ -14,9 +14,12 @@ Private: the public names are raftkv.client's, raftkv.aio's and raftkv.retry's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -346,6 +349,73 @@ def refused(req: ClientRequest, reply: ClientReply) -> RaftKVError:
     return RaftKVError(f"{req.op.name} answered {reply.code.name}: {reply.value}")
 
 
+class SessionPool:
+    """A client's free sessions, most recently used last (see raftkv.client: Sessions).
+    `lock` guards them where threads share the client; None where one event loop
+    does (nothing runs between a take's check and its pop)."""
+
+    def __init__(self, lock: AbstractContextManager[Any] | None = None) -> None:
+        self._free: list[Session] = []
+        self._lock = lock if lock is not None else contextlib.nullcontext()
+
+    def take(self) -> Session | None:
+        with self._lock:
+            return self._free.pop() if self._free else None
+
+    def give(self, session: Session) -> None:
+        with self._lock:
+            self._free.append(session)
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+
+# One request a write needs sent: (request, write, once); the client sends it with
+# `write`/`once` under the write's deadline and sends back (final reply, ambiguous).
+Step = tuple[ClientRequest, bool, bool]
+Steps = Generator[Step, tuple[ClientReply, bool], Any]
+
+
+def write_steps(req: ClientRequest, pool: SessionPool, at_most_once: bool) -> Steps:
+    """A write as the requests it sends (see `Step`): a session write takes a free
+    session from `pool` (or opens one: an OPEN_SESSION step) and sends `req` with its
+    next seq, again with a new session if the old one had expired on the only delivery;
+    an at-most-once write sends `req` once, without a session. Returns the reply's
+    value; raises as the write fails. The client closes the generator when a send
+    raises, which returns the session to the pool."""
+    if at_most_once:
+        req.client_id = req.seq = 0
+        reply, _ = yield req, True, True
+        if reply.code != OK:
+            raise refused(req, reply)
+        return reply.value
+    session: Session | None = yield from _take_session(pool)
+    try:
+        while True:
+            assert session is not None
+            session.seq += 1
+            req.client_id, req.seq = session.client_id, session.seq
+            reply, ambiguous = yield req, True, False
+            if reply.code == ReplyCode.SESSION_EXPIRED:
+                session = None  # the server forgot it: never reused
+            value = write_result(req, reply, ambiguous)
+            if value is not RETRY_SESSION:
+                return value
+            session = yield from _take_session(pool)
+    finally:
+        if session is not None:
+            pool.give(session)
+
+
+def _take_session(pool: SessionPool) -> Generator[Step, tuple[ClientReply, bool], Session]:
+    session = pool.take()
+    if session is not None:
+        return session
+    req = open_session_request()
+    reply, _ = yield req, False, False
+    return parse_session(req, reply)
+
+
 # What `write_result` returns when the write may be sent again with a new session.
 RETRY_SESSION = object()
 
@@ -525,13 +595,17 @@ class WatchCursor:
         self.key, self.prefix, self.wait = key, prefix, wait
         # The revision the next request asks from (0: the node's next write).
         self.next_revision = start
+        # Events received and not yet iterated; all below next_revision.
+        self._buffer: deque[Event] = deque()
+        self._closed = False  # set by the watch's close()
 
     def _request(self) -> ClientRequest:
         return ClientRequest(0, ReqOp.WATCH, key=self.key, prefix=self.prefix,
                              revision=self.next_revision, wait_ms=round(self.wait * 1000))
 
     def _absorb(self, req: ClientRequest, reply: ClientReply, decode: bool) -> list[Event]:
-        """The events of `reply` not delivered before, the cursor moved past them."""
+        """The events of `reply` not delivered before, queued for iteration; the
+        cursor moves past them."""
         if reply.code == ReplyCode.COMPACTED:
             raise Compacted(f"revision {self.next_revision} is no longer kept; the oldest "
                             f"is {reply.value}", reply.value if type(reply.value) is int else 0)
@@ -544,6 +618,7 @@ class WatchCursor:
         # Never repeat one: a node answers from the revision asked, but is not trusted to.
         fresh = [e for e in events if e.revision >= self.next_revision]
         self.next_revision = max(self.next_revision, next_revision)
+        self._buffer.extend(fresh)
         return fresh
 
 

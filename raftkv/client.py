@@ -104,7 +104,6 @@ import queue
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -122,7 +121,6 @@ from raftkv._requests import (
     OK,
     TERMINAL,
     Delivery,
-    Session,
 )
 from raftkv.errors import (
     AuthenticationFailed,
@@ -151,7 +149,6 @@ from raftkv.wire import (
     ClientReply,
     ClientRequest,
     MalformedFrame,
-    ReplyCode,
     ReqOp,
     decode_replies,
     encode_request,
@@ -419,8 +416,7 @@ class Client:
         self._leader = 0  # index of the address that answered last; shared guess
         self._request_ids = itertools.count(1)
         self._spread = itertools.count()  # where the next stale read starts
-        self._sessions: list[Session] = []  # free sessions, most recently used last
-        self._sessions_lock = threading.Lock()
+        self._sessions = rq.SessionPool(threading.Lock())
         self._closed = False
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
@@ -609,37 +605,16 @@ class Client:
     def _write(self, req: ClientRequest, timeout: float | None, at_most_once: bool) -> Any:
         budget = rq.budget(self.timeout, timeout)
         deadline = time.monotonic() + budget
-        if at_most_once:
-            req.client_id = req.seq = 0
-            reply, _ = self._send(req, deadline, budget, write=True, once=True)
-            if reply.code != OK:
-                raise rq.refused(req, reply)
-            return reply.value
-        session: Session | None = self._take_session(deadline, budget)
+        steps = rq.write_steps(req, self._sessions, at_most_once)
         try:
+            step = next(steps)
             while True:
-                session.seq += 1
-                req.client_id = session.client_id
-                req.seq = session.seq
-                reply, ambiguous = self._send(req, deadline, budget, write=True)
-                if reply.code == ReplyCode.SESSION_EXPIRED:
-                    session = None  # the server forgot it: never reused
-                value = rq.write_result(req, reply, ambiguous)
-                if value is not rq.RETRY_SESSION:
-                    return value
-                session = self._take_session(deadline, budget)
+                sent, write, once = step
+                step = steps.send(self._send(sent, deadline, budget, write=write, once=once))
+        except StopIteration as done:
+            return done.value
         finally:
-            if session is not None:
-                with self._sessions_lock:
-                    self._sessions.append(session)
-
-    def _take_session(self, deadline: float, budget: float) -> Session:
-        with self._sessions_lock:
-            if self._sessions:
-                return self._sessions.pop()
-        req = rq.open_session_request()
-        reply, _ = self._send(req, deadline, budget, write=False)
-        return rq.parse_session(req, reply)
+            steps.close()
 
     def _learn_leader(self, index: int) -> None:
         self._leader = index
@@ -721,8 +696,6 @@ class Watch(rq.WatchCursor):
                  wait: float) -> None:
         super().__init__(key, prefix, start, wait)
         self._client = client
-        self._buffer: deque[Event] = deque()
-        self._closed = False
 
     def __iter__(self) -> Watch:
         return self
@@ -743,9 +716,7 @@ class Watch(rq.WatchCursor):
             reply = self._client._watch_poll(req, self.wait)
         except Unavailable:
             return []
-        fresh = self._absorb(req, reply, self._client.decode)
-        self._buffer.extend(fresh)
-        return fresh
+        return self._absorb(req, reply, self._client.decode)
 
     def close(self) -> None:
         """End the iteration (after the events already received)."""
