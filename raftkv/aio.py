@@ -275,24 +275,28 @@ class Client:
                 self._handshake_failures.pop(i, None)
 
     async def _submit(self, i: int, frame: bytes) -> bool:
-        """Queue `frame` on socket `i`; False if it has no connection (waiting for one
-        only during the connect grace)."""
-        sock = self._socks[i]
-        try:
-            await sock.send(frame, zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            pass
-        left = self._grace_end - time.monotonic()
-        if left <= 0:
-            return False
-        # asyncio.wait, not wait_for: closing the socket cancels the send's future,
-        # which must not cancel this request's task.
-        sending = sock.send(frame)
-        try:
-            await asyncio.wait({sending}, timeout=left)
-        finally:
-            sending.cancel()  # no-op once done; a send left pending would go out later
+        """Queue `frame` on socket `i`; False if it has no connection. During the
+        connect grace a send may wait for the socket to connect; after it, never."""
+        sending = self._socks[i].send(frame, zmq.NOBLOCK)
+        if not sending.done():
+            # pyzmq queues even a NOBLOCK send behind a send already waiting on the
+            # socket (a grace send), and then waits for the socket to take it: with
+            # IMMEDIATE and the node down, for ever. So every wait is bounded by the
+            # grace, and asyncio.wait (not wait_for) is used because closing the
+            # socket cancels the send's future, which must not cancel this task.
+            try:
+                await asyncio.wait({sending}, timeout=max(0.0, self._grace_end - time.monotonic()))
+            finally:
+                sending.cancel()  # no-op once done; a send left queued would go out later
+        elif isinstance(sending.exception(), zmq.Again):
+            left = self._grace_end - time.monotonic()
+            if left <= 0:
+                return False
+            sending = self._socks[i].send(frame)  # waits for the connection
+            try:
+                await asyncio.wait({sending}, timeout=left)
+            finally:
+                sending.cancel()
         return sending.done() and not sending.cancelled() and sending.exception() is None
 
     # ---- requests ------------------------------------------------------------------

@@ -461,3 +461,19 @@ def test_credentials_are_presented_and_a_refused_handshake_is_authentication_fai
     finally:
         fake.stop()
         keys.close()
+
+
+def test_concurrent_requests_at_start_with_a_node_down_all_complete(node, client) -> None:
+    """Many coroutines send to a socket still connecting at once (the connect grace),
+    to a node that never answers the connection: none may wait on it past the grace."""
+    kv = client([dead_address(), node(FakeKV()).address], attempt_timeout=5.0)
+
+    async def go() -> float:
+        async with kv:
+            start = time.monotonic()
+            got = await asyncio.gather(*(kv.get(f"k{i}") for i in range(20)))
+            assert got == [None] * 20
+            await asyncio.gather(*(kv.put(f"k{i}", "v") for i in range(20)))
+            return time.monotonic() - start
+
+    assert run(go) < 2.0
