@@ -15,8 +15,10 @@ Private: the public names are raftkv.client's, raftkv.aio's and raftkv.retry's.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -196,6 +198,50 @@ def parse_url(url: str, overrides: Mapping[str, Any]) -> tuple[Addresses, dict[s
         raise ValueError(f"{', '.join(twice)} given both in the URL and as an argument")
     kwargs.update(overrides)
     return (addresses[0] if len(addresses) == 1 else addresses), kwargs
+
+
+class ClientCore:
+    """The state both clients keep, and how a request's `Delivery` starts from it."""
+
+    _NAME = "raftkv.Client"  # as the client's repr names it
+    addresses: tuple[str, ...]
+    timeout: float
+    retry: Retry
+    credentials: Credentials | None
+
+    def _setup(
+        self, addresses: Addresses, timeout: float, attempt_timeout: float | None,
+        retry: Retry | None, decode: bool,
+        credentials: Credentials | str | os.PathLike[str] | None,
+    ) -> None:
+        addrs, index_of, self.timeout, self.retry, self.credentials = settings(
+            addresses, timeout, attempt_timeout, retry, credentials)
+        self.addresses = tuple(addrs)
+        self.attempt_timeout = self.retry.attempt_timeout
+        self.decode = decode
+        self._index_of_node = index_of
+        self._leader = 0  # index of the address that answered last; shared guess
+        self._request_ids = itertools.count(1)
+        self._spread = itertools.count()  # where the next stale read starts
+        self._closed = False
+
+    def _learn_leader(self, index: int) -> None:
+        self._leader = index
+
+    def _delivery(self, req: ClientRequest, deadline: float, budget: float,
+                  failures: Mapping[int, str], *, write: bool, once: bool,
+                  wait: float) -> Delivery:
+        # A stale read may go to any node: they are spread over the addresses.
+        n = len(self.addresses)
+        start = next(self._spread) % n if req.op == ReqOp.GET_STALE else self._leader
+        return Delivery(req, self.addresses, self._index_of_node, start, self.retry,
+                        deadline, budget, write=write, once=once, wait=wait,
+                        learn=self._learn_leader, failures=failures,
+                        credentials=self.credentials)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{self._NAME} {list(self.addresses)} {state}>"
 
 
 def budget(default: float, timeout: float | None) -> float:
@@ -571,6 +617,46 @@ class Delivery:
         return Unavailable(
             f"{what}: no node served it within {budget:.3g}s; it had no effect. Tried {where}"
         )
+
+
+# What `deliver` asks of a client: ATTEMPT, send the request to `Delivery.target` and
+# wait until the time given for what decides it; PAUSE, wait until then for a final
+# answer to an earlier attempt. The client sends back what came: (address index,
+# reply), NOT_CONNECTED (the frame could not be queued), CLOSED (the client closed; an
+# ATTEMPT of a closed client sends nothing), or None (nothing by then).
+ATTEMPT, PAUSE = "attempt", "pause"
+NOT_CONNECTED, CLOSED = object(), object()
+Outcome = tuple[int, ClientReply] | object | None
+Deliver = Generator[tuple[str, float], Outcome, tuple[ClientReply, bool]]
+
+
+def deliver(d: Delivery) -> Deliver:
+    """A request's attempts under `d`'s rules (see ATTEMPT): returns the final answer
+    and whether an attempt went unanswered; raises as the request gives up."""
+    closed = False
+    while True:
+        now = time.monotonic()
+        d.expired(now, closed)
+        outcome = yield ATTEMPT, d.until(now)
+        if outcome is CLOSED:
+            closed = True
+            continue
+        if outcome is None:
+            d.no_reply()
+        elif outcome is NOT_CONNECTED:
+            d.not_connected()
+        elif isinstance(outcome, tuple):
+            final = d.answered(*outcome)
+            if final is not None:
+                return final, d.ambiguous
+        pause = d.missed()
+        if pause is not None:
+            # A late final answer to an earlier attempt still ends the pause.
+            outcome = yield PAUSE, min(time.monotonic() + pause, d.deadline)
+            if outcome is CLOSED:
+                closed = True
+            elif isinstance(outcome, tuple):
+                return d.answered(*outcome) or outcome[1], d.ambiguous
 
 
 # ---- watches -----------------------------------------------------------------------

@@ -29,7 +29,6 @@ reader tasks pending when the loop ends.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -48,7 +47,6 @@ from raftkv._requests import (
     HANDSHAKE_FAILED,
     OK,
     TERMINAL,
-    Delivery,
 )
 from raftkv.client import RaftKVError, Unavailable
 from raftkv.kv import KeyValue
@@ -61,7 +59,6 @@ from raftkv.wire import (
     ClientReply,
     ClientRequest,
     MalformedFrame,
-    ReqOp,
     decode_replies,
     encode_request,
 )
@@ -74,10 +71,12 @@ _Message = tuple[int, int, ClientReply | None]
 _CLOSED: _Message = (-1, -1, None)  # the client closed
 
 
-class Client:
+class Client(rq.ClientCore):
     """An asyncio connection to a raftkv cluster: the arguments of `raftkv.Client`
     (see it and raftkv.aio), but `context`, if given, is a `zmq.asyncio.Context` (not
     terminated by `aclose`). Construct it anywhere; use it in one event loop."""
+
+    _NAME = "raftkv.aio.Client"
 
     def __init__(
         self,
@@ -90,16 +89,9 @@ class Client:
         context: zmq.asyncio.Context | None = None,
         credentials: Credentials | str | os.PathLike[str] | None = None,
     ) -> None:
-        addrs, index_of, self.timeout, self.retry, self.credentials = rq.settings(
-            addresses, timeout, attempt_timeout, retry, credentials)
-        self.addresses: tuple[str, ...] = tuple(addrs)
-        self.attempt_timeout = self.retry.attempt_timeout
-        self.decode = decode
+        self._setup(addresses, timeout, attempt_timeout, retry, decode, credentials)
+        addrs = list(self.addresses)
         self.stats = {"malformed": 0, "unmatched": 0}
-        self._index_of_node = index_of
-        self._leader = 0  # index of the address that answered last; shared guess
-        self._request_ids = itertools.count(1)
-        self._spread = itertools.count()  # where the next stale read starts
         self._sessions = rq.SessionPool()
         # Address index -> why its last handshake failed; gone once one succeeds.
         self._handshake_failures: dict[int, str] = {}
@@ -108,7 +100,6 @@ class Client:
         self._pending: dict[int, asyncio.Queue[_Message]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
         self._own_context = context is None
         self._context = zmq.asyncio.Context() if context is None else context
         self._socks: list[zmq.asyncio.Socket] = []
@@ -220,10 +211,6 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<raftkv.aio.Client {list(self.addresses)} {state}>"
-
     # ---- the sockets ---------------------------------------------------------------
 
     def _close_sockets(self) -> None:
@@ -330,9 +317,6 @@ class Client:
                                     wait=wait)
         return reply
 
-    def _learn_leader(self, index: int) -> None:
-        self._leader = index
-
     async def _send(
         self, req: ClientRequest, deadline: float, budget: float, *, write: bool,
         once: bool = False, wait: float = 0.0,
@@ -341,56 +325,51 @@ class Client:
         by raftkv._requests.Delivery's rules; (that answer, whether an attempt went
         unanswered)."""
         self._start()
-        n = len(self.addresses)
-        start = next(self._spread) % n if req.op == ReqOp.GET_STALE else self._leader
-        d = Delivery(req, self.addresses, self._index_of_node, start, self.retry, deadline,
-                     budget, write=write, once=once, wait=wait, learn=self._learn_leader,
-                     failures=self._handshake_failures, credentials=self.credentials)
+        d = self._delivery(req, deadline, budget, self._handshake_failures, write=write,
+                           once=once, wait=wait)
         q: asyncio.Queue[_Message] = asyncio.Queue()
         request_ids: list[int] = []
+        steps = rq.deliver(d)
         try:
+            step, until = next(steps)
             while True:
-                now = time.monotonic()
-                d.expired(now, self._closed)
-                rid = next(self._request_ids)
-                req.request_id = rid
-                self._pending[rid] = q
-                request_ids.append(rid)
-                if not await self._submit(d.target, encode_request(req)):
-                    d.not_connected()
+                if step is rq.PAUSE:
+                    outcome = await _wait(q, -1, until)
+                elif self._closed:
+                    outcome = rq.CLOSED
                 else:
-                    msg = await _wait(q, rid, d.until(now))
-                    if msg is None:
-                        d.no_reply()
-                    elif msg is _CLOSED or msg[2] is None:
-                        continue  # the loop's top raises
-                    elif (final := d.answered(msg[1], msg[2])) is not None:
-                        return final, d.ambiguous
-                pause = d.missed()
-                if pause is not None:
-                    # A late final answer to an earlier attempt still ends the wait.
-                    msg = await _wait(q, -1, min(time.monotonic() + pause, deadline))
-                    if msg is not None and msg[2] is not None:
-                        return d.answered(msg[1], msg[2]) or msg[2], d.ambiguous
+                    rid = next(self._request_ids)
+                    req.request_id = rid
+                    self._pending[rid] = q
+                    request_ids.append(rid)
+                    if await self._submit(d.target, encode_request(req)):
+                        outcome = await _wait(q, rid, until)
+                    else:
+                        outcome = rq.NOT_CONNECTED
+                step, until = steps.send(outcome)
+        except StopIteration as done:
+            return done.value
         finally:
             for rid in request_ids:
                 self._pending.pop(rid, None)
 
 
-async def _wait(q: asyncio.Queue[_Message], rid: int, until: float) -> _Message | None:
-    """The next message that decides attempt `rid`: its own reply, a final answer to
-    any earlier attempt, or _CLOSED. None if `until` passes first."""
+async def _wait(q: asyncio.Queue[_Message], rid: int, until: float) -> rq.Outcome:
+    """What decides attempt `rid` (see raftkv._requests.ATTEMPT): its own reply, a
+    final answer to any earlier attempt, or the client's close. None if `until` passes
+    first."""
     while True:
         remaining = until - time.monotonic()
         if remaining <= 0:
             return None
         try:
-            msg = await asyncio.wait_for(q.get(), remaining)
+            request_id, index, reply = await asyncio.wait_for(q.get(), remaining)
         except TimeoutError:
             return None
-        reply = msg[2]
-        if msg[0] == rid or reply is None or reply.code in TERMINAL:
-            return msg
+        if reply is None:
+            return rq.CLOSED
+        if request_id == rid or reply.code in TERMINAL:
+            return index, reply
 
 
 class Watch(rq.WatchCursor):

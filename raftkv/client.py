@@ -98,7 +98,6 @@ connections, leak with the threads that made them, and cannot be closed safely b
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import queue
 import socket
@@ -120,7 +119,6 @@ from raftkv._requests import (
     HANDSHAKE_FAILED,
     OK,
     TERMINAL,
-    Delivery,
 )
 from raftkv.errors import (
     AuthenticationFailed,
@@ -149,7 +147,6 @@ from raftkv.wire import (
     ClientReply,
     ClientRequest,
     MalformedFrame,
-    ReqOp,
     decode_replies,
     encode_request,
     encode_requests,
@@ -381,7 +378,7 @@ class _IOThread(threading.Thread):
         parked[i].append((rid, frame, q))
 
 
-class Client:
+class Client(rq.ClientCore):
     """A connection to a raftkv cluster; see the module docstring for addressing,
     retries, errors and threading.
 
@@ -407,17 +404,9 @@ class Client:
         context: zmq.Context | None = None,
         credentials: Credentials | str | os.PathLike[str] | None = None,
     ) -> None:
-        addrs, index_of, self.timeout, self.retry, self.credentials = rq.settings(
-            addresses, timeout, attempt_timeout, retry, credentials)
-        self.addresses: tuple[str, ...] = tuple(addrs)
-        self.attempt_timeout = self.retry.attempt_timeout
-        self.decode = decode
-        self._index_of_node = index_of
-        self._leader = 0  # index of the address that answered last; shared guess
-        self._request_ids = itertools.count(1)
-        self._spread = itertools.count()  # where the next stale read starts
+        self._setup(addresses, timeout, attempt_timeout, retry, decode, credentials)
+        addrs = list(self.addresses)
         self._sessions = rq.SessionPool(threading.Lock())
-        self._closed = False
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
         grace = min(CONNECT_GRACE, self.attempt_timeout / 2)
@@ -589,10 +578,6 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<raftkv.Client {list(self.addresses)} {state}>"
-
     # ---- requests ------------------------------------------------------------------
 
     def _read(self, req: ClientRequest, timeout: float | None) -> ClientReply:
@@ -616,9 +601,6 @@ class Client:
         finally:
             steps.close()
 
-    def _learn_leader(self, index: int) -> None:
-        self._leader = index
-
     def _send(
         self, req: ClientRequest, deadline: float, budget: float, *, write: bool,
         once: bool = False, wait: float = 0.0,
@@ -636,56 +618,52 @@ class Client:
             raise RaftKVError("the client is closed")
         io = self._io
         pending = io.pending
-        n = len(self.addresses)
-        start = next(self._spread) % n if req.op == ReqOp.GET_STALE else self._leader
-        d = Delivery(req, self.addresses, self._index_of_node, start, self.retry, deadline,
-                     budget, write=write, once=once, wait=wait, learn=self._learn_leader,
-                     failures=io.handshake_failures, credentials=self.credentials)
+        d = self._delivery(req, deadline, budget, io.handshake_failures, write=write,
+                           once=once, wait=wait)
         q: queue.SimpleQueue[_Message] = queue.SimpleQueue()
         request_ids: list[int] = []
+        steps = rq.deliver(d)
         try:
+            step, until = next(steps)
             while True:
-                now = time.monotonic()
-                d.expired(now, io.closing)
-                rid = next(self._request_ids)
-                req.request_id = rid
-                pending[rid] = q
-                request_ids.append(rid)
-                io.submit(d.target, rid, encode_request(req), q)
-                msg = _wait(q, rid, d.until(now))
-                if msg is None:
-                    d.no_reply()
-                elif msg is _CLOSED:
-                    continue  # the loop's top raises
-                elif msg[2] is None:
-                    d.not_connected()
-                elif (final := d.answered(msg[1], msg[2])) is not None:
-                    return final, d.ambiguous
-                pause = d.missed()
-                if pause is not None:
-                    # A late final answer to an earlier attempt still ends the wait.
-                    msg = _wait(q, -1, min(time.monotonic() + pause, deadline))
-                    if msg is not None and msg is not _CLOSED and msg[2] is not None:
-                        return d.answered(msg[1], msg[2]) or msg[2], d.ambiguous
+                if step is rq.PAUSE:
+                    outcome = _wait(q, -1, until)
+                elif io.closing:
+                    outcome = rq.CLOSED
+                else:
+                    rid = next(self._request_ids)
+                    req.request_id = rid
+                    pending[rid] = q
+                    request_ids.append(rid)
+                    io.submit(d.target, rid, encode_request(req), q)
+                    outcome = _wait(q, rid, until)
+                step, until = steps.send(outcome)
+        except StopIteration as done:
+            return done.value
         finally:
             for rid in request_ids:
                 pending.pop(rid, None)
 
 
-def _wait(q: queue.SimpleQueue[_Message], rid: int, until: float) -> _Message | None:
-    """The next message that decides attempt `rid`: its own reply (or send failure), a
-    final answer to any earlier attempt, or _CLOSED. None if `until` passes first."""
+def _wait(q: queue.SimpleQueue[_Message], rid: int, until: float) -> rq.Outcome:
+    """What decides attempt `rid` (see raftkv._requests.ATTEMPT): its own reply or send
+    failure, a final answer to any earlier attempt, or the client's close. None if
+    `until` passes first."""
     while True:
         remaining = until - time.monotonic()
         if remaining <= 0:
             return None
         try:
-            msg = q.get(timeout=remaining)
+            request_id, index, reply = q.get(timeout=remaining)
         except queue.Empty:
             return None
-        reply = msg[2]
-        if msg[0] == rid or msg is _CLOSED or (reply is not None and reply.code in TERMINAL):
-            return msg
+        if request_id == _CLOSED[0]:
+            return rq.CLOSED
+        if reply is None:
+            if request_id == rid:
+                return rq.NOT_CONNECTED
+        elif request_id == rid or reply.code in TERMINAL:
+            return index, reply
 
 
 class Watch(rq.WatchCursor):
