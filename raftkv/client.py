@@ -13,10 +13,9 @@ Addresses. One address (a str: typically the controller, which forwards to the l
 list of node addresses (node ids are taken to be 1..N in list order, the ids the nodes
 were started with), or a mapping {node_id: address}; or a URL, `Client.from_url(
 "raftkv://h1:7701,h2:7702?timeout=2")`, whose hosts are one address or the nodes' in id
-order. A node that does not lead answers
-NOT_LEADER with the leader's node id; the client maps that id to an address, so with a
-list the order must match the cluster's ids. An id it cannot map, or no hint at all,
-sends the request to the next address.
+order. A node that does not lead answers NOT_LEADER with the leader's node id; the
+client maps that id to an address, so with a list the order must match the cluster's
+ids. An id it cannot map, or no hint at all, sends the request to the next address.
 
 Retries. The client is the one party that retries, whatever address it was given: the
 controller forwards each request once and does not retry (harness/router.py), so routed
@@ -93,6 +92,10 @@ whole and passes its REPS back unopened). Replies may come either way. Sockets o
 calling thread were about a quarter faster in a bare 64-thread loop, but cost 64 x N
 connections, leak with the threads that made them, and cannot be closed safely by
 `close()` while another thread is using them; one owner thread makes `close()` exact.
+
+asyncio. `raftkv.aio.Client` is this client for an event loop: the same methods as
+coroutines, the same errors, retries, sessions and watch rules (raftkv/_requests.py holds
+them once for both), reader tasks on `zmq.asyncio` in place of the I/O thread.
 """
 
 from __future__ import annotations

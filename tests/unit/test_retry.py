@@ -93,8 +93,8 @@ def test_the_client_pauses_by_the_policy_after_each_fruitless_round(node, client
         kv.get("k", timeout=0.5)
     # One address: every refusal closes a round. Ceilings double from the base to the cap.
     assert rng.ceilings[:5] == [0.01, 0.02, 0.04, 0.04, 0.04]
-    assert len(refuser.requests) == len(rng.ceilings) or len(refuser.requests) == len(
-        rng.ceilings) + 1
+    # A pause follows each refusal the fake recorded; at most one attempt after the last.
+    assert len(rng.ceilings) <= len(refuser.requests) <= len(rng.ceilings) + 1
 
 
 def test_the_deadline_bounds_the_pauses_and_the_attempts(node, client) -> None:
