@@ -230,7 +230,7 @@ class Client(rq.ClientCore):
         if self._loop is loop:
             return
         if self._loop is not None:
-            raise RaftKVError("a raftkv.aio.Client is used in the event loop it started in")
+            raise RaftKVError("a raftkv.aio.Client serves only the event loop it started in")
         self._loop = loop
         for i, (sock, monitor) in enumerate(zip(self._socks, self._monitors, strict=True)):
             self._tasks.append(loop.create_task(self._read_replies(i, sock)))

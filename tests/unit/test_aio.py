@@ -395,6 +395,15 @@ def test_aclose_fails_requests_in_flight(node, client) -> None:
     assert type(failure) is RaftKVError and "closed" in str(failure)
 
 
+def test_bad_arguments_fail_at_construction() -> None:
+    with pytest.raises(ValueError, match="no address"):
+        aio.Client([])
+    with pytest.raises(ValueError, match="cannot connect"):
+        aio.Client("not an endpoint")
+    with pytest.raises(ValueError, match="timeout"):
+        aio.Client(dead_address(), timeout=0)
+
+
 def test_a_client_serves_one_event_loop(node, client) -> None:
     kv = client(node(FakeKV()).address)
 
