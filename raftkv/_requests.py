@@ -3,9 +3,12 @@
 
 - the arguments: addresses, `raftkv://` URLs, credentials, deadlines;
 - each operation's request and the parsing of its reply;
+- `ClientCore`, the state both clients keep (addresses, leader guess, policy);
 - `Delivery`, the retry state of one request (where the next attempt goes, what an
-  answer or a silence means, when to pause, how the request gave up), without I/O: a
-  client sends, waits and reports back to it;
+  answer or a silence means, when to pause, how the request gave up), without I/O, and
+  `deliver`, the attempt loop over it as a generator: a client only sends, waits and
+  sends back what came;
+- `write_steps`, a write's session handling, a generator of the requests it needs;
 - what a session write's final reply means (`write_result`), the errors a refusal maps
   to (`refused`), and a watch's resume rule (`WatchCursor`).
 
@@ -15,6 +18,7 @@ Private: the public names are raftkv.client's, raftkv.aio's and raftkv.retry's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import re
@@ -133,8 +137,7 @@ def settings(
         raise ValueError(
             f"timeout ({timeout}) and attempt_timeout ({attempt_timeout}) must be > 0")
     if attempt_timeout is not None:
-        retry = Retry(float(attempt_timeout), retry.growth, retry.max_attempt_timeout,
-                      retry.backoff_base, retry.backoff_cap, retry.rng)
+        retry = dataclasses.replace(retry, attempt_timeout=float(attempt_timeout))
     return addrs, index_of, float(timeout), retry, credentials
 
 
