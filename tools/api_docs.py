@@ -5,7 +5,8 @@
 
 The public API is what `raftkv.__all__` exports: each class with its constructor and
 its public methods, in the order the source defines them, then each exception with its
-bases. The page opens with raftkv.client's module docstring, the client's overview. The
+bases; then the modules of SUBMODULES (the asyncio client), each with its own `__all__`.
+The page opens with raftkv.client's module docstring, the client's overview. The
 output depends only on the source (no addresses, no dates, no versions), so the same
 code always gives the same bytes; tests/unit/test_api_docs.py runs --check.
 """
@@ -111,6 +112,10 @@ def render_member(cls: type, name: str, value: Any) -> list[str]:
     fn = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
     kind = "classmethod " if isinstance(value, classmethod) else (
         "staticmethod " if isinstance(value, staticmethod) else "")
+    if inspect.iscoroutinefunction(fn):
+        kind += "async "
+    elif inspect.isasyncgenfunction(fn):
+        kind += "async iterator "
     sig = format_signature(fn, where, skip_first=not isinstance(value, staticmethod))
     return [f"### `{where}`", "", "```python", f"{kind}{where}{sig}", "```", "",
             doc_of(value), ""]
@@ -126,6 +131,9 @@ def render_class(qualname: str, cls: type) -> list[str]:
     lines += [doc_of(cls), ""]
     if "__enter__" in vars(cls) and "__exit__" in vars(cls):
         lines += ["Usable in a `with` statement (defines `__enter__` and `__exit__`).", ""]
+    if "__aenter__" in vars(cls) and "__aexit__" in vars(cls):
+        lines += ["Usable in an `async with` statement (defines `__aenter__` and "
+                  "`__aexit__`).", ""]
     for name, value in public_members(cls):
         lines += render_member(cls, name, value)
     return lines
@@ -137,6 +145,25 @@ def render_exception(qualname: str, cls: type) -> list[str]:
     lines = [f"### `{qualname}({bases})`", "", doc_of(cls), ""]
     for name, value in public_members(cls):
         lines += render_member(cls, name, value)
+    return lines
+
+
+# Public modules whose classes are documented in sections of their own, after
+# raftkv's: their names repeat raftkv's (raftkv.aio.Client), so they are not in its
+# __all__. Each module's __all__ lists what is rendered, its docstring opens the section.
+SUBMODULES = ("raftkv.aio",)
+
+
+def render_submodule(name: str) -> list[str]:
+    import importlib
+
+    module = importlib.import_module(name)
+    lines = [f"## Module `{name}`", "", doc_of(module), ""]
+    for cls_name in module.__all__:
+        obj = getattr(module, cls_name)
+        if not isinstance(obj, type):
+            raise ValueError(f"{name}.{cls_name} is not a class: teach tools/api_docs.py it")
+        lines += render_class(f"{name}.{cls_name}", obj)
     return lines
 
 
@@ -156,7 +183,8 @@ def render() -> str:
 
     lines = [HEADER, "## Contents", ""]
     lines += [f"- [`raftkv.{n}`](#raftkv{n.lower()})" for n in classes]
-    lines += ["- [Exceptions](#exceptions): " + ", ".join(f"`{n}`" for n in errors), ""]
+    lines += ["- [Exceptions](#exceptions): " + ", ".join(f"`{n}`" for n in errors)]
+    lines += [f"- [Module `{m}`](#module-{m.replace('.', '')})" for m in SUBMODULES] + [""]
     lines += ["## Overview (raftkv.client)", "", doc_of(raftkv.client), ""]
     aliases = type_aliases(raftkv.client)
     if aliases:
@@ -167,6 +195,8 @@ def render() -> str:
     lines += ["## Exceptions", ""]
     for name in errors:
         lines += render_exception(f"raftkv.{name}", objects[name])
+    for module in SUBMODULES:
+        lines += render_submodule(module)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -8,13 +8,14 @@
 - `POST /api/command {"name", "args"}`: one controller command, exactly what the CLI
   verb of that name sends (kill-leader, kill, restart, pause, resume, partition, heal,
   transfer-leader).
-- `POST /api/put {"key", "value"}`, `POST /api/get {"key"}`: through raftkv.Client at
-  the controller, as `raftkv put` / `raftkv get` do.
+- `POST /api/put {"key", "value"}`, `POST /api/get {"key"}`: through raftkv.aio.Client
+  at the controller, as `raftkv put` / `raftkv get` do (with raftkv.Client).
 
-One task polls the controller for every open page. Blocking ZeroMQ calls run in worker
-threads. Requests must carry this server's own Host (no DNS rebinding) and, to change
-anything, a JSON body (a cross-site form cannot send one without a CORS preflight,
-which this server never grants).
+One task polls the controller for every open page. The controller's commands (blocking
+ZeroMQ calls, harness.rpc) run in worker threads; the store's requests are the asyncio
+client's coroutines, in the server's loop. Requests must carry this server's own Host
+(no DNS rebinding) and, to change anything, a JSON body (a cross-site form cannot send
+one without a CORS preflight, which this server never grants).
 
 The token: every request except the page itself (`GET /`) and its static files must
 carry this server's token (`raftkv dashboard` makes a random one at each start and
@@ -48,6 +49,7 @@ from aiohttp import web
 
 import raftkv
 from harness import rpc
+from raftkv import aio
 from raftkv.wire import ReplyCode
 
 log = logging.getLogger("raftkv.dashboard")
@@ -234,10 +236,10 @@ async def post_membership(request: web.Request) -> web.Response:
 
 
 async def with_client(request: web.Request,
-                      fn: Callable[[raftkv.Client], Any]) -> web.Response | Any:
-    client: raftkv.Client = request.app["client"]
+                      fn: Callable[[aio.Client], Awaitable[Any]]) -> web.Response | Any:
+    client: aio.Client = request.app["client"]
     try:
-        return await asyncio.to_thread(fn, client)
+        return await fn(client)
     except raftkv.BadRequest as e:
         return failure(str(e), ReplyCode.BAD_REQUEST)
     except (raftkv.Unavailable, raftkv.Timeout) as e:
@@ -327,7 +329,7 @@ def make_app(controller: str, host: str, port: int, token: str) -> web.Applicati
     app = web.Application(middlewares=[host_guard(allowed), token_guard(token, open_resources)])
     ctx = zmq.Context()
     app["feed"] = Feed(controller, ctx)
-    app["client"] = raftkv.Client(controller, timeout=CONTROL_TIMEOUT_S)
+    app["client"] = aio.Client(controller, timeout=CONTROL_TIMEOUT_S)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(app["feed"].run())
@@ -335,7 +337,7 @@ def make_app(controller: str, host: str, port: int, token: str) -> web.Applicati
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        app["client"].close()
+        await app["client"].aclose()
         ctx.destroy(linger=0)
 
     app.cleanup_ctx.append(background)

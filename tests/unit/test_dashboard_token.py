@@ -31,14 +31,14 @@ class FakeClient:
     def __init__(self, calls: list[tuple]) -> None:
         self.calls = calls
 
-    def put(self, key: str, value: str) -> None:
+    async def put(self, key: str, value: str) -> None:
         self.calls.append(("put", key, value))
 
-    def get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> bytes | None:
         self.calls.append(("get", key))
         return None
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         pass
 
 
@@ -70,7 +70,7 @@ def routes(app: Any) -> list[tuple[str, str]]:
 async def serve(acted: list[tuple], check: Any) -> None:
     port = free_ports(1)[0]
     app = dashboard.make_app("tcp://127.0.0.1:1", "127.0.0.1", port, TOKEN)
-    app["client"].close()
+    await app["client"].aclose()
     app["client"] = FakeClient(acted)
     async with TestServer(app, host="127.0.0.1", port=port), \
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:

@@ -68,8 +68,9 @@ def run_child(code: str, args: dict, tmp_path: Path) -> subprocess.CompletedProc
 
 
 def test_the_client_runs_with_only_the_packages_a_client_install_pulls(tmp_path):
-    """Everything outside the stdlib, raftkv and install_requires is refused; the client
-    still connects, writes, reads and closes, and no server package was even tried."""
+    """Everything outside the stdlib, raftkv and install_requires is refused; the client,
+    and the asyncio one, still connect, write, read and close, and no server package was
+    even tried."""
     code = """
 allowed = set(ARGS["allowed"])
 finder = Refuse(lambda top: top not in allowed and top not in sys.stdlib_module_names)
@@ -83,7 +84,15 @@ import raftkv
 with raftkv.Client(ARGS["address"], timeout=10) as kv:
     kv.put("user:1", "alice")
     value = kv.get("user:1", timeout=10)
-print(json.dumps({"value": value.decode(), "refused": finder.refused,
+import asyncio
+from raftkv import aio
+async def use_aio():
+    async with aio.Client(ARGS["address"], timeout=10) as akv:
+        await akv.put("user:2", "bob")
+        return await akv.get("user:2")
+aio_value = asyncio.run(use_aio())
+print(json.dumps({"value": value.decode(), "aio_value": aio_value.decode(),
+                  "refused": finder.refused,
                   "server_loaded": sorted(set(ARGS["server"]) & set(sys.modules))}))
 """
     ctx = zmq.Context()
@@ -97,7 +106,7 @@ print(json.dumps({"value": value.decode(), "refused": finder.refused,
         ctx.term()
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.splitlines()[-1])
-    assert out["value"] == "alice"
+    assert out["value"] == "alice" and out["aio_value"] == "bob"
     assert out["server_loaded"] == []
     # Only the prelude's own probe: the stdlib may try a few optional modules (`org`, for
     # Jython, from copy and pickle), but the client never tried a server package.
