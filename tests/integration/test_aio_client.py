@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from harness.launcher import LocalCluster
-from raftkv import Compare, Event, Put, aio
+from raftkv import Compare, Event, LeaseNotFound, Put, aio
 
 DEADLINE = 60.0  # seconds for the whole scenario; reached only when the test fails
 
@@ -52,3 +54,22 @@ def test_put_get_txn_and_a_watch_through_a_leader_kill(cluster: LocalCluster) ->
     revisions = [e.revision for e in seen]
     assert revisions == sorted(set(revisions))  # none repeated, in order
     assert cluster.wait_leader(exclude=leader) != leader
+
+
+def test_leases_through_the_async_client(cluster: LocalCluster) -> None:
+    cluster.wait_leader()
+
+    async def scenario() -> None:
+        async with aio.Client(cluster.addresses, credentials=cluster.credentials,
+                              timeout=10) as kv:
+            lease = await kv.grant(30)
+            await kv.put("eph", "1", lease=lease)
+            assert await kv.keepalive(lease) == 30.0
+            info = await kv.lease_info(lease)
+            assert info.keys == [b"eph"] and 29 < info.remaining <= 30
+            assert await kv.revoke(lease) and await kv.get("eph") is None
+            with pytest.raises(LeaseNotFound):
+                await kv.put("eph", "2", lease=lease)
+            assert not await kv.revoke(lease)
+
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
