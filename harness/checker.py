@@ -89,7 +89,7 @@ _GET, _PUT, _DELETE, _CAS = range(4)
 
 
 class _Unread:
-    """The one token for every value no operation ever looked for (see _check_key)."""
+    """The one token for every value no operation ever looked for (see _search)."""
 
     __slots__ = ()
 
@@ -100,7 +100,7 @@ class _Unread:
 UNREAD = _Unread()
 _CODE = {"get": _GET, "put": _PUT, "delete": _DELETE, "cas": _CAS}
 _CHECK_CLOCK_EVERY = 512  # search steps between two looks at the clock
-_FORCED = -1  # stack mark: an op placed without alternatives (see _check_key)
+_FORCED = -1  # stack mark: an op placed without alternatives (see _search)
 _CONTEXT_OPS = 3  # linearized ops shown before the stuck point in an explanation
 
 
@@ -350,8 +350,98 @@ class _KeyVerdict:
     state: Any = None
 
 
-def _check_key(ops: list[Op], budget: _Budget) -> _KeyVerdict:
-    """Wing & Gong search with Lowe's memoisation over one key's ok and info ops.
+_ILLEGAL = object()  # a model's step: the op cannot come next from this state
+
+
+class _Model:
+    """What the search needs of a sequential model, over one sub-history `ops` (indexes
+    into it name the ops):
+
+    initial          the state before any op; states are hashable and compared with ==
+    step(i, state)   the state after op i, or _ILLEGAL where its recorded output (for an
+                     ok op) cannot be what it returned; an info op's output is ignored
+    settles[i]       for an ok op: if it leaves the state unchanged at one point where it
+                     is legal, it does so at every point where it is legal (a read; not a
+                     put of the value already there, which elsewhere changes it). Such an
+                     op, legal now, is placed without alternatives.
+    twin[i]          for an info op: ops with equal non-None twins have the same effect
+                     wherever they land, so only the latest-invoked candidate is tried
+    pointless(i, state, new, after_info)
+                     an info op whose placement here is dominated by not placing it (the
+                     search explores that configuration from the parent anyway)
+    guessed          set when step resolved an info op's effect arbitrarily: a violation
+                     found after that is reported as unknown
+    """
+
+    initial: Any = None
+    settles: list[bool]
+    twin: list[Hashable | None]
+    guessed: bool = False
+
+    def step(self, i: int, state: Any) -> Any:
+        raise NotImplementedError
+
+    def pointless(self, i: int, state: Any, new: Any, after_info: bool) -> bool:
+        return new == state
+
+
+class _RegisterModel(_Model):
+    """One key's value, or absent (None): the module docstring's table."""
+
+    def __init__(self, ops: list[Op]) -> None:
+        n = len(ops)
+        code = [_CODE[o.op] for o in ops]
+        info = [o.status == "info" for o in ops]
+        arg_a: list[Any] = []
+        arg_b: list[Any] = []
+        out: list[Any] = []
+        for o, c in zip(ops, code, strict=True):
+            if c == _CAS:
+                arg_a.append(_value(o.input[0], "cas expected"))
+                arg_b.append(_value(o.input[1], "cas new"))
+            else:
+                arg_a.append(_value(o.input, "put input") if c == _PUT else None)
+                arg_b.append(None)
+            out.append(_value(o.output, "output") if c == _GET else o.output)
+        # A value no get returned and no cas expected can never be told apart from any
+        # other such value: all the model can learn of it is "present, and none of the
+        # values anyone looked for". Writing them all as one token merges states that
+        # differ only in which unread value the key holds.
+        looked_for = {out[i] for i in range(n) if code[i] == _GET and not info[i]}
+        looked_for.update(arg_a[i] for i in range(n) if code[i] == _CAS)
+        for i in range(n):
+            if code[i] == _PUT and arg_a[i] not in looked_for:
+                arg_a[i] = UNREAD
+            elif code[i] == _CAS and arg_b[i] not in looked_for:
+                arg_b[i] = UNREAD
+        self.code, self.info, self.arg_a, self.arg_b, self.out = code, info, arg_a, arg_b, out
+        self.settles = [c != _PUT for c in code]
+        self.twin = [(code[i], arg_a[i], arg_b[i]) if info[i] else None for i in range(n)]
+
+    def step(self, i: int, state: Any) -> Any:
+        c = self.code[i]
+        if c == _PUT:
+            return self.arg_a[i]
+        if c == _GET:
+            return state if self.out[i] == state else _ILLEGAL
+        if c == _DELETE:
+            legal = self.info[i] or self.out[i] == (state is not None)
+            return None if legal else _ILLEGAL
+        swapped = state == self.arg_a[i]
+        if not self.info[i] and self.out[i] != swapped:
+            return _ILLEGAL
+        return self.arg_b[i] if swapped else state
+
+    def pointless(self, i: int, state: Any, new: Any, after_info: bool) -> bool:
+        # Also a blind write (put/delete) right after another info op: it overwrites that
+        # op's effect, so the configuration equals the one without the earlier op.
+        return new == state or (after_info and self.code[i] != _CAS)
+
+
+
+def _search(ops: list[Op], model: _Model, budget: _Budget) -> _KeyVerdict:
+    """Wing & Gong search with Lowe's memoisation over one sub-history's ok and info
+    ops, against `model` (see _Model).
 
     The ok ops' events live in a doubly linked list (arrays `nxt`/`prv`, sentinel 0 at
     the head and `tail` at the end) sorted by time: a call and a return per op. At equal
@@ -371,39 +461,18 @@ def _check_key(ops: list[Op], budget: _Budget) -> _KeyVerdict:
     search; with no info ops it is exactly his (set, state) cache.
     """
     n = len(ops)
-    code = [_CODE[o.op] for o in ops]
     info = [o.status == "info" for o in ops]
-    arg_a: list[Any] = []
-    arg_b: list[Any] = []
-    out: list[Any] = []
-    for o, c in zip(ops, code, strict=True):
-        if c == _CAS:
-            arg_a.append(_value(o.input[0], "cas expected"))
-            arg_b.append(_value(o.input[1], "cas new"))
-        else:
-            arg_a.append(_value(o.input, "put input") if c == _PUT else None)
-            arg_b.append(None)
-        out.append(_value(o.output, "output") if c == _GET else o.output)
-    # A value no get returned and no cas expected can never be told apart from any other
-    # such value: all the model can learn of it is "present, and none of the values
-    # anyone looked for". Writing them all as one token merges states that differ only
-    # in which unread value the key holds.
-    looked_for = {out[i] for i in range(n) if code[i] == _GET and not info[i]}
-    looked_for.update(arg_a[i] for i in range(n) if code[i] == _CAS)
-    for i in range(n):
-        if code[i] == _PUT and arg_a[i] not in looked_for:
-            arg_a[i] = UNREAD
-        elif code[i] == _CAS and arg_b[i] not in looked_for:
-            arg_b[i] = UNREAD
+    step, pointless, settles = model.step, model.pointless, model.settles
     ok_ops = [i for i in range(n) if not info[i]]
     ops_invoke = [o.invoke for o in ops]
     info_ops = sorted((i for i in range(n) if info[i]), key=lambda i: (ops[i].invoke, i))
     # Info ops with the same effect (op, argument(s)) are interchangeable, except that an
     # earlier-invoked one can be placed at more points. So of those that are candidates
     # at once only the latest-invoked is tried, keeping the more flexible ones for later.
-    twins: dict[tuple[int, Any, Any], list[int]] = {}
+    twins: dict[Hashable, list[int]] = {}
     for i in info_ops:
-        twins.setdefault((code[i], arg_a[i], arg_b[i]), []).append(i)
+        if model.twin[i] is not None:
+            twins.setdefault(model.twin[i], []).append(i)
     later_twins: list[list[int]] = [[] for _ in range(n)]
     for group in twins.values():
         for rank, i in enumerate(group):
@@ -445,7 +514,7 @@ def _check_key(ops: list[Op], budget: _Budget) -> _KeyVerdict:
     seen: dict[tuple[int, Any], list[int]] = {}  # (ok set, state) -> info sets explored
     stack: list[tuple[int, Any, int]] = []  # (op, state before it, stuck return if info)
     lin_ok = lin_info = 0
-    state: Any = None
+    state: Any = model.initial
     pending_ok = len(ok_ops)
     best = _KeyVerdict("violation")
     best_depth = -1
@@ -475,24 +544,10 @@ def _check_key(ops: list[Op], budget: _Budget) -> _KeyVerdict:
         else:
             i = inode_op[ientry]
         if not dead:
-            # Try op i from the current state.
-            c = code[i]
-            if c == _PUT:
-                legal, new = True, arg_a[i]
-            elif c == _GET:
-                legal, new = out[i] == state, state
-            elif c == _DELETE:
-                legal, new = info[i] or out[i] == (state is not None), None
-            else:
-                swapped = state == arg_a[i]
-                legal = info[i] or out[i] == swapped
-                new = arg_b[i] if swapped else state
-            if info[i]:
-                if new == state or (c != _CAS and stack and info[stack[-1][0]]):
-                    # Pointless, so skipped: an info op that leaves the state as it is, or
-                    # a blind write (put/delete) right after another info op, which it
-                    # would overwrite. Either configuration is dominated by one without
-                    # the op(s), which the search explores from the parent anyway.
+            new = step(i, state)
+            legal = new is not _ILLEGAL
+            if legal and info[i]:
+                if pointless(i, state, new, bool(stack) and info[stack[-1][0]]):
                     legal = False
                 else:
                     deadline = ev_time[stuck]
@@ -505,11 +560,11 @@ def _check_key(ops: list[Op], budget: _Budget) -> _KeyVerdict:
             if legal:
                 # An ok op that leaves the state alone wherever it is legal (a get, a
                 # cas that did not swap or swapped v for v, a delete that found nothing;
-                # not a put, whose effect depends on where it lands) and is legal now
-                # can move to this point of any linearization that exists from here: it
-                # is a candidate, so nothing pending must precede it. So it is the only
-                # child worth trying: if it fails, so does this configuration.
-                forced = not info[i] and c != _PUT and new == state
+                # not a put, whose effect depends on where it lands: `settles`) and is
+                # legal now can move to this point of any linearization that exists from
+                # here: it is a candidate, so nothing pending must precede it. So it is
+                # the only child worth trying: if it fails, so does this configuration.
+                forced = not info[i] and settles[i] and new == state
                 if info[i]:
                     key, infos = (lin_ok, new), lin_info | bit[i]
                 else:
@@ -660,7 +715,7 @@ def check(
         if time.monotonic() > budget.deadline:
             budget.reason = "timeout"
             break
-        kv = _check_key(key_ops, budget)
+        kv = _search(key_ops, _RegisterModel(key_ops), budget)
         if kv.verdict == "unknown":
             break
         if kv.verdict == "violation":
