@@ -486,6 +486,9 @@ class _Model:
                      op, legal now, is placed without alternatives.
     twin[i]          for an info op: ops with equal non-None twins have the same effect
                      wherever they land, so only the latest-invoked candidate is tried
+    needs[i]         info ops that every linearization places before op i (an info op
+                     whose effect an ok op saw must happen, and before some ops): op i
+                     is not a candidate until they are placed. Empty in general.
     pointless(i, state, new, after_info)
                      an info op whose placement here is dominated by not placing it (the
                      search explores that configuration from the parent anyway)
@@ -496,6 +499,7 @@ class _Model:
     initial: Any = None
     settles: list[bool]
     twin: list[Hashable | None]
+    needs: list[list[int]] | None = None
     guessed: bool = False
 
     def step(self, i: int, state: Any) -> Any:
@@ -602,6 +606,10 @@ def _search(ops: list[Op], model: _Model, budget: _Budget) -> _KeyVerdict:
         bit[i] = 1 << rank
     for rank, i in enumerate(info_ops):
         bit[i] = 1 << rank
+    need = [0] * n  # the info ops op i waits for, as an info set
+    for i, before in enumerate(model.needs or ()):
+        for j in before:
+            need[i] |= bit[j]
 
     # The ok events: (time, 0=call/1=return, op); ids 1..E in order, 0 head, E+1 tail.
     raw = [(ops[i].invoke, 0, i) for i in ok_ops] + [(ops[i].complete, 1, i) for i in ok_ops]
@@ -664,7 +672,7 @@ def _search(ops: list[Op], model: _Model, budget: _Budget) -> _KeyVerdict:
         else:
             i = inode_op[ientry]
         if not dead:
-            new = step(i, state)
+            new = _ILLEGAL if need[i] & ~lin_info else step(i, state)
             legal = new is not _ILLEGAL
             if legal and info[i]:
                 if pointless(i, state, new, bool(stack) and info[stack[-1][0]]):
@@ -799,8 +807,10 @@ class _RevisionModel(_Model):
     model"). A state is (floor, record of key 1, ..., record of key K): a record is None
     (absent) or (value, create_revision, mod_revision, version), and floor is the least
     the last write's log index can be. Every write is one log entry, so its revision is
-    > floor and becomes the floor; a write whose revision nobody saw still takes an
-    index, so it raises the floor by one, and the records it writes hold the negative
+    > floor and becomes the floor; a write that changed a record but whose revision
+    nobody saw still took an index, so it raises the floor by one (one that changed
+    nothing, a failed compare or a delete of nothing, leaves it), and the records it
+    writes hold the negative
     number -(op + 1) for "this op's revision, unknown", which equals no revision any
     other op had (the `known` set), since each log entry has an index of its own.
     Every op but a read is compiled to a transaction: put = txn(success=[put]),
@@ -862,6 +872,13 @@ class _RevisionModel(_Model):
             revisions.append(rev)
             self.broken.append(broken)
         self.known = frozenset(r for r in revisions if r is not None)
+        # An info op with a revision was seen by an ok read, so it happened, and before
+        # every op with a higher revision: the log is in revision order.
+        required = sorted((revisions[i], i) for i, o in enumerate(ops)
+                          if o.status == "info" and revisions[i] is not None)
+        if required:
+            self.needs = [[j for r, j in required if rev is not None and r < rev]
+                          for rev in revisions]
         for i, (o, p) in enumerate(zip(ops, parsed, strict=True)):
             if p is None:
                 k = slot[_text(o.key, "key")]
@@ -955,24 +972,29 @@ class _RevisionModel(_Model):
         floor = state[0]
         if rev is None:
             written = -(i + 1)
-            floor += 1
         elif rev > floor:
             written = floor = rev
         else:
             return _ILLEGAL  # revisions grow with the log
         new = list(state)
-        new[0] = floor
+        changed = False
         for j, (kind, k, value) in enumerate(success if branch else failure):
             rec = new[k]
             if kind == "put":
                 new[k] = ((value, written, written, 1) if rec is None
                           else (value, rec[1], written, rec[3] + 1))
+                changed = True
             elif kind == "delete":
                 if results is not None and results[j] != (rec is not None):
                     return _ILLEGAL
                 new[k] = None
+                changed = changed or rec is not None
             elif results is not None and not self._matches(rec, results[j]):
                 return _ILLEGAL
+        # A write nobody saw the revision of took the next index at least. One that
+        # changed nothing is left where it is: so it leaves the state as it found it
+        # wherever it is legal (`settles`), and need not be tried at every place.
+        new[0] = floor + 1 if rev is None and changed else floor
         return tuple(new)
 
     def pointless(self, i: int, state: Any, new: Any, after_info: bool) -> bool:
