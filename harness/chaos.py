@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import zmq
 
@@ -51,7 +52,7 @@ def client_worker(worker: int, addresses: dict[int, str] | str, keys: int, stop_
     is comparable across processes on one host), each recorded as one JSON line. Every
     fourth client only reads: it keeps talking to the node it found leading, as a
     read-heavy application would, and so is the one to meet a deposed leader."""
-    from raftkv import Client, RaftKVError, Timeout, Unavailable
+    from raftkv import Client
 
     rng = random.Random(f"client-{seed}-{worker}")
     seen: dict[str, str | None] = {}
@@ -69,8 +70,9 @@ def client_worker(worker: int, addresses: dict[int, str] | str, keys: int, stop_
                 op["input"] = value
             elif kind == "cas":
                 op["input"] = [seen.get(key), value]
-            op["invoke"] = time.monotonic_ns()
-            try:
+
+            def call(kind: str = kind, key: str = key, value: str = value,
+                     op: dict = op) -> None:
                 if kind == "get":
                     op["output"] = seen[key] = kv.get(key)
                 elif kind == "put":
@@ -79,14 +81,27 @@ def client_worker(worker: int, addresses: dict[int, str] | str, keys: int, stop_
                     op["output"] = kv.delete(key)
                 else:
                     op["output"] = kv.cas(key, op["input"][0], value)
-                op["status"] = "ok"
-                op["complete"] = time.monotonic_ns()
-            except Timeout:
-                op["status"], op["complete"] = "info", None  # may or may not have happened
-            except (Unavailable, RaftKVError):
-                op["status"], op["complete"] = "fail", time.monotonic_ns()  # did not happen
-            out.write(json.dumps(op) + "\n")
-            out.flush()
+
+            perform(op, call, out)
+
+
+def perform(op: dict, call: Callable[[], None], out: TextIO) -> None:
+    """Run `call`, which fills in op's output, and write `op` to `out` as one JSON line
+    with its times and status: ok; info on Timeout (it may or may not have happened,
+    and may yet); fail on any other refusal (it certainly did not happen)."""
+    from raftkv import RaftKVError, Timeout, Unavailable
+
+    op["invoke"] = time.monotonic_ns()
+    try:
+        call()
+        op["status"] = "ok"
+        op["complete"] = time.monotonic_ns()
+    except Timeout:
+        op["status"], op["complete"] = "info", None
+    except (Unavailable, RaftKVError):
+        op["status"], op["complete"] = "fail", time.monotonic_ns()
+    out.write(json.dumps(op) + "\n")
+    out.flush()
 
 
 def txn_client_worker(worker: int, addresses: dict[int, str] | str, keys: int,
@@ -98,7 +113,7 @@ def txn_client_worker(worker: int, addresses: dict[int, str] | str, keys: int,
     value) then put both new balances, else get both"; an audit, a txn reading every
     account at one revision; cas by mod_revision; put (its revision is recorded); delete.
     Every fourth client only reads (get_kv and audits)."""
-    from raftkv import Client, Compare, Get, Put, RaftKVError, Timeout, Unavailable
+    from raftkv import Client, Compare, Get, Put
 
     rng = random.Random(f"txn-client-{seed}-{worker}")
     names = [f"k{i}" for i in range(keys)]
@@ -176,17 +191,11 @@ def txn_client_worker(worker: int, addresses: dict[int, str] | str, keys: int,
             else:
                 def call(a: str = a) -> object:
                     return kv.delete(a)
-            op["invoke"] = time.monotonic_ns()
-            try:
+
+            def run(call: Callable[[], object] = call, op: dict = op) -> None:
                 op["output"] = call()
-                op["status"] = "ok"
-                op["complete"] = time.monotonic_ns()
-            except Timeout:
-                op["status"], op["complete"] = "info", None  # may or may not have happened
-            except (Unavailable, RaftKVError):
-                op["status"], op["complete"] = "fail", time.monotonic_ns()  # did not happen
-            out.write(json.dumps(op) + "\n")
-            out.flush()
+
+            perform(op, run, out)
 
 
 WORKERS = {"register": client_worker, "txn": txn_client_worker}
