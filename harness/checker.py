@@ -16,7 +16,10 @@ invoked before the earliest completion among the operations not yet linearized. 
 the return of an operation that is not linearized means the current prefix cannot be
 extended, and the search backtracks.
 
-Every operation touches one key, so the history is checked one key at a time (the
+The search takes its sequential model as an object (`_Model`), and there are two.
+
+The register model (the default for get/put/delete/cas histories). Every operation
+touches one key, so the history is checked one key at a time (the
 locality/P-compositionality of Herlihy & Wing, used the same way by Lowe): the whole
 history is linearizable iff each key's sub-history is. The model for one key is its value
 or absent (None):
@@ -26,15 +29,51 @@ or absent (None):
     delete()          -> existed  value := absent
     cas(expected,new) -> swapped  if value == expected (None = absent): value := new
 
+The revisions model (chosen when a history has get_kv, cas_rev or txn; `raftkv chaos
+--workload txn`). A transaction spans keys and revisions are one order over the whole
+log, so the history is one sub-history: the state is every key's record, None (absent)
+or (value, create_revision, mod_revision, version), plus a floor, the least the last
+write's revision can be (raftkv/kv.py has the store's rules, which are etcd's):
+
+    put(v)              -> revision r   r > floor; floor := r; mod := r; version += 1
+                                        (absent: create := r, version := 1)
+    get_kv()            -> record or None, all four fields as the state has them
+    get()               -> value or None
+    delete()            -> existed      record := absent (create and version start over)
+    cas(expected, new)  -> swapped      value == expected: as put
+    cas_rev(m, new)     -> swapped      mod_revision == m (0: absent): as put
+    txn(compare, success, failure) -> [succeeded, results]
+        every compare (value/mod/create/version of a key ==, !=, <, > an operand; an
+        absent key is None and 0s) holds: the success ops run in order, else the
+        failure ops; put -> its revision, delete -> existed, get -> record or None,
+        seeing the txn's own writes before it; all its puts share one revision (one
+        log entry), so a txn is applied whole or not at all.
+
+Revisions are log indexes, so other entries (sessions, no-ops, other keys) leave gaps:
+a write's revision need only exceed the floor. A write whose revision nobody was told
+(a cas, a cas_rev, an info op) takes it from an ok read that saw the value it alone
+wrote; failing that, its records hold a number standing for "its own, unknown
+revision", which a compare or a read can match only with a revision no other op had,
+and it raises the floor by one (a write that changed no record leaves the floor). An
+info op seen by a read must precede every op of a higher revision. Looser than the
+definition in two places: an unseen revision is known only to be > 0 and no other op's
+(not bounded by its neighbours), and a write that changed nothing is not held to take
+an index. Where an info txn's compare depends on an unseen revision and both branches
+write, the search picks the success branch and can then only answer "unknown", never
+"violation". The tests hold it to a brute force over orders and log indexes.
+
 Beyond Lowe's cache the search prunes only by dominance, so it stays exact: an ok op that
 cannot change the state (a get, a cas that did not swap, ...) and is legal now is placed
 without trying alternatives; info ops are tried after the ok ops, and a configuration
 whose placed info ops are a superset of an explored one's (same ok ops, same state) is
 skipped; values nobody ever read or compared are one token; of interchangeable info ops
 only the latest-invoked candidate is tried. A brute-force cross-check in the tests holds
-it to the definition. Cost: a few hundredths of a second for 5,000 ops over 10 keys; what
-stays expensive is proving a violation on one key with many info ops (each may have
-happened at any point since its invoke), and there the budget answers "unknown".
+it to the definition. Cost: a few hundredths of a second for 5,000 ops over 10 keys; a
+10 s chaos run of the txn workload (7,000-10,000 ops, a few info) in under half a
+second. What stays expensive is many info ops (each may have happened at any point
+since its invoke) whose effect shows only much later, or proving a violation among
+them: there the budget answers "unknown" (a simulated 5,000-op bank history with 3%
+info ops takes 10-30 s, sometimes over a minute).
 
 Status of an operation: ``ok`` completed with that output; ``fail`` certainly did not
 take effect (dropped before checking); ``info`` unknown -- it may have taken effect at any
@@ -49,18 +88,30 @@ History file (JSON lines, one operation per line)::
      "status": "ok", "invoke": 1712000000000, "complete": 1712000400000}
 
 ``input``: put -> value; cas -> [expected or null, new]; get/delete -> null. ``output``:
-get -> value or null; delete -> existed (bool); cas -> swapped (bool); put -> null.
-Times are integers (``time.monotonic_ns()``); ``complete`` may be null or absent for an
-info op. Bytes keys and values are written as str (UTF-8, undecodable bytes escaped with
-surrogateescape); the model compares bytes and str by that same decoding, so b"x" == "x".
+get -> value or null; delete -> existed (bool); cas -> swapped (bool); put -> null, or
+its revision (the revisions model reads it). Revisions model ops::
+
+    {"op": "get_kv", "key": "k1", "output": ["v", 3, 9, 2]}     value, create, mod, version
+    {"op": "cas_rev", "key": "k1", "input": [9, "new"], "output": true}
+    {"op": "txn", "key": null,
+     "input": {"compare": [["mod", "k1", "==", 9], ["value", "k2", "!=", null]],
+               "success": [["put", "k1", "a"], ["delete", "k2"]],
+               "failure": [["get", "k1"]]},
+     "output": [true, [12, true]]}
+
+(compare targets value, create, mod, version; cmps ==, !=, <, >). Times are integers
+(``time.monotonic_ns()``); ``complete`` may be null or absent for an info op. Bytes keys
+and values are written as str (UTF-8, undecodable bytes escaped with surrogateescape);
+the model compares bytes and str by that same decoding, so b"x" == "x".
 
 Command line::
 
-    python -m harness.checker HISTORY.jsonl [--timeout S] [--json]
+    python -m harness.checker HISTORY.jsonl [--timeout S] [--model M] [--json]
 
-prints the verdict and, for a violation, the operations of the offending key around the
-point where no order exists. Exit status: 0 linearizable, 1 violation, 3 unknown (the
-search ran out of time or of its state budget), 2 bad usage or an unreadable history.
+prints the verdict and, for a violation, the operations of the offending key (in the
+revisions model: of the history) around the point where no order exists. Exit status:
+0 linearizable, 1 violation, 3 unknown (the search ran out of time or of its state
+budget, or guessed), 2 bad usage or an unreadable history.
 """
 
 from __future__ import annotations
@@ -74,7 +125,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The ops only the revisions model knows (see "The revisions model" above).
+# The ops only the revisions model knows (the module docstring: "The revisions model").
 REVISION_OPS = ("get_kv", "cas_rev", "txn")
 OPS = ("get", "put", "delete", "cas", *REVISION_OPS)
 TXN_TARGETS = ("value", "create", "mod", "version")  # a record's fields, in its order
