@@ -1062,6 +1062,14 @@ class _RevisionModel(_Model):
                 for k, rec in zip(self.keys, state[1:], strict=True) if rec is not None}
 
 
+def _reads_only(o: Op) -> bool:
+    """Whether `o` writes nothing, whatever branch it takes."""
+    if o.op == "txn":
+        _, success, failure = _txn_input(o.input)
+        return all(kind == "get" for kind, _, _ in success + failure)
+    return o.op in ("get", "get_kv")
+
+
 def _keys_of(o: Op) -> list[str]:
     if o.op != "txn":
         return [_text(o.key, "key")]
@@ -1144,7 +1152,9 @@ def check(
         keys = _keys_of(o) if model == "revisions" else [_to_text(o.key)]
         all_keys.update(keys)
         part = parts.setdefault(None if model == "revisions" else keys[0], [])
-        if not (o.status == "fail" or (o.status == "info" and o.op in ("get", "get_kv"))):
+        # Dropped: what did not happen, and an info op that cannot write (a read, or a
+        # txn of reads), whose only trace would be its unknown output.
+        if not (o.status == "fail" or (o.status == "info" and _reads_only(o))):
             part.append(o)
 
     def result(verdict: str, checked: int, **kw: Any) -> Result:
