@@ -861,9 +861,9 @@ class _RevisionModel(_Model):
     > floor and becomes the floor; a write that changed a record but whose revision
     nobody saw still took an index, so it raises the floor by one (one that changed
     nothing, a failed compare or a delete of nothing, leaves it), and the records it
-    writes hold the negative
-    number -(op + 1) for "this op's revision, unknown", which equals no revision any
-    other op had (the `known` set), since each log entry has an index of its own.
+    writes hold the negative number -(op + 1) for "this op's revision, unknown", which
+    equals no revision any other op had (the `known` set), since each log entry has an
+    index of its own.
     Every op but a read is compiled to a transaction: put = txn(success=[put]),
     delete = txn(success=[delete]), cas = txn(value == expected, [put]),
     cas_rev = txn(mod == m, [put])."""
