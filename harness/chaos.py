@@ -3,11 +3,15 @@
 A run brings up its own cluster in a temp dir (or uses --dir), optionally writes a large
 state of filler keys that the checks ignore (--preload: snapshots to take, restart from
 and send while faults come), starts client processes
-that do random get/put/delete/cas on a few keys with values never written twice,
-injects faults from a seeded schedule (nemesis.py), heals, waits for recovery, then:
+that do random get/put/delete/cas on a few keys with values never written twice
+(--workload register), or transfers between a few accounts (--workload txn: see
+`txn_client_worker`), injects faults from a seeded schedule (nemesis.py), heals, waits
+for recovery, then:
 
-1. checks the recorded history for linearizability (checker.py);
-2. checks that every acknowledged write is present or was legally overwritten;
+1. checks the recorded history for linearizability (checker.py: each key on its own
+   for the register workload; for txn, the revisions model over all keys at once);
+2. checks that every acknowledged write is present or was legally overwritten (the
+   txn workload's history ends with a get_kv of every key, so its model checks that);
 3. checks that every node converged to the same applied state;
 4. checks what a watcher of every client key saw through the faults (`Watcher`): each
    acknowledged put once, at the revision its put answered, and no event twice;
@@ -30,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import zmq
 
@@ -50,7 +55,7 @@ def client_worker(worker: int, addresses: dict[int, str] | str, keys: int, stop_
     is comparable across processes on one host), each recorded as one JSON line. Every
     fourth client only reads: it keeps talking to the node it found leading, as a
     read-heavy application would, and so is the one to meet a deposed leader."""
-    from raftkv import Client, RaftKVError, Timeout, Unavailable
+    from raftkv import Client
 
     rng = random.Random(f"client-{seed}-{worker}")
     seen: dict[str, str | None] = {}
@@ -68,8 +73,9 @@ def client_worker(worker: int, addresses: dict[int, str] | str, keys: int, stop_
                 op["input"] = value
             elif kind == "cas":
                 op["input"] = [seen.get(key), value]
-            op["invoke"] = time.monotonic_ns()
-            try:
+
+            def call(kind: str = kind, key: str = key, value: str = value,
+                     op: dict = op) -> None:
                 if kind == "get":
                     op["output"] = seen[key] = kv.get(key)
                 elif kind == "put":
@@ -78,14 +84,124 @@ def client_worker(worker: int, addresses: dict[int, str] | str, keys: int, stop_
                     op["output"] = kv.delete(key)
                 else:
                     op["output"] = kv.cas(key, op["input"][0], value)
-                op["status"] = "ok"
-                op["complete"] = time.monotonic_ns()
-            except Timeout:
-                op["status"], op["complete"] = "info", None  # may or may not have happened
-            except (Unavailable, RaftKVError):
-                op["status"], op["complete"] = "fail", time.monotonic_ns()  # did not happen
-            out.write(json.dumps(op) + "\n")
-            out.flush()
+
+            perform(op, call, out)
+
+
+def perform(op: dict, call: Callable[[], None], out: TextIO) -> None:
+    """Run `call`, which fills in op's output, and write `op` to `out` as one JSON line
+    with its times and status: ok; info on Timeout (it may or may not have happened,
+    and may yet); fail on any other refusal (it certainly did not happen)."""
+    from raftkv import RaftKVError, Timeout, Unavailable
+
+    op["invoke"] = time.monotonic_ns()
+    try:
+        call()
+        op["status"] = "ok"
+        op["complete"] = time.monotonic_ns()
+    except Timeout:
+        op["status"], op["complete"] = "info", None
+    except (Unavailable, RaftKVError):
+        op["status"], op["complete"] = "fail", time.monotonic_ns()
+    out.write(json.dumps(op) + "\n")
+    out.flush()
+
+
+def txn_client_worker(worker: int, addresses: dict[int, str] | str, keys: int,
+                      stop_at_ns: int, out_path: str, seed: int) -> None:
+    """One client process of the txn workload: accounts k0 .. k<keys-1> whose values are
+    "<balance>:<worker>-<n>" (never written twice), until `stop_at_ns`. Its ops, each
+    recorded as one JSON line in the checker's revisions format: get_kv; a transfer, a
+    txn "if both accounts are as I last saw them (mod_revision, sometimes version or
+    value) then put both new balances, else get both"; an audit, a txn reading every
+    account at one revision; cas by mod_revision; put (its revision is recorded); delete.
+    Every fourth client only reads (get_kv and audits)."""
+    from raftkv import Client, Compare, Get, Put
+
+    rng = random.Random(f"txn-client-{seed}-{worker}")
+    names = [f"k{i}" for i in range(keys)]
+    seen: dict[str, list] = {}  # an account's record as this client last saw it
+    reader = worker % 4 == 0
+    n = 0
+
+    def record(kv: object) -> list | None:
+        return None if kv is None else list(kv)  # KeyValue: value, create, mod, version
+
+    def balance(key: str) -> int:
+        rec = seen.get(key)
+        return int(rec[0].split(":")[0]) if rec else 0
+
+    def compare(key: str) -> tuple[list, Compare]:
+        rec = seen.get(key) or [None, 0, 0, 0]
+        how = rng.choices(("mod", "version", "value"), (8, 1, 1))[0]
+        if how == "mod":
+            return ["mod", key, "==", rec[2]], Compare.mod(key) == rec[2]
+        if how == "version":
+            return ["version", key, "==", rec[3]], Compare.version(key) == rec[3]
+        return ["value", key, "==", rec[0]], Compare.value(key) == rec[0]
+
+    with Client(addresses, timeout=OP_TIMEOUT, decode=True) as kv, open(out_path, "w") as out:
+        while time.monotonic_ns() < stop_at_ns:
+            n += 1
+            a, b = rng.sample(names, 2)
+            kind = (rng.choices(("get_kv", "audit"), (3, 1))[0] if reader else
+                    rng.choices(("get_kv", "transfer", "audit", "cas_rev", "put", "delete"),
+                                (25, 40, 10, 10, 10, 5))[0])
+            op: dict = {"client": worker, "op": kind, "key": a, "input": None,
+                        "output": None}
+            call: Callable[[], object]
+            if kind == "get_kv":
+                def call(a: str = a) -> object:
+                    seen[a] = rec = record(kv.get_kv(a))
+                    return rec
+            elif kind in ("transfer", "audit"):
+                op["op"], op["key"] = "txn", None
+                if kind == "transfer":
+                    amount = rng.randrange(1, 10)
+                    (ca, wa), (cb, wb) = compare(a), compare(b)
+                    va = f"{balance(a) - amount}:{worker}-{n}"
+                    vb = f"{balance(b) + amount}:{worker}-{n}"
+                    op["input"] = {"compare": [ca, cb], "success": [["put", a, va],
+                                                                    ["put", b, vb]],
+                                   "failure": [["get", a], ["get", b]]}
+                    txn = ([wa, wb], [Put(a, va), Put(b, vb)], [Get(a), Get(b)])
+                else:
+                    op["input"] = {"compare": [], "success": [["get", k] for k in names],
+                                   "failure": []}
+                    txn = ([], [Get(k) for k in names], [])
+
+                def call(txn: tuple = txn, inp: dict = op["input"]) -> object:
+                    r = kv.txn(*txn)
+                    ran = inp["success"] if r.succeeded else inp["failure"]
+                    results = [record(x) if o[0] == "get" else x
+                               for o, x in zip(ran, r.results, strict=True)]
+                    for o, x in zip(ran, results, strict=True):
+                        if o[0] == "get":
+                            seen[o[1]] = x
+                    return [r.succeeded, results]
+            elif kind == "cas_rev":
+                mod = (seen.get(a) or [None, 0, 0, 0])[2]
+                op["input"] = [mod, f"{balance(a)}:{worker}-{n}"]
+
+                def call(a: str = a, mod: int = mod, new: str = op["input"][1]) -> object:
+                    return kv.cas(a, None, new, mod_revision=mod)
+            elif kind == "put":
+                op["input"] = f"{rng.randrange(100)}:{worker}-{n}"
+
+                def call(a: str = a, value: str = op["input"], op: dict = op) -> object:
+                    op["revision"] = kv.put(a, value)  # the watch check reads it here
+                    return op["revision"]
+            else:
+                def call(a: str = a) -> object:
+                    return kv.delete(a)
+
+            def run(call: Callable[[], object] = call, op: dict = op) -> None:
+                op["output"] = call()
+
+            perform(op, run, out)
+
+
+WORKERS = {"register": client_worker, "txn": txn_client_worker}
 
 
 # -- the watcher -----------------------------------------------------------------------------
@@ -163,15 +279,29 @@ def watch_problems(watcher: Watcher, history: list[dict]) -> list[str]:
     got = {(r, key): (kind, value) for r, kind, key, value in watcher.events}
     limit = watcher.compacted or float("inf")
     for op in history:
-        r = op.get("revision")
-        if op["op"] != "put" or op["status"] != "ok" or r is None or r >= limit:
+        if op["status"] != "ok":
             continue
-        if got.get((r, op["key"])) != ("put", op["input"]):
-            problems.append(f"watch missed the put {op['key']}={op['input']!r} at revision "
-                            f"{r} (client {op['client']}): saw {got.get((r, op['key']))}")
+        for key, value, r in acknowledged_puts(op):
+            if r >= limit:
+                continue
+            if got.get((r, key)) != ("put", value):
+                problems.append(f"watch missed the put {key}={value!r} at revision {r} "
+                                f"(client {op['client']}): saw {got.get((r, key))}")
     if watcher.error:
         problems.append(f"watch failed: {watcher.error}")
     return problems
+
+
+def acknowledged_puts(op: dict) -> list[tuple[str, str, int]]:
+    """(key, value, revision) of each put an ok op answered the revision of: a put, or
+    the puts of the branch a txn ran."""
+    if op["op"] == "put" and op.get("revision") is not None:
+        return [(op["key"], op["input"], op["revision"])]
+    if op["op"] == "txn" and isinstance(op.get("output"), list):
+        succeeded, results = op["output"]
+        ran = op["input"]["success" if succeeded else "failure"]
+        return [(o[1], o[2], r) for o, r in zip(ran, results, strict=True) if o[0] == "put"]
+    return []
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -188,6 +318,7 @@ class ChaosConfig:
     check_timeout: float = 60.0
     preload: int = 0  # filler keys (PRELOAD_VALUE bytes each) written before the faults
     state: str = "memory"  # where the nodes keep the state (raftkv node --state)
+    workload: str = "register"  # register: get/put/delete/cas; txn: transfers (WORKERS)
     coordination: bool = False  # also run the lock and lease workloads (chaos_coord.py)
 
 
@@ -215,8 +346,8 @@ def run_chaos(cfg: ChaosConfig, log: Callable[[str], None] = print) -> ChaosRepo
     run_dir = run_dir.resolve()
     report = ChaosReport(run_dir=str(run_dir))
     log(f"chaos: seed {cfg.seed}, {cfg.nodes} nodes, {cfg.clients} clients, {cfg.keys} keys, "
-        f"{cfg.run_time:g}s, nemesis {','.join(cfg.nemesis)}, state in {cfg.state}; "
-        f"run dir {run_dir}")
+        f"{cfg.workload} workload, {cfg.run_time:g}s, nemesis {','.join(cfg.nemesis)}, "
+        f"state in {cfg.state}; run dir {run_dir}")
     cluster_dir = run_dir / "cluster"
     try:
         state, _ = up(cluster_dir, nodes=cfg.nodes, base_port=free_base_port(cfg.nodes),
@@ -270,7 +401,7 @@ def drive(cfg: ChaosConfig, state, run_dir: Path, report: ChaosReport,
                  else state.addresses)
     watcher = Watcher(addresses, start_revision(addresses))
     coordination = Coordination(addresses, cfg.seed) if cfg.coordination else None
-    workers = [mp.Process(target=client_worker,
+    workers = [mp.Process(target=WORKERS[cfg.workload],
                           args=(w, addresses, cfg.keys, stop_at,
                                 str(run_dir / f"client{w}.jsonl"), cfg.seed))
                for w in range(1, cfg.clients + 1)]
@@ -370,9 +501,15 @@ def recover(cfg: ChaosConfig, state, nemesis, log: Callable[[str], None]) -> lis
         reads = []
         for k in range(cfg.keys):
             invoke = time.monotonic_ns()
-            value = kv.get(f"k{k}")
-            reads.append({"client": 0, "op": "get", "key": f"k{k}", "input": None,
-                          "output": value.decode() if value is not None else None,
+            if cfg.workload == "txn":  # the record, revisions and all
+                found = kv.get_kv(f"k{k}")
+                output: object = None if found is None else [
+                    found.value.decode(), *found[1:]]
+            else:
+                value = kv.get(f"k{k}")
+                output = value.decode() if value is not None else None
+            reads.append({"client": 0, "op": "get_kv" if cfg.workload == "txn" else "get",
+                          "key": f"k{k}", "input": None, "output": output,
                           "status": "ok", "invoke": invoke, "complete": time.monotonic_ns()})
     return reads
 
@@ -387,7 +524,8 @@ def check_history(cfg: ChaosConfig, state, history: list[dict], run_dir: Path,
     report.longest_unavailable_s = longest_gap(history)
     log(f"checking {len(history)} operations for linearizability ...")
     result = checker.check(checker.load_history(run_dir / "history.jsonl"),
-                           timeout_s=cfg.check_timeout)
+                           timeout_s=cfg.check_timeout,
+                           model="revisions" if cfg.workload == "txn" else "register")
     report.linearizability = result.verdict
     if result.verdict == "violation":
         report.verdict = "violation"
@@ -395,7 +533,8 @@ def check_history(cfg: ChaosConfig, state, history: list[dict], run_dir: Path,
     elif result.verdict == "unknown":
         report.problems.append(f"linearizability unknown: the check ran past "
                                f"{cfg.check_timeout:g}s")
-    report.problems += lost_writes(history)
+    if cfg.workload != "txn":  # the txn history's final get_kv reads check that
+        report.problems += lost_writes(history)
     report.problems += divergent_nodes(state, cfg.keys)
     if report.verdict == "ok" and report.problems:
         report.verdict = "violation"

@@ -813,13 +813,19 @@ def controller(cluster_dir: Path, log_level: str, metrics_port: int) -> None:
               "send while faults come (a snapshot every 100,000 entries).")
 @click.option("--state", type=click.Choice(STATES), default="memory",
               show_default=True, help="Where the nodes keep the state (`raftkv up --state`).")
+@click.option("--workload", type=click.Choice(("register", "txn")), default="register",
+              show_default=True,
+              help="register: get/put/delete/cas, checked one key at a time; txn: "
+              "transfers between --keys accounts (multi-key txns comparing mod_revision), "
+              "get_kv, audits, cas by mod_revision, puts and deletes, checked by the "
+              "checker's revisions model over all keys at once.")
 @click.option("--coordination", is_flag=True,
               help="Also run lock contenders and short leases through the faults, and check "
                    "that no lock had two live holders, fencing tokens grew, and no lease was "
                    "revoked before its TTL ran (locks.jsonl, leases.jsonl).")
 def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
           seed: int | None, run_dir: Path | None, check_timeout: float,
-          preload: int, state: str, coordination: bool) -> None:
+          preload: int, state: str, workload: str, coordination: bool) -> None:
     """Run a cluster under random faults and check what clients saw was linearizable.
 
     \b
@@ -838,8 +844,10 @@ def chaos(nodes: int, run_time: float, clients: int, keys: int, nemesis: str,
         raise click.BadParameter(f"unknown fault kind(s) {sorted(unknown)}; known: "
                                  f"{', '.join(KINDS)}", param_hint="--nemesis")
     seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
+    if workload == "txn" and keys < 2:
+        raise click.BadParameter("a transfer needs two accounts", param_hint="--keys")
     report = run_chaos(ChaosConfig(nodes, run_time, clients, keys, kinds, seed, run_dir,
-                                   check_timeout, preload, state, coordination),
+                                   check_timeout, preload, state, workload, coordination),
                        log=lambda m: click.echo(m))
     sys.exit(report.exit_code)
 

@@ -49,3 +49,17 @@ def test_a_watch_stopped_by_compacted_is_held_only_to_what_came_before() -> None
     assert watch_problems(watcher([(5, "put", "k1", "a"), (6, "put", "k2", "b"),
                                    (8, "put", "k1", "c")], error="boom"), HISTORY) == [
         "watch failed: boom"]
+
+
+def test_the_puts_of_an_acknowledged_txn_are_held_to_the_watch_too() -> None:
+    transfer = {"client": 3, "op": "txn", "key": None, "status": "ok",
+                "input": {"compare": [["mod", "k1", "==", 8]],
+                          "success": [["put", "k1", "d"], ["put", "k2", "e"]],
+                          "failure": [["get", "k1"]]},
+                "output": [True, [10, 10]]}
+    failed = dict(transfer, output=[False, [["c", 5, 8, 2]]])
+    events = [(5, "put", "k1", "a"), (6, "put", "k2", "b"), (8, "put", "k1", "c"),
+              (10, "put", "k1", "d"), (10, "put", "k2", "e")]
+    assert watch_problems(watcher(events), HISTORY + [transfer, failed]) == []
+    assert watch_problems(watcher(events[:4]), HISTORY + [transfer]) == [
+        "watch missed the put k2='e' at revision 10 (client 3): saw None"]
