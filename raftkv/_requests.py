@@ -386,16 +386,25 @@ def delete_request(key: Key) -> ClientRequest:
     return ClientRequest(0, ReqOp.DELETE, key=to_bytes(key, "key"))
 
 
-def scan_request(prefix: Key, limit: int, start: Key | None) -> ClientRequest:
+def scan_request(prefix: Key, limit: int, start: Key | None,
+                 revisions: bool = False) -> ClientRequest:
     if type(limit) is not int or limit < 0:
         raise ValueError(f"limit must be an int >= 0, not {limit!r}")
     return ClientRequest(0, ReqOp.SCAN, key=to_bytes(prefix, "prefix"), limit=limit,
-                         start=b"" if start is None else to_bytes(start, "start"))
+                         start=b"" if start is None else to_bytes(start, "start"),
+                         revisions=bool(revisions))
 
 
-def parse_scan(pairs: object, decode: bool) -> list[tuple[bytes, bytes]] | list[tuple[str, str]]:
+def parse_scan(pairs: object, decode: bool, revisions: bool = False) -> list[tuple[Any, Any]]:
+    """A SCAN reply: (key, value) pairs, or with `revisions` (key, KeyValue) pairs."""
     if type(pairs) is not list:
         raise RaftKVError(f"SCAN reply value is {type(pairs).__name__}, not a list")
+    if revisions:
+        try:
+            return [(p[0].decode() if decode else p[0], parse_kv(p[1:], decode))
+                    for p in pairs]
+        except (ValueError, TypeError, IndexError, AttributeError) as e:
+            raise RaftKVError(f"SCAN answered {pairs!r:.80}: {e}") from None
     if decode:
         return [(k.decode(), v.decode()) for k, v in pairs]
     return [(k, v) for k, v in pairs]

@@ -190,19 +190,21 @@ class Client(rq.ClientCore):
         return bool(await self._write(rq.delete_request(key), timeout, at_most_once))
 
     async def scan(self, prefix: Key = b"", limit: int = 100, *, start: Key | None = None,
-                   timeout: float | None = None,
-                   ) -> list[tuple[bytes, bytes]] | list[tuple[str, str]]:
+                   revisions: bool = False, timeout: float | None = None,
+                   ) -> list[tuple[Any, Any]]:
         """As `raftkv.Client.scan`."""
-        req = rq.scan_request(prefix, limit, start)
-        return rq.parse_scan((await self._read(req, timeout)).value, self.decode)
+        req = rq.scan_request(prefix, limit, start, revisions)
+        return rq.parse_scan((await self._read(req, timeout)).value, self.decode, revisions)
 
     async def scan_iter(self, prefix: Key = b"", *, start: Key | None = None,
-                        page: int = 1000, timeout: float | None = None,
+                        page: int = 1000, revisions: bool = False,
+                        timeout: float | None = None,
                         ) -> AsyncIterator[tuple[Any, Any]]:
         """As `raftkv.Client.scan_iter`, an async iterator: each page is a read."""
         cursor: bytes | None = rq.first_cursor(start, page)
         while cursor is not None:
-            pairs = await self.scan(prefix, page, start=cursor, timeout=timeout)
+            pairs = await self.scan(prefix, page, start=cursor, revisions=revisions,
+                                    timeout=timeout)
             cursor = rq.next_cursor(pairs, cursor, page)
             for pair in pairs:
                 yield pair

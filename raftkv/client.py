@@ -527,14 +527,17 @@ class Client(rq.ClientCore):
         limit: int = 100,
         *,
         start: Key | None = None,
+        revisions: bool = False,
         timeout: float | None = None,
-    ) -> list[tuple[bytes, bytes]] | list[tuple[str, str]]:
+    ) -> list[tuple[Any, Any]]:
         """Up to `limit` (key, value) pairs whose key starts with `prefix` and is not
         below `start`, sorted by key; linearizable (the protocol has no stale scan). A
         node caps one reply (10,000 pairs); limit 0 asks for the cap. To page on, pass
-        the last key you got plus a zero byte as `start`, or use `scan_iter`."""
-        req = rq.scan_request(prefix, limit, start)
-        return rq.parse_scan(self._read(req, timeout).value, self.decode)
+        the last key you got plus a zero byte as `start`, or use `scan_iter`. With
+        `revisions`, each pair is (key, KeyValue): the value with the key's
+        create_revision, mod_revision and version."""
+        req = rq.scan_request(prefix, limit, start, revisions)
+        return rq.parse_scan(self._read(req, timeout).value, self.decode, revisions)
 
     def scan_iter(
         self,
@@ -542,17 +545,19 @@ class Client(rq.ClientCore):
         *,
         start: Key | None = None,
         page: int = 1000,
+        revisions: bool = False,
         timeout: float | None = None,
-    ) -> Iterator[tuple[bytes, bytes]] | Iterator[tuple[str, str]]:
+    ) -> Iterator[tuple[Any, Any]]:
         """Every (key, value) pair whose key starts with `prefix` (and is not below
         `start`), in key order, fetched `page` pairs a request. Each page is a
         linearizable read of its own, not one snapshot: a key written between two pages
-        shows as the page that reached it saw it."""
+        shows as the page that reached it saw it. `revisions`: as for `scan`."""
         cursor: bytes | None = rq.first_cursor(start, page)
         while cursor is not None:
-            pairs = self.scan(prefix, page, start=cursor, timeout=timeout)
+            pairs = self.scan(prefix, page, start=cursor, revisions=revisions,
+                              timeout=timeout)
             cursor = rq.next_cursor(pairs, cursor, page)
-            yield from pairs  # type: ignore[misc]
+            yield from pairs
 
     def watch(
         self,

@@ -40,7 +40,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from raftkv.client import Compacted, LeaseNotFound, RaftKVError
-from raftkv.kv import KeyValue
 from raftkv.txn import Compare, Key, Put, Value, to_bytes
 from raftkv.watch import DELETE
 
@@ -149,18 +148,12 @@ class Contender(NamedTuple):
 
 
 def queue(client: Client, prefix: bytes) -> list[Contender]:
-    """The contenders under `prefix`, first in line first (lowest create_revision)."""
-    out = []
-    for k, _ in client.scan_iter(prefix):
-        key = to_bytes(k, "key")
-        kv = client.get_kv(key)  # None: withdrawn since the scan
-        if kv is not None:
-            out.append(_contender(key, kv))
+    """The contenders under `prefix`, first in line first (lowest create_revision): one
+    linearizable read a page of them."""
+    out = [Contender(to_bytes(k, "key"), to_bytes(kv.value, "value"), kv.create_revision,
+                     kv.mod_revision)
+           for k, kv in client.scan_iter(prefix, revisions=True)]
     return sorted(out, key=lambda c: c.create_revision)
-
-
-def _contender(key: bytes, kv: KeyValue) -> Contender:
-    return Contender(key, to_bytes(kv.value, "value"), kv.create_revision, kv.mod_revision)
 
 
 class _Queued:

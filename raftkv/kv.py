@@ -533,12 +533,23 @@ class KVStore:
     def scan(self, prefix: bytes, limit: int, start: bytes = b"") -> list[tuple[bytes, bytes]]:
         """Up to `limit` (key, value) pairs whose key starts with `prefix` and is not
         below `start` (a cursor: the key after the last one a page held), sorted by key."""
+        return [(k, rec[REV_SIZE:]) for k, rec in self.scan_records(prefix, limit, start)]
+
+    def scan_kv(self, prefix: bytes, limit: int, start: bytes = b"") -> list[list[Any]]:
+        """`scan` with each key's revisions: [key, value, create_revision, mod_revision,
+        version] lists, as SCAN with revisions answers them."""
+        return [[k, rec[REV_SIZE:], *_unpack_rev(rec)]
+                for k, rec in self.scan_records(prefix, limit, start)]
+
+    def scan_records(self, prefix: bytes, limit: int, start: bytes = b""
+                     ) -> list[tuple[bytes, bytes]]:
+        """`scan`'s keys with their records (`_REV` then the value)."""
         if limit <= 0:
             return []
         keys = [k for shard in self._shards for k in shard
                 if (not prefix or k.startswith(prefix)) and (not start or k >= start)]
         keys = sorted(keys) if len(keys) <= limit else heapq.nsmallest(limit, keys)
-        return [(k, self._rec(k)[REV_SIZE:]) for k in keys]
+        return [(k, self._rec(k)) for k in keys]
 
     def __len__(self) -> int:
         return sum(map(len, self._shards))

@@ -372,7 +372,8 @@ class LmdbStore(KVStore):
         rec = txn.get(_PREFIX + key, db=self._data)
         return None if rec is None else rec[REV_SIZE:]
 
-    def scan(self, prefix: bytes, limit: int, start: bytes = b"") -> list[tuple[bytes, bytes]]:
+    def scan_records(self, prefix: bytes, limit: int, start: bytes = b""
+                     ) -> list[tuple[bytes, bytes]]:
         if limit <= 0:
             return []
         txn = self._writer or self._reader
@@ -385,7 +386,7 @@ class LmdbStore(KVStore):
         for k, v in cursor:
             if not k.startswith(within) or len(out) >= limit:
                 break
-            out.append((k[1:], v[REV_SIZE:]))
+            out.append((k[1:], v))
         return out
 
     def __len__(self) -> int:

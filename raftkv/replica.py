@@ -850,7 +850,10 @@ class Replica:
                     value = None if kv is None else list(kv)
                 else:
                     limit = min(req.limit or MAX_SCAN, MAX_SCAN)
-                    value = [list(kv) for kv in self.kv.scan(req.key, limit, req.start)]
+                    if req.revisions:
+                        value = self.kv.scan_kv(req.key, limit, req.start)
+                    else:
+                        value = [list(kv) for kv in self.kv.scan(req.key, limit, req.start)]
                 reply(req.identity, req.request_id, _OK, value)
 
     # -- leases (raftkv/lease_timer.py) ---------------------------------------------------

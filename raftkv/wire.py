@@ -35,6 +35,7 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.GET_STALE,    key]
     [VERSION, Kind.REQ, request_id, ReqOp.SCAN,         prefix, limit]
     [VERSION, Kind.REQ, request_id, ReqOp.SCAN,         prefix, limit, start]
+    [VERSION, Kind.REQ, request_id, ReqOp.SCAN,         prefix, limit, start, revisions]
     [VERSION, Kind.REQ, request_id, ReqOp.PUT,          client_id, seq, key, value]
     [VERSION, Kind.REQ, request_id, ReqOp.PUT,          client_id, seq, key, value, lease]
     [VERSION, Kind.REQ, request_id, ReqOp.DELETE,       client_id, seq, key]
@@ -59,15 +60,16 @@ Keys and values are bin; `expected` is bin or nil (nil: "the key is absent"); cl
 come from OPEN_SESSION (see raftkv/kv.py: sessions), and a write whose client_id and seq
 are both 0 has no session (applied at most once: kv.py). The data ops share kv.Op's numbers.
 SCAN's `start` (bin) is a cursor: keys below it are skipped (a client pages on with the
-key after the last it got). TXN's lists are kv.py's transaction forms; the whole command
-must fit one log entry (`max_entry_size`). GET_KV reads as GET does (ReadIndex) and
-answers the revisions too. WATCH (any node answers, from its applied log: raftkv/watch.py)
-asks for the puts and deletes of `key` (or of the keys it starts with, `prefix` a bool)
-from `start_revision` on (0: from the node's next write); with none yet, the node waits
-up to `wait_ms` (at most MAX_WATCH_WAIT_MS) for one before it answers.
-Leases (kv.py, raftkv/lease_timer.py): GRANT and REVOKE go through the log; a PUT naming
-a `lease` attaches its key to it. KEEPALIVE and INFO are served by the leader after a
-ReadIndex round (so a deposed leader cannot answer them), from its own clock.
+key after the last it got); with `revisions` true each pair also carries the key's
+create_revision, mod_revision and version. TXN's lists are kv.py's transaction forms;
+the whole command must fit one log entry (`max_entry_size`). GET_KV reads as GET does
+(ReadIndex) and answers the revisions too. WATCH (any node answers, from its applied
+log: raftkv/watch.py) asks for the puts and deletes of `key` (or of the keys it starts
+with, `prefix` a bool) from `start_revision` on (0: from the node's next write); with
+none yet, the node waits up to `wait_ms` (at most MAX_WATCH_WAIT_MS) for one before it
+answers. Leases (kv.py, raftkv/lease_timer.py): GRANT and REVOKE go through the log; a
+PUT naming a `lease` attaches its key to it. KEEPALIVE and INFO are served by the leader
+after a ReadIndex round (so a deposed leader cannot answer them), from its own clock.
 FAULT replaces the set of peers whose traffic the node drops, both ways (the harness's
 partitions); an empty list heals. TRANSFER asks the leader to hand leadership to
 `target_id` (thesis §3.10); OK means the transfer started. CONF_CHANGE asks the leader
@@ -87,7 +89,8 @@ Replies (a node to the requester)::
 
 `leader_hint` is the node id this node believes leads (0: unknown). `code` is a ReplyCode:
 
-    OK               0  value: GET, GET_STALE -> bin or nil (absent); SCAN -> [[key, value], ...];
+    OK               0  value: GET, GET_STALE -> bin or nil (absent); SCAN -> [[key, value], ...]
+                        (with revisions: [[key, value, create, mod, version], ...]);
                         GET_KV -> [value, create_revision, mod_revision, version] or nil;
                         PUT -> its revision; DELETE -> existed (bool); CAS -> swapped (bool);
                         TXN -> [succeeded (bool), [result per op]] (kv.py);
@@ -288,6 +291,7 @@ class ClientRequest:
     seq: int = 0  # writes: per-client sequence number
     limit: int = 0  # SCAN: at most this many pairs
     start: bytes = b""  # SCAN: no key below this one (b"": from the first)
+    revisions: bool = False  # SCAN: answer each key's revisions too
     peers: frozenset[int] = frozenset()  # FAULT: peers to cut off
     target: int = 0  # TRANSFER: the node to hand leadership to; CONF_CHANGE: the node
     conf_op: int = 0  # CONF_CHANGE: a raft.ConfOp
@@ -462,7 +466,10 @@ def encode_request(req: ClientRequest) -> bytes:
     if op == ReqOp.GET_STALE or op == ReqOp.GET_KV:
         body: tuple[Any, ...] = (req.key,)
     elif op == ReqOp.SCAN:
-        body = (req.key, req.limit, req.start) if req.start else (req.key, req.limit)
+        if req.revisions:
+            body = (req.key, req.limit, req.start, True)
+        else:
+            body = (req.key, req.limit, req.start) if req.start else (req.key, req.limit)
     elif op == ReqOp.PUT:
         body = (req.client_id, req.seq, req.key, req.value, req.lease)
     elif op == ReqOp.DELETE:
@@ -594,8 +601,8 @@ _ARGC = {
     ReqOp.PEERS: 1,
     ReqOp.CONTROL: 2,
 }
-# Trailing arguments an op may leave out: SCAN's start, PUT's lease.
-_OPTIONAL_ARGS = {ReqOp.SCAN: 1, ReqOp.PUT: 1}
+# Trailing arguments an op may leave out: SCAN's start and revisions, PUT's lease.
+_OPTIONAL_ARGS = {ReqOp.SCAN: 2, ReqOp.PUT: 1}
 
 
 def _unpack(data: bytes, strict_map_key: bool = True) -> Any:
@@ -732,7 +739,8 @@ def _decode_request(
     args = obj[4:]
     least, most = _ARGC[op], _ARGC[op] + _OPTIONAL_ARGS.get(op, 0)
     if not least <= len(args) <= most:
-        takes = least if least == most else f"{least} or {most}"
+        takes = (least if least == most else f"{least} or {most}" if most == least + 1
+                 else f"{least} to {most}")
         raise InvalidRequest(rid, f"{op.name} takes {takes} arguments, not {len(args)}")
     req = ClientRequest(rid, op, identity=identity)
     if op in WRITE_OPS:
@@ -766,10 +774,14 @@ def _decode_request(
         req.key, req.prefix, req.revision, req.wait_ms = key, prefix, revision, wait_ms
     elif op == ReqOp.SCAN:
         req.key, req.limit = args[:2]
-        if len(args) == 3:
+        if len(args) >= 3:
             if type(args[2]) is not bytes:
                 raise InvalidRequest(rid, f"scan start must be bytes, not {args[2]!r:.40}")
             req.start = args[2]
+        if len(args) == 4:
+            if type(args[3]) is not bool:
+                raise InvalidRequest(rid, f"scan revisions must be a bool, not {args[3]!r:.40}")
+            req.revisions = args[3]
     elif op == ReqOp.FAULT:
         peers = args[0]
         if (

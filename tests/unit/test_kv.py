@@ -1048,3 +1048,16 @@ def test_size_counts_keys_values_and_the_per_key_overhead_through_any_writes(see
     again = KVStore()
     again.restore(log.store.snapshot())
     assert again.size == log.store.size
+
+
+def test_a_scan_with_revisions_answers_each_keys_record() -> None:
+    log = Log(KVStore())
+    first = log.put(0, 0, b"a/1", b"x").value
+    second = log.put(0, 0, b"a/1", b"y").value
+    third = log.put(0, 0, b"a/2", b"z").value
+    log.put(0, 0, b"b", b"-")
+    assert log.store.scan_kv(b"a/", 10) == [[b"a/1", b"y", first, second, 2],
+                                          [b"a/2", b"z", third, third, 1]]
+    assert log.store.scan_kv(b"a/", 10, b"a/2") == [[b"a/2", b"z", third, third, 1]]
+    assert [kv[:2] for kv in log.store.scan_kv(b"", 10)] == \
+        [list(p) for p in log.store.scan(b"", 10)]

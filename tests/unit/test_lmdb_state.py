@@ -43,7 +43,7 @@ def wire(store: KVStore) -> tuple:
     """Everything replicated, comparable across the two kinds of store."""
     sessions = [session_wire(cid, store.session(cid)) for cid in store._sessions]
     pairs = store.scan(b"", 10**6)
-    return (store.applied_index, pairs, [store.get_kv(k) for k, _ in pairs], sessions,
+    return (store.applied_index, pairs, store.scan_kv(b"", 10**6), sessions,
             sorted(store.members.items()), store.size, len(store),
             [(lid, store.lease(lid)) for lid in sorted(store.lease_ttls)])
 
