@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint api-docs sim sim-replica fuzz demo up down status bench bench-compare chaos clean
+.PHONY: install test lint api-docs sim sim-replica fuzz demo up down status bench bench-compare bench-coord chaos clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -83,6 +83,11 @@ bench: $(STAMP)
 bench-compare: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[compare]'
 	$(PY) -m harness.bench_compare
+
+# Lock latency and watch fan-out to 100 watchers, raftkv against etcd, alternating rounds
+# (harness/coord_bench.py; needs etcd-server, golang-go, golang-etcd-server-dev)
+bench-coord: $(STAMP)
+	$(PY) -m harness.coord_bench --rounds $${ROUNDS:-3}
 
 # Long chaos runs: every nemesis at once, 10 minutes (RAFTKV_CHAOS_TIME=seconds to change)
 chaos: $(STAMP)

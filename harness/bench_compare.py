@@ -290,14 +290,18 @@ def etcd_version() -> str:
 def build_etcd_load(out_dir: Path) -> Path:
     """Compile harness/etcdload/main.go to `out_dir`/etcdload (about 15 s on 2 cores the
     first time, then about 1 s from Go's build cache)."""
-    binary = out_dir / "etcdload"
+    return build_go(ETCD_LOAD_SOURCE, out_dir / "etcdload")
+
+
+def build_go(source: Path, binary: Path) -> Path:
+    """Compile a Go program against Debian's clientv3 sources (GOPATH mode) to `binary`."""
     env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(DEBIAN_GOPATH), "GOFLAGS": ""}
     if not any(env.get(v) for v in ("GOCACHE", "XDG_CACHE_HOME", "HOME")):
-        env["GOCACHE"] = str(out_dir / "go-build")  # go refuses to build with no cache dir
-    proc = subprocess.run(["go", "build", "-o", str(binary), str(ETCD_LOAD_SOURCE)],
+        env["GOCACHE"] = str(binary.parent / "go-build")  # go will not build with no cache
+    proc = subprocess.run(["go", "build", "-o", str(binary), str(source)],
                           env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise RuntimeError(f"etcd: building {ETCD_LOAD_SOURCE} failed:\n{proc.stderr}")
+        raise RuntimeError(f"etcd: building {source} failed:\n{proc.stderr}")
     return binary
 
 

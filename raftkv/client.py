@@ -611,21 +611,24 @@ class Client(rq.ClientCore):
 
         return Lease(self, ttl, keepalive=keepalive)
 
-    def lock(self, name: Key, ttl: float = 10.0) -> Lock:
+    def lock(self, name: Key, ttl: float = 10.0, *, lease: Lease | None = None) -> Lock:
         """A distributed lock (etcd's mutex: raftkv.concurrency.Lock); acquire it with
         `with kv.lock("jobs"):` or `.acquire(timeout=)`. Held on a lease of `ttl`
         seconds kept alive meanwhile: a holder that dies releases it within `ttl`. Its
-        `revision` is a fencing token: it grows with each holder."""
+        `revision` is a fencing token: it grows with each holder. `lease`: hold it on
+        this `Lease` (one the caller keeps alive for many locks, etcd's session) instead
+        of granting one an acquire."""
         from raftkv.concurrency import Lock
 
-        return Lock(self, name, ttl)
+        return Lock(self, name, ttl, lease)
 
-    def election(self, name: Key, ttl: float = 10.0) -> Election:
+    def election(self, name: Key, ttl: float = 10.0, *,
+                 lease: Lease | None = None) -> Election:
         """A leader election (etcd's: raftkv.concurrency.Election): `campaign(value)`,
-        `leader()`, `observe()`, `resign()`."""
+        `leader()`, `observe()`, `resign()`. `lease`: as for `lock`."""
         from raftkv.concurrency import Election
 
-        return Election(self, name, ttl)
+        return Election(self, name, ttl, lease)
 
     def _watch_poll(self, req: ClientRequest, wait: float) -> ClientReply:
         """One WATCH request, whose attempts may each be held `wait` seconds."""

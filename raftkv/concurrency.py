@@ -157,12 +157,17 @@ def queue(client: Client, prefix: bytes) -> list[Contender]:
 
 
 class _Queued:
-    """One contender's place in a queue: its lease, its key, its create_revision."""
+    """One contender's place in a queue: its lease, its key, its create_revision. With
+    `shared`, a lease the caller keeps (etcd's session) holds the key, and leaving
+    deletes the key; otherwise each entry grants a lease of `ttl` and leaving revokes
+    it."""
 
-    def __init__(self, client: Client, prefix: bytes, ttl: float) -> None:
+    def __init__(self, client: Client, prefix: bytes, ttl: float,
+                 shared: Lease | None = None) -> None:
         if not ttl > 0:
             raise ValueError(f"ttl must be > 0 seconds, not {ttl!r}")
         self.client, self.prefix, self.ttl = client, prefix, ttl
+        self.shared = shared
         self.lease: Lease | None = None
         self.key = b""
         self.revision = 0
@@ -172,7 +177,7 @@ class _Queued:
         if self.lease is not None:
             raise RaftKVError(f"{self.key!r:.60} is queued already")
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.lease = self.client.lease(self.ttl)
+        self.lease = self.shared or self.client.lease(self.ttl)
         try:
             self.key = self.prefix + b"%016x" % self.lease.id
             self.revision = self.client.put(self.key, value, lease=self.lease)
@@ -220,9 +225,13 @@ class _Queued:
         return bool(line) and line[0].key == self.key and line[0].create_revision == self.revision
 
     def leave(self) -> None:
-        """Withdraw: revoke the lease, which deletes the key. Idempotent."""
+        """Withdraw: revoke our own lease, which deletes the key, or delete the key from
+        a shared one. Idempotent."""
         lease, self.lease = self.lease, None
-        if lease is not None:
+        if lease is self.shared and lease is not None and self.key:
+            with contextlib.suppress(RaftKVError):  # unanswered: it goes with the lease
+                self.client.delete(self.key)
+        elif lease is not None:
             lease.close()
         self.key, self.revision = b"", 0
 
@@ -231,9 +240,10 @@ class Lock:
     """A distributed mutex (etcd's `concurrency.Mutex`); see the module docstring.
     `revision`: the fencing token of the current hold (0 when not held)."""
 
-    def __init__(self, client: Client, name: Key, ttl: float = 10.0) -> None:
+    def __init__(self, client: Client, name: Key, ttl: float = 10.0,
+                 lease: Lease | None = None) -> None:
         self.name = to_bytes(name, "lock name")
-        self._q = _Queued(client, LOCK_PREFIX + self.name + b"/", ttl)
+        self._q = _Queued(client, LOCK_PREFIX + self.name + b"/", ttl, lease)
 
     @property
     def revision(self) -> int:
@@ -279,11 +289,12 @@ class Leader(NamedTuple):
 class Election:
     """A leader election (etcd's `concurrency.Election`); see the module docstring."""
 
-    def __init__(self, client: Client, name: Key, ttl: float = 10.0) -> None:
+    def __init__(self, client: Client, name: Key, ttl: float = 10.0,
+                 lease: Lease | None = None) -> None:
         self.client = client
         self.name = to_bytes(name, "election name")
         self.prefix = ELECTION_PREFIX + self.name + b"/"
-        self._q = _Queued(client, self.prefix, ttl)
+        self._q = _Queued(client, self.prefix, ttl, lease)
 
     @property
     def revision(self) -> int:

@@ -157,3 +157,20 @@ def test_an_election_has_one_leader_and_observers_see_it_change(cluster):
         assert not t.is_alive() and seen[0] == b"host-a" and seen[-1] == b"host-b2"
         assert watcher.election("sched").leader().value == b"host-b2"
         eb.resign()
+
+
+def test_locks_on_one_shared_lease_release_by_deleting_their_key(cluster):
+    """etcd's session: one lease kept alive for many locks; release deletes the key and
+    the lease lives on."""
+    cluster.wait_leader()
+    with client(cluster) as kv, client(cluster) as other, kv.lease(5) as session:
+        tokens = []
+        for _ in range(3):
+            with kv.lock("shared", lease=session) as lock:
+                tokens.append(lock.revision)
+                with pytest.raises(NotAcquired):
+                    other.lock("shared", ttl=5).acquire(timeout=0.3)
+        assert tokens == sorted(tokens) and len(set(tokens)) == 3
+        assert session.alive and kv.lease_info(session).keys == []
+        with other.lock("shared", ttl=5) as theirs:
+            assert theirs.revision > tokens[-1]
