@@ -19,7 +19,7 @@ from tests.sim.replica_checks import SimFailure
 from tests.sim.replica_sim import SimNode, World
 
 TTL_MS = 500  # 2.5 to 5 elections
-GRANT_EVERY_MS = (100, 300)
+GRANT_EVERY_MS = (200, 600)
 KEEP_EVERY_MS = 120
 ATTEMPT_MS = 100
 _MS = 1_000_000  # ns a simulated ms, for the records chaos_coord judges
