@@ -262,3 +262,16 @@ def test_a_client_key_reads_and_writes_but_may_not_change_membership(tmp_path, h
     wait_leader(env)
     run("put", "a", "1", env=alice)
     assert run("member", "remove", "3", env=alice, check=6).returncode == 6
+
+
+def test_lease_and_lock_verbs_on_a_hand_run_cluster(hand, env):
+    wait_leader(env)
+    lease = int(run("lease", "grant", "30", env=env).stdout)
+    run("put", "svc/a", "up", "--lease", str(lease), env=env)
+    info = json.loads(run("lease", "info", str(lease), "--json", env=env).stdout)
+    assert info["keys"] == ["svc/a"] and info["ttl"] == 30
+    token = run("lock", "jobs", "--", sys.executable, "-c",
+                "import os; print(os.environ['RAFTKV_LOCK_TOKEN'])", env=env).stdout
+    assert int(token) > lease
+    run("lease", "revoke", str(lease), env=env)
+    run("get", "svc/a", env=env, check=1)
