@@ -16,9 +16,10 @@ from harness.chaos import EXIT_OK, EXIT_VIOLATION, ChaosConfig, run_chaos
 from harness.cluster_state import ClusterState
 from raftkv.failpoints import ENV as FAILPOINTS_ENV
 
-# Seconds of faults a run; 10 keeps `make test` within its 10 minutes (each nemesis still
-# injects its fault and each failpoint is still caught: two full passes at 10 s).
-RUN_TIME = float(os.environ.get("RAFTKV_CHAOS_TIME", "10"))
+# Seconds of faults a run; 8 keeps `make test` within its 10 minutes with the lock, lease
+# and txn runs of issue 19 (the first fault comes at 1 s and lasts 1-4 s: every run still
+# injects its nemesis, which the tests assert). RAFTKV_CHAOS_TIME runs them longer.
+RUN_TIME = float(os.environ.get("RAFTKV_CHAOS_TIME", "8"))
 # A failpoint's run: one fault (the first comes at 1 s) is enough to catch its bug.
 FAILPOINT_TIME = min(RUN_TIME, 6.0)
 

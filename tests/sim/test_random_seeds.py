@@ -1,6 +1,6 @@
 """Random runs of the simulator: safety after every step, liveness after healing.
 
-`make test` runs RAFTKV_SIM_SEEDS seeds (default 1,000) across cluster sizes 3, 5, 7 and
+`make test` runs RAFTKV_SIM_SEEDS seeds (default 700) across cluster sizes 3, 5, 7 and
 the fault mixes in `driver.FAULT_MIXES`; `RAFTKV_SIM_SEEDS=20000 make sim` soaks;
 `RAFTKV_SIM_SEED=N make sim` replays one seed. A failure is shrunk to the fewest schedule
 events that still fail and printed with the seed and the last events before it.
@@ -14,7 +14,7 @@ import pytest
 
 from tests.sim import driver
 
-SEEDS = int(os.environ.get("RAFTKV_SIM_SEEDS", "1000"))
+SEEDS = int(os.environ.get("RAFTKV_SIM_SEEDS", "700"))
 ONE_SEED = os.environ.get("RAFTKV_SIM_SEED")
 CHUNK = 100
 STARTS = [int(ONE_SEED)] if ONE_SEED else list(range(0, SEEDS, CHUNK))

@@ -1,7 +1,7 @@
 """Random runs of the real replica in the simulated world (tests/sim/replica_driver.py):
 safety on every Ready, liveness once faults stop, a linearizable client history.
 
-`make test` runs RAFTKV_SIM_SEEDS seeds (default 1,000) across every fault mix, in
+`make test` runs RAFTKV_SIM_SEEDS seeds (default 700) across every fault mix, in
 chunks so that a failure names its seed, on every core the machine has (each seed is one
 process's deterministic run: no thread, no wall clock). `RAFTKV_SIM_SEEDS=20000 make
 sim-replica` soaks; `RAFTKV_SIM_SEED=N make sim-replica` replays seed N in this process,
@@ -19,7 +19,7 @@ import pytest
 
 from tests.sim import replica_driver
 
-SEEDS = int(os.environ.get("RAFTKV_SIM_SEEDS", "1000"))
+SEEDS = int(os.environ.get("RAFTKV_SIM_SEEDS", "700"))
 ONE_SEED = os.environ.get("RAFTKV_SIM_SEED")
 CHUNK = 100
 STARTS = [int(ONE_SEED)] if ONE_SEED else list(range(0, SEEDS, CHUNK))
