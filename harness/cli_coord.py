@@ -30,15 +30,18 @@ from raftkv.server import EXIT_USAGE, fail
 EXIT_LOST = 9  # the lock (or leadership) was lost while held: its lease expired
 
 
-def _hold(lease: Any) -> bool:
-    """Block until Ctrl-C or SIGTERM (False) or until `lease` is lost (True). SIGTERM
-    ends the wait as Ctrl-C does, so the caller's `finally` releases what it holds."""
-    lost = threading.Event()
-    lease.on_lost = lambda _lease: lost.set()
-
+def _sigterm_as_ctrl_c() -> None:
+    """From now on SIGTERM interrupts as Ctrl-C does, so that a `finally` releases what
+    the verb holds (set before anything is held: a SIGTERM may come at any moment)."""
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
+
+
+def _hold(lease: Any) -> bool:
+    """Block until Ctrl-C or SIGTERM (False) or until `lease` is lost (True)."""
+    lost = threading.Event()
+    lease.on_lost = lambda _lease: lost.set()
     try:
         while not lost.wait(3600):
             pass
@@ -198,11 +201,14 @@ def lock(name: str, command: tuple[str, ...], cluster_dir: Path, as_json: bool, 
             return code
         except LeaseLost as e:
             fail(str(e), EXIT_LOST)
+        except KeyboardInterrupt:
+            return 0  # Ctrl-C or SIGTERM before the wait began: released all the same
         finally:
             held.release()
 
     if not command and wait == 0:
         fail("--wait 0 with no COMMAND would release the lock at once", EXIT_USAGE)
+    _sigterm_as_ctrl_c()
     sys.exit(with_client(cluster_dir, 10.0, run))
 
 
@@ -250,9 +256,12 @@ def elect(name: str, value: str | None, cluster_dir: Path, as_json: bool, ttl: f
                 fail(f"the leadership of {name!r} was lost (its lease expired)", EXIT_LOST)
         except LeaseLost as err:
             fail(str(err), EXIT_LOST)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C or SIGTERM before the wait began: resign all the same
         finally:
             e.resign()
 
+    _sigterm_as_ctrl_c()
     with_client(cluster_dir, 10.0, follow if listen else campaign)
 
 
