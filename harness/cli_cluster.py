@@ -34,6 +34,7 @@ from harness.cluster_target import (
     parse_address,
     target_options,
 )
+from raftkv.kv import KeyValue
 from raftkv.raft import ConfOp
 from raftkv.server import EXIT_STORAGE, EXIT_USAGE, HEX64, fail, parse_voters
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
@@ -479,8 +480,8 @@ def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) 
     the commit index after the last) are laid over them, giving the state at that
     commit index. The leader must lead throughout, a majority of the voters answering in its
     term afterwards (else it starts over, up to 3 times).
-    Key revisions are not kept (see `snapshot restore`). Exit 3 if the cluster cannot
-    serve it in --timeout."""
+    Each key keeps its create and mod revision and version. Exit 3 if the cluster
+    cannot serve it in --timeout."""
     from raftkv.backup import write_backup
 
     target = cluster_target(cluster_dir)
@@ -503,8 +504,9 @@ def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) 
 
 
 def read_state(target: ClusterTarget, kv: Any,
-               deadline: float) -> tuple[int, dict[bytes, bytes]] | str:
-    """(revision R, every key's value at R), or why the pages may not be one leader's.
+               deadline: float) -> tuple[int, dict[bytes, KeyValue]] | str:
+    """(revision R, every key's value and revisions at R), or why the pages may not be
+    one leader's.
 
     Invariant: a linearizable page reads the state at some index between `start` (the
     leader's applied index before the first page) and R (its commit index after the
@@ -512,13 +514,14 @@ def read_state(target: ClusterTarget, kv: Any,
     still being in that term afterwards proves no later term elected anyone (a deposed
     leader that has not heard yet would still claim to lead). So laying every event of
     (start, R] over the pages, in revision order, leaves each key as the last write at
-    or before R left it."""
+    or before R left it. An event a page already saw (at or below the key's
+    mod_revision there) is skipped: a put's version counts once."""
     import raftkv
 
     leader, before, found = leader_status(target, max(1.0, deadline - time.monotonic()))
     start, term, voters = before["applied_index"], before["term"], before["voters"]
     everyone = addresses_known(target, found)  # voters the endpoints do not name too
-    data = dict(kv.scan_iter(b"", page=1000))
+    data: dict[bytes, KeyValue] = dict(kv.scan_iter(b"", page=1000, revisions=True))
     found = statuses(target, 2.0, everyone)
     after = found.get(leader)
     if not isinstance(after, dict) or (after["role"], after["term"]) != ("leader", term):
@@ -537,10 +540,16 @@ def read_state(target: ClusterTarget, kv: Any,
             for event in watch.poll():
                 if event.revision > end:
                     break
-                if event.type == "put":
-                    data[event.key] = event.value
-                else:
+                was = data.get(event.key)
+                if was is not None and was.mod_revision >= event.revision:
+                    continue  # the page read the key after this write
+                if event.type == "delete":
                     data.pop(event.key, None)
+                elif was is None:
+                    data[event.key] = KeyValue(event.value, event.revision, event.revision, 1)
+                else:
+                    data[event.key] = KeyValue(event.value, was.create_revision,
+                                               event.revision, was.version + 1)
     except raftkv.Compacted as e:
         fail(f"the cluster no longer keeps the writes made during the backup ({e}); try "
              "again when writes are fewer, or give the nodes more --watch-history-bytes",
@@ -567,8 +576,8 @@ def snapshot_restore(file: Path, data_dir: Path, node_id: int, voters: str,
     node as usual WITHOUT --new (`raftkv node --id N --data-dir D --peer ...`).
 
     The dir holds a snapshot at the backup's revision, so the new cluster's revisions
-    go on above the old one's; each key's create and mod revision is that revision,
-    and its version 1. Exit 2 for a file that is not a whole backup, 4 for a data dir
+    go on above the old one's; each key keeps its revisions and version (a key put with
+    a lease comes back without one). Exit 2 for a file that is not a whole backup, 4 for a data dir
     that is not empty or cannot be written."""
     from raftkv.backup import BackupError, read_backup, seed_data_dir
     from raftkv.storage import StorageError

@@ -236,7 +236,24 @@ class _Queued:
         self.key, self.revision = b"", 0
 
 
-class Lock:
+class _InLine:
+    """What a lock and an election share: a place in a queue of keys."""
+
+    _q: _Queued
+
+    @property
+    def revision(self) -> int:
+        """The key's create_revision while queued or first (0 otherwise): a fencing
+        token, larger for every later holder."""
+        return self._q.revision
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease the key is held on, while queued or first."""
+        return self._q.lease
+
+
+class Lock(_InLine):
     """A distributed mutex (etcd's `concurrency.Mutex`); see the module docstring.
     `revision`: the fencing token of the current hold (0 when not held)."""
 
@@ -244,14 +261,6 @@ class Lock:
                  lease: Lease | None = None) -> None:
         self.name = to_bytes(name, "lock name")
         self._q = _Queued(client, LOCK_PREFIX + self.name + b"/", ttl, lease)
-
-    @property
-    def revision(self) -> int:
-        return self._q.revision
-
-    @property
-    def lease(self) -> Lease | None:
-        return self._q.lease
 
     def acquire(self, timeout: float | None = None) -> int:
         """Block until held (or raise NotAcquired after `timeout` seconds); the fencing
@@ -286,7 +295,7 @@ class Leader(NamedTuple):
     revision: int
 
 
-class Election:
+class Election(_InLine):
     """A leader election (etcd's `concurrency.Election`); see the module docstring."""
 
     def __init__(self, client: Client, name: Key, ttl: float = 10.0,
@@ -295,15 +304,6 @@ class Election:
         self.name = to_bytes(name, "election name")
         self.prefix = ELECTION_PREFIX + self.name + b"/"
         self._q = _Queued(client, self.prefix, ttl, lease)
-
-    @property
-    def revision(self) -> int:
-        """Our candidacy's create_revision (0: not campaigning)."""
-        return self._q.revision
-
-    @property
-    def lease(self) -> Lease | None:
-        return self._q.lease
 
     def campaign(self, value: Value, timeout: float | None = None) -> int:
         """Stand with `value` and block until elected (or raise NotAcquired after

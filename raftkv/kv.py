@@ -1067,6 +1067,11 @@ def _split(maps: object) -> tuple[list[dict[bytes, bytes]], int]:
     return shards, size + KEY_OVERHEAD * count
 
 
+def pack_record(create: int, mod: int, version: int, value: bytes) -> bytes:
+    """A key's record: its revisions, then its value."""
+    return _pack_rev(create, mod, version) + value
+
+
 def next_record(old: bytes | None, index: int, value: bytes) -> bytes:
     """The record of a key set to `value` at revision `index`, `old` its record before."""
     if old is None:

@@ -240,6 +240,12 @@ def test_snapshot_save_is_one_point_in_time_and_restore_starts_a_new_cluster(
         assert sorted(pairs) == names
         first, last = int(pairs[names[0]]), int(pairs[names[-1]])
         assert first - last in (0, 1), (first, last)  # one point in time of the writer
+        # Each key's revisions came along: a put of "i" was its (i + 1)th, counted once
+        # although the save read some of them in a page and again in the WATCH replay.
+        for name, value in ((names[0], first), (names[-1], last)):
+            got = json.loads(run("get", name, "--json", env=env2).stdout)
+            assert got["version"] == value + 1, (name, got)
+            assert got["create_revision"] < got["mod_revision"] <= saved["revision"]
         assert json.loads(run("put", "after", "x", "--json", env=env2).stdout)[
             "revision"] > saved["revision"]
         # A restore never touches a dir with data in it.

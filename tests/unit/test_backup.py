@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raftkv.backup import BackupError, read_backup, seed_data_dir, write_backup
-from raftkv.kv import KVStore
+from raftkv.kv import KeyValue, KVStore
 from raftkv.storage import Identity, Storage, StorageError, StorageIdentityError
 
 
@@ -30,6 +30,22 @@ def test_a_damaged_backup_is_refused(tmp_path, damage, says):
     write_backup(path, 3, [(b"k%d" % i, b"v" * i) for i in range(50)])
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(BackupError, match=says):
+        read_backup(path)
+
+
+def test_a_backup_keeps_each_keys_revisions_and_refuses_impossible_ones(tmp_path):
+    path = tmp_path / "b.rkv"
+    write_backup(path, 40, [(b"k", KeyValue(b"v", 7, 31, 5)), (b"plain", b"p")])
+    backup = read_backup(path)
+    assert backup.items == [(b"k", KeyValue(b"v", 7, 31, 5)),
+                            (b"plain", KeyValue(b"p", 40, 40, 1))]
+    meta = seed_data_dir(backup, tmp_path / "d", 1, 0, (1,))
+    with Storage.open(tmp_path / "d", identity=Identity(0, 1), create=False) as st:
+        kv = KVStore()
+        kv.restore(st.load_snapshot_data())
+    assert meta.index == 40 and kv.get_kv(b"k") == KeyValue(b"v", 7, 31, 5)
+    write_backup(path, 40, [(b"k", KeyValue(b"v", 7, 41, 1))])  # modified after it
+    with pytest.raises(BackupError, match="revisions up to 40"):
         read_backup(path)
 
 
