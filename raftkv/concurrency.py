@@ -107,7 +107,9 @@ class Lease:
             except LeaseLost:
                 return
             except RaftKVError:
-                continue  # no answer this time; `alive` runs out if none comes in time
+                if getattr(self.client, "_closed", False):
+                    return  # the client went: nothing can keep the lease alive now
+                # no answer this time; `alive` runs out if none comes in time
 
     def _lose(self, why: str) -> None:
         if self.lost is None:

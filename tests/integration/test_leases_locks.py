@@ -174,3 +174,14 @@ def test_locks_on_one_shared_lease_release_by_deleting_their_key(cluster):
         assert session.alive and kv.lease_info(session).keys == []
         with other.lock("shared", ttl=5) as theirs:
             assert theirs.revision > tokens[-1]
+
+
+def test_a_lease_left_open_stops_its_keepalives_when_its_client_closes(cluster):
+    cluster.wait_leader()
+    kv = client(cluster)
+    lease = kv.lease(0.6)
+    thread = lease._thread
+    kv.close()
+    thread.join(timeout=5)  # a keepalive fails on the closed client and the thread ends
+    assert not thread.is_alive()
+    wait_for(lambda: not lease.alive, 5, "the safe bound to run out a TTL after")
