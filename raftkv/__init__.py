@@ -8,13 +8,13 @@ __version__ = "0.1.0"  # the one place: setup.cfg reads it into the metadata (--
 
 __all__ = ["AuthenticationFailed", "BadRequest", "Client", "Compacted", "Compare",
            "Credentials", "Delete", "Election", "Event", "Forbidden", "Get", "KeyValue",
-           "Lease", "LeaseLost", "LeaseNotFound", "Lock", "NotAcquired", "Put",
+           "Lease", "LeaseLost", "LeaseNotFound", "Lock", "NotAcquired", "Oldest", "Put",
            "QuotaExceeded", "RaftKVError", "Retry", "SessionExpired", "Timeout",
            "TxnResult", "Unavailable", "Watch"]
 # What `raftkv.txn` and `raftkv.concurrency` give the API; KeyValue and Event come from
 # raftkv.kv and raftkv.watch, Retry from raftkv.retry, the rest from raftkv.client. The
 # asyncio client is raftkv.aio.Client.
-_FROM_TXN = frozenset({"Compare", "Delete", "Get", "Put", "TxnResult"})
+_FROM_TXN = frozenset({"Compare", "Delete", "Get", "Oldest", "Put", "TxnResult"})
 _FROM_CONCURRENCY = frozenset({"Election", "Lease", "LeaseLost", "Lock", "NotAcquired"})
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from raftkv.concurrency import Election, Lease, LeaseLost, Lock, NotAcquired
     from raftkv.kv import KeyValue
     from raftkv.retry import Retry
-    from raftkv.txn import Compare, Delete, Get, Put, TxnResult
+    from raftkv.txn import Compare, Delete, Get, Oldest, Put, TxnResult
     from raftkv.watch import Event
 
 

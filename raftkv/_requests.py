@@ -57,6 +57,7 @@ from raftkv.txn import (
     Value,
     lease_id,
     parse_kv,
+    parse_oldest,
     parse_result,
     to_bytes,
     txn_wire,
@@ -322,6 +323,17 @@ def parse_revision(revision: object) -> int:
 
 def get_kv_request(key: Key) -> ClientRequest:
     return ClientRequest(0, ReqOp.GET_KV, key=to_bytes(key, "key"))
+
+
+def oldest_request(prefix: Key) -> ClientRequest:
+    return ClientRequest(0, ReqOp.OLDEST, key=to_bytes(prefix, "prefix"))
+
+
+def parse_oldest_reply(raw: object, decode: bool) -> tuple[Any, KeyValue] | None:
+    try:
+        return parse_oldest(raw, decode)
+    except ValueError as e:
+        raise RaftKVError(f"OLDEST answered {e}") from None
 
 
 def parse_get_kv(raw: object, decode: bool) -> KeyValue | None:

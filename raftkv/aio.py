@@ -158,6 +158,12 @@ class Client(rq.ClientCore):
         reply = await self._read(rq.get_kv_request(key), timeout)
         return rq.parse_get_kv(reply.value, self.decode)
 
+    async def oldest(self, prefix: Key, *, timeout: float | None = None
+                     ) -> tuple[Any, KeyValue] | None:
+        """As `raftkv.Client.oldest`."""
+        reply = await self._read(rq.oldest_request(prefix), timeout)
+        return rq.parse_oldest_reply(reply.value, self.decode)
+
     async def txn(self, compare: Sequence[Compare] = (), success: Sequence[TxnOp] = (),
                   failure: Sequence[TxnOp] = (), *, timeout: float | None = None,
                   at_most_once: bool = False) -> TxnResult:

@@ -461,6 +461,13 @@ class Client(rq.ClientCore):
         reply = self._read(rq.get_kv_request(key), timeout)
         return rq.parse_get_kv(reply.value, self.decode)
 
+    def oldest(self, prefix: Key, *, timeout: float | None = None
+               ) -> tuple[Any, KeyValue] | None:
+        """The key under `prefix` created first (the lowest create_revision), as (key,
+        KeyValue), or None if no key has the prefix. Linearizable, as `get`."""
+        reply = self._read(rq.oldest_request(prefix), timeout)
+        return rq.parse_oldest_reply(reply.value, self.decode)
+
     def txn(
         self,
         compare: Sequence[Compare] = (),

@@ -37,6 +37,8 @@ every compare holds, the `success` ops run in order, otherwise the `failure` ops
               nil: absent), MOD / CREATE / VERSION (operand int >= 0); cmp: Cmp
     op      = [Op.PUT, key, value] or [Op.PUT, key, value, lease] -> revision
             | [Op.DELETE, key] -> existed
+            | [Op.OLDEST, prefix] -> [key, value, create_revision, mod_revision, version]
+              of the key under prefix with the lowest create_revision, or nil
             | [Op.GET, key] -> [value, create_revision, mod_revision, version] or nil
 
 A GET in a transaction sees the writes before it in the same transaction. A key is
@@ -130,6 +132,7 @@ class Op(IntEnum):
     TXN = 8
     LEASE_GRANT = 11
     LEASE_REVOKE = 12
+    OLDEST = 15  # the key under a prefix with the lowest create_revision (a read)
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
@@ -200,6 +203,8 @@ class Reply(NamedTuple):
 _PUT, _DELETE, _CAS, _OPEN_SESSION = int(Op.PUT), int(Op.DELETE), int(Op.CAS), int(Op.OPEN_SESSION)
 _GET_OP, _TXN = int(Op.GET), int(Op.TXN)
 _LEASE_GRANT, _LEASE_REVOKE = int(Op.LEASE_GRANT), int(Op.LEASE_REVOKE)
+_OLDEST = int(Op.OLDEST)
+_READ_KINDS = frozenset({_GET_OP, _OLDEST})  # a transaction's ops that write nothing
 _KEY_WRITES = frozenset({_PUT, _DELETE, _CAS})
 _LEASE_OPS = frozenset({_LEASE_GRANT, _LEASE_REVOKE})
 _TARGETS = frozenset(int(t) for t in Target)
@@ -399,14 +404,14 @@ def txn_problem(compares: object, success: object, failure: object, max_key: int
                 problem = _problem(Op.PUT, op[1], op[2], None, None, max_key, max_value)
                 if problem is None and len(op) == 4 and not _is_id(op[3]):
                     problem = f"a put's lease must be an id >= 1, not {op[3]!r:.40}"
-            elif kind in (_DELETE, _GET_OP) and len(op) == 2:
+            elif kind in (_DELETE, _GET_OP, _OLDEST) and len(op) == 2:
                 problem = _problem(Op.DELETE, op[1], None, None, None, max_key, max_value)
             else:
                 return (f"transaction op {op!r:.60} is not [PUT, key, value] (a put may add "
-                        "a lease), [DELETE, key] or [GET, key]")
+                        "a lease), [DELETE, key], [GET, key] or [OLDEST, prefix]")
             if problem is not None:
                 return problem
-            if kind != _GET_OP:
+            if kind not in _READ_KINDS:
                 if op[1] in written:
                     return f"key {op[1]!r:.40} is written twice in one transaction branch"
                 written.add(op[1])
@@ -540,6 +545,17 @@ class KVStore:
         version] lists, as SCAN with revisions answers them."""
         return [[k, rec[REV_SIZE:], *_unpack_rev(rec)]
                 for k, rec in self.scan_records(prefix, limit, start)]
+
+    def oldest(self, prefix: bytes) -> list[Any] | None:
+        """[key, value, create_revision, mod_revision, version] of the key under
+        `prefix` created first (the lowest create_revision; the head of a lock's queue),
+        or None if there is none."""
+        best: tuple[int, bytes, bytes] | None = None
+        for k, rec in self.scan_records(prefix, 1 << 62):
+            create = _unpack_rev(rec)[0]
+            if best is None or create < best[0]:
+                best = (create, k, rec)
+        return None if best is None else [best[1], best[2][REV_SIZE:], *_unpack_rev(best[2])]
 
     def scan_records(self, prefix: bytes, limit: int, start: bytes = b""
                      ) -> list[tuple[bytes, bytes]]:
@@ -697,7 +713,7 @@ class KVStore:
                 return self._malformed(problem)
             valid = True
         elif op in _OPS:
-            if op == Op.GET or op == Op.SCAN:
+            if op in (Op.GET, Op.SCAN, Op.OLDEST):
                 return self._malformed(f"op {Op(op).name} is a read: reads are not applied")
             want = {Op.PUT: "4 or 5", Op.DELETE: 3, Op.CAS: 5, Op.OPEN_SESSION: 0, Op.TXN: 5,
                     Op.LEASE_GRANT: 3, Op.LEASE_REVOKE: 3}[Op(op)]
@@ -825,6 +841,8 @@ class KVStore:
             if kind == _GET_OP:
                 kv = self.get_kv(key)
                 results.append(None if kv is None else list(kv))
+            elif kind == _OLDEST:
+                results.append(self.oldest(key))
             else:
                 results.append(self._write(index, kind, key, op[2] if kind == _PUT else None,
                                            None, op[3] if len(op) == 4 else 0).value)

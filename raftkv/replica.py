@@ -96,8 +96,9 @@ _INLINE_SYNC_MAX = 4
 # bound like this.
 _GET, _GET_STALE, _SCAN, _GET_KV = ReqOp.GET, ReqOp.GET_STALE, ReqOp.SCAN, ReqOp.GET_KV
 _WATCH = ReqOp.WATCH
-_KEEPALIVE, _LEASE_INFO = ReqOp.LEASE_KEEPALIVE, ReqOp.LEASE_INFO
-_LEADER_READS = frozenset({_GET, _SCAN, _GET_KV, _KEEPALIVE, _LEASE_INFO})  # after ReadIndex
+_KEEPALIVE, _LEASE_INFO, _OLDEST = ReqOp.LEASE_KEEPALIVE, ReqOp.LEASE_INFO, ReqOp.OLDEST
+# Served after a ReadIndex round.
+_LEADER_READS = frozenset({_GET, _SCAN, _GET_KV, _KEEPALIVE, _LEASE_INFO, _OLDEST})
 _TRANSFER, _CONF_CHANGE_OP, _CONTROL, _STATUS = (ReqOp.TRANSFER, ReqOp.CONF_CHANGE,
                                                  ReqOp.CONTROL, ReqOp.STATUS)
 _NORMAL, _CONF_CHANGE_ENTRY = EntryType.NORMAL, EntryType.CONF_CHANGE
@@ -848,6 +849,8 @@ class Replica:
                 elif req.op == _GET_KV:
                     kv = self.kv.get_kv(req.key)
                     value = None if kv is None else list(kv)
+                elif req.op == _OLDEST:
+                    value = self.kv.oldest(req.key)
                 else:
                     limit = min(req.limit or MAX_SCAN, MAX_SCAN)
                     if req.revisions:

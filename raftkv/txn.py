@@ -151,7 +151,20 @@ class Get:
         return [int(Op.GET), to_bytes(self.key, "key")]
 
 
-TxnOp = Put | Delete | Get
+@dataclass(frozen=True, slots=True)
+class Oldest:
+    """Read, inside the transaction, the key under `prefix` created first (the lowest
+    create_revision: the head of a lock's queue); its result is (key, KeyValue), or
+    None if no key has the prefix."""
+
+    prefix: Key
+
+    def wire(self) -> list[Any]:
+        """The op as the TXN command holds it (raftkv/kv.py)."""
+        return [int(Op.OLDEST), to_bytes(self.prefix, "prefix")]
+
+
+TxnOp = Put | Delete | Get | Oldest
 
 
 class TxnResult(NamedTuple):
@@ -170,8 +183,8 @@ def txn_wire(compare: list[Compare], success: list[TxnOp], failure: list[TxnOp]
             raise TypeError(f"compare must hold Compare objects (Compare.value(key) == x), "
                             f"not {type(c).__name__}")
     for op in [*success, *failure]:
-        if not isinstance(op, Put | Delete | Get):
-            raise TypeError(f"success and failure hold Put, Delete and Get, not "
+        if not isinstance(op, Put | Delete | Get | Oldest):
+            raise TypeError(f"success and failure hold Put, Delete, Get and Oldest, not "
                             f"{type(op).__name__}")
     return ([c.wire() for c in compare], [op.wire() for op in success],
             [op.wire() for op in failure])
@@ -188,6 +201,18 @@ def parse_kv(raw: object, decode: bool) -> KeyValue | None:
     return KeyValue(value, raw[1], raw[2], raw[3])
 
 
+def parse_oldest(raw: object, decode: bool) -> tuple[Any, KeyValue] | None:
+    """An OLDEST reply (or an Oldest's result) as (key, KeyValue); ValueError if it is
+    not one."""
+    if raw is None:
+        return None
+    if type(raw) is not list or len(raw) != 5 or type(raw[0]) is not bytes:
+        raise ValueError(f"not a key with its value and revisions: {raw!r:.80}")
+    kv = parse_kv(raw[1:], decode)
+    assert kv is not None
+    return (raw[0].decode() if decode else raw[0]), kv
+
+
 def parse_result(raw: object, success: list[TxnOp], failure: list[TxnOp],
                  decode: bool) -> TxnResult:
     """A TXN reply's value as a TxnResult; ValueError if it does not match the branch
@@ -199,5 +224,10 @@ def parse_result(raw: object, success: list[TxnOp], failure: list[TxnOp],
         raise ValueError(f"not a transaction's result: {raw!r:.80}")
     results: list[Any] = []
     for op, r in zip(ops, raw[1], strict=True):
-        results.append(parse_kv(r, decode) if isinstance(op, Get) else r)
+        if isinstance(op, Get):
+            results.append(parse_kv(r, decode))
+        elif isinstance(op, Oldest):
+            results.append(parse_oldest(r, decode))
+        else:
+            results.append(r)
     return TxnResult(raw[0], results)

@@ -43,6 +43,7 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.TXN,          client_id, seq, compares, success,
                                                         failure]
     [VERSION, Kind.REQ, request_id, ReqOp.GET_KV,       key]
+    [VERSION, Kind.REQ, request_id, ReqOp.OLDEST,       prefix]
     [VERSION, Kind.REQ, request_id, ReqOp.WATCH,        key, prefix, start_revision, wait_ms]
     [VERSION, Kind.REQ, request_id, ReqOp.LEASE_GRANT,  client_id, seq, ttl_ms]
     [VERSION, Kind.REQ, request_id, ReqOp.LEASE_REVOKE, client_id, seq, lease_id]
@@ -92,6 +93,8 @@ Replies (a node to the requester)::
     OK               0  value: GET, GET_STALE -> bin or nil (absent); SCAN -> [[key, value], ...]
                         (with revisions: [[key, value, create, mod, version], ...]);
                         GET_KV -> [value, create_revision, mod_revision, version] or nil;
+                        OLDEST -> [key, value, create_revision, mod_revision, version]
+                        of the key under prefix created first, or nil;
                         PUT -> its revision; DELETE -> existed (bool); CAS -> swapped (bool);
                         TXN -> [succeeded (bool), [result per op]] (kv.py);
                         WATCH -> [next_revision, [[revision, kind, key, value], ...]]
@@ -227,6 +230,7 @@ class ReqOp(IntEnum):
     LEASE_REVOKE = 12
     LEASE_KEEPALIVE = 13  # leader: restart a lease's TTL on its clock (not in the log)
     LEASE_INFO = 14  # leader: a lease's TTL, what is left of it, and its keys
+    OLDEST = 15  # the key under a prefix created first (a lock's head), as GET_KV reads
     STATUS = 32  # control: the node's status map
     FAULT = 33  # control: set the peers whose traffic is dropped both ways
     TRANSFER = 34  # control: leader, hand leadership to a node
@@ -238,7 +242,8 @@ class ReqOp(IntEnum):
 WRITE_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS})  # one key's writes
 _LEASE_OPS = frozenset({ReqOp.LEASE_GRANT, ReqOp.LEASE_REVOKE, ReqOp.LEASE_KEEPALIVE,
                         ReqOp.LEASE_INFO})
-_KEY_READS = frozenset({ReqOp.GET_STALE, ReqOp.GET_KV, ReqOp.WATCH})  # checked as a GET
+# Checked as a GET (OLDEST's key is a prefix).
+_KEY_READS = frozenset({ReqOp.GET_STALE, ReqOp.GET_KV, ReqOp.WATCH, ReqOp.OLDEST})
 
 
 class ReplyCode(IntEnum):
@@ -463,7 +468,7 @@ def encode_request(req: ClientRequest) -> bytes:
     if op == ReqOp.GET:
         return encode_get(req.request_id, req.key)
     head = (VERSION, _REQ, req.request_id, int(op))
-    if op == ReqOp.GET_STALE or op == ReqOp.GET_KV:
+    if op == ReqOp.GET_STALE or op == ReqOp.GET_KV or op == ReqOp.OLDEST:
         body: tuple[Any, ...] = (req.key,)
     elif op == ReqOp.SCAN:
         if req.revisions:
@@ -588,6 +593,7 @@ _ARGC = {
     ReqOp.CAS: 5,
     ReqOp.TXN: 5,
     ReqOp.GET_KV: 1,
+    ReqOp.OLDEST: 1,
     ReqOp.WATCH: 4,
     ReqOp.LEASE_GRANT: 3,
     ReqOp.LEASE_REVOKE: 3,
@@ -758,7 +764,7 @@ def _decode_request(
                 req.lease = args[4]
         elif op == ReqOp.CAS:
             req.expected, req.value = args[3], args[4]
-    elif op == ReqOp.GET or op == ReqOp.GET_STALE or op == ReqOp.GET_KV:
+    elif op in (ReqOp.GET, ReqOp.GET_STALE, ReqOp.GET_KV, ReqOp.OLDEST):
         req.key = args[0]
     elif op == ReqOp.TXN:
         return _decode_txn(req, args, max_key, max_value)

@@ -972,6 +972,8 @@ class Workload:
                            if kind == Op.PUT else [int(kind), key])
                 if rng.random() < 0.3:
                     ops.append([int(Op.GET), key])  # sees the write before it
+                if rng.random() < 0.2:
+                    ops.append([int(Op.OLDEST), key[:1]])  # the first-created under it
                 written.add(key)
             branches.append(ops)
         return compares, branches[0], branches[1]
@@ -1061,3 +1063,16 @@ def test_a_scan_with_revisions_answers_each_keys_record() -> None:
     assert log.store.scan_kv(b"a/", 10, b"a/2") == [[b"a/2", b"z", third, third, 1]]
     assert [kv[:2] for kv in log.store.scan_kv(b"", 10)] == \
         [list(p) for p in log.store.scan(b"", 10)]
+
+
+def test_oldest_answers_the_first_created_key_under_a_prefix_also_inside_a_txn() -> None:
+    log = Log(KVStore())
+    assert log.store.oldest(b"q/") is None
+    b = log.put(0, 0, b"q/b", b"1").value
+    log.put(0, 0, b"q/a", b"2")
+    log.put(0, 0, b"q/b", b"3")  # rewritten: still created first
+    assert log.store.oldest(b"q/") == [b"q/b", b"3", b, log.store.applied_index, 2]
+    reply = log.txn([], [[int(Op.DELETE), b"q/b"], [int(Op.OLDEST), b"q/"]])
+    assert reply.value[1][1][0] == b"q/a"  # sees the delete before it
+    reply = log.txn([], [[int(Op.OLDEST), b"none/"]])
+    assert reply.value == [True, [None]]

@@ -199,6 +199,7 @@ REQUESTS = [
     ClientRequest(16, ReqOp.GET_KV, key=b"k"),
     ClientRequest(17, ReqOp.SCAN, key=b"pre", limit=10, start=b"pre-7\x00"),
     ClientRequest(25, ReqOp.SCAN, key=b"pre", limit=10, revisions=True),
+    ClientRequest(26, ReqOp.OLDEST, key=b"__lock/jobs/"),
     ClientRequest(18, ReqOp.WATCH, key=b"cfg/", prefix=True, revision=7, wait_ms=1000),
     ClientRequest(19, ReqOp.WATCH, key=b"k"),
     ClientRequest(20, ReqOp.PUT, key=b"k", value=b"v", client_id=5, seq=6, lease=77),
