@@ -543,19 +543,17 @@ class KVStore:
     def scan_kv(self, prefix: bytes, limit: int, start: bytes = b"") -> list[list[Any]]:
         """`scan` with each key's revisions: [key, value, create_revision, mod_revision,
         version] lists, as SCAN with revisions answers them."""
-        return [[k, rec[REV_SIZE:], *_unpack_rev(rec)]
-                for k, rec in self.scan_records(prefix, limit, start)]
+        return [[k, *record_kv(rec)] for k, rec in self.scan_records(prefix, limit, start)]
 
     def oldest(self, prefix: bytes) -> list[Any] | None:
         """[key, value, create_revision, mod_revision, version] of the key under
         `prefix` created first (the lowest create_revision; the head of a lock's queue),
         or None if there is none."""
-        best: tuple[int, bytes, bytes] | None = None
-        for k, rec in self.scan_records(prefix, 1 << 62):
-            create = _unpack_rev(rec)[0]
-            if best is None or create < best[0]:
-                best = (create, k, rec)
-        return None if best is None else [best[1], best[2][REV_SIZE:], *_unpack_rev(best[2])]
+        records = self.scan_records(prefix, 1 << 62)
+        if not records:
+            return None
+        key, rec = min(records, key=lambda kr: _unpack_rev(kr[1])[0])
+        return [key, *record_kv(rec)]
 
     def scan_records(self, prefix: bytes, limit: int, start: bytes = b""
                      ) -> list[tuple[bytes, bytes]]:
@@ -784,7 +782,7 @@ class KVStore:
         if op == _PUT:
             if lease or self._owner:
                 if lease and lease not in self._leases:
-                    return _lease_not_found(lease)
+                    return lease_not_found(lease)
                 self._leases.attach(key, lease)
             self._size += self._put(index, key, value)
             if events is not None:
@@ -834,7 +832,7 @@ class KVStore:
         ops = success if succeeded else failure
         for op in ops:  # a lease missing refuses the whole transaction, before any write
             if len(op) == 4 and op[3] not in self._leases:
-                return _lease_not_found(op[3])
+                return lease_not_found(op[3])
         results: list[Any] = []
         for op in ops:
             kind, key = op[0], op[1]
@@ -996,7 +994,7 @@ class KVStore:
         self._size = size
 
 
-def _lease_not_found(lease_id: int) -> Reply:
+def lease_not_found(lease_id: int) -> Reply:
     return Reply(Code.NOT_FOUND, f"lease {lease_id} not found: it expired or was revoked, "
                  "or was never granted; nothing was written")
 

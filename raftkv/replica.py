@@ -44,7 +44,7 @@ from raftkv.interfaces import (
     Syncer,
     Transport,
 )
-from raftkv.kv import KVStore, Op, SnapshotError, encode_lease
+from raftkv.kv import KVStore, Op, SnapshotError, encode_lease, lease_not_found
 from raftkv.lease_timer import LeaseTimer
 from raftkv.metrics import BATCH_BOUNDS, FSYNC_BOUNDS_S, TURN_BOUNDS_S, Buckets
 from raftkv.quota import KEY_OVERHEAD
@@ -193,8 +193,6 @@ class Replica:
                                           self.kv.applied_index if resumed else floor)
         self.kv.events = [] if cfg.watch_bytes else None
         self.watchers: list[_Watcher] = []
-        # The leader's clock over the leases (raftkv/lease_timer.py); idle on a follower.
-        self.lease_timer = LeaseTimer()
         log_tail = storage.entries_after_snapshot()  # a copy: read it once
         self.core = Raft(
             cfg.raft_config(),
@@ -243,8 +241,10 @@ class Replica:
         self.storage_view = self.storage_status()
         self.started = clock.monotonic()
         self.failpoints = failpoints.enabled()
-        if "lease-half-ttl" in self.failpoints:
-            self.lease_timer.scale /= 2  # the deliberate bug: leases expire early
+        # The leader's clock over the leases (raftkv/lease_timer.py); idle on a follower.
+        # The lease-half-ttl failpoint's deliberate bug: leases expire early.
+        self.lease_timer = LeaseTimer(
+            scale=0.5 if "lease-half-ttl" in self.failpoints else 1.0)
         for name in sorted(self.failpoints):
             log.warning("FAILPOINT %s is ON: %s", name, failpoints.KNOWN[name])
         self.counters = {"proposals": 0, "reads": 0, "fsyncs": 0, "elections_won": 0,
@@ -883,13 +883,13 @@ class Replica:
             reply(req.identity, req.request_id, ReplyCode.NOT_LEADER,
                   f"node {self.cfg.id} is not the leader", self.core.lead)
             return
+        # The timer was reconciled with the state after the batch that applied the read's
+        # index (`apply`), and started when this node took the lead.
         now = self.clock.monotonic()
-        timer.reconcile(self.kv.lease_ttls, self.kv.lease_epoch, now)
         ttl = self.kv.lease_ttls.get(req.lease)
         if ttl is None:
             reply(req.identity, req.request_id, ReplyCode.NOT_FOUND,
-                  f"lease {req.lease} not found: it expired or was revoked, or was never "
-                  "granted")
+                  lease_not_found(req.lease).value)
         elif req.op == _LEASE_INFO:
             entry = self.kv.lease(req.lease)
             left = timer.remaining(req.lease, now) or 0.0
