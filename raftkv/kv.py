@@ -352,8 +352,9 @@ def encode_command(
         problem = f"{op!r:.40} is not a write: only PUT, DELETE and CAS go through the log"
     if problem is None:
         problem = _problem(op, key, value, expected, None, _MAX_ID, _MAX_ID)
-    if problem is None and lease and (op != Op.PUT or not _is_id(lease)):
-        problem = f"only a PUT takes a lease, an id >= 1 (not {lease!r:.40})"
+    if problem is None and lease:
+        problem = (lease_id_problem(lease) if op == Op.PUT
+                   else f"only a PUT takes a lease, not {op!r:.40}")
     if problem is not None:
         raise BadRequest(problem)
     if op == Op.PUT:
@@ -402,8 +403,8 @@ def txn_problem(compares: object, success: object, failure: object, max_key: int
             kind = op[0]
             if kind == _PUT and len(op) in (3, 4):
                 problem = _problem(Op.PUT, op[1], op[2], None, None, max_key, max_value)
-                if problem is None and len(op) == 4 and not _is_id(op[3]):
-                    problem = f"a put's lease must be an id >= 1, not {op[3]!r:.40}"
+                if problem is None and len(op) == 4:
+                    problem = lease_id_problem(op[3])
             elif kind in (_DELETE, _GET_OP, _OLDEST) and len(op) == 2:
                 problem = _problem(Op.DELETE, op[1], None, None, None, max_key, max_value)
             else:
@@ -429,7 +430,13 @@ def lease_problem(op: int, arg: object) -> str | None:
         if type(arg) is not int or not 1 <= arg <= MAX_LEASE_TTL_MS:
             return f"a lease's TTL must be an int of ms in [1, {MAX_LEASE_TTL_MS}], not {arg!r:.40}"
         return None
-    return None if _is_id(arg) else f"a lease id must be an int >= 1, not {arg!r:.40}"
+    return lease_id_problem(arg)
+
+
+def lease_id_problem(lease_id: object) -> str | None:
+    """What is wrong with a lease id a request names (a put's, a revoke's, a
+    keepalive's), or None."""
+    return None if _is_id(lease_id) else f"a lease id must be an int >= 1, not {lease_id!r:.40}"
 
 
 def encode_lease(op: Op, arg: int, *, client_id: int, seq: int) -> bytes:

@@ -758,9 +758,9 @@ def _decode_request(
         if op == ReqOp.PUT:
             req.value = args[3]
             if len(args) == 5:
-                if type(args[4]) is not int or not 1 <= args[4] <= MAX_UINT64:
-                    raise InvalidRequest(rid, f"a put's lease must be an id >= 1, not "
-                                         f"{args[4]!r:.40}")
+                problem = kv.lease_id_problem(args[4])
+                if problem is not None:
+                    raise InvalidRequest(rid, problem)
                 req.lease = args[4]
         elif op == ReqOp.CAS:
             req.expected, req.value = args[3], args[4]
@@ -871,7 +871,7 @@ def _decode_lease(req: ClientRequest, args: list[Any]) -> ClientRequest:
         else:
             req.lease = arg
         return req
-    problem = kv.lease_problem(int(kv.Op.LEASE_REVOKE), args[0])
+    problem = kv.lease_id_problem(args[0])
     if problem is not None:
         raise InvalidRequest(req.request_id, problem)
     req.lease = args[0]
