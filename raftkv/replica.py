@@ -610,9 +610,9 @@ class Replica:
                 reply(waiter.identity, waiter.request_id, _UNAVAILABLE,
                       "leadership changed; retry with the same sequence number")
         self.kv.flush()
-        if self.lease_timer.leading:
-            self.lease_timer.reconcile(self.kv.lease_ttls, self.kv.lease_epoch,
-                                       self.clock.monotonic())
+        timer = self.lease_timer
+        if timer.leading and timer.epoch != self.kv.lease_epoch:  # a grant or revoke applied
+            timer.reconcile(self.kv.lease_ttls, self.kv.lease_epoch, self.clock.monotonic())
         events = self.kv.events
         if events:
             self.watch_history.extend(events)
