@@ -697,6 +697,11 @@ def _search(ops: list[Op], model: _Model, budget: _Budget) -> _KeyVerdict:
     pending_ok = len(ok_ops)
     best = _KeyVerdict("violation")
     best_depth = -1
+    # The deepest dead end's ops, updated in place: stack[:same] is unchanged since it
+    # was last taken, so a deeper dead end copies only the rest (a full copy each time
+    # is quadratic on one long sub-history, as the revisions model's is).
+    best_prefix: list[int] = []
+    same = 0
     steps = 0
     entry = nxt[0]  # cursor in the ok events, while placing ok ops
     ientry = 0  # cursor in the info list, once the ok candidates are exhausted
@@ -788,7 +793,10 @@ def _search(ops: list[Op], model: _Model, budget: _Budget) -> _KeyVerdict:
         # A dead end. Keep the deepest as the evidence, then backtrack.
         if len(stack) > best_depth:
             best_depth = len(stack)
-            best = _KeyVerdict("violation", [j for j, _, _ in stack], state=state)
+            del best_prefix[same:]
+            best_prefix += [j for j, _, _ in stack[same:]]
+            same = len(stack)
+            best = _KeyVerdict("violation", best_prefix, state=state)
             if placing_ok:  # a forced op found failed: show what it was stuck behind
                 e = entry
                 while ev_call[e]:
@@ -808,6 +816,8 @@ def _search(ops: list[Op], model: _Model, budget: _Budget) -> _KeyVerdict:
             if not stack:
                 return best
             i, state, saved = stack.pop()
+            if len(stack) < same:
+                same = len(stack)
             if info[i]:
                 p = inode[i]
                 inxt[iprv[p]] = p
