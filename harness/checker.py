@@ -879,7 +879,9 @@ class _RevisionModel(_Model):
     cas_rev = txn(mod == m, [put])."""
 
     def __init__(self, ops: list[Op]) -> None:
-        keys = sorted({k for o in ops for k in _keys_of(o)})
+        parsed = [_as_txn(o) for o in ops]
+        keys = sorted({k for o, p in zip(ops, parsed, strict=True)
+                       for k in ([_text(o.key, "key")] if p is None else _txn_keys(*p))})
         self.keys = keys
         slot = {k: n for n, k in enumerate(keys, 1)}  # a key's place in the state tuple
         self.initial = (0, *(None for _ in keys))
@@ -890,10 +892,7 @@ class _RevisionModel(_Model):
         # with: the one writer of a value that was seen has the revision it was seen at.
         writers: dict[tuple[str, str], set[int]] = {}
         seen_at: dict[tuple[str, str], set[int]] = {}
-        parsed = []
-        for i, o in enumerate(ops):
-            p = _as_txn(o)
-            parsed.append(p)
+        for i, (o, p) in enumerate(zip(ops, parsed, strict=True)):
             if p is None:
                 if o.op == "get_kv" and o.status == "ok" and o.output is not None:
                     kv = _kv(o.output, "get_kv output")
@@ -1083,7 +1082,12 @@ def _reads_only(o: Op) -> bool:
 def _keys_of(o: Op) -> list[str]:
     if o.op != "txn":
         return [_text(o.key, "key")]
-    compares, success, failure = _txn_input(o.input)
+    return _txn_keys(*_txn_input(o.input))
+
+
+def _txn_keys(compares: list[tuple], success: list[tuple], failure: list[tuple],
+              *_: Any) -> list[str]:
+    """The keys a txn (as _txn_input or _as_txn gives it) names."""
     return [c[1] for c in compares] + [x[1] for x in success + failure]
 
 
