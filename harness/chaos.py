@@ -31,6 +31,7 @@ import random
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,9 +270,9 @@ def watch_problems(watcher: Watcher, history: list[dict]) -> list[str]:
     acknowledged put is there, at the revision its put answered, with its value (below
     the revision a COMPACTED answer stopped the watch at)."""
     problems = []
-    seen = [(r, key) for r, _, key, _ in watcher.events]
-    if len(set(seen)) != len(seen):
-        twice = sorted({x for x in seen if seen.count(x) > 1})[:5]
+    counts = Counter((r, key) for r, _, key, _ in watcher.events)
+    twice = sorted(x for x, c in counts.items() if c > 1)[:5]
+    if twice:
         problems.append(f"watch repeated events: {twice}")
     revisions = [r for r, *_ in watcher.events]
     if revisions != sorted(revisions):

@@ -697,6 +697,11 @@ def _search(ops: list[Op], model: _Model, budget: _Budget) -> _KeyVerdict:
     pending_ok = len(ok_ops)
     best = _KeyVerdict("violation")
     best_depth = -1
+    # The deepest dead end's ops, updated in place: stack[:same] is unchanged since it
+    # was last taken, so a deeper dead end copies only the rest (a full copy each time
+    # is quadratic on one long sub-history, as the revisions model's is).
+    best_prefix: list[int] = []
+    same = 0
     steps = 0
     entry = nxt[0]  # cursor in the ok events, while placing ok ops
     ientry = 0  # cursor in the info list, once the ok candidates are exhausted
@@ -788,7 +793,10 @@ def _search(ops: list[Op], model: _Model, budget: _Budget) -> _KeyVerdict:
         # A dead end. Keep the deepest as the evidence, then backtrack.
         if len(stack) > best_depth:
             best_depth = len(stack)
-            best = _KeyVerdict("violation", [j for j, _, _ in stack], state=state)
+            del best_prefix[same:]
+            best_prefix += [j for j, _, _ in stack[same:]]
+            same = len(stack)
+            best = _KeyVerdict("violation", best_prefix, state=state)
             if placing_ok:  # a forced op found failed: show what it was stuck behind
                 e = entry
                 while ev_call[e]:
@@ -808,6 +816,8 @@ def _search(ops: list[Op], model: _Model, budget: _Budget) -> _KeyVerdict:
             if not stack:
                 return best
             i, state, saved = stack.pop()
+            if len(stack) < same:
+                same = len(stack)
             if info[i]:
                 p = inode[i]
                 inxt[iprv[p]] = p
@@ -869,7 +879,9 @@ class _RevisionModel(_Model):
     cas_rev = txn(mod == m, [put])."""
 
     def __init__(self, ops: list[Op]) -> None:
-        keys = sorted({k for o in ops for k in _keys_of(o)})
+        parsed = [_as_txn(o) for o in ops]
+        keys = sorted({k for o, p in zip(ops, parsed, strict=True)
+                       for k in ([_text(o.key, "key")] if p is None else _txn_keys(*p))})
         self.keys = keys
         slot = {k: n for n, k in enumerate(keys, 1)}  # a key's place in the state tuple
         self.initial = (0, *(None for _ in keys))
@@ -880,10 +892,7 @@ class _RevisionModel(_Model):
         # with: the one writer of a value that was seen has the revision it was seen at.
         writers: dict[tuple[str, str], set[int]] = {}
         seen_at: dict[tuple[str, str], set[int]] = {}
-        parsed = []
-        for i, o in enumerate(ops):
-            p = _as_txn(o)
-            parsed.append(p)
+        for i, (o, p) in enumerate(zip(ops, parsed, strict=True)):
             if p is None:
                 if o.op == "get_kv" and o.status == "ok" and o.output is not None:
                     kv = _kv(o.output, "get_kv output")
@@ -1073,7 +1082,12 @@ def _reads_only(o: Op) -> bool:
 def _keys_of(o: Op) -> list[str]:
     if o.op != "txn":
         return [_text(o.key, "key")]
-    compares, success, failure = _txn_input(o.input)
+    return _txn_keys(*_txn_input(o.input))
+
+
+def _txn_keys(compares: list[tuple], success: list[tuple], failure: list[tuple],
+              *_: Any) -> list[str]:
+    """The keys a txn (as _txn_input or _as_txn gives it) names."""
     return [c[1] for c in compares] + [x[1] for x in success + failure]
 
 
