@@ -393,7 +393,9 @@ async def _wait(q: asyncio.Queue[_Message], rid: int, until: float) -> rq.Outcom
         if remaining <= 0:
             return None
         try:
-            request_id, index, reply = await asyncio.wait_for(q.get(), remaining)
+            # asyncio.timeout, not wait_for: wait_for wraps the get in a Task per wait.
+            async with asyncio.timeout(remaining):
+                request_id, index, reply = await q.get()
         except TimeoutError:
             return None
         if reply is None:
