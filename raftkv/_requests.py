@@ -591,7 +591,8 @@ class Delivery:
         self.stale = req.op == ReqOp.GET_STALE
         self.target = start
         self.attempt_timeout = retry.attempt_timeout + wait
-        self.ceiling = max(retry.max_attempt_timeout + wait, self.attempt_timeout)
+        # next_attempt_timeout never goes below the current one: no floor needed here.
+        self.ceiling = retry.max_attempt_timeout + wait
         self.tried: dict[str, str] = {}  # address -> what its last attempt got
         # Whether an attempt went unanswered (for a write: its fate is unknown).
         self.ambiguous = False
