@@ -67,6 +67,7 @@ from raftkv.wire import MAX_SCAN, MAX_WATCH_WAIT_MS, ClientReply, ClientRequest,
 
 DEFAULT_TIMEOUT = 5.0  # seconds: a request's whole budget, retries included
 CONNECT_GRACE = 0.2  # seconds a new client waits for a connection before skipping a node
+HWM = 100_000  # frames a client's DEALER queues for one address
 CONSISTENCIES = ("linearizable", "stale")
 DEFAULT_WATCH_WAIT = 1.0  # seconds a node holds a watch with no event before answering
 URL_SCHEME = "raftkv"
@@ -89,6 +90,15 @@ HANDSHAKE_FAILED = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "the cluster does not admit this key",
 }
 HANDSHAKE_EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED) | sum(HANDSHAKE_FAILED)
+
+
+def note_handshake(failures: dict[int, str], index: int, event: int) -> None:
+    """Keep a client's map of address index -> why its last handshake failed up to
+    date with a monitor `event` of address `index` (a success forgets the failure)."""
+    if event in HANDSHAKE_FAILED:
+        failures[index] = HANDSHAKE_FAILED[event]
+    else:
+        failures.pop(index, None)
 
 Addresses = str | Sequence[str] | Mapping[int, str]
 
@@ -227,6 +237,8 @@ class ClientCore:
             addresses, timeout, attempt_timeout, retry, credentials)
         self.addresses = tuple(addrs)
         self.attempt_timeout = self.retry.attempt_timeout
+        # How long a new client's sends wait for a socket still connecting.
+        self._connect_grace = min(CONNECT_GRACE, self.attempt_timeout / 2)
         self.decode = decode
         self._index_of_node = index_of
         self._leader = 0  # index of the address that answered last; shared guess
