@@ -9,8 +9,7 @@
   `deliver`, the attempt loop over it as a generator: a client only sends, waits and
   sends back what came;
 - `write_steps`, a write's session handling, a generator of the requests it needs;
-- what a session write's final reply means (`write_result`), the errors a refusal maps
-  to (`refused`), and a watch's resume rule (`WatchCursor`).
+- the errors a refusal maps to (`refused`), and a watch's resume rule (`WatchCursor`).
 
 Private: the public names are raftkv.client's, raftkv.aio's and raftkv.retry's.
 """
@@ -529,11 +528,24 @@ def write_steps(req: ClientRequest, pool: SessionPool, at_most_once: bool) -> St
             session.seq += 1
             req.client_id, req.seq = session.client_id, session.seq
             reply, ambiguous = yield req, True, False
-            if reply.code == ReplyCode.SESSION_EXPIRED:
-                session = None  # the server forgot it: never reused
-            value = write_result(req, reply, ambiguous)
-            if value is not RETRY_SESSION:
-                return value
+            if reply.code == OK:
+                return reply.value
+            if reply.code == ReplyCode.QUOTA_EXCEEDED and ambiguous:
+                raise Timeout(
+                    f"{req.op.name} of client {req.client_id} seq {req.seq}: refused "
+                    f"for the quota after an unanswered attempt, which may or may not "
+                    f"have been applied ({reply.value})")
+            if reply.code != ReplyCode.SESSION_EXPIRED:
+                raise refused(req, reply)
+            session = None  # the server forgot it: never reused
+            if ambiguous:
+                raise SessionExpired(
+                    f"{req.op.name} of client {req.client_id} seq {req.seq}: the session "
+                    "expired while the write was being retried after an unanswered "
+                    "attempt; the write may or may not have been applied"
+                )
+            # The only delivery was refused, so nothing was applied: send it again
+            # with a new session.
             session = yield from _take_session(pool)
     finally:
         if session is not None:
@@ -547,33 +559,6 @@ def _take_session(pool: SessionPool) -> Generator[Step, tuple[ClientReply, bool]
     req = open_session_request()
     reply, _ = yield req, False, False
     return parse_session(req, reply)
-
-
-# What `write_result` returns when the write may be sent again with a new session.
-RETRY_SESSION = object()
-
-
-def write_result(req: ClientRequest, reply: ClientReply, ambiguous: bool) -> Any:
-    """The value of a session write's final `reply`, or RETRY_SESSION when its session
-    had expired on the write's only delivery (nothing was applied: the caller opens a
-    new session and sends it again). Raises for every other refusal. A SESSION_EXPIRED
-    reply means the server forgot the session: the caller must not reuse it."""
-    if reply.code == OK:
-        return reply.value
-    if reply.code == ReplyCode.QUOTA_EXCEEDED and ambiguous:
-        raise Timeout(
-            f"{req.op.name} of client {req.client_id} seq {req.seq}: refused "
-            f"for the quota after an unanswered attempt, which may or may not "
-            f"have been applied ({reply.value})")
-    if reply.code != ReplyCode.SESSION_EXPIRED:
-        raise refused(req, reply)
-    if ambiguous:
-        raise SessionExpired(
-            f"{req.op.name} of client {req.client_id} seq {req.seq}: the session "
-            "expired while the write was being retried after an unanswered "
-            "attempt; the write may or may not have been applied"
-        )
-    return RETRY_SESSION
 
 
 class Delivery:
