@@ -441,13 +441,20 @@ def first_cursor(start: Key | None, page: int) -> bytes:
 
 
 def next_cursor(pairs: list[tuple[Any, Any]], cursor: bytes, page: int) -> bytes | None:
-    """Where the page after `pairs` (asked from `cursor`) starts; None after the last."""
-    keys = [k.encode() if isinstance(k, str) else k for k, _ in pairs]
-    if keys and keys[0] < cursor:  # a node ignoring the cursor would loop forever
-        raise RaftKVError(f"SCAN from {cursor!r:.40} answered {keys[0]!r:.40}")
+    """Where the page after `pairs` (asked from `cursor`) starts; None after the last.
+    Only the first and last keys matter: a decoded page is not encoded back whole."""
+    if not pairs:
+        return None
+    first = _key_bytes(pairs[0][0])
+    if first < cursor:  # a node ignoring the cursor would loop forever
+        raise RaftKVError(f"SCAN from {cursor!r:.40} answered {first!r:.40}")
     if len(pairs) < page:
         return None
-    return keys[-1] + b"\x00"
+    return _key_bytes(pairs[-1][0]) + b"\x00"
+
+
+def _key_bytes(key: bytes | str) -> bytes:
+    return key.encode() if isinstance(key, str) else key
 
 
 def open_session_request() -> ClientRequest:
