@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"  # the one place: setup.cfg reads it into the metadata (--version)
@@ -11,11 +12,13 @@ __all__ = ["AuthenticationFailed", "BadRequest", "Client", "Compacted", "Compare
            "Lease", "LeaseLost", "LeaseNotFound", "Lock", "NotAcquired", "Oldest", "Put",
            "QuotaExceeded", "RaftKVError", "Retry", "SessionExpired", "Timeout",
            "TxnResult", "Unavailable", "Watch"]
-# What `raftkv.txn` and `raftkv.concurrency` give the API; KeyValue and Event come from
-# raftkv.kv and raftkv.watch, Retry from raftkv.retry, the rest from raftkv.client. The
-# asyncio client is raftkv.aio.Client.
-_FROM_TXN = frozenset({"Compare", "Delete", "Get", "Oldest", "Put", "TxnResult"})
-_FROM_CONCURRENCY = frozenset({"Election", "Lease", "LeaseLost", "Lock", "NotAcquired"})
+# The module each name comes from, where it is not raftkv.client. The asyncio client is
+# raftkv.aio.Client.
+_MODULE_OF = {
+    **dict.fromkeys(("Compare", "Delete", "Get", "Oldest", "Put", "TxnResult"), "txn"),
+    **dict.fromkeys(("Election", "Lease", "LeaseLost", "Lock", "NotAcquired"), "concurrency"),
+    "KeyValue": "kv", "Retry": "retry", "Event": "watch",
+}
 
 if TYPE_CHECKING:
     from raftkv.client import (
@@ -42,28 +45,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # Lazy (PEP 562): `import raftkv.kv` or the Raft core must not pull in ZeroMQ.
-    if name in _FROM_TXN:
-        from raftkv import txn
-
-        return getattr(txn, name)
-    if name in _FROM_CONCURRENCY:
-        from raftkv import concurrency
-
-        return getattr(concurrency, name)
-    if name == "KeyValue":
-        from raftkv.kv import KeyValue
-
-        return KeyValue
-    if name == "Retry":
-        from raftkv.retry import Retry
-
-        return Retry
-    if name == "Event":
-        from raftkv.watch import Event
-
-        return Event
-    if name in __all__:
-        from raftkv import client
-
-        return getattr(client, name)
-    raise AttributeError(f"module 'raftkv' has no attribute {name!r}")
+    if name not in __all__:
+        raise AttributeError(f"module 'raftkv' has no attribute {name!r}")
+    module = importlib.import_module(f"raftkv.{_MODULE_OF.get(name, 'client')}")
+    return getattr(module, name)

@@ -9,8 +9,7 @@
   `deliver`, the attempt loop over it as a generator: a client only sends, waits and
   sends back what came;
 - `write_steps`, a write's session handling, a generator of the requests it needs;
-- what a session write's final reply means (`write_result`), the errors a refusal maps
-  to (`refused`), and a watch's resume rule (`WatchCursor`).
+- the errors a refusal maps to (`refused`), and a watch's resume rule (`WatchCursor`).
 
 Private: the public names are raftkv.client's, raftkv.aio's and raftkv.retry's.
 """
@@ -67,6 +66,7 @@ from raftkv.wire import MAX_SCAN, MAX_WATCH_WAIT_MS, ClientReply, ClientRequest,
 
 DEFAULT_TIMEOUT = 5.0  # seconds: a request's whole budget, retries included
 CONNECT_GRACE = 0.2  # seconds a new client waits for a connection before skipping a node
+HWM = 100_000  # frames a client's DEALER queues for one address
 CONSISTENCIES = ("linearizable", "stale")
 DEFAULT_WATCH_WAIT = 1.0  # seconds a node holds a watch with no event before answering
 URL_SCHEME = "raftkv"
@@ -89,6 +89,15 @@ HANDSHAKE_FAILED = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "the cluster does not admit this key",
 }
 HANDSHAKE_EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED) | sum(HANDSHAKE_FAILED)
+
+
+def note_handshake(failures: dict[int, str], index: int, event: int) -> None:
+    """Keep a client's map of address index -> why its last handshake failed up to
+    date with a monitor `event` of address `index` (a success forgets the failure)."""
+    if event in HANDSHAKE_FAILED:
+        failures[index] = HANDSHAKE_FAILED[event]
+    else:
+        failures.pop(index, None)
 
 Addresses = str | Sequence[str] | Mapping[int, str]
 
@@ -227,6 +236,8 @@ class ClientCore:
             addresses, timeout, attempt_timeout, retry, credentials)
         self.addresses = tuple(addrs)
         self.attempt_timeout = self.retry.attempt_timeout
+        # How long a new client's sends wait for a socket still connecting.
+        self._connect_grace = min(CONNECT_GRACE, self.attempt_timeout / 2)
         self.decode = decode
         self._index_of_node = index_of
         self._leader = 0  # index of the address that answered last; shared guess
@@ -430,13 +441,20 @@ def first_cursor(start: Key | None, page: int) -> bytes:
 
 
 def next_cursor(pairs: list[tuple[Any, Any]], cursor: bytes, page: int) -> bytes | None:
-    """Where the page after `pairs` (asked from `cursor`) starts; None after the last."""
-    keys = [k.encode() if isinstance(k, str) else k for k, _ in pairs]
-    if keys and keys[0] < cursor:  # a node ignoring the cursor would loop forever
-        raise RaftKVError(f"SCAN from {cursor!r:.40} answered {keys[0]!r:.40}")
+    """Where the page after `pairs` (asked from `cursor`) starts; None after the last.
+    Only the first and last keys matter: a decoded page is not encoded back whole."""
+    if not pairs:
+        return None
+    first = _key_bytes(pairs[0][0])
+    if first < cursor:  # a node ignoring the cursor would loop forever
+        raise RaftKVError(f"SCAN from {cursor!r:.40} answered {first!r:.40}")
     if len(pairs) < page:
         return None
-    return keys[-1] + b"\x00"
+    return _key_bytes(pairs[-1][0]) + b"\x00"
+
+
+def _key_bytes(key: bytes | str) -> bytes:
+    return key.encode() if isinstance(key, str) else key
 
 
 def open_session_request() -> ClientRequest:
@@ -517,11 +535,24 @@ def write_steps(req: ClientRequest, pool: SessionPool, at_most_once: bool) -> St
             session.seq += 1
             req.client_id, req.seq = session.client_id, session.seq
             reply, ambiguous = yield req, True, False
-            if reply.code == ReplyCode.SESSION_EXPIRED:
-                session = None  # the server forgot it: never reused
-            value = write_result(req, reply, ambiguous)
-            if value is not RETRY_SESSION:
-                return value
+            if reply.code == OK:
+                return reply.value
+            if reply.code == ReplyCode.QUOTA_EXCEEDED and ambiguous:
+                raise Timeout(
+                    f"{req.op.name} of client {req.client_id} seq {req.seq}: refused "
+                    f"for the quota after an unanswered attempt, which may or may not "
+                    f"have been applied ({reply.value})")
+            if reply.code != ReplyCode.SESSION_EXPIRED:
+                raise refused(req, reply)
+            session = None  # the server forgot it: never reused
+            if ambiguous:
+                raise SessionExpired(
+                    f"{req.op.name} of client {req.client_id} seq {req.seq}: the session "
+                    "expired while the write was being retried after an unanswered "
+                    "attempt; the write may or may not have been applied"
+                )
+            # The only delivery was refused, so nothing was applied: send it again
+            # with a new session.
             session = yield from _take_session(pool)
     finally:
         if session is not None:
@@ -535,33 +566,6 @@ def _take_session(pool: SessionPool) -> Generator[Step, tuple[ClientReply, bool]
     req = open_session_request()
     reply, _ = yield req, False, False
     return parse_session(req, reply)
-
-
-# What `write_result` returns when the write may be sent again with a new session.
-RETRY_SESSION = object()
-
-
-def write_result(req: ClientRequest, reply: ClientReply, ambiguous: bool) -> Any:
-    """The value of a session write's final `reply`, or RETRY_SESSION when its session
-    had expired on the write's only delivery (nothing was applied: the caller opens a
-    new session and sends it again). Raises for every other refusal. A SESSION_EXPIRED
-    reply means the server forgot the session: the caller must not reuse it."""
-    if reply.code == OK:
-        return reply.value
-    if reply.code == ReplyCode.QUOTA_EXCEEDED and ambiguous:
-        raise Timeout(
-            f"{req.op.name} of client {req.client_id} seq {req.seq}: refused "
-            f"for the quota after an unanswered attempt, which may or may not "
-            f"have been applied ({reply.value})")
-    if reply.code != ReplyCode.SESSION_EXPIRED:
-        raise refused(req, reply)
-    if ambiguous:
-        raise SessionExpired(
-            f"{req.op.name} of client {req.client_id} seq {req.seq}: the session "
-            "expired while the write was being retried after an unanswered "
-            "attempt; the write may or may not have been applied"
-        )
-    return RETRY_SESSION
 
 
 class Delivery:
@@ -591,7 +595,8 @@ class Delivery:
         self.stale = req.op == ReqOp.GET_STALE
         self.target = start
         self.attempt_timeout = retry.attempt_timeout + wait
-        self.ceiling = max(retry.max_attempt_timeout + wait, self.attempt_timeout)
+        # next_attempt_timeout never goes below the current one: no floor needed here.
+        self.ceiling = retry.max_attempt_timeout + wait
         self.tried: dict[str, str] = {}  # address -> what its last attempt got
         # Whether an attempt went unanswered (for a write: its fate is unknown).
         self.ambiguous = False

@@ -40,11 +40,10 @@ from zmq.utils.monitor import recv_monitor_message
 
 from raftkv import _requests as rq
 from raftkv._requests import (
-    CONNECT_GRACE,
     DEFAULT_TIMEOUT,
     DEFAULT_WATCH_WAIT,
     HANDSHAKE_EVENTS,
-    HANDSHAKE_FAILED,
+    HWM,
     OK,
     TERMINAL,
     LeaseInfo,
@@ -67,7 +66,6 @@ from raftkv.wire import (
 
 __all__ = ["Client", "Watch"]
 
-_HWM = 100_000
 # What a reader task hands a waiting request: (request_id, address index, reply).
 _Message = tuple[int, int, ClientReply | None]
 _CLOSED: _Message = (-1, -1, None)  # the client closed
@@ -108,7 +106,7 @@ class Client(rq.ClientCore):
         self._monitors: list[zmq.asyncio.Socket] = []
         try:
             for addr in addrs:
-                sock = connect_dealer(self._context, addr, hwm=_HWM,
+                sock = connect_dealer(self._context, addr, hwm=HWM,
                                       credentials=self.credentials)
                 self._socks.append(sock)
                 self._monitors.append(sock.get_monitor_socket(HANDSHAKE_EVENTS))
@@ -117,7 +115,7 @@ class Client(rq.ClientCore):
             raise ValueError(f"cannot connect to {addrs}: {e}") from e
         # Until then, a send to a socket still connecting waits for it (the sockets
         # connect from now on, loop or not); after it, no connection means a node down.
-        self._grace_end = time.monotonic() + min(CONNECT_GRACE, self.attempt_timeout / 2)
+        self._grace_end = time.monotonic() + self._connect_grace
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Client:
@@ -286,10 +284,7 @@ class Client(rq.ClientCore):
     async def _read_monitor(self, i: int, monitor: zmq.asyncio.Socket) -> None:
         while True:
             event = (await recv_monitor_message(monitor))["event"]  # type: ignore[misc]
-            if event in HANDSHAKE_FAILED:
-                self._handshake_failures[i] = HANDSHAKE_FAILED[event]
-            else:
-                self._handshake_failures.pop(i, None)
+            rq.note_handshake(self._handshake_failures, i, event)
 
     async def _submit(self, i: int, frame: bytes) -> bool:
         """Queue `frame` on socket `i`; False if it has no connection. During the
@@ -393,7 +388,9 @@ async def _wait(q: asyncio.Queue[_Message], rid: int, until: float) -> rq.Outcom
         if remaining <= 0:
             return None
         try:
-            request_id, index, reply = await asyncio.wait_for(q.get(), remaining)
+            # asyncio.timeout, not wait_for: wait_for wraps the get in a Task per wait.
+            async with asyncio.timeout(remaining):
+                request_id, index, reply = await q.get()
         except TimeoutError:
             return None
         if reply is None:

@@ -121,7 +121,7 @@ from raftkv._requests import (
     DEFAULT_TIMEOUT,
     DEFAULT_WATCH_WAIT,
     HANDSHAKE_EVENTS,
-    HANDSHAKE_FAILED,
+    HWM,
     OK,
     TERMINAL,
     LeaseInfo,
@@ -173,7 +173,6 @@ __all__ = [
 if TYPE_CHECKING:
     from raftkv.concurrency import Election, Lease, Lock
 
-_HWM = 100_000
 # What the I/O thread hands a waiting caller: (request_id, address index, reply), where
 # reply None means the frame could not be queued (no connection to that address).
 _Message = tuple[int, int, ClientReply | None]
@@ -239,7 +238,7 @@ class _IOThread(threading.Thread):
         monitors: list[zmq.Socket] = []
         try:
             for addr in self.addresses:
-                sock = connect_dealer(self.context, addr, hwm=_HWM,
+                sock = connect_dealer(self.context, addr, hwm=HWM,
                                       credentials=self.credentials)
                 socks.append(sock)
                 monitors.append(sock.get_monitor_socket(HANDSHAKE_EVENTS))
@@ -264,10 +263,7 @@ class _IOThread(threading.Thread):
     def _read_monitor(self, i: int, monitor: zmq.Socket) -> None:
         while monitor.poll(0):
             event = recv_monitor_message(monitor)["event"]
-            if event in HANDSHAKE_FAILED:
-                self.handshake_failures[i] = HANDSHAKE_FAILED[event]
-            else:
-                self.handshake_failures.pop(i, None)
+            rq.note_handshake(self.handshake_failures, i, event)
 
     def _loop(self, socks: list[zmq.Socket], monitors: list[zmq.Socket]) -> None:
         poller = zmq.Poller()
@@ -420,8 +416,7 @@ class Client(rq.ClientCore):
         self._sessions = rq.SessionPool(threading.Lock())
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
-        grace = min(CONNECT_GRACE, self.attempt_timeout / 2)
-        self._io = _IOThread(addrs, self._context, grace,
+        self._io = _IOThread(addrs, self._context, self._connect_grace,
                              credentials=self.credentials)
         self._io.start()
         self._io.ready.wait()

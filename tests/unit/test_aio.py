@@ -41,6 +41,7 @@ from tests.unit.test_client import (
     dead_address,
     drop,
     not_leader,
+    repeating_watch_node,
 )
 
 ctx, node = fakes.ctx, fakes.node
@@ -140,18 +141,7 @@ def test_scan_iter_is_an_async_iterator_over_every_page(node, client) -> None:
 
 def test_a_watch_resumes_after_the_last_event_and_never_repeats_one(node, client) -> None:
     asked: list[int] = []
-    answers = iter([
-        [5, [[3, 1, b"k", b"a"], [4, 2, b"k", None]]],
-        [6, [[4, 2, b"k", None], [5, 1, b"k", b"b"]]],  # a node repeating revision 4
-        [9, []],
-        [10, [[9, 1, b"k", b"c"]]],
-    ])
-
-    def watch_node(req: ClientRequest) -> Answer:
-        asked.append(req.revision)
-        return ReplyCode.OK, next(answers), 0
-
-    kv = client(node(watch_node).address)
+    kv = client(node(repeating_watch_node(asked)).address)
 
     async def go() -> None:
         async with kv, kv.watch("k", start_revision=3) as w:

@@ -130,6 +130,23 @@ def drop(req: ClientRequest) -> Answer:
     return None
 
 
+def repeating_watch_node(asked: list[int]) -> Handler:
+    """A node answering four WATCHes (recording each one's revision in `asked`): events
+    3 and 4, then 4 again with 5 (a node repeating revision 4), none, then 9."""
+    answers = iter([
+        [5, [[3, 1, b"k", b"a"], [4, 2, b"k", None]]],
+        [6, [[4, 2, b"k", None], [5, 1, b"k", b"b"]]],
+        [9, []],
+        [10, [[9, 1, b"k", b"c"]]],
+    ])
+
+    def watch_node(req: ClientRequest) -> Answer:
+        asked.append(req.revision)
+        return ReplyCode.OK, next(answers), 0
+
+    return watch_node
+
+
 def dead_address() -> str:
     """A loopback port nothing listens on (free when asked)."""
     s = socket.socket()
@@ -264,18 +281,7 @@ def test_scan_iter_stops_with_an_error_when_a_node_ignores_the_cursor(node, clie
 def test_a_watch_asks_from_the_revision_after_the_last_event_and_never_repeats_one(
         node, client) -> None:
     asked: list[int] = []
-    answers = iter([
-        [5, [[3, 1, b"k", b"a"], [4, 2, b"k", None]]],
-        [6, [[4, 2, b"k", None], [5, 1, b"k", b"b"]]],  # a node repeating revision 4
-        [9, []],
-        [10, [[9, 1, b"k", b"c"]]],
-    ])
-
-    def watch_node(req: ClientRequest) -> Answer:
-        asked.append(req.revision)
-        return ReplyCode.OK, next(answers), 0
-
-    kv = client(node(watch_node).address)
+    kv = client(node(repeating_watch_node(asked)).address)
     w = kv.watch("k", start_revision=3)
     got = [next(w) for _ in range(4)]
     assert [(e.revision, e.type, e.value) for e in got] == [
