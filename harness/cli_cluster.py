@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -21,10 +20,9 @@ from harness.cli import (
     EXIT_NEGATIVE,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
-    dir_option,
+    cluster_options,
     json_option,
     main,
-    timeout_option,
     with_client,
 )
 from harness.cluster_target import (
@@ -32,31 +30,15 @@ from harness.cluster_target import (
     EndpointsError,
     cluster_target,
     parse_address,
-    target_options,
 )
 from raftkv.kv import KeyValue
 from raftkv.raft import ConfOp
 from raftkv.server import EXIT_STORAGE, EXIT_USAGE, HEX64, fail, parse_voters
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
-F = TypeVar("F", bound=Callable[..., Any])
 HEALTH_KEY = b"health"  # what `endpoint health` reads (etcd's choice); it need not exist
 RETRY_PAUSE_S = 0.05  # between attempts at a request the cluster cannot serve yet
 SAVE_ATTEMPTS = 3  # `snapshot save` starts over this often when leadership moves
-
-
-def cluster_options(timeout: float | None = None, what: str = "") -> Callable[[F], F]:
-    """--dir or --endpoints (with --credentials), --timeout (the CLI's usual one, or
-    `timeout` seconds for `what`) and --json."""
-    wait = timeout_option if timeout is None else click.option(
-        "--timeout", default=timeout, show_default=True, type=click.FloatRange(min=1),
-        help=f"Seconds for {what}.")
-
-    def decorate(f: F) -> F:
-        for option in (json_option, wait, target_options, dir_option):
-            f = option(f)
-        return f
-    return decorate
 
 
 # -- asking the nodes ------------------------------------------------------------------------
