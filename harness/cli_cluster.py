@@ -77,15 +77,13 @@ def statuses(target: ClusterTarget, timeout: float,
 
 
 def leader_of(found: dict[int, dict[str, Any] | str]) -> tuple[int, dict[str, Any]] | None:
-    """(id, STATUS) of the highest-term node that claims to lead, if any does."""
-    claims = [(st["term"], node_id) for node_id, st in found.items()
-              if isinstance(st, dict) and st.get("role") == "leader"]
-    if not claims:
-        return None
-    leader = max(claims)[1]
-    st = found[leader]
-    assert isinstance(st, dict)
-    return leader, st
+    """(id, STATUS) of the highest-term node that claims to lead (launcher.leader_of's
+    rule), if any does."""
+    from harness.launcher import leader_of as claimant
+
+    answered = {node_id: st for node_id, st in found.items() if isinstance(st, dict)}
+    leading = claimant(answered)
+    return None if leading is None else (leading[0], answered[leading[0]])
 
 
 def addresses_known(target: ClusterTarget,
