@@ -476,10 +476,10 @@ def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) 
         fail(f"no backup in {SAVE_ATTEMPTS} attempts: {state}", EXIT_UNAVAILABLE)
     revision, data = state
     backup = write_backup(file, revision, data.items())
-    result = {"file": str(file), "revision": revision, "keys": len(backup.pairs),
+    result = {"file": str(file), "revision": revision, "keys": len(backup.items),
               "bytes": file.stat().st_size}
     click.echo(json.dumps(result) if as_json else
-               f"saved {len(backup.pairs)} keys as of revision {revision} to {file} "
+               f"saved {len(backup.items)} keys as of revision {revision} to {file} "
                f"({result['bytes']} bytes)")
 
 
@@ -576,8 +576,8 @@ def snapshot_restore(file: Path, data_dir: Path, node_id: int, voters: str,
     except (StorageError, OSError) as e:
         fail(f"{data_dir}: {e}", EXIT_STORAGE)
     result = {"data_dir": str(data_dir), "id": node_id, "revision": backup.revision,
-              "index": meta.index, "keys": len(backup.pairs), "voters": list(meta.voters)}
+              "index": meta.index, "keys": len(backup.items), "voters": list(meta.voters)}
     click.echo(json.dumps(result) if as_json else
-               f"{data_dir}: node {node_id} starts from {len(backup.pairs)} keys at index "
+               f"{data_dir}: node {node_id} starts from {len(backup.items)} keys at index "
                f"{meta.index}, voters {','.join(map(str, meta.voters))}; start it "
                "without --new")
