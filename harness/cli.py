@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -18,6 +18,8 @@ from raftkv.node_defaults import STATES
 from raftkv.quota import DEFAULT_QUOTA, MAX_QUOTA
 from raftkv.server import EXIT_STORAGE, EXIT_USAGE, fail, metrics_port_option
 from raftkv.server import node as node_command_
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1  # the answer is "no": key not found, not swapped
@@ -67,6 +69,20 @@ exactly_once_option = click.option(
          "can be resent safely until --timeout and rides out a leader change. Without it "
          "the write is sent at most once: one entry, one round trip, and exit 7 if it "
          "went unanswered.")
+
+
+def cluster_options(timeout: float | None = None, what: str = "") -> Callable[[F], F]:
+    """--dir or --endpoints (with --credentials), --timeout (the CLI's usual one, or
+    `timeout` seconds for `what`) and --json."""
+    wait = timeout_option if timeout is None else click.option(
+        "--timeout", default=timeout, show_default=True, type=click.FloatRange(min=1),
+        help=f"Seconds for {what}.")
+
+    def decorate(f: F) -> F:
+        for option in (json_option, wait, target_options, dir_option):
+            f = option(f)
+        return f
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -21,10 +20,9 @@ from harness.cli import (
     EXIT_NEGATIVE,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
-    dir_option,
+    cluster_options,
     json_option,
     main,
-    timeout_option,
     with_client,
 )
 from harness.cluster_target import (
@@ -32,31 +30,15 @@ from harness.cluster_target import (
     EndpointsError,
     cluster_target,
     parse_address,
-    target_options,
 )
 from raftkv.kv import KeyValue
 from raftkv.raft import ConfOp
 from raftkv.server import EXIT_STORAGE, EXIT_USAGE, HEX64, fail, parse_voters
 from raftkv.wire import ClientReply, ClientRequest, ReplyCode, ReqOp
 
-F = TypeVar("F", bound=Callable[..., Any])
 HEALTH_KEY = b"health"  # what `endpoint health` reads (etcd's choice); it need not exist
 RETRY_PAUSE_S = 0.05  # between attempts at a request the cluster cannot serve yet
 SAVE_ATTEMPTS = 3  # `snapshot save` starts over this often when leadership moves
-
-
-def cluster_options(timeout: float | None = None, what: str = "") -> Callable[[F], F]:
-    """--dir or --endpoints (with --credentials), --timeout (the CLI's usual one, or
-    `timeout` seconds for `what`) and --json."""
-    wait = timeout_option if timeout is None else click.option(
-        "--timeout", default=timeout, show_default=True, type=click.FloatRange(min=1),
-        help=f"Seconds for {what}.")
-
-    def decorate(f: F) -> F:
-        for option in (json_option, wait, target_options, dir_option):
-            f = option(f)
-        return f
-    return decorate
 
 
 # -- asking the nodes ------------------------------------------------------------------------
@@ -95,15 +77,13 @@ def statuses(target: ClusterTarget, timeout: float,
 
 
 def leader_of(found: dict[int, dict[str, Any] | str]) -> tuple[int, dict[str, Any]] | None:
-    """(id, STATUS) of the highest-term node that claims to lead, if any does."""
-    claims = [(st["term"], node_id) for node_id, st in found.items()
-              if isinstance(st, dict) and st.get("role") == "leader"]
-    if not claims:
-        return None
-    leader = max(claims)[1]
-    st = found[leader]
-    assert isinstance(st, dict)
-    return leader, st
+    """(id, STATUS) of the highest-term node that claims to lead (launcher.leader_of's
+    rule), if any does."""
+    from harness.launcher import leader_of as claimant
+
+    answered = {node_id: st for node_id, st in found.items() if isinstance(st, dict)}
+    leading = claimant(answered)
+    return None if leading is None else (leading[0], answered[leading[0]])
 
 
 def addresses_known(target: ClusterTarget,
@@ -496,10 +476,10 @@ def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) 
         fail(f"no backup in {SAVE_ATTEMPTS} attempts: {state}", EXIT_UNAVAILABLE)
     revision, data = state
     backup = write_backup(file, revision, data.items())
-    result = {"file": str(file), "revision": revision, "keys": len(backup.pairs),
+    result = {"file": str(file), "revision": revision, "keys": len(backup.items),
               "bytes": file.stat().st_size}
     click.echo(json.dumps(result) if as_json else
-               f"saved {len(backup.pairs)} keys as of revision {revision} to {file} "
+               f"saved {len(backup.items)} keys as of revision {revision} to {file} "
                f"({result['bytes']} bytes)")
 
 
@@ -596,8 +576,8 @@ def snapshot_restore(file: Path, data_dir: Path, node_id: int, voters: str,
     except (StorageError, OSError) as e:
         fail(f"{data_dir}: {e}", EXIT_STORAGE)
     result = {"data_dir": str(data_dir), "id": node_id, "revision": backup.revision,
-              "index": meta.index, "keys": len(backup.pairs), "voters": list(meta.voters)}
+              "index": meta.index, "keys": len(backup.items), "voters": list(meta.voters)}
     click.echo(json.dumps(result) if as_json else
-               f"{data_dir}: node {node_id} starts from {len(backup.pairs)} keys at index "
+               f"{data_dir}: node {node_id} starts from {len(backup.items)} keys at index "
                f"{meta.index}, voters {','.join(map(str, meta.voters))}; start it "
                "without --new")

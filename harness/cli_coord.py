@@ -17,11 +17,11 @@ import click
 
 from harness.cli import (
     EXIT_NEGATIVE,
+    cluster_options,
     dir_option,
     json_option,
     main,
     print_answer,
-    timeout_option,
     with_client,
 )
 from harness.cluster_target import target_options
@@ -66,10 +66,7 @@ def lease() -> None:
 
 @lease.command(name="grant")
 @click.argument("ttl", type=click.FloatRange(min=0.001))
-@dir_option
-@target_options
-@timeout_option
-@json_option
+@cluster_options()
 def lease_grant(ttl: float, cluster_dir: Path, timeout: float, as_json: bool) -> None:
     """Grant a lease of TTL seconds; print its id."""
     lid = with_client(cluster_dir, timeout, lambda kv: kv.grant(ttl, timeout=timeout))
@@ -78,10 +75,7 @@ def lease_grant(ttl: float, cluster_dir: Path, timeout: float, as_json: bool) ->
 
 @lease.command(name="revoke")
 @click.argument("lease_id", metavar="ID", type=click.IntRange(min=1))
-@dir_option
-@target_options
-@timeout_option
-@json_option
+@cluster_options()
 def lease_revoke(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool) -> None:
     """End lease ID now and delete its keys. Exit 1 if it was gone already."""
     existed = with_client(cluster_dir, timeout, lambda kv: kv.revoke(lease_id, timeout=timeout))
@@ -91,10 +85,7 @@ def lease_revoke(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool
 
 @lease.command(name="info")
 @click.argument("lease_id", metavar="ID", type=click.IntRange(min=1))
-@dir_option
-@target_options
-@timeout_option
-@json_option
+@cluster_options()
 def lease_info(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool) -> None:
     """Lease ID's TTL, the seconds left of it on the leader's clock, and its keys. Exit 1
     if it is gone."""
@@ -118,10 +109,7 @@ def lease_info(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool) 
 
 @lease.command(name="keepalive")
 @click.argument("lease_id", metavar="ID", type=click.IntRange(min=1))
-@dir_option
-@target_options
-@timeout_option
-@json_option
+@cluster_options()
 @click.option("--once", is_flag=True, help="One keepalive, then exit.")
 def lease_keepalive(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool,
                     once: bool) -> None:

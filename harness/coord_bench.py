@@ -30,15 +30,11 @@ import time
 from pathlib import Path
 
 from harness import bench_compare as bc
+from harness.loadgen import percentile
 
 LOCK_TTL = 10.0
 CONNS = 10  # clients the watch streams spread over, in both systems
 IN_FLIGHT = 16  # the writer's puts outstanding at once
-
-
-def percentile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def raftkv_lock(cluster, n: int) -> dict[str, float]:
@@ -61,9 +57,9 @@ def raftkv_lock(cluster, n: int) -> dict[str, float]:
 
 def summary(acquire: list[float], release: list[float]) -> dict[str, float]:
     return {"acquire_p50_ms": statistics.median(acquire),
-            "acquire_p99_ms": percentile(acquire, 0.99),
+            "acquire_p99_ms": percentile(sorted(acquire), 0.99),
             "release_p50_ms": statistics.median(release),
-            "release_p99_ms": percentile(release, 0.99)}
+            "release_p99_ms": percentile(sorted(release), 0.99)}
 
 
 def raftkv_watch(cluster, watchers: int, events: int) -> dict[str, float]:

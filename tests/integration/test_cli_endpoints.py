@@ -39,10 +39,9 @@ class HandCluster:
                 "--heartbeat-ms", "20", "--election-ms", "150", *extra]
 
     def start(self, node_id: int, *extra: str) -> None:
-        log = open(self.root / f"node{node_id}.log", "ab")  # noqa: SIM115 (the child's)
-        self.procs[node_id] = subprocess.Popen(self.argv(node_id, *extra), stdout=log,
-                                               stderr=subprocess.STDOUT, cwd=REPO)
-        log.close()
+        with open(self.root / f"node{node_id}.log", "ab") as log:  # the child keeps a copy
+            self.procs[node_id] = subprocess.Popen(self.argv(node_id, *extra), stdout=log,
+                                                   stderr=subprocess.STDOUT, cwd=REPO)
 
     def kill(self, node_id: int) -> None:
         proc = self.procs.pop(node_id, None)

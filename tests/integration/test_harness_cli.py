@@ -357,19 +357,23 @@ def test_lease_lock_and_elect_verbs(cli):
     cli("put", "svc/b", "x", "--lease", str(lease), check=1)
 
     base = [sys.executable, "-m", "harness.cli"]
+    # The holder's COMMAND holds the lock until the test closes its stdin.
     hold = subprocess.Popen([*base, "lock", "nightly", "--", sys.executable, "-c",
-                             "import os, time; print(os.environ['RAFTKV_LOCK_TOKEN'], "
-                             "flush=True); time.sleep(2)"],
-                            env=cli.env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+                             "import os, sys; print(os.environ['RAFTKV_LOCK_TOKEN'], "
+                             "flush=True); sys.stdin.readline()"],
+                            env=cli.env, cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     try:
         token = int(hold.stdout.readline())
         assert token > lease
         cli("lock", "nightly", "--wait", "0.3", "--", "true", check=1)  # held by the other
+        hold.stdin.close()
         assert hold.wait(timeout=30) == 0
         again = cli("lock", "nightly", "--wait", "10", "--", sys.executable, "-c",
-                    "import os, sys; sys.exit(int(os.environ['RAFTKV_LOCK_TOKEN']) % 7)",
-                    check=None)
-        assert again.returncode not in (1, 9)  # COMMAND's own code: its token mod 7
+                    "import os, sys; t = int(os.environ['RAFTKV_LOCK_TOKEN']); "
+                    "print(t); sys.exit(t % 7)", check=None)
+        assert int(again.stdout) > token  # a later holder's token is larger
+        assert again.returncode == int(again.stdout) % 7  # COMMAND's own code
     finally:
         hold.kill()
         hold.wait()
