@@ -245,6 +245,11 @@ class ClientCore:
         self._spread = itertools.count()  # where the next stale read starts
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` (`aclose`) was called: every later call fails."""
+        return self._closed
+
     def _learn_leader(self, index: int) -> None:
         self._leader = index
 

@@ -107,7 +107,7 @@ class Lease:
             except LeaseLost:
                 return
             except RaftKVError:
-                if getattr(self.client, "_closed", False):
+                if self.client.closed:
                     return  # the client went: nothing can keep the lease alive now
                 # no answer this time; `alive` runs out if none comes in time
 
