@@ -348,10 +348,13 @@ class Election(_InLine):
         """The leader now, then each time it changes (None: no candidate), for as long
         as the caller iterates. Every change is seen; a quick succession may show only
         its last leader."""
-        current = self.leader()
-        yield current
+        # The watch's start comes from a read made before the leader's: a change the
+        # leader read missed is later than every revision that read saw, so the watch
+        # sees it. The other order loses a campaign that lands between the two reads.
         line = queue(self.client, self.prefix)
         start = max((c.mod_revision for c in line), default=0) + 1
+        current = self.leader()
+        yield current
         while True:
             with self.client.watch(self.prefix, prefix=True, start_revision=start,
                                    wait=wait) as w:

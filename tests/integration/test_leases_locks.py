@@ -159,6 +159,42 @@ def test_an_election_has_one_leader_and_observers_see_it_change(cluster):
         eb.resign()
 
 
+def test_an_observer_sees_a_campaign_that_lands_between_its_first_reads(cluster):
+    """observe() reads the line (for the watch's start) and the leader: a candidate
+    elected between those two reads must still be reported. The hook below campaigns
+    right after the observer's first read, whichever read comes first."""
+    cluster.wait_leader()
+    with client(cluster) as a, client(cluster) as watcher:
+        election = a.election("race", ttl=5)
+        fired = threading.Event()
+
+        def after_first_read(read):
+            def hooked(*args, **kw):
+                out = read(*args, **kw)
+                if not fired.is_set():
+                    fired.set()
+                    election.campaign("host-a")
+                return out
+            return hooked
+
+        watcher.oldest = after_first_read(watcher.oldest)
+        watcher.scan_iter = after_first_read(watcher.scan_iter)
+        seen: list[bytes | None] = []
+        elected = threading.Event()
+
+        def observe() -> None:
+            for leader in watcher.election("race").observe(wait=0.3):
+                seen.append(None if leader is None else leader.value)
+                if leader is not None:
+                    elected.set()
+                    return
+
+        threading.Thread(target=observe, daemon=True).start()
+        assert elected.wait(10), f"the observer never saw the campaign: {seen}"
+        assert fired.is_set() and seen[-1] == b"host-a"
+        election.resign()
+
+
 def test_locks_on_one_shared_lease_release_by_deleting_their_key(cluster):
     """etcd's session: one lease kept alive for many locks; release deletes the key and
     the lease lives on."""
