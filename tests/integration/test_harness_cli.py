@@ -18,6 +18,7 @@ import pytest
 from harness.cluster_state import REPO, ClusterState, live_process, signal_process
 from harness.launcher import free_base_port, port_in_use, wait_for
 from raftkv import Client, Compare, Get, Put
+from tests.lines import line_within
 
 
 class CLI:
@@ -364,7 +365,7 @@ def test_lease_lock_and_elect_verbs(cli):
                             env=cli.env, cwd=REPO, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
-        token = int(hold.stdout.readline())
+        token = int(line_within(hold.stdout, 30, "the holder's token"))
         assert token > lease
         cli("lock", "nightly", "--wait", "0.3", "--", "true", check=1)  # held by the other
         hold.stdin.close()
@@ -383,14 +384,14 @@ def test_lease_lock_and_elect_verbs(cli):
     listen = subprocess.Popen([*base, "elect", "sched", "--listen", "--json"], env=cli.env,
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
-        assert json.loads(leader.stdout.readline())["value"] == "host-a"
-        first = json.loads(listen.stdout.readline())
+        assert json.loads(line_within(leader.stdout, 30, "the election"))["value"] == "host-a"
+        first = json.loads(line_within(listen.stdout, 30, "the listener's first leader"))
         if first["leader"] is None:  # the listener started before the candidate won
-            first = json.loads(listen.stdout.readline())
+            first = json.loads(line_within(listen.stdout, 30, "host-a's election"))
         assert first["leader"] == "host-a" and first["revision"] > 0
         leader.send_signal(signal.SIGTERM)  # resigns on the way out
         assert leader.wait(timeout=30) == 0
-        assert json.loads(listen.stdout.readline())["leader"] is None
+        assert json.loads(line_within(listen.stdout, 30, "the resignation"))["leader"] is None
     finally:
         for p in (leader, listen):
             p.kill()

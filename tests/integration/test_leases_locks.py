@@ -16,6 +16,7 @@ from harness.launcher import wait_for
 from raftkv import Client
 from raftkv.client import LeaseNotFound
 from raftkv.concurrency import NotAcquired
+from tests.lines import line_within
 
 
 def client(cluster, **kw) -> Client:
@@ -109,7 +110,7 @@ def test_a_holder_killed_9_loses_the_lock_after_its_ttl(cluster):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, addrs, str(cluster.keys_dir)],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        token = int(holder.stdout.readline())
+        token = int(line_within(holder.stdout, 30, "the holder's token"))
         with client(cluster) as kv:
             with pytest.raises(NotAcquired):
                 kv.lock("crash", ttl=2).acquire(timeout=0.5)

@@ -27,6 +27,7 @@ from harness.cluster_state import (
     stop_process,
     with_peers,
 )
+from tests.lines import line_within
 
 PEERS = {1: "tcp://h:1", 2: "tcp://h:2", 3: "tcp://h:3"}
 
@@ -226,7 +227,7 @@ def test_stop_process_counts_a_zombie_another_parent_has_not_reaped_as_stopped()
          "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
     pid = 0
     try:
-        pid = int(parent.stdout.readline())
+        pid = int(line_within(parent.stdout, 30, "the child's pid"))
         created = create_time(pid)
         done = threading.Event()
         result: list[bool] = []
