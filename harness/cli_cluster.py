@@ -453,15 +453,16 @@ def snapshot() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @cluster_options(60.0, "the whole backup")
 def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) -> None:
-    """Write every key and value, as of one revision, to FILE (whole or not at all).
+    """Write every key and value, and every lease, as of one revision, to FILE (whole or
+    not at all).
 
     The state is a true point in time: the keys are read in linearizable pages (SCAN),
-    and the writes applied while they were read (WATCH from before the first page to
-    the commit index after the last) are laid over them, giving the state at that
-    commit index. The leader must lead throughout, a majority of the voters answering in its
-    term afterwards (else it starts over, up to 3 times).
-    Each key keeps its create and mod revision and version. Exit 3 if the cluster
-    cannot serve it in --timeout."""
+    then the leases (LEASE_LIST, which names the revision it read them at), and the
+    writes applied meanwhile (WATCH from before the first page up to that revision) are
+    laid over the pages, giving the keys at that revision. The leader must lead
+    throughout, a majority of the voters answering in its term afterwards (else it starts
+    over, up to 3 times). Each key keeps its create and mod revision and version, each
+    lease its TTL and keys. Exit 3 if the cluster cannot serve it in --timeout."""
     from raftkv.backup import write_backup
 
     target = cluster_target(cluster_dir)
@@ -474,34 +475,38 @@ def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) 
         click.echo(f"{state}; starting over ({attempt} of {SAVE_ATTEMPTS})", err=True)
     else:
         fail(f"no backup in {SAVE_ATTEMPTS} attempts: {state}", EXIT_UNAVAILABLE)
-    revision, data = state
-    backup = write_backup(file, revision, data.items())
+    revision, data, leases = state
+    backup = write_backup(file, revision, data.items(), leases)
     result = {"file": str(file), "revision": revision, "keys": len(backup.items),
-              "bytes": file.stat().st_size}
+              "leases": len(backup.leases), "bytes": file.stat().st_size}
     click.echo(json.dumps(result) if as_json else
-               f"saved {len(backup.items)} keys as of revision {revision} to {file} "
-               f"({result['bytes']} bytes)")
+               f"saved {len(backup.items)} keys and {len(backup.leases)} leases as of "
+               f"revision {revision} to {file} ({result['bytes']} bytes)")
+
+
+Leases = list[tuple[int, int, list[bytes]]]  # (lease_id, ttl_ms, keys), as write_backup takes
 
 
 def read_state(target: ClusterTarget, kv: Any,
-               deadline: float) -> tuple[int, dict[bytes, KeyValue]] | str:
-    """(revision R, every key's value and revisions at R), or why the pages may not be
-    one leader's.
+               deadline: float) -> tuple[int, dict[bytes, KeyValue], Leases] | str:
+    """(revision R, every key's value and revisions at R, the leases at R), or why the
+    reads may not be one leader's.
 
     Invariant: a linearizable page reads the state at some index between `start` (the
-    leader's applied index before the first page) and R (its commit index after the
-    last), because one leader in one term served every page: a majority of the voters
-    still being in that term afterwards proves no later term elected anyone (a deposed
-    leader that has not heard yet would still claim to lead). So laying every event of
-    (start, R] over the pages, in revision order, leaves each key as the last write at
-    or before R left it. An event a page already saw (at or below the key's
-    mod_revision there) is skipped: a put's version counts once."""
+    leader's applied index before the first page) and R (the index LEASE_LIST, read
+    after the last page, names), because one leader in one term served every read: a
+    majority of the voters still being in that term afterwards proves no later term
+    elected anyone (a deposed leader that has not heard yet would still claim to lead).
+    So laying every event of (start, R] over the pages, in revision order, leaves each
+    key as the last write at or before R left it. An event a page already saw (at or
+    below the key's mod_revision there) is skipped: a put's version counts once."""
     import raftkv
 
     leader, before, found = leader_status(target, max(1.0, deadline - time.monotonic()))
     start, term, voters = before["applied_index"], before["term"], before["voters"]
     everyone = addresses_known(target, found)  # voters the endpoints do not name too
     data: dict[bytes, KeyValue] = dict(kv.scan_iter(b"", page=1000, revisions=True))
+    listing = kv.leases(timeout=max(1.0, deadline - time.monotonic()))
     found = statuses(target, 2.0, everyone)
     after = found.get(leader)
     if not isinstance(after, dict) or (after["role"], after["term"]) != ("leader", term):
@@ -510,7 +515,7 @@ def read_state(target: ClusterTarget, kv: Any,
     if len(in_term) <= len(voters) // 2:
         return (f"only voters {in_term} of {voters} answered in term {term}: not a "
                 "majority, so a later term may have a leader")
-    end = after["commit_index"]
+    end = listing.revision
     watch = kv.watch(b"", prefix=True, start_revision=start + 1, wait=0.2)
     try:
         while watch.next_revision <= end:
@@ -534,7 +539,11 @@ def read_state(target: ClusterTarget, kv: Any,
         fail(f"the cluster no longer keeps the writes made during the backup ({e}); try "
              "again when writes are fewer, or give the nodes more --watch-history-bytes",
              EXIT_UNAVAILABLE)
-    return end, data
+    leases = [(i.id, round(i.ttl * 1000), i.keys) for i in listing.leases]
+    lacking = next((k for _, _, keys in leases for k in keys if k not in data), None)
+    if lacking is not None:
+        return f"a lease holds key {lacking!r:.40}, which the state at {end} lacks"
+    return end, data, leases
 
 
 @snapshot.command(name="restore")
@@ -556,9 +565,11 @@ def snapshot_restore(file: Path, data_dir: Path, node_id: int, voters: str,
     node as usual WITHOUT --new (`raftkv node --id N --data-dir D --peer ...`).
 
     The dir holds a snapshot at the backup's revision, so the new cluster's revisions
-    go on above the old one's; each key keeps its revisions and version (a key put with
-    a lease comes back without one). Exit 2 for a file that is not a whole backup, 4 for a data dir
-    that is not empty or cannot be written."""
+    go on above the old one's; each key keeps its revisions and version, each lease its
+    TTL and keys, timed afresh from its full TTL once the new cluster has a leader (a
+    backup from before leases were saved restores its keys without). Exit 2 for a file
+    that is not a whole backup, 4 for a data dir that is not empty or cannot be
+    written."""
     from raftkv.backup import BackupError, read_backup, seed_data_dir
     from raftkv.storage import StorageError
 
@@ -576,8 +587,10 @@ def snapshot_restore(file: Path, data_dir: Path, node_id: int, voters: str,
     except (StorageError, OSError) as e:
         fail(f"{data_dir}: {e}", EXIT_STORAGE)
     result = {"data_dir": str(data_dir), "id": node_id, "revision": backup.revision,
-              "index": meta.index, "keys": len(backup.items), "voters": list(meta.voters)}
+              "index": meta.index, "keys": len(backup.items), "leases": len(backup.leases),
+              "voters": list(meta.voters)}
     click.echo(json.dumps(result) if as_json else
-               f"{data_dir}: node {node_id} starts from {len(backup.items)} keys at index "
+               f"{data_dir}: node {node_id} starts from {len(backup.items)} keys and "
+               f"{len(backup.leases)} leases at index "
                f"{meta.index}, voters {','.join(map(str, meta.voters))}; start it "
                "without --new")

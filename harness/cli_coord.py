@@ -58,10 +58,10 @@ def _text(b: bytes | str) -> str:
 
 @click.group()
 def lease() -> None:
-    """Leases: grant one, keep it alive, look at it, revoke it. A key put with a lease
-    (`raftkv put KEY VALUE --lease ID`) is deleted when the lease ends: revoked, or not
-    kept alive within its TTL (the leader times it, and a new leader restarts it at its
-    full TTL)."""
+    """Leases: grant one, keep it alive, look at one or list them all, revoke one. A key
+    put with a lease (`raftkv put KEY VALUE --lease ID`) is deleted when the lease ends:
+    revoked, or not kept alive within its TTL (the leader times it, and a new leader
+    restarts it at its full TTL)."""
 
 
 @lease.command(name="grant")
@@ -97,7 +97,11 @@ def lease_info(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool) 
         except raftkv.client.LeaseNotFound as e:
             fail(str(e), EXIT_NEGATIVE)
 
-    i = with_client(cluster_dir, timeout, info)
+    _echo_lease(with_client(cluster_dir, timeout, info), as_json)
+
+
+def _echo_lease(i: Any, as_json: bool) -> None:
+    """One `LeaseInfo`: a JSON object, or a line of text."""
     keys = [_text(k) for k in i.keys]
     if as_json:
         click.echo(json.dumps({"id": i.id, "ttl": i.ttl, "remaining": i.remaining,
@@ -105,6 +109,16 @@ def lease_info(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool) 
     else:
         click.echo(f"lease {i.id}: ttl {i.ttl:g}s, {i.remaining:.3f}s left, "
                    f"{len(keys)} keys{': ' if keys else ''}{' '.join(keys)}")
+
+
+@lease.command(name="list")
+@cluster_options()
+def lease_list(cluster_dir: Path, timeout: float, as_json: bool) -> None:
+    """Every lease, as `lease info` prints one (with --json, a JSON object a line), as of
+    one revision: a line per lease, in id order."""
+    listing = with_client(cluster_dir, timeout, lambda kv: kv.leases(timeout=timeout))
+    for i in listing.leases:
+        _echo_lease(i, as_json)
 
 
 @lease.command(name="keepalive")

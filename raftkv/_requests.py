@@ -331,6 +331,26 @@ def parse_lease_info(lid: int, raw: object, decode: bool) -> LeaseInfo:
     return LeaseInfo(lid, raw[0] / 1000, raw[1] / 1000, keys)
 
 
+class LeaseList(NamedTuple):
+    """What `Client.leases` answers: every lease (`LeaseInfo`, in id order) as of
+    `revision`, the leader's applied index when it read them."""
+
+    revision: int
+    leases: list[LeaseInfo]
+
+
+def parse_lease_list(raw: object, decode: bool) -> LeaseList:
+    if (type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int
+            or type(raw[1]) is not list):
+        raise RaftKVError(f"LEASE_LIST answered {raw!r:.60}")
+    leases = []
+    for item in raw[1]:
+        if type(item) is not list or len(item) != 4 or type(item[0]) is not int:
+            raise RaftKVError(f"LEASE_LIST answered a lease {item!r:.60}")
+        leases.append(parse_lease_info(item[0], item[1:], decode))
+    return LeaseList(raw[0], leases)
+
+
 def parse_revision(revision: object) -> int:
     if type(revision) is not int:
         raise RaftKVError(f"PUT answered {revision!r:.40}, not a revision")

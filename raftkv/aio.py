@@ -47,6 +47,7 @@ from raftkv._requests import (
     OK,
     TERMINAL,
     LeaseInfo,
+    LeaseList,
 )
 from raftkv.client import RaftKVError, Unavailable
 from raftkv.kv import KeyValue
@@ -150,6 +151,11 @@ class Client(rq.ClientCore):
         req = rq.lease_request(ReqOp.LEASE_INFO, lease)
         reply = await self._read(req, timeout)
         return rq.parse_lease_info(req.lease, reply.value, self.decode)
+
+    async def leases(self, *, timeout: float | None = None) -> LeaseList:
+        """As `raftkv.Client.leases`."""
+        reply = await self._read(ClientRequest(0, ReqOp.LEASE_LIST), timeout)
+        return rq.parse_lease_list(reply.value, self.decode)
 
     async def get_kv(self, key: Key, *, timeout: float | None = None) -> KeyValue | None:
         """As `raftkv.Client.get_kv`."""

@@ -5,17 +5,23 @@ A backup file is the data of one revision of the cluster, every key and its valu
 
     MAGIC                      b"RAFTKV-BACKUP\\n"
     header length              uint32, big-endian
-    header                     msgpack map: version (2), revision, keys, body_bytes,
+    header                     msgpack map: version (3), revision, keys, body_bytes,
                                body_crc32, created (ISO 8601, UTC)
-    body                       msgpack array of [key, value, create_revision,
-                               mod_revision, version], in key order
+    body                       msgpack array [items, leases]: items an array of [key,
+                               value, create_revision, mod_revision, version] in key
+                               order, leases one of [lease_id, ttl_ms, [key, ...]] in id
+                               order (`LeaseTable.wire`)
 
 `revision` is the log index the state is that of: every write up to it is in the backup
 and none after it, and each key keeps the revisions it had then (0 < create <= mod <=
 revision), so a restored cluster answers a compare on them as the old one would, and
-its writes get revisions above every one the old cluster gave. Version 1 files held
-[key, value] only; their keys restore as created and modified at `revision`, version 1.
-Leases are not kept: a key put with a lease restores without one.
+its writes get revisions above every one the old cluster gave. The leases are those
+that existed at `revision`, each with its TTL and the keys it held then: restored, a
+key put with a lease (a lock's, an election's) still ends with it, the lease timed
+afresh from its full TTL when the new cluster's first leader starts, as after any
+failover. Version 2 files held the items alone (their keys restore without leases), and
+version 1 files [key, value] only (their keys restore as created and modified at
+`revision`, version 1).
 
 Restoring writes, into a new data dir, what a node that has compacted its log holds: its
 FORMAT (node id, cluster id), a snapshot at index `revision` (term 1, the new cluster's
@@ -30,19 +36,22 @@ import os
 import struct
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
 from raftkv.kv import KeyValue, KVStore, pack_record
+from raftkv.leases import LeaseError, LeaseTable
 from raftkv.raft.types import SnapshotMeta
 from raftkv.storage import Identity, Storage, StorageError
 
 MAGIC = b"RAFTKV-BACKUP\n"
-VERSION = 2
+VERSION = 3
+_VERSIONS = (1, 2, VERSION)  # what read_backup reads
+_BUILT_FORMAT = 5  # kv.py's snapshot format 5, which snapshot_data builds
 _LENGTH = struct.Struct(">I")
-_BUILT_FORMAT = 4  # kv.py's snapshot format 4: [4, applied, [{key: record}], sessions, members]
 RESTORED_TERM = 1  # the snapshot's term: the first a new cluster's log can have
 
 
@@ -53,11 +62,13 @@ class BackupError(ValueError):
 @dataclass(frozen=True)
 class Backup:
     """The state of a cluster at `revision`: its keys with their values and revisions
-    (`KeyValue`), in key order."""
+    (`KeyValue`), in key order, and its leases ([lease_id, ttl_ms, [key, ...]], in id
+    order, as `LeaseTable.wire` gives them)."""
 
     revision: int
     items: list[tuple[bytes, KeyValue]]
     created: str = ""
+    leases: list[list[Any]] = field(default_factory=list)
 
     @property
     def pairs(self) -> list[tuple[bytes, bytes]]:
@@ -65,13 +76,18 @@ class Backup:
 
 
 def write_backup(path: Path, revision: int,
-                 items: Iterable[tuple[bytes, bytes | KeyValue]]) -> Backup:
-    """Write the backup of `items` at `revision` to `path`: a temp file, synced, then
-    renamed, so `path` is whole or untouched. An item is (key, KeyValue), or (key,
-    value) for a key created and last modified at `revision`."""
+                 items: Iterable[tuple[bytes, bytes | KeyValue]],
+                 leases: Iterable[tuple[int, int, Iterable[bytes]]] = ()) -> Backup:
+    """Write the backup of `items` and `leases` at `revision` to `path`: a temp file,
+    synced, then renamed, so `path` is whole or untouched. An item is (key, KeyValue),
+    or (key, value) for a key created and last modified at `revision`; a lease is
+    (lease_id, ttl_ms, its keys). ValueError if a lease is malformed or holds a key the
+    items lack (nothing is written)."""
     ordered = sorted((k, v if isinstance(v, KeyValue) else KeyValue(v, revision, revision, 1))
                      for k, v in items)
-    body = msgpack.packb([[k, *kv] for k, kv in ordered], use_bin_type=True)
+    table = _lease_table([[lid, ttl, sorted(keys)] for lid, ttl, keys in leases], revision,
+                         {k for k, _ in ordered}, str(path))
+    body = msgpack.packb([[[k, *kv] for k, kv in ordered], table.wire()], use_bin_type=True)
     created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     header = msgpack.packb({"version": VERSION, "revision": revision, "keys": len(ordered),
                             "body_bytes": len(body), "body_crc32": zlib.crc32(body),
@@ -82,7 +98,20 @@ def write_backup(path: Path, revision: int,
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return Backup(revision, ordered, created)
+    return Backup(revision, ordered, created, table.wire())
+
+
+def _lease_table(raw: object, revision: int, keys: set[bytes], where: str) -> LeaseTable:
+    """The leases `raw` ([[lease_id, ttl_ms, [key, ...]], ...]) of a state at
+    `revision` whose keys are `keys`; BackupError naming the first problem."""
+    try:
+        table = LeaseTable.from_wire(raw, revision)
+    except LeaseError as e:
+        raise BackupError(f"{where}: {e}") from None
+    for k in table.owner:
+        if k not in keys:
+            raise BackupError(f"{where}: a lease holds key {k!r:.40}, which it lacks")
+    return table
 
 
 def read_backup(path: Path) -> Backup:
@@ -98,7 +127,7 @@ def read_backup(path: Path) -> Backup:
         header = msgpack.unpackb(buf[at:at + length])
     except Exception as e:
         raise BackupError(f"{path}: its header is damaged ({e})") from None
-    if type(header) is not dict or header.get("version") not in (1, VERSION):
+    if type(header) is not dict or header.get("version") not in _VERSIONS:
         raise BackupError(f"{path}: backup version {header.get('version')!r:.20} is not "
                           f"supported (want {VERSION})" if type(header) is dict
                           else f"{path}: its header is damaged")
@@ -106,7 +135,7 @@ def read_backup(path: Path) -> Backup:
     if len(body) != header.get("body_bytes") or zlib.crc32(body) != header.get("body_crc32"):
         raise BackupError(f"{path} is damaged or cut short: its data does not match the "
                           "length and CRC32 its header records")
-    entries = msgpack.unpackb(body)
+    entries, raw_leases = _parts(msgpack.unpackb(body), header["version"], path)
     revision = header.get("revision")
     if type(revision) is not int or revision < 0 or len(entries) != header.get("keys"):
         raise BackupError(f"{path}: its header is inconsistent")
@@ -120,19 +149,30 @@ def read_backup(path: Path) -> Backup:
             raise BackupError(f"{path}: entry {e!r:.60} is not a key, its value and "
                               f"revisions up to {revision}")
         items.append((e[0], KeyValue(*e[1:])))
-    return Backup(revision, items, str(header.get("created", "")))
+    leases = _lease_table(raw_leases, revision, {k for k, _ in items}, str(path)).wire()
+    return Backup(revision, items, str(header.get("created", "")), leases)
+
+
+def _parts(body: object, version: int, path: Path) -> tuple[list[Any], list[Any]]:
+    """A body's items and leases: version 3 holds both, 1 and 2 the items alone."""
+    if version < 3:
+        body = [body, []]
+    if type(body) is not list or len(body) != 2 or not all(type(p) is list for p in body):
+        raise BackupError(f"{path}: its data is not [items, leases]")
+    return body[0], body[1]
 
 
 def snapshot_data(backup: Backup, index: int) -> bytes:
-    """The state machine's snapshot of `backup`'s keys, with their revisions, at `index`,
-    in the format kv.py writes now: built in format 4 (data, sessions, members), which
-    KVStore.restore reads, and written again by KVStore.snapshot, so a newer format's
-    parts take their empty values."""
+    """The state machine's snapshot of `backup`'s keys, with their revisions, and its
+    leases, at `index`, in the format kv.py writes now: built as format 5 (data,
+    sessions, members, leases), read by KVStore.restore, which checks it, and written
+    again by KVStore.snapshot."""
     data = {k: pack_record(kv.create_revision, kv.mod_revision, kv.version, kv.value)
             for k, kv in backup.items}
-    built = msgpack.packb((_BUILT_FORMAT, index, [data], [], {}), use_bin_type=True)
+    built = msgpack.packb((_BUILT_FORMAT, index, [data], [], {}, backup.leases),
+                          use_bin_type=True)
     state = KVStore()
-    state.restore(built)  # SnapshotError if kv.py no longer reads format 4
+    state.restore(built)  # SnapshotError if kv.py no longer reads format 5
     return state.snapshot()
 
 

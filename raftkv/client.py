@@ -125,6 +125,7 @@ from raftkv._requests import (
     OK,
     TERMINAL,
     LeaseInfo,
+    LeaseList,
 )
 from raftkv.errors import (
     AuthenticationFailed,
@@ -166,8 +167,8 @@ __all__ = [
     "CONNECT_GRACE", "CONSISTENCIES", "DEFAULT_ATTEMPT_TIMEOUT", "DEFAULT_TIMEOUT",
     "DEFAULT_WATCH_WAIT", "FIRST_PAUSE", "MAX_ATTEMPT_TIMEOUT", "MAX_PAUSE",
     "AuthenticationFailed", "BadRequest", "Client", "Compacted", "Credentials", "Forbidden",
-    "LeaseInfo", "LeaseNotFound", "QuotaExceeded", "RaftKVError", "Retry", "SessionExpired",
-    "Timeout", "Unavailable", "Watch",
+    "LeaseInfo", "LeaseList", "LeaseNotFound", "QuotaExceeded", "RaftKVError", "Retry",
+    "SessionExpired", "Timeout", "Unavailable", "Watch",
 ]
 
 if TYPE_CHECKING:
@@ -604,6 +605,12 @@ class Client(rq.ClientCore):
         holds. Raises LeaseNotFound if it is gone."""
         req = rq.lease_request(ReqOp.LEASE_INFO, lease)
         return rq.parse_lease_info(req.lease, self._read(req, timeout).value, self.decode)
+
+    def leases(self, *, timeout: float | None = None) -> LeaseList:
+        """Every lease, its TTL, the seconds left of it on the leader's clock and its
+        keys, as of one revision (`LeaseList.revision`): a linearizable read."""
+        req = ClientRequest(0, ReqOp.LEASE_LIST)
+        return rq.parse_lease_list(self._read(req, timeout).value, self.decode)
 
     def lease(self, ttl: float, *, keepalive: bool = True) -> Lease:
         """Grant a lease of `ttl` seconds and, with `keepalive`, keep it alive from a

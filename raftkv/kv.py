@@ -622,6 +622,10 @@ class KVStore:
         """A lease's [ttl_ms, [key, ...]], or None if it does not exist."""
         return self._leases.entry(lease_id)
 
+    def leases(self) -> list[list[Any]]:
+        """Every lease as [lease_id, ttl_ms, [key, ...]], in id order, keys sorted."""
+        return self._leases.wire()
+
     def _install_leases(self, table: LeaseTable) -> None:
         self._leases = table
         self._owner = table.owner

@@ -97,8 +97,10 @@ _INLINE_SYNC_MAX = 4
 _GET, _GET_STALE, _SCAN, _GET_KV = ReqOp.GET, ReqOp.GET_STALE, ReqOp.SCAN, ReqOp.GET_KV
 _WATCH = ReqOp.WATCH
 _KEEPALIVE, _LEASE_INFO, _OLDEST = ReqOp.LEASE_KEEPALIVE, ReqOp.LEASE_INFO, ReqOp.OLDEST
+_LEASE_LIST = ReqOp.LEASE_LIST
+_LEASE_READS = frozenset({_KEEPALIVE, _LEASE_INFO, _LEASE_LIST})
 # Served after a ReadIndex round.
-_LEADER_READS = frozenset({_GET, _SCAN, _GET_KV, _KEEPALIVE, _LEASE_INFO, _OLDEST})
+_LEADER_READS = frozenset({_GET, _SCAN, _GET_KV, _OLDEST, *_LEASE_READS})
 _TRANSFER, _CONF_CHANGE_OP, _CONTROL, _STATUS = (ReqOp.TRANSFER, ReqOp.CONF_CHANGE,
                                                  ReqOp.CONTROL, ReqOp.STATUS)
 _NORMAL, _CONF_CHANGE_ENTRY = EntryType.NORMAL, EntryType.CONF_CHANGE
@@ -843,7 +845,7 @@ class Replica:
             for req in batch.requests:
                 if req.op == _GET:
                     value: Any = get(req.key)
-                elif req.op == _KEEPALIVE or req.op == _LEASE_INFO:
+                elif req.op in _LEASE_READS:
                     self.serve_lease(req)
                     continue
                 elif req.op == _GET_KV:
@@ -875,8 +877,9 @@ class Replica:
                      self.kv.lease_ttls.get(lease_id, 0))
 
     def serve_lease(self, req: ClientRequest) -> None:
-        """KEEPALIVE or LEASE_INFO, after its ReadIndex round: only the leader times
-        leases, so only it answers."""
+        """KEEPALIVE, LEASE_INFO or LEASE_LIST, after its ReadIndex round: only the
+        leader times leases, so only it answers. LEASE_LIST names the applied index its
+        table is that of: the state the read saw, exactly (a backup relies on it)."""
         reply, timer = self.transport.reply, self.lease_timer
         if not timer.leading:
             self.counters["not_leader"] += 1
@@ -886,6 +889,11 @@ class Replica:
         # The timer was reconciled with the state after the batch that applied the read's
         # index (`apply`), and started when this node took the lead.
         now = self.clock.monotonic()
+        if req.op == _LEASE_LIST:
+            table = [[lid, ttl, round((timer.remaining(lid, now) or 0.0) * 1000), keys]
+                     for lid, ttl, keys in self.kv.leases()]
+            reply(req.identity, req.request_id, _OK, [self.kv.applied_index, table])
+            return
         ttl = self.kv.lease_ttls.get(req.lease)
         if ttl is None:
             reply(req.identity, req.request_id, ReplyCode.NOT_FOUND,

@@ -46,7 +46,8 @@ ROLE_ADMIN, ROLE_CLIENT = "admin", "client"
 CLIENT_OPS = frozenset({ReqOp.PUT, ReqOp.DELETE, ReqOp.CAS, ReqOp.TXN, ReqOp.OPEN_SESSION,
                         ReqOp.GET, ReqOp.GET_KV, ReqOp.WATCH, ReqOp.SCAN, ReqOp.GET_STALE,
                         ReqOp.STATUS, ReqOp.LEASE_GRANT, ReqOp.LEASE_REVOKE,
-                        ReqOp.LEASE_KEEPALIVE, ReqOp.LEASE_INFO, ReqOp.OLDEST})
+                        ReqOp.LEASE_KEEPALIVE, ReqOp.LEASE_INFO, ReqOp.LEASE_LIST,
+                        ReqOp.OLDEST})
 
 
 def refusal(role: str, op: ReqOp) -> str | None:

@@ -49,6 +49,7 @@ the sender and echoed in the reply::
     [VERSION, Kind.REQ, request_id, ReqOp.LEASE_REVOKE, client_id, seq, lease_id]
     [VERSION, Kind.REQ, request_id, ReqOp.LEASE_KEEPALIVE, lease_id]
     [VERSION, Kind.REQ, request_id, ReqOp.LEASE_INFO,   lease_id]
+    [VERSION, Kind.REQ, request_id, ReqOp.LEASE_LIST]
     [VERSION, Kind.REQ, request_id, ReqOp.OPEN_SESSION]
     [VERSION, Kind.REQ, request_id, ReqOp.STATUS]
     [VERSION, Kind.REQ, request_id, ReqOp.FAULT,        [peer_id, ...]]
@@ -102,7 +103,9 @@ Replies (a node to the requester)::
                         OPEN_SESSION -> client_id; STATUS -> map; FAULT -> [peer_id, ...];
                         LEASE_GRANT -> lease_id; LEASE_REVOKE -> existed (bool);
                         LEASE_KEEPALIVE -> the TTL restarted (ms);
-                        LEASE_INFO -> [ttl_ms, remaining_ms, [key, ...]]
+                        LEASE_INFO -> [ttl_ms, remaining_ms, [key, ...]];
+                        LEASE_LIST -> [applied_index, [[lease_id, ttl_ms, remaining_ms,
+                        [key, ...]], ...]], every lease as of that index, in id order
     BAD_REQUEST      1  the request is invalid (unknown op, wrong types, over a limit);
                         nothing was done. value: message naming the problem
     STALE_REQUEST    2  seq below the client's last applied seq (kv.Code)
@@ -231,6 +234,7 @@ class ReqOp(IntEnum):
     LEASE_KEEPALIVE = 13  # leader: restart a lease's TTL on its clock (not in the log)
     LEASE_INFO = 14  # leader: a lease's TTL, what is left of it, and its keys
     OLDEST = 15  # the key under a prefix created first (a lock's head), as GET_KV reads
+    LEASE_LIST = 16  # leader: every lease, its TTL, what is left and its keys, at an index
     STATUS = 32  # control: the node's status map
     FAULT = 33  # control: set the peers whose traffic is dropped both ways
     TRANSFER = 34  # control: leader, hand leadership to a node
@@ -491,7 +495,7 @@ def encode_request(req: ClientRequest) -> bytes:
         body = (req.client_id, req.seq, *(req.txn or ([], [], [])))
     elif op == ReqOp.WATCH:
         body = (req.key, req.prefix, req.revision, req.wait_ms)
-    elif op == ReqOp.OPEN_SESSION or op == ReqOp.STATUS:
+    elif op == ReqOp.OPEN_SESSION or op == ReqOp.STATUS or op == ReqOp.LEASE_LIST:
         body = ()
     elif op == ReqOp.FAULT:
         body = (sorted(req.peers),)
@@ -599,6 +603,7 @@ _ARGC = {
     ReqOp.LEASE_REVOKE: 3,
     ReqOp.LEASE_KEEPALIVE: 1,
     ReqOp.LEASE_INFO: 1,
+    ReqOp.LEASE_LIST: 0,
     ReqOp.OPEN_SESSION: 0,
     ReqOp.STATUS: 0,
     ReqOp.FAULT: 1,
@@ -839,7 +844,7 @@ def _decode_request(
                                  f"most {MAX_CONTROL_ARGS} ints or strs")
         req.name, req.args = name, tuple(cargs)
         return req
-    else:  # OPEN_SESSION, STATUS: no arguments
+    else:  # OPEN_SESSION, STATUS, LEASE_LIST: no arguments
         return req
     try:
         kv.validate_request(

@@ -67,7 +67,11 @@ def test_leases_through_the_async_client(cluster: LocalCluster) -> None:
             assert await kv.keepalive(lease) == 30.0
             info = await kv.lease_info(lease)
             assert info.keys == [b"eph"] and 29 < info.remaining <= 30
+            listing = await kv.leases()
+            assert [i.id for i in listing.leases] == [lease] and listing.revision > lease
+            assert listing.leases[0].keys == [b"eph"]
             assert await kv.revoke(lease) and await kv.get("eph") is None
+            assert (await kv.leases()).leases == []
             with pytest.raises(LeaseNotFound):
                 await kv.put("eph", "2", lease=lease)
             assert not await kv.revoke(lease)

@@ -203,13 +203,22 @@ def test_snapshot_save_is_one_point_in_time_and_restore_starts_a_new_cluster(
             ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda k: kv.put(k, "0"), names))
         stop = threading.Event()
+        service = kv.grant(600)
+        kv.put("svc/a", "up", lease=service)
+        held = kv.lease(2.0)  # kept alive by this client only: gone after the restore
+        kv.put("svc/held", "me", lease=held)
 
         def writer() -> None:  # the first key, then the last: never two steps apart
-            i = 0
+            i, lease = 0, 0
             while not stop.is_set():
                 i += 1
                 kv.put(names[0], str(i))
                 kv.put(names[-1], str(i))
+                if i % 5 == 0:  # a lease moved on: granted, its key put, the old revoked
+                    old, lease = lease, kv.grant(600)
+                    kv.put("eph", str(i), lease=lease)
+                    if old:
+                        kv.revoke(old)
 
         t = threading.Thread(target=writer)
         t.start()
@@ -219,7 +228,8 @@ def test_snapshot_save_is_one_point_in_time_and_restore_starts_a_new_cluster(
         finally:
             stop.set()
             t.join()
-    assert saved["keys"] == len(names)
+            held.close()
+    assert saved["keys"] in (len(names) + 2, len(names) + 3)  # svc/a, svc/held; eph?
 
     fresh = HandCluster(tmp_path / "new", 3, keys, new_cluster_id())
     (tmp_path / "new").mkdir()
@@ -230,13 +240,29 @@ def test_snapshot_save_is_one_point_in_time_and_restore_starts_a_new_cluster(
                 str(fresh.root / f"node{i}"), "--id", str(i), "--voters", "1,2,3",
                 "--cluster-id", format_cluster_id(fresh.cluster_id), "--json",
                 env=env).stdout)
-            assert restored["index"] == saved["revision"] and restored["keys"] == len(names)
+            assert restored["index"] == saved["revision"] and restored["keys"] == saved["keys"]
+            assert restored["leases"] == saved["leases"] >= 2
             fresh.start(i)  # no --new: the dir exists
         env2 = dict(env, RAFTKV_ENDPOINTS=fresh.endpoints)
         wait_leader(env2)
         pairs = dict(line.split("\t") for line in
                      run("scan", "k", "--all", "--limit", "1000", env=env2).stdout.splitlines())
         assert sorted(pairs) == names
+        # The leases came along, each with its TTL and keys, as of the backup's revision:
+        # the churned one with the key it held then, if any.
+        leases = [json.loads(line) for line in run("lease", "list", "--json",
+                                                   env=env2).stdout.splitlines()]
+        by_id = {lease["id"]: lease for lease in leases}
+        assert by_id[service]["keys"] == ["svc/a"] and by_id[service]["ttl"] == 600
+        assert by_id[held.id]["keys"] == ["svc/held"] and by_id[held.id]["ttl"] == 2
+        eph = run("get", "eph", env=env2, check=None)
+        holders = [lease["id"] for lease in leases if lease["keys"] == ["eph"]]
+        assert len(holders) == (1 if eph.returncode == 0 else 0), (eph.stdout, leases)
+        # Nobody keeps `held` alive in the new cluster: it ends after its TTL, with its key.
+        wait_for(lambda: run("get", "svc/held", env=env2, check=None).returncode == 1, 30,
+                 "the restored lease nobody keeps alive to end")
+        run("lease", "revoke", str(service), env=env2)
+        assert run("get", "svc/a", env=env2, check=None).returncode == 1
         first, last = int(pairs[names[0]]), int(pairs[names[-1]])
         assert first - last in (0, 1), (first, last)  # one point in time of the writer
         # Each key's revisions came along: a put of "i" was its (i + 1)th, counted once

@@ -352,6 +352,7 @@ def test_lease_lock_and_elect_verbs(cli):
     info = json.loads(cli("lease", "info", str(lease), "--json").stdout)
     assert info["keys"] == ["svc/a"] and info["ttl"] == 30 and 0 < info["remaining"] <= 30
     assert "kept alive" in cli("lease", "keepalive", str(lease), "--once").stdout
+    assert cli("lease", "list").stdout.startswith(f"lease {lease}: ttl 30s, ")
     cli("lease", "revoke", str(lease))
     cli("get", "svc/a", check=1)
     cli("lease", "revoke", str(lease), check=1)  # gone already

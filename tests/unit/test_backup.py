@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
+import msgpack
 import pytest
 
-from raftkv.backup import BackupError, read_backup, seed_data_dir, write_backup
-from raftkv.kv import KeyValue, KVStore
+from raftkv.backup import MAGIC, BackupError, read_backup, seed_data_dir, write_backup
+from raftkv.kv import KeyValue, KVStore, Op, encode_lease
 from raftkv.storage import Identity, Storage, StorageError, StorageIdentityError
 
 
@@ -81,3 +85,43 @@ def test_seeding_refuses_a_dir_that_holds_anything(tmp_path):
         seed_data_dir(backup, tmp_path / "d", 1, 0, (1,))
     with pytest.raises(ValueError):
         seed_data_dir(backup, tmp_path / "e", 1, 0, ())
+
+
+def test_a_backup_keeps_the_leases_and_a_restored_state_holds_them(tmp_path):
+    path = tmp_path / "b.rkv"
+    write_backup(path, 50, [(b"__lock/a/1", KeyValue(b"", 12, 12, 1)), (b"cfg", b"x"),
+                            (b"svc/2", KeyValue(b"up", 20, 20, 1))],
+                 leases=[(11, 5000, [b"__lock/a/1"]), (19, 60_000, [b"svc/2"]), (30, 900, [])])
+    backup = read_backup(path)
+    assert backup.leases == [[11, 5000, [b"__lock/a/1"]], [19, 60_000, [b"svc/2"]],
+                             [30, 900, []]]
+    seed_data_dir(backup, tmp_path / "d", 1, 0, (1,))
+    with Storage.open(tmp_path / "d", identity=Identity(0, 1), create=False) as st:
+        kv = KVStore()
+        kv.restore(st.load_snapshot_data())
+    assert kv.lease_ttls == {11: 5000, 19: 60_000, 30: 900}
+    assert kv.lease(11) == [5000, [b"__lock/a/1"]] and kv.lease(30) == [900, []]
+    kv.apply(51, encode_lease(Op.LEASE_REVOKE, 11, client_id=0, seq=0))
+    assert kv.get(b"__lock/a/1") is None and kv.get(b"cfg") == b"x"
+
+
+@pytest.mark.parametrize("leases, says", [
+    ([(11, 5000, [b"gone"])], "holds key b'gone'"),
+    ([(51, 5000, [])], "malformed"),  # granted after the backup's revision
+    ([(11, 0, [])], "malformed"),
+    ([(11, 5000, [b"k"]), (12, 5000, [b"k"])], "held twice"),
+])
+def test_a_lease_the_state_could_not_hold_is_refused(tmp_path, leases, says):
+    with pytest.raises(BackupError, match=says):
+        write_backup(tmp_path / "b.rkv", 50, [(b"k", b"v")], leases=leases)
+    assert not (tmp_path / "b.rkv").exists()
+
+
+def test_a_version_2_backup_still_restores_its_keys_without_leases(tmp_path):
+    body = msgpack.packb([[b"k", b"v", 3, 9, 2]], use_bin_type=True)
+    header = msgpack.packb({"version": 2, "revision": 10, "keys": 1, "body_bytes": len(body),
+                            "body_crc32": zlib.crc32(body), "created": "then"})
+    path = tmp_path / "v2.rkv"
+    path.write_bytes(MAGIC + struct.pack(">I", len(header)) + header + body)
+    backup = read_backup(path)
+    assert backup.items == [(b"k", KeyValue(b"v", 3, 9, 2))] and backup.leases == []

@@ -106,3 +106,19 @@ def test_a_follower_does_not_answer_a_keepalive() -> None:
     r.tick()
     r.process()
     assert r.kv.lease_ttls == {lease: 1000}  # nobody timing it: nothing revoked
+
+
+def test_lease_list_names_every_lease_its_keys_and_the_index_it_read_them_at() -> None:
+    r = leader()
+    assert lease_request(r, 1, ReqOp.LEASE_LIST) == (ReplyCode.OK, [r.kv.applied_index, []])
+    _, a = lease_request(r, 2, ReqOp.LEASE_GRANT, ttl_ms=1000)
+    _, b = lease_request(r, 3, ReqOp.LEASE_GRANT, ttl_ms=60_000)
+    for rid, key, lid in ((4, b"svc/y", a), (5, b"svc/x", a), (6, b"lock", b)):
+        r.handle_requests([ClientRequest(rid, ReqOp.PUT, key, b"v", lease=lid)])
+    r.process()
+    r.clock.now = 0.25
+    code, (index, table) = lease_request(r, 7, ReqOp.LEASE_LIST)
+    assert code == ReplyCode.OK and index == r.kv.applied_index
+    assert table == [[a, 1000, 750, [b"svc/x", b"svc/y"]], [b, 60_000, 59_750, [b"lock"]]]
+    r.lease_timer.stop()  # a follower's timer: only the leader answers
+    assert lease_request(r, 8, ReqOp.LEASE_LIST)[0] == ReplyCode.NOT_LEADER

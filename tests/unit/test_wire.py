@@ -200,6 +200,7 @@ REQUESTS = [
     ClientRequest(17, ReqOp.SCAN, key=b"pre", limit=10, start=b"pre-7\x00"),
     ClientRequest(25, ReqOp.SCAN, key=b"pre", limit=10, revisions=True),
     ClientRequest(26, ReqOp.OLDEST, key=b"__lock/jobs/"),
+    ClientRequest(27, ReqOp.LEASE_LIST),
     ClientRequest(18, ReqOp.WATCH, key=b"cfg/", prefix=True, revision=7, wait_ms=1000),
     ClientRequest(19, ReqOp.WATCH, key=b"k"),
     ClientRequest(20, ReqOp.PUT, key=b"k", value=b"v", client_id=5, seq=6, lease=77),
@@ -213,6 +214,7 @@ REQUESTS = [
 @pytest.mark.parametrize("args", [
     [ReqOp.LEASE_GRANT, 0, 0, 0], [ReqOp.LEASE_GRANT, 0, 0, 2**41], [ReqOp.LEASE_GRANT, 1, 0, 5],
     [ReqOp.LEASE_REVOKE, 0, 0, 0], [ReqOp.LEASE_KEEPALIVE, "1"], [ReqOp.LEASE_INFO, True],
+    [ReqOp.LEASE_LIST, 1],
     [ReqOp.PUT, 5, 1, b"k", b"v", 0], [ReqOp.PUT, 5, 1, b"k", b"v", None],
 ])
 def test_a_lease_request_out_of_range_is_answered_not_served(args: list) -> None:
