@@ -45,7 +45,7 @@ def wire(store: KVStore) -> tuple:
     pairs = store.scan(b"", 10**6)
     return (store.applied_index, pairs, store.scan_kv(b"", 10**6), sessions,
             sorted(store.members.items()), store.size, len(store),
-            [(lid, store.lease(lid)) for lid in sorted(store.lease_ttls)])
+            [(lid, store.lease(lid)) for lid in sorted(store.lease_ttls)], store.leases())
 
 
 def open_store(path: Path, **kw: object) -> LmdbStore:
