@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -25,7 +25,8 @@ metrics_port_option = click.option(
     help="Serve Prometheus metrics at http://HOST:PORT/metrics; 0: off.")
 
 
-def fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> NoReturn:
+    """Print `message` on stderr as the CLI's error and exit with `code`."""
     click.echo(f"raftkv: {message}", err=True)
     sys.exit(code)
 
