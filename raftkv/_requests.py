@@ -623,6 +623,10 @@ class Delivery:
         # next_attempt_timeout never goes below the current one: no floor needed here.
         self.ceiling = retry.max_attempt_timeout + wait
         self.tried: dict[str, str] = {}  # address -> what its last attempt got
+        # A WATCH's COMPACTED answers, by address index: each node keeps its own watch
+        # history (a restarted one only what it replayed since its snapshot), so another
+        # may still hold the revisions; the watch is compacted once every node says so.
+        self.compacted: dict[int, ClientReply] = {}
         # Whether an attempt went unanswered (for a write: its fate is unknown).
         self.ambiguous = False
         self.misses = 0
@@ -639,7 +643,11 @@ class Delivery:
         return self.deadline if self.once else min(now + self.attempt_timeout, self.deadline)
 
     def _next(self) -> None:
-        self.target = (self.target + 1) % self.n
+        """On to the next address, past those that answered COMPACTED."""
+        for _ in range(self.n):
+            self.target = (self.target + 1) % self.n
+            if self.target not in self.compacted:
+                return
 
     def no_reply(self) -> None:
         self.ambiguous = True
@@ -657,6 +665,14 @@ class Delivery:
 
     def answered(self, index: int, reply: ClientReply) -> ClientReply | None:
         """The final answer (from address `index`), or None after noting a refusal."""
+        if reply.code == ReplyCode.COMPACTED and self.req.op == ReqOp.WATCH:
+            self.compacted[index] = reply
+            if len(self.compacted) == self.n:  # the node keeping the most answers
+                return min(self.compacted.values(), key=lambda r: _oldest(r.value))
+            self.tried[self.addresses[index]] = f"COMPACTED (keeps from {reply.value})"
+            if index == self.target:
+                self._next()
+            return None
         if reply.code in TERMINAL:
             if reply.code == OK and not self.stale:
                 self.learn(index)
@@ -698,6 +714,10 @@ class Delivery:
 
     def gave_up(self, closed: bool) -> RaftKVError:
         req, budget = self.req, self.budget
+        if self.compacted and not closed:  # the nodes that could answer had compacted
+            oldest = min(_oldest(r.value) for r in self.compacted.values())
+            where = "; ".join(f"{a}: {what}" for a, what in self.tried.items())
+            return compacted(req.revision, oldest, f" (no other node answered: {where})")
         ambiguous = self.write and self.ambiguous
         where = "; ".join(f"{a}: {what}" for a, what in self.tried.items()) or "none reached"
         what = f"{req.op.name}" + (f" (client {req.client_id} seq {req.seq})" if req.seq else "")
@@ -767,6 +787,17 @@ def deliver(d: Delivery) -> Deliver:
 # ---- watches -----------------------------------------------------------------------
 
 
+def _oldest(value: object) -> int:
+    """A COMPACTED reply's oldest revision kept (0 if the node sent no int)."""
+    return value if type(value) is int else 0
+
+
+def compacted(revision: int, oldest: int, more: str = "") -> Compacted:
+    """The error of a watch from `revision` that the nodes no longer keep."""
+    return Compacted(f"revision {revision} is no longer kept; the oldest is {oldest}{more}",
+                     oldest)
+
+
 def check_watch(start_revision: int | None, wait: float) -> int:
     """The revision a new watch asks from (0: the node's next write)."""
     if start_revision is not None and (type(start_revision) is not int
@@ -798,8 +829,7 @@ class WatchCursor:
         """The events of `reply` not delivered before, queued for iteration; the
         cursor moves past them."""
         if reply.code == ReplyCode.COMPACTED:
-            raise Compacted(f"revision {self.next_revision} is no longer kept; the oldest "
-                            f"is {reply.value}", reply.value if type(reply.value) is int else 0)
+            raise compacted(self.next_revision, _oldest(reply.value))
         if reply.code != OK:
             raise refused(req, reply)
         try:

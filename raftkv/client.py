@@ -574,8 +574,8 @@ class Client(rq.ClientCore):
         `prefix`), from `start_revision` on (None: from the next write), as an iterator
         of `Event`s in revision order. It never misses or repeats one, across leader
         changes and reconnects: each request asks from the revision after the last
-        delivered. Raises `Compacted` when the node no longer keeps the revisions asked
-        for. `wait`: how long a node holds one request with no event to give."""
+        delivered. Raises `Compacted` when no node keeps the revisions asked for any
+        more. `wait`: how long a node holds one request with no event to give."""
         start = rq.check_watch(start_revision, wait)
         return Watch(self, rq.to_bytes(key, "key"), prefix, start, wait)
 

@@ -24,10 +24,10 @@ class SessionExpired(Timeout):
 
 
 class Compacted(RaftKVError):
-    """A watch asked for revisions the node no longer keeps (its watch history is
-    bounded: `raftkv node --watch-history-bytes`). `oldest` is the first revision it can
-    answer from: read the state again (get, scan), then watch from the revision that
-    read saw, plus one."""
+    """A watch asked for revisions no node keeps any more (a node's watch history is
+    bounded: `raftkv node --watch-history-bytes`; the client asked every node that
+    answered). `oldest` is the first revision one of them can answer from: read the
+    state again (get, scan), then watch from the revision that read saw, plus one."""
 
     def __init__(self, message: str, oldest: int) -> None:
         super().__init__(message)

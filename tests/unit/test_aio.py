@@ -171,6 +171,21 @@ def test_a_watch_past_what_the_node_keeps_raises_compacted(node, client) -> None
     run(go)
 
 
+def test_a_watch_one_node_has_compacted_is_served_by_another_that_keeps_it(
+        node, client) -> None:
+    restarted = node(lambda req: (ReplyCode.COMPACTED, 40, 0))
+    keeper = node(lambda req: (ReplyCode.OK, [req.revision + 1, [[7, 1, b"k", b"v"]]], 0))
+    kv = client([restarted.address, keeper.address])
+
+    async def go() -> None:
+        async with kv:
+            events = await kv.watch("k", start_revision=7).poll()
+            assert [(e.revision, e.value) for e in events] == [(7, b"v")]
+
+    run(go)
+    assert len(restarted.requests) == 1 and len(keeper.requests) == 1
+
+
 def test_not_leader_with_a_hint_goes_to_the_hinted_node(node, client) -> None:
     n1, n2, leader = node(not_leader(3)), node(not_leader(3)), node(FakeKV())
     kv = client([n1.address, n2.address, leader.address])

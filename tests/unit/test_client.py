@@ -300,6 +300,33 @@ def test_a_watch_past_what_the_node_keeps_raises_compacted(node, client) -> None
         kv.watch("k", start_revision=0)
 
 
+def test_a_watch_one_node_has_compacted_is_served_by_another_that_keeps_it(
+        node, client) -> None:
+    """Each node keeps its own history (a restarted one, only what it replayed): the
+    client asks the others before it gives up on the revision."""
+    def keeping(events: list) -> Handler:
+        return lambda req: (ReplyCode.OK, [req.revision + 1, events], 0)
+
+    restarted, behind = node(lambda req: (ReplyCode.COMPACTED, 40, 0)), dead_address()
+    keeper = node(keeping([[7, 1, b"k", b"v"]]))
+    kv = client([restarted.address, behind, keeper.address], timeout=DEADLINE)
+    w = kv.watch("k", start_revision=7)
+    assert [(e.revision, e.value) for e in w.poll()] == [(7, b"v")]
+    assert len(restarted.requests) == 1 and len(keeper.requests) == 1
+
+    # Every node that answers has compacted: the oldest revision any of them keeps.
+    other = node(lambda req: (ReplyCode.COMPACTED, 35, 0))
+    kv = client([restarted.address, other.address], timeout=DEADLINE)
+    with pytest.raises(Compacted) as e:
+        kv.watch("k", start_revision=7).poll()
+    assert e.value.oldest == 35
+    # One that never answers: the deadline ends it, still as Compacted, not Unavailable.
+    kv = client([restarted.address, dead_address()], timeout=1.0)
+    with pytest.raises(Compacted, match="no other node answered") as e:
+        kv.watch("k", start_revision=7).poll()
+    assert e.value.oldest == 40
+
+
 def test_decode_returns_str(node, client) -> None:
     kv = client(node(FakeKV()).address, decode=True)
     kv.put("k", "välue")
