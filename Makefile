@@ -89,7 +89,8 @@ bench-compare: $(STAMP)
 bench-coord: $(STAMP)
 	$(PY) -m harness.coord_bench --rounds $${ROUNDS:-3}
 
-# Long chaos runs: every nemesis at once, 10 minutes (RAFTKV_CHAOS_TIME=seconds to change)
+# Long chaos runs: the default nemeses at once (all but membership), 10 minutes
+# (RAFTKV_CHAOS_TIME=seconds to change)
 chaos: $(STAMP)
 	bin/raftkv chaos --nodes 5 --clients 8 --time $${RAFTKV_CHAOS_TIME:-600}
 
