@@ -716,3 +716,31 @@ def test_close_fails_requests_in_flight(node, client) -> None:
     assert not t.is_alive()
     assert len(failures) == 1 and type(failures[0]) is RaftKVError
     assert "closed" in str(failures[0])
+
+
+def test_a_late_compacted_answer_during_a_pause_does_not_end_the_watch() -> None:
+    """A node's COMPACTED that comes late, in the pause after a fruitless round, is one
+    node's answer like any other: the watch still asks the nodes that have not said so
+    (it used to end there, as if every node had compacted)."""
+    from raftkv import Retry
+    from raftkv._requests import ATTEMPT, PAUSE, Delivery, deliver
+    from raftkv.wire import ClientReply
+
+    req = ClientRequest(0, ReqOp.WATCH, key=b"k", revision=7, wait_ms=0)
+    d = Delivery(req, ["a", "b", "c"], {}, 0, Retry(), time.monotonic() + DEADLINE,
+                 DEADLINE, write=False, once=False, wait=0.0, learn=lambda i: None,
+                 failures={}, credentials=None)
+    steps = deliver(d)
+    assert next(steps)[0] == ATTEMPT
+    assert steps.send(None)[0] == ATTEMPT  # a: no reply in time; on to b
+    assert steps.send(None)[0] == ATTEMPT  # b: none either; on to c
+    assert steps.send(None)[0] == PAUSE  # c: none: a fruitless round, a pause
+    step, _ = steps.send((0, ClientReply(0, ReplyCode.COMPACTED, 40)))  # a, at last
+    while step == PAUSE:  # the rest of the pause, if any
+        step, _ = steps.send(None)
+    assert step == ATTEMPT and d.target != 0 and d.compacted.keys() == {0}
+    # b and c keep the history: the next answer is the watch's.
+    ok = ClientReply(0, ReplyCode.OK, [8, []])
+    with pytest.raises(StopIteration) as done:
+        steps.send((d.target, ok))
+    assert done.value.value == (ok, True)
