@@ -744,3 +744,18 @@ def test_a_late_compacted_answer_during_a_pause_does_not_end_the_watch() -> None
     with pytest.raises(StopIteration) as done:
         steps.send((d.target, ok))
     assert done.value.value == (ok, True)
+
+
+def test_leases_lists_them_in_seconds_and_refuses_a_malformed_answer(node, client) -> None:
+    table = [[3, 1500, 250, [b"a", b"b"]], [9, 2**40, 2**40, []]]
+    kv = client(node(lambda req: (ReplyCode.OK, [12, table], 0)).address, decode=True)
+    listing = kv.leases()
+    assert listing.revision == 12 and [tuple(i) for i in listing.leases] == [
+        (3, 1.5, 0.25, ["a", "b"]), (9, 2**40 / 1000, 2**40 / 1000, [])]
+    assert round(listing.leases[1].ttl * 1000) == 2**40  # a backup's ms, back exactly
+    for bad in (None, [12], [True, []], [12, None], [12, [None]], [12, [[3, 1500, 250]]],
+                [12, [["3", 1500, 250, []]]], [12, [[3, 1.5, 250, []]]],
+                [12, [[3, 1500, 250, [1]]]], [12, [[3, 1500, 250, None]]]):
+        kv = client(node(lambda req, bad=bad: (ReplyCode.OK, bad, 0)).address)
+        with pytest.raises(RaftKVError, match="LEASE_"):
+            kv.leases()
