@@ -776,12 +776,16 @@ def deliver(d: Delivery) -> Deliver:
                 return final, d.ambiguous
         pause = d.missed()
         if pause is not None:
-            # A late final answer to an earlier attempt still ends the pause.
-            outcome = yield PAUSE, min(time.monotonic() + pause, d.deadline)
+            # A late final answer to an earlier attempt still ends the pause. A late
+            # COMPACTED to a WATCH is final only once every node has said so: until
+            # then it is noted, and the pause goes on.
+            until = min(time.monotonic() + pause, d.deadline)
+            while isinstance(outcome := (yield PAUSE, until), tuple):
+                final = d.answered(*outcome)
+                if final is not None:
+                    return final, d.ambiguous
             if outcome is CLOSED:
                 closed = True
-            elif isinstance(outcome, tuple):
-                return d.answered(*outcome) or outcome[1], d.ambiguous
 
 
 # ---- watches -----------------------------------------------------------------------

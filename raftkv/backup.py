@@ -135,15 +135,19 @@ def read_backup(path: Path) -> Backup:
     if len(body) != header.get("body_bytes") or zlib.crc32(body) != header.get("body_crc32"):
         raise BackupError(f"{path} is damaged or cut short: its data does not match the "
                           "length and CRC32 its header records")
-    entries, raw_leases = _parts(msgpack.unpackb(body), header["version"], path)
+    try:
+        unpacked = msgpack.unpackb(body)
+    except Exception as e:  # its CRC32 matches: written so, not damaged on the way
+        raise BackupError(f"{path}: its data is not msgpack ({e})") from None
+    entries, raw_leases = _parts(unpacked, header["version"], path)
     revision = header.get("revision")
     if type(revision) is not int or revision < 0 or len(entries) != header.get("keys"):
         raise BackupError(f"{path}: its header is inconsistent")
     items = []
     for e in entries:
-        if header["version"] == 1:
+        if type(e) is list and header["version"] == 1:
             e = [*e, revision, revision, 1]
-        if (len(e) != 5 or type(e[0]) is not bytes or type(e[1]) is not bytes
+        if (type(e) is not list or len(e) != 5 or type(e[0]) is not bytes or type(e[1]) is not bytes
                 or not all(type(x) is int for x in e[2:])
                 or not 0 < e[2] <= e[3] <= max(revision, 1) or e[4] < 1):
             raise BackupError(f"{path}: entry {e!r:.60} is not a key, its value and "

@@ -125,3 +125,27 @@ def test_a_version_2_backup_still_restores_its_keys_without_leases(tmp_path):
     path.write_bytes(MAGIC + struct.pack(">I", len(header)) + header + body)
     backup = read_backup(path)
     assert backup.items == [(b"k", KeyValue(b"v", 3, 9, 2))] and backup.leases == []
+
+
+def crafted(path, version: int, body: bytes, keys: int = 1):
+    """A backup file around `body`, its length and CRC32 right: only its content wrong."""
+    header = msgpack.packb({"version": version, "revision": 10, "keys": keys,
+                            "body_bytes": len(body), "body_crc32": zlib.crc32(body),
+                            "created": "then"})
+    path.write_bytes(MAGIC + struct.pack(">I", len(header)) + header + body)
+    return path
+
+
+@pytest.mark.parametrize("version, body", [
+    (3, b"\xc1"),  # not msgpack
+    (3, msgpack.packb([[], []]) + b"\x00"),  # trailing bytes
+    (3, msgpack.packb([[None], []])),
+    (3, msgpack.packb([[7], []])),
+    (3, msgpack.packb([[dict.fromkeys("abcde", 1)], []])),  # len 5, not a list
+    (2, msgpack.packb([None])),
+    (1, msgpack.packb([None])),
+    (1, msgpack.packb([5])),
+])
+def test_a_body_whose_crc_matches_but_is_not_a_backup_is_refused(tmp_path, version, body):
+    with pytest.raises(BackupError):
+        read_backup(crafted(tmp_path / "b.rkv", version, body))

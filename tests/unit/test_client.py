@@ -716,3 +716,46 @@ def test_close_fails_requests_in_flight(node, client) -> None:
     assert not t.is_alive()
     assert len(failures) == 1 and type(failures[0]) is RaftKVError
     assert "closed" in str(failures[0])
+
+
+def test_a_late_compacted_answer_during_a_pause_does_not_end_the_watch() -> None:
+    """A node's COMPACTED that comes late, in the pause after a fruitless round, is one
+    node's answer like any other: the watch still asks the nodes that have not said so
+    (it used to end there, as if every node had compacted)."""
+    from raftkv import Retry
+    from raftkv._requests import ATTEMPT, PAUSE, Delivery, deliver
+    from raftkv.wire import ClientReply
+
+    req = ClientRequest(0, ReqOp.WATCH, key=b"k", revision=7, wait_ms=0)
+    d = Delivery(req, ["a", "b", "c"], {}, 0, Retry(), time.monotonic() + DEADLINE,
+                 DEADLINE, write=False, once=False, wait=0.0, learn=lambda i: None,
+                 failures={}, credentials=None)
+    steps = deliver(d)
+    assert next(steps)[0] == ATTEMPT
+    assert steps.send(None)[0] == ATTEMPT  # a: no reply in time; on to b
+    assert steps.send(None)[0] == ATTEMPT  # b: none either; on to c
+    assert steps.send(None)[0] == PAUSE  # c: none: a fruitless round, a pause
+    step, _ = steps.send((0, ClientReply(0, ReplyCode.COMPACTED, 40)))  # a, at last
+    while step == PAUSE:  # the rest of the pause, if any
+        step, _ = steps.send(None)
+    assert step == ATTEMPT and d.target != 0 and d.compacted.keys() == {0}
+    # b and c keep the history: the next answer is the watch's.
+    ok = ClientReply(0, ReplyCode.OK, [8, []])
+    with pytest.raises(StopIteration) as done:
+        steps.send((d.target, ok))
+    assert done.value.value == (ok, True)
+
+
+def test_leases_lists_them_in_seconds_and_refuses_a_malformed_answer(node, client) -> None:
+    table = [[3, 1500, 250, [b"a", b"b"]], [9, 2**40, 2**40, []]]
+    kv = client(node(lambda req: (ReplyCode.OK, [12, table], 0)).address, decode=True)
+    listing = kv.leases()
+    assert listing.revision == 12 and [tuple(i) for i in listing.leases] == [
+        (3, 1.5, 0.25, ["a", "b"]), (9, 2**40 / 1000, 2**40 / 1000, [])]
+    assert round(listing.leases[1].ttl * 1000) == 2**40  # a backup's ms, back exactly
+    for bad in (None, [12], [True, []], [12, None], [12, [None]], [12, [[3, 1500, 250]]],
+                [12, [["3", 1500, 250, []]]], [12, [[3, 1.5, 250, []]]],
+                [12, [[3, 1500, 250, [1]]]], [12, [[3, 1500, 250, None]]]):
+        kv = client(node(lambda req, bad=bad: (ReplyCode.OK, bad, 0)).address)
+        with pytest.raises(RaftKVError, match="LEASE_"):
+            kv.leases()
