@@ -463,7 +463,7 @@ def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) 
     throughout, a majority of the voters answering in its term afterwards (else it starts
     over, up to 3 times). Each key keeps its create and mod revision and version, each
     lease its TTL and keys. Exit 3 if the cluster cannot serve it in --timeout."""
-    from raftkv.backup import write_backup
+    from raftkv.backup import BackupError, write_backup
 
     target = cluster_target(cluster_dir)
     deadline = time.monotonic() + timeout
@@ -476,7 +476,10 @@ def snapshot_save(file: Path, cluster_dir: Path, timeout: float, as_json: bool) 
     else:
         fail(f"no backup in {SAVE_ATTEMPTS} attempts: {state}", EXIT_UNAVAILABLE)
     revision, data, leases = state
-    backup = write_backup(file, revision, data.items(), leases)
+    try:
+        backup = write_backup(file, revision, data.items(), leases)
+    except BackupError as e:  # a lease table no state could hold: nothing was written
+        fail(f"the cluster's answers do not make a backup: {e}", EXIT_UNAVAILABLE)
     result = {"file": str(file), "revision": revision, "keys": len(backup.items),
               "leases": len(backup.leases), "bytes": file.stat().st_size}
     click.echo(json.dumps(result) if as_json else

@@ -615,9 +615,9 @@ class Delivery:
         self.retry, self.deadline, self.budget = retry, deadline, budget
         self.write, self.once = write, once
         self.learn, self.failures, self.credentials = learn, failures, credentials
-        # A stale read may be served by any node: the client spreads them, and learns
-        # nothing about the leader from their answers.
-        self.stale = req.op == ReqOp.GET_STALE
+        # A stale read or a watch may be served by any node: their answers say nothing
+        # about the leader (stale reads are also spread, `ClientCore._delivery`).
+        self.any_node = req.op == ReqOp.GET_STALE or req.op == ReqOp.WATCH
         self.target = start
         self.attempt_timeout = retry.attempt_timeout + wait
         # next_attempt_timeout never goes below the current one: no floor needed here.
@@ -666,15 +666,18 @@ class Delivery:
     def answered(self, index: int, reply: ClientReply) -> ClientReply | None:
         """The final answer (from address `index`), or None after noting a refusal."""
         if reply.code == ReplyCode.COMPACTED and self.req.op == ReqOp.WATCH:
-            self.compacted[index] = reply
-            if len(self.compacted) == self.n:  # the node keeping the most answers
-                return min(self.compacted.values(), key=lambda r: _oldest(r.value))
-            self.tried[self.addresses[index]] = f"COMPACTED (keeps from {reply.value})"
+            if type(reply.value) is int and reply.value >= 1:
+                self.compacted[index] = reply
+                if len(self.compacted) == self.n:  # the node keeping the most answers
+                    return min(self.compacted.values(), key=lambda r: r.value)
+                self.tried[self.addresses[index]] = f"COMPACTED (keeps from {reply.value})"
+            else:  # no oldest revision to resume from: not an answer to act on
+                self.tried[self.addresses[index]] = f"COMPACTED naming {reply.value!r:.40}"
             if index == self.target:
                 self._next()
             return None
         if reply.code in TERMINAL:
-            if reply.code == OK and not self.stale:
+            if reply.code == OK and not self.any_node:
                 self.learn(index)
             return reply
         addr = self.addresses[self.target]
@@ -715,7 +718,7 @@ class Delivery:
     def gave_up(self, closed: bool) -> RaftKVError:
         req, budget = self.req, self.budget
         if self.compacted and not closed:  # the nodes that could answer had compacted
-            oldest = min(_oldest(r.value) for r in self.compacted.values())
+            oldest = min(r.value for r in self.compacted.values())
             where = "; ".join(f"{a}: {what}" for a, what in self.tried.items())
             return compacted(req.revision, oldest, f" (no other node answered: {where})")
         ambiguous = self.write and self.ambiguous

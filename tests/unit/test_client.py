@@ -327,6 +327,37 @@ def test_a_watch_one_node_has_compacted_is_served_by_another_that_keeps_it(
     assert e.value.oldest == 40
 
 
+def test_a_watch_served_by_a_follower_does_not_make_the_client_take_it_for_leader(
+        node, client) -> None:
+    store = FakeKV()
+
+    def leader(req: ClientRequest) -> Answer:
+        return (ReplyCode.COMPACTED, 40, 0) if req.op == ReqOp.WATCH else store(req)
+
+    def follower(req: ClientRequest) -> Answer:
+        if req.op == ReqOp.WATCH:
+            return ReplyCode.OK, [req.revision + 1, [[7, 1, b"k", b"v"]]], 0
+        return ReplyCode.NOT_LEADER, "not the leader", 1
+
+    n1, n2 = node(leader), node(follower)
+    kv = client([n1.address, n2.address], timeout=DEADLINE)
+    assert len(kv.watch("k", start_revision=7).poll()) == 1
+    assert kv.get("k") is None
+    assert [r.op for r in n2.requests] == [ReqOp.WATCH]  # the GET went to the leader
+
+
+def test_a_compacted_answer_naming_no_revision_is_passed_over(node, client) -> None:
+    bad = node(lambda req: (ReplyCode.COMPACTED, "soon", 0))
+    keeper = node(lambda req: (ReplyCode.OK, [req.revision + 1, []], 0))
+    kv = client([bad.address, keeper.address], timeout=DEADLINE)
+    w = kv.watch("k", start_revision=7)
+    assert w.poll() == [] and w.next_revision == 8 and len(keeper.requests) == 1
+    # Alone, it is no answer: the poll gives nothing (as when no node answers), and the
+    # watch stays where it was, rather than resuming from a made-up revision.
+    w = client([bad.address], timeout=1.0).watch("k", start_revision=7, wait=0.1)
+    assert w.poll() == [] and w.next_revision == 7 and len(bad.requests) > 1
+
+
 def test_decode_returns_str(node, client) -> None:
     kv = client(node(FakeKV()).address, decode=True)
     kv.put("k", "välue")
