@@ -15,7 +15,8 @@ EXIT_NOT_INSTALLED = 8  # the README's exit codes: the server extra is not insta
 # The modules of the `server` extra's packages (setup.cfg); tests/unit/test_packaging.py
 # keeps the two lists equal. The CLI loads some only for some verbs (aiohttp for
 # `dashboard`), so all are checked before any verb runs, not at the first import.
-SERVER_MODULES = ("aiohttp", "click", "lmdb", "prometheus_client", "psutil")
+SERVER_MODULES = ("aiohttp", "click", "lmdb", "prometheus_client", "psutil",
+                  "sortedcontainers")
 
 
 def missing_server_modules() -> list[str]:

@@ -87,19 +87,21 @@ Applying an index <= `applied_index` is a caller bug and raises `OutOfOrderApply
 
 from __future__ import annotations
 
-import heapq
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgpack
 
 from raftkv.leases import MAX_LEASE_TTL_MS, LeaseError, LeaseTable
 from raftkv.quota import KEY_OVERHEAD
+
+if TYPE_CHECKING:
+    from sortedcontainers import SortedList
 
 MAX_KEY_SIZE = 1024
 MAX_VALUE_SIZE = 1024 * 1024
@@ -482,6 +484,7 @@ class KVStore:
         "max_sessions",
         "stats",
         "_shards",
+        "_index",
         "_sessions",
         "_members",
         "_applied_index",
@@ -510,6 +513,10 @@ class KVStore:
         # bytes is seeded per process, so where a key lives is local, never replicated:
         # a snapshot is re-split on restore.
         self._shards: list[dict[bytes, bytes]] = [{} for _ in range(SHARDS)]
+        # Every key of the shards, in byte order, so that a scan (a page, a lock's queue)
+        # costs O(log n + what it returns), not a pass over every key. Invariant: it
+        # holds exactly the shards' keys; `_put` adds a new key, `_take` removes one.
+        self._index = _sorted_keys(())
         # Least recently used (by log index) first. Invariant: the sessions' `index`
         # values strictly increase in iteration order, and all are <= applied_index.
         self._sessions: OrderedDict[int, Session] = OrderedDict()
@@ -567,10 +574,16 @@ class KVStore:
         """`scan`'s keys with their records (`_REV` then the value)."""
         if limit <= 0:
             return []
-        keys = [k for shard in self._shards for k in shard
-                if (not prefix or k.startswith(prefix)) and (not start or k >= start)]
-        keys = sorted(keys) if len(keys) <= limit else heapq.nsmallest(limit, keys)
-        return [(k, self._rec(k)) for k in keys]
+        # The keys under `prefix` are one run of the order, from `prefix` itself on.
+        out = []
+        rec = self._rec
+        for k in self._index.irange(minimum=max(prefix, start)):
+            if not k.startswith(prefix):
+                break
+            out.append((k, rec(k)))
+            if len(out) == limit:
+                break
+        return out
 
     def __len__(self) -> int:
         return sum(map(len, self._shards))
@@ -889,6 +902,8 @@ class KVStore:
         shard = self._shards[hash(key) & _SHARD_MASK]
         old = shard.get(key)
         shard[key] = next_record(old, index, value)
+        if old is None:
+            self._index.add(key)
         return record_growth(key, old, value)
 
     def _rec(self, key: bytes) -> bytes | None:
@@ -897,7 +912,10 @@ class KVStore:
 
     def _take(self, key: bytes) -> bytes | None:
         """Remove `key`; its record (None: it was absent)."""
-        return self._shards[hash(key) & _SHARD_MASK].pop(key, None)
+        rec = self._shards[hash(key) & _SHARD_MASK].pop(key, None)
+        if rec is not None:
+            self._index.remove(key)
+        return rec
 
     def _open_session(self, index: int) -> Reply:
         sessions = self._sessions
@@ -997,8 +1015,10 @@ class KVStore:
         sessions = parse_sessions(raw_sessions, applied)
         leases = parse_leases_in(obj[5] if len(obj) == 6 else [], applied,
                                  lambda k: k in shards[hash(k) & _SHARD_MASK])
+        index = _sorted_keys(k for shard in shards for k in shard)
         self._install_leases(leases)
         self._shards = shards
+        self._index = index
         self._sessions = sessions
         self._members = members
         self._applied_index = applied
@@ -1069,6 +1089,14 @@ def parse_sessions(raw: object, applied: int) -> OrderedDict[int, Session]:
             reply = Reply(Code(code), value)
         sessions[cid] = Session(seq, index, reply)
     return sessions
+
+
+def _sorted_keys(keys: Iterable[bytes]) -> SortedList:
+    """`keys` in a SortedList (imported here: a client-only install, which imports this
+    module for its types, lacks the server extra's sortedcontainers)."""
+    from sortedcontainers import SortedList
+
+    return SortedList(keys)
 
 
 def _split(maps: object) -> tuple[list[dict[bytes, bytes]], int]:

@@ -1076,3 +1076,33 @@ def test_oldest_answers_the_first_created_key_under_a_prefix_also_inside_a_txn()
     assert reply.value[1][1][0] == b"q/a"  # sees the delete before it
     reply = log.txn([], [[int(Op.OLDEST), b"none/"]])
     assert reply.value == [True, [None]]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_scans_answer_what_a_pass_over_every_key_would_through_puts_deletes_and_restore(
+        seed: int) -> None:
+    """The memory store's sorted key index against the brute-force answer: keys that
+    share prefixes, are prefixes of one another, sit at byte boundaries (0x00, 0xff)."""
+    rng = random.Random(seed)
+    alphabet = [b"a", b"ab", b"\x00", b"\xff", b"b/", b"a\xff"]
+    log = Log(KVStore())
+    model: dict[bytes, bytes] = {}
+    for step in range(400):
+        key = b"".join(rng.choices(alphabet, k=rng.randint(1, 3)))
+        if rng.random() < 0.3:
+            log.delete(0, 0, key)
+            model.pop(key, None)
+        else:
+            log.put(0, 0, key, b"%d" % step)
+            model[key] = b"%d" % step
+        if step == 200:  # a restored store builds its index from the snapshot's keys
+            restored = KVStore()
+            restored.restore(log.store.snapshot())
+            log.store = restored
+        prefix = b"".join(rng.choices(alphabet, k=rng.randint(0, 2)))
+        start = b"".join(rng.choices(alphabet, k=rng.randint(0, 3)))
+        limit = rng.randint(1, 12)
+        want = sorted((k, v) for k, v in model.items()
+                      if k.startswith(prefix) and k >= start)[:limit]
+        assert log.store.scan(prefix, limit, start) == want, (prefix, start, limit)
+    assert log.store.scan(b"", 10**6) == sorted(model.items()) and len(log.store) == len(model)
