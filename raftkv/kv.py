@@ -586,7 +586,7 @@ class KVStore:
         return out
 
     def __len__(self) -> int:
-        return sum(map(len, self._shards))
+        return len(self._index)
 
     @property
     def size(self) -> int:

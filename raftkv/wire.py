@@ -70,8 +70,9 @@ log: raftkv/watch.py) asks for the puts and deletes of `key` (or of the keys it 
 with, `prefix` a bool) from `start_revision` on (0: from the node's next write); with
 none yet, the node waits up to `wait_ms` (at most MAX_WATCH_WAIT_MS) for one before it
 answers. Leases (kv.py, raftkv/lease_timer.py): GRANT and REVOKE go through the log; a
-PUT naming a `lease` attaches its key to it. KEEPALIVE and INFO are served by the leader
-after a ReadIndex round (so a deposed leader cannot answer them), from its own clock.
+PUT naming a `lease` attaches its key to it. KEEPALIVE, INFO and LIST are served by the
+leader after a ReadIndex round (so a deposed leader cannot answer them), from its own
+clock.
 FAULT replaces the set of peers whose traffic the node drops, both ways (the harness's
 partitions); an empty list heals. TRANSFER asks the leader to hand leadership to
 `target_id` (thesis §3.10); OK means the transfer started. CONF_CHANGE asks the leader
