@@ -609,7 +609,6 @@ def wait_until_rejoined(state: Any, node_id: int, timeout: float,
         time.sleep(0.05)
     fail(f"node {node_id} did not answer within {timeout:g}s; see `raftkv logs {node_id}`",
          EXIT_UNAVAILABLE)
-    raise AssertionError  # fail exits
 
 
 node_command("kill", "SIGKILL node NODE's process.")
