@@ -126,7 +126,6 @@ class LeaseWorkload:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._from = 0
         self._ready = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True,
                                          name="chaos-lease-watch")

@@ -878,10 +878,9 @@ class _RevisionModel(_Model):
     delete = txn(success=[delete]), cas = txn(value == expected, [put]),
     cas_rev = txn(mod == m, [put])."""
 
-    def __init__(self, ops: list[Op]) -> None:
-        parsed = [_as_txn(o) for o in ops]
-        keys = sorted({k for o, p in zip(ops, parsed, strict=True)
-                       for k in ([_text(o.key, "key")] if p is None else _txn_keys(*p))})
+    def __init__(self, ops: list[Op], parsed: list[tuple | None]) -> None:
+        """`parsed`: each op as _as_txn gives it."""
+        keys = sorted({k for o, p in zip(ops, parsed, strict=True) for k in _keys_of(o, p)})
         self.keys = keys
         slot = {k: n for n, k in enumerate(keys, 1)}  # a key's place in the state tuple
         self.initial = (0, *(None for _ in keys))
@@ -1071,23 +1070,16 @@ class _RevisionModel(_Model):
                 for k, rec in zip(self.keys, state[1:], strict=True) if rec is not None}
 
 
-def _reads_only(o: Op) -> bool:
-    """Whether `o` writes nothing, whatever branch it takes."""
-    if o.op == "txn":
-        _, success, failure = _txn_input(o.input)
-        return all(kind == "get" for kind, _, _ in success + failure)
-    return o.op in ("get", "get_kv")
+def _reads_only(p: tuple | None) -> bool:
+    """Whether an op (as _as_txn gives it) writes nothing, whatever branch it takes."""
+    return p is None or all(kind == "get" for kind, _, _ in p[1] + p[2])
 
 
-def _keys_of(o: Op) -> list[str]:
-    if o.op != "txn":
+def _keys_of(o: Op, p: tuple | None) -> list[str]:
+    """The keys op `o` (`p` as _as_txn gives it) names."""
+    if p is None:
         return [_text(o.key, "key")]
-    return _txn_keys(*_txn_input(o.input))
-
-
-def _txn_keys(compares: list[tuple], success: list[tuple], failure: list[tuple],
-              *_: Any) -> list[str]:
-    """The keys a txn (as _txn_input or _as_txn gives it) names."""
+    compares, success, failure = p[:3]
     return [c[1] for c in compares] + [x[1] for x in success + failure]
 
 
@@ -1161,15 +1153,22 @@ def check(
     # The sub-histories checked on their own: one a key (register), or one in all
     # (revisions: every write takes the next log index, which ties all keys together).
     parts: dict[Any, list[Op]] = {}
+    parsed: list[tuple | None] = []  # revisions: parts[None]'s ops as _as_txn gives them
     all_keys: set[Any] = set()
     for o in ops:
-        keys = _keys_of(o) if model == "revisions" else [_to_text(o.key)]
+        if model == "revisions":  # each op parsed once, here
+            p = _as_txn(o)
+            keys, reads_only = _keys_of(o, p), _reads_only(p)
+        else:
+            keys, reads_only = [_to_text(o.key)], o.op == "get"
         all_keys.update(keys)
         part = parts.setdefault(None if model == "revisions" else keys[0], [])
         # Dropped: what did not happen, and an info op that cannot write (a read, or a
         # txn of reads), whose only trace would be its unknown output.
-        if not (o.status == "fail" or (o.status == "info" and _reads_only(o))):
+        if not (o.status == "fail" or (o.status == "info" and reads_only)):
             part.append(o)
+            if model == "revisions":
+                parsed.append(p)
 
     def result(verdict: str, checked: int, **kw: Any) -> Result:
         return Result(
@@ -1192,7 +1191,8 @@ def check(
         if time.monotonic() > budget.deadline:
             budget.reason = "timeout"
             break
-        m = _RevisionModel(part_ops) if model == "revisions" else _RegisterModel(part_ops)
+        m = (_RevisionModel(part_ops, parsed) if model == "revisions"
+             else _RegisterModel(part_ops))
         kv = _search(part_ops, m, budget)
         if kv.verdict == "violation" and m.guessed:
             budget.reason = "guessed"

@@ -140,7 +140,7 @@ def control_exit_code(code: Any) -> int:
 
 def with_client(cluster_dir: Path, timeout: float, fn: Callable[[Any], Any]) -> Any:
     """Run `fn(client)` against the cluster the verb names (--endpoints: the nodes; --dir:
-    its controller), mapping errors to exit codes."""
+    its controller), mapping errors to exit codes (a lease that is gone: 1)."""
     import raftkv
 
     target = cluster_target(cluster_dir)
@@ -149,6 +149,8 @@ def with_client(cluster_dir: Path, timeout: float, fn: Callable[[Any], Any]) -> 
             return fn(kv)
     except raftkv.BadRequest as e:
         fail(str(e), EXIT_USAGE)
+    except raftkv.LeaseNotFound as e:
+        fail(str(e), EXIT_NEGATIVE)
     except raftkv.QuotaExceeded as e:
         fail(str(e), EXIT_QUOTA)
     except (raftkv.Forbidden, raftkv.AuthenticationFailed) as e:
@@ -354,17 +356,9 @@ def put(key: str, value: str, cluster_dir: Path, timeout: float, as_json: bool,
         exactly_once: bool, lease_id: int | None) -> None:
     """Set KEY to VALUE (-: the bytes on stdin, as they are). OK means it is durable on a
     majority; --json adds the write's revision (its log index, now KEY's mod_revision)."""
-    import raftkv.client
-
     data: str | bytes = sys.stdin.buffer.read() if value == "-" else value
-
-    def write(kv: Any) -> int:
-        try:
-            return kv.put(key, data, lease=lease_id, at_most_once=not exactly_once)
-        except raftkv.client.LeaseNotFound as e:
-            fail(str(e), EXIT_NEGATIVE)
-
-    revision = with_client(cluster_dir, timeout, write)
+    revision = with_client(cluster_dir, timeout, lambda kv: kv.put(
+        key, data, lease=lease_id, at_most_once=not exactly_once))
     print_answer("OK", as_json, revision=revision)
 
 
@@ -609,7 +603,6 @@ def wait_until_rejoined(state: Any, node_id: int, timeout: float,
         time.sleep(0.05)
     fail(f"node {node_id} did not answer within {timeout:g}s; see `raftkv logs {node_id}`",
          EXIT_UNAVAILABLE)
-    raise AssertionError  # fail exits
 
 
 node_command("kill", "SIGKILL node NODE's process.")

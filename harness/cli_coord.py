@@ -89,15 +89,8 @@ def lease_revoke(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool
 def lease_info(lease_id: int, cluster_dir: Path, timeout: float, as_json: bool) -> None:
     """Lease ID's TTL, the seconds left of it on the leader's clock, and its keys. Exit 1
     if it is gone."""
-    import raftkv.client
-
-    def info(kv: Any) -> Any:
-        try:
-            return kv.lease_info(lease_id, timeout=timeout)
-        except raftkv.client.LeaseNotFound as e:
-            fail(str(e), EXIT_NEGATIVE)
-
-    _echo_lease(with_client(cluster_dir, timeout, info), as_json)
+    _echo_lease(with_client(cluster_dir, timeout,
+                            lambda kv: kv.lease_info(lease_id, timeout=timeout)), as_json)
 
 
 def _echo_lease(i: Any, as_json: bool) -> None:
@@ -129,8 +122,6 @@ def lease_keepalive(lease_id: int, cluster_dir: Path, timeout: float, as_json: b
                     once: bool) -> None:
     """Keep lease ID alive (every third of its TTL) until Ctrl-C, printing each renewal;
     exit 1 once it is gone (expired or revoked)."""
-    import raftkv.client
-
     def keep(kv: Any) -> None:
         try:
             while True:
@@ -139,8 +130,6 @@ def lease_keepalive(lease_id: int, cluster_dir: Path, timeout: float, as_json: b
                 if once:
                     return
                 time.sleep(ttl / 3)
-        except raftkv.client.LeaseNotFound as e:
-            fail(str(e), EXIT_NEGATIVE)
         except KeyboardInterrupt:
             pass
 

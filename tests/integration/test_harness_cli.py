@@ -357,6 +357,8 @@ def test_lease_lock_and_elect_verbs(cli):
     cli("get", "svc/a", check=1)
     cli("lease", "revoke", str(lease), check=1)  # gone already
     cli("put", "svc/b", "x", "--lease", str(lease), check=1)
+    cli("lease", "info", str(lease), check=1)
+    cli("lease", "keepalive", str(lease), "--once", check=1)
 
     base = [sys.executable, "-m", "harness.cli"]
     # The holder's COMMAND holds the lock until the test closes its stdin.

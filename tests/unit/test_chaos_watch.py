@@ -63,3 +63,26 @@ def test_the_puts_of_an_acknowledged_txn_are_held_to_the_watch_too() -> None:
     assert watch_problems(watcher(events), HISTORY + [transfer, failed]) == []
     assert watch_problems(watcher(events[:4]), HISTORY + [transfer]) == [
         "watch missed the put k2='e' at revision 10 (client 3): saw None"]
+
+
+def test_an_unknown_verdict_is_reported_with_the_checkers_reason(tmp_path, monkeypatch) -> None:
+    """A check that gave up for a reason other than time (a guessed txn branch, the
+    state budget) must say so, not claim it ran past --check-timeout."""
+    from harness import chaos, checker
+
+    reason = ("no linearization was found, but the search had to guess the branch of an "
+              "indeterminate txn")
+    history = [{**put(1, "k1", "a", 5), "invoke": 1, "complete": 2}]
+    (tmp_path / "history.jsonl").write_text("")
+    monkeypatch.setattr(checker, "check", lambda *a, **kw: checker.Result(
+        "unknown", 0, 1, 1, 0.01, reason=reason))
+    monkeypatch.setattr(checker, "load_history", lambda path: [])
+    monkeypatch.setattr(chaos.ClusterState, "load", staticmethod(lambda d: None))
+    monkeypatch.setattr(chaos, "divergent_nodes", lambda state, keys: [])
+    report = chaos.ChaosReport()
+    chaos.check_history(chaos.ChaosConfig(workload="txn", check_timeout=60.0),
+                        SimpleNamespace(dir=tmp_path), history, tmp_path, report,
+                        lambda m: None)
+    assert report.linearizability == "unknown"
+    assert any(reason in p for p in report.problems), report.problems
+    assert not any("ran past 60s" in p for p in report.problems), report.problems
