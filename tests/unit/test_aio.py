@@ -30,16 +30,16 @@ from raftkv.kv import KeyValue
 from raftkv.retry import Retry
 from raftkv.security import CLIENT, Credentials, ServerKeys, make_keys, secret_file
 from raftkv.txn import Compare, Delete, Get, Put
-from raftkv.wire import ClientRequest, ReplyCode, ReqOp, encode_replies, encode_reply
+from raftkv.wire import ReplyCode, ReqOp, encode_replies, encode_reply
 from tests.unit import test_client as fakes
 from tests.unit.test_client import (
     DEADLINE,
-    Answer,
     FakeKV,
     FakeNode,
     Handler,
     dead_address,
     drop,
+    first_put_reply_lost,
     not_leader,
     repeating_watch_node,
 )
@@ -214,16 +214,7 @@ def test_dead_address_is_skipped_without_waiting(node, client) -> None:
 
 def test_a_retried_write_reuses_its_client_id_and_seq(node, client) -> None:
     kv_handler = FakeKV()
-    dropped: list[ClientRequest] = []
-
-    def drop_first_put_reply(req: ClientRequest) -> Answer:
-        answer = kv_handler(req)
-        if req.op == ReqOp.PUT and not dropped:
-            dropped.append(req)
-            return None  # applied, but the reply is lost
-        return answer
-
-    fake = node(drop_first_put_reply)
+    fake = node(first_put_reply_lost(kv_handler))
     kv = client(fake.address, attempt_timeout=0.1)
 
     async def go() -> None:
@@ -288,18 +279,8 @@ def test_session_expired_on_first_delivery_is_replaced_and_during_retry_is_ambig
     run(replaced)
     assert len(fake.ops(ReqOp.OPEN_SESSION)) == 3
 
-    evicting = FakeKV(max_sessions=1)
-    evicted: list[bool] = []
-
-    def evict_after_first_put(req: ClientRequest) -> Answer:
-        answer = evicting(req)
-        if req.op == ReqOp.PUT and not evicted:
-            evicted.append(True)
-            evicting.apply(ClientRequest(0, ReqOp.OPEN_SESSION).command())
-            return None  # applied, reply lost, and the session is gone
-        return answer
-
-    kv = client(node(evict_after_first_put).address, attempt_timeout=0.1)
+    evicting = first_put_reply_lost(FakeKV(max_sessions=1), evict=True)
+    kv = client(node(evicting).address, attempt_timeout=0.1)
 
     async def ambiguous() -> None:
         async with kv:

@@ -147,6 +147,24 @@ def repeating_watch_node(asked: list[int]) -> Handler:
     return watch_node
 
 
+def first_put_reply_lost(kv_handler: FakeKV, *, evict: bool = False) -> Handler:
+    """`kv_handler`'s answers, but the first PUT's reply is lost after it was applied;
+    `evict`: its session is evicted with it (another OPEN_SESSION, in a store that keeps
+    one), so that the retry finds it gone."""
+    lost: list[ClientRequest] = []
+
+    def handler(req: ClientRequest) -> Answer:
+        answer = kv_handler(req)
+        if req.op == ReqOp.PUT and not lost:
+            lost.append(req)
+            if evict:
+                kv_handler.apply(ClientRequest(0, ReqOp.OPEN_SESSION).command())
+            return None
+        return answer
+
+    return handler
+
+
 def dead_address() -> str:
     """A loopback port nothing listens on (free when asked)."""
     s = socket.socket()
@@ -484,16 +502,7 @@ def test_unavailable_node_is_retried_until_it_serves(node, client) -> None:
 
 def test_retried_write_reuses_its_client_id_and_seq(node, client) -> None:
     kv_handler = FakeKV()
-    dropped: list[ClientRequest] = []
-
-    def drop_first_put_reply(req: ClientRequest) -> Answer:
-        answer = kv_handler(req)
-        if req.op == ReqOp.PUT and not dropped:
-            dropped.append(req)
-            return None  # applied, but the reply is lost
-        return answer
-
-    fake = node(drop_first_put_reply)
+    fake = node(first_put_reply_lost(kv_handler))
     kv = client(fake.address, attempt_timeout=0.1)
     kv.put("k", "v1")
     kv.put("k", "v2")
@@ -593,18 +602,7 @@ def test_expired_session_on_first_delivery_is_replaced(node, client) -> None:
 
 
 def test_session_expired_during_retry_is_ambiguous(node, client) -> None:
-    kv_handler = FakeKV(max_sessions=1)
-    evicted: list[bool] = []
-
-    def evict_after_first_put(req: ClientRequest) -> Answer:
-        answer = kv_handler(req)
-        if req.op == ReqOp.PUT and not evicted:
-            evicted.append(True)
-            kv_handler.apply(ClientRequest(0, ReqOp.OPEN_SESSION).command())
-            return None  # applied, reply lost, and the session is gone
-        return answer
-
-    fake = node(evict_after_first_put)
+    fake = node(first_put_reply_lost(FakeKV(max_sessions=1), evict=True))
     kv = client(fake.address, attempt_timeout=0.1)
     with pytest.raises(SessionExpired, match="may or may not have been applied"):
         kv.put("k", "v")
