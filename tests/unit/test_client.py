@@ -23,6 +23,7 @@ from raftkv.client import (
     Unavailable,
 )
 from raftkv.kv import KeyValue, KVStore
+from raftkv.security import ServerKeys
 from raftkv.txn import Compare, Delete, Get, Put, TxnResult
 from raftkv.wire import (
     ClientRequest,
@@ -45,13 +46,20 @@ Handler = Callable[[ClientRequest], Answer]
 class FakeNode:
     """A ROUTER on a free loopback port served by a background thread: each request is
     recorded in `requests` and answered with `handler(request)`. The requests of a REQS
-    frame are answered in one REPS frame, as a node does; `batches` counts them."""
+    frame are answered in one REPS frame, as a node does; `batches` counts them.
+    `batch_replies`: a lone request's reply goes in a REPS frame too (what a node sends a
+    client that once sent it a REQS frame). `keys`: the ROUTER is a CurveZMQ server
+    admitting the keys of `keys`."""
 
-    def __init__(self, ctx: zmq.Context, handler: Handler) -> None:
+    def __init__(self, ctx: zmq.Context, handler: Handler, *, batch_replies: bool = False,
+                 keys: ServerKeys | None = None) -> None:
         self.handler = handler
+        self.batch_replies = batch_replies
         self.requests: list[ClientRequest] = []
         self.batches = 0
         self.sock = ctx.socket(zmq.ROUTER)
+        if keys is not None:
+            keys.serve(self.sock)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind("tcp://127.0.0.1:*")
         self.address: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -83,7 +91,7 @@ class FakeNode:
                 answer = self.handler(req)
                 if answer is not None:
                     replies.append(encode_reply(req.request_id, *answer))
-            if len(replies) == 1:
+            if len(replies) == 1 and not self.batch_replies:
                 self.sock.send_multipart([identity, replies[0]])
             elif replies:
                 self.sock.send_multipart([identity, encode_replies(replies)])
