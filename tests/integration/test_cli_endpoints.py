@@ -208,17 +208,22 @@ def test_snapshot_save_is_one_point_in_time_and_restore_starts_a_new_cluster(
         held = kv.lease(2.0)  # kept alive by this client only: gone after the restore
         kv.put("svc/held", "me", lease=held)
 
+        errors: list[BaseException] = []
+
         def writer() -> None:  # the first key, then the last: never two steps apart
             i, lease = 0, 0
-            while not stop.is_set():
-                i += 1
-                kv.put(names[0], str(i))
-                kv.put(names[-1], str(i))
-                if i % 5 == 0:  # a lease moved on: granted, its key put, the old revoked
-                    old, lease = lease, kv.grant(600)
-                    kv.put("eph", str(i), lease=lease)
-                    if old:
-                        kv.revoke(old)
+            try:
+                while not stop.is_set():
+                    i += 1
+                    kv.put(names[0], str(i))
+                    kv.put(names[-1], str(i))
+                    if i % 5 == 0:  # a lease moved on: granted, its key put, old revoked
+                        old, lease = lease, kv.grant(600)
+                        kv.put("eph", str(i), lease=lease)
+                        if old:
+                            kv.revoke(old)
+            except BaseException as e:  # reported by the test, not lost with the thread
+                errors.append(e)
 
         t = threading.Thread(target=writer)
         t.start()
@@ -229,6 +234,7 @@ def test_snapshot_save_is_one_point_in_time_and_restore_starts_a_new_cluster(
             stop.set()
             t.join()
             held.close()
+    assert not errors, errors  # else the save ran beside a writer that had stopped
     assert saved["keys"] in (len(names) + 2, len(names) + 3)  # svc/a, svc/held; eph?
 
     fresh = HandCluster(tmp_path / "new", 3, keys, new_cluster_id())
