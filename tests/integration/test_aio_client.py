@@ -17,6 +17,7 @@ DEADLINE = 60.0  # seconds for the whole scenario; reached only when the test fa
 
 def test_put_get_txn_and_a_watch_through_a_leader_kill(cluster: LocalCluster) -> None:
     leader = cluster.wait_leader()
+    term = cluster.status(leader)["term"]  # the term the killed leader leads
 
     async def scenario() -> list[Event]:
         async with aio.Client(cluster.addresses, credentials=cluster.credentials,
@@ -53,7 +54,9 @@ def test_put_get_txn_and_a_watch_through_a_leader_kill(cluster: LocalCluster) ->
         (b"k/1", b"a"), (b"k/2", b"b"), (b"k/3", b"c"), (b"k/4", b"d")]
     revisions = [e.revision for e in seen]
     assert revisions == sorted(set(revisions))  # none repeated, in order
-    assert cluster.wait_leader(exclude=leader) != leader
+    # wait_leader(exclude=) never answers `leader`: the new leader's term is the check.
+    new = cluster.wait_leader(exclude=leader)
+    assert new != leader and cluster.status(new)["term"] > term
 
 
 def test_leases_through_the_async_client(cluster: LocalCluster) -> None:

@@ -27,7 +27,8 @@ WORKERS = min(os.cpu_count() or 1, 8)
 # What a chunk of seeds must have exercised (summed over its runs), so that a change that
 # quietly stops the simulator from reaching a path fails here.
 MUST_RUN = ("syncs_threaded", "sent_while_syncing", "power cut in a turn", "kill", "power",
-            "snapshots_installed", "transfer_elections", "leader_removed_itself")
+            "snapshots_installed", "transfer_elections", "leader_removed_itself",
+            "leases", "leases_kept_alive")
 
 
 # Seeds that once failed, run in every `make test` besides the range. 2484: a node that

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
 from raftkv import aio
 from raftkv.client import (
@@ -30,16 +28,15 @@ from raftkv.kv import KeyValue
 from raftkv.retry import Retry
 from raftkv.security import CLIENT, Credentials, ServerKeys, make_keys, secret_file
 from raftkv.txn import Compare, Delete, Get, Put
-from raftkv.wire import ClientRequest, ReplyCode, ReqOp, encode_replies, encode_reply
+from raftkv.wire import ReplyCode, ReqOp
 from tests.unit import test_client as fakes
 from tests.unit.test_client import (
     DEADLINE,
-    Answer,
     FakeKV,
     FakeNode,
-    Handler,
     dead_address,
     drop,
+    first_put_reply_lost,
     not_leader,
     repeating_watch_node,
 )
@@ -214,16 +211,7 @@ def test_dead_address_is_skipped_without_waiting(node, client) -> None:
 
 def test_a_retried_write_reuses_its_client_id_and_seq(node, client) -> None:
     kv_handler = FakeKV()
-    dropped: list[ClientRequest] = []
-
-    def drop_first_put_reply(req: ClientRequest) -> Answer:
-        answer = kv_handler(req)
-        if req.op == ReqOp.PUT and not dropped:
-            dropped.append(req)
-            return None  # applied, but the reply is lost
-        return answer
-
-    fake = node(drop_first_put_reply)
+    fake = node(first_put_reply_lost(kv_handler))
     kv = client(fake.address, attempt_timeout=0.1)
 
     async def go() -> None:
@@ -288,18 +276,8 @@ def test_session_expired_on_first_delivery_is_replaced_and_during_retry_is_ambig
     run(replaced)
     assert len(fake.ops(ReqOp.OPEN_SESSION)) == 3
 
-    evicting = FakeKV(max_sessions=1)
-    evicted: list[bool] = []
-
-    def evict_after_first_put(req: ClientRequest) -> Answer:
-        answer = evicting(req)
-        if req.op == ReqOp.PUT and not evicted:
-            evicted.append(True)
-            evicting.apply(ClientRequest(0, ReqOp.OPEN_SESSION).command())
-            return None  # applied, reply lost, and the session is gone
-        return answer
-
-    kv = client(node(evict_after_first_put).address, attempt_timeout=0.1)
+    evicting = first_put_reply_lost(FakeKV(max_sessions=1), evict=True)
+    kv = client(node(evicting).address, attempt_timeout=0.1)
 
     async def ambiguous() -> None:
         async with kv:
@@ -338,28 +316,9 @@ def test_at_most_once_writes(node, client) -> None:
     assert len(silent.requests) == 1 and len(unavailable.requests) == 1
 
 
-class BatchingNode(FakeNode):
-    """Answers every request in a REPS batch, even alone: what a node sends a client
-    that once sent it a REQS frame, and the controller forwards unopened."""
-
-    def _run(self) -> None:
-        from raftkv.wire import decode_frame
-
-        while not self._stop.is_set():
-            if not self.sock.poll(10):
-                continue
-            identity, frame = self.sock.recv_multipart()
-            req = decode_frame(frame, identity=identity)
-            self.requests.append(req)
-            answer = self.handler(req)
-            if answer is not None:
-                self.sock.send_multipart(
-                    [identity, encode_replies([encode_reply(req.request_id, *answer)])])
-
-
 def test_many_coroutines_share_one_client_and_reps_batches_are_routed(ctx, client) -> None:
     kv_handler = FakeKV()
-    fake = BatchingNode(ctx, kv_handler)
+    fake = FakeNode(ctx, kv_handler, batch_replies=True)  # REPS, as a controller forwards
     kv = client(fake.address)
 
     async def worker(t: int) -> None:
@@ -437,27 +396,12 @@ def test_from_url_and_the_retry_policy(node, client) -> None:
         aio.Client.from_url("tcp://127.0.0.1:1")
 
 
-def secure_node(ctx: zmq.Context, keys: ServerKeys, handler: Handler) -> FakeNode:
-    """A FakeNode whose ROUTER is a CurveZMQ server admitting the keys of `keys`."""
-    n = FakeNode.__new__(FakeNode)
-    sock = ctx.socket(zmq.ROUTER)
-    keys.serve(sock)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind("tcp://127.0.0.1:*")
-    n.handler, n.requests, n.batches, n.sock = handler, [], 0, sock
-    n.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    n._stop = threading.Event()
-    n._thread = threading.Thread(target=n._run, name="fake-node", daemon=True)
-    n._thread.start()
-    return n
-
-
 def test_credentials_are_presented_and_a_refused_handshake_is_authentication_failed(
         ctx, client, tmp_path: Path) -> None:
     keys_dir = tmp_path / "keys"
     make_keys(keys_dir, [1])
     keys = ServerKeys(keys_dir, own=CLIENT)
-    fake = secure_node(ctx, keys, FakeKV())
+    fake = FakeNode(ctx, FakeKV(), keys=keys)
     try:
         good = client(fake.address, credentials=keys_dir)
         assert good.credentials == Credentials.load(secret_file(keys_dir, CLIENT))

@@ -23,6 +23,7 @@ from raftkv.client import (
     Unavailable,
 )
 from raftkv.kv import KeyValue, KVStore
+from raftkv.security import ServerKeys
 from raftkv.txn import Compare, Delete, Get, Put, TxnResult
 from raftkv.wire import (
     ClientRequest,
@@ -45,13 +46,20 @@ Handler = Callable[[ClientRequest], Answer]
 class FakeNode:
     """A ROUTER on a free loopback port served by a background thread: each request is
     recorded in `requests` and answered with `handler(request)`. The requests of a REQS
-    frame are answered in one REPS frame, as a node does; `batches` counts them."""
+    frame are answered in one REPS frame, as a node does; `batches` counts them.
+    `batch_replies`: a lone request's reply goes in a REPS frame too (what a node sends a
+    client that once sent it a REQS frame). `keys`: the ROUTER is a CurveZMQ server
+    admitting the keys of `keys`."""
 
-    def __init__(self, ctx: zmq.Context, handler: Handler) -> None:
+    def __init__(self, ctx: zmq.Context, handler: Handler, *, batch_replies: bool = False,
+                 keys: ServerKeys | None = None) -> None:
         self.handler = handler
+        self.batch_replies = batch_replies
         self.requests: list[ClientRequest] = []
         self.batches = 0
         self.sock = ctx.socket(zmq.ROUTER)
+        if keys is not None:
+            keys.serve(self.sock)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind("tcp://127.0.0.1:*")
         self.address: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -83,7 +91,7 @@ class FakeNode:
                 answer = self.handler(req)
                 if answer is not None:
                     replies.append(encode_reply(req.request_id, *answer))
-            if len(replies) == 1:
+            if len(replies) == 1 and not self.batch_replies:
                 self.sock.send_multipart([identity, replies[0]])
             elif replies:
                 self.sock.send_multipart([identity, encode_replies(replies)])
@@ -145,6 +153,24 @@ def repeating_watch_node(asked: list[int]) -> Handler:
         return ReplyCode.OK, next(answers), 0
 
     return watch_node
+
+
+def first_put_reply_lost(kv_handler: FakeKV, *, evict: bool = False) -> Handler:
+    """`kv_handler`'s answers, but the first PUT's reply is lost after it was applied;
+    `evict`: its session is evicted with it (another OPEN_SESSION, in a store that keeps
+    one), so that the retry finds it gone."""
+    lost: list[ClientRequest] = []
+
+    def handler(req: ClientRequest) -> Answer:
+        answer = kv_handler(req)
+        if req.op == ReqOp.PUT and not lost:
+            lost.append(req)
+            if evict:
+                kv_handler.apply(ClientRequest(0, ReqOp.OPEN_SESSION).command())
+            return None
+        return answer
+
+    return handler
 
 
 def dead_address() -> str:
@@ -484,16 +510,7 @@ def test_unavailable_node_is_retried_until_it_serves(node, client) -> None:
 
 def test_retried_write_reuses_its_client_id_and_seq(node, client) -> None:
     kv_handler = FakeKV()
-    dropped: list[ClientRequest] = []
-
-    def drop_first_put_reply(req: ClientRequest) -> Answer:
-        answer = kv_handler(req)
-        if req.op == ReqOp.PUT and not dropped:
-            dropped.append(req)
-            return None  # applied, but the reply is lost
-        return answer
-
-    fake = node(drop_first_put_reply)
+    fake = node(first_put_reply_lost(kv_handler))
     kv = client(fake.address, attempt_timeout=0.1)
     kv.put("k", "v1")
     kv.put("k", "v2")
@@ -593,18 +610,7 @@ def test_expired_session_on_first_delivery_is_replaced(node, client) -> None:
 
 
 def test_session_expired_during_retry_is_ambiguous(node, client) -> None:
-    kv_handler = FakeKV(max_sessions=1)
-    evicted: list[bool] = []
-
-    def evict_after_first_put(req: ClientRequest) -> Answer:
-        answer = kv_handler(req)
-        if req.op == ReqOp.PUT and not evicted:
-            evicted.append(True)
-            kv_handler.apply(ClientRequest(0, ReqOp.OPEN_SESSION).command())
-            return None  # applied, reply lost, and the session is gone
-        return answer
-
-    fake = node(evict_after_first_put)
+    fake = node(first_put_reply_lost(FakeKV(max_sessions=1), evict=True))
     kv = client(fake.address, attempt_timeout=0.1)
     with pytest.raises(SessionExpired, match="may or may not have been applied"):
         kv.put("k", "v")

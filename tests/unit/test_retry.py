@@ -89,8 +89,8 @@ def test_the_client_pauses_by_the_policy_after_each_fruitless_round(node, client
     rng = CountingRandom()
     refuser = node(not_leader(0))
     kv = client(refuser.address, retry=Retry(backoff_base=0.01, backoff_cap=0.04, rng=rng))
-    with pytest.raises(Unavailable):
-        kv.get("k", timeout=0.5)
+    with pytest.raises(Unavailable):  # 2 s: room for the 5 rounds below on a slow machine
+        kv.get("k", timeout=2.0)
     # One address: every refusal closes a round. Ceilings double from the base to the cap.
     assert rng.ceilings[:5] == [0.01, 0.02, 0.04, 0.04, 0.04]
     # A pause follows each refusal the fake recorded; at most one attempt after the last.
