@@ -226,12 +226,13 @@ class _Queued:
                     return
 
     def is_first(self) -> bool:
-        """Whether our key still exists and is first in line (one linearizable read a
-        contender, plus the scan)."""
+        """Whether our key still exists and is first in line (one linearizable read of
+        the head of the line)."""
         if self.lease is None or not self.lease.alive:
             return False
-        line = queue(self.client, self.prefix)
-        return bool(line) and line[0].key == self.key and line[0].create_revision == self.revision
+        head = self.client.oldest(self.prefix)
+        return (head is not None and to_bytes(head[0], "key") == self.key
+                and head[1].create_revision == self.revision)
 
     def leave(self) -> None:
         """Withdraw: revoke our own lease, which deletes the key, or delete the key from
