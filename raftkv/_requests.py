@@ -470,16 +470,12 @@ def next_cursor(pairs: list[tuple[Any, Any]], cursor: bytes, page: int) -> bytes
     Only the first and last keys matter: a decoded page is not encoded back whole."""
     if not pairs:
         return None
-    first = _key_bytes(pairs[0][0])
+    first = to_bytes(pairs[0][0], "key")
     if first < cursor:  # a node ignoring the cursor would loop forever
         raise RaftKVError(f"SCAN from {cursor!r:.40} answered {first!r:.40}")
     if len(pairs) < page:
         return None
-    return _key_bytes(pairs[-1][0]) + b"\x00"
-
-
-def _key_bytes(key: bytes | str) -> bytes:
-    return key.encode() if isinstance(key, str) else key
+    return to_bytes(pairs[-1][0], "key") + b"\x00"
 
 
 def open_session_request() -> ClientRequest:
