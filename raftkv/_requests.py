@@ -526,9 +526,6 @@ class SessionPool:
         with self._lock:
             self._free.append(session)
 
-    def __len__(self) -> int:
-        return len(self._free)
-
 
 # One request a write needs sent: (request, write, once); the client sends it with
 # `write`/`once` under the write's deadline and sends back (final reply, ambiguous).
