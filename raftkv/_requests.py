@@ -787,11 +787,6 @@ def deliver(d: Delivery) -> Deliver:
 # ---- watches -----------------------------------------------------------------------
 
 
-def _oldest(value: object) -> int:
-    """A COMPACTED reply's oldest revision kept (0 if the node sent no int)."""
-    return value if type(value) is int else 0
-
-
 def compacted(revision: int, oldest: int, more: str = "") -> Compacted:
     """The error of a watch from `revision` that the nodes no longer keep."""
     return Compacted(f"revision {revision} is no longer kept; the oldest is {oldest}{more}",
@@ -829,7 +824,8 @@ class WatchCursor:
         """The events of `reply` not delivered before, queued for iteration; the
         cursor moves past them."""
         if reply.code == ReplyCode.COMPACTED:
-            raise compacted(self.next_revision, _oldest(reply.value))
+            # Delivery returns a WATCH's COMPACTED only with an oldest revision (an int).
+            raise compacted(self.next_revision, reply.value)
         if reply.code != OK:
             raise refused(req, reply)
         try:
