@@ -49,7 +49,7 @@ from raftkv._requests import (
     LeaseInfo,
     LeaseList,
 )
-from raftkv.client import RaftKVError, Unavailable
+from raftkv.errors import RaftKVError, Unavailable
 from raftkv.kv import KeyValue
 from raftkv.retry import Retry
 from raftkv.security import Credentials

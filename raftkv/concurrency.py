@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from raftkv.client import Compacted, LeaseNotFound, RaftKVError
+from raftkv.errors import Compacted, LeaseNotFound, RaftKVError
 from raftkv.txn import Compare, Get, Key, Oldest, Put, Value, to_bytes
 from raftkv.watch import DELETE
 
