@@ -710,12 +710,11 @@ class Delivery:
 
     def gave_up(self, closed: bool) -> RaftKVError:
         req, budget = self.req, self.budget
+        where = "; ".join(f"{a}: {what}" for a, what in self.tried.items()) or "none reached"
         if self.compacted and not closed:  # the nodes that could answer had compacted
             oldest = min(r.value for r in self.compacted.values())
-            where = "; ".join(f"{a}: {what}" for a, what in self.tried.items())
             return compacted(req.revision, oldest, f" (no other node answered: {where})")
         ambiguous = self.write and self.ambiguous
-        where = "; ".join(f"{a}: {what}" for a, what in self.tried.items()) or "none reached"
         what = f"{req.op.name}" + (f" (client {req.client_id} seq {req.seq})" if req.seq else "")
         if ambiguous:
             why = "the client was closed" if closed else f"no answer within {budget:.3g}s"
