@@ -813,7 +813,11 @@ class WatchCursor:
         self.next_revision = start
         # Events received and not yet iterated; all below next_revision.
         self._buffer: deque[Event] = deque()
-        self._closed = False  # set by the watch's close()
+        self._closed = False  # set by close()
+
+    def close(self) -> None:
+        """End the iteration (after the events already received)."""
+        self._closed = True
 
     def _request(self) -> ClientRequest:
         return ClientRequest(0, ReqOp.WATCH, key=self.key, prefix=self.prefix,

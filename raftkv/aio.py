@@ -433,10 +433,6 @@ class Watch(rq.WatchCursor):
             return []
         return self._absorb(req, reply, self._client.decode)
 
-    def close(self) -> None:
-        """End the iteration (after the events already received)."""
-        self._closed = True
-
     async def __aenter__(self) -> Watch:
         return self
 
