@@ -622,8 +622,7 @@ class Delivery:
         self.compacted: dict[int, ClientReply] = {}
         # Whether an attempt went unanswered (for a write: its fate is unknown).
         self.ambiguous = False
-        self.misses = 0
-        self.rounds = 0
+        self.misses = 0  # attempts that did not end the request
 
     def expired(self, now: float, closed: bool) -> None:
         """Raise the request's error if its deadline passed or the client closed."""
@@ -705,8 +704,7 @@ class Delivery:
         self.misses += 1
         if self.misses % self.n:
             return None
-        self.rounds += 1
-        return self.retry.backoff(self.rounds - 1)
+        return self.retry.backoff(self.misses // self.n - 1)  # rounds closed, less one
 
     def gave_up(self, closed: bool) -> RaftKVError:
         req, budget = self.req, self.budget
