@@ -9,6 +9,7 @@
   `deliver`, the attempt loop over it as a generator: a client only sends, waits and
   sends back what came;
 - `write_steps`, a write's session handling, a generator of the requests it needs;
+- `route`, which hands a received message's replies to the requests waiting for them;
 - the errors a refusal maps to (`refused`), and a watch's resume rule (`WatchCursor`).
 
 Private: the public names are raftkv.client's, raftkv.aio's and raftkv.retry's.
@@ -62,7 +63,16 @@ from raftkv.txn import (
     txn_wire,
 )
 from raftkv.watch import DELETE, PUT, Event
-from raftkv.wire import MAX_SCAN, MAX_WATCH_WAIT_MS, ClientReply, ClientRequest, ReplyCode, ReqOp
+from raftkv.wire import (
+    MAX_SCAN,
+    MAX_WATCH_WAIT_MS,
+    ClientReply,
+    ClientRequest,
+    MalformedFrame,
+    ReplyCode,
+    ReqOp,
+    decode_replies,
+)
 
 DEFAULT_TIMEOUT = 5.0  # seconds: a request's whole budget, retries included
 CONNECT_GRACE = 0.2  # seconds a new client waits for a connection before skipping a node
@@ -782,6 +792,27 @@ def deliver(d: Delivery) -> Deliver:
                     return final, d.ambiguous
             if outcome is CLOSED:
                 closed = True
+
+
+def route(parts: list[bytes], index: int, pending: Mapping[int, Any],
+          stats: dict[str, int]) -> None:
+    """Hand each reply of a message from address `index` (a REP or a REPS batch) to the
+    queue `pending` holds for its request id, as (request id, index, reply); count in
+    `stats` a malformed message and a reply nobody waits for (its request has finished
+    or given up)."""
+    try:
+        if len(parts) != 1:
+            raise MalformedFrame(f"{len(parts)} parts")
+        replies = decode_replies(parts[0])
+    except MalformedFrame:
+        stats["malformed"] += 1
+        return
+    for reply in replies:
+        q = pending.get(reply.request_id)
+        if q is None:
+            stats["unmatched"] += 1
+            continue
+        q.put_nowait((reply.request_id, index, reply))
 
 
 # ---- watches -----------------------------------------------------------------------
