@@ -9,6 +9,7 @@
   `deliver`, the attempt loop over it as a generator: a client only sends, waits and
   sends back what came;
 - `write_steps`, a write's session handling, a generator of the requests it needs;
+- `route`, which hands a received message's replies to the requests waiting for them;
 - the errors a refusal maps to (`refused`), and a watch's resume rule (`WatchCursor`).
 
 Private: the public names are raftkv.client's, raftkv.aio's and raftkv.retry's.
@@ -62,7 +63,16 @@ from raftkv.txn import (
     txn_wire,
 )
 from raftkv.watch import DELETE, PUT, Event
-from raftkv.wire import MAX_SCAN, MAX_WATCH_WAIT_MS, ClientReply, ClientRequest, ReplyCode, ReqOp
+from raftkv.wire import (
+    MAX_SCAN,
+    MAX_WATCH_WAIT_MS,
+    ClientReply,
+    ClientRequest,
+    MalformedFrame,
+    ReplyCode,
+    ReqOp,
+    decode_replies,
+)
 
 DEFAULT_TIMEOUT = 5.0  # seconds: a request's whole budget, retries included
 CONNECT_GRACE = 0.2  # seconds a new client waits for a connection before skipping a node
@@ -73,6 +83,9 @@ URL_SCHEME = "raftkv"
 MAX_TTL = MAX_LEASE_TTL_MS / 1000  # seconds
 
 OK = ReplyCode.OK
+# Bound once, as OK: these are tested on every request, and looking a member up on its
+# enum class costs some 50 ns (CPython 3.11).
+_COMPACTED, _GET_STALE, _WATCH = ReplyCode.COMPACTED, ReqOp.GET_STALE, ReqOp.WATCH
 # The answers that end a request's retries, whichever attempt they answer.
 TERMINAL = frozenset(
     {ReplyCode.OK, ReplyCode.BAD_REQUEST, ReplyCode.STALE_REQUEST, ReplyCode.SESSION_EXPIRED,
@@ -258,7 +271,7 @@ class ClientCore:
                   wait: float) -> Delivery:
         # A stale read may go to any node: they are spread over the addresses.
         n = len(self.addresses)
-        start = next(self._spread) % n if req.op == ReqOp.GET_STALE else self._leader
+        start = next(self._spread) % n if req.op == _GET_STALE else self._leader
         return Delivery(req, self.addresses, self._index_of_node, start, self.retry,
                         deadline, budget, write=write, once=once, wait=wait,
                         learn=self._learn_leader, failures=failures,
@@ -470,16 +483,12 @@ def next_cursor(pairs: list[tuple[Any, Any]], cursor: bytes, page: int) -> bytes
     Only the first and last keys matter: a decoded page is not encoded back whole."""
     if not pairs:
         return None
-    first = _key_bytes(pairs[0][0])
+    first = to_bytes(pairs[0][0], "key")
     if first < cursor:  # a node ignoring the cursor would loop forever
         raise RaftKVError(f"SCAN from {cursor!r:.40} answered {first!r:.40}")
     if len(pairs) < page:
         return None
-    return _key_bytes(pairs[-1][0]) + b"\x00"
-
-
-def _key_bytes(key: bytes | str) -> bytes:
-    return key.encode() if isinstance(key, str) else key
+    return to_bytes(pairs[-1][0], "key") + b"\x00"
 
 
 def open_session_request() -> ClientRequest:
@@ -529,9 +538,6 @@ class SessionPool:
     def give(self, session: Session) -> None:
         with self._lock:
             self._free.append(session)
-
-    def __len__(self) -> int:
-        return len(self._free)
 
 
 # One request a write needs sent: (request, write, once); the client sends it with
@@ -617,7 +623,7 @@ class Delivery:
         self.learn, self.failures, self.credentials = learn, failures, credentials
         # A stale read or a watch may be served by any node: their answers say nothing
         # about the leader (stale reads are also spread, `ClientCore._delivery`).
-        self.any_node = req.op == ReqOp.GET_STALE or req.op == ReqOp.WATCH
+        self.any_node = req.op == _GET_STALE or req.op == _WATCH
         self.target = start
         self.attempt_timeout = retry.attempt_timeout + wait
         # next_attempt_timeout never goes below the current one: no floor needed here.
@@ -629,8 +635,7 @@ class Delivery:
         self.compacted: dict[int, ClientReply] = {}
         # Whether an attempt went unanswered (for a write: its fate is unknown).
         self.ambiguous = False
-        self.misses = 0
-        self.rounds = 0
+        self.misses = 0  # attempts that did not end the request
 
     def expired(self, now: float, closed: bool) -> None:
         """Raise the request's error if its deadline passed or the client closed."""
@@ -665,7 +670,7 @@ class Delivery:
 
     def answered(self, index: int, reply: ClientReply) -> ClientReply | None:
         """The final answer (from address `index`), or None after noting a refusal."""
-        if reply.code == ReplyCode.COMPACTED and self.req.op == ReqOp.WATCH:
+        if reply.code == _COMPACTED and self.req.op == _WATCH:
             if type(reply.value) is int and reply.value >= 1:
                 self.compacted[index] = reply
                 if len(self.compacted) == self.n:  # the node keeping the most answers
@@ -712,17 +717,15 @@ class Delivery:
         self.misses += 1
         if self.misses % self.n:
             return None
-        self.rounds += 1
-        return self.retry.backoff(self.rounds - 1)
+        return self.retry.backoff(self.misses // self.n - 1)  # rounds closed, less one
 
     def gave_up(self, closed: bool) -> RaftKVError:
         req, budget = self.req, self.budget
+        where = "; ".join(f"{a}: {what}" for a, what in self.tried.items()) or "none reached"
         if self.compacted and not closed:  # the nodes that could answer had compacted
             oldest = min(r.value for r in self.compacted.values())
-            where = "; ".join(f"{a}: {what}" for a, what in self.tried.items())
             return compacted(req.revision, oldest, f" (no other node answered: {where})")
         ambiguous = self.write and self.ambiguous
-        where = "; ".join(f"{a}: {what}" for a, what in self.tried.items()) or "none reached"
         what = f"{req.op.name}" + (f" (client {req.client_id} seq {req.seq})" if req.seq else "")
         if ambiguous:
             why = "the client was closed" if closed else f"no answer within {budget:.3g}s"
@@ -791,12 +794,28 @@ def deliver(d: Delivery) -> Deliver:
                 closed = True
 
 
+def route(parts: list[bytes], index: int, pending: Mapping[int, Any],
+          stats: dict[str, int]) -> None:
+    """Hand each reply of a message from address `index` (a REP or a REPS batch) to the
+    queue `pending` holds for its request id, as (request id, index, reply); count in
+    `stats` a malformed message and a reply nobody waits for (its request has finished
+    or given up)."""
+    try:
+        if len(parts) != 1:
+            raise MalformedFrame(f"{len(parts)} parts")
+        replies = decode_replies(parts[0])
+    except MalformedFrame:
+        stats["malformed"] += 1
+        return
+    for reply in replies:
+        q = pending.get(reply.request_id)
+        if q is None:
+            stats["unmatched"] += 1
+            continue
+        q.put_nowait((reply.request_id, index, reply))
+
+
 # ---- watches -----------------------------------------------------------------------
-
-
-def _oldest(value: object) -> int:
-    """A COMPACTED reply's oldest revision kept (0 if the node sent no int)."""
-    return value if type(value) is int else 0
 
 
 def compacted(revision: int, oldest: int, more: str = "") -> Compacted:
@@ -826,7 +845,11 @@ class WatchCursor:
         self.next_revision = start
         # Events received and not yet iterated; all below next_revision.
         self._buffer: deque[Event] = deque()
-        self._closed = False  # set by the watch's close()
+        self._closed = False  # set by close()
+
+    def close(self) -> None:
+        """End the iteration (after the events already received)."""
+        self._closed = True
 
     def _request(self) -> ClientRequest:
         return ClientRequest(0, ReqOp.WATCH, key=self.key, prefix=self.prefix,
@@ -836,7 +859,8 @@ class WatchCursor:
         """The events of `reply` not delivered before, queued for iteration; the
         cursor moves past them."""
         if reply.code == ReplyCode.COMPACTED:
-            raise compacted(self.next_revision, _oldest(reply.value))
+            # Delivery returns a WATCH's COMPACTED only with an oldest revision (an int).
+            raise compacted(self.next_revision, reply.value)
         if reply.code != OK:
             raise refused(req, reply)
         try:

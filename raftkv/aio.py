@@ -49,7 +49,7 @@ from raftkv._requests import (
     LeaseInfo,
     LeaseList,
 )
-from raftkv.client import RaftKVError, Unavailable
+from raftkv.errors import RaftKVError, Unavailable
 from raftkv.kv import KeyValue
 from raftkv.retry import Retry
 from raftkv.security import Credentials
@@ -59,9 +59,7 @@ from raftkv.watch import Event
 from raftkv.wire import (
     ClientReply,
     ClientRequest,
-    MalformedFrame,
     ReqOp,
-    decode_replies,
     encode_request,
 )
 
@@ -272,20 +270,7 @@ class Client(rq.ClientCore):
 
     async def _read_replies(self, i: int, sock: zmq.asyncio.Socket) -> None:
         while True:
-            parts = await sock.recv_multipart()
-            try:
-                if len(parts) != 1:
-                    raise MalformedFrame(f"{len(parts)} parts")
-                replies = decode_replies(parts[0])
-            except MalformedFrame:
-                self.stats["malformed"] += 1
-                continue
-            for reply in replies:
-                q = self._pending.get(reply.request_id)
-                if q is None:  # its request has finished or given up
-                    self.stats["unmatched"] += 1
-                    continue
-                q.put_nowait((reply.request_id, i, reply))
+            rq.route(await sock.recv_multipart(), i, self._pending, self.stats)
 
     async def _read_monitor(self, i: int, monitor: zmq.asyncio.Socket) -> None:
         while True:
@@ -432,10 +417,6 @@ class Watch(rq.WatchCursor):
         except Unavailable:
             return []
         return self._absorb(req, reply, self._client.decode)
-
-    def close(self) -> None:
-        """End the iteration (after the events already received)."""
-        self._closed = True
 
     async def __aenter__(self) -> Watch:
         return self

@@ -154,9 +154,7 @@ from raftkv.watch import Event
 from raftkv.wire import (
     ClientReply,
     ClientRequest,
-    MalformedFrame,
     ReqOp,
-    decode_replies,
     encode_request,
     encode_requests,
 )
@@ -281,6 +279,7 @@ class _IOThread(threading.Thread):
         outbox = self.outbox
         pending = self.pending
         stats = self.stats
+        route = rq.route
         # A fresh socket is still connecting when the first requests come, and with
         # IMMEDIATE its sends fail. Until `grace_end`, such frames wait here for the
         # socket to become writable (connected) instead of failing at once; after it, a
@@ -329,19 +328,7 @@ class _IOThread(threading.Thread):
                         parts = s.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    try:
-                        if len(parts) != 1:
-                            raise MalformedFrame(f"{len(parts)} parts")
-                        replies = decode_replies(parts[0])
-                    except MalformedFrame:
-                        stats["malformed"] += 1
-                        continue
-                    for reply in replies:
-                        q = pending.get(reply.request_id)
-                        if q is None:  # its caller has finished or given up
-                            stats["unmatched"] += 1
-                            continue
-                        q.put((reply.request_id, i, reply))
+                    route(parts, i, pending, stats)
             by_socket: dict[int, list[tuple[int, bytes, queue.SimpleQueue[_Message]]]] = {}
             while True:
                 try:
@@ -778,10 +765,6 @@ class Watch(rq.WatchCursor):
         except Unavailable:
             return []
         return self._absorb(req, reply, self._client.decode)
-
-    def close(self) -> None:
-        """End the iteration (after the events already received)."""
-        self._closed = True
 
     def __enter__(self) -> Watch:
         return self

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from raftkv.client import Compacted, LeaseNotFound, RaftKVError
+from raftkv.errors import Compacted, LeaseNotFound, RaftKVError
 from raftkv.txn import Compare, Get, Key, Oldest, Put, Value, to_bytes
 from raftkv.watch import DELETE
 
@@ -226,12 +226,13 @@ class _Queued:
                     return
 
     def is_first(self) -> bool:
-        """Whether our key still exists and is first in line (one linearizable read a
-        contender, plus the scan)."""
+        """Whether our key still exists and is first in line (one linearizable read of
+        the head of the line)."""
         if self.lease is None or not self.lease.alive:
             return False
-        line = queue(self.client, self.prefix)
-        return bool(line) and line[0].key == self.key and line[0].create_revision == self.revision
+        head = self.client.oldest(self.prefix)
+        return (head is not None and to_bytes(head[0], "key") == self.key
+                and head[1].create_revision == self.revision)
 
     def leave(self) -> None:
         """Withdraw: revoke our own lease, which deletes the key, or delete the key from

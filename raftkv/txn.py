@@ -183,7 +183,7 @@ def txn_wire(compare: list[Compare], success: list[TxnOp], failure: list[TxnOp]
             raise TypeError(f"compare must hold Compare objects (Compare.value(key) == x), "
                             f"not {type(c).__name__}")
     for op in [*success, *failure]:
-        if not isinstance(op, Put | Delete | Get | Oldest):
+        if not isinstance(op, TxnOp):
             raise TypeError(f"success and failure hold Put, Delete, Get and Oldest, not "
                             f"{type(op).__name__}")
     return ([c.wire() for c in compare], [op.wire() for op in success],
