@@ -94,14 +94,22 @@ def type_aliases(module: Any) -> list[tuple[str, str]]:
 
 
 def public_members(cls: type) -> list[tuple[str, Any]]:
-    """The public methods, class methods, static methods and properties `cls` itself
-    defines, in source order."""
-    out = []
-    for name, value in vars(cls).items():
-        if name.startswith("_"):
+    """The public methods, class methods, static methods and properties `cls` defines,
+    in source order, then those it inherits from a private module's base (such as
+    raftkv._requests'), which a reader of `cls` can call but would not find
+    documented anywhere else."""
+    out: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+    for owner in cls.__mro__:
+        if owner is not cls and not any(p.startswith("_") for p in owner.__module__.split(".")):
             continue
-        if isinstance(value, (classmethod, staticmethod, property)) or inspect.isfunction(value):
-            out.append((name, value))
+        for name, value in vars(owner).items():
+            if name.startswith("_") or name in seen:
+                continue
+            if isinstance(value, (classmethod, staticmethod, property)) or inspect.isfunction(
+                    value):
+                seen.add(name)
+                out.append((name, value))
     return out
 
 
