@@ -253,7 +253,7 @@ class Replica:
                          "not_leader": 0, "snapshots_taken": 0, "snapshots_installed": 0,
                          "snapshots_sent": 0, "snapshots_failed": 0,
                          "last_snapshot_ms": 0, "last_snapshot_start_ms": 0,
-                         "last_snapshot_adopt_ms": 0,
+                         "last_snapshot_adopt_ms": 0, "applied_during_snapshots": 0,
                          "longest_turn_ms": 0, "quota_refused": 0,
                          "watchers": 0, "watch_events": 0, "watch_compacted": 0,
                          "leases_expired": 0,
@@ -577,6 +577,9 @@ class Replica:
                                      f"{self.core.snapshot}")
         now = self.clock.monotonic()
         self.counters["snapshots_taken"] += 1
+        # Zero for a writer that stops the loop (it adopts in the turn that started it):
+        # the count says the loop went on while the file was written.
+        self.counters["applied_during_snapshots"] += self.core.log.applied - meta.index
         self.counters["last_snapshot_ms"] = round((now - self.snapshot_started) * 1000, 3)
         self.counters["last_snapshot_adopt_ms"] = round((now - t0) * 1000, 3)
         log.info("snapshot at index %d taken in %.1f ms; the loop stopped for %.1f ms to "

@@ -13,7 +13,7 @@ from raftkv.quota import KEY_OVERHEAD
 from raftkv.raft import CampaignKind, ConfChange, ConfOp, Entry, EntryType, Message, MsgType
 from raftkv.raft.confchange import Membership, encode_change
 from raftkv.replica import Replica, open_storage
-from raftkv.snapshot_writer import SnapshotWriteError
+from raftkv.snapshot_writer import InlineSnapshotWriter, SnapshotWriteError
 from raftkv.storage import Storage
 from raftkv.wire import ClientRequest, ReplyCode, ReqOp
 from tests.powerloss import PowerLossFS
@@ -194,7 +194,8 @@ class HeldWriter:
             raise SnapshotWriteError("the disk is full")
 
 
-def writer_replica(writer: HeldWriter, fs: PowerLossFS | None = None) -> Replica:
+def writer_replica(writer: HeldWriter | InlineSnapshotWriter,
+                   fs: PowerLossFS | None = None) -> Replica:
     """Node 1, a lone voter and leader, snapshotting every 5 entries exactly."""
     cfg = NodeConfig(1, ADDR[1], {}, Path("/n1"), initial_voters=(1,), fs=fs or PowerLossFS(),
                      seed=1, snapshot_entries=5, snapshot_jitter=0.0)
@@ -231,6 +232,16 @@ def test_a_snapshot_is_taken_aside_and_the_log_is_kept_until_it_is_adopted():
     state.restore(r.storage.load_snapshot_data())
     assert state.applied_index == meta.index  # the state at the start, not later
     assert r.counters["snapshots_taken"] == 1
+    assert r.counters["applied_during_snapshots"] == applied + 3 - meta.index
+
+
+def test_a_snapshot_written_inline_counts_nothing_applied_during_it():
+    """The counter the large-state integration test reads: zero when the writer stops
+    the loop, whatever the machine's speed."""
+    r = writer_replica(InlineSnapshotWriter())
+    put(r, 12)
+    assert r.counters["snapshots_taken"] == 2
+    assert r.counters["applied_during_snapshots"] == 0
 
 
 def test_a_failed_snapshot_write_keeps_the_log_and_waits_another_threshold():
