@@ -846,8 +846,11 @@ class Raft:
             return
         if pr.state == ProgressState.PROBE:
             pr.become_replicate()
-        elif pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
-            pr.become_probe()  # it installed the snapshot: replicate from there
+        elif pr.state == ProgressState.SNAPSHOT and pr.match >= min(pr.pending_snapshot,
+                                                                    self.log.offset):
+            # It installed the snapshot, or one older than it after which our log goes on
+            # (a transfer that outlived a newer snapshot): replicate from there.
+            pr.become_probe()
             pr.become_replicate()
         if self.maybe_commit() and self.role != Role.LEADER:
             return  # our own removal committed
@@ -964,15 +967,25 @@ class Raft:
             return True
         return False
 
-    def compact(self, index: int) -> None:
+    def compact(self, index: int, catch_up: int = 0) -> None:
         """The application saved a snapshot of its state machine up to `index` (<= the
-        applied index): drop the log entries it covers."""
-        if index <= self.log.offset:
+        applied index): drop the log entries it covers, but for the last `catch_up` of
+        them. A follower a little behind, or one that installs an older snapshot than
+        this, then goes on from the log instead of needing this snapshot too (etcd's
+        SnapshotCatchUpEntries); what is kept is the log's, in memory only."""
+        if self.snapshot is not None and index <= self.snapshot.index or index <= self.log.offset:
             return
         meta = self.snapshot_meta(index)
-        self.log.compact(index)
-        self.conf.compact(index)
+        start = index - catch_up
+        if start > self.log.offset:
+            self.log.compact(start)
+            self.conf.compact(start)
         self.snapshot = meta
+
+    def awaiting_snapshot(self) -> set[int]:
+        """The followers a leader sent a snapshot and waits on to install it (until
+        `snapshot_timeout_heartbeats` pass, or it acknowledges)."""
+        return {pid for pid, pr in self.prs.items() if pr.state == ProgressState.SNAPSHOT}
 
     def snapshot_meta(self, index: int) -> SnapshotMeta:
         """What a snapshot of the state up to `index` (offset < index <= applied) is:
@@ -1041,7 +1054,8 @@ class Raft:
             "commit_index": self.log.committed,
             "applied_index": self.log.applied,
             "stabled_index": self.log.stabled,
-            "snapshot_index": self.log.offset,
+            "snapshot_index": self.snapshot.index if self.snapshot else 0,
+            "log_start_index": self.log.offset,
             "voters": sorted(self.voters),
             "learners": sorted(self.learners),
             "progress": {pid: {"match": pr.match, "next": pr.next, "state": pr.state.name}

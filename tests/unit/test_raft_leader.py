@@ -93,6 +93,40 @@ def test_s7_snapshot_wait_counts_heartbeat_intervals_not_read_index_rounds():
     assert core.prs[3].state == ProgressState.PROBE  # lost: probe, then send it again
 
 
+def test_s7_a_snapshot_keeps_catch_up_entries_below_it():
+    core = leader()
+    core.compact(13, catch_up=2)
+    assert (core.snapshot.index, core.log.offset) == (13, 11)
+    assert [e.index for e in core.log.entries] == [12, 13]
+    core.compact(13, catch_up=0)  # no newer snapshot: nothing changes
+    assert (core.snapshot.index, core.log.offset) == (13, 11)
+    core.compact(12, catch_up=0)  # older than ours: ignored
+    assert (core.snapshot.index, core.log.offset) == (13, 11)
+
+
+def test_s7_a_follower_that_installed_an_older_snapshot_goes_on_from_the_log():
+    """The leader's newest snapshot is at 13, its log goes on from 11: a follower that
+    answers at 11 (it installed a snapshot there, one that streamed while the leader took
+    the newer one) is sent entries, not the newer snapshot as well."""
+    core = leader()
+    core.compact(13, catch_up=2)
+    needing_snapshot(core)
+    assert core.prs[3].pending_snapshot == 13
+    ack(core, 3, 11)
+    assert core.prs[3].state == ProgressState.REPLICATE
+    [app] = [m for m in persist(core) if m.to == 3]
+    assert (app.type, app.index, [e.index for e in app.entries]) == (MsgType.APP, 11, [12, 13])
+
+
+def test_s7_a_follower_behind_the_log_start_stays_waiting_for_the_snapshot():
+    core = leader()
+    core.compact(13, catch_up=2)
+    needing_snapshot(core)
+    ack(core, 3, 10)  # an older snapshot still, before the log's start: nothing to send
+    assert core.prs[3].state == ProgressState.SNAPSHOT
+    assert [m for m in persist(core) if m.to == 3] == []
+
+
 # -- §5.3 probing ----------------------------------------------------------------------
 
 def test_s5_3_probe_acknowledged_at_exactly_match_moves_to_replicate():
