@@ -21,6 +21,7 @@ file, which the state machine restores from and storage copies into the snapshot
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import zlib
 from collections.abc import Callable
@@ -69,6 +70,7 @@ class SnapshotSender:
         self.open_source = open_source
         self.chunk_size = chunk_size
         self._transfers: dict[int, _Transfer] = {}  # follower -> its transfer
+        self._sent: dict[int, _Transfer] = {}  # follower -> the last one sent it whole
         # The last snapshot opened: a snapshot is immutable, so every send of it (a
         # retry, another follower) reads the one source.
         self._source: tuple[SnapshotMeta, ChunkSource] | None = None
@@ -78,19 +80,55 @@ class SnapshotSender:
         """Whether chunks remain to be sent."""
         return bool(self._transfers)
 
-    def start(self, m: Message) -> None:
-        """Send SNAP message m's snapshot to m.to. A transfer of the same snapshot to
-        that node that is still under way goes on from where it is (the core asks again
-        while a large one streams); anything else starts from its first byte, and the
-        receiver fills in what it lacks."""
+    def start(self, m: Message, log_start: int = 0) -> bool:
+        """Send SNAP message m's snapshot to m.to; returns whether a new transfer began.
+
+        The leader may have taken a newer snapshot than the one it last sent that node.
+        The older one is sent still, in m's term, whenever the follower can go on from
+        the leader's log after installing it (its index at or after `log_start`, where
+        that log begins): one still streaming goes on from where it is, and one that
+        streamed whole but was not acknowledged is sent again, so that the receiver,
+        which keeps what it got, fills in the chunks that were lost. Were it given up
+        for each newer snapshot, a follower whose transfers take longer than the
+        leader takes between snapshots would never catch up. (The leader keeps the
+        files and the log after them: raftkv.replica's `snapshots_in_flight`.)
+        Otherwise m's snapshot starts from its first byte."""
         meta = m.snapshot
+        assert meta is not None
         under_way = self._transfers.get(m.to)
-        if under_way is not None and under_way.msg.snapshot == meta:
-            under_way.msg = m
-            return
+        if under_way is not None:
+            sending = under_way.msg.snapshot
+            assert sending is not None
+            if sending == meta or log_start <= sending.index < meta.index:
+                under_way.msg = dataclasses.replace(m, snapshot=sending)
+                return False
+        sent = self._sent.pop(m.to, None)
+        if under_way is None and sent is not None:
+            older = sent.msg.snapshot
+            assert older is not None
+            if log_start <= older.index <= meta.index and _readable(sent.source):
+                self._transfers[m.to] = _Transfer(dataclasses.replace(m, snapshot=older),
+                                                  sent.source)
+                return True
         if self._source is None or self._source[0] != meta:
             self._source = (meta, self.open_source(meta))
         self._transfers[m.to] = _Transfer(m, self._source[1])
+        return True
+
+    def sending_to(self, to: int) -> SnapshotMeta | None:
+        """The snapshot streaming to node `to`, if any."""
+        t = self._transfers.get(to)
+        return None if t is None else t.msg.snapshot
+
+    def sending(self) -> set[int]:
+        """The indexes of the snapshots streaming now."""
+        return {t.msg.snapshot.index for t in self._transfers.values()
+                if t.msg.snapshot is not None}
+
+    def sent(self) -> dict[int, int]:
+        """Follower -> the index of the last snapshot sent it whole (see `start`)."""
+        return {to: t.msg.snapshot.index for to, t in self._sent.items()
+                if t.msg.snapshot is not None}
 
     def pump(self, budget: int) -> list[SnapshotChunk]:
         """The next chunks, about `budget` bytes over all transfers. A transfer whose
@@ -117,7 +155,19 @@ class SnapshotSender:
                 sent += max(n, 1)
                 if t.offset >= source.size:
                     del self._transfers[to]
+                    t.offset = 0
+                    self._sent[to] = t  # sent again if the core asks again (see start)
         return out
+
+
+def _readable(source: ChunkSource) -> bool:
+    """Whether the file behind `source` can still be read (a newer snapshot may have
+    replaced it)."""
+    try:
+        source.read(0, 0)
+    except OSError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

@@ -170,6 +170,57 @@ def test_asked_again_while_streaming_a_transfer_goes_on_from_where_it_is():
     assert {c.term for c in rest} == {4}
 
 
+def test_a_newer_snapshot_waits_for_an_older_transfer_the_log_goes_on_from():
+    """The core asks for its newest snapshot while an older one streams: when the
+    leader's log still holds what follows the older one (log_start at or below its
+    index), the older transfer finishes, in the new message's term; otherwise the newer
+    one starts over. Dropping the older one each time never let a follower whose
+    transfers outlast the leader's snapshot interval catch up (sim seed 619 with leases)."""
+    newer = dataclasses.replace(META, index=META.index + 40)
+    sender = SnapshotSender(lambda meta: BytesSource(DATA if meta == META else b"n" * 500),
+                            chunk_size=1000)
+    snap = Message(MsgType.SNAP, 2, 1, 3, snapshot=META)
+    assert sender.start(snap)
+    first = sender.pump(3000)
+    assert not sender.start(dataclasses.replace(snap, term=4, snapshot=newer),
+                            log_start=META.index)
+    rest = sender.pump(10**6)
+    assert {c.meta for c in first + rest} == {META}
+    assert [c.offset for c in first + rest] == list(range(0, 11000, 1000))
+    assert {c.term for c in rest} == {4}
+
+    assert sender.start(snap)
+    sender.pump(3000)
+    assert sender.start(dataclasses.replace(snap, snapshot=newer), log_start=META.index + 1)
+    assert [(c.meta, c.offset) for c in sender.pump(10**6)] == [(newer, 0)]
+
+
+def test_a_snapshot_sent_whole_and_asked_for_again_is_sent_again_while_the_log_allows():
+    """Chunks of a transfer were lost: the core asks again, by then with a newer
+    snapshot. The one sent is sent again (the receiver keeps what it got and fills in
+    the rest) while its file is there and the log goes on from it; otherwise, the newer."""
+    newer = dataclasses.replace(META, index=META.index + 40)
+    sources = {META: BytesSource(DATA), newer: BytesSource(b"n" * 500)}
+    sender = SnapshotSender(sources.__getitem__, chunk_size=1000)
+    snap = Message(MsgType.SNAP, 2, 1, 3, snapshot=META)
+    sender.start(snap)
+    sender.pump(10**6)
+    assert not sender.active and sender.sending() == set()
+    assert sender.start(dataclasses.replace(snap, snapshot=newer), log_start=META.index)
+    assert sender.sending() == {META.index}
+    again = sender.pump(10**6)
+    assert [(c.meta, c.offset) for c in again] == [(META, o) for o in range(0, 11000, 1000)]
+
+    sources[META].gone = True  # pruned since
+    assert sender.start(dataclasses.replace(snap, snapshot=newer), log_start=META.index)
+    assert [c.meta for c in sender.pump(10**6)] == [newer]
+    sources[META].gone = False
+    sender.start(snap)
+    assert len(sender.pump(10**6)) == 11
+    assert sender.start(dataclasses.replace(snap, snapshot=newer), log_start=META.index + 1)
+    assert [c.meta for c in sender.pump(10**6)] == [newer]  # the log starts after it
+
+
 def test_a_transfer_whose_file_is_gone_is_dropped_and_logged(caplog):
     source = BytesSource(DATA)
     sender = SnapshotSender(lambda _: source, chunk_size=1000)
