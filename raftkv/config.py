@@ -14,6 +14,7 @@ from raftkv.node_defaults import (
     LMDB_MAX_KEY_SIZE,
     SEGMENT_BYTES,
     SNAPSHOT_BYTES,
+    SNAPSHOT_CATCH_UP_ENTRIES,
     SNAPSHOT_ENTRIES,
     SNAPSHOT_JITTER,
     STATES,
@@ -58,6 +59,10 @@ class NodeConfig:
     snapshot_entries: int = SNAPSHOT_ENTRIES
     snapshot_bytes: int = SNAPSHOT_BYTES
     snapshot_jitter: float = SNAPSHOT_JITTER
+    # A snapshot drops the log up to this many entries before its index, no further
+    # (and keeps no more than a quarter of snapshot_bytes of their data): a follower a
+    # little behind goes on from the log rather than needing the whole snapshot.
+    snapshot_catch_up_entries: int = SNAPSHOT_CATCH_UP_ENTRIES
     snapshot_chunk: int = MAX_SNAPSHOT_CHUNK  # bytes of a snapshot per transfer chunk
     # The watch history's bound: the newest events' keys and values, and an overhead
     # each (raftkv/watch.py); 0: no history, WATCH refused.

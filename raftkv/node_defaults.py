@@ -8,6 +8,8 @@ ELECTION_MS = 300
 SNAPSHOT_ENTRIES = 100_000
 SNAPSHOT_BYTES = 64 << 20
 SNAPSHOT_JITTER = 0.5
+# Entries kept below a snapshot for followers a little behind: etcd's default too.
+SNAPSHOT_CATCH_UP_ENTRIES = 5000
 SEGMENT_BYTES = 64 << 20
 WATCH_BYTES = 16 << 20  # the watch history's keys and values (raftkv/watch.py)
 LMDB_MAX_KEY_SIZE = 510  # --state lmdb: LMDB's 511-byte keys, less raftkv.lmdb_state's prefix

@@ -251,7 +251,8 @@ class Replica:
             log.warning("FAILPOINT %s is ON: %s", name, failpoints.KNOWN[name])
         self.counters = {"proposals": 0, "reads": 0, "fsyncs": 0, "elections_won": 0,
                          "not_leader": 0, "snapshots_taken": 0, "snapshots_installed": 0,
-                         "snapshots_sent": 0, "snapshots_failed": 0,
+                         "snapshots_sent": 0, "snapshots_older_kept": 0,
+                         "snapshots_failed": 0,
                          "last_snapshot_ms": 0, "last_snapshot_start_ms": 0,
                          "last_snapshot_adopt_ms": 0, "applied_during_snapshots": 0,
                          "longest_turn_ms": 0, "quota_refused": 0,
@@ -422,8 +423,11 @@ class Replica:
                 if self.syncing is not None:
                     self.unsent_snapshots.append(m)  # its bytes are in storage
                     continue
-                self.counters["snapshots_sent"] += 1
-                self.snapshot_sender.start(m)
+                sender = self.snapshot_sender
+                if sender.start(m, self.core.log.offset):
+                    self.counters["snapshots_sent"] += 1
+                if sender.sending_to(m.to) != m.snapshot:
+                    self.counters["snapshots_older_kept"] += 1
             else:
                 self.transport.send(m)
 
@@ -567,11 +571,16 @@ class Replica:
             log.error("snapshot at index %d not taken: %s", meta.index, e)
             self.storage.discard_snapshot_file(meta)
             return
-        if not self.storage.adopt_snapshot(meta):
+        in_flight = self.snapshots_in_flight()
+        if not self.storage.adopt_snapshot(meta, keep_files=in_flight):
             log.info("snapshot at index %d dropped: one from the leader at %d came first",
                      meta.index, self.storage.snapshot.index)
             return
-        self.core.compact(meta.index)
+        # A follower that installs a snapshot in flight goes on from the log after it:
+        # that much is kept (etcd pauses compaction for a snapshot in flight too).
+        catch_up = max(self.catch_up_entries(meta.index),
+                       meta.index - min(in_flight, default=meta.index))
+        self.core.compact(meta.index, catch_up)
         if self.core.snapshot != meta:
             raise InvariantViolation(f"storage took snapshot {meta}, the core made "
                                      f"{self.core.snapshot}")
@@ -586,6 +595,30 @@ class Replica:
                  "start it and %.1f ms to adopt it", meta.index,
                  self.counters["last_snapshot_ms"], self.counters["last_snapshot_start_ms"],
                  self.counters["last_snapshot_adopt_ms"])
+
+    def snapshots_in_flight(self) -> set[int]:
+        """The indexes of the snapshots a follower may yet install from us: those
+        streaming, and those sent whole to a follower the core still waits on (until its
+        snapshot wait runs out, a bounded time): if chunks were lost, they are sent
+        again (SnapshotSender.start). Their files and the log after them are kept."""
+        if self.core.role != Role.LEADER:
+            return set()
+        waited_on = self.core.awaiting_snapshot()
+        return self.snapshot_sender.sending() | {
+            index for to, index in self.snapshot_sender.sent().items() if to in waited_on}
+
+    def catch_up_entries(self, index: int) -> int:
+        """How many entries up to `index` the log keeps when a snapshot there compacts
+        it: `snapshot_catch_up_entries`, fewer if they hold over a quarter of
+        `snapshot_bytes` of data (the log is in memory)."""
+        entries, top = self.core.log.entries, index - self.core.log.offset
+        budget, n = self.cfg.snapshot_bytes // 4, 0
+        while n < min(self.cfg.snapshot_catch_up_entries, top):
+            budget -= len(entries[top - 1 - n].data)  # the entry at index - n
+            if budget < 0:
+                break
+            n += 1
+        return n
 
     def record_turn(self, seconds: float) -> None:
         """How long one turn of the driver's loop worked (its wait for input excluded)."""
@@ -1019,7 +1052,8 @@ class Replica:
         core, raft_log = self.core, self.core.log
         return {"term": core.term, "role": core.role.name.lower(),
                 "last_index": raft_log.last_index(), "commit_index": raft_log.committed,
-                "applied_index": raft_log.applied, "snapshot_index": raft_log.offset,
+                "applied_index": raft_log.applied,
+                "snapshot_index": snapshot.index if (snapshot := core.snapshot) else 0,
                 "counters": self.counter_values(), "transport": dict(self.transport.stats),
                 "histograms": self.histograms()}
 

@@ -103,6 +103,11 @@ HEX64 = Hex64()
               show_default=True, help="Each node multiplies both thresholds by a factor it "
               "draws from [1, 1 + this) for each snapshot, so members snapshot at different "
               "indexes; 0: exactly at the thresholds.")
+@click.option("--snapshot-catch-up-entries", type=click.IntRange(min=0),
+              default=defaults.SNAPSHOT_CATCH_UP_ENTRIES, show_default=True,
+              help="A snapshot compacts the log only up to this many entries before it "
+              "(and keeps no more than a quarter of --snapshot-bytes of their data), so a "
+              "follower a little behind catches up from the log, not by a whole snapshot.")
 @click.option("--quota-bytes", type=click.IntRange(min=1 << 20, max=MAX_QUOTA),
               default=DEFAULT_QUOTA, show_default=True,
               help="The leader refuses a put or cas that would take the state past this "
@@ -140,6 +145,7 @@ HEX64 = Hex64()
 def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, join: bool,
          new: bool, cluster_id: int, data_dir: Path, heartbeat_ms: int, election_ms: int,
          no_fsync: bool, snapshot_entries: int, snapshot_bytes: int, snapshot_jitter: float,
+         snapshot_catch_up_entries: int,
          quota_bytes: int, watch_history_bytes: int, state: str, wal_segment_bytes: int,
          keys_dir: Path | None, insecure: bool, log_level: str, metrics_port: int) -> None:
     """Run one node in the foreground until SIGTERM (what `up` starts, one per node).
@@ -185,7 +191,8 @@ def node(node_id: int, listen: str, peers: tuple[str, ...], voters: str | None, 
                      heartbeat_ms=heartbeat_ms,
                      election_ms=election_ms, fsync=not no_fsync,
                      snapshot_entries=snapshot_entries, snapshot_bytes=snapshot_bytes,
-                     snapshot_jitter=snapshot_jitter, quota_bytes=quota_bytes,
+                     snapshot_jitter=snapshot_jitter,
+                     snapshot_catch_up_entries=snapshot_catch_up_entries, quota_bytes=quota_bytes,
                      watch_bytes=watch_history_bytes, segment_bytes=wal_segment_bytes,
                      metrics_port=metrics_port,
                      cluster_id=cluster_id, create_dir=new or join, keys_dir=keys_dir,

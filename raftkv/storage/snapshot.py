@@ -29,7 +29,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -273,9 +273,11 @@ def snapshot_source(path: Path, meta: SnapshotMeta, data_dir: Path,
     return SnapshotSource(path, fs, offset, data_len, crc)
 
 
-def prune_snapshots(data_dir: Path, disk: Disk) -> None:
-    """Delete all but the newest KEEP snapshot files."""
-    disk.discard([path for _, path in list_snapshots(data_dir, disk.fs)[:-KEEP]], data_dir)
+def prune_snapshots(data_dir: Path, disk: Disk, keep_files: Collection[int] = ()) -> None:
+    """Delete all but the newest KEEP snapshot files and those at the indexes
+    `keep_files`."""
+    disk.discard([path for index, path in list_snapshots(data_dir, disk.fs)[:-KEEP]
+                  if index not in keep_files], data_dir)
 
 
 def remove_temp_files(data_dir: Path, fs: FileSystem = OS_FS) -> None:

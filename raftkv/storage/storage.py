@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -612,10 +612,11 @@ class Storage:
             if isinstance(data, Path):
                 data.unlink(missing_ok=True)
 
-    def adopt_snapshot(self, meta: SnapshotMeta) -> bool:
+    def adopt_snapshot(self, meta: SnapshotMeta, keep_files: Collection[int] = ()) -> bool:
         """The file `write_snapshot_file` wrote becomes the snapshot, and the log it
         covers goes. False, and the file removed, if a snapshot from the leader at or
-        past meta.index was installed meanwhile.
+        past meta.index was installed meanwhile. The older snapshot files at the
+        indexes `keep_files` stay (a leader streams them to followers).
 
         A local snapshot covers applied entries only, which are durable here already
         with their term (the core hands out entries for applying up to its stable
@@ -629,7 +630,7 @@ class Storage:
             raise ValueError(f"snapshot {meta} is not of this log: its entry "
                              f"{meta.index} has term {self._log.term(meta.index)}")
         self._publish_snapshot(meta, temp_path(snapshot.snapshot_path(self._dir, meta.index)),
-                               keep=True)
+                               keep=True, keep_files=keep_files)
         return True
 
     def discard_snapshot_file(self, meta: SnapshotMeta) -> None:
@@ -641,8 +642,10 @@ class Storage:
         except OSError as exc:
             raise self._disk_failed("removing an unused snapshot file", exc) from exc
 
-    def _publish_snapshot(self, meta: SnapshotMeta, tmp: Path, keep: bool) -> None:
-        """The synced snapshot file `tmp` takes its name; then the log it covers goes."""
+    def _publish_snapshot(self, meta: SnapshotMeta, tmp: Path, keep: bool,
+                          keep_files: Collection[int] = ()) -> None:
+        """The synced snapshot file `tmp` takes its name; then the log it covers goes,
+        and the older snapshot files but those at the indexes `keep_files`."""
         try:
             self._disk.publish(tmp, snapshot.snapshot_path(self._dir, meta.index))
         except OSError as exc:
@@ -650,9 +653,10 @@ class Storage:
         self._snapshot = meta
         last_before = self._log.last
         self._log.compact(meta.index, keep)
-        self._record_snapshot(meta, keep, last_before)
+        self._record_snapshot(meta, keep, last_before, keep_files)
 
-    def _record_snapshot(self, meta: SnapshotMeta, keep: bool, last_before: int) -> None:
+    def _record_snapshot(self, meta: SnapshotMeta, keep: bool, last_before: int,
+                         keep_files: Collection[int] = ()) -> None:
         """Marker + current hard state into the last segment, sync, then delete what the
         snapshot covers. Deleting only after this sync keeps the newest marker and hard
         state in a surviving segment. `last_before`: the log's last index before the
@@ -668,7 +672,7 @@ class Storage:
         self.sync()
         try:
             self._wal.drop_before(first_seq)
-            snapshot.prune_snapshots(self._dir, self._disk)
+            snapshot.prune_snapshots(self._dir, self._disk, keep_files)
         except OSError as exc:
             raise self._disk_failed("compaction", exc) from exc
 

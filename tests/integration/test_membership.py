@@ -21,9 +21,11 @@ from tests.integration.controller_fixture import ControllerCluster
 
 @pytest.fixture
 def cc(tmp_path):
-    """Three nodes (snapshotting every 50 entries) and a controller, killed by pid
-    afterwards, added nodes too (they are recorded in cluster.json)."""
-    c = ControllerCluster(tmp_path, extra=("--snapshot-entries", "50"))
+    """Three nodes (snapshotting every 50 entries, keeping no entries below a snapshot)
+    and a controller, killed by pid afterwards, added nodes too (they are recorded in
+    cluster.json)."""
+    c = ControllerCluster(tmp_path, extra=("--snapshot-entries", "50",
+                                           "--snapshot-catch-up-entries", "0"))
     try:
         c.start()
         yield c

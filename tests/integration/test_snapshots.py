@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,9 @@ from raftkv.snapshots import SnapshotSender
 from raftkv.wire import ReqOp, SnapshotChunk
 from tests.unit.test_snapshots import BytesSource
 
-SMALL = ("--snapshot-entries", "300", "--snapshot-jitter", "0", "--wal-segment-bytes", "65536")
+# No catch-up entries below a snapshot: a follower that missed compacted entries needs it.
+SMALL = ("--snapshot-entries", "300", "--snapshot-jitter", "0", "--wal-segment-bytes", "65536",
+         "--snapshot-catch-up-entries", "0")
 
 
 @contextlib.contextmanager
@@ -48,24 +50,49 @@ def dir_size(path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def test_follower_that_missed_compacted_entries_catches_up_by_snapshot(small_cluster):
-    c = small_cluster
+def miss_writes_and_rejoin(c: LocalCluster, writes: int,
+                           check_leader: Callable[[dict], None]) -> tuple[int, int]:
+    """Kill a follower, put `writes` times over 50 keys (the leader snapshots meanwhile:
+    `check_leader` looks at its status), start the follower again and wait until it has
+    applied all. Returns (leader, follower)."""
     leader = c.wait_leader()
     follower = next(i for i in c.nodes if i != leader)
     c.kill(follower)
     with Client(c.addresses, timeout=10) as kv:
-        for n in range(1500):
+        for n in range(writes):
             kv.put(f"k{n % 50}", f"v{n}")
-    assert c.status(leader)["counters"]["snapshots_taken"] >= 1
+    st = c.status(leader)
+    assert st["counters"]["snapshots_taken"] >= 1
+    check_leader(st)
     c.start(follower)
     target = c.status(leader)["commit_index"]
     wait_for(lambda: (c.status(follower) or {}).get("applied_index", 0) >= target, 20,
              "the follower to catch up")
+    return leader, follower
+
+
+def test_follower_that_missed_compacted_entries_catches_up_by_snapshot(small_cluster):
+    c = small_cluster
+    leader, follower = miss_writes_and_rejoin(c, 1500, lambda st: None)
     st = c.status(follower)
     assert st["counters"]["snapshots_installed"] >= 1
     for k in range(50):
         want = c.request(leader, ReqOp.GET_STALE, key=f"k{k}".encode()).value
         assert c.request(follower, ReqOp.GET_STALE, key=f"k{k}".encode()).value == want
+
+
+def test_a_follower_a_little_behind_catches_up_from_entries_kept_below_the_snapshot(
+        tmp_path):
+    """--snapshot-catch-up-entries: the leader's snapshots keep the last 1,000 entries
+    in its log, so a follower that missed 600 of them, snapshots among them, is sent
+    entries, not a snapshot. Failure model: kill -9 of the follower."""
+    def keeps_entries_below_its_snapshot(st: dict) -> None:
+        assert st["log_start_index"] < st["snapshot_index"] - 250, st
+
+    with running(tmp_path, "--snapshot-catch-up-entries", "1000") as c:
+        leader, follower = miss_writes_and_rejoin(c, 600, keeps_entries_below_its_snapshot)
+        assert c.status(follower)["counters"]["snapshots_installed"] == 0
+        assert c.status(leader)["counters"]["snapshots_sent"] == 0
 
 
 def test_sustained_writes_keep_each_data_dir_bounded(small_cluster):

@@ -11,7 +11,7 @@ A run has three phases:
 3. checks: the clients' history is linearizable (harness/checker.py), every member holds
    the same state, no core dropped an honest message as impossible, and no lease was
    revoked before its TTL ran on the leader's clock (tests/sim/replica_leases.py; every
-   mix but membership and snapshots: see `Run`). Safety (Figure 3) was checked on every
+   mix but membership: see `Run`). Safety (Figure 3) was checked on every
    Ready all along.
 
 Fault mixes (`MIXES`):
@@ -24,7 +24,8 @@ Fault mixes (`MIXES`):
 - snapshots: compaction every few entries, snapshots sent in small chunks over a lossy,
   duplicating, reordering network, under continuous ReadIndex load; a follower cut off
   while the log moves on must catch up within `CATCH_UP_MS` with at most
-  `MAX_SNAPSHOT_SENDS` snapshot transfers;
+  `MAX_SNAPSHOT_SENDS` snapshot transfers, leases raising the write rate; a third of the
+  runs keep no catch-up entries below a snapshot (`Plan.catch_up`);
 - transfer: leadership transfers while TimeoutNow is lost, duplicated or late, racing
   membership changes and check-quorum step-downs;
 - shrink: voters removed one at a time, the leader itself among them, down to one, under
@@ -71,6 +72,7 @@ class Plan:
     readers: int = 1
     sync_ms: tuple[int, int] = (0, 4)  # how long a sync on the "thread" is held
     snapshot_entries: int = 100_000
+    catch_up: int = 0  # --snapshot-catch-up-entries
     chunk: int = 512
     segment: int = 16 << 10
     events: list[tuple[int, str, tuple]] = field(default_factory=list)
@@ -200,6 +202,12 @@ def make_plan(seed: int) -> Plan:
             ev.append((t, "partition", (tuple(rng.sample(ids, 1)),)))
             ev.append((t + rng.randint(30, 200), "heal", ()))
     ev.sort(key=lambda e: e[0])
+    # From an RNG of its own, so that every seed kept the schedule it had before the
+    # log kept entries below a snapshot. A third of the runs keep none: only snapshots
+    # bring a follower back there; the others keep up to three snapshot intervals.
+    catch_up = random.Random(f"catch-up-{seed}")
+    p.catch_up = (0 if catch_up.random() < 1 / 3
+                  else catch_up.randint(1, 3 * min(p.snapshot_entries, 40)))
     return p
 
 
@@ -218,6 +226,7 @@ class Run:
             cfg = node_config(i, peers, voters=() if joins else plan.voters,
                               heartbeat_ms=HEARTBEAT_MS, election_ms=ELECTION_MS,
                               snapshot_entries=plan.snapshot_entries,
+                              snapshot_catch_up_entries=plan.catch_up,
                               snapshot_chunk=plan.chunk, segment_bytes=plan.segment)
             w.add_node(i, cfg)
         if plan.mix == "transfer":
@@ -232,10 +241,8 @@ class Run:
         self.final = SimClient(w, 0, nodes, KEYS, deadline_ms=SETTLE_MS, history=self.history)
         self.final.stopped = True
         # Not in the membership mix: its seeds (2484 among the regressions) keep their
-        # schedules, which another client's traffic would redraw. Not in the snapshots
-        # mix: its catch-up bound holds for its own write rate, which leases would raise.
-        self.leases = (SimLeaseClient(w, nodes) if plan.mix not in ("membership", "snapshots")
-                       else None)
+        # schedules, which another client's traffic would redraw.
+        self.leases = SimLeaseClient(w, nodes) if plan.mix != "membership" else None
         self.clients_on = True
         self.lags: list[dict[str, Any]] = []  # the snapshot mix's cut-off followers
         self.outcome = Outcome(plan.seed, plan.mix)
@@ -461,7 +468,7 @@ class Run:
         for node in self.world.nodes.values():
             for r in node.replicas:
                 for k in ("snapshots_sent", "snapshots_installed", "snapshots_taken",
-                          "elections_won", "proposals", "reads"):
+                          "snapshots_older_kept", "elections_won", "proposals", "reads"):
                     total[k] += r.counters[k]
                 total["snapshots_rejected"] += r.snapshot_receiver.rejected
         return total

@@ -33,7 +33,12 @@ MUST_RUN = ("syncs_threaded", "sent_while_syncing", "power cut in a turn", "kill
 
 # Seeds that once failed, run in every `make test` besides the range. 2484: a node that
 # joined and then led sent a snapshot below the entry that added it, naming no members.
-REGRESSIONS = (2484,)
+# 5568, 13653, 20786 (snapshots mix, with leases): a healed follower lost a chunk of its
+# snapshot, and each retry named a newer snapshot and restarted from byte 0, so it never
+# caught up; the leader now sends the older one again (`snapshots_older_kept`), a path
+# too rare to require of every hundred seeds.
+REGRESSIONS = (2484, 5568, 13653, 20786)
+RESEND_OLDER = (5568, 13653, 20786)
 
 
 @pytest.mark.parametrize("seed", REGRESSIONS)
@@ -41,6 +46,8 @@ def test_replica_seeds_that_once_failed(seed: int) -> None:
     out = replica_driver.run(seed)
     if out.error:
         pytest.fail(replica_driver.report(out), pytrace=False)
+    if seed in RESEND_OLDER:
+        assert out.stats["snapshots_older_kept"] > 0, dict(out.stats)
 
 
 def _run_quietly(seed: int) -> replica_driver.Outcome:

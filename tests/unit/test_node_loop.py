@@ -129,7 +129,8 @@ class OwnedStorage:
 def compacted(tmp_path) -> Iterator[Node]:
     """Node 1, sole voter and leader, its log compacted into a snapshot, with learner 2
     (nobody listens at its address)."""
-    node = Node(NodeConfig(1, "tcp://127.0.0.1:0", {}, tmp_path / "n1", snapshot_entries=3))
+    node = Node(NodeConfig(1, "tcp://127.0.0.1:0", {}, tmp_path / "n1", snapshot_entries=3,
+                           snapshot_catch_up_entries=0))
     try:
         node.replica.core.campaign(CampaignKind.ELECTION)
         node.replica.process_ready()

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from raftkv.config import NodeConfig
-from raftkv.kv import KVStore
+from raftkv.kv import KVStore, encode_open_session
 from raftkv.quota import KEY_OVERHEAD
 from raftkv.raft import CampaignKind, ConfChange, ConfOp, Entry, EntryType, Message, MsgType
 from raftkv.raft.confchange import Membership, encode_change
 from raftkv.replica import Replica, open_storage
 from raftkv.snapshot_writer import InlineSnapshotWriter, SnapshotWriteError
 from raftkv.storage import Storage
-from raftkv.wire import ClientRequest, ReplyCode, ReqOp
+from raftkv.wire import ClientRequest, ReplyCode, ReqOp, SnapshotChunk
 from tests.powerloss import PowerLossFS
 
 ADDR = {i: f"tcp://n{i}.test:7700" for i in range(1, 6)}
@@ -195,10 +195,12 @@ class HeldWriter:
 
 
 def writer_replica(writer: HeldWriter | InlineSnapshotWriter,
-                   fs: PowerLossFS | None = None) -> Replica:
-    """Node 1, a lone voter and leader, snapshotting every 5 entries exactly."""
+                   fs: PowerLossFS | None = None, catch_up: int = 0, **kw) -> Replica:
+    """Node 1, a lone voter and leader, snapshotting every 5 entries exactly, keeping
+    `catch_up` entries below each snapshot."""
     cfg = NodeConfig(1, ADDR[1], {}, Path("/n1"), initial_voters=(1,), fs=fs or PowerLossFS(),
-                     seed=1, snapshot_entries=5, snapshot_jitter=0.0)
+                     seed=1, snapshot_entries=5, snapshot_jitter=0.0,
+                     snapshot_catch_up_entries=catch_up, **kw)
     storage = open_storage(cfg)
     r = Replica(cfg, storage, Recorder(1, {}), InlineSyncer(storage), Clock(),
                 snapshot_writer=writer)
@@ -233,6 +235,72 @@ def test_a_snapshot_is_taken_aside_and_the_log_is_kept_until_it_is_adopted():
     assert state.applied_index == meta.index  # the state at the start, not later
     assert r.counters["snapshots_taken"] == 1
     assert r.counters["applied_during_snapshots"] == applied + 3 - meta.index
+
+
+def test_a_snapshot_keeps_its_catch_up_entries_in_the_log_not_on_disk():
+    r = writer_replica(InlineSnapshotWriter(), catch_up=3)
+    put(r, 5)
+    meta = r.core.snapshot
+    assert meta is not None and r.storage.snapshot == meta
+    assert r.core.log.offset == meta.index - 3  # the core serves followers from there
+    assert r.storage.first_index == meta.index + 1  # the WAL drops all the snapshot covers
+    assert r.core.status()["snapshot_index"] == meta.index
+    assert r.core.status()["log_start_index"] == meta.index - 3
+
+
+def test_catch_up_entries_hold_at_most_a_quarter_of_snapshot_bytes():
+    r = writer_replica(InlineSnapshotWriter(), catch_up=100, snapshot_bytes=4000)
+    for _ in range(5):
+        r.core.propose(b"x" * 300)  # a snapshot every 4000 bytes: 1,000 may stay
+        r.process()
+    meta = r.core.snapshot
+    assert meta is not None
+    assert r.core.log.offset == meta.index - 3
+
+
+def test_a_snapshot_streaming_to_a_follower_outlives_newer_ones_and_so_does_the_log_after_it():
+    """A transfer that takes longer than the leader takes between snapshots: the leader
+    finishes sending the older snapshot when the core asks again with a newer one, keeps
+    its file and the log after it meanwhile, and on the follower's acknowledgement of it
+    sends entries. Before, each newer snapshot restarted the transfer, and compaction
+    left no log after the older one, so such a follower never caught up."""
+    r = writer_replica(InlineSnapshotWriter(), snapshot_chunk=16)
+    change(r, ConfOp.ADD_LEARNER, 2)
+    core, sent = r.core, r.transport.sent
+
+    def turn(n: int = 1) -> None:
+        for _ in range(n):
+            core.propose(encode_open_session())  # the state grows by a session each
+            r.process()
+
+    def ask_again() -> None:
+        """Node 2 answers a probe: its log is empty, it needs our snapshot."""
+        core.prs[2].become_probe()  # as when the core's snapshot wait runs out
+        core.step(Message(MsgType.APP_RESP, 1, 2, core.term, index=core.prs[2].next - 1,
+                          reject=True, reject_hint=0))
+        r.process()
+
+    turn(200)  # a state of some 3 KB: about 50 turns to stream
+    ask_again()
+    streaming = core.snapshot
+    turn(12)  # two snapshots or more since: the file and the log would be gone
+    assert core.snapshot.index >= streaming.index + 10
+    assert r.snapshot_sender.active and core.log.offset <= streaming.index
+    ask_again()
+    assert core.prs[2].pending_snapshot == core.snapshot.index  # it asked for the newest
+    assert r.counters["snapshots_older_kept"] == 1
+    while r.snapshot_sender.active:
+        turn()
+    chunks = [c for c in sent if isinstance(c, SnapshotChunk) and c.to == 2]
+    assert {c.meta for c in chunks} == {streaming}
+    assert sorted(c.offset for c in chunks) == list(range(0, chunks[0].total, 16))
+    assert r.counters["snapshots_sent"] == 1
+    del sent[:]
+    core.step(Message(MsgType.APP_RESP, 1, 2, core.term, index=streaming.index))
+    r.process()
+    assert core.prs[2].match == streaming.index
+    assert [m.index for m in sent if isinstance(m, Message) and m.type == MsgType.APP
+            and m.to == 2][:1] == [streaming.index]
 
 
 def test_a_snapshot_written_inline_counts_nothing_applied_during_it():
