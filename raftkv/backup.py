@@ -81,9 +81,11 @@ def write_backup(path: Path, revision: int,
     """Write the backup of `items` and `leases` at `revision` to `path`: a temp file,
     synced, then renamed, so `path` is whole or untouched. An item is (key, KeyValue),
     or (key, value) for a key created and last modified at `revision`; a lease is
-    (lease_id, ttl_ms, its keys). ValueError if a lease is malformed or holds a key the
-    items lack (nothing is written)."""
-    ordered = sorted((k, v if isinstance(v, KeyValue) else KeyValue(v, revision, revision, 1))
+    (lease_id, ttl_ms, its keys). BackupError (a ValueError) if an item is not bytes
+    with revisions up to `revision` (the file could not be read back), or a lease is
+    malformed or holds a key the items lack: nothing is written."""
+    ordered = sorted(_entry([k, *(v if isinstance(v, KeyValue)
+                                 else KeyValue(v, revision, revision, 1))], revision, str(path))
                      for k, v in items)
     table = _lease_table([[lid, ttl, sorted(keys)] for lid, ttl, keys in leases], revision,
                          {k for k, _ in ordered}, str(path))
@@ -143,18 +145,21 @@ def read_backup(path: Path) -> Backup:
     revision = header.get("revision")
     if type(revision) is not int or revision < 0 or len(entries) != header.get("keys"):
         raise BackupError(f"{path}: its header is inconsistent")
-    items = []
-    for e in entries:
-        if type(e) is list and header["version"] == 1:
-            e = [*e, revision, revision, 1]
-        if (type(e) is not list or len(e) != 5 or type(e[0]) is not bytes or type(e[1]) is not bytes
-                or not all(type(x) is int for x in e[2:])
-                or not 0 < e[2] <= e[3] <= max(revision, 1) or e[4] < 1):
-            raise BackupError(f"{path}: entry {e!r:.60} is not a key, its value and "
-                              f"revisions up to {revision}")
-        items.append((e[0], KeyValue(*e[1:])))
+    items = [_entry([*e, revision, revision, 1] if type(e) is list and header["version"] == 1
+                    else e, revision, str(path)) for e in entries]
     leases = _lease_table(raw_leases, revision, {k for k, _ in items}, str(path)).wire()
     return Backup(revision, items, str(header.get("created", "")), leases)
+
+
+def _entry(e: object, revision: int, where: str) -> tuple[bytes, KeyValue]:
+    """Entry `e` ([key, value, create_revision, mod_revision, version]) of a state at
+    `revision` as (key, KeyValue); BackupError if it is not one."""
+    if (type(e) is not list or len(e) != 5 or type(e[0]) is not bytes or type(e[1]) is not bytes
+            or not all(type(x) is int for x in e[2:])
+            or not 0 < e[2] <= e[3] <= max(revision, 1) or e[4] < 1):
+        raise BackupError(f"{where}: entry {e!r:.60} is not a key, its value and "
+                          f"revisions up to {revision}")
+    return e[0], KeyValue(*e[1:])
 
 
 def _parts(body: object, version: int, path: Path) -> tuple[list[Any], list[Any]]:

@@ -48,9 +48,23 @@ def test_a_backup_keeps_each_keys_revisions_and_refuses_impossible_ones(tmp_path
         kv = KVStore()
         kv.restore(st.load_snapshot_data())
     assert meta.index == 40 and kv.get_kv(b"k") == KeyValue(b"v", 7, 31, 5)
-    write_backup(path, 40, [(b"k", KeyValue(b"v", 7, 41, 1))])  # modified after it
+    with pytest.raises(BackupError, match="revisions up to 40"):  # modified after it
+        write_backup(tmp_path / "later.rkv", 40, [(b"k", KeyValue(b"v", 7, 41, 1))])
+    body = msgpack.packb([[[b"k", b"v", 7, 41, 1]], []])
     with pytest.raises(BackupError, match="revisions up to 40"):
-        read_backup(path)
+        read_backup(crafted(tmp_path / "crafted.rkv", 3, body, revision=40))
+    assert not (tmp_path / "later.rkv").exists()
+
+
+@pytest.mark.parametrize("items", [
+    [("k", b"v")],  # a str key: msgpack would write it as a string, unreadable as a key
+    [(b"k", "v")],
+    [(b"k", b"v"), ("j", b"w")],
+])
+def test_a_backup_of_keys_or_values_that_are_not_bytes_is_refused_unwritten(tmp_path, items):
+    with pytest.raises(BackupError, match="is not a key, its value"):
+        write_backup(tmp_path / "b.rkv", 5, items)
+    assert not (tmp_path / "b.rkv").exists()
 
 
 def test_a_seeded_dir_opens_as_a_compacted_node_with_the_state(tmp_path):
@@ -127,9 +141,10 @@ def test_a_version_2_backup_still_restores_its_keys_without_leases(tmp_path):
     assert backup.items == [(b"k", KeyValue(b"v", 3, 9, 2))] and backup.leases == []
 
 
-def crafted(path, version: int, body: bytes, keys: int = 1):
-    """A backup file around `body`, its length and CRC32 right: only its content wrong."""
-    header = msgpack.packb({"version": version, "revision": 10, "keys": keys,
+def crafted(path, version: int, body: bytes, keys: int = 1, revision: int = 10):
+    """A backup file at `revision` around `body`, its length and CRC32 right: only its
+    content wrong."""
+    header = msgpack.packb({"version": version, "revision": revision, "keys": keys,
                             "body_bytes": len(body), "body_crc32": zlib.crc32(body),
                             "created": "then"})
     path.write_bytes(MAGIC + struct.pack(">I", len(header)) + header + body)
