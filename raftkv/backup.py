@@ -89,7 +89,8 @@ def write_backup(path: Path, revision: int,
                      for k, v in items)
     table = _lease_table([[lid, ttl, sorted(keys)] for lid, ttl, keys in leases], revision,
                          {k for k, _ in ordered}, str(path))
-    body = msgpack.packb([[[k, *kv] for k, kv in ordered], table.wire()], use_bin_type=True)
+    leases_wire = table.wire()
+    body = msgpack.packb([[[k, *kv] for k, kv in ordered], leases_wire], use_bin_type=True)
     created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     header = msgpack.packb({"version": VERSION, "revision": revision, "keys": len(ordered),
                             "body_bytes": len(body), "body_crc32": zlib.crc32(body),
@@ -100,7 +101,7 @@ def write_backup(path: Path, revision: int,
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return Backup(revision, ordered, created, table.wire())
+    return Backup(revision, ordered, created, leases_wire)
 
 
 def _lease_table(raw: object, revision: int, keys: set[bytes], where: str) -> LeaseTable:

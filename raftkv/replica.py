@@ -612,13 +612,12 @@ class Replica:
         it: `snapshot_catch_up_entries`, fewer if they hold over a quarter of
         `snapshot_bytes` of data (the log is in memory)."""
         entries, top = self.core.log.entries, index - self.core.log.offset
-        budget, n = self.cfg.snapshot_bytes // 4, 0
-        while n < min(self.cfg.snapshot_catch_up_entries, top):
+        budget, limit = self.cfg.snapshot_bytes // 4, min(self.cfg.snapshot_catch_up_entries, top)
+        for n in range(limit):
             budget -= len(entries[top - 1 - n].data)  # the entry at index - n
             if budget < 0:
-                break
-            n += 1
-        return n
+                return n
+        return limit
 
     def record_turn(self, seconds: float) -> None:
         """How long one turn of the driver's loop worked (its wait for input excluded)."""

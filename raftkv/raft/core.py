@@ -163,8 +163,9 @@ class Raft:
             committed=hs.commit,
             applied=applied,
         )
-        # The snapshot the log starts after (ours, or one installed from a leader);
-        # what a follower that needs compacted entries is sent.
+        # The newest snapshot (ours, or one installed from a leader); the log starts
+        # after it, or before it by the entries `compact` kept. What a follower that
+        # needs compacted entries is sent.
         self.snapshot = snapshot if snapshot and snapshot.index else None
         self.pending_snapshot: SnapshotMeta | None = None  # received, not yet persisted
         # Membership: the snapshot's (or the initial) configuration, then every change in
@@ -973,7 +974,7 @@ class Raft:
         them. A follower a little behind, or one that installs an older snapshot than
         this, then goes on from the log instead of needing this snapshot too (etcd's
         SnapshotCatchUpEntries); what is kept is the log's, in memory only."""
-        if self.snapshot is not None and index <= self.snapshot.index or index <= self.log.offset:
+        if self.snapshot is not None and index <= self.snapshot.index:
             return
         meta = self.snapshot_meta(index)
         start = index - catch_up
